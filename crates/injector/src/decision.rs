@@ -1,0 +1,320 @@
+use std::fmt;
+
+use json_patch::jsonptr::{Pointer, PointerBuf};
+use json_patch::{AddOperation, Patch, PatchOperation};
+use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::container::{ContainerSpec, run_volume};
+use crate::settings::is_image_reference;
+use crate::{
+    HELPER_CONTAINER_NAME, HelperSettings, Mode, Quantity, QuantityError, RUN_VOLUME_NAME,
+    UnknownMode, annotations,
+};
+
+/// What the injector does with one pod template.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Add the helper with this patch.
+    Inject(Injection),
+    /// Leave the pod unchanged.
+    Skip(SkipReason),
+    /// Refuse the pod: its annotations ask for something invalid.
+    Deny(DenyReason),
+}
+
+/// A planned injection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Injection {
+    /// The mode the helper runs in.
+    pub mode: Mode,
+    /// RFC 6902 operations, relative to the document the template pointer was given for.
+    pub patch: Patch,
+}
+
+/// Why a pod is left unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// No (or an empty) Multus networks annotation.
+    NoMultusNetworks,
+    /// The pod uses the node's network namespace: it has no Multus interfaces of its own.
+    HostNetwork,
+    /// The mode annotation says `disabled` (or the default mode is `disabled`).
+    Disabled,
+    /// The status annotation is present: injected before (reinvocation or an injected template).
+    AlreadyInjected,
+    /// A container or initContainer named `aws-ip-mgmt` exists (added by hand).
+    HelperPresent,
+}
+
+impl SkipReason {
+    /// Short stable label, used in metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            SkipReason::NoMultusNetworks => "no_multus_networks",
+            SkipReason::HostNetwork => "host_network",
+            SkipReason::Disabled => "disabled",
+            SkipReason::AlreadyInjected => "already_injected",
+            SkipReason::HelperPresent => "helper_present",
+        }
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self {
+            SkipReason::NoMultusNetworks => {
+                "no Multus networks requested (annotation k8s.v1.cni.cncf.io/networks absent or empty)"
+            }
+            SkipReason::HostNetwork => "hostNetwork pods are never injected",
+            SkipReason::Disabled => "injection disabled by annotation multus-ipmgr.io/mode",
+            SkipReason::AlreadyInjected => {
+                "already injected (annotation multus-ipmgr.io/status present)"
+            }
+            SkipReason::HelperPresent => "a container named aws-ip-mgmt is already present",
+        };
+        f.write_str(text)
+    }
+}
+
+/// Why a pod is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DenyReason {
+    /// The mode annotation has an unknown value.
+    #[error(transparent)]
+    UnknownMode(#[from] UnknownMode),
+    /// A resource override annotation is not a quantity.
+    #[error("annotation {annotation}: {source}")]
+    InvalidQuantity {
+        /// The annotation key.
+        annotation: &'static str,
+        /// What is wrong with its value.
+        source: QuantityError,
+    },
+    /// After overrides, a request is larger than its limit.
+    #[error(
+        "{0} (set by the multus-ipmgr.io/*-request and *-limit annotations or the webhook defaults)"
+    )]
+    RequestAboveLimit(crate::InvalidSettings),
+    /// The image annotation is not an image reference.
+    #[error("annotation {annotation} has value {value:?}, which is not an image reference", annotation = annotations::IMAGE)]
+    InvalidImage {
+        /// The rejected value.
+        value: String,
+    },
+    /// The image annotation is used but the webhook does not allow it.
+    #[error("annotation {annotation} is not allowed by this webhook (allow-image-override is off); remove it", annotation = annotations::IMAGE)]
+    ImageOverrideNotAllowed,
+    /// The pod already has a volume with the name the helper needs.
+    #[error(
+        "the pod already has a volume named {RUN_VOLUME_NAME}, which the native-sidecar helper needs; rename it"
+    )]
+    VolumeNameTaken,
+}
+
+/// Decides the injection for one pod template.
+///
+/// `template` points at the pod template inside the document the patch will be applied to:
+/// the root for a Pod, `/spec/template` for a Deployment. The result depends only on the
+/// arguments.
+pub fn plan(
+    template: &Pointer,
+    metadata: &ObjectMeta,
+    spec: &PodSpec,
+    settings: &HelperSettings,
+) -> Decision {
+    match decide_mode(metadata, spec, settings) {
+        Ok(mode) => match build_patch(template, mode, metadata, spec, settings) {
+            Ok(patch) => Decision::Inject(Injection { mode, patch }),
+            Err(reason) => Decision::Deny(reason),
+        },
+        Err(ModeDecision::Skip(reason)) => Decision::Skip(reason),
+        Err(ModeDecision::Deny(reason)) => Decision::Deny(reason),
+    }
+}
+
+enum ModeDecision {
+    Skip(SkipReason),
+    Deny(DenyReason),
+}
+
+fn annotation<'a>(metadata: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    metadata.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+fn decide_mode(
+    metadata: &ObjectMeta,
+    spec: &PodSpec,
+    settings: &HelperSettings,
+) -> Result<Mode, ModeDecision> {
+    if annotation(metadata, annotations::NETWORKS).is_none_or(|value| value.trim().is_empty()) {
+        return Err(ModeDecision::Skip(SkipReason::NoMultusNetworks));
+    }
+    if spec.host_network == Some(true) {
+        return Err(ModeDecision::Skip(SkipReason::HostNetwork));
+    }
+    if annotation(metadata, annotations::STATUS).is_some() {
+        return Err(ModeDecision::Skip(SkipReason::AlreadyInjected));
+    }
+    let has_helper = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|container| container.name == HELPER_CONTAINER_NAME);
+    if has_helper {
+        return Err(ModeDecision::Skip(SkipReason::HelperPresent));
+    }
+    let mode = match annotation(metadata, annotations::MODE) {
+        Some(value) => value
+            .parse::<Mode>()
+            .map_err(|error| ModeDecision::Deny(error.into()))?,
+        None => settings.default_mode,
+    };
+    if mode == Mode::Disabled {
+        return Err(ModeDecision::Skip(SkipReason::Disabled));
+    }
+    Ok(mode)
+}
+
+fn build_patch(
+    template: &Pointer,
+    mode: Mode,
+    metadata: &ObjectMeta,
+    spec: &PodSpec,
+    settings: &HelperSettings,
+) -> Result<Patch, DenyReason> {
+    let image = match annotation(metadata, annotations::IMAGE) {
+        Some(_) if !settings.allow_image_override => {
+            return Err(DenyReason::ImageOverrideNotAllowed);
+        }
+        Some(value) if !is_image_reference(value.trim()) => {
+            return Err(DenyReason::InvalidImage {
+                value: value.to_owned(),
+            });
+        }
+        Some(value) => value.trim(),
+        None => settings.image.as_str(),
+    };
+    let mut resources = settings.resources.clone();
+    for (key, field) in resources.overridable() {
+        if let Some(value) = annotation(metadata, key) {
+            *field =
+                value
+                    .trim()
+                    .parse::<Quantity>()
+                    .map_err(|source| DenyReason::InvalidQuantity {
+                        annotation: key,
+                        source,
+                    })?;
+        }
+    }
+    resources
+        .validate()
+        .map_err(DenyReason::RequestAboveLimit)?;
+    let container = ContainerSpec {
+        mode,
+        image,
+        image_pull_policy: &settings.image_pull_policy,
+        command: &settings.command,
+        extra_args: &settings.extra_args,
+        log_level: &settings.log_level,
+        resources: &resources,
+        run_as_user: settings.run_as_user,
+    }
+    .container();
+
+    let mut operations = Vec::with_capacity(3);
+    let spec_path = child(template, "spec");
+    match mode {
+        Mode::Init | Mode::NativeSidecar => operations.push(add_to_list(
+            &spec_path,
+            "initContainers",
+            spec.init_containers.as_ref().map_or(0, Vec::len),
+            ListEnd::Front,
+            &container,
+        )),
+        Mode::Sidecar | Mode::Disabled => operations.push(add_to_list(
+            &spec_path,
+            "containers",
+            spec.containers.len(),
+            ListEnd::Back,
+            &container,
+        )),
+    }
+    if mode == Mode::NativeSidecar {
+        let volumes = spec.volumes.as_deref().unwrap_or_default();
+        if volumes.iter().any(|volume| volume.name == RUN_VOLUME_NAME) {
+            return Err(DenyReason::VolumeNameTaken);
+        }
+        operations.push(add_to_list(
+            &spec_path,
+            "volumes",
+            volumes.len(),
+            ListEnd::Back,
+            &run_volume(),
+        ));
+    }
+    operations.push(status_annotation(template, metadata, mode));
+    Ok(Patch(operations))
+}
+
+fn child(parent: &Pointer, token: &str) -> PointerBuf {
+    let mut path = parent.to_buf();
+    path.push_back(token);
+    path
+}
+
+fn to_value(value: &impl Serialize) -> Value {
+    serde_json::to_value(value).expect("Kubernetes API types always serialize to JSON")
+}
+
+fn add(path: PointerBuf, value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation { path, value })
+}
+
+/// Where [`add_to_list`] puts the new item.
+#[derive(Clone, Copy)]
+enum ListEnd {
+    Front,
+    Back,
+}
+
+/// Adds `item` to the array `parent/field` at `end`; when the array is absent or empty it is
+/// (re)created holding just `item`, so the patch applies to any valid pod.
+fn add_to_list(
+    parent: &Pointer,
+    field: &str,
+    existing_len: usize,
+    end: ListEnd,
+    item: &impl Serialize,
+) -> PatchOperation {
+    let list = child(parent, field);
+    if existing_len == 0 {
+        return add(list, Value::Array(vec![to_value(item)]));
+    }
+    let index = match end {
+        ListEnd::Front => "0",
+        ListEnd::Back => "-",
+    };
+    add(child(&list, index), to_value(item))
+}
+
+/// Marks the template as injected; creates the annotations map when absent.
+fn status_annotation(template: &Pointer, metadata: &ObjectMeta, mode: Mode) -> PatchOperation {
+    let annotations_path = child(&child(template, "metadata"), "annotations");
+    let value = Value::String(mode.as_str().to_owned());
+    if metadata.annotations.is_some() {
+        add(child(&annotations_path, annotations::STATUS), value)
+    } else {
+        add(
+            annotations_path,
+            Value::Object(
+                [(annotations::STATUS.to_owned(), value)]
+                    .into_iter()
+                    .collect(),
+            ),
+        )
+    }
+}

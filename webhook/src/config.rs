@@ -1,0 +1,99 @@
+//! Command-line and environment configuration shared by `serve` and `inject`.
+
+use clap::Args;
+use ipmgr_injector::{HelperSettings, InvalidSettings, Mode, Quantity, ResourceSettings};
+
+/// How the injected helper container looks. Every flag has an environment variable, so the
+/// webhook Deployment takes them from a ConfigMap with `envFrom`.
+#[derive(Args, Clone, Debug)]
+pub struct InjectionArgs {
+    /// Image of the injected helper container.
+    #[arg(long, env = "IPMGR_HELPER_IMAGE", default_value = concat!("ghcr.io/multus-ipmgr/ipmgr-helper:", env!("CARGO_PKG_VERSION")))]
+    pub helper_image: String,
+
+    /// imagePullPolicy of the helper container.
+    #[arg(long, env = "IPMGR_HELPER_PULL_POLICY", default_value = "IfNotPresent", value_parser = ["Always", "IfNotPresent", "Never"])]
+    pub helper_pull_policy: String,
+
+    /// Path of the ipmgr-helper binary in the helper image.
+    #[arg(
+        long,
+        env = "IPMGR_HELPER_COMMAND",
+        default_value = "/usr/local/bin/ipmgr-helper"
+    )]
+    pub helper_command: String,
+
+    /// Extra helper arguments, appended after the mode's subcommand (comma-separated in the env var).
+    #[arg(
+        long = "helper-arg",
+        env = "IPMGR_HELPER_ARGS",
+        value_delimiter = ',',
+        allow_hyphen_values = true
+    )]
+    pub helper_args: Vec<String>,
+
+    /// Log level of the helper (IPMGR_LOG_LEVEL in the helper container).
+    #[arg(long, env = "IPMGR_HELPER_LOG_LEVEL", default_value = "info")]
+    pub helper_log_level: String,
+
+    /// Mode for pods without the multus-ipmgr.io/mode annotation.
+    #[arg(long, env = "IPMGR_DEFAULT_MODE", default_value = "init", value_parser = parse_mode)]
+    pub default_mode: Mode,
+
+    /// CPU request of the helper container.
+    #[arg(long, env = "IPMGR_HELPER_CPU_REQUEST", default_value = "10m")]
+    pub helper_cpu_request: Quantity,
+
+    /// CPU limit of the helper container.
+    #[arg(long, env = "IPMGR_HELPER_CPU_LIMIT", default_value = "200m")]
+    pub helper_cpu_limit: Quantity,
+
+    /// Memory request of the helper container.
+    #[arg(long, env = "IPMGR_HELPER_MEMORY_REQUEST", default_value = "24Mi")]
+    pub helper_memory_request: Quantity,
+
+    /// Memory limit of the helper container.
+    #[arg(long, env = "IPMGR_HELPER_MEMORY_LIMIT", default_value = "64Mi")]
+    pub helper_memory_limit: Quantity,
+
+    /// UID and GID the helper container runs as (must not be 0).
+    #[arg(long, env = "IPMGR_HELPER_RUN_AS_USER", default_value_t = 65532)]
+    pub helper_run_as_user: i64,
+
+    /// Let pods choose the helper image with the multus-ipmgr.io/image annotation.
+    #[arg(long, env = "IPMGR_ALLOW_IMAGE_OVERRIDE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub allow_image_override: bool,
+}
+
+fn parse_mode(value: &str) -> Result<Mode, String> {
+    value.parse().map_err(|error: ipmgr_injector::UnknownMode| {
+        format!(
+            "unknown mode {:?}; valid modes are init, sidecar, native-sidecar, disabled",
+            error.value
+        )
+    })
+}
+
+impl InjectionArgs {
+    /// The validated injector settings.
+    pub fn settings(&self) -> Result<HelperSettings, InvalidSettings> {
+        let settings = HelperSettings {
+            image: self.helper_image.clone(),
+            image_pull_policy: self.helper_pull_policy.clone(),
+            command: self.helper_command.clone(),
+            extra_args: self.helper_args.clone(),
+            log_level: self.helper_log_level.clone(),
+            default_mode: self.default_mode,
+            resources: ResourceSettings {
+                cpu_request: self.helper_cpu_request.clone(),
+                cpu_limit: self.helper_cpu_limit.clone(),
+                memory_request: self.helper_memory_request.clone(),
+                memory_limit: self.helper_memory_limit.clone(),
+            },
+            run_as_user: self.helper_run_as_user,
+            allow_image_override: self.allow_image_override,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+}

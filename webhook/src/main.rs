@@ -1,0 +1,237 @@
+//! `ipmgr-webhook`: parse arguments, wire the adapters, run.
+
+use std::io::{IsTerminal as _, Read as _};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use ipmgr_webhook::certs::{ServiceIdentity, write_for_kustomize};
+use ipmgr_webhook::config::InjectionArgs;
+use ipmgr_webhook::manifest::inject_yaml;
+use ipmgr_webhook::metrics::Metrics;
+use ipmgr_webhook::server::{AppState, ServeLimits, router, serve_tls};
+use ipmgr_webhook::tls::ReloadingCertificate;
+use tokio::net::TcpListener;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ipmgr-webhook",
+    version,
+    about = "Injects the multus-ipmgr helper into Multus pods"
+)]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax, e.g. info or ipmgr_webhook=debug).
+    #[arg(long, global = true, env = "IPMGR_LOG", default_value = "info")]
+    log: String,
+
+    /// Log format.
+    #[arg(long, global = true, env = "IPMGR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the mutating admission webhook over HTTPS.
+    Serve(ServeArgs),
+    /// Print manifests with the helper injected, as the webhook would (no cluster needed).
+    Inject(InjectArgs),
+    /// Generate a CA and a serving certificate for the webhook Service, for kustomize.
+    Certs(CertsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "IPMGR_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+
+    /// PEM certificate chain (re-read when it changes).
+    #[arg(
+        long,
+        env = "IPMGR_TLS_CERT",
+        default_value = "/etc/ipmgr-webhook/tls/tls.crt"
+    )]
+    tls_cert: PathBuf,
+
+    /// PEM private key (re-read when it changes).
+    #[arg(
+        long,
+        env = "IPMGR_TLS_KEY",
+        default_value = "/etc/ipmgr-webhook/tls/tls.key"
+    )]
+    tls_key: PathBuf,
+
+    /// Largest accepted request body, in bytes; larger ones get HTTP 413.
+    #[arg(long, env = "IPMGR_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_body_bytes: usize,
+
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "IPMGR_DRAIN_SECONDS", default_value_t = 10)]
+    drain_seconds: u64,
+
+    #[command(flatten)]
+    injection: InjectionArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct InjectArgs {
+    /// Manifest file (multi-document YAML or JSON), or - for standard input.
+    #[arg(short = 'f', long = "filename", env = "IPMGR_INJECT_FILE")]
+    file: PathBuf,
+
+    #[command(flatten)]
+    injection: InjectionArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct CertsArgs {
+    /// Directory for tls.crt, tls.key, ca.crt and cabundle-patch.yaml.
+    #[arg(long, env = "IPMGR_CERTS_OUT_DIR", default_value = "manifests/tls")]
+    out_dir: PathBuf,
+
+    /// Name of the webhook Service.
+    #[arg(long, env = "IPMGR_CERTS_SERVICE", default_value = "ipmgr-webhook")]
+    service: String,
+
+    /// Namespace of the webhook Service.
+    #[arg(long, env = "IPMGR_CERTS_NAMESPACE", default_value = "multus-ipmgr")]
+    namespace: String,
+
+    /// Validity of the CA and the certificate, in days.
+    #[arg(long, env = "IPMGR_CERTS_DAYS", default_value_t = 365)]
+    days: u32,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_format)?;
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Inject(args) => inject(&args),
+        Command::Certs(args) => certs(&args),
+    }
+}
+
+fn init_logging(filter: &str, format: LogFormat) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("invalid log filter {filter:?} (--log / IPMGR_LOG)"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let settings = args
+        .injection
+        .settings()
+        .context("invalid helper settings")?;
+    let certificate = Arc::new(ReloadingCertificate::new(
+        args.tls_cert.clone(),
+        args.tls_key.clone(),
+    ));
+    if !certificate.is_loaded() {
+        tracing::warn!(
+            cert = %args.tls_cert.display(),
+            key = %args.tls_key.display(),
+            "no serving certificate yet; not ready until the files are valid"
+        );
+    }
+    let tls = certificate
+        .server_config()
+        .context("cannot build the TLS configuration")?;
+    let state = Arc::new(AppState {
+        settings,
+        metrics: Metrics::default(),
+        certificate: Some(certificate),
+    });
+    let app = router(state, args.max_body_bytes);
+    let limits = ServeLimits {
+        handshake_timeout: Duration::from_secs(10),
+        drain_timeout: Duration::from_secs(args.drain_seconds),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (--listen / IPMGR_LISTEN)", args.listen))?;
+        tracing::info!(listen = %args.listen, "serving /mutate, /healthz, /readyz, /metrics over HTTPS");
+        serve_tls(listener, tls, app, limits, shutdown_signal()).await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn inject(args: &InjectArgs) -> Result<()> {
+    let settings = args
+        .injection
+        .settings()
+        .context("invalid helper settings")?;
+    let input = if args.file.as_os_str() == "-" {
+        let mut input = String::new();
+        std::io::stdin()
+            .read_to_string(&mut input)
+            .context("cannot read standard input")?;
+        input
+    } else {
+        std::fs::read_to_string(&args.file)
+            .with_context(|| format!("cannot read {}", args.file.display()))?
+    };
+    let (output, reports) = inject_yaml(&input, &settings)
+        .with_context(|| format!("cannot inject {}", args.file.display()))?;
+    for report in &reports {
+        eprintln!("{report}");
+    }
+    print!("{output}");
+    Ok(())
+}
+
+fn certs(args: &CertsArgs) -> Result<()> {
+    let identity = ServiceIdentity {
+        service: args.service.clone(),
+        namespace: args.namespace.clone(),
+        valid_days: args.days,
+    };
+    let certificates = identity.generate()?;
+    for path in write_for_kustomize(&args.out_dir, &certificates)? {
+        println!("wrote {}", path.display());
+    }
+    println!("certificate names: {}", identity.dns_names().join(", "));
+    Ok(())
+}
