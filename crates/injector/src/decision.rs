@@ -256,7 +256,7 @@ fn build_patch(
             &run_volume(),
         ));
     }
-    operations.push(status_annotation(template, metadata, mode));
+    operations.push(status_annotation(template, mode));
     Ok(Patch(operations))
 }
 
@@ -301,20 +301,10 @@ fn add_to_list(
     add(child(&list, index), to_value(item))
 }
 
-/// Marks the template as injected; creates the annotations map when absent.
-fn status_annotation(template: &Pointer, metadata: &ObjectMeta, mode: Mode) -> PatchOperation {
-    let annotations_path = child(&child(template, "metadata"), "annotations");
-    let value = Value::String(mode.as_str().to_owned());
-    if metadata.annotations.is_some() {
-        add(child(&annotations_path, annotations::STATUS), value)
-    } else {
-        add(
-            annotations_path,
-            Value::Object(
-                [(annotations::STATUS.to_owned(), value)]
-                    .into_iter()
-                    .collect(),
-            ),
-        )
-    }
+/// Marks the template as injected. The annotations map exists: the networks annotation is
+/// in it, or there would be no injection.
+fn status_annotation(template: &Pointer, mode: Mode) -> PatchOperation {
+    let mut path = child(&child(template, "metadata"), "annotations");
+    path.push_back(annotations::STATUS);
+    add(path, Value::String(mode.as_str().to_owned()))
 }

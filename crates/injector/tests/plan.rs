@@ -1,0 +1,296 @@
+//! Table tests of the injection decision and of the patches it produces, applied with the
+//! json-patch crate to real pod documents.
+
+use ipmgr_injector::{
+    Decision, DenyReason, HelperSettings, Mode, ResourceSettings, SkipReason, annotations, plan,
+};
+use json_patch::jsonptr::{Pointer, PointerBuf};
+use k8s_openapi::api::core::v1::Pod;
+use pretty_assertions::assert_eq;
+use rstest::{fixture, rstest};
+use serde_json::{Value, json};
+
+#[fixture]
+fn settings() -> HelperSettings {
+    HelperSettings {
+        image: "registry.example/ipmgr-helper:1.0".to_owned(),
+        image_pull_policy: "IfNotPresent".to_owned(),
+        command: "/usr/local/bin/ipmgr-helper".to_owned(),
+        extra_args: vec!["--allow-cidr=10.10.1.0/24".to_owned()],
+        log_level: "debug".to_owned(),
+        default_mode: Mode::Init,
+        resources: ResourceSettings {
+            cpu_request: "10m".parse().expect("quantity"),
+            cpu_limit: "200m".parse().expect("quantity"),
+            memory_request: "24Mi".parse().expect("quantity"),
+            memory_limit: "64Mi".parse().expect("quantity"),
+        },
+        run_as_user: 65532,
+        allow_image_override: true,
+    }
+}
+
+/// A Multus pod with the given extra annotations and spec fields.
+fn pod(annotations: Value, spec: Value) -> Value {
+    let mut all_annotations = json!({ "k8s.v1.cni.cncf.io/networks": "ipvlan-multus" });
+    merge(&mut all_annotations, annotations);
+    let mut all_spec = json!({ "containers": [{ "name": "app", "image": "busybox" }] });
+    merge(&mut all_spec, spec);
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": "p", "namespace": "multus", "annotations": all_annotations },
+        "spec": all_spec,
+    })
+}
+
+fn merge(target: &mut Value, extra: Value) {
+    if let (Some(target), Value::Object(extra)) = (target.as_object_mut(), extra) {
+        target.extend(extra);
+    }
+}
+
+fn decide(document: &Value, settings: &HelperSettings) -> Decision {
+    let pod: Pod = serde_json::from_value(document.clone()).expect("test pods are valid");
+    plan(
+        Pointer::root(),
+        &pod.metadata,
+        &pod.spec.unwrap_or_default(),
+        settings,
+    )
+}
+
+/// Plans and applies the injection; panics unless the decision is an injection.
+fn inject(document: &Value, settings: &HelperSettings) -> Value {
+    let Decision::Inject(injection) = decide(document, settings) else {
+        panic!("expected an injection for {document}");
+    };
+    let mut patched = document.clone();
+    json_patch::patch(&mut patched, &injection.patch.0).expect("the patch applies");
+    patched
+}
+
+fn container_names(document: &Value, list: &str) -> Vec<String> {
+    document["spec"][list]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|container| container["name"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[rstest]
+#[case::no_networks_annotation(json!({"metadata": {"name": "p"}, "spec": {"containers": []}}), SkipReason::NoMultusNetworks)]
+#[case::empty_networks(pod(json!({"k8s.v1.cni.cncf.io/networks": "  "}), json!({})), SkipReason::NoMultusNetworks)]
+#[case::host_network(pod(json!({}), json!({"hostNetwork": true})), SkipReason::HostNetwork)]
+#[case::disabled(pod(json!({"multus-ipmgr.io/mode": "disabled"}), json!({})), SkipReason::Disabled)]
+#[case::already_injected(pod(json!({"multus-ipmgr.io/status": "init"}), json!({})), SkipReason::AlreadyInjected)]
+#[case::hand_added_init(pod(json!({}), json!({"initContainers": [{"name": "aws-ip-mgmt", "image": "old"}]})), SkipReason::HelperPresent)]
+#[case::hand_added_sidecar(pod(json!({}), json!({"containers": [{"name": "app"}, {"name": "aws-ip-mgmt"}]})), SkipReason::HelperPresent)]
+fn skips(settings: HelperSettings, #[case] document: Value, #[case] reason: SkipReason) {
+    assert_eq!(decide(&document, &settings), Decision::Skip(reason));
+}
+
+#[rstest]
+#[case::unknown_mode(json!({"multus-ipmgr.io/mode": "always"}), "annotation multus-ipmgr.io/mode has unknown value \"always\"; valid values are init, sidecar, native-sidecar, disabled")]
+#[case::bad_cpu(json!({"multus-ipmgr.io/cpu-limit": "lots"}), "annotation multus-ipmgr.io/cpu-limit: \"lots\" is not a Kubernetes quantity (examples: 10m, 0.5, 64Mi, 1G)")]
+#[case::request_above_limit(json!({"multus-ipmgr.io/memory-request": "128Mi"}), "memory request 128Mi is larger than its limit 64Mi")]
+#[case::bad_image(json!({"multus-ipmgr.io/image": "two words"}), "annotation multus-ipmgr.io/image has value \"two words\", which is not an image reference")]
+fn denies_with_a_message_naming_the_annotation(
+    settings: HelperSettings,
+    #[case] extra_annotations: Value,
+    #[case] message: &str,
+) {
+    let Decision::Deny(reason) = decide(&pod(extra_annotations, json!({})), &settings) else {
+        panic!("expected a denial");
+    };
+    assert!(reason.to_string().starts_with(message), "{reason}");
+}
+
+#[rstest]
+fn image_override_can_be_forbidden(mut settings: HelperSettings) {
+    settings.allow_image_override = false;
+    let document = pod(json!({"multus-ipmgr.io/image": "evil/image:1"}), json!({}));
+    assert_eq!(
+        decide(&document, &settings),
+        Decision::Deny(DenyReason::ImageOverrideNotAllowed)
+    );
+}
+
+#[rstest]
+fn native_sidecar_refuses_a_taken_volume_name(settings: HelperSettings) {
+    let document = pod(
+        json!({"multus-ipmgr.io/mode": "native-sidecar"}),
+        json!({"volumes": [{"name": "aws-ip-mgmt-run", "emptyDir": {}}]}),
+    );
+    assert_eq!(
+        decide(&document, &settings),
+        Decision::Deny(DenyReason::VolumeNameTaken)
+    );
+}
+
+#[rstest]
+#[case::default_mode(json!({}), json!({}), vec!["aws-ip-mgmt"], vec!["app"])]
+#[case::init_goes_first(json!({"multus-ipmgr.io/mode": "init"}), json!({"initContainers": [{"name": "setup"}]}), vec!["aws-ip-mgmt", "setup"], vec!["app"])]
+#[case::sidecar_goes_last(json!({"multus-ipmgr.io/mode": "sidecar"}), json!({"initContainers": [{"name": "setup"}]}), vec!["setup"], vec!["app", "aws-ip-mgmt"])]
+#[case::native_sidecar_goes_first(json!({"multus-ipmgr.io/mode": "native-sidecar"}), json!({"initContainers": [{"name": "setup"}]}), vec!["aws-ip-mgmt", "setup"], vec!["app"])]
+#[case::empty_init_list(json!({}), json!({"initContainers": []}), vec!["aws-ip-mgmt"], vec!["app"])]
+#[case::null_init_list(json!({}), json!({"initContainers": null}), vec!["aws-ip-mgmt"], vec!["app"])]
+fn places_the_helper(
+    settings: HelperSettings,
+    #[case] extra_annotations: Value,
+    #[case] spec: Value,
+    #[case] init_containers: Vec<&str>,
+    #[case] containers: Vec<&str>,
+) {
+    let injected = inject(&pod(extra_annotations, spec), &settings);
+    assert_eq!(
+        container_names(&injected, "initContainers"),
+        init_containers
+    );
+    assert_eq!(container_names(&injected, "containers"), containers);
+}
+
+#[rstest]
+#[case(Mode::Init, "init")]
+#[case(Mode::Sidecar, "sidecar")]
+#[case(Mode::NativeSidecar, "native-sidecar")]
+fn injecting_twice_changes_nothing(
+    mut settings: HelperSettings,
+    #[case] mode: Mode,
+    #[case] status: &str,
+) {
+    settings.default_mode = mode;
+    let injected = inject(&pod(json!({}), json!({})), &settings);
+    assert_eq!(
+        injected["metadata"]["annotations"][annotations::STATUS],
+        json!(status)
+    );
+    assert_eq!(
+        decide(&injected, &settings),
+        Decision::Skip(SkipReason::AlreadyInjected)
+    );
+    // Even without the status annotation (stripped by some tool), the container name is seen.
+    let mut stripped = injected.clone();
+    stripped["metadata"]["annotations"]
+        .as_object_mut()
+        .expect("annotations")
+        .remove(annotations::STATUS);
+    assert_eq!(
+        decide(&stripped, &settings),
+        Decision::Skip(SkipReason::HelperPresent)
+    );
+}
+
+#[rstest]
+fn escapes_the_status_annotation_key(settings: HelperSettings) {
+    let Decision::Inject(injection) = decide(&pod(json!({}), json!({})), &settings) else {
+        panic!("expected an injection");
+    };
+    let paths: Vec<String> = injection
+        .patch
+        .0
+        .iter()
+        .map(|op| op.path().to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/spec/initContainers",
+            "/metadata/annotations/multus-ipmgr.io~1status"
+        ]
+    );
+}
+
+#[rstest]
+fn patches_a_template_below_its_pointer(settings: HelperSettings) {
+    let mut document = json!({
+        "kind": "Deployment",
+        "spec": {"template": {
+            "metadata": {"annotations": {"k8s.v1.cni.cncf.io/networks": "n"}},
+            "spec": {"containers": [{"name": "app"}]},
+        }},
+    });
+    let template = PointerBuf::parse("/spec/template").expect("pointer");
+    let pod: Pod = serde_json::from_value(document["spec"]["template"].clone()).expect("pod");
+    let Decision::Inject(injection) = plan(
+        &template,
+        &pod.metadata,
+        &pod.spec.unwrap_or_default(),
+        &settings,
+    ) else {
+        panic!("expected an injection");
+    };
+    json_patch::patch(&mut document, &injection.patch.0).expect("applies");
+    assert_eq!(
+        document["spec"]["template"]["metadata"]["annotations"][annotations::STATUS],
+        json!("init")
+    );
+    assert_eq!(
+        document["spec"]["template"]["spec"]["initContainers"][0]["name"],
+        json!("aws-ip-mgmt")
+    );
+}
+
+#[rstest]
+fn builds_a_restricted_container_with_overrides(settings: HelperSettings) {
+    let document = pod(
+        json!({
+            "multus-ipmgr.io/mode": "native-sidecar",
+            "multus-ipmgr.io/image": "mirror.example/helper:2",
+            "multus-ipmgr.io/cpu-request": "20m",
+            "multus-ipmgr.io/memory-limit": "128Mi",
+        }),
+        json!({"volumes": [{"name": "data", "emptyDir": {}}]}),
+    );
+    let injected = inject(&document, &settings);
+    let helper = &injected["spec"]["initContainers"][0];
+    assert_eq!(helper["image"], json!("mirror.example/helper:2"));
+    assert_eq!(helper["restartPolicy"], json!("Always"));
+    assert_eq!(
+        helper["args"],
+        json!(["sidecar", "--allow-cidr=10.10.1.0/24"])
+    );
+    assert_eq!(
+        helper["resources"],
+        json!({"requests": {"cpu": "20m", "memory": "24Mi"}, "limits": {"cpu": "200m", "memory": "128Mi"}})
+    );
+    assert_eq!(
+        helper["securityContext"],
+        json!({
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]},
+            "privileged": false,
+            "readOnlyRootFilesystem": true,
+            "runAsGroup": 65532,
+            "runAsNonRoot": true,
+            "runAsUser": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        })
+    );
+    assert_eq!(
+        helper["startupProbe"]["exec"]["command"],
+        json!(["/usr/local/bin/ipmgr-helper", "ready"])
+    );
+    assert_eq!(
+        container_names(&injected, "volumes"),
+        ["data", "aws-ip-mgmt-run"]
+    );
+    let env: Vec<&str> = helper["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|var| var["name"].as_str())
+        .collect();
+    assert_eq!(
+        env,
+        [
+            "NODE_NAME",
+            "POD_NAME",
+            "POD_NAMESPACE",
+            "IPMGR_MODE",
+            "IPMGR_LOG_LEVEL",
+            "IPMGR_READY_FILE"
+        ]
+    );
+}
