@@ -55,6 +55,11 @@ pub enum ReviewError {
     /// Not JSON, or not shaped like an `admission.k8s.io/v1` AdmissionReview.
     #[error("request body is not an admission.k8s.io/v1 AdmissionReview: {0}")]
     Malformed(#[from] serde_json::Error),
+    /// Another version than `admission.k8s.io/v1` (the webhook configuration asks for v1).
+    #[error(
+        "AdmissionReview version {0:?} is not supported; set admissionReviewVersions: [\"v1\"]"
+    )]
+    UnsupportedVersion(String),
     /// The AdmissionReview carries no `request`.
     #[error("AdmissionReview has no request; the API server always sends one")]
     NoRequest,
@@ -133,6 +138,12 @@ pub fn review(
     settings: &HelperSettings,
 ) -> Result<(ReviewResponse, Outcome), ReviewError> {
     let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
+    if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
+        return Err(ReviewError::UnsupportedVersion(format!(
+            "{}/{}",
+            review.types.api_version, review.types.kind
+        )));
+    }
     let request: AdmissionRequest<DynamicObject> =
         review.try_into().map_err(|_| ReviewError::NoRequest)?;
     let (answer, outcome) = answer(request, settings);
@@ -150,9 +161,8 @@ fn answer(
         .filter(|_| is_pod && request.sub_resource.is_none())
     else {
         answer.warnings.push(format!(
-            "multus-ipmgr webhook ignored a {} {} request: it only handles Pod creation",
-            request.kind.kind,
-            request.sub_resource.as_deref().unwrap_or("")
+            "multus-ipmgr webhook only handles Pods; {} (subresource {:?}) left unchanged",
+            request.kind.kind, request.sub_resource
         ));
         return (answer, Outcome::Ignored);
     };

@@ -1,0 +1,216 @@
+//! The `/mutate` contract at the HTTP level, driven through the router with `oneshot`:
+//! bad input is answered (never a crash), denials name the annotation, and the metrics
+//! count every outcome.
+
+mod common;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt as _;
+use ipmgr_webhook::metrics::Metrics;
+use ipmgr_webhook::server::{AppState, router};
+use rstest::rstest;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+const MAX_BODY: usize = 64 * 1024;
+
+fn app() -> Router {
+    router(
+        Arc::new(AppState {
+            settings: common::settings(),
+            metrics: Metrics::default(),
+            certificate: None,
+        }),
+        MAX_BODY,
+    )
+}
+
+async fn call(
+    app: &Router,
+    method: Method,
+    path: &str,
+    body: impl Into<Body>,
+) -> (StatusCode, String) {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(body.into())
+        .expect("request builds");
+    let response = app.clone().oneshot(request).await.expect("router answers");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn multus_pod(annotations: Value) -> Value {
+    let mut all = json!({"k8s.v1.cni.cncf.io/networks": "ipvlan-multus"});
+    all.as_object_mut()
+        .expect("object")
+        .extend(annotations.as_object().cloned().unwrap_or_default());
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"generateName": "web-", "namespace": "multus", "annotations": all,
+                     "managedFields": [{"manager": "kubectl", "operation": "Update"}]},
+        "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+    })
+}
+
+#[rstest]
+#[case::not_json("{not json", "is not an admission.k8s.io/v1 AdmissionReview")]
+#[case::not_a_review(
+    r#"{"hello": "world"}"#,
+    "is not an admission.k8s.io/v1 AdmissionReview"
+)]
+#[case::no_request(
+    r#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}"#,
+    "has no request"
+)]
+#[case::old_version(
+    r#"{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}"#,
+    "admissionReviewVersions"
+)]
+#[tokio::test]
+async fn malformed_bodies_get_400_with_a_reason(#[case] body: &'static str, #[case] reason: &str) {
+    let (status, text) = call(&app(), Method::POST, "/mutate", body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(text.contains(reason), "{text}");
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413() {
+    let mut pod = multus_pod(json!({}));
+    pod["metadata"]["annotations"]["padding"] = json!("x".repeat(MAX_BODY));
+    let body = common::admission_review("big", &pod, false).to_string();
+    let (status, _) = call(&app(), Method::POST, "/mutate", body).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[rstest]
+#[case::deployment(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {}}), "only handles Pods")]
+#[case::pod_with_broken_spec(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": "nope"}}), "could not read the Pod")]
+#[tokio::test]
+async fn objects_it_cannot_handle_are_allowed_unchanged_with_a_warning(
+    #[case] object: Value,
+    #[case] warning: &str,
+) {
+    let body = common::admission_review("odd", &object, false).to_string();
+    let (status, text) = call(&app(), Method::POST, "/mutate", body).await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(answer["response"]["uid"], "odd");
+    assert_eq!(answer["response"]["allowed"], true);
+    assert!(answer["response"].get("patch").is_none());
+    assert!(
+        answer["response"]["warnings"][0]
+            .as_str()
+            .expect("warning")
+            .contains(warning),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_mode_is_denied_naming_the_annotation_and_values() {
+    let pod = multus_pod(json!({"multus-ipmgr.io/mode": "sometimes"}));
+    let body = common::admission_review("deny-me", &pod, false).to_string();
+    let (status, text) = call(&app(), Method::POST, "/mutate", body).await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_str(&text).expect("JSON");
+    let response = &answer["response"];
+    assert_eq!(response["uid"], "deny-me");
+    assert_eq!(response["allowed"], false);
+    assert_eq!(response["status"]["code"], 403);
+    let message = response["status"]["message"].as_str().expect("message");
+    assert!(message.contains("multus-ipmgr.io/mode"), "{message}");
+    assert!(message.contains("\"sometimes\""), "{message}");
+    assert!(
+        message.contains("init, sidecar, native-sidecar, disabled"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn health_readiness_and_methods() {
+    let app = app();
+    assert_eq!(
+        call(&app, Method::GET, "/healthz", "").await,
+        (StatusCode::OK, "ok".to_owned())
+    );
+    // No certificate in this router: not ready.
+    assert_eq!(
+        call(&app, Method::GET, "/readyz", "").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        call(&app, Method::GET, "/mutate", "").await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(
+        call(&app, Method::GET, "/nope", "").await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_every_outcome() {
+    let app = app();
+    let review = |uid: &str, pod: Value| common::admission_review(uid, &pod, false).to_string();
+    call(
+        &app,
+        Method::POST,
+        "/mutate",
+        review("a", multus_pod(json!({}))),
+    )
+    .await;
+    call(
+        &app,
+        Method::POST,
+        "/mutate",
+        review("b", multus_pod(json!({"multus-ipmgr.io/mode": "sidecar"}))),
+    )
+    .await;
+    call(
+        &app,
+        Method::POST,
+        "/mutate",
+        review("c", multus_pod(json!({"multus-ipmgr.io/mode": "x"}))),
+    )
+    .await;
+    call(
+        &app,
+        Method::POST,
+        "/mutate",
+        review(
+            "d",
+            json!({"kind": "Pod", "metadata": {}, "spec": {"containers": []}}),
+        ),
+    )
+    .await;
+    call(&app, Method::POST, "/mutate", "garbage").await;
+
+    let (status, text) = call(&app, Method::GET, "/metrics", "").await;
+    assert_eq!(status, StatusCode::OK);
+    for line in [
+        r#"ipmgr_webhook_admission_requests_total{outcome="injected",reason="init"} 1"#,
+        r#"ipmgr_webhook_admission_requests_total{outcome="injected",reason="sidecar"} 1"#,
+        r#"ipmgr_webhook_admission_requests_total{outcome="denied",reason="invalid_annotation"} 1"#,
+        r#"ipmgr_webhook_admission_requests_total{outcome="skipped",reason="no_multus_networks"} 1"#,
+        r#"ipmgr_webhook_admission_requests_total{outcome="error",reason="bad_request"} 1"#,
+        "ipmgr_webhook_admission_duration_seconds_count 5",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+}

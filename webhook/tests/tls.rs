@@ -1,0 +1,416 @@
+//! The real server over real TLS on loopback: the client verifies the certificate against
+//! the CA that `certs` generated, the certificate rotates under load the way Kubernetes
+//! rotates a mounted Secret, and SIGTERM-style shutdown drains an in-flight request.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use ipmgr_webhook::certs::{GeneratedCertificates, ServiceIdentity};
+use ipmgr_webhook::metrics::Metrics;
+use ipmgr_webhook::server::{AppState, ServeLimits, router, serve_tls};
+use ipmgr_webhook::tls::ReloadingCertificate;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+const SERVER_NAME: &str = "ipmgr-webhook.multus-ipmgr.svc";
+
+fn generate() -> GeneratedCertificates {
+    ServiceIdentity {
+        service: "ipmgr-webhook".to_owned(),
+        namespace: "multus-ipmgr".to_owned(),
+        valid_days: 1,
+    }
+    .generate()
+    .expect("certificates generate")
+}
+
+/// A directory laid out like a mounted Secret: `tls.crt -> ..data/tls.crt`,
+/// `..data -> ..<version>`, updated by swapping `..data` atomically.
+struct SecretVolume {
+    dir: tempfile::TempDir,
+    versions: usize,
+}
+
+impl SecretVolume {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in ["tls.crt", "tls.key"] {
+            std::os::unix::fs::symlink(Path::new("..data").join(name), dir.path().join(name))
+                .expect("symlink");
+        }
+        SecretVolume { dir, versions: 0 }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Publishes a new version the way the kubelet's atomic writer does.
+    fn publish(&mut self, cert_pem: &str, key_pem: &str) {
+        self.versions += 1;
+        let version = format!("..v{}", self.versions);
+        let version_dir = self.dir.path().join(&version);
+        std::fs::create_dir(&version_dir).expect("version dir");
+        std::fs::write(version_dir.join("tls.crt"), cert_pem).expect("cert");
+        std::fs::write(version_dir.join("tls.key"), key_pem).expect("key");
+        let staged = self.dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &staged).expect("staged symlink");
+        std::fs::rename(&staged, self.path("..data")).expect("swap ..data");
+    }
+}
+
+struct Server {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    async fn start(volume: &SecretVolume) -> Self {
+        let certificate = Arc::new(ReloadingCertificate::new(
+            volume.path("tls.crt"),
+            volume.path("tls.key"),
+        ));
+        let tls = certificate.server_config().expect("TLS config");
+        let state = Arc::new(AppState {
+            settings: common::settings(),
+            metrics: Metrics::default(),
+            certificate: Some(certificate),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let limits = ServeLimits {
+            handshake_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(5),
+        };
+        let task = tokio::spawn(serve_tls(
+            listener,
+            tls,
+            router(state, 1 << 20),
+            limits,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Server {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("server stops in time")
+            .expect("server task does not panic");
+    }
+}
+
+/// A client that trusts only the given CAs and checks the Service DNS name. Session
+/// resumption is off, so every connection is a full handshake that shows the served
+/// certificate.
+fn connector(ca_pems: &[&str]) -> TlsConnector {
+    connector_for(ca_pems, rustls::DEFAULT_VERSIONS)
+}
+
+fn connector_for(
+    ca_pems: &[&str],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in ca_pems {
+        roots
+            .add(CertificateDer::from_pem_slice(pem.as_bytes()).expect("CA PEM"))
+            .expect("CA added");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    TlsConnector::from(Arc::new(config))
+}
+
+async fn connect(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    connector
+        .connect(ServerName::try_from(SERVER_NAME).expect("name"), tcp)
+        .await
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+/// Opens a verified HTTP/1.1 connection; returns it with the served certificate.
+async fn open(connector: &TlsConnector, addr: SocketAddr) -> Result<(Sender, Vec<u8>), String> {
+    let stream = connect(connector, addr)
+        .await
+        .map_err(|error| error.to_string())?;
+    let served = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|cert| cert.to_vec());
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|error| error.to_string())?;
+    tokio::spawn(connection);
+    Ok((sender, served.unwrap_or_default()))
+}
+
+/// GET `path` on a new verified connection; returns the status and the served certificate.
+async fn get(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+    path: &str,
+) -> Result<(u16, Vec<u8>), String> {
+    let (mut sender, served) = open(connector, addr).await?;
+    let status = send(&mut sender, path).await?;
+    Ok((status, served))
+}
+
+async fn send(sender: &mut Sender, path: &str) -> Result<u16, String> {
+    let request = hyper::Request::get(path)
+        .header("host", SERVER_NAME)
+        .body(Empty::<Bytes>::new())
+        .map_err(|error| error.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|error| error.to_string())?;
+    let status = response.status().as_u16();
+    response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|error| error.to_string())?;
+    Ok(status)
+}
+
+fn der(cert_pem: &str) -> Vec<u8> {
+    CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .expect("PEM")
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_verified_tls_and_rotates_the_certificate_under_load_without_a_failed_request() {
+    let (first, second) = (generate(), generate());
+    let mut volume = SecretVolume::new();
+    volume.publish(&first.cert_pem, &first.key_pem);
+    let server = Server::start(&volume).await;
+
+    // A client that trusts neither CA is refused: the certificate really is verified.
+    let stranger = connector(&[&generate().ca_pem]);
+    assert!(get(&stranger, server.addr, "/healthz").await.is_err());
+
+    let client = connector(&[&first.ca_pem, &second.ca_pem]);
+    assert_eq!(
+        get(&client, server.addr, "/readyz").await,
+        Ok((200, der(&first.cert_pem)))
+    );
+
+    let failures = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (client, failures, requests, addr) = (
+            client.clone(),
+            failures.clone(),
+            requests.clone(),
+            server.addr,
+        );
+        let second_der = der(&second.cert_pem);
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut rotated_seen_at = None;
+            while Instant::now() < deadline {
+                match get(&client, addr, "/healthz").await {
+                    Ok((200, served)) => {
+                        if served == second_der && rotated_seen_at.is_none() {
+                            rotated_seen_at = Some(requests.load(Ordering::SeqCst));
+                        }
+                    }
+                    other => {
+                        eprintln!("request failed: {other:?}");
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                let done = requests.fetch_add(1, Ordering::SeqCst) + 1;
+                if rotated_seen_at.is_some_and(|at| done >= at + 50) {
+                    break;
+                }
+            }
+            rotated_seen_at
+        })
+    };
+    let (mut kept_alive, _) = open(&client, server.addr)
+        .await
+        .expect("keep-alive connection");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before_rotation = requests.load(Ordering::SeqCst);
+    volume.publish(&second.cert_pem, &second.key_pem);
+    let rotated_at = load.await.expect("load task");
+    assert_eq!(
+        send(&mut kept_alive, "/healthz").await,
+        Ok(200),
+        "open connections survive a rotation"
+    );
+
+    assert!(
+        before_rotation > 10,
+        "only {before_rotation} requests before the rotation"
+    );
+    assert!(rotated_at.is_some(), "the new certificate was never served");
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "requests failed during rotation"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn speaks_tls12_as_well_as_tls13() {
+    let certificates = generate();
+    let mut volume = SecretVolume::new();
+    volume.publish(&certificates.cert_pem, &certificates.key_pem);
+    let server = Server::start(&volume).await;
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let client = connector_for(&[&certificates.ca_pem], &[version]);
+        assert_eq!(
+            get(&client, server.addr, "/healthz").await,
+            Ok((200, der(&certificates.cert_pem))),
+            "{version:?}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_broken_rotation_keeps_serving_the_previous_certificate() {
+    let (good, next) = (generate(), generate());
+    let mut volume = SecretVolume::new();
+    volume.publish(&good.cert_pem, &good.key_pem);
+    let server = Server::start(&volume).await;
+    let client = connector(&[&good.ca_pem, &next.ca_pem]);
+
+    // Certificate of one pair with the key of another: refused, the old pair keeps serving.
+    volume.publish(&next.cert_pem, &good.key_pem);
+    assert_eq!(
+        get(&client, server.addr, "/readyz").await,
+        Ok((200, der(&good.cert_pem)))
+    );
+    volume.publish("not a certificate", "not a key");
+    assert_eq!(
+        get(&client, server.addr, "/readyz").await,
+        Ok((200, der(&good.cert_pem)))
+    );
+
+    volume.publish(&next.cert_pem, &next.key_pem);
+    assert_eq!(
+        get(&client, server.addr, "/readyz").await,
+        Ok((200, der(&next.cert_pem)))
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn starts_without_a_certificate_and_becomes_ready_when_it_appears() {
+    let certificates = generate();
+    let mut volume = SecretVolume::new();
+    let server = Server::start(&volume).await;
+    let client = connector(&[&certificates.ca_pem]);
+    assert!(
+        get(&client, server.addr, "/healthz").await.is_err(),
+        "no certificate, no TLS"
+    );
+
+    volume.publish(&certificates.cert_pem, &certificates.key_pem);
+    assert_eq!(
+        get(&client, server.addr, "/readyz").await,
+        Ok((200, der(&certificates.cert_pem)))
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_drains_an_in_flight_request_and_refuses_new_connections() {
+    let certificates = generate();
+    let mut volume = SecretVolume::new();
+    volume.publish(&certificates.cert_pem, &certificates.key_pem);
+    let server = Server::start(&volume).await;
+    let client = connector(&[&certificates.ca_pem]);
+    let addr = server.addr;
+
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "multus", "annotations": {"k8s.v1.cni.cncf.io/networks": "n"}},
+        "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+    });
+    let body = common::admission_review("in-flight", &pod, false).to_string();
+    let (head, tail) = body.split_at(body.len() / 2);
+    let mut stream = connect(&client, addr).await.expect("connects");
+    let request_head = format!(
+        "POST /mutate HTTP/1.1\r\nhost: {SERVER_NAME}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream
+        .write_all(request_head.as_bytes())
+        .await
+        .expect("write head");
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("write half the body");
+    stream.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let stopping = tokio::spawn(server.stop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        connect(&client, addr).await.is_err(),
+        "new connections are refused while draining"
+    );
+
+    stream
+        .write_all(tail.as_bytes())
+        .await
+        .expect("write the rest");
+    stream.flush().await.expect("flush");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .expect("read response");
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"uid\":\"in-flight\""), "{response}");
+    stopping.await.expect("server stopped");
+}
