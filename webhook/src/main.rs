@@ -3,6 +3,7 @@
 use std::io::{IsTerminal as _, Read as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,8 +115,17 @@ struct CertsArgs {
     days: u32,
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     init_logging(&cli.log, cli.log_format)?;
     match cli.command {
         Command::Serve(args) => serve(args),
@@ -203,18 +213,21 @@ fn inject(args: &InjectArgs) -> Result<()> {
         .injection
         .settings()
         .context("invalid helper settings")?;
-    let input = if args.file.as_os_str() == "-" {
+    let from_stdin = args.file.as_os_str() == "-";
+    let source = if from_stdin {
+        "standard input".to_owned()
+    } else {
+        args.file.display().to_string()
+    };
+    let input = if from_stdin {
         let mut input = String::new();
-        std::io::stdin()
-            .read_to_string(&mut input)
-            .context("cannot read standard input")?;
-        input
+        std::io::stdin().read_to_string(&mut input).map(|_| input)
     } else {
         std::fs::read_to_string(&args.file)
-            .with_context(|| format!("cannot read {}", args.file.display()))?
-    };
-    let (output, reports) = inject_yaml(&input, &settings)
-        .with_context(|| format!("cannot inject {}", args.file.display()))?;
+    }
+    .with_context(|| format!("cannot read {source}"))?;
+    let (output, reports) =
+        inject_yaml(&input, &settings).with_context(|| format!("cannot inject {source}"))?;
     for report in &reports {
         eprintln!("{report}");
     }

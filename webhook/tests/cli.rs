@@ -1,0 +1,117 @@
+//! The `ipmgr-webhook` binary's offline commands, run as a user would.
+
+mod common;
+
+use std::io::Write as _;
+use std::process::{Command, Output, Stdio};
+
+fn run(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ipmgr-webhook"))
+        .args(args)
+        .env("IPMGR_LOG_FORMAT", "text")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("stdin written");
+    child.wait_with_output().expect("binary exits")
+}
+
+#[test]
+fn inject_reads_stdin_and_reports_each_object() {
+    let input =
+        std::fs::read_to_string(common::test_path("golden/input/workloads.yaml")).expect("input");
+    let output = run(
+        &[
+            "inject",
+            "-f",
+            "-",
+            "--helper-image=registry.example.com/ipmgr-helper:0.1.0",
+            "--helper-arg=--allow-cidr=10.10.1.0/24",
+        ],
+        &input,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let golden =
+        std::fs::read_to_string(common::test_path("golden/output/workloads.yaml")).expect("golden");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), golden);
+    let report = String::from_utf8_lossy(&output.stderr);
+    for line in [
+        "deployment/web: injected (init)",
+        "statefulset/db: injected (sidecar)",
+        "daemonset/agent: injected (native-sidecar)",
+        "replicaset/plain: skipped: no Multus networks requested",
+        "cronjob/nightly: injected (init)",
+        "service/web: not a workload, unchanged",
+        "pod/listed-pod: injected (init)",
+    ] {
+        assert!(report.contains(line), "missing {line:?} in\n{report}");
+    }
+}
+
+#[test]
+fn inject_fails_on_a_pod_the_webhook_would_deny() {
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bad\n  annotations:\n    k8s.v1.cni.cncf.io/networks: n\n    multus-ipmgr.io/mode: later\nspec:\n  containers: [{name: app, image: busybox}]\n";
+    let output = run(&["inject", "-f", "-"], pod);
+    assert!(!output.status.success());
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("pod/bad"), "{error}");
+    assert!(error.contains("multus-ipmgr.io/mode"), "{error}");
+    assert!(
+        output.stdout.is_empty(),
+        "nothing is printed for a failed input"
+    );
+}
+
+#[test]
+fn inject_rejects_invalid_settings_and_files() {
+    let output = run(&["inject", "-f", "/nonexistent.yaml"], "");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read /nonexistent.yaml"));
+    let output = run(&["inject", "-f", "-", "--helper-memory-request=1Gi"], "");
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("memory request 1Gi is larger than its limit 64Mi")
+    );
+}
+
+#[test]
+fn certs_writes_what_kustomize_needs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("tls");
+    let output = run(
+        &[
+            "certs",
+            "--out-dir",
+            out.to_str().expect("UTF-8 path"),
+            "--namespace",
+            "net",
+        ],
+        "",
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for name in ["tls.crt", "tls.key", "ca.crt", "cabundle-patch.yaml"] {
+        assert!(out.join(name).is_file(), "{name} missing");
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(out.join("tls.key"))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the private key is private");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("ipmgr-webhook.net.svc"));
+}

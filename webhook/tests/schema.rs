@@ -1,0 +1,234 @@
+//! Offline validation against the Kubernetes OpenAPI schema (PyPI `kubernetes-validate
+//! --strict`, pinned in `tests/requirements.txt` and installed by `scripts/test`): the
+//! kustomize builds of `manifests/` and `certs/cert-manager/`, every manifest file, and every
+//! golden output. Kinds from CRDs (NetworkAttachmentDefinition, cert-manager) have no schema
+//! there and are the only warnings allowed.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ipmgr_webhook::certs::{ServiceIdentity, write_for_kustomize};
+
+/// Oldest version with native sidecars on by default, and the newest the validator knows.
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.37.0"];
+const CRD_KINDS: [&str; 3] = ["NetworkAttachmentDefinition", "Issuer", "Certificate"];
+
+fn repo_root() -> PathBuf {
+    common::test_path("../..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+fn tool(variable: &str, name: &str, install: &str) -> String {
+    let program = std::env::var(variable).unwrap_or_else(|_| name.to_owned());
+    let found = Command::new(&program)
+        .arg("--help")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    assert!(found, "{program} not found: {install} (or set {variable})");
+    program
+}
+
+/// Validates `files` for every version; panics on errors and on warnings other than CRDs.
+fn validate(files: &[PathBuf]) -> Result<(), String> {
+    let validator = tool(
+        "KUBERNETES_VALIDATE",
+        "kubernetes-validate",
+        "run scripts/test, or pip install -r tests/requirements.txt",
+    );
+    for version in KUBERNETES_VERSIONS {
+        let output = Command::new(&validator)
+            .args(["--strict", "-k", version])
+            .args(files)
+            .output()
+            .expect("kubernetes-validate runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let unexpected: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.starts_with("INFO "))
+            .filter(|line| {
+                !(line.starts_with("WARN ")
+                    && CRD_KINDS
+                        .iter()
+                        .any(|kind| line.contains(&format!("kind {kind} "))))
+            })
+            .filter(|line| !line.trim().is_empty())
+            .collect();
+        if !output.status.success() || !unexpected.is_empty() {
+            return Err(format!("Kubernetes {version}:\n{}", unexpected.join("\n")));
+        }
+    }
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("create dir");
+    for entry in fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            if entry.file_name() != "tls" {
+                copy_tree(&entry.path(), &target);
+            }
+        } else {
+            fs::copy(entry.path(), target).expect("copy file");
+        }
+    }
+}
+
+fn yaml_files(dir: &Path, files: &mut Vec<PathBuf>) {
+    for entry in fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|name| name != "tls") {
+                yaml_files(&path, files);
+            }
+        } else if path.extension().is_some_and(|ext| ext == "yaml")
+            && path
+                .file_name()
+                .is_some_and(|name| name != "kustomization.yaml")
+        {
+            files.push(path);
+        }
+    }
+}
+
+#[test]
+fn the_validator_rejects_an_invalid_pod() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.yaml");
+    fs::write(
+        &bad,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  containers: [{name: a, image: b, restartPolicy: 7}]\n",
+    )
+    .expect("write");
+    assert!(
+        validate(&[bad]).is_err(),
+        "a wrong type must fail validation"
+    );
+}
+
+#[test]
+fn kustomize_builds_validate_and_carry_the_generated_certificate() {
+    let kubectl = tool(
+        "KUBECTL",
+        "kubectl",
+        "install kubectl (it carries kustomize)",
+    );
+    let root = repo_root();
+    let work = tempfile::tempdir().expect("tempdir");
+    copy_tree(&root.join("manifests"), &work.path().join("manifests"));
+    copy_tree(&root.join("certs"), &work.path().join("certs"));
+    let certificates = ServiceIdentity {
+        service: "ipmgr-webhook".to_owned(),
+        namespace: "multus-ipmgr".to_owned(),
+        valid_days: 30,
+    }
+    .generate()
+    .expect("certificates");
+    write_for_kustomize(&work.path().join("manifests/tls"), &certificates).expect("written");
+
+    let mut rendered = Vec::new();
+    for build in ["manifests", "certs/cert-manager"] {
+        let output = Command::new(&kubectl)
+            .arg("kustomize")
+            .arg(work.path().join(build))
+            .output()
+            .expect("kubectl kustomize runs");
+        assert!(
+            output.status.success(),
+            "kustomize {build}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let file = work
+            .path()
+            .join(format!("{}.rendered.yaml", build.replace('/', "-")));
+        fs::write(&file, &output.stdout).expect("write rendered");
+        rendered.push((
+            build,
+            String::from_utf8(output.stdout).expect("UTF-8"),
+            file,
+        ));
+    }
+    let files: Vec<PathBuf> = rendered.iter().map(|(_, _, file)| file.clone()).collect();
+    validate(&files).unwrap_or_else(|error| panic!("{error}"));
+
+    let (_, default_build, _) = &rendered[0];
+    for kind in [
+        "Namespace",
+        "ServiceAccount",
+        "ConfigMap",
+        "Secret",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Service",
+        "MutatingWebhookConfiguration",
+    ] {
+        assert!(
+            default_build.contains(&format!("\nkind: {kind}\n")),
+            "{kind} missing from the build"
+        );
+    }
+    use base64::Engine as _;
+    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&certificates.ca_pem);
+    assert!(
+        default_build.contains(&format!("caBundle: {ca_bundle}")),
+        "caBundle not patched in"
+    );
+    let (_, cert_manager_build, _) = &rendered[1];
+    assert!(
+        cert_manager_build.contains("cert-manager.io/inject-ca-from: multus-ipmgr/ipmgr-webhook")
+    );
+    assert!(cert_manager_build.contains("secretName: ipmgr-webhook-tls\n"));
+}
+
+/// Copies `file` into `dir` with the items of every `List` as documents of their own (the
+/// validator has no schema for List).
+fn expand_lists(file: &Path, dir: &Path) -> PathBuf {
+    use serde::Deserialize as _;
+    let text = fs::read_to_string(file).expect("read");
+    let mut documents = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let value = serde_json::Value::deserialize(document).expect("YAML");
+        match value["items"].as_array() {
+            Some(items) if value["kind"] == "List" => documents.extend(items.iter().cloned()),
+            _ => documents.push(value),
+        }
+    }
+    let expanded: Vec<String> = documents
+        .iter()
+        .map(|document| serde_yaml::to_string(document).expect("YAML"))
+        .collect();
+    let target = dir.join(file.file_name().expect("file name"));
+    fs::write(&target, expanded.join("---\n")).expect("write");
+    target
+}
+
+#[test]
+fn every_manifest_and_golden_output_validates() {
+    let root = repo_root();
+    let mut files = Vec::new();
+    yaml_files(&root.join("manifests"), &mut files);
+    yaml_files(&root.join("certs"), &mut files);
+    let mut golden = Vec::new();
+    yaml_files(&common::test_path("golden/output"), &mut golden);
+    let expanded = tempfile::tempdir().expect("tempdir");
+    files.extend(
+        golden
+            .iter()
+            .map(|file| expand_lists(file, expanded.path())),
+    );
+    files.sort();
+    assert!(
+        files.len() >= 23,
+        "expected the manifests and golden files, found {files:?}"
+    );
+    validate(&files).unwrap_or_else(|error| panic!("{error}"));
+}
