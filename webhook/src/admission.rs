@@ -3,12 +3,11 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use ipmgr_injector::{Decision, HelperSettings, Mode, SkipReason, plan};
+use ipmgr_injector::{Decision, HelperSettings, Mode, PodTemplate, SkipReason, plan};
 use json_patch::jsonptr::Pointer;
-use k8s_openapi::api::core::v1::Pod;
-use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionReview};
-use serde::Serialize;
+use kube::core::{DynamicObject, GroupVersionKind};
+use serde::{Deserialize, Serialize};
 
 /// What happened to one admission request; the label set of the requests metric.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -132,51 +131,100 @@ impl AdmissionAnswer {
     }
 }
 
+/// The fields of an `admission.k8s.io/v1` AdmissionReview the webhook reads; the object is
+/// read as a [`PodTemplate`], which skips everything the decision does not need.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodReview {
+    api_version: String,
+    kind: String,
+    request: Option<PodRequest>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodRequest {
+    uid: String,
+    kind: GroupVersionKind,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    object: Option<PodTemplate>,
+}
+
 /// Answers one AdmissionReview body.
+///
+/// The body is read once into [`PodReview`]; only when that fails is it read again as kube's
+/// generic `AdmissionReview<DynamicObject>`, to tell an object that is not a readable Pod
+/// (allowed unchanged, with a warning) from a body that is no AdmissionReview at all.
 pub fn review(
     body: &[u8],
     settings: &HelperSettings,
 ) -> Result<(ReviewResponse, Outcome), ReviewError> {
-    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
-    if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
-        return Err(ReviewError::UnsupportedVersion(format!(
-            "{}/{}",
-            review.types.api_version, review.types.kind
-        )));
-    }
-    let request: AdmissionRequest<DynamicObject> =
-        review.try_into().map_err(|_| ReviewError::NoRequest)?;
-    let (answer, outcome) = answer(request, settings);
+    let (answer, outcome) = match serde_json::from_slice::<PodReview>(body) {
+        Ok(review) => {
+            check_version(&review.api_version, &review.kind)?;
+            let request = review.request.ok_or(ReviewError::NoRequest)?;
+            match request.object {
+                Some(pod) if is_pod(&request.kind, request.sub_resource.as_deref()) => {
+                    answer_pod(request.uid, &pod, settings)
+                }
+                _ => ignore(request.uid, &request.kind, request.sub_resource),
+            }
+        }
+        Err(pod_error) => {
+            let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
+            check_version(&review.types.api_version, &review.types.kind)?;
+            let request: AdmissionRequest<DynamicObject> =
+                review.try_into().map_err(|_| ReviewError::NoRequest)?;
+            if is_pod(&request.kind, request.sub_resource.as_deref()) {
+                let mut answer = AdmissionAnswer::allow(request.uid);
+                answer.warnings.push(format!(
+                    "multus-ipmgr webhook could not read the Pod, left it unchanged: {pod_error}"
+                ));
+                (answer, Outcome::Ignored)
+            } else {
+                ignore(request.uid, &request.kind, request.sub_resource)
+            }
+        }
+    };
     Ok((ReviewResponse::new(answer), outcome))
 }
 
-fn answer(
-    request: AdmissionRequest<DynamicObject>,
+fn check_version(api_version: &str, kind: &str) -> Result<(), ReviewError> {
+    if api_version == "admission.k8s.io/v1" && kind == "AdmissionReview" {
+        Ok(())
+    } else {
+        Err(ReviewError::UnsupportedVersion(format!(
+            "{api_version}/{kind}"
+        )))
+    }
+}
+
+fn is_pod(kind: &GroupVersionKind, sub_resource: Option<&str>) -> bool {
+    kind.group.is_empty() && kind.kind == "Pod" && sub_resource.is_none()
+}
+
+fn ignore(
+    uid: String,
+    kind: &GroupVersionKind,
+    sub_resource: Option<String>,
+) -> (AdmissionAnswer, Outcome) {
+    let mut answer = AdmissionAnswer::allow(uid);
+    answer.warnings.push(format!(
+        "multus-ipmgr webhook only handles Pods; {} (subresource {sub_resource:?}) left unchanged",
+        kind.kind
+    ));
+    (answer, Outcome::Ignored)
+}
+
+fn answer_pod(
+    uid: String,
+    pod: &PodTemplate,
     settings: &HelperSettings,
 ) -> (AdmissionAnswer, Outcome) {
-    let mut answer = AdmissionAnswer::allow(request.uid);
-    let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
-    let Some(object) = request
-        .object
-        .filter(|_| is_pod && request.sub_resource.is_none())
-    else {
-        answer.warnings.push(format!(
-            "multus-ipmgr webhook only handles Pods; {} (subresource {:?}) left unchanged",
-            request.kind.kind, request.sub_resource
-        ));
-        return (answer, Outcome::Ignored);
-    };
-    let pod = match pod_from(object) {
-        Ok(pod) => pod,
-        Err(error) => {
-            answer.warnings.push(format!(
-                "multus-ipmgr webhook could not read the Pod, left it unchanged: {error}"
-            ));
-            return (answer, Outcome::Ignored);
-        }
-    };
-    let spec = pod.spec.unwrap_or_default();
-    match plan(Pointer::root(), &pod.metadata, &spec, settings) {
+    let mut answer = AdmissionAnswer::allow(uid);
+    match plan(Pointer::root(), pod, settings) {
         Decision::Inject(injection) => {
             let patch = serde_json::to_vec(&injection.patch)
                 .expect("a JSON Patch always serializes to JSON");
@@ -194,15 +242,4 @@ fn answer(
             (answer, Outcome::Denied)
         }
     }
-}
-
-/// Converts the review's object into a Pod, without its managedFields.
-fn pod_from(mut object: DynamicObject) -> Result<Pod, serde_json::Error> {
-    object.metadata.managed_fields = None;
-    let spec = object.data.get_mut("spec").map(std::mem::take);
-    Ok(Pod {
-        metadata: object.metadata,
-        spec: spec.map(serde_json::from_value).transpose()?,
-        status: None,
-    })
 }

@@ -3,10 +3,8 @@
 
 use std::fmt;
 
-use ipmgr_injector::{Decision, DenyReason, HelperSettings, Mode, SkipReason, plan};
+use ipmgr_injector::{Decision, DenyReason, HelperSettings, Mode, PodTemplate, SkipReason, plan};
 use json_patch::jsonptr::{Pointer, PointerBuf};
-use k8s_openapi::api::core::v1::PodSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize as _;
 use serde_json::Value;
 
@@ -159,13 +157,12 @@ pub fn inject_object(
         return Ok(());
     };
     let pointer = PointerBuf::parse(pointer).expect("template pointers are valid JSON pointers");
-    let (metadata, spec) =
-        read_template(value, &pointer).map_err(|source| ManifestError::Template {
-            object: object.clone(),
-            pointer: pointer.to_string(),
-            source,
-        })?;
-    let result = match plan(&pointer, &metadata, &spec, settings) {
+    let template = read_template(value, &pointer).map_err(|source| ManifestError::Template {
+        object: object.clone(),
+        pointer: pointer.to_string(),
+        source,
+    })?;
+    let result = match plan(&pointer, &template, settings) {
         Decision::Inject(injection) => {
             json_patch::patch(value, &injection.patch.0).map_err(|source| {
                 ManifestError::Patch {
@@ -182,13 +179,11 @@ pub fn inject_object(
     Ok(())
 }
 
-fn read_template(
-    value: &Value,
-    pointer: &Pointer,
-) -> Result<(ObjectMeta, PodSpec), serde_json::Error> {
-    let template = pointer.resolve(value).ok();
-    let field = |name: &str| template.and_then(|template| template.get(name));
-    let metadata = field("metadata").map(ObjectMeta::deserialize).transpose()?;
-    let spec = field("spec").map(PodSpec::deserialize).transpose()?;
-    Ok((metadata.unwrap_or_default(), spec.unwrap_or_default()))
+fn read_template(value: &Value, pointer: &Pointer) -> Result<PodTemplate, serde_json::Error> {
+    pointer
+        .resolve(value)
+        .ok()
+        .map(PodTemplate::deserialize)
+        .transpose()
+        .map(Option::unwrap_or_default)
 }

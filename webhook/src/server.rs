@@ -137,6 +137,10 @@ pub async fn serve_tls(
             },
             () = &mut shutdown => break,
         };
+        // Admission answers are small writes: do not let Nagle hold them for an ACK.
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(app.clone());
         let builder = builder.clone();

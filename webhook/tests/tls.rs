@@ -17,16 +17,13 @@ use ipmgr_webhook::certs::{GeneratedCertificates, ServiceIdentity};
 use ipmgr_webhook::metrics::Metrics;
 use ipmgr_webhook::server::{AppState, ServeLimits, router, serve_tls};
 use ipmgr_webhook::tls::ReloadingCertificate;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
-
-const SERVER_NAME: &str = "ipmgr-webhook.multus-ipmgr.svc";
 
 fn generate() -> GeneratedCertificates {
     ServiceIdentity {
@@ -127,49 +124,11 @@ impl Server {
     }
 }
 
-/// A client that trusts only the given CAs and checks the Service DNS name. Session
-/// resumption is off, so every connection is a full handshake that shows the served
-/// certificate.
-fn connector(ca_pems: &[&str]) -> TlsConnector {
-    connector_for(ca_pems, rustls::DEFAULT_VERSIONS)
-}
-
-fn connector_for(
-    ca_pems: &[&str],
-    versions: &[&'static rustls::SupportedProtocolVersion],
-) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    for pem in ca_pems {
-        roots
-            .add(CertificateDer::from_pem_slice(pem.as_bytes()).expect("CA PEM"))
-            .expect("CA added");
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(versions)
-    .expect("protocol versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.resumption = rustls::client::Resumption::disabled();
-    TlsConnector::from(Arc::new(config))
-}
-
-async fn connect(
-    connector: &TlsConnector,
-    addr: SocketAddr,
-) -> std::io::Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await?;
-    connector
-        .connect(ServerName::try_from(SERVER_NAME).expect("name"), tcp)
-        .await
-}
-
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
 /// Opens a verified HTTP/1.1 connection; returns it with the served certificate.
 async fn open(connector: &TlsConnector, addr: SocketAddr) -> Result<(Sender, Vec<u8>), String> {
-    let stream = connect(connector, addr)
+    let stream = common::connect(connector, addr)
         .await
         .map_err(|error| error.to_string())?;
     let served = stream
@@ -198,7 +157,7 @@ async fn get(
 
 async fn send(sender: &mut Sender, path: &str) -> Result<u16, String> {
     let request = hyper::Request::get(path)
-        .header("host", SERVER_NAME)
+        .header("host", common::SERVER_NAME)
         .body(Empty::<Bytes>::new())
         .map_err(|error| error.to_string())?;
     let response = sender
@@ -228,10 +187,10 @@ async fn serves_verified_tls_and_rotates_the_certificate_under_load_without_a_fa
     let server = Server::start(&volume).await;
 
     // A client that trusts neither CA is refused: the certificate really is verified.
-    let stranger = connector(&[&generate().ca_pem]);
+    let stranger = common::connector(&[&generate().ca_pem]);
     assert!(get(&stranger, server.addr, "/healthz").await.is_err());
 
-    let client = connector(&[&first.ca_pem, &second.ca_pem]);
+    let client = common::connector(&[&first.ca_pem, &second.ca_pem]);
     assert_eq!(
         get(&client, server.addr, "/readyz").await,
         Ok((200, der(&first.cert_pem)))
@@ -303,7 +262,7 @@ async fn speaks_tls12_as_well_as_tls13() {
     volume.publish(&certificates.cert_pem, &certificates.key_pem);
     let server = Server::start(&volume).await;
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
-        let client = connector_for(&[&certificates.ca_pem], &[version]);
+        let client = common::connector_for(&[&certificates.ca_pem], &[version]);
         assert_eq!(
             get(&client, server.addr, "/healthz").await,
             Ok((200, der(&certificates.cert_pem))),
@@ -319,7 +278,7 @@ async fn a_broken_rotation_keeps_serving_the_previous_certificate() {
     let mut volume = SecretVolume::new();
     volume.publish(&good.cert_pem, &good.key_pem);
     let server = Server::start(&volume).await;
-    let client = connector(&[&good.ca_pem, &next.ca_pem]);
+    let client = common::connector(&[&good.ca_pem, &next.ca_pem]);
 
     // Certificate of one pair with the key of another: refused, the old pair keeps serving.
     volume.publish(&next.cert_pem, &good.key_pem);
@@ -346,7 +305,7 @@ async fn starts_without_a_certificate_and_becomes_ready_when_it_appears() {
     let certificates = generate();
     let mut volume = SecretVolume::new();
     let server = Server::start(&volume).await;
-    let client = connector(&[&certificates.ca_pem]);
+    let client = common::connector(&[&certificates.ca_pem]);
     assert!(
         get(&client, server.addr, "/healthz").await.is_err(),
         "no certificate, no TLS"
@@ -366,7 +325,7 @@ async fn shutdown_drains_an_in_flight_request_and_refuses_new_connections() {
     let mut volume = SecretVolume::new();
     volume.publish(&certificates.cert_pem, &certificates.key_pem);
     let server = Server::start(&volume).await;
-    let client = connector(&[&certificates.ca_pem]);
+    let client = common::connector(&[&certificates.ca_pem]);
     let addr = server.addr;
 
     let pod = serde_json::json!({
@@ -376,9 +335,10 @@ async fn shutdown_drains_an_in_flight_request_and_refuses_new_connections() {
     });
     let body = common::admission_review("in-flight", &pod, false).to_string();
     let (head, tail) = body.split_at(body.len() / 2);
-    let mut stream = connect(&client, addr).await.expect("connects");
+    let mut stream = common::connect(&client, addr).await.expect("connects");
     let request_head = format!(
-        "POST /mutate HTTP/1.1\r\nhost: {SERVER_NAME}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        "POST /mutate HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        common::SERVER_NAME,
         body.len()
     );
     stream
@@ -395,7 +355,7 @@ async fn shutdown_drains_an_in_flight_request_and_refuses_new_connections() {
     let stopping = tokio::spawn(server.stop());
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
-        connect(&client, addr).await.is_err(),
+        common::connect(&client, addr).await.is_err(),
         "new connections are refused while draining"
     );
 

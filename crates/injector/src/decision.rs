@@ -2,16 +2,14 @@ use std::fmt;
 
 use json_patch::jsonptr::{Pointer, PointerBuf};
 use json_patch::{AddOperation, Patch, PatchOperation};
-use k8s_openapi::api::core::v1::PodSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::container::{ContainerSpec, run_volume};
 use crate::settings::is_image_reference;
 use crate::{
-    HELPER_CONTAINER_NAME, HelperSettings, Mode, Quantity, QuantityError, RUN_VOLUME_NAME,
-    UnknownMode, annotations,
+    HELPER_CONTAINER_NAME, HelperSettings, Mode, PodTemplate, Quantity, QuantityError,
+    RUN_VOLUME_NAME, UnknownMode, annotations,
 };
 
 /// What the injector does with one pod template.
@@ -119,14 +117,9 @@ pub enum DenyReason {
 /// `template` points at the pod template inside the document the patch will be applied to:
 /// the root for a Pod, `/spec/template` for a Deployment. The result depends only on the
 /// arguments.
-pub fn plan(
-    template: &Pointer,
-    metadata: &ObjectMeta,
-    spec: &PodSpec,
-    settings: &HelperSettings,
-) -> Decision {
-    match decide_mode(metadata, spec, settings) {
-        Ok(mode) => match build_patch(template, mode, metadata, spec, settings) {
+pub fn plan(template: &Pointer, pod: &PodTemplate, settings: &HelperSettings) -> Decision {
+    match decide_mode(pod, settings) {
+        Ok(mode) => match build_patch(template, mode, pod, settings) {
             Ok(patch) => Decision::Inject(Injection { mode, patch }),
             Err(reason) => Decision::Deny(reason),
         },
@@ -140,33 +133,28 @@ enum ModeDecision {
     Deny(DenyReason),
 }
 
-fn annotation<'a>(metadata: &'a ObjectMeta, key: &str) -> Option<&'a str> {
-    metadata.annotations.as_ref()?.get(key).map(String::as_str)
-}
-
-fn decide_mode(
-    metadata: &ObjectMeta,
-    spec: &PodSpec,
-    settings: &HelperSettings,
-) -> Result<Mode, ModeDecision> {
-    if annotation(metadata, annotations::NETWORKS).is_none_or(|value| value.trim().is_empty()) {
+fn decide_mode(pod: &PodTemplate, settings: &HelperSettings) -> Result<Mode, ModeDecision> {
+    if pod
+        .annotation(annotations::NETWORKS)
+        .is_none_or(|value| value.trim().is_empty())
+    {
         return Err(ModeDecision::Skip(SkipReason::NoMultusNetworks));
     }
-    if spec.host_network == Some(true) {
+    if pod.host_network() {
         return Err(ModeDecision::Skip(SkipReason::HostNetwork));
     }
-    if annotation(metadata, annotations::STATUS).is_some() {
+    if pod.annotation(annotations::STATUS).is_some() {
         return Err(ModeDecision::Skip(SkipReason::AlreadyInjected));
     }
-    let has_helper = spec
-        .containers
+    let has_helper = pod
+        .containers()
         .iter()
-        .chain(spec.init_containers.iter().flatten())
+        .chain(pod.init_containers())
         .any(|container| container.name == HELPER_CONTAINER_NAME);
     if has_helper {
         return Err(ModeDecision::Skip(SkipReason::HelperPresent));
     }
-    let mode = match annotation(metadata, annotations::MODE) {
+    let mode = match pod.annotation(annotations::MODE) {
         Some(value) => value
             .parse::<Mode>()
             .map_err(|error| ModeDecision::Deny(error.into()))?,
@@ -181,11 +169,10 @@ fn decide_mode(
 fn build_patch(
     template: &Pointer,
     mode: Mode,
-    metadata: &ObjectMeta,
-    spec: &PodSpec,
+    pod: &PodTemplate,
     settings: &HelperSettings,
 ) -> Result<Patch, DenyReason> {
-    let image = match annotation(metadata, annotations::IMAGE) {
+    let image = match pod.annotation(annotations::IMAGE) {
         Some(_) if !settings.allow_image_override => {
             return Err(DenyReason::ImageOverrideNotAllowed);
         }
@@ -199,7 +186,7 @@ fn build_patch(
     };
     let mut resources = settings.resources.clone();
     for (key, field) in resources.overridable() {
-        if let Some(value) = annotation(metadata, key) {
+        if let Some(value) = pod.annotation(key) {
             *field =
                 value
                     .trim()
@@ -231,20 +218,20 @@ fn build_patch(
         Mode::Init | Mode::NativeSidecar => operations.push(add_to_list(
             &spec_path,
             "initContainers",
-            spec.init_containers.as_ref().map_or(0, Vec::len),
+            pod.init_containers().len(),
             ListEnd::Front,
             &container,
         )),
         Mode::Sidecar | Mode::Disabled => operations.push(add_to_list(
             &spec_path,
             "containers",
-            spec.containers.len(),
+            pod.containers().len(),
             ListEnd::Back,
             &container,
         )),
     }
     if mode == Mode::NativeSidecar {
-        let volumes = spec.volumes.as_deref().unwrap_or_default();
+        let volumes = pod.volumes();
         if volumes.iter().any(|volume| volume.name == RUN_VOLUME_NAME) {
             return Err(DenyReason::VolumeNameTaken);
         }

@@ -10,12 +10,14 @@ mod decision;
 mod mode;
 mod quantity;
 mod settings;
+mod template;
 
 pub use container::{HELPER_CONTAINER_NAME, READY_FILE, RUN_VOLUME_NAME};
 pub use decision::{Decision, DenyReason, Injection, SkipReason, plan};
 pub use mode::{Mode, UnknownMode};
 pub use quantity::{Quantity, QuantityError};
 pub use settings::{HelperSettings, InvalidSettings, ResourceSettings};
+pub use template::{Named, PodTemplate, TemplateMetadata, TemplateSpec};
 
 /// Pod annotations the injector reads or writes.
 pub mod annotations {

@@ -2,12 +2,13 @@
 //! json-patch crate to real pod documents.
 
 use ipmgr_injector::{
-    Decision, DenyReason, HelperSettings, Mode, ResourceSettings, SkipReason, annotations, plan,
+    Decision, DenyReason, HelperSettings, Mode, PodTemplate, ResourceSettings, SkipReason,
+    annotations, plan,
 };
 use json_patch::jsonptr::{Pointer, PointerBuf};
-use k8s_openapi::api::core::v1::Pod;
 use pretty_assertions::assert_eq;
 use rstest::{fixture, rstest};
+use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 #[fixture]
@@ -51,13 +52,8 @@ fn merge(target: &mut Value, extra: Value) {
 }
 
 fn decide(document: &Value, settings: &HelperSettings) -> Decision {
-    let pod: Pod = serde_json::from_value(document.clone()).expect("test pods are valid");
-    plan(
-        Pointer::root(),
-        &pod.metadata,
-        &pod.spec.unwrap_or_default(),
-        settings,
-    )
+    let pod = PodTemplate::deserialize(document).expect("test pods are valid");
+    plan(Pointer::root(), &pod, settings)
 }
 
 /// Plans and applies the injection; panics unless the decision is an injection.
@@ -212,13 +208,8 @@ fn patches_a_template_below_its_pointer(settings: HelperSettings) {
         }},
     });
     let template = PointerBuf::parse("/spec/template").expect("pointer");
-    let pod: Pod = serde_json::from_value(document["spec"]["template"].clone()).expect("pod");
-    let Decision::Inject(injection) = plan(
-        &template,
-        &pod.metadata,
-        &pod.spec.unwrap_or_default(),
-        &settings,
-    ) else {
+    let pod = PodTemplate::deserialize(&document["spec"]["template"]).expect("template");
+    let Decision::Inject(injection) = plan(&template, &pod, &settings) else {
         panic!("expected an injection");
     };
     json_patch::patch(&mut document, &injection.patch.0).expect("applies");
@@ -293,4 +284,29 @@ fn builds_a_restricted_container_with_overrides(settings: HelperSettings) {
             "IPMGR_READY_FILE"
         ]
     );
+}
+
+#[rstest]
+#[case::null_lists(json!({"metadata": {"annotations": {"k8s.v1.cni.cncf.io/networks": "n"}}, "spec": {"containers": null, "initContainers": null, "volumes": null}}))]
+#[case::null_metadata_fields(json!({"metadata": {"annotations": {"k8s.v1.cni.cncf.io/networks": "n"}, "labels": null}, "spec": {"containers": [{"name": "app"}]}}))]
+fn reads_templates_with_nulls(settings: HelperSettings, #[case] document: Value) {
+    let injected = inject(&document, &settings);
+    assert_eq!(
+        container_names(&injected, "initContainers"),
+        ["aws-ip-mgmt"]
+    );
+}
+
+#[test]
+fn template_view_ignores_everything_it_does_not_need() {
+    let pod: PodTemplate = serde_json::from_value(json!({
+        "metadata": {"name": "p", "annotations": {"a": "b"}, "managedFields": [{"manager": "x"}]},
+        "spec": {"hostNetwork": true, "containers": [{"name": "app", "image": "i", "env": []}], "tolerations": []},
+        "status": {"phase": "Pending"},
+    }))
+    .expect("parses");
+    assert_eq!(pod.annotation("a"), Some("b"));
+    assert!(pod.host_network());
+    assert_eq!(pod.containers().len(), 1);
+    assert!(pod.init_containers().is_empty());
 }

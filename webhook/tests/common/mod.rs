@@ -2,12 +2,22 @@
 
 #![allow(dead_code, unreachable_pub)] // each test binary uses its own subset
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Parser;
 use ipmgr_injector::HelperSettings;
 use ipmgr_webhook::config::InjectionArgs;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// The name the API server uses for the webhook Service.
+pub const SERVER_NAME: &str = "ipmgr-webhook.multus-ipmgr.svc";
 
 #[derive(Parser)]
 struct TestCli {
@@ -56,4 +66,44 @@ pub fn admission_review(uid: &str, object: &Value, dry_run: bool) -> Value {
             "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
         }
     })
+}
+
+/// A client that trusts only the given CAs and checks [`SERVER_NAME`]. Session resumption is
+/// off, so every connection is a full handshake that shows the served certificate.
+pub fn connector(ca_pems: &[&str]) -> TlsConnector {
+    connector_for(ca_pems, rustls::DEFAULT_VERSIONS)
+}
+
+/// [`connector`] limited to the given TLS versions.
+pub fn connector_for(
+    ca_pems: &[&str],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in ca_pems {
+        roots
+            .add(CertificateDer::from_pem_slice(pem.as_bytes()).expect("CA PEM"))
+            .expect("CA added");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    TlsConnector::from(Arc::new(config))
+}
+
+/// A verified TLS connection to `addr` as [`SERVER_NAME`].
+pub async fn connect(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    connector
+        .connect(ServerName::try_from(SERVER_NAME).expect("valid name"), tcp)
+        .await
 }
