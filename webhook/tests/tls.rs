@@ -273,6 +273,34 @@ async fn speaks_tls12_as_well_as_tls13() {
 }
 
 #[tokio::test]
+async fn negotiates_http2_through_alpn() {
+    let certificates = generate();
+    let mut volume = SecretVolume::new();
+    volume.publish(&certificates.cert_pem, &certificates.key_pem);
+    let server = Server::start(&volume).await;
+    let mut config = common::client_config(&[&certificates.ca_pem], rustls::DEFAULT_VERSIONS);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let stream = common::connect(&TlsConnector::from(Arc::new(config)), server.addr)
+        .await
+        .expect("connects");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let request = hyper::Request::get(format!("https://{}/healthz", common::SERVER_NAME))
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_broken_rotation_keeps_serving_the_previous_certificate() {
     let (good, next) = (generate(), generate());
     let mut volume = SecretVolume::new();

@@ -79,6 +79,14 @@ pub fn connector_for(
     ca_pems: &[&str],
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> TlsConnector {
+    TlsConnector::from(Arc::new(client_config(ca_pems, versions)))
+}
+
+/// The client configuration behind [`connector_for`].
+pub fn client_config(
+    ca_pems: &[&str],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     for pem in ca_pems {
         roots
@@ -93,7 +101,7 @@ pub fn connector_for(
     .with_root_certificates(roots)
     .with_no_client_auth();
     config.resumption = rustls::client::Resumption::disabled();
-    TlsConnector::from(Arc::new(config))
+    config
 }
 
 /// A verified TLS connection to `addr` as [`SERVER_NAME`].
