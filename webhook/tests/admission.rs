@@ -8,13 +8,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
-use http_body_util::BodyExt as _;
+use axum::http::{Method, StatusCode};
 use ipmgr_webhook::metrics::Metrics;
 use ipmgr_webhook::server::{AppState, router};
 use rstest::rstest;
 use serde_json::{Value, json};
-use tower::ServiceExt as _;
 
 const MAX_BODY: usize = 64 * 1024;
 
@@ -35,20 +33,7 @@ async fn call(
     path: &str,
     body: impl Into<Body>,
 ) -> (StatusCode, String) {
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(body.into())
-        .expect("request builds");
-    let response = app.clone().oneshot(request).await.expect("router answers");
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let (status, body) = common::call(app, method, path, body).await;
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 

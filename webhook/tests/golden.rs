@@ -8,18 +8,15 @@ mod common;
 use std::fs;
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::Request;
+use axum::http::Method;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use http_body_util::BodyExt as _;
 use ipmgr_webhook::manifest::{ReportResult, inject_yaml};
 use ipmgr_webhook::metrics::Metrics;
 use ipmgr_webhook::server::{AppState, router};
 use pretty_assertions::assert_eq;
 use serde::Deserialize as _;
 use serde_json::Value;
-use tower::ServiceExt as _;
 
 fn inputs() -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(common::test_path("golden/input"))
@@ -80,18 +77,8 @@ fn offline_injection_matches_the_golden_files_and_is_idempotent() {
 }
 
 async fn mutate(app: &axum::Router, review: &Value) -> Value {
-    let request = Request::post("/mutate")
-        .header("content-type", "application/json")
-        .body(Body::from(review.to_string()))
-        .expect("request builds");
-    let response = app.clone().oneshot(request).await.expect("router answers");
-    assert_eq!(response.status(), 200);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let (status, body) = common::call(app, Method::POST, "/mutate", review.to_string()).await;
+    assert_eq!(status, 200);
     serde_json::from_slice(&body).expect("response is JSON")
 }
 

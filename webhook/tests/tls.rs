@@ -113,6 +113,14 @@ impl Server {
         }
     }
 
+    /// A server whose Secret volume already holds `certificates`.
+    async fn serving(certificates: &GeneratedCertificates) -> (SecretVolume, Self) {
+        let mut volume = SecretVolume::new();
+        volume.publish(&certificates.cert_pem, &certificates.key_pem);
+        let server = Server::start(&volume).await;
+        (volume, server)
+    }
+
     async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -182,9 +190,7 @@ fn der(cert_pem: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_verified_tls_and_rotates_the_certificate_under_load_without_a_failed_request() {
     let (first, second) = (generate(), generate());
-    let mut volume = SecretVolume::new();
-    volume.publish(&first.cert_pem, &first.key_pem);
-    let server = Server::start(&volume).await;
+    let (mut volume, server) = Server::serving(&first).await;
 
     // A client that trusts neither CA is refused: the certificate really is verified.
     let stranger = common::connector(&[&generate().ca_pem]);
@@ -258,9 +264,7 @@ async fn serves_verified_tls_and_rotates_the_certificate_under_load_without_a_fa
 #[tokio::test]
 async fn speaks_tls12_as_well_as_tls13() {
     let certificates = generate();
-    let mut volume = SecretVolume::new();
-    volume.publish(&certificates.cert_pem, &certificates.key_pem);
-    let server = Server::start(&volume).await;
+    let (_volume, server) = Server::serving(&certificates).await;
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
         let client = common::connector_for(&[&certificates.ca_pem], &[version]);
         assert_eq!(
@@ -275,9 +279,7 @@ async fn speaks_tls12_as_well_as_tls13() {
 #[tokio::test]
 async fn negotiates_http2_through_alpn() {
     let certificates = generate();
-    let mut volume = SecretVolume::new();
-    volume.publish(&certificates.cert_pem, &certificates.key_pem);
-    let server = Server::start(&volume).await;
+    let (_volume, server) = Server::serving(&certificates).await;
     let mut config = common::client_config(&[&certificates.ca_pem], rustls::DEFAULT_VERSIONS);
     config.alpn_protocols = vec![b"h2".to_vec()];
     let stream = common::connect(&TlsConnector::from(Arc::new(config)), server.addr)
@@ -303,9 +305,7 @@ async fn negotiates_http2_through_alpn() {
 #[tokio::test]
 async fn a_broken_rotation_keeps_serving_the_previous_certificate() {
     let (good, next) = (generate(), generate());
-    let mut volume = SecretVolume::new();
-    volume.publish(&good.cert_pem, &good.key_pem);
-    let server = Server::start(&volume).await;
+    let (mut volume, server) = Server::serving(&good).await;
     let client = common::connector(&[&good.ca_pem, &next.ca_pem]);
 
     // Certificate of one pair with the key of another: refused, the old pair keeps serving.
@@ -350,9 +350,7 @@ async fn starts_without_a_certificate_and_becomes_ready_when_it_appears() {
 #[tokio::test]
 async fn shutdown_drains_an_in_flight_request_and_refuses_new_connections() {
     let certificates = generate();
-    let mut volume = SecretVolume::new();
-    volume.publish(&certificates.cert_pem, &certificates.key_pem);
-    let server = Server::start(&volume).await;
+    let (_volume, server) = Server::serving(&certificates).await;
     let client = common::connector(&[&certificates.ca_pem]);
     let addr = server.addr;
 

@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
 use clap::Parser;
+use http_body_util::BodyExt as _;
 use ipmgr_injector::HelperSettings;
 use ipmgr_webhook::config::InjectionArgs;
 use rustls::pki_types::pem::PemObject as _;
@@ -15,6 +18,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use tower::ServiceExt as _;
 
 /// The name the API server uses for the webhook Service.
 pub const SERVER_NAME: &str = "ipmgr-webhook.multus-ipmgr.svc";
@@ -114,4 +118,28 @@ pub async fn connect(
     connector
         .connect(ServerName::try_from(SERVER_NAME).expect("valid name"), tcp)
         .await
+}
+
+/// Sends one request through `app` with `oneshot`; returns the status and the body.
+pub async fn call(
+    app: &axum::Router,
+    method: Method,
+    path: &str,
+    body: impl Into<Body>,
+) -> (StatusCode, axum::body::Bytes) {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(body.into())
+        .expect("request builds");
+    let response = app.clone().oneshot(request).await.expect("router answers");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, body)
 }
