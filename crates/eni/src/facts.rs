@@ -1,0 +1,223 @@
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use crate::MacAddr;
+
+/// One network interface of the node, as instance metadata describes it under
+/// `network/interfaces/macs/<mac>/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Eni {
+    /// The interface's MAC (an ipvlan child in a pod carries it too).
+    pub mac: MacAddr,
+    /// `interface-id`, e.g. `eni-0123456789abcdef0`.
+    pub id: String,
+    /// `device-number`; 0 is the primary ENI, owned by the VPC CNI.
+    pub device_number: u32,
+    /// `subnet-ipv4-cidr-block`.
+    pub subnet_ipv4: Option<Ipv4Net>,
+    /// `subnet-ipv6-cidr-blocks`.
+    pub subnet_ipv6: Vec<Ipv6Net>,
+    /// `local-ipv4s`; the first one is the ENI's primary private address.
+    pub ipv4: Vec<Ipv4Addr>,
+    /// `ipv6s`.
+    pub ipv6: Vec<Ipv6Addr>,
+}
+
+/// The raw metadata values of one ENI, as the IMDS answered them (`None` for a 404).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EniMetadata<'a> {
+    /// `interface-id`.
+    pub interface_id: &'a str,
+    /// `device-number`.
+    pub device_number: &'a str,
+    /// `subnet-ipv4-cidr-block`.
+    pub subnet_ipv4_cidr_block: Option<&'a str>,
+    /// `subnet-ipv6-cidr-blocks`, one per line.
+    pub subnet_ipv6_cidr_blocks: Option<&'a str>,
+    /// `local-ipv4s`, one per line.
+    pub local_ipv4s: Option<&'a str>,
+    /// `ipv6s`, one per line.
+    pub ipv6s: Option<&'a str>,
+}
+
+/// Instance metadata that does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "instance metadata network/interfaces/macs/{mac}/{field} has {value:?}, which is not {expected}"
+)]
+pub struct FactsError {
+    /// The ENI's MAC.
+    pub mac: MacAddr,
+    /// The metadata field.
+    pub field: &'static str,
+    /// What it held.
+    pub value: String,
+    /// What was expected.
+    pub expected: &'static str,
+}
+
+/// The node: its instance, region and ENIs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// `instance-id`.
+    pub instance_id: String,
+    /// `placement/region`.
+    pub region: String,
+    /// Every ENI attached to the instance.
+    pub enis: Vec<Eni>,
+}
+
+/// One global-scope address on one of the pod's interfaces.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodAddress {
+    /// Interface name in the pod, e.g. `net1`.
+    pub interface: String,
+    /// The interface's MAC.
+    pub mac: MacAddr,
+    /// The address.
+    pub address: IpAddr,
+    /// Its prefix length on the interface.
+    pub prefix_len: u8,
+}
+
+/// Parses every non-empty line of a metadata value.
+fn parse_lines<T: std::str::FromStr>(
+    mac: MacAddr,
+    field: &'static str,
+    value: Option<&str>,
+    expected: &'static str,
+) -> Result<Vec<T>, FactsError> {
+    value
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            line.parse().map_err(|_| FactsError {
+                mac,
+                field,
+                value: line.to_owned(),
+                expected,
+            })
+        })
+        .collect()
+}
+
+impl Eni {
+    /// Parses the metadata of the ENI with this MAC.
+    pub fn from_metadata(mac: MacAddr, metadata: EniMetadata<'_>) -> Result<Eni, FactsError> {
+        let error = |field, value: &str, expected| FactsError {
+            mac,
+            field,
+            value: value.to_owned(),
+            expected,
+        };
+        let id = metadata.interface_id.trim();
+        if !id.starts_with("eni-") {
+            return Err(error("interface-id", id, "an ENI id (eni-...)"));
+        }
+        let device_number = metadata.device_number.trim();
+        Ok(Eni {
+            mac,
+            id: id.to_owned(),
+            device_number: device_number
+                .parse()
+                .map_err(|_| error("device-number", device_number, "a number"))?,
+            subnet_ipv4: parse_lines(
+                mac,
+                "subnet-ipv4-cidr-block",
+                metadata.subnet_ipv4_cidr_block,
+                "an IPv4 CIDR",
+            )?
+            .into_iter()
+            .next(),
+            subnet_ipv6: parse_lines(
+                mac,
+                "subnet-ipv6-cidr-blocks",
+                metadata.subnet_ipv6_cidr_blocks,
+                "IPv6 CIDRs",
+            )?,
+            ipv4: parse_lines(mac, "local-ipv4s", metadata.local_ipv4s, "IPv4 addresses")?,
+            ipv6: parse_lines(mac, "ipv6s", metadata.ipv6s, "IPv6 addresses")?,
+        })
+    }
+
+    /// The ENI's primary private IPv4 address, which is never assigned or released.
+    pub fn primary_ipv4(&self) -> Option<Ipv4Addr> {
+        self.ipv4.first().copied()
+    }
+
+    /// Whether the ENI holds `address` now.
+    pub fn holds(&self, address: IpAddr) -> bool {
+        match address {
+            IpAddr::V4(v4) => self.ipv4.contains(&v4),
+            IpAddr::V6(v6) => self.ipv6.contains(&v6),
+        }
+    }
+
+    /// Whether `address` lies in the ENI's subnet.
+    pub fn subnet_contains(&self, address: IpAddr) -> bool {
+        match address {
+            IpAddr::V4(v4) => self.subnet_ipv4.is_some_and(|net| net.contains(&v4)),
+            IpAddr::V6(v6) => self.subnet_ipv6.iter().any(|net| net.contains(&v6)),
+        }
+    }
+}
+
+impl NodeFacts {
+    /// The ENI with this id.
+    pub fn eni(&self, id: &str) -> Option<&Eni> {
+        self.enis.iter().find(|eni| eni.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac() -> MacAddr {
+        "02:00:00:00:00:01".parse().expect("mac")
+    }
+
+    #[test]
+    fn parses_metadata_values() {
+        let eni = Eni::from_metadata(
+            mac(),
+            EniMetadata {
+                interface_id: "eni-0abc\n",
+                device_number: "1",
+                subnet_ipv4_cidr_block: Some("10.10.1.0/24"),
+                subnet_ipv6_cidr_blocks: Some("2600:1f14:abc:100::/64\n"),
+                local_ipv4s: Some("10.10.1.10\n10.10.1.80"),
+                ipv6s: None,
+            },
+        )
+        .expect("parses");
+        assert_eq!(eni.id, "eni-0abc");
+        assert_eq!(eni.device_number, 1);
+        assert_eq!(eni.primary_ipv4(), Some(Ipv4Addr::new(10, 10, 1, 10)));
+        assert!(eni.holds("10.10.1.80".parse().expect("ip")));
+        assert!(eni.subnet_contains("2600:1f14:abc:100::5".parse().expect("ip")));
+        assert!(!eni.subnet_contains("10.10.2.5".parse().expect("ip")));
+        assert!(eni.ipv6.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_mac() {
+        let error = Eni::from_metadata(
+            mac(),
+            EniMetadata {
+                interface_id: "eni-1",
+                device_number: "1",
+                local_ipv4s: Some("10.10.1.10\nbogus"),
+                ..EniMetadata::default()
+            },
+        )
+        .expect_err("bogus address");
+        assert_eq!(
+            error.to_string(),
+            "instance metadata network/interfaces/macs/02:00:00:00:00:01/local-ipv4s has \"bogus\", which is not IPv4 addresses"
+        );
+    }
+}

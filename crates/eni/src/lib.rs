@@ -1,0 +1,21 @@
+//! Pure ENI assignment logic of multus-ipmgr.
+//!
+//! Everything here is a function of plain data: the node's ENIs as instance metadata
+//! describes them ([`NodeFacts`]), the pod's addresses as netlink lists them
+//! ([`PodAddress`]), and the options. [`plan`] decides which address goes to which ENI;
+//! [`unconfirmed`] tells which planned addresses metadata does not show yet; [`release`]
+//! tells what to give back on shutdown. The helper binary supplies the data and carries out
+//! the result against IMDS and EC2.
+
+mod facts;
+mod mac;
+mod plan;
+mod retry;
+
+pub use facts::{Eni, EniMetadata, FactsError, NodeFacts, PodAddress};
+pub use mac::{InvalidMac, MacAddr};
+pub use plan::{
+    Assignment, EniChange, MatchedBy, Placement, Plan, PlanOptions, RejectReason, Rejection,
+    Release, plan, release, unconfirmed,
+};
+pub use retry::{Backoff, is_retryable};
