@@ -55,8 +55,10 @@ class Ec2Error(Exception):
 class State:
     """Everything the layer keeps besides moto's own state."""
 
-    def __init__(self, region: str):
+    def __init__(self, region: str, host: str):
         self.region = region
+        self.host = host
+        self.endpoint = ""
         self.lock = threading.RLock()
         self.calls: Counter[str] = Counter()
         self.faults: dict[str, list[dict]] = {}
@@ -138,7 +140,7 @@ class Ec2Layer:
 
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO", "").startswith("/_ctl/"):
-            return self.respond(start_response, *control(self.state, environ))
+            return self.respond(start_response, *control_http(self.state, environ))
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
         params = parse_qs(body.decode(), keep_blank_values=True)
@@ -377,7 +379,7 @@ def metadata(state: State, instance_id: str, path: str) -> str | None:
 
 
 def start_imds(state: State, instance_id: str) -> int:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), imds_handler(state, instance_id))
+    server = ThreadingHTTPServer((state.host, 0), imds_handler(state, instance_id))
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     state.imds[instance_id] = server
@@ -425,45 +427,68 @@ def build_topology(state: State, spec: dict) -> dict:
             subnet_name = next(key for key, value in subnets.items() if value["id"] == eni.subnet.id)
             enis.append({"id": eni.id, "mac": eni.mac_address, "device_index": device_index,
                          "subnet": subnet_name, "primary_ip": eni.private_ip_address})
-        nodes[name] = {"instance_id": instance_id, "imds_endpoint": f"http://127.0.0.1:{start_imds(state, instance_id)}",
+        nodes[name] = {"instance_id": instance_id, "imds_endpoint": f"http://{state.host}:{start_imds(state, instance_id)}",
                        "enis": enis}
+    with state.lock:
+        state.calls.clear()  # count only what the code under test calls
     return {"vpc_id": vpc["VpcId"], "region": state.region, "subnets": subnets, "nodes": nodes}
 
 
-def control(state: State, environ):
-    path = environ["PATH_INFO"][len("/_ctl/"):]
-    method = environ["REQUEST_METHOD"]
-    length = int(environ.get("CONTENT_LENGTH") or 0)
-    request = json.loads(environ["wsgi.input"].read(length) or b"{}") if length else {}
+def control(state: State, method: str, path: str, request: dict) -> tuple[int, dict]:
+    """One control call: (status, JSON answer)."""
     try:
         if method == "POST" and path == "topology":
-            answer = build_topology(state, request)
-        elif method == "POST" and path == "faults":
+            return 200, build_topology(state, request)
+        if method == "POST" and path == "faults":
             with state.lock:
                 state.faults.setdefault(request["action"], []).append(dict(request, count=request.get("count", 1)))
-            answer = {}
-        elif method == "GET" and path == "calls":
+            return 200, {}
+        if method == "GET" and path == "calls":
             with state.lock:
-                answer = dict(state.calls)
-        elif method == "POST" and path == "calls/reset":
+                return 200, dict(state.calls)
+        if method == "POST" and path == "calls/reset":
             with state.lock:
                 state.calls.clear()
-            answer = {}
-        elif method == "POST" and path == "config":
+            return 200, {}
+        if method == "POST" and path == "config":
             with state.lock:
                 state.eni_ipv4_limit = request.get("eni_ipv4_limit", state.eni_ipv4_limit)
                 state.eni_ipv6_limit = request.get("eni_ipv6_limit", state.eni_ipv6_limit)
                 state.imds_delay = request.get("imds_delay_ms", state.imds_delay * 1000) / 1000
-            answer = {}
-        elif method == "GET" and path.startswith("eni/"):
+            return 200, {}
+        if method == "GET" and path.startswith("eni/"):
             with state.lock:
                 eni = state.backend.get_network_interface(path[len("eni/"):])
-                answer = {"id": eni.id, "ipv4": ipv4_of(eni), "ipv6": list(eni.ipv6_addresses)}
-        else:
-            return 404, [("Content-Type", "application/json")], b'{"error": "unknown control call"}'
+                return 200, {"id": eni.id, "ipv4": ipv4_of(eni), "ipv6": list(eni.ipv6_addresses)}
+        if method == "POST" and path == "assign":
+            # Test setup: put addresses on an ENI directly, as another node's helper would have.
+            with state.lock:
+                eni = state.backend.get_network_interface(request["eni"])
+                eni.private_ip_addresses.extend({"Primary": False, "PrivateIpAddress": ip} for ip in request.get("ipv4", []))
+                eni.ipv6_addresses.extend(request.get("ipv6", []))
+            return 200, {}
+        return 404, {"error": f"unknown control call {method} {path}"}
     except Exception as error:  # the test sees the reason
-        return 500, [("Content-Type", "application/json")], json.dumps({"error": repr(error)}).encode()
-    return 200, [("Content-Type", "application/json")], json.dumps(answer).encode()
+        return 500, {"error": repr(error)}
+
+
+def control_http(state: State, environ):
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    request = json.loads(environ["wsgi.input"].read(length) or b"{}") if length else {}
+    status, answer = control(state, environ["REQUEST_METHOD"], environ["PATH_INFO"][len("/_ctl/"):], request)
+    return status, [("Content-Type", "application/json")], json.dumps(answer).encode()
+
+
+def control_stdio(state: State, stop: threading.Event) -> None:
+    """Control over standard input and output, one JSON object a line each way:
+    {"method", "path", "body"} in, {"status", "body"} out. End of input stops the server."""
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        status, answer = control(state, request.get("method", "GET"), request["path"], request.get("body") or {})
+        print(json.dumps({"status": status, "body": answer}), flush=True)
+    stop.set()
 
 
 def main() -> None:
@@ -471,9 +496,11 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--region", default="us-east-2")
+    parser.add_argument("--control", choices=["http", "stdio"], default="http",
+                        help="stdio: also take control calls on standard input (stops at its end)")
     arguments = parser.parse_args()
 
-    state = State(arguments.region)
+    state = State(arguments.region, arguments.host)
     app = Ec2Layer(create_backend_app("ec2"), state)
     server = make_server(arguments.host, arguments.port, app, threaded=True)
     state.endpoint = f"http://{arguments.host}:{server.server_port}"
@@ -482,6 +509,8 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(json.dumps({"ec2_endpoint": state.endpoint, "region": state.region}), flush=True)
+    if arguments.control == "stdio":
+        threading.Thread(target=control_stdio, args=(state, stop), daemon=True).start()
     stop.wait()
     server.shutdown()
 

@@ -1,48 +1,16 @@
-//! `ipmgr-helper`: the container the webhook injects. The ENI assignment itself lands with
-//! the helper issue; until then `init` and `sidecar` refuse to run rather than pretend.
+//! `ipmgr-helper`: parse arguments, wire the adapters, run the mode.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "ipmgr-helper",
-    version,
-    about = "Makes a Multus pod's secondary IPs routable on the node's ENIs"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Assign the pod's addresses once and exit.
-    Init,
-    /// Assign the pod's addresses, then keep them assigned.
-    Sidecar,
-    /// Exit 0 when the ready file exists (the native-sidecar startup probe).
-    Ready {
-        /// File written after the first successful pass.
-        #[arg(
-            long,
-            env = "IPMGR_READY_FILE",
-            default_value = "/run/ipmgr-helper/ready"
-        )]
-        ready_file: PathBuf,
-    },
-}
+use clap::Parser;
+use ipmgr_helper::config::{Cli, Command, Settings};
+use ipmgr_helper::run::{Helper, RunError};
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Init | Command::Sidecar => {
-            eprintln!("ipmgr-helper: address assignment is not implemented in this build yet");
-            ExitCode::from(2)
-        }
+    let cli = Cli::parse();
+    let settings = match &cli.command {
         Command::Ready { ready_file } => {
-            if ready_file.exists() {
+            return if ready_file.exists() {
                 ExitCode::SUCCESS
             } else {
                 eprintln!(
@@ -50,7 +18,66 @@ fn main() -> ExitCode {
                     ready_file.display()
                 );
                 ExitCode::FAILURE
-            }
+            };
         }
+        Command::Init(settings) | Command::Sidecar(settings) | Command::Plan(settings) => {
+            settings.clone()
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ipmgr-helper: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "ipmgr-helper failed");
+            eprintln!("ipmgr-helper: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: Settings) -> Result<(), RunError> {
+    let (mut helper, node) = Helper::connect(settings).await?;
+    match command {
+        Command::Init(_) => helper.init(node).await.map(drop),
+        Command::Sidecar(_) => helper.sidecar(node).await,
+        Command::Plan(_) => {
+            let addresses = helper.wait_for_addresses().await?;
+            let planned = helper.plan(&node, &addresses);
+            for placement in &planned.placements {
+                let held = node
+                    .eni(&placement.eni_id)
+                    .is_some_and(|eni| eni.holds(placement.address.address));
+                println!(
+                    "{} {} ({}) on {} [matched by {:?}]",
+                    if held { "keep  " } else { "assign" },
+                    placement.address.address,
+                    placement.address.interface,
+                    placement.eni_id,
+                    placement.matched_by
+                );
+            }
+            for rejection in &planned.rejections {
+                println!("skip   {rejection}");
+            }
+            Ok(())
+        }
+        Command::Ready { .. } => Ok(()),
     }
 }

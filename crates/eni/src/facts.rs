@@ -14,6 +14,8 @@ pub struct Eni {
     pub id: String,
     /// `device-number`; 0 is the primary ENI, owned by the VPC CNI.
     pub device_number: u32,
+    /// `vpc-id`.
+    pub vpc_id: String,
     /// `subnet-ipv4-cidr-block`.
     pub subnet_ipv4: Option<Ipv4Net>,
     /// `subnet-ipv6-cidr-blocks`.
@@ -31,6 +33,8 @@ pub struct EniMetadata<'a> {
     pub interface_id: &'a str,
     /// `device-number`.
     pub device_number: &'a str,
+    /// `vpc-id`.
+    pub vpc_id: &'a str,
     /// `subnet-ipv4-cidr-block`.
     pub subnet_ipv4_cidr_block: Option<&'a str>,
     /// `subnet-ipv6-cidr-blocks`, one per line.
@@ -124,6 +128,7 @@ impl Eni {
             device_number: device_number
                 .parse()
                 .map_err(|_| error("device-number", device_number, "a number"))?,
+            vpc_id: metadata.vpc_id.trim().to_owned(),
             subnet_ipv4: parse_lines(
                 mac,
                 "subnet-ipv4-cidr-block",
@@ -187,6 +192,7 @@ mod tests {
             EniMetadata {
                 interface_id: "eni-0abc\n",
                 device_number: "1",
+                vpc_id: "vpc-1",
                 subnet_ipv4_cidr_block: Some("10.10.1.0/24"),
                 subnet_ipv6_cidr_blocks: Some("2600:1f14:abc:100::/64\n"),
                 local_ipv4s: Some("10.10.1.10\n10.10.1.80"),

@@ -30,6 +30,7 @@ fn eni(
         mac: mac(last),
         id: id.to_owned(),
         device_number,
+        vpc_id: "vpc-1".to_owned(),
         subnet_ipv4: Some(subnet4.parse().expect("subnet")),
         subnet_ipv6: subnet6
             .iter()

@@ -1,0 +1,102 @@
+//! Command-line and environment configuration of the helper.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
+
+/// `ipmgr-helper`: makes a Multus pod's secondary IPs routable on the node's ENIs.
+#[derive(Parser, Debug)]
+#[command(name = "ipmgr-helper", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The helper's modes.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Assign the pod's addresses once, confirm, and exit (non-zero when any stays unroutable).
+    Init(Settings),
+    /// Assign, then follow address changes and heal; release on SIGTERM.
+    Sidecar(Settings),
+    /// Print what `init` would do and change nothing.
+    Plan(Settings),
+    /// Exit 0 when the ready file exists (the native-sidecar startup probe).
+    Ready {
+        /// File written after the first successful pass.
+        #[arg(
+            long,
+            env = "IPMGR_READY_FILE",
+            default_value = "/run/ipmgr-helper/ready"
+        )]
+        ready_file: PathBuf,
+    },
+}
+
+/// Settings shared by `init`, `sidecar` and `plan`.
+#[derive(Args, Debug, Clone)]
+pub struct Settings {
+    /// The pod's primary interface, owned by the VPC CNI: never touched.
+    #[arg(long, env = "IPMGR_PRIMARY_INTERFACE", default_value = "eth0")]
+    pub primary_interface: String,
+
+    /// Only ever assign addresses inside these CIDRs (repeatable; comma-separated in the env var).
+    #[arg(long = "allow-cidr", env = "IPMGR_ALLOW_CIDRS", value_delimiter = ',')]
+    pub allow_cidrs: Vec<IpNet>,
+
+    /// Allow assigning to the primary ENI (device number 0).
+    #[arg(long, env = "IPMGR_ALLOW_PRIMARY_ENI")]
+    pub allow_primary_eni: bool,
+
+    /// Seconds to wait for the pod's secondary interfaces to have addresses.
+    #[arg(long, env = "IPMGR_WAIT_SECONDS", default_value_t = 60)]
+    pub wait_seconds: u64,
+
+    /// Number of addresses to wait for (0: any one).
+    #[arg(long, env = "IPMGR_EXPECT_ADDRESSES", default_value_t = 0)]
+    pub expect_addresses: usize,
+
+    /// Seconds to wait for instance metadata to show an assignment.
+    #[arg(long, env = "IPMGR_CONFIRM_SECONDS", default_value_t = 10)]
+    pub confirm_seconds: u64,
+
+    /// Sidecar: seconds between re-checks through instance metadata.
+    #[arg(long, env = "IPMGR_RECHECK_SECONDS", default_value_t = 30)]
+    pub recheck_seconds: u64,
+
+    /// Sidecar: on SIGTERM, unassign the addresses this helper assigned that are still on the pod and its ENI.
+    #[arg(long, env = "IPMGR_RELEASE_ON_EXIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub release_on_exit: bool,
+
+    /// Retries of a throttled or failed EC2 call (exponential backoff with jitter).
+    #[arg(long, env = "IPMGR_EC2_RETRIES", default_value_t = 6)]
+    pub ec2_retries: u32,
+
+    /// Sidecar: file to create once the first pass succeeded (native-sidecar readiness).
+    #[arg(long, env = "IPMGR_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+
+    /// Log filter (info, debug, ...).
+    #[arg(long, env = "IPMGR_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+impl Settings {
+    /// Bounded wait for the pod's addresses.
+    pub fn wait(&self) -> Duration {
+        Duration::from_secs(self.wait_seconds)
+    }
+
+    /// Bounded wait for metadata to confirm a change.
+    pub fn confirm(&self) -> Duration {
+        Duration::from_secs(self.confirm_seconds)
+    }
+
+    /// Interval of the sidecar's metadata re-check.
+    pub fn recheck(&self) -> Duration {
+        Duration::from_secs(self.recheck_seconds.max(1))
+    }
+}

@@ -1,0 +1,252 @@
+//! EC2 calls with bounded retries (exponential backoff, full jitter) on throttling, 5xx
+//! and transport failures. The SDK's own retries are off so that every attempt is ours to
+//! count, bound and log.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types::Filter;
+use ipmgr_eni::{Backoff, is_retryable};
+
+/// A failed EC2 call: what, on which ENI and addresses, and EC2's error code.
+#[derive(Debug, thiserror::Error)]
+pub struct Ec2Failure {
+    /// The EC2 action.
+    pub action: &'static str,
+    /// The ENI (or VPC for lookups).
+    pub target: String,
+    /// The addresses of the call.
+    pub addresses: Vec<String>,
+    /// EC2's error code, or a transport error kind.
+    pub code: String,
+    /// EC2's message or the transport error.
+    pub message: String,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+impl fmt::Display for Ec2Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} of {} on {} failed after {} attempt(s): {}: {}",
+            self.action,
+            self.addresses.join(", "),
+            self.target,
+            self.attempts,
+            self.code,
+            self.message
+        )
+    }
+}
+
+/// The EC2 client of the helper.
+#[derive(Debug, Clone)]
+pub struct Ec2 {
+    client: aws_sdk_ec2::Client,
+    backoff: Backoff,
+}
+
+/// One ENI that holds some of the IPv6 addresses asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv6Holder {
+    /// The ENI.
+    pub eni_id: String,
+    /// Which of the addresses it holds.
+    pub addresses: Vec<Ipv6Addr>,
+}
+
+impl Ec2 {
+    /// Wraps an SDK client (built with retries disabled).
+    pub fn new(client: aws_sdk_ec2::Client, backoff: Backoff) -> Self {
+        Ec2 { client, backoff }
+    }
+
+    async fn call<T, E, F, Fut>(
+        &self,
+        action: &'static str,
+        target: &str,
+        addresses: &[String],
+        send: F,
+    ) -> Result<T, Ec2Failure>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        F: Fn() -> Fut,
+        Fut: std::future::Future<
+                Output = Result<T, SdkError<E, aws_sdk_ec2::config::http::HttpResponse>>,
+            >,
+    {
+        let mut retry = 0;
+        loop {
+            let error = match send().await {
+                Ok(output) => return Ok(output),
+                Err(error) => error,
+            };
+            let status = error
+                .raw_response()
+                .map(|response| response.status().as_u16());
+            let (code, message, retryable) = match &error {
+                SdkError::ServiceError(_) => {
+                    let code = error.code().unwrap_or("Unknown").to_owned();
+                    let message = error.message().unwrap_or_default().to_owned();
+                    let retryable = is_retryable(Some(&code), status);
+                    (code, message, retryable)
+                }
+                SdkError::TimeoutError(_) => {
+                    ("Timeout".to_owned(), "no answer in time".to_owned(), true)
+                }
+                SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => (
+                    "TransportError".to_owned(),
+                    aws_sdk_ec2::error::DisplayErrorContext(&error).to_string(),
+                    true,
+                ),
+                _ => (
+                    "RequestError".to_owned(),
+                    aws_sdk_ec2::error::DisplayErrorContext(&error).to_string(),
+                    false,
+                ),
+            };
+            let delay = retryable
+                .then(|| self.backoff.delay(retry, fastrand::f64()))
+                .flatten();
+            let Some(delay) = delay else {
+                return Err(Ec2Failure {
+                    action,
+                    target: target.to_owned(),
+                    addresses: addresses.to_vec(),
+                    code,
+                    message,
+                    attempts: retry + 1,
+                });
+            };
+            tracing::warn!(
+                action,
+                target,
+                code,
+                retry = retry + 1,
+                delay_ms = delay.as_millis() as u64,
+                "EC2 call failed, retrying"
+            );
+            tokio::time::sleep(delay).await;
+            retry += 1;
+        }
+    }
+
+    /// AssignPrivateIpAddresses with AllowReassignment: one call for all `addresses`.
+    pub async fn assign_ipv4(
+        &self,
+        eni_id: &str,
+        addresses: &[Ipv4Addr],
+    ) -> Result<(), Ec2Failure> {
+        let texts = strings(addresses);
+        self.call("AssignPrivateIpAddresses", eni_id, &texts, || {
+            self.client
+                .assign_private_ip_addresses()
+                .network_interface_id(eni_id)
+                .set_private_ip_addresses(Some(texts.clone()))
+                .allow_reassignment(true)
+                .send()
+        })
+        .await
+        .map(drop)
+    }
+
+    /// UnassignPrivateIpAddresses.
+    pub async fn unassign_ipv4(
+        &self,
+        eni_id: &str,
+        addresses: &[Ipv4Addr],
+    ) -> Result<(), Ec2Failure> {
+        let texts = strings(addresses);
+        self.call("UnassignPrivateIpAddresses", eni_id, &texts, || {
+            self.client
+                .unassign_private_ip_addresses()
+                .network_interface_id(eni_id)
+                .set_private_ip_addresses(Some(texts.clone()))
+                .send()
+        })
+        .await
+        .map(drop)
+    }
+
+    /// AssignIpv6Addresses (the addresses must be free: see [`Self::ipv6_holders`]).
+    pub async fn assign_ipv6(
+        &self,
+        eni_id: &str,
+        addresses: &[Ipv6Addr],
+    ) -> Result<(), Ec2Failure> {
+        let texts = strings(addresses);
+        self.call("AssignIpv6Addresses", eni_id, &texts, || {
+            self.client
+                .assign_ipv6_addresses()
+                .network_interface_id(eni_id)
+                .set_ipv6_addresses(Some(texts.clone()))
+                .send()
+        })
+        .await
+        .map(drop)
+    }
+
+    /// UnassignIpv6Addresses.
+    pub async fn unassign_ipv6(
+        &self,
+        eni_id: &str,
+        addresses: &[Ipv6Addr],
+    ) -> Result<(), Ec2Failure> {
+        let texts = strings(addresses);
+        self.call("UnassignIpv6Addresses", eni_id, &texts, || {
+            self.client
+                .unassign_ipv6_addresses()
+                .network_interface_id(eni_id)
+                .set_ipv6_addresses(Some(texts.clone()))
+                .send()
+        })
+        .await
+        .map(drop)
+    }
+
+    /// The ENIs of `vpc_id` that hold any of `addresses` now, with the ones each holds.
+    pub async fn ipv6_holders(
+        &self,
+        vpc_id: &str,
+        addresses: &[Ipv6Addr],
+    ) -> Result<Vec<Ipv6Holder>, Ec2Failure> {
+        let texts = strings(addresses);
+        let output = self
+            .call("DescribeNetworkInterfaces", vpc_id, &texts, || {
+                self.client
+                    .describe_network_interfaces()
+                    .filters(Filter::builder().name("vpc-id").values(vpc_id).build())
+                    .filters(
+                        Filter::builder()
+                            .name("ipv6-addresses.ipv6-address")
+                            .set_values(Some(texts.clone()))
+                            .build(),
+                    )
+                    .send()
+            })
+            .await?;
+        Ok(output
+            .network_interfaces()
+            .iter()
+            .filter_map(|interface| {
+                let held: Vec<Ipv6Addr> = interface
+                    .ipv6_addresses()
+                    .iter()
+                    .filter_map(|address| address.ipv6_address()?.parse().ok())
+                    .filter(|address| addresses.contains(address))
+                    .collect();
+                Some(Ipv6Holder {
+                    eni_id: interface.network_interface_id()?.to_owned(),
+                    addresses: held,
+                })
+                .filter(|holder| !holder.addresses.is_empty())
+            })
+            .collect())
+    }
+}
+
+fn strings<T: ToString>(addresses: &[T]) -> Vec<String> {
+    addresses.iter().map(ToString::to_string).collect()
+}

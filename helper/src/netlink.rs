@@ -1,0 +1,142 @@
+//! The pod's addresses, and notice of their changes, through rtnetlink (no `ip` binary).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use futures::StreamExt as _;
+use futures::TryStreamExt as _;
+use futures::channel::mpsc::UnboundedReceiver;
+use ipmgr_eni::{MacAddr, PodAddress};
+use rtnetlink::packet_core::NetlinkMessage;
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressScope};
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::sys::SocketAddr;
+use rtnetlink::{Handle, MulticastGroup};
+
+/// Netlink could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// The socket could not be opened.
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+    /// A dump request failed.
+    #[error("cannot list the pod's {what} through netlink: {source}")]
+    Dump {
+        /// `links` or `addresses`.
+        what: &'static str,
+        /// The rtnetlink error.
+        source: rtnetlink::Error,
+    },
+}
+
+/// The network namespace the helper runs in (the pod's).
+#[derive(Debug)]
+pub struct PodNetwork {
+    handle: Handle,
+    events: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
+    primary_interface: String,
+}
+
+impl PodNetwork {
+    /// Opens a netlink socket subscribed to address and link changes. Needs a tokio runtime.
+    pub fn connect(primary_interface: &str) -> Result<Self, NetlinkError> {
+        let (connection, handle, events) = rtnetlink::new_multicast_connection(&[
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Ipv6Ifaddr,
+            MulticastGroup::Link,
+        ])?;
+        tokio::spawn(connection);
+        Ok(PodNetwork {
+            handle,
+            events,
+            primary_interface: primary_interface.to_owned(),
+        })
+    }
+
+    /// Every global-scope address on the pod's interfaces, except the primary interface's,
+    /// with the interface's MAC.
+    pub async fn addresses(&self) -> Result<Vec<PodAddress>, NetlinkError> {
+        let links: Vec<_> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| NetlinkError::Dump {
+                what: "links",
+                source,
+            })?;
+        let mut interfaces = HashMap::new();
+        for link in links {
+            let mut name = None;
+            let mut mac = None;
+            for attribute in link.attributes {
+                match attribute {
+                    LinkAttribute::IfName(value) => name = Some(value),
+                    LinkAttribute::Address(bytes) => {
+                        mac = <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr)
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(name), Some(mac)) = (name, mac)
+                && name != self.primary_interface
+                && name != "lo"
+            {
+                interfaces.insert(link.header.index, (name, mac));
+            }
+        }
+        let messages: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| NetlinkError::Dump {
+                what: "addresses",
+                source,
+            })?;
+        let mut addresses = Vec::new();
+        for message in messages {
+            if message.header.scope != AddressScope::Universe {
+                continue;
+            }
+            let Some((interface, mac)) = interfaces.get(&message.header.index) else {
+                continue;
+            };
+            let (mut local, mut address) = (None, None);
+            for attribute in &message.attributes {
+                match attribute {
+                    AddressAttribute::Local(ip) => local = Some(*ip),
+                    AddressAttribute::Address(ip) => address = Some(*ip),
+                    _ => {}
+                }
+            }
+            // For IPv4 IFA_LOCAL is the address (IFA_ADDRESS the peer on point-to-point links).
+            let Some(ip): Option<IpAddr> = local.or(address) else {
+                continue;
+            };
+            addresses.push(PodAddress {
+                interface: interface.clone(),
+                mac: *mac,
+                address: ip,
+                prefix_len: message.header.prefix_len,
+            });
+        }
+        addresses.sort();
+        Ok(addresses)
+    }
+
+    /// Waits for the next address or link change, then drains the burst that follows;
+    /// `false` when the netlink socket closed.
+    pub async fn changed(&mut self) -> bool {
+        if self.events.next().await.is_none() {
+            return false;
+        }
+        while self.events.try_recv().is_ok() {}
+        true
+    }
+}

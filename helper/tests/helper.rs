@@ -1,0 +1,275 @@
+//! The real `ipmgr-helper` binary in emulated pods against the AWS stand-in.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{TestBed, finish, how_to_topology, reason, stop_within};
+use serde_json::json;
+
+fn bed() -> TestBed {
+    TestBed::start(how_to_topology())
+}
+
+fn id(bed: &TestBed, node: &str, index: usize) -> String {
+    bed.eni(node, index)["id"]
+        .as_str()
+        .expect("ENI id")
+        .to_owned()
+}
+
+fn mac(bed: &TestBed, node: &str, index: usize) -> String {
+    bed.eni(node, index)["mac"]
+        .as_str()
+        .expect("MAC")
+        .to_owned()
+}
+
+#[test]
+fn two_enis_in_one_subnet_the_mac_decides_and_a_second_run_costs_nothing() {
+    let mut bed = bed();
+    let pod = bed.pod("node1");
+    let v6 = format!("{}50", bed.ipv6_prefix());
+    // ENIs 1 and 2 of node1 share subnet multus1; the interface carries ENI 2's MAC.
+    bed.add_interface(
+        &pod,
+        "net1",
+        &mac(&bed, "node1", 2),
+        &["10.0.1.50/24", &format!("{v6}/64")],
+    );
+    let (output, stderr, _) = finish(bed.helper(&pod, &["init"]));
+    assert!(output.status.success(), "{stderr}");
+    let (second, first) = (id(&bed, "node1", 2), id(&bed, "node1", 1));
+    assert!(bed.holds(&second, "10.0.1.50"));
+    assert!(bed.holds(&second, &v6));
+    assert!(!bed.holds(&first, "10.0.1.50"));
+    assert_eq!(
+        bed.calls(),
+        json!({"AssignPrivateIpAddresses": 1, "AssignIpv6Addresses": 1, "DescribeNetworkInterfaces": 1}),
+        "one call per ENI and family, and the IPv6 holder lookup; no Describe on the IPv4 path"
+    );
+
+    bed.reset_calls();
+    let (output, stderr, _) = finish(bed.helper(&pod, &["init"]));
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        bed.calls(),
+        json!({}),
+        "already assigned: no EC2 call at all"
+    );
+}
+
+#[test]
+fn an_ipv4_held_by_another_node_moves() {
+    let mut bed = bed();
+    let elsewhere = id(&bed, "node2", 1);
+    bed.control(
+        "POST",
+        "assign",
+        json!({"eni": elsewhere, "ipv4": ["10.0.1.60"]}),
+    );
+    let pod = bed.pod("node1");
+    bed.add_interface(&pod, "net1", &mac(&bed, "node1", 1), &["10.0.1.60/24"]);
+    let (output, stderr, _) = finish(bed.helper(&pod, &["init"]));
+    assert!(output.status.success(), "{stderr}");
+    assert!(bed.holds(&id(&bed, "node1", 1), "10.0.1.60"));
+    assert!(!bed.holds(&elsewhere, "10.0.1.60"));
+}
+
+#[test]
+fn an_ipv6_held_by_another_node_is_unassigned_there_then_assigned_here() {
+    let mut bed = bed();
+    let v6 = format!("{}61", bed.ipv6_prefix());
+    let elsewhere = id(&bed, "node2", 1);
+    bed.control("POST", "assign", json!({"eni": elsewhere, "ipv6": [v6]}));
+    let pod = bed.pod("node1");
+    bed.add_interface(&pod, "net1", &mac(&bed, "node1", 1), &[&format!("{v6}/64")]);
+    let (output, stderr, _) = finish(bed.helper(&pod, &["init"]));
+    assert!(output.status.success(), "{stderr}");
+    assert!(bed.holds(&id(&bed, "node1", 1), &v6));
+    assert!(!bed.holds(&elsewhere, &v6));
+    assert_eq!(bed.calls()["UnassignIpv6Addresses"], 1);
+}
+
+#[test]
+fn throttled_twice_then_success() {
+    let mut bed = bed();
+    bed.control(
+        "POST",
+        "faults",
+        json!({"action": "AssignPrivateIpAddresses", "code": "RequestLimitExceeded", "status": 503, "count": 2}),
+    );
+    let pod = bed.pod("node1");
+    bed.add_interface(&pod, "net1", &mac(&bed, "node1", 1), &["10.0.1.70/24"]);
+    let (output, stderr, _) = finish(bed.helper(&pod, &["init"]));
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(bed.calls()["AssignPrivateIpAddresses"], 3);
+    assert!(bed.holds(&id(&bed, "node1", 1), "10.0.1.70"));
+}
+
+#[test]
+fn a_permanent_ec2_error_fails_at_once_naming_address_eni_and_code() {
+    let mut bed = bed();
+    bed.control(
+        "POST",
+        "faults",
+        json!({"action": "AssignPrivateIpAddresses", "code": "UnauthorizedOperation", "status": 403, "count": 100,
+               "message": "You are not authorized to perform this operation."}),
+    );
+    let pod = bed.pod("node1");
+    bed.add_interface(&pod, "net1", &mac(&bed, "node1", 1), &["10.0.1.71/24"]);
+    let (output, stderr, elapsed) = finish(bed.helper(&pod, &["init"]));
+    assert!(!output.status.success());
+    let line = reason(&stderr);
+    let eni = id(&bed, "node1", 1);
+    for part in [
+        "10.0.1.71",
+        eni.as_str(),
+        "UnauthorizedOperation",
+        "AssignPrivateIpAddresses",
+    ] {
+        assert!(line.contains(part), "{part} missing from {line:?}");
+    }
+    assert_eq!(bed.calls()["AssignPrivateIpAddresses"], 1, "not retried");
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+}
+
+#[test]
+fn unreachable_metadata_fails_in_bounded_time() {
+    let mut bed = bed();
+    let pod = bed.pod("node1");
+    bed.add_interface(&pod, "net1", &mac(&bed, "node1", 1), &["10.0.1.72/24"]);
+    let (output, stderr, elapsed) =
+        finish(bed.helper_with_imds(&pod, "http://169.254.100.1:9", &["init"]));
+    assert!(!output.status.success());
+    assert!(reason(&stderr).contains("instance metadata"), "{stderr}");
+    assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
+}
+
+#[test]
+fn an_interface_that_never_appears_fails_after_the_wait() {
+    let mut bed = bed();
+    let pod = bed.pod("node1");
+    let (output, stderr, elapsed) = finish(bed.helper(&pod, &["init", "--wait-seconds", "1"]));
+    assert!(!output.status.success());
+    assert!(
+        reason(&stderr).contains("no address on the pod's interfaces besides eth0"),
+        "{stderr}"
+    );
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    assert_eq!(bed.calls(), json!({}));
+}
+
+#[test]
+fn an_address_in_no_eni_subnet_is_refused_clearly() {
+    let mut bed = bed();
+    let pod = bed.pod("node1");
+    bed.add_interface(&pod, "net1", "02:aa:bb:cc:dd:ee", &["192.168.77.5/24"]);
+    let (output, stderr, _) = finish(bed.helper(&pod, &["init"]));
+    assert!(!output.status.success());
+    let line = reason(&stderr);
+    assert!(line.contains("192.168.77.5 on net1"), "{line}");
+    assert!(
+        line.contains("no ENI subnet contains the address"),
+        "{line}"
+    );
+    assert_eq!(bed.calls(), json!({}));
+}
+
+#[test]
+fn the_per_eni_limit_is_reported() {
+    let mut bed = bed();
+    bed.control("POST", "config", json!({"eni_ipv4_limit": 2}));
+    let pod = bed.pod("node1");
+    bed.add_interface(
+        &pod,
+        "net1",
+        &mac(&bed, "node1", 1),
+        &["10.0.1.80/24", "10.0.1.81/24"],
+    );
+    let (output, stderr, _) = finish(bed.helper(&pod, &["init"]));
+    assert!(!output.status.success());
+    assert!(
+        reason(&stderr).contains("PrivateIpAddressLimitExceeded"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn plan_changes_nothing() {
+    let mut bed = bed();
+    let pod = bed.pod("node1");
+    bed.add_interface(&pod, "net1", &mac(&bed, "node1", 2), &["10.0.1.90/24"]);
+    let (output, stderr, _) = finish(bed.helper(&pod, &["plan"]));
+    assert!(output.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "assign 10.0.1.90 (net1) on {}",
+            id(&bed, "node1", 2)
+        )),
+        "{stdout}"
+    );
+    assert_eq!(bed.calls(), json!({}));
+}
+
+#[test]
+fn sidecars_follow_a_floating_ip_over_and_back_and_release_on_sigterm() {
+    let mut bed = bed();
+    let (a, b) = (bed.pod("node1"), bed.pod("node2"));
+    bed.add_interface(&a, "net1", &mac(&bed, "node1", 1), &["10.0.1.51/24"]);
+    bed.add_interface(&b, "net1", &mac(&bed, "node2", 1), &["10.0.1.52/24"]);
+    let (eni_a, eni_b) = (id(&bed, "node1", 1), id(&bed, "node2", 1));
+    let spawn = |pod| {
+        bed.helper(pod, &["sidecar", "--recheck-seconds", "60"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sidecar starts")
+    };
+    let (mut sidecar_a, mut sidecar_b) = (spawn(&a), spawn(&b));
+    let limit = Duration::from_secs(5);
+    assert!(bed.wait_until(&eni_a, "10.0.1.51", true, limit).is_some());
+    assert!(bed.wait_until(&eni_b, "10.0.1.52", true, limit).is_some());
+
+    let vip = "10.0.1.100";
+    bed.add_address(&a, "net1", &format!("{vip}/24"));
+    let appeared = bed
+        .wait_until(&eni_a, vip, true, limit)
+        .expect("assigned to A");
+    bed.remove_address(&a, "net1", &format!("{vip}/24"));
+    bed.add_address(&b, "net1", &format!("{vip}/24"));
+    let failover = bed
+        .wait_until(&eni_b, vip, true, limit)
+        .expect("moved to B");
+    assert!(!bed.holds(&eni_a, vip));
+    bed.remove_address(&b, "net1", &format!("{vip}/24"));
+    bed.add_address(&a, "net1", &format!("{vip}/24"));
+    let failback = bed
+        .wait_until(&eni_a, vip, true, limit)
+        .expect("moved back to A");
+    for (what, took) in [
+        ("new address", appeared),
+        ("failover", failover),
+        ("failback", failback),
+    ] {
+        assert!(took < Duration::from_secs(1), "{what} took {took:?}");
+    }
+
+    for sidecar in [&sidecar_a, &sidecar_b] {
+        assert!(
+            std::process::Command::new("kill")
+                .arg(sidecar.id().to_string())
+                .status()
+                .expect("kill")
+                .success()
+        );
+    }
+    stop_within(&mut sidecar_a, Duration::from_secs(10));
+    stop_within(&mut sidecar_b, Duration::from_secs(10));
+    assert!(sidecar_a.wait().expect("exit").success());
+    assert!(!bed.holds(&eni_a, "10.0.1.51"), "released on SIGTERM");
+    assert!(!bed.holds(&eni_a, vip), "the VIP A holds is released too");
+    assert!(!bed.holds(&eni_b, "10.0.1.52"));
+}
