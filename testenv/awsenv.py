@@ -61,6 +61,7 @@ class State:
         self.endpoint = ""
         self.lock = threading.RLock()
         self.calls: Counter[str] = Counter()
+        self.call_log: list[tuple[str, float]] = []
         self.faults: dict[str, list[dict]] = {}
         self.eni_ipv4_limit = 10
         self.eni_ipv6_limit = 10
@@ -147,6 +148,7 @@ class Ec2Layer:
         action = params.get("Action", [""])[0]
         with self.state.lock:
             self.state.calls[action] += 1
+            self.state.call_log.append((action, time.time()))
         fault = self.state.take_fault(action)
         if fault:
             time.sleep(fault.get("delay_ms", 0) / 1000)
@@ -429,8 +431,9 @@ def build_topology(state: State, spec: dict) -> dict:
                          "subnet": subnet_name, "primary_ip": eni.private_ip_address})
         nodes[name] = {"instance_id": instance_id, "imds_endpoint": f"http://{state.host}:{start_imds(state, instance_id)}",
                        "enis": enis}
-    with state.lock:
-        state.calls.clear()  # count only what the code under test calls
+    with state.lock:  # count only what the code under test calls
+        state.calls.clear()
+        state.call_log.clear()
     return {"vpc_id": vpc["VpcId"], "region": state.region, "subnets": subnets, "nodes": nodes}
 
 
@@ -446,9 +449,13 @@ def control(state: State, method: str, path: str, request: dict) -> tuple[int, d
         if method == "GET" and path == "calls":
             with state.lock:
                 return 200, dict(state.calls)
+        if method == "GET" and path == "calls/log":
+            with state.lock:
+                return 200, {"calls": [[action, at] for action, at in state.call_log]}
         if method == "POST" and path == "calls/reset":
             with state.lock:
                 state.calls.clear()
+                state.call_log.clear()
             return 200, {}
         if method == "POST" and path == "config":
             with state.lock:

@@ -1,0 +1,218 @@
+//! Benchmark of the release `ipmgr-helper` on an emulated node (root, network namespaces,
+//! the AWS stand-in): one `init` pass to confirmed assignment (wall, CPU, peak RSS, EC2
+//! calls), the idle `sidecar` (CPU and RSS over a quiet interval), and the sidecar's
+//! reaction to a new address (from `ip addr add` to the EC2 call arriving).
+//!
+//! `cargo bench -p ipmgr-helper --bench helper_passes`; `BENCH_PASSES` (10) init passes.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{TestBed, how_to_topology, stop_within};
+use nix::sys::resource::{UsageWho, getrusage};
+use serde_json::Value;
+
+fn children_cpu() -> (Duration, i64) {
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+    let seconds = |time: nix::sys::time::TimeVal| {
+        Duration::new(time.tv_sec() as u64, time.tv_usec() as u32 * 1000)
+    };
+    (
+        seconds(usage.user_time()) + seconds(usage.system_time()),
+        usage.max_rss(),
+    )
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort_unstable();
+    values[values.len() / 2]
+}
+
+fn proc_cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("comm")
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+fn proc_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64()
+}
+
+fn main() {
+    let passes: usize = std::env::var("BENCH_PASSES")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(10);
+    let mut bed = TestBed::start(how_to_topology());
+    let eni = bed.eni("node1", 2)["id"].as_str().expect("id").to_owned();
+    let mac = bed.eni("node1", 2)["mac"].as_str().expect("mac").to_owned();
+    let prefix = bed.ipv6_prefix();
+    let pod = bed.pod("node1");
+    bed.add_interface(&pod, "net1", &mac, &[]);
+
+    // init: each pass gets a fresh IPv4 and IPv6 address, so each has real work to do.
+    let (mut walls, mut cpus, mut calls) = (Vec::new(), Vec::new(), Vec::new());
+    let mut peak_rss = 0;
+    for pass in 0..passes {
+        let (v4, v6) = (
+            format!("10.0.1.{}/24", 100 + pass),
+            format!("{prefix}{:x}/64", 0x100 + pass),
+        );
+        bed.add_address(&pod, "net1", &v4);
+        bed.add_address(&pod, "net1", &v6);
+        bed.reset_calls();
+        let (cpu_before, _) = children_cpu();
+        let started = Instant::now();
+        let output = bed.helper(&pod, &["init"]).output().expect("helper runs");
+        walls.push(started.elapsed());
+        let (cpu_after, rss) = children_cpu();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        cpus.push(cpu_after - cpu_before);
+        peak_rss = peak_rss.max(rss);
+        calls.push(bed.calls());
+        bed.remove_address(&pod, "net1", &v4);
+        bed.remove_address(&pod, "net1", &v6);
+    }
+    let call_summary = |calls: &Value| {
+        let map = calls.as_object().expect("calls");
+        let total: u64 = map.values().filter_map(Value::as_u64).sum();
+        let describe: u64 = map
+            .iter()
+            .filter(|(action, _)| action.starts_with("Describe"))
+            .filter_map(|(_, count)| count.as_u64())
+            .sum();
+        (total, describe)
+    };
+    let (total_calls, describe_calls) = call_summary(&calls[0]);
+
+    // Second run on assigned addresses: the cost of a pod restart.
+    bed.add_address(&pod, "net1", "10.0.1.90/24");
+    assert!(
+        bed.helper(&pod, &["init"])
+            .output()
+            .expect("runs")
+            .status
+            .success()
+    );
+    bed.reset_calls();
+    let (cpu_before, _) = children_cpu();
+    let started = Instant::now();
+    assert!(
+        bed.helper(&pod, &["init"])
+            .output()
+            .expect("runs")
+            .status
+            .success()
+    );
+    let noop_wall = started.elapsed();
+    let noop_cpu = children_cpu().0 - cpu_before;
+    let noop_calls = call_summary(&bed.calls()).0;
+
+    // sidecar: idle cost, then reaction to new addresses.
+    let mut sidecar = bed
+        .helper(&pod, &["sidecar", "--recheck-seconds", "3600"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sidecar starts");
+    let pid = sidecar.id();
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = Duration::from_secs(10);
+    let ticks_before = proc_cpu_ticks(pid);
+    std::thread::sleep(idle);
+    let idle_ticks = proc_cpu_ticks(pid) - ticks_before;
+    let idle_rss = proc_rss_kib(pid);
+
+    let mut reactions = Vec::new();
+    let mut end_to_end = Vec::new();
+    for round in 0..10 {
+        bed.reset_calls();
+        let address = format!("10.0.1.{}", 200 + round);
+        let added_at = now_unix();
+        let started = Instant::now();
+        bed.add_address(&pod, "net1", &format!("{address}/24"));
+        let held = bed
+            .wait_until(&eni, &address, true, Duration::from_secs(5))
+            .expect("assigned");
+        end_to_end.push(held.max(started.elapsed().min(held)));
+        let log = bed.control("GET", "calls/log", Value::Null);
+        let assign_at = log["calls"]
+            .as_array()
+            .expect("log")
+            .iter()
+            .find(|entry| entry[0] == "AssignPrivateIpAddresses")
+            .and_then(|entry| entry[1].as_f64())
+            .expect("an assign call");
+        reactions.push(Duration::from_secs_f64((assign_at - added_at).max(0.0)));
+    }
+    let _ = std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status();
+    stop_within(&mut sidecar, Duration::from_secs(10));
+
+    let binary = std::fs::metadata(env!("CARGO_BIN_EXE_ipmgr-helper"))
+        .expect("binary")
+        .len();
+    let ms = |duration: Duration| duration.as_secs_f64() * 1e3;
+    println!("| measure | result |");
+    println!("|---|---|");
+    println!(
+        "| init pass to confirmed assignment, 1 IPv4 + 1 IPv6 (median of {passes}) | {:.1} ms wall, {:.1} ms CPU |",
+        ms(median(walls)),
+        ms(median(cpus))
+    );
+    println!(
+        "| peak RSS of an init pass | {:.1} MiB |",
+        peak_rss as f64 / 1024.0
+    );
+    println!(
+        "| EC2 calls of that pass | {total_calls} ({describe_calls} Describe: the IPv6 holder lookup) |"
+    );
+    println!(
+        "| init on already-assigned addresses | {:.1} ms wall, {:.1} ms CPU, {noop_calls} EC2 calls |",
+        ms(noop_wall),
+        ms(noop_cpu)
+    );
+    println!(
+        "| sidecar idle over {}s | {idle_ticks} CPU ticks (1 tick = 10 ms), {:.1} MiB RSS |",
+        idle.as_secs(),
+        idle_rss as f64 / 1024.0
+    );
+    println!(
+        "| sidecar: `ip addr add` to the AssignPrivateIpAddresses call (median / max of 10) | {:.1} ms / {:.1} ms |",
+        ms(median(reactions.clone())),
+        ms(*reactions.iter().max().expect("rounds"))
+    );
+    println!(
+        "| sidecar: `ip addr add` to EC2 holding the address (median of 10) | {:.1} ms |",
+        ms(median(end_to_end))
+    );
+    println!(
+        "| helper binary (release, stripped of debug info) | {:.1} MiB |",
+        binary as f64 / 1_048_576.0
+    );
+}
