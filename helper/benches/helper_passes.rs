@@ -64,6 +64,12 @@ fn main() {
         .and_then(|value| value.parse().ok())
         .unwrap_or(10);
     let mut bed = TestBed::start(how_to_topology());
+    // Every pass leaves its addresses on the ENI (init never releases): room for all of them.
+    bed.control(
+        "POST",
+        "config",
+        serde_json::json!({"eni_ipv4_limit": 100, "eni_ipv6_limit": 100}),
+    );
     let eni = bed.eni("node1", 2)["id"].as_str().expect("id").to_owned();
     let mac = bed.eni("node1", 2)["mac"].as_str().expect("mac").to_owned();
     let prefix = bed.ipv6_prefix();

@@ -55,7 +55,7 @@ fn main() -> ExitCode {
 async fn run(command: Command, settings: Settings) -> Result<(), RunError> {
     let (mut helper, node) = Helper::connect(settings).await?;
     match command {
-        Command::Init(_) => helper.init(node).await.map(drop),
+        Command::Init(_) => helper.init(&node).await.map(drop),
         Command::Sidecar(_) => helper.sidecar(node).await,
         Command::Plan(_) => {
             let addresses = helper.wait_for_addresses().await?;

@@ -7,7 +7,7 @@ use futures::StreamExt as _;
 use futures::TryStreamExt as _;
 use futures::channel::mpsc::UnboundedReceiver;
 use ipmgr_eni::{MacAddr, PodAddress};
-use rtnetlink::packet_core::NetlinkMessage;
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressScope};
 use rtnetlink::packet_route::link::LinkAttribute;
@@ -130,13 +130,20 @@ impl PodNetwork {
         Ok(addresses)
     }
 
-    /// Waits for the next address or link change, then drains the burst that follows;
-    /// `false` when the netlink socket closed.
-    pub async fn changed(&mut self) -> bool {
-        if self.events.next().await.is_none() {
-            return false;
+    /// Waits for the next address or link change and drains the burst that follows. `None`
+    /// when the netlink socket closed; `Some(true)` when an address was added (even one that
+    /// was removed and added back while the caller was busy), `Some(false)` otherwise.
+    pub async fn changed(&mut self) -> Option<bool> {
+        let is_new_address = |(message, _): &(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)| {
+            matches!(
+                message.payload,
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(_))
+            )
+        };
+        let mut added = is_new_address(&self.events.next().await?);
+        while let Ok(event) = self.events.try_recv() {
+            added |= is_new_address(&event);
         }
-        while self.events.try_recv().is_ok() {}
-        true
+        Some(added)
     }
 }

@@ -163,24 +163,20 @@ impl Helper {
         planned
     }
 
-    /// Reads the node, plans, carries out the changes and confirms them.
+    /// Plans against `node`, carries out the changes and confirms them.
     pub async fn pass(
         &self,
-        node: Option<NodeFacts>,
+        node: &NodeFacts,
         addresses: &[PodAddress],
     ) -> Result<PassReport, RunError> {
-        let node = match node {
-            Some(node) => node,
-            None => self.metadata.node_facts().await?,
-        };
-        let planned = self.plan(&node, addresses);
+        let planned = self.plan(node, addresses);
         let mut report = PassReport {
             failures: planned.failures().map(ToString::to_string).collect(),
             ..PassReport::default()
         };
         let mut changed = Vec::new();
         for change in &planned.changes {
-            match self.apply(&node, change).await {
+            match self.apply(node, change).await {
                 Ok(()) => changed.push(change),
                 Err(failure) => {
                     tracing::error!(%failure, "assignment failed");
@@ -200,7 +196,7 @@ impl Helper {
             })
             .collect();
         if !expected.is_empty() {
-            let unconfirmed = self.confirm(&node, &expected).await?;
+            let unconfirmed = self.confirm(node, &expected).await?;
             report.failures.extend(unconfirmed.iter().map(|assignment| {
                 format!(
                     "{} on {}: assigned, but instance metadata did not show it within {:?}",
@@ -297,10 +293,10 @@ impl Helper {
     /// what it assigned and the addresses it worked on.
     pub async fn init(
         &mut self,
-        node: NodeFacts,
+        node: &NodeFacts,
     ) -> Result<(PassReport, Vec<PodAddress>), RunError> {
         let addresses = self.wait_for_addresses().await?;
-        let report = self.pass(Some(node), &addresses).await?;
+        let report = self.pass(node, &addresses).await?;
         if report.failures.is_empty() {
             Ok((report, addresses))
         } else {
@@ -310,10 +306,10 @@ impl Helper {
 
     /// `sidecar`: `init`, then follow netlink events and re-check metadata periodically;
     /// on SIGTERM or SIGINT release what it assigned (if enabled) and return.
-    pub async fn sidecar(&mut self, node: NodeFacts) -> Result<(), RunError> {
+    pub async fn sidecar(&mut self, mut node: NodeFacts) -> Result<(), RunError> {
         // Changes from here on are judged against what the first pass worked on, so an
         // address that appeared during that pass is still seen as new.
-        let (first, mut seen) = self.init(node).await?;
+        let (first, mut seen) = self.init(&node).await?;
         let mut assigned: BTreeSet<Assignment> = first.assigned.into_iter().collect();
         if let Some(path) = &self.settings.ready_file {
             std::fs::write(path, b"ready\n").map_err(|source| RunError::ReadyFile {
@@ -327,25 +323,37 @@ impl Helper {
                 .map_err(NetlinkError::Socket)?;
         let mut next_check = Instant::now() + self.settings.recheck();
         loop {
-            let recheck = tokio::select! {
-                alive = self.network.changed() => {
-                    if !alive {
+            let full_check = tokio::select! {
+                change = self.network.changed() => {
+                    let Some(address_added) = change else {
                         break;
-                    }
+                    };
                     let current = self.network.addresses().await?;
-                    let new = current.iter().any(|address| !seen.contains(address));
+                    let new = address_added || current.iter().any(|address| !seen.contains(address));
                     seen = current;
-                    new
+                    if !new {
+                        continue;
+                    }
+                    false
                 }
                 () = tokio::time::sleep_until(next_check) => true,
                 _ = terminate.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
             };
-            if !recheck {
+            next_check = Instant::now() + self.settings.recheck();
+            // A new address needs only the address lists of the ENIs it goes to; the
+            // periodic check re-reads everything (and so notices ENI changes).
+            let refreshed = if full_check {
+                self.metadata.node_facts().await.map(|fresh| node = fresh)
+            } else {
+                self.refresh_addresses(&mut node, &seen).await
+            };
+            if let Err(error) = refreshed {
+                tracing::error!(%error, "cannot read instance metadata; retrying soon");
+                next_check = Instant::now() + Duration::from_secs(2);
                 continue;
             }
-            next_check = Instant::now() + self.settings.recheck();
-            match self.pass(None, &seen).await {
+            match self.pass(&node, &seen).await {
                 Ok(report) => {
                     if !report.failures.is_empty() {
                         next_check = Instant::now() + Duration::from_secs(2);
@@ -360,6 +368,23 @@ impl Helper {
         }
         if self.settings.release_on_exit {
             self.release(&assigned).await?;
+        }
+        Ok(())
+    }
+
+    /// Re-reads the address lists of the ENIs that `addresses` go to.
+    async fn refresh_addresses(
+        &self,
+        node: &mut NodeFacts,
+        addresses: &[PodAddress],
+    ) -> Result<(), MetadataError> {
+        let targets: BTreeSet<String> = plan(node, addresses, &self.options)
+            .placements
+            .into_iter()
+            .map(|placement| placement.eni_id)
+            .collect();
+        for eni in node.enis.iter_mut().filter(|eni| targets.contains(&eni.id)) {
+            (eni.ipv4, eni.ipv6) = self.metadata.addresses(eni.mac).await?;
         }
         Ok(())
     }
