@@ -37,7 +37,7 @@ from urllib.parse import parse_qs, urlencode
 import boto3
 from moto.ec2.models import ec2_backends
 from moto.moto_server.werkzeug_app import create_backend_app
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 ACCOUNT = "123456789012"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -291,6 +291,9 @@ def imds_handler(state: State, instance_id: str):
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in separate writes: without TCP_NODELAY, Nagle holds the
+        # body for the client's delayed ACK (~40 ms a request), which real IMDS does not do.
+        disable_nagle_algorithm = True
 
         def log_message(self, *args):  # quiet
             pass
@@ -498,6 +501,12 @@ def control_stdio(state: State, stop: threading.Event) -> None:
     stop.set()
 
 
+class NoDelayHandler(WSGIRequestHandler):
+    """werkzeug's handler with TCP_NODELAY, for the same reason as the IMDS handler."""
+
+    disable_nagle_algorithm = True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -509,7 +518,7 @@ def main() -> None:
 
     state = State(arguments.region, arguments.host)
     app = Ec2Layer(create_backend_app("ec2"), state)
-    server = make_server(arguments.host, arguments.port, app, threaded=True)
+    server = make_server(arguments.host, arguments.port, app, threaded=True, request_handler=NoDelayHandler)
     state.endpoint = f"http://{arguments.host}:{server.server_port}"
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
