@@ -58,6 +58,34 @@ fn now_unix() -> f64 {
         .as_secs_f64()
 }
 
+/// One `ipmgr-helper init` in `pod`, measured.
+struct InitRun {
+    wall: Duration,
+    cpu: Duration,
+    max_rss: i64,
+    calls: Value,
+}
+
+fn measured_init(bed: &mut TestBed, pod: &common::Pod) -> InitRun {
+    bed.reset_calls();
+    let (cpu_before, _) = children_cpu();
+    let started = Instant::now();
+    let output = bed.helper(pod, &["init"]).output().expect("helper runs");
+    let wall = started.elapsed();
+    let (cpu_after, max_rss) = children_cpu();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    InitRun {
+        wall,
+        cpu: cpu_after - cpu_before,
+        max_rss,
+        calls: bed.calls(),
+    }
+}
+
 fn main() {
     let passes: usize = std::env::var("BENCH_PASSES")
         .ok()
@@ -86,20 +114,11 @@ fn main() {
         );
         bed.add_address(&pod, "net1", &v4);
         bed.add_address(&pod, "net1", &v6);
-        bed.reset_calls();
-        let (cpu_before, _) = children_cpu();
-        let started = Instant::now();
-        let output = bed.helper(&pod, &["init"]).output().expect("helper runs");
-        walls.push(started.elapsed());
-        let (cpu_after, rss) = children_cpu();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        cpus.push(cpu_after - cpu_before);
-        peak_rss = peak_rss.max(rss);
-        calls.push(bed.calls());
+        let run = measured_init(&mut bed, &pod);
+        walls.push(run.wall);
+        cpus.push(run.cpu);
+        peak_rss = peak_rss.max(run.max_rss);
+        calls.push(run.calls);
         bed.remove_address(&pod, "net1", &v4);
         bed.remove_address(&pod, "net1", &v6);
     }
@@ -117,26 +136,9 @@ fn main() {
 
     // Second run on assigned addresses: the cost of a pod restart.
     bed.add_address(&pod, "net1", "10.0.1.90/24");
-    assert!(
-        bed.helper(&pod, &["init"])
-            .output()
-            .expect("runs")
-            .status
-            .success()
-    );
-    bed.reset_calls();
-    let (cpu_before, _) = children_cpu();
-    let started = Instant::now();
-    assert!(
-        bed.helper(&pod, &["init"])
-            .output()
-            .expect("runs")
-            .status
-            .success()
-    );
-    let noop_wall = started.elapsed();
-    let noop_cpu = children_cpu().0 - cpu_before;
-    let noop_calls = call_summary(&bed.calls()).0;
+    measured_init(&mut bed, &pod);
+    let noop = measured_init(&mut bed, &pod);
+    let (noop_wall, noop_cpu, noop_calls) = (noop.wall, noop.cpu, call_summary(&noop.calls).0);
 
     // sidecar: idle cost, then reaction to new addresses.
     let mut sidecar = bed
