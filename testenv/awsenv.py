@@ -471,11 +471,17 @@ def control(state: State, method: str, path: str, request: dict) -> tuple[int, d
                 eni = state.backend.get_network_interface(path[len("eni/"):])
                 return 200, {"id": eni.id, "ipv4": ipv4_of(eni), "ipv6": list(eni.ipv6_addresses)}
         if method == "POST" and path == "assign":
-            # Test setup: put addresses on an ENI directly, as another node's helper would have.
+            # Test setup: move addresses onto an ENI directly, as another node's helper would
+            # have (taking them from whichever ENI held them).
             with state.lock:
                 eni = state.backend.get_network_interface(request["eni"])
-                eni.private_ip_addresses.extend({"Primary": False, "PrivateIpAddress": ip} for ip in request.get("ipv4", []))
-                eni.ipv6_addresses.extend(request.get("ipv6", []))
+                ipv4, ipv6 = request.get("ipv4", []), request.get("ipv6", [])
+                for other in state.backend.enis.values():
+                    other.private_ip_addresses[:] = [item for item in other.private_ip_addresses
+                                                     if item["PrivateIpAddress"] not in ipv4]
+                    other.ipv6_addresses[:] = [address for address in other.ipv6_addresses if address not in ipv6]
+                eni.private_ip_addresses.extend({"Primary": False, "PrivateIpAddress": ip} for ip in ipv4)
+                eni.ipv6_addresses.extend(ipv6)
             return 200, {}
         return 404, {"error": f"unknown control call {method} {path}"}
     except Exception as error:  # the test sees the reason

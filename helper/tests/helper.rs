@@ -273,3 +273,61 @@ fn sidecars_follow_a_floating_ip_over_and_back_and_release_on_sigterm() {
     assert!(!bed.holds(&eni_a, vip), "the VIP A holds is released too");
     assert!(!bed.holds(&eni_b, "10.0.1.52"));
 }
+
+#[test]
+fn the_sidecar_signals_readiness_and_heals_an_address_another_node_took() {
+    let mut bed = bed();
+    let pod = bed.pod("node1");
+    bed.add_interface(&pod, "net1", &mac(&bed, "node1", 1), &["10.0.1.53/24"]);
+    let ready = std::env::temp_dir().join(format!("{}-ready", pod.netns));
+    let _ = std::fs::remove_file(&ready);
+    let ready_arg = ready.to_str().expect("UTF-8 path").to_owned();
+    let mut sidecar = bed
+        .helper(
+            &pod,
+            &[
+                "sidecar",
+                "--recheck-seconds",
+                "1",
+                "--ready-file",
+                &ready_arg,
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sidecar starts");
+    let (here, there) = (id(&bed, "node1", 1), id(&bed, "node2", 1));
+    assert!(
+        bed.wait_until(&here, "10.0.1.53", true, Duration::from_secs(5))
+            .is_some()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !ready.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ready.exists(), "ready file written after the first pass");
+
+    bed.control(
+        "POST",
+        "assign",
+        json!({"eni": there, "ipv4": ["10.0.1.53"]}),
+    );
+    assert!(!bed.holds(&here, "10.0.1.53"));
+    let healed = bed.wait_until(&here, "10.0.1.53", true, Duration::from_secs(5));
+    assert!(
+        healed.is_some(),
+        "the periodic re-check takes the address back"
+    );
+    assert!(!bed.holds(&there, "10.0.1.53"));
+
+    assert!(
+        std::process::Command::new("kill")
+            .arg(sidecar.id().to_string())
+            .status()
+            .expect("kill")
+            .success()
+    );
+    stop_within(&mut sidecar, Duration::from_secs(10));
+    let _ = std::fs::remove_file(&ready);
+}
