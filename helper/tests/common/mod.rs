@@ -315,7 +315,7 @@ impl TestBed {
             .args(["netns", "exec", &pod.netns, "env", "-i"])
             .arg(format!("AWS_EC2_METADATA_SERVICE_ENDPOINT={imds}"))
             .arg(format!("AWS_ENDPOINT_URL_EC2={}", self.ec2_endpoint))
-            .arg(env!("CARGO_BIN_EXE_ipmgr-helper"))
+            .arg(helper_binary())
             .args(args)
             .stdin(Stdio::null());
         command
@@ -346,6 +346,14 @@ pub fn stop_within(child: &mut Child, limit: Duration) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The helper under test: `IPMGR_HELPER_BIN` when set (for example the `dist` build the
+/// image ships), else the one cargo built for this test or bench.
+pub fn helper_binary() -> PathBuf {
+    std::env::var_os("IPMGR_HELPER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ipmgr-helper")))
 }
 
 /// Output of a finished helper, with its standard error as text.
