@@ -5,7 +5,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{TestBed, finish, how_to_topology, reason, stop_within};
+use common::{Background, TestBed, finish, how_to_topology, reason};
 use serde_json::json;
 
 fn bed() -> TestBed {
@@ -228,7 +228,7 @@ fn sidecars_follow_a_floating_ip_over_and_back_and_release_on_sigterm() {
             .spawn()
             .expect("sidecar starts")
     };
-    let (mut sidecar_a, mut sidecar_b) = (spawn(&a), spawn(&b));
+    let (mut sidecar_a, mut sidecar_b) = (Background(spawn(&a)), Background(spawn(&b)));
     let limit = Duration::from_secs(5);
     assert!(bed.wait_until(&eni_a, "10.0.1.51", true, limit).is_some());
     assert!(bed.wait_until(&eni_b, "10.0.1.52", true, limit).is_some());
@@ -257,18 +257,11 @@ fn sidecars_follow_a_floating_ip_over_and_back_and_release_on_sigterm() {
         assert!(took < Duration::from_secs(1), "{what} took {took:?}");
     }
 
-    for sidecar in [&sidecar_a, &sidecar_b] {
-        assert!(
-            std::process::Command::new("kill")
-                .arg(sidecar.id().to_string())
-                .status()
-                .expect("kill")
-                .success()
-        );
-    }
-    stop_within(&mut sidecar_a, Duration::from_secs(10));
-    stop_within(&mut sidecar_b, Duration::from_secs(10));
-    assert!(sidecar_a.wait().expect("exit").success());
+    assert!(
+        sidecar_a.terminate(Duration::from_secs(10)),
+        "exit 0 after the release"
+    );
+    sidecar_b.terminate(Duration::from_secs(10));
     assert!(!bed.holds(&eni_a, "10.0.1.51"), "released on SIGTERM");
     assert!(!bed.holds(&eni_a, vip), "the VIP A holds is released too");
     assert!(!bed.holds(&eni_b, "10.0.1.52"));
@@ -282,8 +275,8 @@ fn the_sidecar_signals_readiness_and_heals_an_address_another_node_took() {
     let ready = std::env::temp_dir().join(format!("{}-ready", pod.netns));
     let _ = std::fs::remove_file(&ready);
     let ready_arg = ready.to_str().expect("UTF-8 path").to_owned();
-    let mut sidecar = bed
-        .helper(
+    let mut sidecar = Background(
+        bed.helper(
             &pod,
             &[
                 "sidecar",
@@ -296,7 +289,8 @@ fn the_sidecar_signals_readiness_and_heals_an_address_another_node_took() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("sidecar starts");
+        .expect("sidecar starts"),
+    );
     let (here, there) = (id(&bed, "node1", 1), id(&bed, "node2", 1));
     assert!(
         bed.wait_until(&here, "10.0.1.53", true, Duration::from_secs(5))
@@ -321,13 +315,6 @@ fn the_sidecar_signals_readiness_and_heals_an_address_another_node_took() {
     );
     assert!(!bed.holds(&there, "10.0.1.53"));
 
-    assert!(
-        std::process::Command::new("kill")
-            .arg(sidecar.id().to_string())
-            .status()
-            .expect("kill")
-            .success()
-    );
-    stop_within(&mut sidecar, Duration::from_secs(10));
+    sidecar.terminate(Duration::from_secs(10));
     let _ = std::fs::remove_file(&ready);
 }

@@ -335,6 +335,27 @@ impl Drop for TestBed {
     }
 }
 
+/// A background process (a sidecar) that is killed if the test ends without stopping it.
+pub struct Background(pub Child);
+
+impl Background {
+    /// Sends SIGTERM and waits up to `limit` for the exit; true when it exited with 0.
+    pub fn terminate(&mut self, limit: Duration) -> bool {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        stop_within(&mut self.0, limit);
+        self.0.wait().is_ok_and(|status| status.success())
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Waits up to `limit` for `child` to exit, then kills it.
 pub fn stop_within(child: &mut Child, limit: Duration) {
     let started = Instant::now();

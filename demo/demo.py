@@ -1,0 +1,429 @@
+#!/usr/bin/env python3
+"""multus-ipmgr on one machine: the webhook admits a Multus pod, its injected helper makes
+the pod's IPs routable on the emulated node's ENIs, and a floating IP moves between pods.
+
+Needs root (network namespaces), the built `ipmgr-webhook` and `ipmgr-helper`, and the
+Python packages of tests/requirements.txt (for the AWS stand-in). `scripts/demo` provides
+all of that; `run(check=True)` is the end-to-end test (demo/test_demo.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICE_NAME = "ipmgr-webhook.multus-ipmgr.svc"
+BRIDGE = "169.254.100.1"
+TOPOLOGY = {
+    "vpc_cidr": "10.10.0.0/16",
+    # The how-to's node: a primary ENI, two Multus ENIs in one subnet (IPv4 + IPv6) and one
+    # in a second Multus subnet; node2 has one Multus ENI in the first subnet.
+    "subnets": {
+        "node": {"cidr": "10.10.0.0/24"},
+        "multus": {"cidr": "10.10.1.0/24", "ipv6": True},
+        "multus-b": {"cidr": "10.10.2.0/24"},
+    },
+    "nodes": {"node1": {"enis": ["node", "multus", "multus", "multus-b"]}, "node2": {"enis": ["node", "multus"]}},
+}
+FLOATING_IP = "10.10.1.100"
+
+
+class Output:
+    """Short progress lines; colour only on a terminal."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.colour = sys.stdout.isatty()
+
+    def _paint(self, code: str, text: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.colour else text
+
+    def step(self, text: str) -> None:
+        if not self.quiet:
+            print(self._paint("1;34", "==> ") + self._paint("1", text), flush=True)
+
+    def line(self, text: str = "") -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
+    def ok(self, text: str) -> None:
+        if not self.quiet:
+            print(self._paint("32", "  ok ") + text, flush=True)
+
+
+def sh(*args: str) -> str:
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout
+
+
+@dataclass
+class World:
+    """Everything the demo starts, so that it can all be cleaned up."""
+
+    tag: str = field(default_factory=lambda: f"{os.getpid() % 0xffff:x}")
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ipmgr-demo-")))
+
+    def cleanup(self) -> None:
+        # A second Ctrl-C must not leave namespaces behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        for namespace in reversed(self.namespaces):
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+        for link in self.links:
+            subprocess.run(["ip", "link", "del", link], capture_output=True)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class Aws:
+    """The EC2 and IMDS stand-in (testenv/awsenv.py) in its own namespace, behind a bridge."""
+
+    def __init__(self, world: World, python: str):
+        self.namespace = f"ipmgr-demo-{world.tag}-aws"
+        sh("ip", "netns", "add", self.namespace)
+        world.namespaces.append(self.namespace)
+        for command in (["link", "set", "lo", "up"], ["link", "add", "br0", "type", "bridge"],
+                        ["addr", "add", f"{BRIDGE}/24", "dev", "br0"], ["link", "set", "br0", "up"]):
+            sh("ip", "-n", self.namespace, *command)
+        self.process = subprocess.Popen(
+            ["ip", "netns", "exec", self.namespace, python, str(ROOT / "testenv/awsenv.py"),
+             "--host", BRIDGE, "--control", "stdio"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        world.processes.append(self.process)
+        self.ec2_endpoint = json.loads(self.process.stdout.readline())["ec2_endpoint"]
+
+    def control(self, method: str, path: str, body: dict | None = None) -> dict:
+        self.process.stdin.write(json.dumps({"method": method, "path": path, "body": body or {}}) + "\n")
+        self.process.stdin.flush()
+        answer = json.loads(self.process.stdout.readline())
+        if answer["status"] != 200:
+            raise RuntimeError(f"stand-in {method} {path}: {answer['body']}")
+        return answer["body"]
+
+    def addresses(self, eni_id: str) -> list[str]:
+        answer = self.control("GET", f"eni/{eni_id}")
+        return answer["ipv4"] + answer["ipv6"]
+
+
+class Webhook:
+    """`ipmgr-webhook serve` on loopback with a certificate from its own `certs` command."""
+
+    def __init__(self, world: World, binary: Path):
+        certs = world.workdir / "tls"
+        sh(str(binary), "certs", "--out-dir", str(certs), "--log-format", "text")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.process = subprocess.Popen(
+            [str(binary), "serve", "--listen", f"127.0.0.1:{self.port}", "--tls-cert", str(certs / "tls.crt"),
+             "--tls-key", str(certs / "tls.key"), "--helper-image", "registry.example.com/ipmgr-helper:demo",
+             "--log", "warn"], stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        world.processes.append(self.process)
+        self.context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if self.request("GET", "/readyz")[0] == 200:
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+
+    def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        """One HTTPS request to 127.0.0.1, verifying the certificate as the API server would
+        (the Service's DNS name, the generated CA)."""
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        with self.context.wrap_socket(raw, server_hostname=SERVICE_NAME) as tls:
+            request = (f"{method} {path} HTTP/1.1\r\nHost: {SERVICE_NAME}\r\nContent-Type: application/json\r\n"
+                       f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+            tls.sendall(request)
+            response = http.client.HTTPResponse(tls)
+            response.begin()
+            return response.status, response.read()
+
+    def admit(self, pod: dict) -> tuple[dict, list]:
+        """Sends `pod` as an admission.k8s.io/v1 AdmissionReview; returns the patched pod and
+        the patch."""
+        review = {
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": f"demo-{time.monotonic_ns()}", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": pod["metadata"]["namespace"], "operation": "CREATE",
+                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+                "object": pod, "oldObject": None, "dryRun": False,
+            },
+        }
+        status, body = self.request("POST", "/mutate", json.dumps(review).encode())
+        answer = json.loads(body)["response"]
+        if status != 200 or not answer["allowed"]:
+            raise RuntimeError(f"webhook refused the pod: {body!r}")
+        patch = json.loads(base64.b64decode(answer["patch"])) if "patch" in answer else []
+        return apply_patch(pod, patch), patch
+
+
+def apply_patch(document: dict, patch: list) -> dict:
+    """RFC 6902 `add` operations, the only kind the webhook sends."""
+    document = json.loads(json.dumps(document))
+    for operation in patch:
+        if operation["op"] != "add":
+            raise ValueError(f"unexpected patch operation {operation}")
+        *parents, last = [part.replace("~1", "/").replace("~0", "~") for part in operation["path"].split("/")[1:]]
+        target = document
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        if isinstance(target, list):
+            target.insert(len(target) if last == "-" else int(last), operation["value"])
+        else:
+            target[last] = operation["value"]
+    return document
+
+
+def sample_pod(mode: str) -> dict:
+    """The pod the sample Deployment's ReplicaSet would create."""
+    deployment = yaml.safe_load((ROOT / f"manifests/samples/busybox-deployment-{mode}.yaml").read_text())
+    template = deployment["spec"]["template"]
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": dict(template["metadata"], generateName=f"{deployment['metadata']['name']}-",
+                             namespace=deployment["metadata"]["namespace"]),
+            "spec": template["spec"]}
+
+
+@dataclass
+class Pod:
+    name: str
+    namespace: str
+    node: str
+
+
+class Node:
+    """Pods of one emulated node: namespaces whose eth0 reaches the stand-in and whose net1 is
+    a macvlan carrying the node ENI's MAC (ipvlan on eth1, as the NAD asks, on a kernel
+    without ipvlan)."""
+
+    def __init__(self, world: World, aws: Aws, topology: dict):
+        self.world, self.aws, self.topology = world, aws, topology
+        self.count = 0
+
+    def pod(self, node: str, name: str, addresses: list[str]) -> Pod:
+        self.count += 1
+        namespace = f"ipmgr-demo-{self.world.tag}-{self.count}"
+        sh("ip", "netns", "add", namespace)
+        self.world.namespaces.append(namespace)
+        host_side = f"imd{self.world.tag}e{self.count}"
+        sh("ip", "-n", namespace, "link", "set", "lo", "up")
+        sh("ip", "link", "add", host_side, "type", "veth", "peer", "name", "eth0", "netns", namespace)
+        sh("ip", "link", "set", host_side, "netns", self.aws.namespace)
+        sh("ip", "-n", self.aws.namespace, "link", "set", host_side, "master", "br0", "up")
+        sh("ip", "-n", namespace, "addr", "add", f"169.254.100.{10 + self.count}/24", "dev", "eth0")
+        sh("ip", "-n", namespace, "link", "set", "eth0", "up")
+        eth1 = self.topology["nodes"][node]["enis"][1]
+        # One parent per pod: two macvlans with one MAC cannot share a parent (ipvlan could).
+        parent = f"imd{self.world.tag}x{self.count}"
+        sh("ip", "link", "add", parent, "type", "veth", "peer", "name", f"imd{self.world.tag}y{self.count}")
+        sh("ip", "link", "set", parent, "up")
+        self.world.links.append(parent)
+        macvlan = f"imd{self.world.tag}m{self.count}"
+        sh("ip", "link", "add", "link", parent, "name", macvlan, "address", eth1["mac"], "type", "macvlan", "mode", "bridge")
+        sh("ip", "link", "set", macvlan, "netns", namespace)
+        sh("ip", "-n", namespace, "link", "set", macvlan, "name", "net1")
+        for address in addresses:
+            add_address(Pod(name, namespace, node), address)
+        sh("ip", "-n", namespace, "link", "set", "net1", "up")
+        return Pod(name, namespace, node)
+
+
+def add_address(pod: Pod, address: str) -> None:
+    sh("ip", "-n", pod.namespace, "addr", "add", address, "dev", "net1", *(["nodad"] if ":" in address else []))
+
+
+def remove_address(pod: Pod, address: str) -> None:
+    sh("ip", "-n", pod.namespace, "addr", "del", address, "dev", "net1")
+
+
+def helper_command(container: dict, pod: Pod, topology: dict, aws: Aws, helper: Path) -> list[str]:
+    """The injected container's command, arguments and environment, as the kubelet would run
+    them (downward API filled in), with the AWS endpoints of the stand-in."""
+    fields = {"spec.nodeName": pod.node, "metadata.name": pod.name, "metadata.namespace": "multus"}
+    environment = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": topology["nodes"][pod.node]["imds_endpoint"],
+                   "AWS_ENDPOINT_URL_EC2": aws.ec2_endpoint}
+    for variable in container.get("env", []):
+        if "value" in variable:
+            environment[variable["name"]] = variable["value"]
+        else:
+            environment[variable["name"]] = fields[variable["valueFrom"]["fieldRef"]["fieldPath"]]
+    environment.pop("IPMGR_READY_FILE", None)  # the emptyDir is not there outside a cluster
+    command = [str(helper)] + container["command"][1:] + container["args"]
+    return ["ip", "netns", "exec", pod.namespace, "env", "-i"] + [f"{k}={v}" for k, v in environment.items()] + command
+
+
+def eni_table(aws: Aws, topology: dict) -> list[str]:
+    rows = [f"  {'node':<6} {'dev':<4} {'ENI':<24} {'subnet':<9} addresses"]
+    for node, details in topology["nodes"].items():
+        for eni in details["enis"]:
+            rows.append(f"  {node:<6} {eni['device_index']:<4} {eni['id']:<24} {eni['subnet']:<9} "
+                        + ", ".join(aws.addresses(eni["id"])))
+    return rows
+
+
+def wait_held(aws: Aws, eni_id: str, address: str, limit: float = 5.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if address in aws.addresses(eni_id):
+            return time.monotonic() - started
+        time.sleep(0.01)
+    raise AssertionError(f"{address} did not reach {eni_id} within {limit} s")
+
+
+def check(condition: bool, what: str, out: Output) -> None:
+    if not condition:
+        raise AssertionError(what)
+    out.ok(what)
+
+
+def run(check_results: bool = False, quiet: bool = False) -> dict:
+    """The whole demo; with `check_results`, every claim it prints is asserted too.
+    Returns the measured figures."""
+    out = Output(quiet)
+    if os.geteuid() != 0:
+        raise SystemExit("the demo creates network namespaces: run it as root (sudo scripts/demo)")
+    webhook_binary = Path(os.environ.get("IPMGR_WEBHOOK_BIN", ROOT / "target/debug/ipmgr-webhook"))
+    helper_binary = Path(os.environ.get("IPMGR_HELPER_BIN", ROOT / "target/debug/ipmgr-helper"))
+    for binary in (webhook_binary, helper_binary):
+        if not binary.exists():
+            raise SystemExit(f"{binary} is missing: build it first (scripts/demo does)")
+    world = World()
+    figures: dict = {}
+    try:
+        out.step("AWS stand-in: EC2 (moto + our rules) and IMDSv2, in a network namespace")
+        aws = Aws(world, os.environ.get("IPMGR_TESTENV_PYTHON", sys.executable))
+        topology = aws.control("POST", "topology", TOPOLOGY)
+        node1, node2 = topology["nodes"]["node1"]["enis"], topology["nodes"]["node2"]["enis"]
+        prefix = topology["subnets"]["multus"]["ipv6_cidr"].split("/")[0]
+        ipv6 = f"{prefix}80"
+        # node2 already holds one of the pod's addresses (a pod that ran there before).
+        aws.control("POST", "assign", {"eni": node2[1]["id"], "ipv4": ["10.10.1.80"]})
+        out.line(f"  node1: {len(node1)} ENIs, node2: {len(node2)} ENIs; node2 holds 10.10.1.80")
+
+        out.step("ipmgr-webhook serve, with a certificate from ipmgr-webhook certs")
+        webhook = Webhook(world, webhook_binary)
+        out.line(f"  https://127.0.0.1:{webhook.port} as {SERVICE_NAME}, ready")
+
+        out.step("Admitting the sample busybox pods as the API server would")
+        admitted = {}
+        for mode in ("init", "sidecar", "native-sidecar"):
+            patched, patch = webhook.admit(sample_pod(mode))
+            admitted[mode] = patched
+            spec = patched["spec"]
+            helper = next(c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == "aws-ip-mgmt")
+            where = "initContainers[0]" if spec.get("initContainers", [{}])[0].get("name") == "aws-ip-mgmt" else "containers[-1]"
+            extra = ", restartPolicy Always + startupProbe" if helper.get("restartPolicy") == "Always" else ""
+            out.line(f"  {mode:<15} {len(patch)} patch ops: {where} aws-ip-mgmt {' '.join(helper['args'])}{extra}")
+            if check_results:
+                check(patched["metadata"]["annotations"]["multus-ipmgr.io/status"] == mode, f"{mode}: injected", out)
+        again, patch = webhook.admit(admitted["init"])
+        if check_results:
+            check(patch == [], "admitting an injected pod again changes nothing", out)
+
+        out.step("ENIs before")
+        for row in eni_table(aws, topology):
+            out.line(row)
+
+        out.step("Running the init-mode pod: net1 (ipvlan on eth1 -> macvlan with eth1's MAC), 10.10.1.80 + " + ipv6)
+        nodes = Node(world, aws, topology)
+        pod = nodes.pod("node1", "busybox-init-1", ["10.10.1.80/24", f"{ipv6}/64"])
+        container = admitted["init"]["spec"]["initContainers"][0]
+        aws.control("POST", "calls/reset")
+        started = time.monotonic()
+        result = subprocess.run(helper_command(container, pod, topology, aws, helper_binary), capture_output=True, text=True)
+        figures["init_seconds"] = time.monotonic() - started
+        if result.returncode != 0:
+            raise RuntimeError(f"the injected init container failed: {result.stderr.strip().splitlines()[-1:]}")
+        calls = aws.control("GET", "calls")
+        out.line(f"  init container exited 0 in {figures['init_seconds'] * 1000:.0f} ms; EC2 calls: "
+                 + ", ".join(f"{action} {count}" for action, count in sorted(calls.items())))
+
+        out.step("ENIs after")
+        for row in eni_table(aws, topology):
+            out.line(row)
+        if check_results:
+            eth1, eth2 = node1[1]["id"], node1[2]["id"]
+            check({"10.10.1.80", ipv6} <= set(aws.addresses(eth1)), "every address is on the ENI whose MAC net1 carries (eth1)", out)
+            check("10.10.1.80" not in aws.addresses(eth2), "not on eth2, the other ENI of the same subnet", out)
+            check("10.10.1.80" not in aws.addresses(node2[1]["id"]), "the address node2 held moved", out)
+
+        aws.control("POST", "calls/reset")
+        result = subprocess.run(helper_command(container, pod, topology, aws, helper_binary), capture_output=True, text=True)
+        second_calls = aws.control("GET", "calls")
+        out.line(f"  restarted pod: init exited {result.returncode}, EC2 calls: {sum(second_calls.values())}")
+        if check_results:
+            check(result.returncode == 0 and second_calls == {}, "a second run makes no EC2 call", out)
+
+        out.step(f"Sidecar mode: floating IP {FLOATING_IP} between pod A (node1) and pod B (node2)")
+        sidecar_container = admitted["sidecar"]["spec"]["containers"][-1]
+        pod_a = nodes.pod("node1", "busybox-sidecar-a", ["10.10.1.81/24"])
+        pod_b = nodes.pod("node2", "busybox-sidecar-b", ["10.10.1.82/24"])
+        for member in (pod_a, pod_b):
+            world.processes.append(subprocess.Popen(helper_command(sidecar_container, member, topology, aws, helper_binary),
+                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        eni_a, eni_b = node1[1]["id"], node2[1]["id"]
+        wait_held(aws, eni_a, "10.10.1.81")
+        wait_held(aws, eni_b, "10.10.1.82")
+        timeline = []
+        add_address(pod_a, f"{FLOATING_IP}/24")
+        timeline.append(("appears on A", wait_held(aws, eni_a, FLOATING_IP)))
+        remove_address(pod_a, f"{FLOATING_IP}/24")
+        add_address(pod_b, f"{FLOATING_IP}/24")
+        timeline.append(("fails over to B", wait_held(aws, eni_b, FLOATING_IP)))
+        remove_address(pod_b, f"{FLOATING_IP}/24")
+        add_address(pod_a, f"{FLOATING_IP}/24")
+        timeline.append(("fails back to A", wait_held(aws, eni_a, FLOATING_IP)))
+        for event, seconds in timeline:
+            out.line(f"  {event:<16} on its node's ENI after {seconds * 1000:5.0f} ms")
+        figures["floating_ip"] = dict(timeline)
+        if check_results:
+            for event, seconds in timeline[1:]:
+                check(seconds < 2.0, f"{event} in under 2 s ({seconds * 1000:.0f} ms)", out)
+        out.step("Done; cleaning up")
+        return figures
+    finally:
+        world.cleanup()
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        run(check_results="--check" in sys.argv)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
