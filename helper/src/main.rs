@@ -8,7 +8,7 @@ use ipmgr_helper::run::{Helper, RunError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match &cli.command {
+    let (work, settings) = match &cli.command {
         Command::Ready { ready_file } => {
             return if ready_file.exists() {
                 ExitCode::SUCCESS
@@ -20,9 +20,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             };
         }
-        Command::Init(settings) | Command::Sidecar(settings) | Command::Plan(settings) => {
-            settings.clone()
-        }
+        Command::Init(settings) => (Work::Init, settings.clone()),
+        Command::Sidecar(settings) => (Work::Sidecar, settings.clone()),
+        Command::Plan(settings) => (Work::Plan, settings.clone()),
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, settings)) {
+    match runtime.block_on(run(work, settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "ipmgr-helper failed");
@@ -52,12 +52,20 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, settings: Settings) -> Result<(), RunError> {
+/// The modes that talk to instance metadata, netlink and EC2.
+#[derive(Clone, Copy, Debug)]
+enum Work {
+    Init,
+    Sidecar,
+    Plan,
+}
+
+async fn run(work: Work, settings: Settings) -> Result<(), RunError> {
     let (mut helper, node) = Helper::connect(settings).await?;
-    match command {
-        Command::Init(_) => helper.init(&node).await.map(drop),
-        Command::Sidecar(_) => helper.sidecar(node).await,
-        Command::Plan(_) => {
+    match work {
+        Work::Init => helper.init(&node).await.map(drop),
+        Work::Sidecar => helper.sidecar(node).await,
+        Work::Plan => {
             let addresses = helper.wait_for_addresses().await?;
             let planned = helper.plan(&node, &addresses);
             for placement in &planned.placements {
@@ -78,6 +86,5 @@ async fn run(command: Command, settings: Settings) -> Result<(), RunError> {
             }
             Ok(())
         }
-        Command::Ready { .. } => Ok(()),
     }
 }
