@@ -27,20 +27,11 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from testenv.client import Bed, Pod  # noqa: E402
+
 SERVICE_NAME = "ipmgr-webhook.multus-ipmgr.svc"
-BRIDGE = "169.254.100.1"
-TOPOLOGY = {
-    "vpc_cidr": "10.10.0.0/16",
-    # The how-to's node: a primary ENI, two Multus ENIs in one subnet (IPv4 + IPv6) and one
-    # in a second Multus subnet; node2 has one Multus ENI in the first subnet.
-    "subnets": {
-        "node": {"cidr": "10.10.0.0/24"},
-        "multus": {"cidr": "10.10.1.0/24", "ipv6": True},
-        "multus-b": {"cidr": "10.10.2.0/24"},
-    },
-    "nodes": {"node1": {"enis": ["node", "multus", "multus", "multus-b"]}, "node2": {"enis": ["node", "multus"]}},
-}
-FLOATING_IP = "10.10.1.100"
+FLOATING_IP = "10.0.1.100"
 
 
 class Output:
@@ -75,12 +66,11 @@ def sh(*args: str) -> str:
 
 @dataclass
 class World:
-    """Everything the demo starts, so that it can all be cleaned up."""
+    """Everything the demo starts, so that it can all be cleaned up (the bed removes its own
+    namespaces when it stops)."""
 
-    tag: str = field(default_factory=lambda: f"{os.getpid() % 0xffff:x}")
     processes: list[subprocess.Popen] = field(default_factory=list)
-    namespaces: list[str] = field(default_factory=list)
-    links: list[str] = field(default_factory=list)
+    beds: list[Bed] = field(default_factory=list)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ipmgr-demo-")))
 
     def cleanup(self) -> None:
@@ -94,41 +84,9 @@ class World:
                     process.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     process.kill()
-        for namespace in reversed(self.namespaces):
-            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
-        for link in self.links:
-            subprocess.run(["ip", "link", "del", link], capture_output=True)
+        for bed in self.beds:
+            bed.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-class Aws:
-    """The EC2 and IMDS stand-in (testenv/awsenv.py) in its own namespace, behind a bridge."""
-
-    def __init__(self, world: World, python: str):
-        self.namespace = f"ipmgr-demo-{world.tag}-aws"
-        sh("ip", "netns", "add", self.namespace)
-        world.namespaces.append(self.namespace)
-        for command in (["link", "set", "lo", "up"], ["link", "add", "br0", "type", "bridge"],
-                        ["addr", "add", f"{BRIDGE}/24", "dev", "br0"], ["link", "set", "br0", "up"]):
-            sh("ip", "-n", self.namespace, *command)
-        self.process = subprocess.Popen(
-            ["ip", "netns", "exec", self.namespace, python, str(ROOT / "testenv/awsenv.py"),
-             "--host", BRIDGE, "--control", "stdio"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        world.processes.append(self.process)
-        self.ec2_endpoint = json.loads(self.process.stdout.readline())["ec2_endpoint"]
-
-    def control(self, method: str, path: str, body: dict | None = None) -> dict:
-        self.process.stdin.write(json.dumps({"method": method, "path": path, "body": body or {}}) + "\n")
-        self.process.stdin.flush()
-        answer = json.loads(self.process.stdout.readline())
-        if answer["status"] != 200:
-            raise RuntimeError(f"stand-in {method} {path}: {answer['body']}")
-        return answer["body"]
-
-    def addresses(self, eni_id: str) -> list[str]:
-        answer = self.control("GET", f"eni/{eni_id}")
-        return answer["ipv4"] + answer["ipv6"]
 
 
 class Webhook:
@@ -216,90 +174,27 @@ def sample_pod(mode: str) -> dict:
             "spec": template["spec"]}
 
 
-@dataclass
-class Pod:
-    name: str
-    namespace: str
-    node: str
-
-
-class Node:
-    """Pods of one emulated node: namespaces whose eth0 reaches the stand-in and whose net1 is
-    a macvlan carrying the node ENI's MAC (ipvlan on eth1, as the NAD asks, on a kernel
-    without ipvlan)."""
-
-    def __init__(self, world: World, aws: Aws, topology: dict):
-        self.world, self.aws, self.topology = world, aws, topology
-        self.count = 0
-
-    def pod(self, node: str, name: str, addresses: list[str]) -> Pod:
-        self.count += 1
-        namespace = f"ipmgr-demo-{self.world.tag}-{self.count}"
-        sh("ip", "netns", "add", namespace)
-        self.world.namespaces.append(namespace)
-        host_side = f"imd{self.world.tag}e{self.count}"
-        sh("ip", "-n", namespace, "link", "set", "lo", "up")
-        sh("ip", "link", "add", host_side, "type", "veth", "peer", "name", "eth0", "netns", namespace)
-        sh("ip", "link", "set", host_side, "netns", self.aws.namespace)
-        sh("ip", "-n", self.aws.namespace, "link", "set", host_side, "master", "br0", "up")
-        sh("ip", "-n", namespace, "addr", "add", f"169.254.100.{10 + self.count}/24", "dev", "eth0")
-        sh("ip", "-n", namespace, "link", "set", "eth0", "up")
-        eth1 = self.topology["nodes"][node]["enis"][1]
-        # One parent per pod: two macvlans with one MAC cannot share a parent (ipvlan could).
-        parent = f"imd{self.world.tag}x{self.count}"
-        sh("ip", "link", "add", parent, "type", "veth", "peer", "name", f"imd{self.world.tag}y{self.count}")
-        sh("ip", "link", "set", parent, "up")
-        self.world.links.append(parent)
-        macvlan = f"imd{self.world.tag}m{self.count}"
-        sh("ip", "link", "add", "link", parent, "name", macvlan, "address", eth1["mac"], "type", "macvlan", "mode", "bridge")
-        sh("ip", "link", "set", macvlan, "netns", namespace)
-        sh("ip", "-n", namespace, "link", "set", macvlan, "name", "net1")
-        for address in addresses:
-            add_address(Pod(name, namespace, node), address)
-        sh("ip", "-n", namespace, "link", "set", "net1", "up")
-        return Pod(name, namespace, node)
-
-
-def add_address(pod: Pod, address: str) -> None:
-    sh("ip", "-n", pod.namespace, "addr", "add", address, "dev", "net1", *(["nodad"] if ":" in address else []))
-
-
-def remove_address(pod: Pod, address: str) -> None:
-    sh("ip", "-n", pod.namespace, "addr", "del", address, "dev", "net1")
-
-
-def helper_command(container: dict, pod: Pod, topology: dict, aws: Aws, helper: Path) -> list[str]:
+def helper_command(container: dict, pod: Pod, helper: Path) -> list[str]:
     """The injected container's command, arguments and environment, as the kubelet would run
-    them (downward API filled in), with the AWS endpoints of the stand-in."""
+    them (downward API filled in), inside the pod with the bed's AWS endpoints."""
     fields = {"spec.nodeName": pod.node, "metadata.name": pod.name, "metadata.namespace": "multus"}
-    environment = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": topology["nodes"][pod.node]["imds_endpoint"],
-                   "AWS_ENDPOINT_URL_EC2": aws.ec2_endpoint}
+    environment = {}
     for variable in container.get("env", []):
         if "value" in variable:
             environment[variable["name"]] = variable["value"]
         else:
             environment[variable["name"]] = fields[variable["valueFrom"]["fieldRef"]["fieldPath"]]
     environment.pop("IPMGR_READY_FILE", None)  # the emptyDir is not there outside a cluster
-    command = [str(helper)] + container["command"][1:] + container["args"]
-    return ["ip", "netns", "exec", pod.namespace, "env", "-i"] + [f"{k}={v}" for k, v in environment.items()] + command
+    return pod.exec_argv([str(helper)] + container["command"][1:] + container["args"], environment)
 
 
-def eni_table(aws: Aws, topology: dict) -> list[str]:
-    rows = [f"  {'node':<6} {'dev':<4} {'ENI':<24} {'subnet':<9} addresses"]
-    for node, details in topology["nodes"].items():
+def eni_table(bed: Bed) -> list[str]:
+    rows = [f"  {'node':<6} {'ENI':<5} {'id':<24} {'subnet':<9} addresses"]
+    for node, details in bed.topology["nodes"].items():
         for eni in details["enis"]:
-            rows.append(f"  {node:<6} {eni['device_index']:<4} {eni['id']:<24} {eni['subnet']:<9} "
-                        + ", ".join(aws.addresses(eni["id"])))
+            rows.append(f"  {node:<6} {eni['name']:<5} {eni['id']:<24} {eni['subnet']:<9} "
+                        + ", ".join(bed.addresses(eni["id"])))
     return rows
-
-
-def wait_held(aws: Aws, eni_id: str, address: str, limit: float = 5.0) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < limit:
-        if address in aws.addresses(eni_id):
-            return time.monotonic() - started
-        time.sleep(0.01)
-    raise AssertionError(f"{address} did not reach {eni_id} within {limit} s")
 
 
 def check(condition: bool, what: str, out: Output) -> None:
@@ -322,15 +217,15 @@ def run(check_results: bool = False, quiet: bool = False) -> dict:
     world = World()
     figures: dict = {}
     try:
-        out.step("AWS stand-in: EC2 (moto + our rules) and IMDSv2, in a network namespace")
-        aws = Aws(world, os.environ.get("IPMGR_TESTENV_PYTHON", sys.executable))
-        topology = aws.control("POST", "topology", TOPOLOGY)
-        node1, node2 = topology["nodes"]["node1"]["enis"], topology["nodes"]["node2"]["enis"]
-        prefix = topology["subnets"]["multus"]["ipv6_cidr"].split("/")[0]
-        ipv6 = f"{prefix}80"
+        out.step("The emulated cluster: EC2 (moto + our rules), IMDSv2 per node, pods as network namespaces")
+        bed = Bed("how-to")
+        world.beds.append(bed)
+        node1, node2 = bed.topology["nodes"]["node1"]["enis"], bed.topology["nodes"]["node2"]["enis"]
+        ipv6 = f"{bed.ipv6_prefix()}80"
         # node2 already holds one of the pod's addresses (a pod that ran there before).
-        aws.control("POST", "assign", {"eni": node2[1]["id"], "ipv4": ["10.10.1.80"]})
-        out.line(f"  node1: {len(node1)} ENIs, node2: {len(node2)} ENIs; node2 holds 10.10.1.80")
+        bed.control("POST", "assign", {"eni": node2[1]["id"], "ipv4": ["10.0.1.80"]})
+        out.line(f"  testenv/topologies/how-to.json: node1 has {len(node1)} ENIs, node2 {len(node2)}; "
+                 "node2 holds 10.0.1.80")
 
         out.step("ipmgr-webhook serve, with a certificate from ipmgr-webhook certs")
         webhook = Webhook(world, webhook_binary)
@@ -353,58 +248,57 @@ def run(check_results: bool = False, quiet: bool = False) -> dict:
             check(patch == [], "admitting an injected pod again changes nothing", out)
 
         out.step("ENIs before")
-        for row in eni_table(aws, topology):
+        for row in eni_table(bed):
             out.line(row)
 
-        out.step("Running the init-mode pod: net1 (ipvlan on eth1 -> macvlan with eth1's MAC), 10.10.1.80 + " + ipv6)
-        nodes = Node(world, aws, topology)
-        pod = nodes.pod("node1", "busybox-init-1", ["10.10.1.80/24", f"{ipv6}/64"])
+        out.step("Running the init-mode pod: net1 (ipvlan on eth1 -> macvlan with eth1's MAC), 10.0.1.80 + " + ipv6)
+        pod = bed.pod("node1", "busybox-init-1", [{"name": "net1", "eni": "eth1", "addresses": ["10.0.1.80/24", f"{ipv6}/64"]}])
         container = admitted["init"]["spec"]["initContainers"][0]
-        aws.control("POST", "calls/reset")
+        bed.control("POST", "calls/reset")
         started = time.monotonic()
-        result = subprocess.run(helper_command(container, pod, topology, aws, helper_binary), capture_output=True, text=True)
+        result = subprocess.run(helper_command(container, pod, helper_binary), capture_output=True, text=True)
         figures["init_seconds"] = time.monotonic() - started
         if result.returncode != 0:
             raise RuntimeError(f"the injected init container failed: {result.stderr.strip().splitlines()[-1:]}")
-        calls = aws.control("GET", "calls")
+        calls = bed.control("GET", "calls")
         out.line(f"  init container exited 0 in {figures['init_seconds'] * 1000:.0f} ms; EC2 calls: "
                  + ", ".join(f"{action} {count}" for action, count in sorted(calls.items())))
 
         out.step("ENIs after")
-        for row in eni_table(aws, topology):
+        for row in eni_table(bed):
             out.line(row)
         if check_results:
             eth1, eth2 = node1[1]["id"], node1[2]["id"]
-            check({"10.10.1.80", ipv6} <= set(aws.addresses(eth1)), "every address is on the ENI whose MAC net1 carries (eth1)", out)
-            check("10.10.1.80" not in aws.addresses(eth2), "not on eth2, the other ENI of the same subnet", out)
-            check("10.10.1.80" not in aws.addresses(node2[1]["id"]), "the address node2 held moved", out)
+            check({"10.0.1.80", ipv6} <= set(bed.addresses(eth1)), "every address is on the ENI whose MAC net1 carries (eth1)", out)
+            check("10.0.1.80" not in bed.addresses(eth2), "not on eth2, the other ENI of the same subnet", out)
+            check("10.0.1.80" not in bed.addresses(node2[1]["id"]), "the address node2 held moved", out)
 
-        aws.control("POST", "calls/reset")
-        result = subprocess.run(helper_command(container, pod, topology, aws, helper_binary), capture_output=True, text=True)
-        second_calls = aws.control("GET", "calls")
+        bed.control("POST", "calls/reset")
+        result = subprocess.run(helper_command(container, pod, helper_binary), capture_output=True, text=True)
+        second_calls = bed.control("GET", "calls")
         out.line(f"  restarted pod: init exited {result.returncode}, EC2 calls: {sum(second_calls.values())}")
         if check_results:
             check(result.returncode == 0 and second_calls == {}, "a second run makes no EC2 call", out)
 
         out.step(f"Sidecar mode: floating IP {FLOATING_IP} between pod A (node1) and pod B (node2)")
         sidecar_container = admitted["sidecar"]["spec"]["containers"][-1]
-        pod_a = nodes.pod("node1", "busybox-sidecar-a", ["10.10.1.81/24"])
-        pod_b = nodes.pod("node2", "busybox-sidecar-b", ["10.10.1.82/24"])
+        pod_a = bed.pod("node1", "busybox-sidecar-a", [{"name": "net1", "eni": "eth1", "addresses": ["10.0.1.81/24"]}])
+        pod_b = bed.pod("node2", "busybox-sidecar-b", [{"name": "net1", "eni": "eth1", "addresses": ["10.0.1.82/24"]}])
         for member in (pod_a, pod_b):
-            world.processes.append(subprocess.Popen(helper_command(sidecar_container, member, topology, aws, helper_binary),
+            world.processes.append(subprocess.Popen(helper_command(sidecar_container, member, helper_binary),
                                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         eni_a, eni_b = node1[1]["id"], node2[1]["id"]
-        wait_held(aws, eni_a, "10.10.1.81")
-        wait_held(aws, eni_b, "10.10.1.82")
+        bed.wait_held(eni_a, "10.0.1.81")
+        bed.wait_held(eni_b, "10.0.1.82")
         timeline = []
-        add_address(pod_a, f"{FLOATING_IP}/24")
-        timeline.append(("appears on A", wait_held(aws, eni_a, FLOATING_IP)))
-        remove_address(pod_a, f"{FLOATING_IP}/24")
-        add_address(pod_b, f"{FLOATING_IP}/24")
-        timeline.append(("fails over to B", wait_held(aws, eni_b, FLOATING_IP)))
-        remove_address(pod_b, f"{FLOATING_IP}/24")
-        add_address(pod_a, f"{FLOATING_IP}/24")
-        timeline.append(("fails back to A", wait_held(aws, eni_a, FLOATING_IP)))
+        bed.add_address(pod_a, "net1", f"{FLOATING_IP}/24")
+        timeline.append(("appears on A", bed.wait_held(eni_a, FLOATING_IP)))
+        bed.remove_address(pod_a, "net1", f"{FLOATING_IP}/24")
+        bed.add_address(pod_b, "net1", f"{FLOATING_IP}/24")
+        timeline.append(("fails over to B", bed.wait_held(eni_b, FLOATING_IP)))
+        bed.remove_address(pod_b, "net1", f"{FLOATING_IP}/24")
+        bed.add_address(pod_a, "net1", f"{FLOATING_IP}/24")
+        timeline.append(("fails back to A", bed.wait_held(eni_a, FLOATING_IP)))
         for event, seconds in timeline:
             out.line(f"  {event:<16} on its node's ENI after {seconds * 1000:5.0f} ms")
         figures["floating_ip"] = dict(timeline)

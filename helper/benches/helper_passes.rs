@@ -6,13 +6,11 @@
 //! `cargo bench -p ipmgr-helper --bench helper_passes`; `BENCH_PASSES` (10) init passes;
 //! `IPMGR_HELPER_BIN=target/dist/ipmgr-helper` measures the image's build instead.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{TestBed, how_to_topology, stop_within};
+use ipmgr_testbed::{Interface, Pod, TestBed, Topology, stop_within};
 use nix::sys::resource::{UsageWho, getrusage};
 use serde_json::Value;
 
@@ -67,11 +65,18 @@ struct InitRun {
     calls: Value,
 }
 
-fn measured_init(bed: &mut TestBed, pod: &common::Pod) -> InitRun {
+fn helper_binary() -> PathBuf {
+    ipmgr_testbed::program("IPMGR_HELPER_BIN", env!("CARGO_BIN_EXE_ipmgr-helper"))
+}
+
+fn measured_init(bed: &mut TestBed, pod: &Pod) -> InitRun {
     bed.reset_calls();
     let (cpu_before, _) = children_cpu();
     let started = Instant::now();
-    let output = bed.helper(pod, &["init"]).output().expect("helper runs");
+    let output = bed
+        .command(pod, &helper_binary(), &["init"])
+        .output()
+        .expect("helper runs");
     let wall = started.elapsed();
     let (cpu_after, max_rss) = children_cpu();
     assert!(
@@ -92,18 +97,16 @@ fn main() {
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(10);
-    let mut bed = TestBed::start(how_to_topology());
+    let mut bed = TestBed::start(Topology::File("how-to"));
     // Every pass leaves its addresses on the ENI (init never releases): room for all of them.
     bed.control(
         "POST",
         "config",
         serde_json::json!({"eni_ipv4_limit": 100, "eni_ipv6_limit": 100}),
     );
-    let eni = bed.eni("node1", 2)["id"].as_str().expect("id").to_owned();
-    let mac = bed.eni("node1", 2)["mac"].as_str().expect("mac").to_owned();
-    let prefix = bed.ipv6_prefix();
-    let pod = bed.pod("node1");
-    bed.add_interface(&pod, "net1", &mac, &[]);
+    let eni = bed.eni_id("node1", "eth2");
+    let prefix = bed.ipv6_prefix("multus1");
+    let pod = bed.pod("node1", "bench", &[Interface::on_eni("net1", "eth2", &[])]);
 
     // init: each pass gets a fresh IPv4 and IPv6 address, so each has real work to do.
     let (mut walls, mut cpus, mut calls) = (Vec::new(), Vec::new(), Vec::new());
@@ -143,7 +146,11 @@ fn main() {
 
     // sidecar: idle cost, then reaction to new addresses.
     let mut sidecar = bed
-        .helper(&pod, &["sidecar", "--recheck-seconds", "3600"])
+        .command(
+            &pod,
+            &helper_binary(),
+            &["sidecar", "--recheck-seconds", "3600"],
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -183,9 +190,7 @@ fn main() {
         .status();
     stop_within(&mut sidecar, Duration::from_secs(10));
 
-    let binary = std::fs::metadata(common::helper_binary())
-        .expect("binary")
-        .len();
+    let binary = std::fs::metadata(helper_binary()).expect("binary").len();
     let ms = |duration: Duration| duration.as_secs_f64() * 1e3;
     println!("| measure | result |");
     println!("|---|---|");

@@ -1,46 +1,53 @@
-//! The real `ipmgr-helper` binary in emulated pods against the AWS stand-in.
+//! The real `ipmgr-helper` binary in emulated pods against the AWS stand-in (testenv/).
+//! Every test needs root: pods are network namespaces.
 
-mod common;
-
-use std::process::Stdio;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Background, TestBed, finish, how_to_topology, reason};
+use ipmgr_testbed::{Background, Interface, Pod, TestBed, Topology, finish};
 use serde_json::json;
 
 fn bed() -> TestBed {
-    TestBed::start(how_to_topology())
+    TestBed::start(Topology::File("how-to"))
 }
 
-fn id(bed: &TestBed, node: &str, index: usize) -> String {
-    bed.eni(node, index)["id"]
-        .as_str()
-        .expect("ENI id")
-        .to_owned()
+fn helper_binary() -> PathBuf {
+    ipmgr_testbed::program("IPMGR_HELPER_BIN", env!("CARGO_BIN_EXE_ipmgr-helper"))
 }
 
-fn mac(bed: &TestBed, node: &str, index: usize) -> String {
-    bed.eni(node, index)["mac"]
-        .as_str()
-        .expect("MAC")
-        .to_owned()
+/// `ipmgr-helper args...` inside `pod`.
+fn helper(bed: &TestBed, pod: &Pod, args: &[&str]) -> Command {
+    bed.command(pod, &helper_binary(), args)
+}
+
+/// The one-line reason the helper printed last on failure.
+fn reason(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .rev()
+        .find(|line| line.starts_with("ipmgr-helper: "))
+        .unwrap_or_default()
 }
 
 #[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn two_enis_in_one_subnet_the_mac_decides_and_a_second_run_costs_nothing() {
     let mut bed = bed();
-    let pod = bed.pod("node1");
-    let v6 = format!("{}50", bed.ipv6_prefix());
-    // ENIs 1 and 2 of node1 share subnet multus1; the interface carries ENI 2's MAC.
-    bed.add_interface(
-        &pod,
-        "net1",
-        &mac(&bed, "node1", 2),
-        &["10.0.1.50/24", &format!("{v6}/64")],
+    let v6 = format!("{}50", bed.ipv6_prefix("multus1"));
+    // eth1 and eth2 of node1 share subnet multus1; the interface carries eth2's MAC.
+    let pod = bed.pod(
+        "node1",
+        "pod",
+        &[Interface::on_eni(
+            "net1",
+            "eth2",
+            &["10.0.1.50/24", &format!("{v6}/64")],
+        )],
     );
-    let (output, stderr, _) = finish(bed.helper(&pod, &["init"]));
+    let (output, stderr, _) = finish(helper(&bed, &pod, &["init"]));
     assert!(output.status.success(), "{stderr}");
-    let (second, first) = (id(&bed, "node1", 2), id(&bed, "node1", 1));
+    let (second, first) = (bed.eni_id("node1", "eth2"), bed.eni_id("node1", "eth1"));
     assert!(bed.holds(&second, "10.0.1.50"));
     assert!(bed.holds(&second, &v6));
     assert!(!bed.holds(&first, "10.0.1.50"));
@@ -51,7 +58,7 @@ fn two_enis_in_one_subnet_the_mac_decides_and_a_second_run_costs_nothing() {
     );
 
     bed.reset_calls();
-    let (output, stderr, _) = finish(bed.helper(&pod, &["init"]));
+    let (output, stderr, _) = finish(helper(&bed, &pod, &["init"]));
     assert!(output.status.success(), "{stderr}");
     assert_eq!(
         bed.calls(),
@@ -61,38 +68,47 @@ fn two_enis_in_one_subnet_the_mac_decides_and_a_second_run_costs_nothing() {
 }
 
 #[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn an_ipv4_held_by_another_node_moves() {
     let mut bed = bed();
-    let elsewhere = id(&bed, "node2", 1);
+    let elsewhere = bed.eni_id("node2", "eth1");
     bed.control(
         "POST",
         "assign",
         json!({"eni": elsewhere, "ipv4": ["10.0.1.60"]}),
     );
-    let pod = bed.pod("node1");
-    bed.add_interface(&pod, "net1", &mac(&bed, "node1", 1), &["10.0.1.60/24"]);
-    let (output, stderr, _) = finish(bed.helper(&pod, &["init"]));
+    let pod = bed.pod(
+        "node1",
+        "pod",
+        &[Interface::on_eni("net1", "eth1", &["10.0.1.60/24"])],
+    );
+    let (output, stderr, _) = finish(helper(&bed, &pod, &["init"]));
     assert!(output.status.success(), "{stderr}");
-    assert!(bed.holds(&id(&bed, "node1", 1), "10.0.1.60"));
+    assert!(bed.holds(&bed.eni_id("node1", "eth1"), "10.0.1.60"));
     assert!(!bed.holds(&elsewhere, "10.0.1.60"));
 }
 
 #[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn an_ipv6_held_by_another_node_is_unassigned_there_then_assigned_here() {
     let mut bed = bed();
-    let v6 = format!("{}61", bed.ipv6_prefix());
-    let elsewhere = id(&bed, "node2", 1);
+    let v6 = format!("{}61", bed.ipv6_prefix("multus1"));
+    let elsewhere = bed.eni_id("node2", "eth1");
     bed.control("POST", "assign", json!({"eni": elsewhere, "ipv6": [v6]}));
-    let pod = bed.pod("node1");
-    bed.add_interface(&pod, "net1", &mac(&bed, "node1", 1), &[&format!("{v6}/64")]);
-    let (output, stderr, _) = finish(bed.helper(&pod, &["init"]));
+    let pod = bed.pod(
+        "node1",
+        "pod",
+        &[Interface::on_eni("net1", "eth1", &[&format!("{v6}/64")])],
+    );
+    let (output, stderr, _) = finish(helper(&bed, &pod, &["init"]));
     assert!(output.status.success(), "{stderr}");
-    assert!(bed.holds(&id(&bed, "node1", 1), &v6));
+    assert!(bed.holds(&bed.eni_id("node1", "eth1"), &v6));
     assert!(!bed.holds(&elsewhere, &v6));
     assert_eq!(bed.calls()["UnassignIpv6Addresses"], 1);
 }
 
 #[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn throttled_twice_then_success() {
     let mut bed = bed();
     bed.control(
@@ -100,15 +116,19 @@ fn throttled_twice_then_success() {
         "faults",
         json!({"action": "AssignPrivateIpAddresses", "code": "RequestLimitExceeded", "status": 503, "count": 2}),
     );
-    let pod = bed.pod("node1");
-    bed.add_interface(&pod, "net1", &mac(&bed, "node1", 1), &["10.0.1.70/24"]);
-    let (output, stderr, _) = finish(bed.helper(&pod, &["init"]));
+    let pod = bed.pod(
+        "node1",
+        "pod",
+        &[Interface::on_eni("net1", "eth1", &["10.0.1.70/24"])],
+    );
+    let (output, stderr, _) = finish(helper(&bed, &pod, &["init"]));
     assert!(output.status.success(), "{stderr}");
     assert_eq!(bed.calls()["AssignPrivateIpAddresses"], 3);
-    assert!(bed.holds(&id(&bed, "node1", 1), "10.0.1.70"));
+    assert!(bed.holds(&bed.eni_id("node1", "eth1"), "10.0.1.70"));
 }
 
 #[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn a_permanent_ec2_error_fails_at_once_naming_address_eni_and_code() {
     let mut bed = bed();
     bed.control(
@@ -117,12 +137,15 @@ fn a_permanent_ec2_error_fails_at_once_naming_address_eni_and_code() {
         json!({"action": "AssignPrivateIpAddresses", "code": "UnauthorizedOperation", "status": 403, "count": 100,
                "message": "You are not authorized to perform this operation."}),
     );
-    let pod = bed.pod("node1");
-    bed.add_interface(&pod, "net1", &mac(&bed, "node1", 1), &["10.0.1.71/24"]);
-    let (output, stderr, elapsed) = finish(bed.helper(&pod, &["init"]));
+    let pod = bed.pod(
+        "node1",
+        "pod",
+        &[Interface::on_eni("net1", "eth1", &["10.0.1.71/24"])],
+    );
+    let (output, stderr, elapsed) = finish(helper(&bed, &pod, &["init"]));
     assert!(!output.status.success());
     let line = reason(&stderr);
-    let eni = id(&bed, "node1", 1);
+    let eni = bed.eni_id("node1", "eth1");
     for part in [
         "10.0.1.71",
         eni.as_str(),
@@ -136,22 +159,33 @@ fn a_permanent_ec2_error_fails_at_once_naming_address_eni_and_code() {
 }
 
 #[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn unreachable_metadata_fails_in_bounded_time() {
     let mut bed = bed();
-    let pod = bed.pod("node1");
-    bed.add_interface(&pod, "net1", &mac(&bed, "node1", 1), &["10.0.1.72/24"]);
-    let (output, stderr, elapsed) =
-        finish(bed.helper_with_imds(&pod, "http://169.254.100.1:9", &["init"]));
+    let pod = bed.pod(
+        "node1",
+        "pod",
+        &[Interface::on_eni("net1", "eth1", &["10.0.1.72/24"])],
+    );
+    let mut unreachable = pod.clone();
+    for (name, value) in &mut unreachable.env {
+        if name == "AWS_EC2_METADATA_SERVICE_ENDPOINT" {
+            // The bed's gateway, on a port where nothing listens.
+            *value = "http://198.18.0.1:9".to_owned();
+        }
+    }
+    let (output, stderr, elapsed) = finish(helper(&bed, &unreachable, &["init"]));
     assert!(!output.status.success());
     assert!(reason(&stderr).contains("instance metadata"), "{stderr}");
     assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
 }
 
 #[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn an_interface_that_never_appears_fails_after_the_wait() {
     let mut bed = bed();
-    let pod = bed.pod("node1");
-    let (output, stderr, elapsed) = finish(bed.helper(&pod, &["init", "--wait-seconds", "1"]));
+    let pod = bed.pod("node1", "pod", &[]);
+    let (output, stderr, elapsed) = finish(helper(&bed, &pod, &["init", "--wait-seconds", "1"]));
     assert!(!output.status.success());
     assert!(
         reason(&stderr).contains("no address on the pod's interfaces besides eth0"),
@@ -162,11 +196,19 @@ fn an_interface_that_never_appears_fails_after_the_wait() {
 }
 
 #[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn an_address_in_no_eni_subnet_is_refused_clearly() {
     let mut bed = bed();
-    let pod = bed.pod("node1");
-    bed.add_interface(&pod, "net1", "02:aa:bb:cc:dd:ee", &["192.168.77.5/24"]);
-    let (output, stderr, _) = finish(bed.helper(&pod, &["init"]));
+    let pod = bed.pod(
+        "node1",
+        "pod",
+        &[Interface::with_mac(
+            "net1",
+            "02:aa:bb:cc:dd:ee",
+            &["192.168.77.5/24"],
+        )],
+    );
+    let (output, stderr, _) = finish(helper(&bed, &pod, &["init"]));
     assert!(!output.status.success());
     let line = reason(&stderr);
     assert!(line.contains("192.168.77.5 on net1"), "{line}");
@@ -178,17 +220,20 @@ fn an_address_in_no_eni_subnet_is_refused_clearly() {
 }
 
 #[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn the_per_eni_limit_is_reported() {
     let mut bed = bed();
     bed.control("POST", "config", json!({"eni_ipv4_limit": 2}));
-    let pod = bed.pod("node1");
-    bed.add_interface(
-        &pod,
-        "net1",
-        &mac(&bed, "node1", 1),
-        &["10.0.1.80/24", "10.0.1.81/24"],
+    let pod = bed.pod(
+        "node1",
+        "pod",
+        &[Interface::on_eni(
+            "net1",
+            "eth1",
+            &["10.0.1.80/24", "10.0.1.81/24"],
+        )],
     );
-    let (output, stderr, _) = finish(bed.helper(&pod, &["init"]));
+    let (output, stderr, _) = finish(helper(&bed, &pod, &["init"]));
     assert!(!output.status.success());
     assert!(
         reason(&stderr).contains("PrivateIpAddressLimitExceeded"),
@@ -197,17 +242,21 @@ fn the_per_eni_limit_is_reported() {
 }
 
 #[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn plan_changes_nothing() {
     let mut bed = bed();
-    let pod = bed.pod("node1");
-    bed.add_interface(&pod, "net1", &mac(&bed, "node1", 2), &["10.0.1.90/24"]);
-    let (output, stderr, _) = finish(bed.helper(&pod, &["plan"]));
+    let pod = bed.pod(
+        "node1",
+        "pod",
+        &[Interface::on_eni("net1", "eth2", &["10.0.1.90/24"])],
+    );
+    let (output, stderr, _) = finish(helper(&bed, &pod, &["plan"]));
     assert!(output.status.success(), "{stderr}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains(&format!(
             "assign 10.0.1.90 (net1) on {}",
-            id(&bed, "node1", 2)
+            bed.eni_id("node1", "eth2")
         )),
         "{stdout}"
     );
@@ -215,14 +264,22 @@ fn plan_changes_nothing() {
 }
 
 #[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn sidecars_follow_a_floating_ip_over_and_back_and_release_on_sigterm() {
     let mut bed = bed();
-    let (a, b) = (bed.pod("node1"), bed.pod("node2"));
-    bed.add_interface(&a, "net1", &mac(&bed, "node1", 1), &["10.0.1.51/24"]);
-    bed.add_interface(&b, "net1", &mac(&bed, "node2", 1), &["10.0.1.52/24"]);
-    let (eni_a, eni_b) = (id(&bed, "node1", 1), id(&bed, "node2", 1));
+    let a = bed.pod(
+        "node1",
+        "a",
+        &[Interface::on_eni("net1", "eth1", &["10.0.1.51/24"])],
+    );
+    let b = bed.pod(
+        "node2",
+        "b",
+        &[Interface::on_eni("net1", "eth1", &["10.0.1.52/24"])],
+    );
+    let (eni_a, eni_b) = (bed.eni_id("node1", "eth1"), bed.eni_id("node2", "eth1"));
     let spawn = |pod| {
-        bed.helper(pod, &["sidecar", "--recheck-seconds", "60"])
+        helper(&bed, pod, &["sidecar", "--recheck-seconds", "60"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -268,15 +325,20 @@ fn sidecars_follow_a_floating_ip_over_and_back_and_release_on_sigterm() {
 }
 
 #[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn the_sidecar_signals_readiness_and_heals_an_address_another_node_took() {
     let mut bed = bed();
-    let pod = bed.pod("node1");
-    bed.add_interface(&pod, "net1", &mac(&bed, "node1", 1), &["10.0.1.53/24"]);
+    let pod = bed.pod(
+        "node1",
+        "pod",
+        &[Interface::on_eni("net1", "eth1", &["10.0.1.53/24"])],
+    );
     let ready = std::env::temp_dir().join(format!("{}-ready", pod.netns));
     let _ = std::fs::remove_file(&ready);
     let ready_arg = ready.to_str().expect("UTF-8 path").to_owned();
     let mut sidecar = Background(
-        bed.helper(
+        helper(
+            &bed,
             &pod,
             &[
                 "sidecar",
@@ -291,7 +353,7 @@ fn the_sidecar_signals_readiness_and_heals_an_address_another_node_took() {
         .spawn()
         .expect("sidecar starts"),
     );
-    let (here, there) = (id(&bed, "node1", 1), id(&bed, "node2", 1));
+    let (here, there) = (bed.eni_id("node1", "eth1"), bed.eni_id("node2", "eth1"));
     assert!(
         bed.wait_until(&here, "10.0.1.53", true, Duration::from_secs(5))
             .is_some()

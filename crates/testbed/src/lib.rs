@@ -1,0 +1,387 @@
+//! Rust client of the emulated cluster in `testenv/` (the Python one is
+//! `testenv/client.py`): it starts the stand-in, builds a topology from
+//! `testenv/topologies/`, makes and deletes pods, and runs programs inside them. Every piece
+//! of the bed itself (EC2 rules, instance metadata, pods as network namespaces) lives in the
+//! stand-in; this crate only speaks its control protocol.
+//!
+//! Test helpers: failures panic with the reason. Pods need root; tests that use them carry
+//! `#[ignore = "needs root ..."]` so that a normal `cargo test` reports them as skipped and
+//! `scripts/test` runs them with `--run-ignored all`.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+static NEXT_BED: AtomicU32 = AtomicU32::new(0);
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// One emulated cluster: the stand-in process, its topology and its pods.
+#[derive(Debug)]
+pub struct TestBed {
+    process: Child,
+    control_in: Option<ChildStdin>,
+    control_out: BufReader<ChildStdout>,
+    /// The bed's name: its network namespace, and the prefix of its pods' namespaces.
+    pub name: String,
+    /// The EC2 endpoint, reachable from the pods.
+    pub ec2_endpoint: String,
+    /// What the stand-in answered to the topology: VPC, subnets, nodes with ENIs.
+    pub topology: Value,
+}
+
+/// A pod of the bed: a network namespace on a node.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    /// Its name in the bed.
+    pub name: String,
+    /// The node it runs on.
+    pub node: String,
+    /// Its network namespace (`ip netns` name).
+    pub netns: String,
+    /// The variables that reach AWS from it (IMDS and EC2 endpoints).
+    pub env: Vec<(String, String)>,
+}
+
+/// One interface of a pod besides `eth0`.
+#[derive(Clone, Debug)]
+pub struct Interface {
+    name: String,
+    eni: Option<String>,
+    mac: Option<String>,
+    addresses: Vec<String>,
+}
+
+impl Interface {
+    /// A Multus interface on node ENI `eni` (`eth1`...): it carries that ENI's MAC, as an
+    /// ipvlan child does.
+    pub fn on_eni(name: &str, eni: &str, addresses: &[&str]) -> Self {
+        Interface {
+            eni: Some(eni.to_owned()),
+            ..Self::other(name, addresses)
+        }
+    }
+
+    /// An interface with a given MAC.
+    pub fn with_mac(name: &str, mac: &str, addresses: &[&str]) -> Self {
+        Interface {
+            mac: Some(mac.to_owned()),
+            ..Self::other(name, addresses)
+        }
+    }
+
+    /// An interface whose MAC is no ENI's (a bridge or macvlan network, the VPC CNI's `v4if0`).
+    pub fn other(name: &str, addresses: &[&str]) -> Self {
+        Interface {
+            name: name.to_owned(),
+            eni: None,
+            mac: None,
+            addresses: addresses
+                .iter()
+                .map(|&address| address.to_owned())
+                .collect(),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let mut value = json!({"name": self.name, "addresses": self.addresses});
+        if let Some(eni) = &self.eni {
+            value["eni"] = json!(eni);
+        }
+        if let Some(mac) = &self.mac {
+            value["mac"] = json!(mac);
+        }
+        value
+    }
+}
+
+/// A topology description for [`TestBed::start`].
+#[derive(Clone, Debug)]
+pub enum Topology {
+    /// A file of `testenv/topologies/` by name (`how-to`).
+    File(&'static str),
+    /// A description built by the test (the same JSON shape).
+    Inline(Value),
+}
+
+impl TestBed {
+    /// Starts the stand-in in a namespace of its own (root) and builds `topology`.
+    pub fn start(topology: Topology) -> TestBed {
+        let number = NEXT_BED.fetch_add(1, Ordering::SeqCst);
+        let name = format!("ipmgr-{:x}{number:x}", std::process::id() % 0xfffff);
+        let python = std::env::var_os("IPMGR_TESTENV_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join(".venv/bin/python"));
+        assert!(
+            python.exists(),
+            "{} missing: run scripts/test (it installs tests/requirements.txt in .venv), or set IPMGR_TESTENV_PYTHON",
+            python.display()
+        );
+        let mut process = Command::new(&python)
+            .args(["-m", "testenv.awsenv", "--control", "stdio", "--bed", &name])
+            .current_dir(repo_root())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the stand-in starts");
+        let control_in = process.stdin.take();
+        let mut control_out = BufReader::new(process.stdout.take().expect("stdout"));
+        let mut first = String::new();
+        control_out
+            .read_line(&mut first)
+            .expect("the stand-in announces itself");
+        let ready: Value = serde_json::from_str(&first)
+            .unwrap_or_else(|_| panic!("the stand-in did not start (needs root): {first:?}"));
+        let mut bed = TestBed {
+            process,
+            control_in,
+            control_out,
+            name,
+            ec2_endpoint: ready["ec2_endpoint"].as_str().expect("endpoint").to_owned(),
+            topology: Value::Null,
+        };
+        let description = match topology {
+            Topology::File(file) => json!({ "file": file }),
+            Topology::Inline(value) => value,
+        };
+        bed.topology = bed.control("POST", "topology", description);
+        bed
+    }
+
+    /// One control call; panics unless the stand-in answered 200.
+    pub fn control(&mut self, method: &str, path: &str, body: Value) -> Value {
+        self.try_control(method, path, body)
+            .unwrap_or_else(|error| panic!("control {method} {path}: {error}"))
+    }
+
+    /// One control call; the stand-in's reason when it refused.
+    pub fn try_control(&mut self, method: &str, path: &str, body: Value) -> Result<Value, String> {
+        let request = json!({"method": method, "path": path, "body": body});
+        let input = self.control_in.as_mut().expect("control input open");
+        writeln!(input, "{request}").expect("control written");
+        input.flush().expect("control flushed");
+        let mut line = String::new();
+        self.control_out
+            .read_line(&mut line)
+            .expect("control answered");
+        let answer: Value = serde_json::from_str(&line).expect("control answer is JSON");
+        if answer["status"] == 200 {
+            Ok(answer["body"].clone())
+        } else {
+            Err(answer["body"]["error"].to_string())
+        }
+    }
+
+    /// ENI `name` (`eth1`...) of `node`, as the topology built it.
+    pub fn eni(&self, node: &str, name: &str) -> &Value {
+        self.topology["nodes"][node]["enis"]
+            .as_array()
+            .and_then(|enis| enis.iter().find(|eni| eni["name"] == name))
+            .unwrap_or_else(|| panic!("{node} has no ENI {name}"))
+    }
+
+    /// The id of ENI `name` of `node`.
+    pub fn eni_id(&self, node: &str, name: &str) -> String {
+        self.eni(node, name)["id"]
+            .as_str()
+            .expect("ENI id")
+            .to_owned()
+    }
+
+    /// The MAC of ENI `name` of `node`.
+    pub fn eni_mac(&self, node: &str, name: &str) -> String {
+        self.eni(node, name)["mac"]
+            .as_str()
+            .expect("MAC")
+            .to_owned()
+    }
+
+    /// The IPv6 prefix of `subnet`, e.g. `2400:6500:1:100::`.
+    pub fn ipv6_prefix(&self, subnet: &str) -> String {
+        let cidr = self.topology["subnets"][subnet]["ipv6_cidr"]
+            .as_str()
+            .expect("IPv6 subnet");
+        cidr.split('/').next().expect("prefix").to_owned()
+    }
+
+    /// The addresses EC2 says ENI `eni_id` holds now: (IPv4, IPv6).
+    pub fn eni_addresses(&mut self, eni_id: &str) -> (Vec<String>, Vec<String>) {
+        let answer = self.control("GET", &format!("eni/{eni_id}"), Value::Null);
+        let list = |key: &str| {
+            answer[key]
+                .as_array()
+                .expect("list")
+                .iter()
+                .map(|value| value.as_str().expect("address").to_owned())
+                .collect()
+        };
+        (list("ipv4"), list("ipv6"))
+    }
+
+    /// Whether ENI `eni_id` holds `address` (IPv4 or IPv6) now.
+    pub fn holds(&mut self, eni_id: &str, address: &str) -> bool {
+        let (ipv4, ipv6) = self.eni_addresses(eni_id);
+        ipv4.iter().chain(&ipv6).any(|held| held == address)
+    }
+
+    /// Polls until `eni_id` holds `address` (or, with `held: false`, no longer does);
+    /// how long it took, or `None` after `limit`.
+    pub fn wait_until(
+        &mut self,
+        eni_id: &str,
+        address: &str,
+        held: bool,
+        limit: Duration,
+    ) -> Option<Duration> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if self.holds(eni_id, address) == held {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// EC2 calls by action since the last reset.
+    pub fn calls(&mut self) -> Value {
+        self.control("GET", "calls", Value::Null)
+    }
+
+    /// Forgets the call counts.
+    pub fn reset_calls(&mut self) {
+        self.control("POST", "calls/reset", Value::Null);
+    }
+
+    /// A pod named `name` on `node` with `interfaces` besides its `eth0`.
+    pub fn pod(&mut self, node: &str, name: &str, interfaces: &[Interface]) -> Pod {
+        let interfaces: Vec<Value> = interfaces.iter().map(Interface::to_json).collect();
+        let answer = self.control(
+            "POST",
+            "pods",
+            json!({"name": name, "node": node, "interfaces": interfaces}),
+        );
+        let env = answer["env"]
+            .as_object()
+            .expect("env")
+            .iter()
+            .map(|(key, value)| (key.clone(), value.as_str().expect("text").to_owned()))
+            .collect();
+        Pod {
+            name: name.to_owned(),
+            node: node.to_owned(),
+            netns: answer["netns"].as_str().expect("netns").to_owned(),
+            env,
+        }
+    }
+
+    /// Adds `interface` to a running pod.
+    pub fn add_interface(&mut self, pod: &Pod, interface: &Interface) {
+        self.control(
+            "POST",
+            &format!("pods/{}/interfaces", pod.name),
+            interface.to_json(),
+        );
+    }
+
+    /// Adds one address (CIDR form) to an interface of `pod`.
+    pub fn add_address(&mut self, pod: &Pod, interface: &str, address: &str) {
+        self.change_addresses(pod, interface, "add", address);
+    }
+
+    /// Removes one address (CIDR form) from an interface of `pod`.
+    pub fn remove_address(&mut self, pod: &Pod, interface: &str, address: &str) {
+        self.change_addresses(pod, interface, "remove", address);
+    }
+
+    fn change_addresses(&mut self, pod: &Pod, interface: &str, change: &str, address: &str) {
+        self.control(
+            "POST",
+            &format!("pods/{}/addresses", pod.name),
+            json!({"interface": interface, change: [address]}),
+        );
+    }
+
+    /// Deletes a pod (its namespace and interfaces), as a runtime does when the pod goes.
+    pub fn delete_pod(&mut self, pod: &Pod) {
+        self.control("DELETE", &format!("pods/{}", pod.name), Value::Null);
+    }
+
+    /// `program args...` inside `pod`, with only the pod's AWS variables in its environment.
+    pub fn command(&self, pod: &Pod, program: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &pod.netns, "env", "-i"])
+            .args(pod.env.iter().map(|(key, value)| format!("{key}={value}")))
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null());
+        command
+    }
+}
+
+impl Drop for TestBed {
+    fn drop(&mut self) {
+        drop(self.control_in.take()); // end of input stops the stand-in, which cleans up
+        stop_within(&mut self.process, Duration::from_secs(10));
+    }
+}
+
+/// A background process (a sidecar) that is killed if the test ends without stopping it.
+#[derive(Debug)]
+pub struct Background(pub Child);
+
+impl Background {
+    /// Sends SIGTERM and waits up to `limit` for the exit; true when it exited with 0.
+    pub fn terminate(&mut self, limit: Duration) -> bool {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        stop_within(&mut self.0, limit);
+        self.0.wait().is_ok_and(|status| status.success())
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Waits up to `limit` for `child` to exit, then kills it.
+pub fn stop_within(child: &mut Child, limit: Duration) {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Runs `command` to the end: its output, standard error as text, and how long it took.
+pub fn finish(mut command: Command) -> (Output, String, Duration) {
+    let started = Instant::now();
+    let output = command.output().expect("the program runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output, stderr, started.elapsed())
+}
+
+/// The program under test: the path in environment variable `override_variable` when set
+/// (for example the build an image ships), else `built`, the one cargo built for the test.
+pub fn program(override_variable: &str, built: &str) -> PathBuf {
+    std::env::var_os(override_variable)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(built))
+}

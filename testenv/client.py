@@ -1,0 +1,112 @@
+"""Python client of the emulated cluster (testenv/awsenv.py), for the demo and the pytest
+suites; crates/testbed is the Rust one. Both only speak the control protocol: every piece
+of the bed itself (EC2 rules, metadata, pods) lives in the stand-in."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_BEDS = itertools.count()
+
+
+class BedError(RuntimeError):
+    """A control call the bed refused."""
+
+
+@dataclass
+class Pod:
+    """A pod of the bed: its name, node, namespace and the environment that reaches AWS."""
+
+    name: str
+    node: str
+    netns: str
+    env: dict
+
+    def exec_argv(self, argv: list[str], env: dict | None = None) -> list[str]:
+        """`argv` inside the pod, with only the pod's AWS variables and `env`."""
+        variables = {**self.env, **(env or {})}
+        return ["ip", "netns", "exec", self.netns, "env", "-i", *(f"{k}={v}" for k, v in variables.items()), *argv]
+
+
+class Bed:
+    """One emulated cluster. `pods=True` (root) gives it a namespace and pods."""
+
+    def __init__(self, topology: str | dict = "how-to", *, pods: bool = True, python: str | None = None):
+        python = python or os.environ.get("IPMGR_TESTENV_PYTHON", sys.executable)
+        self.name = f"ipmgr-{os.getpid() % 0xfffff:x}{next(_BEDS):x}"
+        argv = [python, "-m", "testenv.awsenv", "--control", "stdio"] + (["--bed", self.name] if pods else [])
+        self.process = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True)
+        first = self.process.stdout.readline()
+        if not first:
+            self.process.wait()
+            raise BedError(f"the stand-in did not start ({' '.join(argv)}); run it by hand to see why")
+        self.ec2_endpoint = json.loads(first)["ec2_endpoint"]
+        self.topology = self.control("POST", "topology", {"file": topology} if isinstance(topology, str) else topology)
+
+    def __enter__(self) -> Bed:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Ends the stand-in, which removes its namespaces."""
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def control(self, method: str, path: str, body: dict | None = None) -> dict:
+        self.process.stdin.write(json.dumps({"method": method, "path": path, "body": body or {}}) + "\n")
+        self.process.stdin.flush()
+        answer = json.loads(self.process.stdout.readline())
+        if answer["status"] != 200:
+            raise BedError(f"{method} {path}: {answer['body'].get('error', answer['body'])}")
+        return answer["body"]
+
+    def eni(self, node: str, name: str) -> dict:
+        """ENI `name` (`eth1`...) of `node`, as the topology built it."""
+        return next(eni for eni in self.topology["nodes"][node]["enis"] if eni["name"] == name)
+
+    def ipv6_prefix(self, subnet: str = "multus1") -> str:
+        """The IPv6 prefix of `subnet`, e.g. `2400:6500:1:100::`."""
+        return self.topology["subnets"][subnet]["ipv6_cidr"].split("/")[0]
+
+    def addresses(self, eni_id: str) -> list[str]:
+        answer = self.control("GET", f"eni/{eni_id}")
+        return answer["ipv4"] + answer["ipv6"]
+
+    def wait_held(self, eni_id: str, address: str, held: bool = True, limit: float = 5.0) -> float:
+        """Seconds until `eni_id` holds `address` (or no longer does)."""
+        started = time.monotonic()
+        while time.monotonic() - started < limit:
+            if (address in self.addresses(eni_id)) == held:
+                return time.monotonic() - started
+            time.sleep(0.01)
+        raise AssertionError(f"{address} {'did not reach' if held else 'stayed on'} {eni_id} within {limit} s")
+
+    def pod(self, node: str, name: str, interfaces: list[dict]) -> Pod:
+        """A pod on `node` with `interfaces`: `{"name", "eni": "eth1" | "mac", "addresses"}`."""
+        answer = self.control("POST", "pods", {"name": name, "node": node, "interfaces": interfaces})
+        return Pod(name, node, answer["netns"], answer["env"])
+
+    def add_address(self, pod: Pod, interface: str, address: str) -> None:
+        self.control("POST", f"pods/{pod.name}/addresses", {"interface": interface, "add": [address]})
+
+    def remove_address(self, pod: Pod, interface: str, address: str) -> None:
+        self.control("POST", f"pods/{pod.name}/addresses", {"interface": interface, "remove": [address]})
+
+    def delete_pod(self, pod: Pod) -> None:
+        self.control("DELETE", f"pods/{pod.name}")

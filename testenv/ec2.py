@@ -1,0 +1,297 @@
+"""EC2 for the test bed: the real third-party emulator moto (pinned in tests/requirements.txt)
+behind a thin WSGI layer of ours that adds the EC2 rules moto lacks and the helper relies on.
+
+Each rule names its source. Where moto is right it answers; where it is wrong or silent the
+layer answers or rewrites the request first:
+
+* AllowReassignment: an IPv4 held by another ENI moves only with it, otherwise
+  PrivateIpAddressInUse (EC2 API reference, AssignPrivateIpAddresses; moto ignores the flag
+  and leaves the address on both ENIs).
+* Subnet range and reserved addresses (the first four and the last of a subnet: VPC user
+  guide, "Subnet CIDR blocks"), InvalidParameterValue.
+* One holder per IPv6 address; AssignIpv6Addresses cannot reassign (EC2 API reference).
+* All-or-nothing batches: one address the ENI does not hold fails the whole unassign (EC2
+  answers InvalidParameterValue naming the interface; moto succeeds).
+* The ENI's primary private address can be neither unassigned nor taken.
+* Per-ENI address limits (instance-type table, "IP addresses per network interface per
+  instance type"; m5.large: 10 IPv4, 10 IPv6), PrivateIpAddressLimitExceeded /
+  Ipv6AddressLimitExceeded.
+* The DescribeNetworkInterfaces filters `addresses.private-ip-address` (moto matches only
+  the primary address) and `ipv6-addresses.ipv6-address` (moto answers HTTP 500).
+
+Plus what tests need: fault injection, per-action call counts and a call log.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+import uuid
+from collections import Counter
+from io import BytesIO
+from urllib.parse import parse_qs, urlencode
+
+from moto.ec2.models import ec2_backends
+
+ACCOUNT = "123456789012"
+CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+EC2_XMLNS = "http://ec2.amazonaws.com/doc/2016-11-15/"
+
+
+class Ec2Error(Exception):
+    """An EC2 error answer: code, message, HTTP status."""
+
+    def __init__(self, code: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+class State:
+    """Everything the layer keeps besides moto's own state."""
+
+    def __init__(self, region: str):
+        self.region = region
+        self.endpoint = ""
+        self.lock = threading.RLock()
+        self.calls: Counter[str] = Counter()
+        self.call_log: list[tuple[str, float]] = []
+        self.faults: dict[str, list[dict]] = {}
+        self.eni_ipv4_limit = 10
+        self.eni_ipv6_limit = 10
+        self.imds_delay = 0.0
+        self.assigned_at: dict[tuple[str, str], float] = {}
+
+    @property
+    def backend(self):
+        return ec2_backends[ACCOUNT][self.region]
+
+    def eni(self, eni_id: str):
+        try:
+            return self.backend.get_network_interface(eni_id)
+        except Exception as error:
+            raise Ec2Error("InvalidNetworkInterfaceID.NotFound",
+                           f"The networkInterface ID '{eni_id}' does not exist") from error
+
+    def take_fault(self, action: str) -> dict | None:
+        with self.lock:
+            queue = self.faults.get(action) or self.faults.get("*")
+            if not queue:
+                return None
+            fault = queue[0]
+            fault["count"] -= 1
+            if fault["count"] <= 0:
+                queue.pop(0)
+            return fault
+
+    def record_assigned(self, eni_id: str, addresses: list[str]) -> None:
+        now = time.monotonic()
+        for address in addresses:
+            self.assigned_at[(eni_id, address)] = now
+
+    def force_assign(self, eni_id: str, ipv4: list[str], ipv6: list[str]) -> None:
+        """Test setup: puts addresses on an ENI directly, taking them from whichever ENI held
+        them (as another node's helper would have)."""
+        with self.lock:
+            eni = self.eni(eni_id)
+            for other in self.backend.enis.values():
+                other.private_ip_addresses[:] = [item for item in other.private_ip_addresses
+                                                 if item["PrivateIpAddress"] not in ipv4]
+                other.ipv6_addresses[:] = [address for address in other.ipv6_addresses if address not in ipv6]
+            eni.private_ip_addresses.extend({"Primary": False, "PrivateIpAddress": ip} for ip in ipv4)
+            eni.ipv6_addresses.extend(ipv6)
+
+    def addresses(self, eni_id: str) -> dict:
+        with self.lock:
+            eni = self.eni(eni_id)
+            return {"id": eni.id, "ipv4": ipv4_of(eni), "ipv6": list(eni.ipv6_addresses)}
+
+
+def error_response(error: Ec2Error):
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f"<Response><Errors><Error><Code>{error.code}</Code><Message>{error.message}</Message>"
+        f"</Error></Errors><RequestID>{uuid.uuid4()}</RequestID></Response>"
+    ).encode()
+    return error.status, [("Content-Type", "text/xml")], body
+
+
+def numbered(params: dict[str, list[str]], prefix: str) -> list[str]:
+    """Values of Prefix.1, Prefix.2, ... in order."""
+    found = []
+    index = 1
+    while f"{prefix}.{index}" in params:
+        found.append(params[f"{prefix}.{index}"][0])
+        index += 1
+    return found
+
+
+def ipv4_of(eni) -> list[str]:
+    return [item["PrivateIpAddress"] for item in eni.private_ip_addresses]
+
+
+def subnet_ipv6_networks(subnet) -> list[ipaddress.IPv6Network]:
+    return [
+        ipaddress.ip_network(association["ipv6CidrBlock"])
+        for association in subnet.ipv6_cidr_block_associations.values()
+        if association.get("ipv6CidrBlockState", {}).get("state", "associated") == "associated"
+    ]
+
+
+def check_ipv4_in_subnet(eni, address: str) -> None:
+    network = ipaddress.ip_network(eni.subnet.cidr_block)
+    ip = ipaddress.ip_address(address)
+    if ip not in network:
+        raise Ec2Error("InvalidParameterValue", f"Address {address} does not fall within the subnet's address range")
+    offset = int(ip) - int(network.network_address)
+    if offset < 4 or ip == network.broadcast_address:
+        raise Ec2Error("InvalidParameterValue", f"Address {address} is reserved in subnet {eni.subnet.id}")
+
+
+class Ec2Layer:
+    """WSGI middleware in front of moto's EC2; `control` answers paths under /_ctl/."""
+
+    def __init__(self, app, state: State, control):
+        self.app, self.state, self.control = app, state, control
+        self.rules = {
+            "AssignPrivateIpAddresses": self.assign_private,
+            "UnassignPrivateIpAddresses": self.unassign_private,
+            "AssignIpv6Addresses": self.assign_ipv6,
+            "UnassignIpv6Addresses": self.unassign_ipv6,
+            "DescribeNetworkInterfaces": self.describe_interfaces,
+        }
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO", "").startswith("/_ctl/"):
+            return self.respond(start_response, *self.control(environ))
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        params = parse_qs(body.decode(), keep_blank_values=True)
+        action = params.get("Action", [""])[0]
+        with self.state.lock:
+            self.state.calls[action] += 1
+            self.state.call_log.append((action, time.time()))
+        fault = self.state.take_fault(action)
+        if fault:
+            time.sleep(fault.get("delay_ms", 0) / 1000)
+            if fault.get("code"):
+                return self.respond(start_response, *error_response(
+                    Ec2Error(fault["code"], fault.get("message", "injected fault"), fault.get("status", 400))))
+        rule = self.rules.get(action)
+        if rule:
+            try:
+                with self.state.lock:
+                    answer = rule(params)
+            except Ec2Error as error:
+                return self.respond(start_response, *error_response(error))
+            if isinstance(answer, tuple):
+                return self.respond(start_response, *answer)
+            if answer is not None:
+                body = urlencode(answer, doseq=True).encode()
+        environ = dict(environ)
+        environ["wsgi.input"] = BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        return self.app(environ, start_response)
+
+    @staticmethod
+    def respond(start_response, status, headers, body):
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error", 503: "Service Unavailable"}
+        start_response(f"{status} {reason.get(status, 'Error')}", headers)
+        return [body]
+
+    def eni(self, params):
+        return self.state.eni(params.get("NetworkInterfaceId", [""])[0])
+
+    def enis_in_vpc(self, vpc_id):
+        return [eni for eni in self.state.backend.enis.values() if eni.subnet.vpc_id == vpc_id]
+
+    def assign_private(self, params):
+        eni = self.eni(params)
+        addresses = numbered(params, "PrivateIpAddress")
+        reassign = params.get("AllowReassignment", ["false"])[0].lower() == "true"
+        held = ipv4_of(eni)
+        new = [address for address in dict.fromkeys(addresses) if address not in held]
+        for address in new:
+            check_ipv4_in_subnet(eni, address)
+        if len(held) + len(new) > self.state.eni_ipv4_limit:
+            raise Ec2Error("PrivateIpAddressLimitExceeded",
+                           f"Number of private addresses will exceed limit of {self.state.eni_ipv4_limit} for {eni.id}")
+        moves = []
+        for address in new:
+            for other in self.enis_in_vpc(eni.subnet.vpc_id):
+                if other is eni or address not in ipv4_of(other):
+                    continue
+                if other.private_ip_address == address:
+                    raise Ec2Error("InvalidParameterValue", f"Address {address} is the primary address of {other.id}")
+                if not reassign:
+                    raise Ec2Error("PrivateIpAddressInUse", f"Address {address} is in use by {other.id}")
+                moves.append((other, address))
+        for other, address in moves:
+            other.private_ip_addresses[:] = [item for item in other.private_ip_addresses if item["PrivateIpAddress"] != address]
+        self.state.record_assigned(eni.id, new)
+        return None
+
+    def unassign_private(self, params):
+        eni = self.eni(params)
+        for address in numbered(params, "PrivateIpAddress"):
+            if address == eni.private_ip_address:
+                raise Ec2Error("InvalidParameterValue", f"Address {address} is the primary address of {eni.id} and cannot be unassigned")
+            if address not in ipv4_of(eni):
+                raise Ec2Error("InvalidParameterValue", f"Some of the specified addresses are not assigned to interface {eni.id}")
+        return None
+
+    def assign_ipv6(self, params):
+        eni = self.eni(params)
+        addresses = list(dict.fromkeys(numbered(params, "Ipv6Addresses")))
+        networks = subnet_ipv6_networks(eni.subnet)
+        for address in addresses:
+            ip = ipaddress.ip_address(address)
+            if not any(ip in network for network in networks):
+                raise Ec2Error("InvalidParameterValue", f"Address {address} does not fall within the subnet's IPv6 range")
+            for other in self.enis_in_vpc(eni.subnet.vpc_id):
+                if address in other.ipv6_addresses:
+                    raise Ec2Error("InvalidParameterValue", f"Address {address} is in use by {other.id}")
+        if len(eni.ipv6_addresses) + len(addresses) > self.state.eni_ipv6_limit:
+            raise Ec2Error("Ipv6AddressLimitExceeded",
+                           f"Number of IPv6 addresses will exceed limit of {self.state.eni_ipv6_limit} for {eni.id}")
+        self.state.record_assigned(eni.id, addresses)
+        return None
+
+    def unassign_ipv6(self, params):
+        eni = self.eni(params)
+        for address in numbered(params, "Ipv6Addresses"):
+            if address not in eni.ipv6_addresses:
+                raise Ec2Error("InvalidParameterValue", f"Some of the specified addresses are not assigned to interface {eni.id}")
+        return None
+
+    def describe_interfaces(self, params):
+        """Answers the address filters moto gets wrong by turning them into an id list."""
+        own = {"addresses.private-ip-address": ipv4_of, "ipv6-addresses.ipv6-address": lambda eni: eni.ipv6_addresses}
+        index, kept, matching = 1, {}, None
+        while f"Filter.{index}.Name" in params:
+            name = params[f"Filter.{index}.Name"][0]
+            values = set(numbered(params, f"Filter.{index}.Value"))
+            if name in own:
+                found = {eni.id for eni in self.state.backend.enis.values() if values & set(own[name](eni))}
+                matching = found if matching is None else matching & found
+            else:
+                kept[name] = values
+            index += 1
+        if matching is None:
+            return None
+        if not matching:
+            body = (f'<DescribeNetworkInterfacesResponse xmlns="{EC2_XMLNS}"><requestId>{uuid.uuid4()}</requestId>'
+                    "<networkInterfaceSet/></DescribeNetworkInterfacesResponse>").encode()
+            return 200, [("Content-Type", "text/xml")], body
+        rewritten = {key: value for key, value in params.items() if not key.startswith("Filter.")}
+        for position, (name, values) in enumerate(kept.items(), start=1):
+            rewritten[f"Filter.{position}.Name"] = [name]
+            for value_index, value in enumerate(sorted(values), start=1):
+                rewritten[f"Filter.{position}.Value.{value_index}"] = [value]
+        existing = numbered(params, "NetworkInterfaceId")
+        ids = sorted(matching & set(existing)) if existing else sorted(matching)
+        for key in [key for key in rewritten if key.startswith("NetworkInterfaceId.")]:
+            del rewritten[key]
+        for position, eni_id in enumerate(ids, start=1):
+            rewritten[f"NetworkInterfaceId.{position}"] = [eni_id]
+        return rewritten

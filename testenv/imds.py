@@ -1,0 +1,122 @@
+"""Instance metadata (IMDSv2) for the test bed: one listener per emulated node, answering
+from the same EC2 state as the EC2 layer.
+
+Paths and formats follow the EC2 user guide, "Instance metadata categories": a token from
+`PUT /latest/api/token`, then `network/interfaces/macs/<mac>/...` per ENI. Like real
+metadata it can show an assignment only after a delay (`State.imds_delay`).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from testenv.ec2 import State, ipv4_of, subnet_ipv6_networks
+
+
+def handler(state: State, instance_id: str):
+    tokens: set[str] = set()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        # Headers and body go out in separate writes: without TCP_NODELAY, Nagle holds the
+        # body for the client's delayed ACK (~40 ms a request), which real IMDS does not do.
+        disable_nagle_algorithm = True
+
+        def log_message(self, *args):  # quiet
+            pass
+
+        def reply(self, status: int, text: str = ""):
+            data = text.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_PUT(self):
+            if self.path != "/latest/api/token" or not self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+                return self.reply(400)
+            token = secrets.token_urlsafe(24)
+            tokens.add(token)
+            self.send_response(200)
+            self.send_header("X-aws-ec2-metadata-token-ttl-seconds", self.headers["X-aws-ec2-metadata-token-ttl-seconds"])
+            data = token.encode()
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            if self.headers.get("X-aws-ec2-metadata-token") not in tokens:
+                return self.reply(401)
+            with state.lock:
+                value = metadata(state, instance_id, self.path)
+            if value is None:
+                return self.reply(404, "Not Found")
+            self.reply(200, value)
+
+    return Handler
+
+
+def visible(state: State, eni_id: str, address: str) -> bool:
+    assigned = state.assigned_at.get((eni_id, address))
+    return assigned is None or time.monotonic() - assigned >= state.imds_delay
+
+
+def metadata(state: State, instance_id: str, path: str) -> str | None:
+    backend = state.backend
+    instance = backend.get_instance(instance_id)
+    prefix = "/latest/meta-data/"
+    if not path.startswith(prefix):
+        return None
+    key = path[len(prefix):]
+    simple = {
+        "instance-id": instance.id,
+        "placement/region": state.region,
+        "placement/availability-zone": instance.placement,
+        "iam/security-credentials/": "ipmgr-node-role",
+        "iam/security-credentials/ipmgr-node-role": json.dumps({
+            "Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": "testing", "SecretAccessKey": "testing",
+            "Token": "testing", "Expiration": "2099-01-01T00:00:00Z", "LastUpdated": "2026-01-01T00:00:00Z"}),
+    }
+    if key in simple:
+        return simple[key]
+    nics = {eni.mac_address: (index, eni) for index, eni in instance.nics.items()}
+    macs_prefix = "network/interfaces/macs/"
+    if key == macs_prefix:
+        return "\n".join(f"{mac}/" for mac in nics)
+    if not key.startswith(macs_prefix):
+        return None
+    mac, _, field = key[len(macs_prefix):].partition("/")
+    if mac not in nics:
+        return None
+    device_index, eni = nics[mac]
+    ipv6_networks = subnet_ipv6_networks(eni.subnet)
+    ipv4s = [address for address in ipv4_of(eni) if visible(state, eni.id, address)]
+    ipv6s = [address for address in eni.ipv6_addresses if visible(state, eni.id, address)]
+    fields = {
+        "": "\n".join(["device-number", "interface-id", "local-ipv4s", "mac", "subnet-id",
+                       "subnet-ipv4-cidr-block", "vpc-id"] + (["ipv6s"] if ipv6s else [])
+                      + (["subnet-ipv6-cidr-blocks"] if ipv6_networks else [])),
+        "device-number": str(device_index),
+        "interface-id": eni.id,
+        "mac": mac,
+        "subnet-id": eni.subnet.id,
+        "vpc-id": eni.subnet.vpc_id,
+        "subnet-ipv4-cidr-block": eni.subnet.cidr_block,
+        "local-ipv4s": "\n".join(ipv4s),
+        "subnet-ipv6-cidr-blocks": "\n".join(str(network) for network in ipv6_networks) or None,
+        "ipv6s": "\n".join(ipv6s) or None,
+    }
+    return fields.get(field)
+
+
+def start(state: State, host: str, instance_id: str) -> ThreadingHTTPServer:
+    """Serves the instance's metadata on `host`, on a port of its own."""
+    server = ThreadingHTTPServer((host, 0), handler(state, instance_id))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

@@ -1,0 +1,181 @@
+"""Pods of the test bed: network namespaces, as containerd and CRI-O make pod sandboxes.
+
+The stand-in runs in a namespace of its own (the bed) holding a bridge, `br0`, on the
+bed's management network; every pod namespace has an `eth0` on that bridge, so the processes
+run inside reach EC2 and their node's instance metadata (on a real node eth0 is the VPC
+CNI's; the helper never touches it). A Multus interface is a macvlan carrying the MAC of the
+node ENI it stands on: this kernel has no ipvlan, and to the helper a macvlan with the
+master's MAC is the same as an ipvlan child (`ip -d link` aside). Each interface gets a
+parent of its own, because two macvlans with one MAC cannot share a parent (ipvlan children
+of one ENI can). Other interfaces, such as the VPC CNI's `v4if0`, get a MAC of no ENI.
+
+Every change is one `ip -batch` in the bed namespace and one in the pod's, so a pod costs a
+few tens of milliseconds. Needs root.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import subprocess
+import threading
+
+MANAGEMENT = ipaddress.ip_network("198.18.0.0/16")  # RFC 2544 benchmarking range: never a VPC's
+GATEWAY = MANAGEMENT.network_address + 1
+
+
+class PodError(Exception):
+    """A pod request that cannot be carried out (HTTP 400 for the test)."""
+
+
+def batch(commands: list[str], namespace: str | None = None) -> None:
+    """Runs `commands` with one `ip -batch` (in `namespace` when given); raises with ip's
+    reason when one fails."""
+    if not commands:
+        return
+    argv = ["ip"] + (["-n", namespace] if namespace else []) + ["-batch", "-"]
+    result = subprocess.run(argv, input="\n".join(commands) + "\n", capture_output=True, text=True)
+    if result.returncode != 0:
+        raise PodError(f"ip -batch {'in ' + namespace if namespace else ''} failed: {result.stderr.strip()}")
+
+
+def random_mac() -> str:
+    """A locally administered unicast MAC that no ENI has (EC2 MACs are 02:... or 0a:..., but
+    the locally administered bit alone does not tell them apart; 06: is never an ENI's here)."""
+    return "06:" + ":".join(f"{byte:02x}" for byte in secrets.token_bytes(5))
+
+
+class Pods:
+    """The pods of one bed; `macs(node, eni)` gives an ENI's MAC by node and ENI name."""
+
+    def __init__(self, bed: str, eni_mac):
+        self.bed, self.eni_mac = bed, eni_mac
+        self.lock = threading.Lock()
+        self.pods: dict[str, dict] = {}
+        self.counter = 0
+
+    @staticmethod
+    def prepare_bed() -> list[str]:
+        """The bed namespace's own links (run inside it)."""
+        return ["link set lo up", "link add br0 type bridge", f"addr add {GATEWAY}/{MANAGEMENT.prefixlen} dev br0",
+                "link set br0 up"]
+
+    def next_number(self) -> int:
+        with self.lock:
+            self.counter += 1
+            if self.counter + 1 >= MANAGEMENT.num_addresses - 1:
+                raise PodError("the bed's management network is full")
+            return self.counter
+
+    def create(self, spec: dict, env: dict[str, str]) -> dict:
+        """A pod: `{"name", "node", "interfaces": [{"name", "eni" | "mac", "addresses"}]}`."""
+        name, node = spec["name"], spec["node"]
+        with self.lock:
+            if name in self.pods:
+                raise PodError(f"pod {name} exists already")
+            self.pods[name] = {"name": name, "node": node, "netns": f"{self.bed}-{name}", "interfaces": [],
+                               "links": [], "env": env}
+        pod = self.pods[name]
+        number = self.next_number()
+        host_side = f"e{number}"
+        outside = [f"netns add {pod['netns']}",
+                   f"link add {host_side} type veth peer name eth0 netns {pod['netns']}",
+                   f"link set {host_side} master br0 up"]
+        inside = ["link set lo up", f"addr add {MANAGEMENT.network_address + 1 + number}/{MANAGEMENT.prefixlen} dev eth0",
+                  "link set eth0 up"]
+        pod["links"].append(host_side)
+        try:
+            for interface in spec.get("interfaces", []):
+                more_outside, more_inside = self.interface_commands(pod, interface)
+                outside += more_outside
+                inside += more_inside
+            batch(outside)
+            batch(inside, pod["netns"])
+        except Exception:
+            self.delete(name)
+            raise
+        return self.describe(pod)
+
+    def interface_commands(self, pod: dict, interface: dict) -> tuple[list[str], list[str]]:
+        name = interface["name"]
+        if len(name) > 15:
+            raise PodError(f"interface name {name!r} is longer than 15 characters")
+        if "eni" in interface:
+            mac = self.eni_mac(pod["node"], interface["eni"])
+        else:
+            mac = interface.get("mac") or random_mac()
+        number = self.next_number()
+        parent, peer, temporary = f"x{number}", f"y{number}", f"m{number}"
+        pod["links"].append(parent)
+        pod["interfaces"].append({"name": name, "mac": mac})
+        outside = [f"link add {parent} type veth peer name {peer}", f"link set {parent} up", f"link set {peer} up",
+                   f"link add link {parent} name {temporary} address {mac} type macvlan mode bridge",
+                   f"link set {temporary} netns {pod['netns']}"]
+        inside = [f"link set {temporary} name {name}"]
+        inside += [address_command("add", address, name) for address in interface.get("addresses", [])]
+        inside.append(f"link set {name} up")
+        return outside, inside
+
+    def add_interface(self, name: str, interface: dict) -> dict:
+        pod = self.get(name)
+        outside, inside = self.interface_commands(pod, interface)
+        batch(outside)
+        batch(inside, pod["netns"])
+        return self.describe(pod)
+
+    def change_addresses(self, name: str, request: dict) -> dict:
+        """`{"interface", "add": [...], "remove": [...]}`, CIDR form, removals first."""
+        pod = self.get(name)
+        interface = request["interface"]
+        batch([address_command("del", address, interface) for address in request.get("remove", [])]
+              + [address_command("add", address, interface) for address in request.get("add", [])], pod["netns"])
+        return self.describe(pod)
+
+    def delete(self, name: str) -> None:
+        """Deletes the pod's namespace (its interfaces go with it) and its links in the bed."""
+        with self.lock:
+            pod = self.pods.pop(name, None)
+        if pod is None:
+            raise PodError(f"no pod {name}")
+        subprocess.run(["ip", "netns", "del", pod["netns"]], capture_output=True)
+        # The veth peers of deleted macvlans stay in the bed namespace; -force goes on past
+        # the ones that went with the pod.
+        subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"link del {link}\n" for link in pod["links"]),
+                       capture_output=True, text=True)
+
+    def get(self, name: str) -> dict:
+        with self.lock:
+            if name not in self.pods:
+                raise PodError(f"no pod {name}")
+            return self.pods[name]
+
+    def list(self) -> list[dict]:
+        with self.lock:
+            return [self.describe(pod) for pod in self.pods.values()]
+
+    @staticmethod
+    def describe(pod: dict) -> dict:
+        return {key: pod[key] for key in ("name", "node", "netns", "interfaces", "env")} | {
+            "netns_path": f"/var/run/netns/{pod['netns']}"}
+
+    def cleanup(self) -> None:
+        for name in list(self.pods):
+            self.delete(name)
+
+
+def address_command(verb: str, address: str, interface: str) -> str:
+    # IPv6 without duplicate address detection: the address is usable at once, as Multus's is.
+    return f"addr {verb} {address} dev {interface}" + (" nodad" if ":" in address and verb == "add" else "")
+
+
+def enter_bed(bed: str, argv: list[str]) -> None:
+    """Creates namespace `bed` with the bridge, then replaces this process with `argv` running
+    inside it (nsenter changes only the network namespace, so `ip netns add` still works)."""
+    batch([f"netns add {bed}"])
+    try:
+        batch(Pods.prepare_bed(), bed)
+    except Exception:
+        subprocess.run(["ip", "netns", "del", bed], capture_output=True)
+        raise
+    os.execvp("nsenter", ["nsenter", f"--net=/var/run/netns/{bed}", *argv])

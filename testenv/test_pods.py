@@ -1,0 +1,86 @@
+"""The bed's pods: network namespaces whose eth0 reaches the stand-in and whose Multus
+interfaces carry their ENI's MAC. Needs root (skipped otherwise)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from testenv.client import Bed, BedError
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: pods are network namespaces")
+
+
+def namespaces() -> set[str]:
+    return set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+
+
+def global_addresses(pod, interface: str) -> set[str]:
+    return {item["local"] for item in links(pod)[interface]["addr_info"] if item["scope"] == "global"}
+
+
+def links(pod) -> dict[str, dict]:
+    output = subprocess.run(["ip", "-n", pod.netns, "-j", "addr"], capture_output=True, text=True, check=True).stdout
+    return {link["ifname"]: link for link in json.loads(output)}
+
+
+@pytest.fixture(scope="module")
+def bed():
+    with Bed("how-to") as bed:
+        yield bed
+
+
+def test_a_multus_interface_carries_its_enis_mac_and_addresses(bed):
+    prefix = bed.ipv6_prefix()
+    pod = bed.pod("node1", "mac", [{"name": "net1", "eni": "eth2", "addresses": ["10.0.1.50/24", f"{prefix}50/64"]},
+                                   {"name": "v4if0", "addresses": ["169.254.172.9/22"]}])
+    interfaces = links(pod)
+    assert interfaces["net1"]["address"] == bed.eni("node1", "eth2")["mac"]
+    assert global_addresses(pod, "net1") == {"10.0.1.50", f"{prefix}50"}
+    assert interfaces["v4if0"]["address"] not in {eni["mac"] for eni in bed.topology["nodes"]["node1"]["enis"]}
+    assert interfaces["eth0"]["addr_info"][0]["local"].startswith("198.18.")
+
+
+def test_two_pods_on_one_eni_and_address_changes(bed):
+    first = bed.pod("node2", "twin-a", [{"name": "net1", "eni": "eth1", "addresses": ["10.0.1.60/24"]}])
+    second = bed.pod("node2", "twin-b", [{"name": "net1", "eni": "eth1", "addresses": ["10.0.1.61/24"]}])
+    bed.add_address(second, "net1", "10.0.1.62/24")
+    assert global_addresses(second, "net1") == {"10.0.1.61", "10.0.1.62"}
+    bed.remove_address(second, "net1", "10.0.1.62/24")
+    assert global_addresses(first, "net1") == {"10.0.1.60"}
+    assert global_addresses(second, "net1") == {"10.0.1.61"}
+
+
+def test_a_pod_reaches_its_nodes_metadata_through_eth0(bed):
+    pod = bed.pod("node1", "reach", [])
+    script = ("import os, urllib.request as u; e = os.environ['AWS_EC2_METADATA_SERVICE_ENDPOINT'];"
+              "t = u.urlopen(u.Request(e + '/latest/api/token', method='PUT',"
+              " headers={'X-aws-ec2-metadata-token-ttl-seconds': '60'})).read().decode();"
+              "print(u.urlopen(u.Request(e + '/latest/meta-data/instance-id',"
+              " headers={'X-aws-ec2-metadata-token': t})).read().decode())")
+    result = subprocess.run(pod.exec_argv([sys.executable, "-c", script]), capture_output=True, text=True, timeout=30)
+    assert result.stdout.strip() == bed.topology["nodes"]["node1"]["instance_id"], result.stderr
+
+
+def test_deleting_a_pod_removes_its_namespace_and_errors_name_the_problem(bed):
+    pod = bed.pod("node1", "gone", [{"name": "net1", "eni": "eth1", "addresses": ["10.0.1.70/24"]}])
+    assert pod.netns in namespaces()
+    bed.delete_pod(pod)
+    assert pod.netns not in namespaces()
+    with pytest.raises(BedError, match="no pod gone"):
+        bed.delete_pod(pod)
+    with pytest.raises(BedError, match="node1 has no ENI named eth9"):
+        bed.pod("node1", "bad", [{"name": "net1", "eni": "eth9"}])
+    assert f"{bed.name}-bad" not in namespaces()
+
+
+def test_closing_the_bed_removes_every_namespace():
+    with Bed("how-to") as bed:
+        bed.pod("node1", "left-behind", [{"name": "net1", "eni": "eth1"}])
+        made = {name for name in namespaces() if name.startswith(bed.name)}
+        assert made == {bed.name, f"{bed.name}-left-behind"}
+    assert not {name for name in namespaces() if name.startswith(bed.name)}
