@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use ipmgr_contract::{LogArgs, env};
 use ipnet::IpNet;
 
 /// `ipmgr-helper`: makes a Multus pod's secondary IPs routable on the node's ENIs.
@@ -13,6 +14,14 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log settings, the same as the webhook's.
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    /// Where the helper runs, as the webhook injects it.
+    #[command(flatten)]
+    pub pod: PodIdentity,
 }
 
 /// The helper's modes.
@@ -27,13 +36,48 @@ pub enum Command {
     /// Exit 0 when the ready file exists (the native-sidecar startup probe).
     Ready {
         /// File written after the first successful pass.
-        #[arg(
-            long,
-            env = "IPMGR_READY_FILE",
-            default_value = "/run/ipmgr-helper/ready"
-        )]
+        #[arg(long, env = env::READY_FILE, default_value = ipmgr_contract::READY_FILE)]
         ready_file: PathBuf,
     },
+}
+
+/// The pod and node the helper works for, from the variables the webhook injects (downward
+/// API). Only for the logs: every line carries them.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PodIdentity {
+    /// The node the pod runs on.
+    #[arg(long, global = true, env = env::NODE_NAME)]
+    pub node_name: Option<String>,
+
+    /// The pod's name.
+    #[arg(long, global = true, env = env::POD_NAME)]
+    pub pod_name: Option<String>,
+
+    /// The pod's namespace.
+    #[arg(long, global = true, env = env::POD_NAMESPACE)]
+    pub pod_namespace: Option<String>,
+
+    /// The injection mode (init, sidecar, native-sidecar).
+    #[arg(long, global = true, env = env::MODE)]
+    pub mode: Option<String>,
+}
+
+impl PodIdentity {
+    /// The span every log line of this process is in: pod (`namespace/name`), node, mode.
+    pub fn span(&self) -> tracing::Span {
+        let unknown = || "-".to_owned();
+        let pod = match (&self.pod_namespace, &self.pod_name) {
+            (Some(namespace), Some(name)) => format!("{namespace}/{name}"),
+            (None, Some(name)) => name.clone(),
+            _ => unknown(),
+        };
+        tracing::info_span!(
+            "helper",
+            pod,
+            node = self.node_name.clone().unwrap_or_else(unknown),
+            mode = self.mode.clone().unwrap_or_else(unknown),
+        )
+    }
 }
 
 /// Settings shared by `init`, `sidecar` and `plan`.
@@ -76,12 +120,8 @@ pub struct Settings {
     pub ec2_retries: u32,
 
     /// Sidecar: file to create once the first pass succeeded (native-sidecar readiness).
-    #[arg(long, env = "IPMGR_READY_FILE")]
+    #[arg(long, env = env::READY_FILE)]
     pub ready_file: Option<PathBuf>,
-
-    /// Log filter (info, debug, ...).
-    #[arg(long, env = "IPMGR_LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
 }
 
 impl Settings {

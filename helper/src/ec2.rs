@@ -1,13 +1,14 @@
-//! EC2 calls with bounded retries (exponential backoff, full jitter) on throttling, 5xx
-//! and transport failures. The SDK's own retries are off so that every attempt is ours to
-//! count, bound and log.
+//! EC2 calls with bounded retries (exponential backoff, full jitter) on the errors the AWS
+//! SDK classes as throttling or transient. The SDK's own retries are off so that every
+//! attempt is ours to count, bound and log.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use aws_runtime::retries::classifiers::{THROTTLING_ERRORS, TRANSIENT_ERRORS};
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::Filter;
-use ipmgr_eni::{Backoff, is_retryable};
+use ipmgr_eni::{Backoff, ErrorClass};
 
 /// A failed EC2 call: what, on which ENI and addresses, and EC2's error code.
 #[derive(Debug, thiserror::Error)]
@@ -83,31 +84,9 @@ impl Ec2 {
                 Ok(output) => return Ok(output),
                 Err(error) => error,
             };
-            let status = error
-                .raw_response()
-                .map(|response| response.status().as_u16());
-            let (code, message, retryable) = match &error {
-                SdkError::ServiceError(_) => {
-                    let code = error.code().unwrap_or("Unknown").to_owned();
-                    let message = error.message().unwrap_or_default().to_owned();
-                    let retryable = is_retryable(Some(&code), status);
-                    (code, message, retryable)
-                }
-                SdkError::TimeoutError(_) => {
-                    ("Timeout".to_owned(), "no answer in time".to_owned(), true)
-                }
-                SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => (
-                    "TransportError".to_owned(),
-                    aws_sdk_ec2::error::DisplayErrorContext(&error).to_string(),
-                    true,
-                ),
-                _ => (
-                    "RequestError".to_owned(),
-                    aws_sdk_ec2::error::DisplayErrorContext(&error).to_string(),
-                    false,
-                ),
-            };
-            let delay = retryable
+            let (code, message, class) = classify(&error);
+            let delay = class
+                .is_retryable()
                 .then(|| self.backoff.delay(retry, fastrand::f64()))
                 .flatten();
             let Some(delay) = delay else {
@@ -244,6 +223,44 @@ impl Ec2 {
                 .filter(|holder| !holder.addresses.is_empty())
             })
             .collect())
+    }
+}
+
+/// EC2's error code and message, and the class the AWS SDK's retry classifiers give it:
+/// throttling and transient codes from aws-runtime's lists, HTTP 500/502/503/504 (the
+/// default of aws-smithy-runtime's `HttpStatusCodeClassifier`), and timeouts and transport
+/// failures (its `TransientErrorClassifier`); everything else is persistent.
+fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    error: &SdkError<E, aws_sdk_ec2::config::http::HttpResponse>,
+) -> (String, String, ErrorClass) {
+    const TRANSIENT_STATUS: [u16; 4] = [500, 502, 503, 504];
+    let context = || aws_sdk_ec2::error::DisplayErrorContext(error).to_string();
+    match error {
+        SdkError::ServiceError(service) => {
+            let code = error.code().unwrap_or("Unknown").to_owned();
+            let status = service.raw().status().as_u16();
+            let class = if THROTTLING_ERRORS.contains(&code.as_str()) {
+                ErrorClass::Throttling
+            } else if TRANSIENT_ERRORS.contains(&code.as_str())
+                || TRANSIENT_STATUS.contains(&status)
+            {
+                ErrorClass::Transient
+            } else {
+                ErrorClass::Persistent
+            };
+            (code, error.message().unwrap_or_default().to_owned(), class)
+        }
+        SdkError::TimeoutError(_) => (
+            "Timeout".to_owned(),
+            "no answer in time".to_owned(),
+            ErrorClass::Transient,
+        ),
+        SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => (
+            "TransportError".to_owned(),
+            context(),
+            ErrorClass::Transient,
+        ),
+        _ => ("RequestError".to_owned(), context(), ErrorClass::Persistent),
     }
 }
 

@@ -1,37 +1,33 @@
-//! `ipmgr-helper`: parse arguments, wire the adapters, run the mode.
+//! `ipmgr-helper`: parse arguments, set up logging, run the mode.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
 use ipmgr_helper::config::{Cli, Command, Settings};
-use ipmgr_helper::run::{Helper, RunError};
+use ipmgr_helper::{Helper, RunError};
+use tracing::Instrument as _;
+
+/// The modes that talk to instance metadata, netlink and EC2.
+#[derive(Clone, Copy, Debug)]
+enum Work {
+    Init,
+    Sidecar,
+    Plan,
+}
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let (work, settings) = match &cli.command {
-        Command::Ready { ready_file } => {
-            return if ready_file.exists() {
-                ExitCode::SUCCESS
-            } else {
-                eprintln!(
-                    "ipmgr-helper: not ready: {} does not exist yet",
-                    ready_file.display()
-                );
-                ExitCode::FAILURE
-            };
-        }
-        Command::Init(settings) => (Work::Init, settings.clone()),
-        Command::Sidecar(settings) => (Work::Sidecar, settings.clone()),
-        Command::Plan(settings) => (Work::Plan, settings.clone()),
+    let Cli { command, log, pod } = Cli::parse();
+    let (work, settings) = match command {
+        Command::Ready { ready_file } => return ready(&ready_file),
+        Command::Init(settings) => (Work::Init, settings),
+        Command::Sidecar(settings) => (Work::Sidecar, settings),
+        Command::Plan(settings) => (Work::Plan, settings),
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(error) = log.init() {
+        eprintln!("ipmgr-helper: {error}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -42,22 +38,28 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(work, settings)) {
+    let span = pod.span();
+    match runtime.block_on(run(work, settings).instrument(span.clone())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(%error, "ipmgr-helper failed");
+            span.in_scope(|| tracing::error!(%error, "ipmgr-helper failed"));
             eprintln!("ipmgr-helper: {error}");
             ExitCode::FAILURE
         }
     }
 }
 
-/// The modes that talk to instance metadata, netlink and EC2.
-#[derive(Clone, Copy, Debug)]
-enum Work {
-    Init,
-    Sidecar,
-    Plan,
+/// The native-sidecar startup probe.
+fn ready(ready_file: &Path) -> ExitCode {
+    if ready_file.exists() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "ipmgr-helper: not ready: {} does not exist yet",
+            ready_file.display()
+        );
+        ExitCode::FAILURE
+    }
 }
 
 async fn run(work: Work, settings: Settings) -> Result<(), RunError> {
@@ -66,23 +68,8 @@ async fn run(work: Work, settings: Settings) -> Result<(), RunError> {
         Work::Init => helper.init(&node).await.map(drop),
         Work::Sidecar => helper.sidecar(node).await,
         Work::Plan => {
-            let addresses = helper.wait_for_addresses().await?;
-            let planned = helper.plan(&node, &addresses);
-            for placement in &planned.placements {
-                let held = node
-                    .eni(&placement.eni_id)
-                    .is_some_and(|eni| eni.holds(placement.address.address));
-                println!(
-                    "{} {} ({}) on {} [matched by {:?}]",
-                    if held { "keep  " } else { "assign" },
-                    placement.address.address,
-                    placement.address.interface,
-                    placement.eni_id,
-                    placement.matched_by
-                );
-            }
-            for rejection in &planned.rejections {
-                println!("skip   {rejection}");
+            for line in helper.plan_report(&node).await? {
+                println!("{line}");
             }
             Ok(())
         }

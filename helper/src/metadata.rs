@@ -23,6 +23,14 @@ pub enum MetadataError {
         /// The SDK error.
         source: Box<ImdsError>,
     },
+    /// A value every EC2 instance has was not there.
+    #[error(
+        "instance metadata {path} is missing (404); the endpoint does not look like EC2 instance metadata: check AWS_EC2_METADATA_SERVICE_ENDPOINT"
+    )]
+    Missing {
+        /// The metadata path.
+        path: String,
+    },
     /// A value did not parse.
     #[error(transparent)]
     Invalid(#[from] FactsError),
@@ -69,7 +77,10 @@ impl Metadata {
     }
 
     async fn get_required(&self, path: String) -> Result<String, MetadataError> {
-        Ok(self.get(path).await?.unwrap_or_default())
+        match self.get(path.clone()).await? {
+            Some(value) => Ok(value),
+            None => Err(MetadataError::Missing { path }),
+        }
     }
 
     /// The node's instance, region and every ENI, read concurrently.

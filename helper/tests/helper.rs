@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ipmgr_testbed::{Background, Interface, Pod, TestBed, Topology, finish};
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn bed() -> TestBed {
     TestBed::start(Topology::File("how-to"))
@@ -28,6 +28,23 @@ fn reason(stderr: &str) -> &str {
         .rev()
         .find(|line| line.starts_with("ipmgr-helper: "))
         .unwrap_or_default()
+}
+
+/// The helper's JSON log lines.
+fn log_lines(stderr: &str) -> Vec<Value> {
+    stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// The `kind` of every failure the helper logged ("rejected", "ec2", "unconfirmed").
+fn failure_kinds(stderr: &str) -> Vec<String> {
+    log_lines(stderr)
+        .iter()
+        .filter(|line| line["message"] == "address not routable")
+        .filter_map(|line| line["kind"].as_str().map(str::to_owned))
+        .collect()
 }
 
 #[test]
@@ -154,6 +171,7 @@ fn a_permanent_ec2_error_fails_at_once_naming_address_eni_and_code() {
     ] {
         assert!(line.contains(part), "{part} missing from {line:?}");
     }
+    assert_eq!(failure_kinds(&stderr), ["ec2"]);
     assert_eq!(bed.calls()["AssignPrivateIpAddresses"], 1, "not retried");
     assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
 }
@@ -167,13 +185,8 @@ fn unreachable_metadata_fails_in_bounded_time() {
         "pod",
         &[Interface::on_eni("net1", "eth1", &["10.0.1.72/24"])],
     );
-    let mut unreachable = pod.clone();
-    for (name, value) in &mut unreachable.env {
-        if name == "AWS_EC2_METADATA_SERVICE_ENDPOINT" {
-            // The bed's gateway, on a port where nothing listens.
-            *value = "http://198.18.0.1:9".to_owned();
-        }
-    }
+    // The bed's gateway, on a port where nothing listens.
+    let unreachable = pod.with_env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://198.18.0.1:9");
     let (output, stderr, elapsed) = finish(helper(&bed, &unreachable, &["init"]));
     assert!(!output.status.success());
     assert!(reason(&stderr).contains("instance metadata"), "{stderr}");
@@ -216,6 +229,7 @@ fn an_address_in_no_eni_subnet_is_refused_clearly() {
         line.contains("no ENI subnet contains the address"),
         "{line}"
     );
+    assert_eq!(failure_kinds(&stderr), ["rejected"]);
     assert_eq!(bed.calls(), json!({}));
 }
 
@@ -239,6 +253,35 @@ fn the_per_eni_limit_is_reported() {
         reason(&stderr).contains("PrivateIpAddressLimitExceeded"),
         "{stderr}"
     );
+    assert_eq!(failure_kinds(&stderr), ["ec2"]);
+}
+
+#[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
+fn every_log_line_carries_the_pod_node_and_mode_the_webhook_injected() {
+    let mut bed = bed();
+    let pod = bed
+        .pod(
+            "node1",
+            "web-1",
+            &[Interface::on_eni("net1", "eth1", &["10.0.1.73/24"])],
+        )
+        .with_env("NODE_NAME", "ip-10-0-0-10.us-east-2.compute.internal")
+        .with_env("POD_NAME", "web-1")
+        .with_env("POD_NAMESPACE", "multus")
+        .with_env("IPMGR_MODE", "init");
+    let (output, stderr, _) = finish(helper(&bed, &pod, &["init"]));
+    assert!(output.status.success(), "{stderr}");
+    let lines = log_lines(&stderr);
+    assert!(lines.len() >= 2, "{stderr}");
+    for line in &lines {
+        assert_eq!(line["span"]["pod"], "multus/web-1", "{line}");
+        assert_eq!(
+            line["span"]["node"], "ip-10-0-0-10.us-east-2.compute.internal",
+            "{line}"
+        );
+        assert_eq!(line["span"]["mode"], "init", "{line}");
+    }
 }
 
 #[test]

@@ -32,9 +32,9 @@ pub struct InjectionArgs {
     )]
     pub helper_args: Vec<String>,
 
-    /// Log level of the helper (IPMGR_LOG_LEVEL in the helper container).
-    #[arg(long, env = "IPMGR_HELPER_LOG_LEVEL", default_value = "info")]
-    pub helper_log_level: String,
+    /// Log filter of the helper (IPMGR_LOG in the helper container).
+    #[arg(long, env = "IPMGR_HELPER_LOG", default_value = "info")]
+    pub helper_log: String,
 
     /// Mode for pods without the multus-ipmgr.io/mode annotation.
     #[arg(long, env = "IPMGR_DEFAULT_MODE", default_value = "init", value_parser = parse_mode)]
@@ -82,7 +82,7 @@ impl InjectionArgs {
             image_pull_policy: self.helper_pull_policy.clone(),
             command: self.helper_command.clone(),
             extra_args: self.helper_args.clone(),
-            log_level: self.helper_log_level.clone(),
+            log_filter: self.helper_log.clone(),
             default_mode: self.default_mode,
             resources: ResourceSettings {
                 cpu_request: self.helper_cpu_request.clone(),

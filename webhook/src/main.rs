@@ -1,6 +1,6 @@
 //! `ipmgr-webhook`: parse arguments, wire the adapters, run.
 
-use std::io::{IsTerminal as _, Read as _};
+use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use ipmgr_contract::LogArgs;
 use ipmgr_webhook::certs::{ServiceIdentity, write_for_kustomize};
 use ipmgr_webhook::config::InjectionArgs;
 use ipmgr_webhook::manifest::inject_yaml;
@@ -24,22 +25,12 @@ use tokio::net::TcpListener;
     about = "Injects the multus-ipmgr helper into Multus pods"
 )]
 struct Cli {
-    /// Log filter (tracing EnvFilter syntax, e.g. info or ipmgr_webhook=debug).
-    #[arg(long, global = true, env = "IPMGR_LOG", default_value = "info")]
-    log: String,
-
-    /// Log format.
-    #[arg(long, global = true, env = "IPMGR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
-    log_format: LogFormat,
+    /// Log settings, the same as the helper's.
+    #[command(flatten)]
+    log: LogArgs,
 
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Json,
-    Text,
 }
 
 #[derive(Subcommand, Debug)]
@@ -126,26 +117,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    init_logging(&cli.log, cli.log_format)?;
+    cli.log.init()?;
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Inject(args) => inject(&args),
         Command::Certs(args) => certs(&args),
     }
-}
-
-fn init_logging(filter: &str, format: LogFormat) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .with_context(|| format!("invalid log filter {filter:?} (--log / IPMGR_LOG)"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
-    Ok(())
 }
 
 fn serve(args: ServeArgs) -> Result<()> {

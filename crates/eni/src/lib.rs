@@ -7,15 +7,16 @@
 //! tells what to give back on shutdown. The helper binary supplies the data and carries out
 //! the result against IMDS and EC2.
 
+mod change;
 mod facts;
 mod mac;
 mod plan;
 mod retry;
 
+pub use change::{Assignment, EniChange};
 pub use facts::{Eni, EniMetadata, FactsError, NodeFacts, PodAddress};
 pub use mac::{InvalidMac, MacAddr};
 pub use plan::{
-    Assignment, EniChange, MatchedBy, Placement, Plan, PlanOptions, RejectReason, Rejection,
-    Release, plan, release, unconfirmed,
+    MatchedBy, Placement, Plan, PlanOptions, RejectReason, Rejection, plan, release, unconfirmed,
 };
-pub use retry::{Backoff, is_retryable};
+pub use retry::{Backoff, ErrorClass};

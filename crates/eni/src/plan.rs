@@ -1,10 +1,9 @@
-use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::{Eni, NodeFacts, PodAddress};
+use crate::{Assignment, Eni, EniChange, NodeFacts, PodAddress};
 
 /// What the planner may do.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -34,26 +33,6 @@ pub struct Placement {
     pub eni_id: String,
     /// How the ENI was chosen.
     pub matched_by: MatchedBy,
-}
-
-/// An address on an ENI: what was assigned, or what to confirm or release.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Assignment {
-    /// The ENI.
-    pub eni_id: String,
-    /// The address.
-    pub address: IpAddr,
-}
-
-/// The EC2 work for one ENI: at most one IPv4 and one IPv6 assign call.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct EniChange {
-    /// The ENI.
-    pub eni_id: String,
-    /// IPv4 addresses to assign (AssignPrivateIpAddresses with AllowReassignment).
-    pub ipv4: Vec<Ipv4Addr>,
-    /// IPv6 addresses to assign (after unassigning them from their current holder).
-    pub ipv6: Vec<Ipv6Addr>,
 }
 
 /// Why an address is not assigned.
@@ -133,7 +112,9 @@ impl fmt::Display for Rejection {
 pub struct Plan {
     /// Every accepted address with its ENI.
     pub placements: Vec<Placement>,
-    /// The EC2 work: placed addresses their ENI does not hold yet, one entry per ENI.
+    /// The EC2 work: placed addresses their ENI does not hold yet, one entry per ENI in
+    /// device order. IPv4 goes out with AllowReassignment; IPv6 is first unassigned from its
+    /// current holder.
     pub changes: Vec<EniChange>,
     /// Addresses that will not be assigned.
     pub rejections: Vec<Rejection>,
@@ -177,33 +158,10 @@ pub fn plan(node: &NodeFacts, addresses: &[PodAddress], options: &PlanOptions) -
             }),
         }
     }
-    let mut changes: BTreeMap<(u32, &str), EniChange> = BTreeMap::new();
-    for placement in &result.placements {
-        let Some(eni) = node.eni(&placement.eni_id) else {
-            continue;
-        };
-        if eni.holds(placement.address.address) {
-            continue;
-        }
-        let change = changes
-            .entry((eni.device_number, eni.id.as_str()))
-            .or_insert_with(|| EniChange {
-                eni_id: eni.id.clone(),
-                ..EniChange::default()
-            });
-        match placement.address.address {
-            IpAddr::V4(v4) => change.ipv4.push(v4),
-            IpAddr::V6(v6) => change.ipv6.push(v6),
-        }
-    }
-    result.changes = changes
-        .into_values()
-        .map(|mut change| {
-            change.ipv4.sort_unstable();
-            change.ipv6.sort_unstable();
-            change
-        })
-        .collect();
+    result.changes = EniChange::group(unconfirmed(&result.assignments().collect::<Vec<_>>(), node));
+    result
+        .changes
+        .sort_by_key(|change| node.eni(&change.eni_id).map(|eni| eni.device_number));
     result
 }
 
@@ -257,50 +215,26 @@ fn place(
     }
 }
 
-/// The planned assignments that `node` (read again from metadata) does not show yet.
-pub fn unconfirmed(plan: &Plan, node: &NodeFacts) -> Vec<Assignment> {
-    plan.assignments()
+/// Of `expected`, the assignments that `node` (as metadata shows it) does not hold.
+pub fn unconfirmed(expected: &[Assignment], node: &NodeFacts) -> Vec<Assignment> {
+    expected
+        .iter()
         .filter(|assignment| {
             node.eni(&assignment.eni_id)
                 .is_none_or(|eni| !eni.holds(assignment.address))
         })
+        .cloned()
         .collect()
-}
-
-/// What to unassign from one ENI on shutdown.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Release {
-    /// The ENI.
-    pub eni_id: String,
-    /// IPv4 addresses to unassign.
-    pub ipv4: Vec<Ipv4Addr>,
-    /// IPv6 addresses to unassign.
-    pub ipv6: Vec<Ipv6Addr>,
 }
 
 /// Of the addresses this helper assigned, those their ENI still holds, grouped per ENI; an
 /// address another node took meanwhile, and an ENI's primary address, are left alone.
-pub fn release(assigned: &[Assignment], node: &NodeFacts) -> Vec<Release> {
-    let mut releases: BTreeMap<&str, Release> = BTreeMap::new();
-    for assignment in assigned {
-        let Some(eni) = node.eni(&assignment.eni_id) else {
-            continue;
-        };
-        if !eni.holds(assignment.address)
-            || IpAddr::from(eni.primary_ipv4().unwrap_or(Ipv4Addr::UNSPECIFIED))
-                == assignment.address
-        {
-            continue;
-        }
-        let entry = releases.entry(eni.id.as_str()).or_insert_with(|| Release {
-            eni_id: eni.id.clone(),
-            ..Release::default()
-        });
-        match assignment.address {
-            IpAddr::V4(v4) if !entry.ipv4.contains(&v4) => entry.ipv4.push(v4),
-            IpAddr::V6(v6) if !entry.ipv6.contains(&v6) => entry.ipv6.push(v6),
-            _ => {}
-        }
-    }
-    releases.into_values().collect()
+pub fn release(assigned: &[Assignment], node: &NodeFacts) -> Vec<EniChange> {
+    let ours = assigned.iter().filter(|assignment| {
+        node.eni(&assignment.eni_id).is_some_and(|eni| {
+            eni.holds(assignment.address)
+                && eni.primary_ipv4().map(IpAddr::V4) != Some(assignment.address)
+        })
+    });
+    EniChange::group(ours.cloned())
 }

@@ -27,19 +27,24 @@ impl Backoff {
     }
 }
 
-/// Whether an EC2 error is worth retrying: throttling, and server-side failures (5xx).
-pub fn is_retryable(code: Option<&str>, http_status: Option<u16>) -> bool {
-    const RETRYABLE: [&str; 7] = [
-        "RequestLimitExceeded",
-        "Throttling",
-        "ThrottlingException",
-        "InternalError",
-        "InternalFailure",
-        "ServiceUnavailable",
-        "Unavailable",
-    ];
-    code.is_some_and(|code| RETRYABLE.contains(&code))
-        || http_status.is_some_and(|status| status >= 500)
+/// How a failed call is treated: the AWS SDK's classes (throttling and transient errors are
+/// retried, everything else is not).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The account's token bucket for the action is empty (RequestLimitExceeded...).
+    Throttling,
+    /// A server-side or transport failure that may pass (5xx, timeouts, connection errors).
+    Transient,
+    /// An answer that will not change by asking again (UnauthorizedOperation,
+    /// InvalidParameterValue, PrivateIpAddressLimitExceeded...).
+    Persistent,
+}
+
+impl ErrorClass {
+    /// Whether a call that failed this way is worth retrying.
+    pub fn is_retryable(self) -> bool {
+        self != ErrorClass::Persistent
+    }
 }
 
 #[cfg(test)]
@@ -76,21 +81,5 @@ mod tests {
             ..BACKOFF
         };
         assert_eq!(backoff.delay(63, 1.0), Some(Duration::from_secs(2)));
-    }
-
-    #[rstest]
-    #[case(Some("RequestLimitExceeded"), Some(503), true)]
-    #[case(Some("InternalError"), Some(500), true)]
-    #[case(None, Some(502), true)]
-    #[case(Some("InvalidParameterValue"), Some(400), false)]
-    #[case(Some("PrivateIpAddressLimitExceeded"), Some(400), false)]
-    #[case(Some("UnauthorizedOperation"), Some(403), false)]
-    #[case(None, None, false)]
-    fn classifies_errors(
-        #[case] code: Option<&str>,
-        #[case] status: Option<u16>,
-        #[case] retryable: bool,
-    ) {
-        assert_eq!(is_retryable(code, status), retryable);
     }
 }

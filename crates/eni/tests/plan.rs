@@ -230,7 +230,10 @@ fn already_assigned_means_no_change(node: NodeFacts) {
     );
     assert_eq!(result.placements.len(), 1);
     assert_eq!(result.changes, vec![]);
-    assert_eq!(unconfirmed(&result, &node), vec![]);
+    assert_eq!(
+        unconfirmed(&result.assignments().collect::<Vec<_>>(), &node),
+        vec![]
+    );
 }
 
 #[rstest]
@@ -244,7 +247,7 @@ fn unconfirmed_until_metadata_shows_the_address(mut node: NodeFacts) {
         &PlanOptions::default(),
     );
     assert_eq!(
-        unconfirmed(&result, &node),
+        unconfirmed(&result.assignments().collect::<Vec<_>>(), &node),
         vec![
             Assignment {
                 eni_id: "eni-a".into(),
@@ -257,11 +260,17 @@ fn unconfirmed_until_metadata_shows_the_address(mut node: NodeFacts) {
         ]
     );
     node.enis[1].ipv4.push("10.10.1.80".parse().expect("ip"));
-    assert_eq!(unconfirmed(&result, &node).len(), 1);
+    assert_eq!(
+        unconfirmed(&result.assignments().collect::<Vec<_>>(), &node).len(),
+        1
+    );
     node.enis[1]
         .ipv6
         .push("2600:1f14:1:1::80".parse().expect("ip"));
-    assert_eq!(unconfirmed(&result, &node), vec![]);
+    assert_eq!(
+        unconfirmed(&result.assignments().collect::<Vec<_>>(), &node),
+        vec![]
+    );
 }
 
 #[rstest]

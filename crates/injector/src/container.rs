@@ -7,6 +7,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 
+use ipmgr_contract::{READY_FILE, RUN_DIR, env as vars};
+
 use crate::{Mode, ResourceSettings};
 
 /// Name of the injected container (the name the original how-to used, so hand-added helpers
@@ -14,9 +16,6 @@ use crate::{Mode, ResourceSettings};
 pub const HELPER_CONTAINER_NAME: &str = "aws-ip-mgmt";
 /// emptyDir volume holding the helper's readiness file in native-sidecar mode.
 pub const RUN_VOLUME_NAME: &str = "aws-ip-mgmt-run";
-/// File the helper creates once its first assignment pass succeeded (native-sidecar mode).
-pub const READY_FILE: &str = "/run/ipmgr-helper/ready";
-const RUN_DIR: &str = "/run/ipmgr-helper";
 
 /// What the container is built from, after per-pod overrides.
 pub(crate) struct ContainerSpec<'a> {
@@ -25,7 +24,7 @@ pub(crate) struct ContainerSpec<'a> {
     pub(crate) image_pull_policy: &'a str,
     pub(crate) command: &'a str,
     pub(crate) extra_args: &'a [String],
-    pub(crate) log_level: &'a str,
+    pub(crate) log_filter: &'a str,
     pub(crate) resources: &'a ResourceSettings,
     pub(crate) run_as_user: i64,
 }
@@ -35,14 +34,14 @@ impl ContainerSpec<'_> {
     pub(crate) fn container(&self) -> Container {
         let native = self.mode == Mode::NativeSidecar;
         let mut env = vec![
-            field_env("NODE_NAME", "spec.nodeName"),
-            field_env("POD_NAME", "metadata.name"),
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-            value_env("IPMGR_MODE", self.mode.as_str()),
-            value_env("IPMGR_LOG_LEVEL", self.log_level),
+            field_env(vars::NODE_NAME, "spec.nodeName"),
+            field_env(vars::POD_NAME, "metadata.name"),
+            field_env(vars::POD_NAMESPACE, "metadata.namespace"),
+            value_env(vars::MODE, self.mode.as_str()),
+            value_env(vars::LOG, self.log_filter),
         ];
         if native {
-            env.push(value_env("IPMGR_READY_FILE", READY_FILE));
+            env.push(value_env(vars::READY_FILE, READY_FILE));
         }
         let args = std::iter::once(self.mode.helper_subcommand().to_owned())
             .chain(self.extra_args.iter().cloned())

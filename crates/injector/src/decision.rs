@@ -206,7 +206,7 @@ fn build_patch(
         image_pull_policy: &settings.image_pull_policy,
         command: &settings.command,
         extra_args: &settings.extra_args,
-        log_level: &settings.log_level,
+        log_filter: &settings.log_filter,
         resources: &resources,
         run_as_user: settings.run_as_user,
     }

@@ -12,7 +12,7 @@ mod quantity;
 mod settings;
 mod template;
 
-pub use container::{HELPER_CONTAINER_NAME, READY_FILE, RUN_VOLUME_NAME};
+pub use container::{HELPER_CONTAINER_NAME, RUN_VOLUME_NAME};
 pub use decision::{Decision, DenyReason, Injection, SkipReason, plan};
 pub use mode::{Mode, UnknownMode};
 pub use quantity::{Quantity, QuantityError};

@@ -25,8 +25,8 @@ pub struct HelperSettings {
     pub command: String,
     /// Extra arguments appended after the helper subcommand.
     pub extra_args: Vec<String>,
-    /// Value of `IPMGR_LOG_LEVEL` in the helper.
-    pub log_level: String,
+    /// The helper's log filter (`IPMGR_LOG` in its container).
+    pub log_filter: String,
     /// Mode used when a pod has no mode annotation.
     pub default_mode: Mode,
     /// Requests and limits.

@@ -18,7 +18,7 @@ fn settings() -> HelperSettings {
         image_pull_policy: "IfNotPresent".to_owned(),
         command: "/usr/local/bin/ipmgr-helper".to_owned(),
         extra_args: vec!["--allow-cidr=10.10.1.0/24".to_owned()],
-        log_level: "debug".to_owned(),
+        log_filter: "debug".to_owned(),
         default_mode: Mode::Init,
         resources: ResourceSettings {
             cpu_request: "10m".parse().expect("quantity"),
@@ -280,7 +280,7 @@ fn builds_a_restricted_container_with_overrides(settings: HelperSettings) {
             "POD_NAME",
             "POD_NAMESPACE",
             "IPMGR_MODE",
-            "IPMGR_LOG_LEVEL",
+            "IPMGR_LOG",
             "IPMGR_READY_FILE"
         ]
     );

@@ -50,6 +50,16 @@ pub struct Pod {
     pub env: Vec<(String, String)>,
 }
 
+impl Pod {
+    /// The same pod, with `name=value` in the environment of programs run in it.
+    pub fn with_env(&self, name: &str, value: &str) -> Pod {
+        let mut pod = self.clone();
+        pod.env.retain(|(key, _)| key != name);
+        pod.env.push((name.to_owned(), value.to_owned()));
+        pod
+    }
+}
+
 /// One interface of a pod besides `eth0`.
 #[derive(Clone, Debug)]
 pub struct Interface {

@@ -1,0 +1,33 @@
+//! The contract between `ipmgr-webhook`, which injects the helper container, and
+//! `ipmgr-helper`, which runs in it: the environment variables the webhook sets and the
+//! helper reads, the ready file of native-sidecar mode, and the log settings both binaries
+//! take (feature `logging`). Defined once, used by both sides.
+
+#[cfg(feature = "logging")]
+mod logging;
+
+#[cfg(feature = "logging")]
+pub use logging::{InvalidLogFilter, LogArgs, LogFormat};
+
+/// Environment variables of the injected helper container.
+pub mod env {
+    /// The node the pod runs on (downward API `spec.nodeName`); in every helper log line.
+    pub const NODE_NAME: &str = "NODE_NAME";
+    /// The pod's name (downward API `metadata.name`); in every helper log line.
+    pub const POD_NAME: &str = "POD_NAME";
+    /// The pod's namespace (downward API `metadata.namespace`); in every helper log line.
+    pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+    /// The injection mode (`init`, `sidecar`, `native-sidecar`); in every helper log line.
+    pub const MODE: &str = "IPMGR_MODE";
+    /// Log filter of both binaries (tracing `EnvFilter` syntax).
+    pub const LOG: &str = "IPMGR_LOG";
+    /// Log format of both binaries: `json` or `text`.
+    pub const LOG_FORMAT: &str = "IPMGR_LOG_FORMAT";
+    /// The file the helper creates after its first pass (native-sidecar readiness).
+    pub const READY_FILE: &str = "IPMGR_READY_FILE";
+}
+
+/// Directory of the helper's in-memory emptyDir in native-sidecar mode.
+pub const RUN_DIR: &str = "/run/ipmgr-helper";
+/// The ready file inside [`RUN_DIR`], checked by the startup probe `ipmgr-helper ready`.
+pub const READY_FILE: &str = "/run/ipmgr-helper/ready";

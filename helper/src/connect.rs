@@ -1,0 +1,66 @@
+//! Building the helper's adapters: one rustls/ring HTTPS client shared by instance metadata
+//! and EC2, the SDK configuration from the standard AWS environment, and netlink.
+
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_ec2::config::Region;
+use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+use ipmgr_eni::{Backoff, NodeFacts, PlanOptions};
+
+use crate::config::Settings;
+use crate::ec2::Ec2;
+use crate::failure::RunError;
+use crate::metadata::Metadata;
+use crate::netlink::PodNetwork;
+use crate::pass::Helper;
+
+impl Helper {
+    /// Opens netlink, reads the node from instance metadata, and builds the EC2 client
+    /// (standard AWS environment: AWS_REGION, AWS_ENDPOINT_URL(_EC2), the default credential
+    /// chain; the region from metadata otherwise) with the SDK's own retries off.
+    pub async fn connect(settings: Settings) -> Result<(Self, NodeFacts), RunError> {
+        let http_client = aws_smithy_http_client::Builder::new()
+            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let metadata = Metadata::new(http_client.clone());
+        let network = PodNetwork::connect(&settings.primary_interface)?;
+        let node = metadata.node_facts().await?;
+        let region = RegionProviderChain::first_try(
+            aws_config::environment::EnvironmentVariableRegionProvider::new(),
+        )
+        .or_else(Region::new(node.region.clone()));
+        let sdk_config = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http_client)
+            .region(region)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(2))
+                    .operation_attempt_timeout(Duration::from_secs(10))
+                    .build(),
+            )
+            .load()
+            .await;
+        let backoff = Backoff {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(5),
+            retries: settings.ec2_retries,
+        };
+        let options = PlanOptions {
+            allow_primary_eni: settings.allow_primary_eni,
+            allowed: settings.allow_cidrs.clone(),
+        };
+        let helper = Helper {
+            ec2: Ec2::new(aws_sdk_ec2::Client::new(&sdk_config), backoff),
+            settings,
+            options,
+            metadata,
+            network,
+        };
+        Ok((helper, node))
+    }
+}

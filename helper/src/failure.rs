@@ -1,0 +1,103 @@
+//! What can go wrong: per address ([`Failure`]) and for the whole run ([`RunError`]).
+
+use std::time::Duration;
+
+use ipmgr_eni::{Assignment, Rejection};
+
+use crate::ec2::Ec2Failure;
+use crate::metadata::MetadataError;
+use crate::netlink::NetlinkError;
+
+/// Why one address (or one EC2 call's addresses) is not routable after a pass.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The planner refused the address (no ENI, ambiguous, primary ENI, outside the subnet).
+    #[error("{0}")]
+    Rejected(Rejection),
+    /// An EC2 call failed.
+    #[error(transparent)]
+    Ec2(#[from] Ec2Failure),
+    /// EC2 accepted the assignment, but instance metadata did not show it in time.
+    #[error(
+        "{} on {}: assigned, but instance metadata did not show it within {waited:?}",
+        .assignment.address,
+        .assignment.eni_id
+    )]
+    Unconfirmed {
+        /// The assignment.
+        assignment: Assignment,
+        /// How long the helper waited.
+        waited: Duration,
+    },
+}
+
+impl Failure {
+    /// A stable name of the variant, logged as `kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Rejected(_) => "rejected",
+            Failure::Ec2(_) => "ec2",
+            Failure::Unconfirmed { .. } => "unconfirmed",
+        }
+    }
+
+    /// Logs the failure with its kind.
+    pub fn log(&self) {
+        tracing::error!(kind = self.kind(), failure = %self, "address not routable");
+    }
+}
+
+/// Why a mode ended unsuccessfully; each variant is one line for the pod's termination log.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Instance metadata failed.
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    /// Netlink failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// No address appeared in time.
+    #[error(
+        "no address on the pod's interfaces besides {primary} after {waited:?} (found {found}, waiting for {expected}); check the Multus network attachment, or raise --wait-seconds"
+    )]
+    NoAddresses {
+        /// The excluded primary interface.
+        primary: String,
+        /// How long it waited.
+        waited: Duration,
+        /// How many it found.
+        found: usize,
+        /// How many it waited for.
+        expected: usize,
+    },
+    /// Some addresses could not be made routable.
+    #[error("{} address(es) not routable: {}", .0.len(), join(.0))]
+    Unroutable(Vec<Failure>),
+    /// Giving back addresses on exit failed; they stay assigned to their ENI.
+    #[error(
+        "release on exit failed, the addresses stay assigned: {}; unassign them by hand or let the next pod that uses them take them",
+        join(.0)
+    )]
+    Release(Vec<Ec2Failure>),
+    /// The termination signal handler could not be installed.
+    #[error("cannot install the SIGTERM handler: {0}")]
+    Signal(std::io::Error),
+    /// The ready file could not be written.
+    #[error(
+        "cannot write the ready file {path}: {source}; mount a writable emptyDir there (the webhook does in native-sidecar mode)"
+    )]
+    ReadyFile {
+        /// The file.
+        path: String,
+        /// The IO error.
+        source: std::io::Error,
+    },
+}
+
+fn join<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
