@@ -18,6 +18,14 @@ layer answers or rewrites the request first:
   Ipv6AddressLimitExceeded.
 * The DescribeNetworkInterfaces filters `addresses.private-ip-address` (moto matches only
   the primary address) and `ipv6-addresses.ipv6-address` (moto answers HTTP 500).
+* Prefix delegation, which moto ignores (EC2 user guide, "Assign prefixes to Amazon EC2
+  network interfaces"): `Ipv4Prefix` (/28) and `Ipv6Prefix` (/80) on the assign and unassign
+  calls, inside the subnet, overlapping no address or prefix in use, each counting against
+  the ENI's limit; an address inside a delegated prefix cannot be assigned on its own; the
+  prefixes show in DescribeNetworkInterfaces (`Ipv4Prefixes`, `Ipv6Prefixes`).
+* Network cards: moto reports every attachment on card 0; an ENI the topology attached to
+  another card reports that card (multi-card instances attach ENIs at device index 0 of
+  cards 1..N).
 
 Plus what tests need: fault injection, per-action call counts and a call log.
 """
@@ -33,10 +41,24 @@ from io import BytesIO
 from urllib.parse import parse_qs, urlencode
 
 from moto.ec2.models import ec2_backends
+from moto.ec2.models import elastic_network_interfaces as moto_enis
 
 ACCOUNT = "123456789012"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 EC2_XMLNS = "http://ec2.amazonaws.com/doc/2016-11-15/"
+
+
+_moto_attachment = moto_enis.Attachment.__init__
+
+
+def _attachment_on_its_card(attachment, eni) -> None:
+    _moto_attachment(attachment, eni)
+    attachment.network_card_index = getattr(eni, "network_card_index", 0)
+
+
+moto_enis.Attachment.__init__ = _attachment_on_its_card
+
+PREFIX_LENGTH = {4: 28, 6: 80}
 
 
 class Ec2Error(Exception):
@@ -104,7 +126,8 @@ class State:
     def addresses(self, eni_id: str) -> dict:
         with self.lock:
             eni = self.eni(eni_id)
-            return {"id": eni.id, "ipv4": ipv4_of(eni), "ipv6": list(eni.ipv6_addresses)}
+            return {"id": eni.id, "ipv4": ipv4_of(eni), "ipv6": list(eni.ipv6_addresses),
+                    "ipv4_prefixes": prefixes_of(eni, 4), "ipv6_prefixes": prefixes_of(eni, 6)}
 
 
 def error_response(error: Ec2Error):
@@ -128,6 +151,33 @@ def numbered(params: dict[str, list[str]], prefix: str) -> list[str]:
 
 def ipv4_of(eni) -> list[str]:
     return [item["PrivateIpAddress"] for item in eni.private_ip_addresses]
+
+
+def prefixes_of(eni, version: int) -> list[str]:
+    """The delegated prefixes of an ENI, kept where moto's serializer finds them."""
+    key = f"Ipv{version}Prefix"
+    return [item[key] for item in getattr(eni, f"ipv{version}_prefixes", None) or []]
+
+
+def set_prefixes(eni, version: int, prefixes: list[str]) -> None:
+    setattr(eni, f"ipv{version}_prefixes", [{f"Ipv{version}Prefix": prefix} for prefix in prefixes])
+
+
+def prefix_holding(enis, address: str) -> tuple[str, object] | None:
+    """(prefix, ENI) of the delegated prefix that contains `address`, if any."""
+    ip = ipaddress.ip_address(address)
+    for eni in enis:
+        for prefix in prefixes_of(eni, ip.version):
+            if ip in ipaddress.ip_network(prefix):
+                return prefix, eni
+    return None
+
+
+def addresses_response(action: str, eni_id: str) -> tuple:
+    """A successful answer the layer gives itself (prefix-only calls, which moto ignores)."""
+    body = (f'<{action}Response xmlns="{EC2_XMLNS}"><requestId>{uuid.uuid4()}</requestId>'
+            f"<networkInterfaceId>{eni_id}</networkInterfaceId><return>true</return></{action}Response>").encode()
+    return 200, [("Content-Type", "text/xml")], body
 
 
 def subnet_ipv6_networks(subnet) -> list[ipaddress.IPv6Network]:
@@ -211,9 +261,16 @@ class Ec2Layer:
         reassign = params.get("AllowReassignment", ["false"])[0].lower() == "true"
         held = ipv4_of(eni)
         new = [address for address in dict.fromkeys(addresses) if address not in held]
+        vpc_enis = self.enis_in_vpc(eni.subnet.vpc_id)
         for address in new:
             check_ipv4_in_subnet(eni, address)
-        if len(held) + len(new) > self.state.eni_ipv4_limit:
+            inside = prefix_holding(vpc_enis, address)
+            if inside:
+                raise Ec2Error("InvalidParameterValue",
+                               f"Address {address} is part of prefix {inside[0]} delegated to {inside[1].id}; "
+                               "the addresses of a prefix cannot be assigned one by one")
+        prefixes = self.new_prefixes(eni, params, 4, vpc_enis)
+        if len(held) + len(new) + len(prefixes_of(eni, 4)) + len(prefixes) > self.state.eni_ipv4_limit:
             raise Ec2Error("PrivateIpAddressLimitExceeded",
                            f"Number of private addresses will exceed limit of {self.state.eni_ipv4_limit} for {eni.id}")
         moves = []
@@ -229,40 +286,81 @@ class Ec2Layer:
         for other, address in moves:
             other.private_ip_addresses[:] = [item for item in other.private_ip_addresses if item["PrivateIpAddress"] != address]
         self.state.record_assigned(eni.id, new)
-        return None
+        set_prefixes(eni, 4, prefixes_of(eni, 4) + prefixes)
+        return None if addresses else addresses_response("AssignPrivateIpAddresses", eni.id)
+
+    def new_prefixes(self, eni, params, version: int, vpc_enis) -> list[str]:
+        """The prefixes of an assign call, checked: the delegated size, inside the subnet,
+        overlapping no address or prefix in use in the VPC."""
+        requested = list(dict.fromkeys(numbered(params, f"Ipv{version}Prefix")))
+        subnets = ([ipaddress.ip_network(eni.subnet.cidr_block)] if version == 4
+                   else subnet_ipv6_networks(eni.subnet))
+        for text in requested:
+            prefix = ipaddress.ip_network(text)
+            if prefix.prefixlen != PREFIX_LENGTH[version] or not any(prefix.subnet_of(net) for net in subnets):
+                raise Ec2Error("InvalidParameterValue",
+                               f"Prefix {text} is not a /{PREFIX_LENGTH[version]} inside the subnet of {eni.id}")
+            for other in vpc_enis:
+                used = ipv4_of(other) if version == 4 else list(other.ipv6_addresses)
+                if any(ipaddress.ip_address(address) in prefix for address in used) or any(
+                        prefix.overlaps(ipaddress.ip_network(held)) for held in prefixes_of(other, version)):
+                    raise Ec2Error("InvalidParameterValue", f"Prefix {text} overlaps addresses in use by {other.id}")
+        return requested
+
+    def drop_prefixes(self, eni, params, version: int) -> list[str]:
+        """The prefixes of an unassign call, all held by the ENI (or the whole call fails)."""
+        requested = numbered(params, f"Ipv{version}Prefix")
+        held = prefixes_of(eni, version)
+        if any(prefix not in held for prefix in requested):
+            raise Ec2Error("InvalidParameterValue", f"Some of the specified prefixes are not assigned to interface {eni.id}")
+        return requested
 
     def unassign_private(self, params):
         eni = self.eni(params)
-        for address in numbered(params, "PrivateIpAddress"):
+        addresses = numbered(params, "PrivateIpAddress")
+        for address in addresses:
             if address == eni.private_ip_address:
                 raise Ec2Error("InvalidParameterValue", f"Address {address} is the primary address of {eni.id} and cannot be unassigned")
             if address not in ipv4_of(eni):
                 raise Ec2Error("InvalidParameterValue", f"Some of the specified addresses are not assigned to interface {eni.id}")
-        return None
+        dropped = self.drop_prefixes(eni, params, 4)
+        set_prefixes(eni, 4, [prefix for prefix in prefixes_of(eni, 4) if prefix not in dropped])
+        return None if addresses else addresses_response("UnassignPrivateIpAddresses", eni.id)
 
     def assign_ipv6(self, params):
         eni = self.eni(params)
         addresses = list(dict.fromkeys(numbered(params, "Ipv6Addresses")))
         networks = subnet_ipv6_networks(eni.subnet)
+        vpc_enis = self.enis_in_vpc(eni.subnet.vpc_id)
         for address in addresses:
             ip = ipaddress.ip_address(address)
             if not any(ip in network for network in networks):
                 raise Ec2Error("InvalidParameterValue", f"Address {address} does not fall within the subnet's IPv6 range")
-            for other in self.enis_in_vpc(eni.subnet.vpc_id):
+            for other in vpc_enis:
                 if address in other.ipv6_addresses:
                     raise Ec2Error("InvalidParameterValue", f"Address {address} is in use by {other.id}")
-        if len(eni.ipv6_addresses) + len(addresses) > self.state.eni_ipv6_limit:
+            inside = prefix_holding(vpc_enis, address)
+            if inside:
+                raise Ec2Error("InvalidParameterValue",
+                               f"Address {address} is part of prefix {inside[0]} delegated to {inside[1].id}; "
+                               "the addresses of a prefix cannot be assigned one by one")
+        prefixes = self.new_prefixes(eni, params, 6, vpc_enis)
+        if len(eni.ipv6_addresses) + len(addresses) + len(prefixes_of(eni, 6)) + len(prefixes) > self.state.eni_ipv6_limit:
             raise Ec2Error("Ipv6AddressLimitExceeded",
                            f"Number of IPv6 addresses will exceed limit of {self.state.eni_ipv6_limit} for {eni.id}")
         self.state.record_assigned(eni.id, addresses)
-        return None
+        set_prefixes(eni, 6, prefixes_of(eni, 6) + prefixes)
+        return None if addresses else addresses_response("AssignIpv6Addresses", eni.id)
 
     def unassign_ipv6(self, params):
         eni = self.eni(params)
-        for address in numbered(params, "Ipv6Addresses"):
+        addresses = numbered(params, "Ipv6Addresses")
+        for address in addresses:
             if address not in eni.ipv6_addresses:
                 raise Ec2Error("InvalidParameterValue", f"Some of the specified addresses are not assigned to interface {eni.id}")
-        return None
+        dropped = self.drop_prefixes(eni, params, 6)
+        set_prefixes(eni, 6, [prefix for prefix in prefixes_of(eni, 6) if prefix not in dropped])
+        return None if addresses else addresses_response("UnassignIpv6Addresses", eni.id)
 
     def describe_interfaces(self, params):
         """Answers the address filters moto gets wrong by turning them into an id list."""

@@ -14,7 +14,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from testenv.ec2 import State, ipv4_of, subnet_ipv6_networks
+from testenv.ec2 import State, ipv4_of, prefixes_of, subnet_ipv6_networks
 
 
 def handler(state: State, instance_id: str):
@@ -82,9 +82,13 @@ def metadata(state: State, instance_id: str, path: str) -> str | None:
             "Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": "testing", "SecretAccessKey": "testing",
             "Token": "testing", "Expiration": "2099-01-01T00:00:00Z", "LastUpdated": "2026-01-01T00:00:00Z"}),
     }
+    enis = sorted(instance.nics.values(), key=lambda eni: (getattr(eni, "network_card_index", 0), eni.device_index))
+    # The primary ENI is the one at device 0 of card 0; `mac` names it (multi-card instances
+    # have other ENIs at device 0, of other cards).
+    simple["mac"] = enis[0].mac_address
     if key in simple:
         return simple[key]
-    nics = {eni.mac_address: (index, eni) for index, eni in instance.nics.items()}
+    nics = {eni.mac_address: eni for eni in enis}
     macs_prefix = "network/interfaces/macs/"
     if key == macs_prefix:
         return "\n".join(f"{mac}/" for mac in nics)
@@ -93,15 +97,13 @@ def metadata(state: State, instance_id: str, path: str) -> str | None:
     mac, _, field = key[len(macs_prefix):].partition("/")
     if mac not in nics:
         return None
-    device_index, eni = nics[mac]
+    eni = nics[mac]
     ipv6_networks = subnet_ipv6_networks(eni.subnet)
     ipv4s = [address for address in ipv4_of(eni) if visible(state, eni.id, address)]
     ipv6s = [address for address in eni.ipv6_addresses if visible(state, eni.id, address)]
     fields = {
-        "": "\n".join(["device-number", "interface-id", "local-ipv4s", "mac", "subnet-id",
-                       "subnet-ipv4-cidr-block", "vpc-id"] + (["ipv6s"] if ipv6s else [])
-                      + (["subnet-ipv6-cidr-blocks"] if ipv6_networks else [])),
-        "device-number": str(device_index),
+        "device-number": str(eni.device_index),
+        "network-card": str(getattr(eni, "network_card_index", 0)),
         "interface-id": eni.id,
         "mac": mac,
         "subnet-id": eni.subnet.id,
@@ -110,7 +112,12 @@ def metadata(state: State, instance_id: str, path: str) -> str | None:
         "local-ipv4s": "\n".join(ipv4s),
         "subnet-ipv6-cidr-blocks": "\n".join(str(network) for network in ipv6_networks) or None,
         "ipv6s": "\n".join(ipv6s) or None,
+        "vpc-ipv4-cidr-blocks": backend.get_vpc(eni.subnet.vpc_id).cidr_block,
+        "ipv4-prefix": "\n".join(prefixes_of(eni, 4)) or None,
+        "ipv6-prefix": "\n".join(prefixes_of(eni, 6)) or None,
     }
+    # The directory listing names the fields this ENI has.
+    fields[""] = "\n".join(sorted(name for name, value in fields.items() if value is not None))
     return fields.get(field)
 
 

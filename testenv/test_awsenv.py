@@ -176,3 +176,85 @@ def test_multus_enis_carry_the_no_manage_tag_and_others_do_not(env):
     assert tags[node["enis"][0]["id"]] == {}
     for eni in node["enis"][1:]:
         assert tags[eni["id"]] == {"node.k8s.amazonaws.com/no_manage": "true"}
+
+
+@pytest.fixture(scope="module")
+def eks():
+    with Bed("eks-node", pods=False) as bed:
+        ec2 = boto3.client("ec2", region_name="us-east-2", endpoint_url=bed.ec2_endpoint,
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        yield bed, ec2
+
+
+def imds_token(imds: str) -> str:
+    request = urllib.request.Request(f"{imds}/latest/api/token", method="PUT",
+                                     headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+    return urllib.request.urlopen(request, timeout=5).read().decode()
+
+
+def test_prefixes_show_in_describe_and_metadata_and_their_addresses_cannot_be_assigned(eks):
+    bed, ec2 = eks
+    eth1 = bed.eni("node1", "eth1")
+    (prefix,), (prefix6,) = eth1["ipv4_prefixes"], eth1["ipv6_prefixes"]
+    found = ec2.describe_network_interfaces(NetworkInterfaceIds=[eth1["id"]])["NetworkInterfaces"][0]
+    assert found["Ipv4Prefixes"] == [{"Ipv4Prefix": prefix}]
+    assert found["Ipv6Prefixes"] == [{"Ipv6Prefix": prefix6}]
+    imds = bed.topology["nodes"]["node1"]["imds_endpoint"]
+    token = imds_token(imds)
+    base = f"network/interfaces/macs/{eth1['mac']}/"
+    assert imds_get(imds, base + "ipv4-prefix", token) == (200, prefix)
+    assert imds_get(imds, base + "ipv6-prefix", token) == (200, prefix6)
+    assert imds_get(imds, f"network/interfaces/macs/{bed.eni('node1', 'eth4')['mac']}/ipv4-prefix", token)[0] == 404
+    inside = prefix.replace(".128/28", ".130")
+    for eni in (eth1["id"], bed.eni("node1", "eth2")["id"]):
+        with pytest.raises(ClientError) as excinfo:
+            ec2.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=[inside], AllowReassignment=True)
+        assert error_code(excinfo) == "InvalidParameterValue"
+        assert prefix in excinfo.value.response["Error"]["Message"]
+
+
+def test_prefixes_are_delegated_whole_and_overlap_nothing(eks):
+    bed, ec2 = eks
+    eth4 = bed.eni("node1", "eth4")["id"]
+    ec2.assign_private_ip_addresses(NetworkInterfaceId=eth4, Ipv4Prefixes=["10.0.2.96/28"])
+    assert addresses(bed, eth4)["ipv4_prefixes"] == ["10.0.2.96/28"]
+    for bad in ("10.0.2.96/28", "10.0.2.100/30", "10.0.1.16/28"):
+        with pytest.raises(ClientError) as excinfo:
+            ec2.assign_private_ip_addresses(NetworkInterfaceId=eth4, Ipv4Prefixes=[bad])
+        assert error_code(excinfo) == "InvalidParameterValue", bad
+    ec2.assign_private_ip_addresses(NetworkInterfaceId=eth4, PrivateIpAddresses=["10.0.2.50"])
+    with pytest.raises(ClientError):
+        ec2.assign_private_ip_addresses(NetworkInterfaceId=eth4, Ipv4Prefixes=["10.0.2.48/28"])
+    ec2.unassign_private_ip_addresses(NetworkInterfaceId=eth4, Ipv4Prefixes=["10.0.2.96/28"])
+    assert addresses(bed, eth4)["ipv4_prefixes"] == []
+    with pytest.raises(ClientError):
+        ec2.unassign_private_ip_addresses(NetworkInterfaceId=eth4, Ipv4Prefixes=["10.0.2.96/28"])
+
+
+def test_vpc_cni_enis_and_multus_enis_are_told_apart_by_tag_and_description(eks):
+    bed, ec2 = eks
+    node = bed.topology["nodes"]["node1"]
+    found = {eni["NetworkInterfaceId"]: eni for eni in ec2.describe_network_interfaces(
+        Filters=[{"Name": "attachment.instance-id", "Values": [node["instance_id"]]}])["NetworkInterfaces"]}
+    tags = lambda name: {t["Key"]: t["Value"] for t in found[bed.eni("node1", name)["id"]].get("TagSet", [])}  # noqa: E731
+    assert tags("eth1") == {"node.k8s.amazonaws.com/no_manage": "true"}
+    assert tags("eth2") == {}
+    assert tags("eth3") == {"node.k8s.amazonaws.com/instance_id": node["instance_id"]}
+    assert found[bed.eni("node1", "eth3")["id"]]["Description"] == f"aws-K8S-{node['instance_id']}"
+    held = {item["PrivateIpAddress"] for item in found[bed.eni("node1", "eth2")["id"]]["PrivateIpAddresses"]}
+    assert set(bed.eni("node1", "eth2")["secondary_ips"]) < held
+
+
+def test_a_multi_card_instance_reports_device_0_on_card_1_and_its_primary_by_mac(eks):
+    bed, ec2 = eks
+    node = bed.topology["nodes"]["node2"]
+    eth1 = bed.eni("node2", "eth1")
+    attachment = ec2.describe_network_interfaces(NetworkInterfaceIds=[eth1["id"]])["NetworkInterfaces"][0]["Attachment"]
+    assert (attachment["NetworkCardIndex"], attachment["DeviceIndex"]) == (1, 0)
+    imds = node["imds_endpoint"]
+    token = imds_token(imds)
+    assert imds_get(imds, "mac", token) == (200, bed.eni("node2", "eth0")["mac"])
+    base = f"network/interfaces/macs/{eth1['mac']}/"
+    assert imds_get(imds, base + "device-number", token) == (200, "0")
+    assert imds_get(imds, base + "network-card", token) == (200, "1")
+    assert imds_get(imds, base + "vpc-ipv4-cidr-blocks", token) == (200, "10.0.0.0/16")

@@ -16,7 +16,12 @@ Each node's first ENI is the instance's primary ENI (device 0). An ENI may say:
   and tag `node.k8s.amazonaws.com/instance_id` (amazon-vpc-cni-k8s, pkg/awsutils/awsutils.go);
 * `tags` (object) and `description`, as given;
 * `secondary_ips`: addresses the ENI holds from the start (a number: the next free ones of
-  its subnet; or a list), e.g. the VPC CNI's warm pool.
+  its subnet; or a list), e.g. the VPC CNI's warm pool;
+* `ipv4_prefixes`, `ipv6_prefixes`: delegated prefixes (/28, /80) it holds from the start (a
+  number: that many from the upper half of its subnet; or a list);
+* `card`: the network card it is attached to (default 0), at device index `device` (default:
+  the next free one on that card, so the first ENI of card 1 is at device 0, as the VPC CNI
+  attaches them on multi-card instances).
 
 Primary and generated addresses are handed out from .10 up in each subnet; tests use .50 up.
 """
@@ -61,6 +66,7 @@ class Builder:
         self.ec2 = boto3.client("ec2", region_name=state.region, endpoint_url=state.endpoint, **CREDENTIALS)
         self.subnets: dict[str, dict] = {}
         self.next_host: dict[str, int] = {}
+        self.next_prefix: dict[tuple[str, int], int] = {}
 
     def address(self, subnet_name: str) -> str:
         network = ipaddress.ip_network(self.subnets[subnet_name]["cidr"])
@@ -94,13 +100,22 @@ class Builder:
             PrivateIpAddress=self.address(primary["subnet"]))["Instances"][0]
         instance_id = instance["InstanceId"]
         eni_ids = [instance["NetworkInterfaces"][0]["NetworkInterfaceId"]]
-        for device_index, spec in enumerate(others, start=1):
+        used = {(0, 0)}
+        for spec in others:
+            card = spec.get("card", 0)
+            device = spec.get("device", min(index for index in range(100) if (card, index) not in used))
+            used.add((card, device))
             eni = self.ec2.create_network_interface(SubnetId=self.subnets[spec["subnet"]]["id"],
                                                     PrivateIpAddress=self.address(spec["subnet"]),
                                                     Description=self.description(spec, instance_id))
             eni_id = eni["NetworkInterface"]["NetworkInterfaceId"]
+            # moto keys an instance's ENIs by device index alone: attach at a unique one, then
+            # record the real card and device index, which Describe and metadata report.
             self.ec2.attach_network_interface(NetworkInterfaceId=eni_id, InstanceId=instance_id,
-                                              DeviceIndex=device_index)
+                                              DeviceIndex=100 * card + device)
+            with self.state.lock:
+                attached = self.state.backend.get_network_interface(eni_id)
+                attached.device_index, attached.network_card_index = device, card
             eni_ids.append(eni_id)
         enis = []
         for spec, eni_id in zip(specs, eni_ids):
@@ -114,11 +129,33 @@ class Builder:
                 secondary = [self.address(spec["subnet"]) for _ in range(secondary)]
             if secondary:
                 self.ec2.assign_private_ip_addresses(NetworkInterfaceId=eni_id, PrivateIpAddresses=secondary)
+            prefixes = {version: self.prefixes(spec, version) for version in (4, 6)}
+            if prefixes[4]:
+                self.ec2.assign_private_ip_addresses(NetworkInterfaceId=eni_id, Ipv4Prefixes=prefixes[4])
+            if prefixes[6]:
+                self.ec2.assign_ipv6_addresses(NetworkInterfaceId=eni_id, Ipv6Prefixes=prefixes[6])
             eni = self.state.backend.get_network_interface(eni_id)
-            enis.append({"name": spec["name"], "id": eni_id, "mac": eni.mac_address,
-                         "device_index": len(enis), "subnet": spec["subnet"], "primary_ip": eni.private_ip_address,
-                         "secondary_ips": secondary, "tags": tags, "description": eni.description or ""})
+            enis.append({"name": spec["name"], "id": eni_id, "mac": eni.mac_address, "card": getattr(eni, "network_card_index", 0),
+                         "device_index": eni.device_index, "subnet": spec["subnet"], "primary_ip": eni.private_ip_address,
+                         "secondary_ips": secondary, "ipv4_prefixes": prefixes[4],
+                         "ipv6_prefixes": prefixes[6], "tags": tags, "description": eni.description or ""})
         return {"instance_id": instance_id, "enis": enis}
+
+    def prefixes(self, spec: dict, version: int) -> list[str]:
+        """The ENI's prefixes: as listed, or that many taken from the upper half of its subnet
+        (IPv4 /28 from offset 128, IPv6 /80 after the first), away from the .10+ and .50+
+        addresses topologies and tests use."""
+        wanted = spec.get(f"ipv{version}_prefixes", [])
+        if not isinstance(wanted, int):
+            return list(wanted)
+        subnet = self.subnets[spec["subnet"]]
+        network = ipaddress.ip_network(subnet["cidr"] if version == 4 else subnet["ipv6_cidr"])
+        length, start = (28, network.num_addresses // 2) if version == 4 else (80, 1 << 48)
+        taken = self.next_prefix.setdefault((spec["subnet"], version), 0)
+        self.next_prefix[(spec["subnet"], version)] = taken + wanted
+        step = 1 << (network.max_prefixlen - length)
+        return [str(ipaddress.ip_network((int(network.network_address) + start + step * (taken + index), length)))
+                for index in range(wanted)]
 
     @staticmethod
     def description(spec: dict, instance_id: str) -> str:
