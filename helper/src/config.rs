@@ -87,11 +87,22 @@ pub struct Settings {
     #[arg(long, env = "IPMGR_PRIMARY_INTERFACE", default_value = "eth0")]
     pub primary_interface: String,
 
+    /// The pod's Multus interfaces (comma-separated in the env var; the webhook sets it from
+    /// the pod's networks annotation): only these are managed. Without it, every interface
+    /// but the primary one and the VPC CNI's v4if0/v6if0.
+    #[arg(long, env = env::INTERFACES, value_delimiter = ',')]
+    pub interfaces: Option<Vec<String>>,
+
+    /// Also use ENIs without the tag node.k8s.amazonaws.com/no_manage=true (only where the
+    /// VPC CNI runs with MANAGE_UNTAGGED_ENI=false); the VPC CNI's own ENIs never.
+    #[arg(long, env = "IPMGR_ALLOW_UNTAGGED_ENIS")]
+    pub allow_untagged_enis: bool,
+
     /// Only ever assign addresses inside these CIDRs (repeatable; comma-separated in the env var).
     #[arg(long = "allow-cidr", env = "IPMGR_ALLOW_CIDRS", value_delimiter = ',')]
     pub allow_cidrs: Vec<IpNet>,
 
-    /// Allow assigning to the primary ENI (device number 0).
+    /// Allow assigning to the primary ENI (the one whose MAC is meta-data/mac).
     #[arg(long, env = "IPMGR_ALLOW_PRIMARY_ENI")]
     pub allow_primary_eni: bool,
 

@@ -9,7 +9,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::Region;
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-use ipmgr_eni::{Backoff, NodeFacts, PlanOptions};
+use ipmgr_eni::{Backoff, NodeFacts, OwnershipPolicy, PlanOptions};
 
 use crate::config::Settings;
 use crate::ec2::Ec2;
@@ -27,7 +27,7 @@ impl Helper {
             .tls_provider(Provider::Rustls(CryptoMode::Ring))
             .build_https();
         let metadata = Metadata::new(http_client.clone());
-        let network = PodNetwork::connect(&settings.primary_interface)?;
+        let network = PodNetwork::connect()?;
         let node = metadata.node_facts().await?;
         let region = RegionProviderChain::first_try(
             aws_config::environment::EnvironmentVariableRegionProvider::new(),
@@ -51,10 +51,16 @@ impl Helper {
             retries: settings.ec2_retries,
         };
         let options = PlanOptions {
+            primary_interface: settings.primary_interface.clone(),
+            interfaces: settings.interfaces.clone(),
             allow_primary_eni: settings.allow_primary_eni,
             allowed: settings.allow_cidrs.clone(),
         };
+        let ownership = OwnershipPolicy {
+            allow_untagged: settings.allow_untagged_enis,
+        };
         let helper = Helper {
+            ownership,
             ec2: Ec2::new(aws_sdk_ec2::Client::new(&sdk_config), backoff),
             settings,
             options,

@@ -7,8 +7,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aws_runtime::retries::classifiers::{THROTTLING_ERRORS, TRANSIENT_ERRORS};
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_ec2::types::Filter;
-use ipmgr_eni::{Backoff, ErrorClass};
+use aws_sdk_ec2::types::{Filter, NetworkInterface};
+use ipmgr_eni::{Backoff, EniRecord, ErrorClass};
 
 /// A failed EC2 call: what, on which ENI and addresses, and EC2's error code.
 #[derive(Debug, thiserror::Error)]
@@ -47,15 +47,6 @@ impl fmt::Display for Ec2Failure {
 pub struct Ec2 {
     client: aws_sdk_ec2::Client,
     backoff: Backoff,
-}
-
-/// One ENI that holds some of the IPv6 addresses asked about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ipv6Holder {
-    /// The ENI.
-    pub eni_id: String,
-    /// Which of the addresses it holds.
-    pub addresses: Vec<Ipv6Addr>,
 }
 
 impl Ec2 {
@@ -149,7 +140,7 @@ impl Ec2 {
         .map(drop)
     }
 
-    /// AssignIpv6Addresses (the addresses must be free: see [`Self::ipv6_holders`]).
+    /// AssignIpv6Addresses (the addresses must be free: see [`Self::holders`]).
     pub async fn assign_ipv6(
         &self,
         eni_id: &str,
@@ -185,44 +176,107 @@ impl Ec2 {
         .map(drop)
     }
 
-    /// The ENIs of `vpc_id` that hold any of `addresses` now, with the ones each holds.
-    pub async fn ipv6_holders(
+    /// The ENIs attached to `instance_id`, with their tags (one DescribeNetworkInterfaces).
+    pub async fn node_enis(&self, instance_id: &str) -> Result<Vec<EniRecord>, Ec2Failure> {
+        self.describe(
+            instance_id,
+            &[],
+            Filter::builder()
+                .name("attachment.instance-id")
+                .values(instance_id)
+                .build(),
+        )
+        .await
+    }
+
+    /// The ENIs of `vpc_id` that hold any of the addresses now: one DescribeNetworkInterfaces
+    /// per family that has addresses.
+    pub async fn holders(
         &self,
         vpc_id: &str,
-        addresses: &[Ipv6Addr],
-    ) -> Result<Vec<Ipv6Holder>, Ec2Failure> {
-        let texts = strings(addresses);
+        ipv4: &[Ipv4Addr],
+        ipv6: &[Ipv6Addr],
+    ) -> Result<Vec<EniRecord>, Ec2Failure> {
+        let mut found = Vec::new();
+        for (filter, addresses) in [
+            ("addresses.private-ip-address", strings(ipv4)),
+            ("ipv6-addresses.ipv6-address", strings(ipv6)),
+        ] {
+            if addresses.is_empty() {
+                continue;
+            }
+            let by_address = Filter::builder()
+                .name(filter)
+                .set_values(Some(addresses.clone()))
+                .build();
+            found.extend(self.describe(vpc_id, &addresses, by_address).await?);
+        }
+        Ok(found)
+    }
+
+    /// DescribeNetworkInterfaces with `filter` (and the VPC when `scope` is one), as records.
+    async fn describe(
+        &self,
+        scope: &str,
+        addresses: &[String],
+        filter: Filter,
+    ) -> Result<Vec<EniRecord>, Ec2Failure> {
         let output = self
-            .call("DescribeNetworkInterfaces", vpc_id, &texts, || {
-                self.client
+            .call("DescribeNetworkInterfaces", scope, addresses, || {
+                let request = self
+                    .client
                     .describe_network_interfaces()
-                    .filters(Filter::builder().name("vpc-id").values(vpc_id).build())
-                    .filters(
-                        Filter::builder()
-                            .name("ipv6-addresses.ipv6-address")
-                            .set_values(Some(texts.clone()))
-                            .build(),
-                    )
-                    .send()
+                    .filters(filter.clone());
+                if scope.starts_with("vpc-") {
+                    request
+                        .filters(Filter::builder().name("vpc-id").values(scope).build())
+                        .send()
+                } else {
+                    request.send()
+                }
             })
             .await?;
-        Ok(output
-            .network_interfaces()
+        Ok(output.network_interfaces().iter().map(record).collect())
+    }
+}
+
+/// What the helper needs of one DescribeNetworkInterfaces entry.
+fn record(interface: &NetworkInterface) -> EniRecord {
+    let attachment = interface.attachment();
+    EniRecord {
+        id: interface
+            .network_interface_id()
+            .unwrap_or_default()
+            .to_owned(),
+        description: interface.description().unwrap_or_default().to_owned(),
+        tags: interface
+            .tag_set()
             .iter()
-            .filter_map(|interface| {
-                let held: Vec<Ipv6Addr> = interface
-                    .ipv6_addresses()
-                    .iter()
-                    .filter_map(|address| address.ipv6_address()?.parse().ok())
-                    .filter(|address| addresses.contains(address))
-                    .collect();
-                Some(Ipv6Holder {
-                    eni_id: interface.network_interface_id()?.to_owned(),
-                    addresses: held,
-                })
-                .filter(|holder| !holder.addresses.is_empty())
-            })
-            .collect())
+            .filter_map(|tag| Some((tag.key()?.to_owned(), tag.value()?.to_owned())))
+            .collect(),
+        instance_id: attachment
+            .and_then(|attachment| attachment.instance_id())
+            .map(str::to_owned),
+        attachment: attachment.map(|attachment| {
+            let index = |value: Option<i32>| u32::try_from(value.unwrap_or(0)).unwrap_or(0);
+            (
+                index(attachment.network_card_index()),
+                index(attachment.device_index()),
+            )
+        }),
+        primary_ipv4: interface
+            .private_ip_address()
+            .and_then(|address| address.parse().ok()),
+        ipv4: interface
+            .private_ip_addresses()
+            .iter()
+            .filter_map(|address| address.private_ip_address()?.parse().ok())
+            .collect(),
+        ipv6: interface
+            .ipv6_addresses()
+            .iter()
+            .filter_map(|address| address.ipv6_address()?.parse().ok())
+            .collect(),
     }
 }
 

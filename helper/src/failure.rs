@@ -56,6 +56,9 @@ pub enum RunError {
     /// Netlink failed.
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+    /// EC2 could not be read (the plan needs the node's ENIs and who holds the addresses).
+    #[error("cannot read EC2: {0}")]
+    Ec2(#[from] Ec2Failure),
     /// No address appeared in time.
     #[error(
         "no address on the pod's interfaces besides {primary} after {waited:?} (found {found}, waiting for {expected}); check the Multus network attachment, or raise --wait-seconds"

@@ -34,9 +34,14 @@ pub enum MetadataError {
     /// A value did not parse.
     #[error(transparent)]
     Invalid(#[from] FactsError),
-    /// A MAC listed by the IMDS did not parse.
-    #[error("instance metadata lists {0:?} under network/interfaces/macs/, which is not a MAC")]
-    InvalidMac(String),
+    /// A MAC the IMDS gave did not parse.
+    #[error("instance metadata {path} has {value:?}, which is not a MAC")]
+    InvalidMac {
+        /// The metadata path.
+        path: &'static str,
+        /// What it held.
+        value: String,
+    },
 }
 
 /// Instance metadata of the node the pod runs on.
@@ -83,51 +88,74 @@ impl Metadata {
         }
     }
 
-    /// The node's instance, region and every ENI, read concurrently.
+    /// The node's instance, region, primary MAC and every ENI, read concurrently.
     pub async fn node_facts(&self) -> Result<NodeFacts, MetadataError> {
-        let (instance_id, region, macs) = futures::try_join!(
+        let (instance_id, region, primary_mac, macs) = futures::try_join!(
             self.get_required("/latest/meta-data/instance-id".to_owned()),
             self.get_required("/latest/meta-data/placement/region".to_owned()),
+            self.get("/latest/meta-data/mac".to_owned()),
             self.get_required(MACS.to_owned()),
         )?;
+        let primary_mac = primary_mac
+            .map(|mac| {
+                mac.trim()
+                    .parse::<MacAddr>()
+                    .map_err(|_| MetadataError::InvalidMac {
+                        path: "/latest/meta-data/mac",
+                        value: mac.clone(),
+                    })
+            })
+            .transpose()?;
         let macs = macs
             .lines()
             .map(|line| line.trim().trim_end_matches('/'))
             .filter(|line| !line.is_empty())
             .map(|mac| {
                 mac.parse::<MacAddr>()
-                    .map_err(|_| MetadataError::InvalidMac(mac.to_owned()))
+                    .map_err(|_| MetadataError::InvalidMac {
+                        path: MACS,
+                        value: mac.to_owned(),
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let enis = try_join_all(macs.into_iter().map(|mac| self.eni(mac))).await?;
         Ok(NodeFacts {
             instance_id,
             region,
+            primary_mac,
             enis,
         })
     }
 
     async fn eni(&self, mac: MacAddr) -> Result<Eni, MetadataError> {
         let field = |name: &str| self.get(format!("{MACS}{mac}/{name}"));
-        let (interface_id, device_number, vpc_id, subnet4, subnet6, ipv4s, ipv6s) = futures::try_join!(
+        let (interface_id, device_number, network_card, vpc_id, subnet4, subnet6) = futures::try_join!(
             field("interface-id"),
             field("device-number"),
+            field("network-card"),
             field("vpc-id"),
             field("subnet-ipv4-cidr-block"),
             field("subnet-ipv6-cidr-blocks"),
+        )?;
+        let (ipv4s, ipv6s, ipv4_prefix, ipv6_prefix) = futures::try_join!(
             field("local-ipv4s"),
             field("ipv6s"),
+            field("ipv4-prefix"),
+            field("ipv6-prefix"),
         )?;
         Ok(Eni::from_metadata(
             mac,
             EniMetadata {
                 interface_id: interface_id.as_deref().unwrap_or_default(),
                 device_number: device_number.as_deref().unwrap_or_default(),
+                network_card: network_card.as_deref(),
                 vpc_id: vpc_id.as_deref().unwrap_or_default(),
                 subnet_ipv4_cidr_block: subnet4.as_deref(),
                 subnet_ipv6_cidr_blocks: subnet6.as_deref(),
                 local_ipv4s: ipv4s.as_deref(),
                 ipv6s: ipv6s.as_deref(),
+                ipv4_prefix: ipv4_prefix.as_deref(),
+                ipv6_prefix: ipv6_prefix.as_deref(),
             },
         )?)
     }

@@ -35,27 +35,22 @@ pub enum NetlinkError {
 pub struct PodNetwork {
     handle: Handle,
     events: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
-    primary_interface: String,
 }
 
 impl PodNetwork {
     /// Opens a netlink socket subscribed to address and link changes. Needs a tokio runtime.
-    pub fn connect(primary_interface: &str) -> Result<Self, NetlinkError> {
+    pub fn connect() -> Result<Self, NetlinkError> {
         let (connection, handle, events) = rtnetlink::new_multicast_connection(&[
             MulticastGroup::Ipv4Ifaddr,
             MulticastGroup::Ipv6Ifaddr,
             MulticastGroup::Link,
         ])?;
         tokio::spawn(connection);
-        Ok(PodNetwork {
-            handle,
-            events,
-            primary_interface: primary_interface.to_owned(),
-        })
+        Ok(PodNetwork { handle, events })
     }
 
-    /// Every global-scope address on the pod's interfaces, except the primary interface's,
-    /// with the interface's MAC.
+    /// Every global-scope address on the pod's interfaces (loopback aside), with the
+    /// interface's name and MAC; which of them the helper manages is the planner's call.
     pub async fn addresses(&self) -> Result<Vec<PodAddress>, NetlinkError> {
         let links: Vec<_> = self
             .handle
@@ -82,7 +77,6 @@ impl PodNetwork {
                 }
             }
             if let (Some(name), Some(mac)) = (name, mac)
-                && name != self.primary_interface
                 && name != "lo"
             {
                 interfaces.insert(link.header.index, (name, mac));

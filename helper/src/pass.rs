@@ -1,12 +1,13 @@
-//! One assignment pass: plan the pod's addresses against the node, carry out the EC2
-//! changes, confirm them in instance metadata; and `init`, which waits for the addresses
-//! first.
+//! One assignment pass: plan the pod's addresses against the node (instance metadata),
+//! vet the plan against EC2 (only Multus ENIs, never another workload's address), carry out
+//! the changes and confirm them in metadata; and `init`, which waits for the addresses first.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use ipmgr_eni::{
-    Assignment, EniChange, NodeFacts, Plan, PlanOptions, PodAddress, plan, unconfirmed,
+    Assignment, EniChange, EniRecord, NodeFacts, OwnershipPolicy, Plan, PlanOptions, PodAddress,
+    Vetted, plan, unconfirmed, vet_enis, vet_holders,
 };
 use tokio::time::Instant;
 
@@ -21,9 +22,42 @@ use crate::netlink::PodNetwork;
 pub struct Helper {
     pub(crate) settings: Settings,
     pub(crate) options: PlanOptions,
+    pub(crate) ownership: OwnershipPolicy,
     pub(crate) metadata: Metadata,
     pub(crate) ec2: Ec2,
     pub(crate) network: PodNetwork,
+}
+
+/// The node's ENIs as EC2 lists them (tags, attachments): read when a pass first needs
+/// them, kept by the sidecar until its periodic full check.
+#[derive(Debug, Default)]
+pub struct NodeEnis {
+    records: Option<Vec<EniRecord>>,
+}
+
+impl NodeEnis {
+    /// Forgets the list; the next pass that needs it reads it again.
+    pub fn forget(&mut self) {
+        self.records = None;
+    }
+
+    /// The list, read from EC2 when not known or when it lacks one of `enis` (attached
+    /// since).
+    async fn get(
+        &mut self,
+        ec2: &Ec2,
+        node: &NodeFacts,
+        enis: &[&str],
+    ) -> Result<&[EniRecord], Ec2Failure> {
+        let complete = |records: &Vec<EniRecord>| {
+            enis.iter()
+                .all(|id| records.iter().any(|record| record.id == *id))
+        };
+        if !self.records.as_ref().is_some_and(complete) {
+            self.records = Some(ec2.node_enis(&node.instance_id).await?);
+        }
+        Ok(self.records.as_deref().unwrap_or_default())
+    }
 }
 
 /// What one pass did.
@@ -36,20 +70,25 @@ pub struct PassReport {
 }
 
 impl Helper {
-    /// Waits (bounded) until the pod's secondary interfaces carry enough addresses.
-    pub async fn wait_for_addresses(&mut self) -> Result<Vec<PodAddress>, RunError> {
+    /// Waits (bounded) until the pod's Multus interfaces carry enough addresses (the VPC
+    /// CNI's interfaces and link-local addresses do not count).
+    pub async fn wait_for_addresses(
+        &mut self,
+        node: &NodeFacts,
+    ) -> Result<Vec<PodAddress>, RunError> {
         let expected = self.settings.expect_addresses.max(1);
         let deadline = Instant::now() + self.settings.wait();
         loop {
             let addresses = self.network.addresses().await?;
-            if addresses.len() >= expected {
+            let found = plan(node, &addresses, &self.options).multus_addresses();
+            if found >= expected {
                 return Ok(addresses);
             }
             if Instant::now() >= deadline {
                 return Err(RunError::NoAddresses {
                     primary: self.settings.primary_interface.clone(),
                     waited: self.settings.wait(),
-                    found: addresses.len(),
+                    found,
                     expected,
                 });
             }
@@ -61,55 +100,127 @@ impl Helper {
         }
     }
 
-    /// The plan for `addresses` on `node`; addresses skipped on purpose are logged.
-    pub fn plan(&self, node: &NodeFacts, addresses: &[PodAddress]) -> Plan {
+    /// The plan for `addresses` on `node`, vetted against EC2: changes on ENIs that are not
+    /// Multus ENIs and addresses another workload holds are refused, addresses EC2 already
+    /// has on their ENI need no call. Read-only: when something needs to change, the node's
+    /// ENIs (`enis`, read once) and one DescribeNetworkInterfaces per address family for the
+    /// holders; nothing at all otherwise.
+    pub async fn vetted_plan(
+        &self,
+        node: &NodeFacts,
+        addresses: &[PodAddress],
+        enis: &mut NodeEnis,
+    ) -> Result<Vetted, Ec2Failure> {
         let planned = plan(node, addresses, &self.options);
         for rejection in planned.rejections.iter().filter(|r| !r.is_failure()) {
-            tracing::info!(%rejection, "address skipped");
+            tracing::info!(%rejection, "address left alone");
         }
-        planned
+        let unvetted = |plan| Vetted {
+            plan,
+            ipv6_releases: Vec::new(),
+        };
+        let targets: Vec<&str> = planned
+            .changes
+            .iter()
+            .map(|change| change.eni_id.as_str())
+            .collect();
+        if targets.is_empty() {
+            return Ok(unvetted(planned));
+        }
+        let node_enis = enis.get(&self.ec2, node, &targets).await?;
+        let planned = vet_enis(planned.clone(), node_enis, self.ownership);
+        let Some(vpc_id) = planned
+            .changes
+            .first()
+            .and_then(|change| node.eni(&change.eni_id))
+            .map(|eni| eni.vpc_id.clone())
+        else {
+            return Ok(unvetted(planned));
+        };
+        let ipv4: Vec<_> = planned
+            .changes
+            .iter()
+            .flat_map(|c| c.ipv4.clone())
+            .collect();
+        let ipv6: Vec<_> = planned
+            .changes
+            .iter()
+            .flat_map(|c| c.ipv6.clone())
+            .collect();
+        let holders = self.ec2.holders(&vpc_id, &ipv4, &ipv6).await?;
+        Ok(vet_holders(planned, &holders, self.ownership))
     }
 
-    /// `plan`: what `init` would do, one line per address, changing nothing.
+    /// `plan`: what `init` would do, one line per address, changing nothing (it reads EC2
+    /// as a pass would).
     pub async fn plan_report(&mut self, node: &NodeFacts) -> Result<Vec<String>, RunError> {
-        let addresses = self.wait_for_addresses().await?;
-        let planned = self.plan(node, &addresses);
+        let addresses = self.wait_for_addresses(node).await?;
+        let Vetted {
+            plan: planned,
+            ipv6_releases,
+        } = self
+            .vetted_plan(node, &addresses, &mut NodeEnis::default())
+            .await?;
+        let changing: Vec<Assignment> = planned
+            .changes
+            .iter()
+            .flat_map(EniChange::assignments)
+            .collect();
         let placements = planned.placements.iter().map(|placement| {
-            let held = node
-                .eni(&placement.eni_id)
-                .is_some_and(|eni| eni.holds(placement.address.address));
+            let address = placement.address.address;
+            let verb = if changing.iter().any(|change| change.address == address) {
+                "assign"
+            } else {
+                "keep  "
+            };
+            let mut notes = vec![format!("matched by {:?}", placement.matched_by)];
+            if let Some(prefix) = placement.prefix {
+                notes.push(format!("in its prefix {prefix}"));
+            }
+            for release in &ipv6_releases {
+                if release.assignments().any(|held| held.address == address) {
+                    notes.push(format!("unassigned from {} first", release.eni_id));
+                }
+            }
             format!(
-                "{} {} ({}) on {} [matched by {:?}]",
-                if held { "keep  " } else { "assign" },
-                placement.address.address,
+                "{verb} {address} ({}) on {} [{}]",
                 placement.address.interface,
                 placement.eni_id,
-                placement.matched_by
+                notes.join(", ")
             )
         });
-        let rejections = planned
-            .rejections
-            .iter()
-            .map(|rejection| format!("skip   {rejection}"));
+        let rejections = planned.rejections.iter().map(|rejection| {
+            let verb = if rejection.is_failure() {
+                "refuse"
+            } else {
+                "skip  "
+            };
+            format!("{verb} {rejection}")
+        });
         Ok(placements.chain(rejections).collect())
     }
 
-    /// Plans against `node`, carries out the changes and confirms them.
+    /// Plans against `node`, vets the plan against EC2, carries out the changes and
+    /// confirms them.
     pub async fn pass(
         &self,
         node: &NodeFacts,
         addresses: &[PodAddress],
+        enis: &mut NodeEnis,
     ) -> Result<PassReport, RunError> {
-        let planned = self.plan(node, addresses);
-        let mut failures: Vec<Failure> =
-            planned.failures().cloned().map(Failure::Rejected).collect();
-        let mut expected = Vec::new();
-        for change in &planned.changes {
-            match self.apply(node, change).await {
-                Ok(()) => expected.extend(change.assignments()),
-                Err(failure) => failures.push(failure.into()),
+        let (planned, releases, mut failures) = match self.vetted_plan(node, addresses, enis).await
+        {
+            Ok(Vetted {
+                plan,
+                ipv6_releases,
+            }) => {
+                let rejected = plan.failures().cloned().map(Failure::Rejected).collect();
+                (plan, ipv6_releases, rejected)
             }
-        }
+            Err(failure) => (Plan::default(), Vec::new(), vec![failure.into()]),
+        };
+        let (expected, call_failures) = self.apply(&planned, &releases).await;
+        failures.extend(call_failures.into_iter().map(Failure::from));
         let mut assigned = Vec::new();
         if !expected.is_empty() {
             let missing = self.confirm(node, &expected).await?;
@@ -134,34 +245,57 @@ impl Helper {
         Ok(PassReport { assigned, failures })
     }
 
-    /// One ENI's change: one IPv4 call; for IPv6, unassign from the current holders first.
-    async fn apply(&self, node: &NodeFacts, change: &EniChange) -> Result<(), Ec2Failure> {
-        if !change.ipv4.is_empty() {
-            self.ec2.assign_ipv4(&change.eni_id, &change.ipv4).await?;
-            tracing::info!(eni = change.eni_id, addresses = ?change.ipv4, "IPv4 assigned");
-        }
-        if !change.ipv6.is_empty() {
-            let vpc_id = node
-                .eni(&change.eni_id)
-                .map(|eni| eni.vpc_id.as_str())
-                .unwrap_or_default();
-            let mut missing = change.ipv6.clone();
-            for holder in self.ec2.ipv6_holders(vpc_id, &change.ipv6).await? {
-                if holder.eni_id == change.eni_id {
-                    missing.retain(|address| !holder.addresses.contains(address));
-                    continue;
+    /// The EC2 calls of a vetted plan: IPv6 addresses leave their Multus holders first, then
+    /// one IPv4 and one IPv6 assign per ENI. What EC2 accepted, and the calls that failed.
+    async fn apply(
+        &self,
+        planned: &Plan,
+        releases: &[EniChange],
+    ) -> (Vec<Assignment>, Vec<Ec2Failure>) {
+        let (mut accepted, mut failures, mut stuck) = (Vec::new(), Vec::new(), Vec::new());
+        for release in releases {
+            match self.ec2.unassign_ipv6(&release.eni_id, &release.ipv6).await {
+                Ok(()) => tracing::info!(
+                    from = release.eni_id,
+                    addresses = ?release.ipv6,
+                    "IPv6 unassigned from its previous holder"
+                ),
+                Err(failure) => {
+                    stuck.extend(release.ipv6.iter().copied());
+                    failures.push(failure);
                 }
-                self.ec2
-                    .unassign_ipv6(&holder.eni_id, &holder.addresses)
-                    .await?;
-                tracing::info!(from = holder.eni_id, addresses = ?holder.addresses, "IPv6 unassigned from its previous holder");
-            }
-            if !missing.is_empty() {
-                self.ec2.assign_ipv6(&change.eni_id, &missing).await?;
-                tracing::info!(eni = change.eni_id, addresses = ?missing, "IPv6 assigned");
             }
         }
-        Ok(())
+        for change in &planned.changes {
+            let ipv6: Vec<_> = change
+                .ipv6
+                .iter()
+                .copied()
+                .filter(|address| !stuck.contains(address))
+                .collect();
+            if !change.ipv4.is_empty() {
+                match self.ec2.assign_ipv4(&change.eni_id, &change.ipv4).await {
+                    Ok(()) => {
+                        tracing::info!(eni = change.eni_id, addresses = ?change.ipv4, "IPv4 assigned");
+                        accepted.extend(change.assignments().filter(|a| a.address.is_ipv4()));
+                    }
+                    Err(failure) => failures.push(failure),
+                }
+            }
+            if !ipv6.is_empty() {
+                match self.ec2.assign_ipv6(&change.eni_id, &ipv6).await {
+                    Ok(()) => {
+                        tracing::info!(eni = change.eni_id, addresses = ?ipv6, "IPv6 assigned");
+                        accepted.extend(ipv6.iter().map(|&address| Assignment {
+                            eni_id: change.eni_id.clone(),
+                            address: address.into(),
+                        }));
+                    }
+                    Err(failure) => failures.push(failure),
+                }
+            }
+        }
+        (accepted, failures)
     }
 
     /// Polls the changed ENIs' metadata until it shows `expected`, within the confirm bound;
@@ -210,9 +344,10 @@ impl Helper {
     pub async fn init(
         &mut self,
         node: &NodeFacts,
+        enis: &mut NodeEnis,
     ) -> Result<(PassReport, Vec<PodAddress>), RunError> {
-        let addresses = self.wait_for_addresses().await?;
-        let report = self.pass(node, &addresses).await?;
+        let addresses = self.wait_for_addresses(node).await?;
+        let report = self.pass(node, &addresses, enis).await?;
         if report.failures.is_empty() {
             Ok((report, addresses))
         } else {

@@ -9,7 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
 use crate::failure::RunError;
-use crate::pass::Helper;
+use crate::pass::{Helper, NodeEnis};
 
 /// How soon a pass that failed is tried again.
 const RETRY_SOON: Duration = Duration::from_secs(2);
@@ -20,7 +20,8 @@ impl Helper {
     pub async fn sidecar(&mut self, mut node: NodeFacts) -> Result<(), RunError> {
         // Changes from here on are judged against what the first pass worked on, so an
         // address that appeared during that pass is still seen as new.
-        let (first, mut seen) = self.init(&node).await?;
+        let mut enis = NodeEnis::default();
+        let (first, mut seen) = self.init(&node, &mut enis).await?;
         let mut assigned: BTreeSet<Assignment> = first.assigned.into_iter().collect();
         if let Some(path) = &self.settings.ready_file {
             std::fs::write(path, b"ready\n").map_err(|source| RunError::ReadyFile {
@@ -51,8 +52,9 @@ impl Helper {
             };
             next_check = Instant::now() + self.settings.recheck();
             // A new address needs only the address lists of the ENIs it goes to; the
-            // periodic check re-reads everything (and so notices ENI changes).
+            // periodic check re-reads everything (and so notices ENI and tag changes).
             let refreshed = if full_check {
+                enis.forget();
                 self.metadata
                     .node_facts()
                     .await
@@ -66,7 +68,7 @@ impl Helper {
                 next_check = Instant::now() + RETRY_SOON;
                 continue;
             }
-            match self.pass(&node, &seen).await {
+            match self.pass(&node, &seen, &mut enis).await {
                 Ok(report) => {
                     if !report.failures.is_empty() {
                         next_check = Instant::now() + RETRY_SOON;

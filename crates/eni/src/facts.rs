@@ -1,6 +1,6 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::MacAddr;
 
@@ -12,8 +12,11 @@ pub struct Eni {
     pub mac: MacAddr,
     /// `interface-id`, e.g. `eni-0123456789abcdef0`.
     pub id: String,
-    /// `device-number`; 0 is the primary ENI, owned by the VPC CNI.
+    /// `device-number`: the attachment's device index on its network card.
     pub device_number: u32,
+    /// `network-card`: the network card it is attached to (0 when metadata has no such
+    /// field, as on single-card instances).
+    pub network_card: u32,
     /// `vpc-id`.
     pub vpc_id: String,
     /// `subnet-ipv4-cidr-block`.
@@ -24,6 +27,10 @@ pub struct Eni {
     pub ipv4: Vec<Ipv4Addr>,
     /// `ipv6s`.
     pub ipv6: Vec<Ipv6Addr>,
+    /// `ipv4-prefix`: delegated IPv4 prefixes; every address inside is routed to this ENI.
+    pub ipv4_prefixes: Vec<Ipv4Net>,
+    /// `ipv6-prefix`: delegated IPv6 prefixes.
+    pub ipv6_prefixes: Vec<Ipv6Net>,
 }
 
 /// The raw metadata values of one ENI, as the IMDS answered them (`None` for a 404).
@@ -33,6 +40,8 @@ pub struct EniMetadata<'a> {
     pub interface_id: &'a str,
     /// `device-number`.
     pub device_number: &'a str,
+    /// `network-card`.
+    pub network_card: Option<&'a str>,
     /// `vpc-id`.
     pub vpc_id: &'a str,
     /// `subnet-ipv4-cidr-block`.
@@ -43,6 +52,10 @@ pub struct EniMetadata<'a> {
     pub local_ipv4s: Option<&'a str>,
     /// `ipv6s`, one per line.
     pub ipv6s: Option<&'a str>,
+    /// `ipv4-prefix`, one per line.
+    pub ipv4_prefix: Option<&'a str>,
+    /// `ipv6-prefix`, one per line.
+    pub ipv6_prefix: Option<&'a str>,
 }
 
 /// Instance metadata that does not parse.
@@ -68,6 +81,8 @@ pub struct NodeFacts {
     pub instance_id: String,
     /// `placement/region`.
     pub region: String,
+    /// `mac`: the primary ENI's MAC (multi-card instances have other ENIs at device 0).
+    pub primary_mac: Option<MacAddr>,
     /// Every ENI attached to the instance.
     pub enis: Vec<Eni>,
 }
@@ -122,12 +137,16 @@ impl Eni {
             return Err(error("interface-id", id, "an ENI id (eni-...)"));
         }
         let device_number = metadata.device_number.trim();
+        let network_card = metadata.network_card.unwrap_or("0").trim();
         Ok(Eni {
             mac,
             id: id.to_owned(),
             device_number: device_number
                 .parse()
                 .map_err(|_| error("device-number", device_number, "a number"))?,
+            network_card: network_card
+                .parse()
+                .map_err(|_| error("network-card", network_card, "a number"))?,
             vpc_id: metadata.vpc_id.trim().to_owned(),
             subnet_ipv4: parse_lines(
                 mac,
@@ -145,7 +164,14 @@ impl Eni {
             )?,
             ipv4: parse_lines(mac, "local-ipv4s", metadata.local_ipv4s, "IPv4 addresses")?,
             ipv6: parse_lines(mac, "ipv6s", metadata.ipv6s, "IPv6 addresses")?,
+            ipv4_prefixes: parse_lines(mac, "ipv4-prefix", metadata.ipv4_prefix, "IPv4 prefixes")?,
+            ipv6_prefixes: parse_lines(mac, "ipv6-prefix", metadata.ipv6_prefix, "IPv6 prefixes")?,
         })
+    }
+
+    /// Where the ENI sits on the instance: (network card, device index).
+    pub fn device_order(&self) -> (u32, u32) {
+        (self.network_card, self.device_number)
     }
 
     /// The ENI's primary private IPv4 address, which is never assigned or released.
@@ -161,6 +187,29 @@ impl Eni {
         }
     }
 
+    /// The delegated prefix of this ENI that contains `address`, if any: such an address is
+    /// routed to the ENI without an assignment of its own.
+    pub fn prefix_containing(&self, address: IpAddr) -> Option<IpNet> {
+        match address {
+            IpAddr::V4(v4) => self
+                .ipv4_prefixes
+                .iter()
+                .find(|prefix| prefix.contains(&v4))
+                .map(|&prefix| prefix.into()),
+            IpAddr::V6(v6) => self
+                .ipv6_prefixes
+                .iter()
+                .find(|prefix| prefix.contains(&v6))
+                .map(|&prefix| prefix.into()),
+        }
+    }
+
+    /// Whether traffic to `address` reaches this ENI: it holds the address, or a prefix
+    /// that contains it.
+    pub fn routes(&self, address: IpAddr) -> bool {
+        self.holds(address) || self.prefix_containing(address).is_some()
+    }
+
     /// Whether `address` lies in the ENI's subnet.
     pub fn subnet_contains(&self, address: IpAddr) -> bool {
         match address {
@@ -174,6 +223,16 @@ impl NodeFacts {
     /// The ENI with this id.
     pub fn eni(&self, id: &str) -> Option<&Eni> {
         self.enis.iter().find(|eni| eni.id == id)
+    }
+
+    /// Whether `eni` is the instance's primary ENI: the one whose MAC is `meta-data/mac`
+    /// (without that value: device 0 of card 0). Multi-card instances have other ENIs at
+    /// device 0, on cards 1..N.
+    pub fn is_primary(&self, eni: &Eni) -> bool {
+        match self.primary_mac {
+            Some(mac) => eni.mac == mac,
+            None => eni.device_number == 0 && eni.network_card == 0,
+        }
     }
 }
 
@@ -197,9 +256,23 @@ mod tests {
                 subnet_ipv6_cidr_blocks: Some("2600:1f14:abc:100::/64\n"),
                 local_ipv4s: Some("10.10.1.10\n10.10.1.80"),
                 ipv6s: None,
+                network_card: Some("1"),
+                ipv4_prefix: Some("10.10.1.128/28"),
+                ipv6_prefix: None,
             },
         )
         .expect("parses");
+        assert_eq!(eni.network_card, 1);
+        assert!(eni.routes("10.10.1.130".parse().expect("ip")));
+        assert!(!eni.holds("10.10.1.130".parse().expect("ip")));
+        assert_eq!(
+            eni.prefix_containing("10.10.1.143".parse().expect("ip")),
+            Some("10.10.1.128/28".parse().expect("prefix"))
+        );
+        assert_eq!(
+            eni.prefix_containing("10.10.1.144".parse().expect("ip")),
+            None
+        );
         assert_eq!(eni.id, "eni-0abc");
         assert_eq!(eni.device_number, 1);
         assert_eq!(eni.primary_ipv4(), Some(Ipv4Addr::new(10, 10, 1, 10)));

@@ -10,13 +10,19 @@
 mod change;
 mod facts;
 mod mac;
+mod ownership;
 mod plan;
 mod retry;
 
 pub use change::{Assignment, EniChange};
 pub use facts::{Eni, EniMetadata, FactsError, NodeFacts, PodAddress};
 pub use mac::{InvalidMac, MacAddr};
+pub use ownership::{
+    EniRecord, Holder, NO_MANAGE_TAG, NotMultus, OwnershipPolicy, VPC_CNI_DESCRIPTION_PREFIX,
+    VPC_CNI_INSTANCE_TAG, Vetted, vet_enis, vet_holders,
+};
 pub use plan::{
-    MatchedBy, Placement, Plan, PlanOptions, RejectReason, Rejection, plan, release, unconfirmed,
+    MatchedBy, Placement, Plan, PlanOptions, RejectReason, Rejection, VPC_CNI_INTERFACES, plan,
+    release, unconfirmed,
 };
 pub use retry::{Backoff, ErrorClass};

@@ -3,16 +3,36 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::{Assignment, Eni, EniChange, NodeFacts, PodAddress};
+use crate::{Assignment, Eni, EniChange, Holder, NodeFacts, NotMultus, PodAddress};
+
+/// The VPC CNI's own interfaces in a pod: `v4if0` (IPv4 egress on IPv6 clusters, an address
+/// of 169.254.172.0/22) and `v6if0` (IPv6 egress on IPv4 clusters, fd00::ac:0/118).
+pub const VPC_CNI_INTERFACES: [&str; 2] = ["v4if0", "v6if0"];
 
 /// What the planner may do.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlanOptions {
-    /// Allow assigning to the primary ENI (device number 0), which the VPC CNI owns.
+    /// The pod's primary interface, the VPC CNI's: never managed.
+    pub primary_interface: String,
+    /// The pod's Multus interfaces, as the webhook read them from the pod's networks
+    /// annotation: when known, only these are managed.
+    pub interfaces: Option<Vec<String>>,
+    /// Allow assigning to the primary ENI, which the VPC CNI owns.
     pub allow_primary_eni: bool,
     /// When not empty, only addresses inside one of these networks are ever assigned;
     /// others are reported and skipped.
     pub allowed: Vec<IpNet>,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            primary_interface: "eth0".to_owned(),
+            interfaces: None,
+            allow_primary_eni: false,
+            allowed: Vec::new(),
+        }
+    }
 }
 
 /// How an address found its ENI.
@@ -33,15 +53,26 @@ pub struct Placement {
     pub eni_id: String,
     /// How the ENI was chosen.
     pub matched_by: MatchedBy,
+    /// The ENI's delegated prefix that contains the address: routed without an assignment.
+    pub prefix: Option<IpNet>,
 }
 
 /// Why an address is not assigned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RejectReason {
-    /// Outside the allow-list: skipped on purpose, not a failure.
+    /// On the pod's primary interface, the VPC CNI's: left alone.
+    PrimaryInterface,
+    /// On `v4if0`/`v6if0`, the VPC CNI's egress interfaces: left alone.
+    VpcCniInterface,
+    /// On an interface that is not one of the pod's Multus interfaces: left alone.
+    NotMultusInterface,
+    /// A link-local address (169.254.0.0/16, fe80::/10): never a VPC address.
+    LinkLocal,
+    /// No ENI has the interface's MAC and no ENI subnet contains the address: not a VPC
+    /// address (a bridge or macvlan network of the cluster's own), left alone.
+    NotVpc,
+    /// Outside the allow-list: skipped on purpose.
     NotAllowed,
-    /// No ENI has the interface's MAC and no ENI subnet contains the address.
-    NoEni,
     /// No ENI has the interface's MAC and several ENI subnets contain the address.
     Ambiguous {
         /// The candidate ENIs.
@@ -57,6 +88,25 @@ pub enum RejectReason {
         /// The ENI.
         eni: String,
     },
+    /// The address lies in a prefix delegated to another ENI of the node.
+    OtherEnisPrefix {
+        /// The ENI the prefix is delegated to.
+        eni: String,
+        /// The prefix.
+        prefix: IpNet,
+    },
+    /// The ENI it belongs on is not a Multus ENI.
+    NotMultusEni {
+        /// The ENI.
+        eni: String,
+        /// Why not.
+        why: NotMultus,
+    },
+    /// EC2 has the address on an ENI that is not a Multus ENI: another workload's.
+    HeldByOther {
+        /// The ENI that holds it.
+        holder: Holder,
+    },
 }
 
 /// An address that will not be assigned, and why.
@@ -69,10 +119,18 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    /// Whether the address is left unroutable against the user's wish (everything but the
-    /// allow-list).
+    /// Whether the address is left unroutable against the user's wish; the others are
+    /// addresses the helper leaves alone on purpose (not its business, or not allowed).
     pub fn is_failure(&self) -> bool {
-        self.reason != RejectReason::NotAllowed
+        !matches!(
+            self.reason,
+            RejectReason::PrimaryInterface
+                | RejectReason::VpcCniInterface
+                | RejectReason::NotMultusInterface
+                | RejectReason::LinkLocal
+                | RejectReason::NotVpc
+                | RejectReason::NotAllowed
+        )
     }
 }
 
@@ -86,10 +144,20 @@ impl fmt::Display for Rejection {
         } = &self.address;
         write!(f, "{address} on {interface} ({mac}): ")?;
         match &self.reason {
-            RejectReason::NotAllowed => f.write_str("outside the allowed CIDRs, skipped"),
-            RejectReason::NoEni => f.write_str(
-                "no node ENI has this MAC and no ENI subnet contains the address; attach an ENI in its subnet or exclude it with --allow-cidr",
+            RejectReason::PrimaryInterface => {
+                f.write_str("the pod's primary interface, the VPC CNI's: left alone")
+            }
+            RejectReason::VpcCniInterface => {
+                f.write_str("an egress interface of the VPC CNI: left alone")
+            }
+            RejectReason::NotMultusInterface => f.write_str(
+                "not one of the pod's Multus interfaces (IPMGR_INTERFACES): left alone",
             ),
+            RejectReason::LinkLocal => f.write_str("a link-local address: left alone"),
+            RejectReason::NotVpc => f.write_str(
+                "no node ENI has this MAC and no ENI subnet contains the address: not a VPC address, left alone",
+            ),
+            RejectReason::NotAllowed => f.write_str("outside the allowed CIDRs, skipped"),
             RejectReason::Ambiguous { enis } => write!(
                 f,
                 "no node ENI has this MAC and the subnets of several ENIs contain the address ({}); use ipvlan on the intended ENI so its MAC decides",
@@ -97,12 +165,18 @@ impl fmt::Display for Rejection {
             ),
             RejectReason::PrimaryEni { eni } => write!(
                 f,
-                "belongs on the primary ENI {eni} (device 0), which the VPC CNI owns; use a secondary ENI or --allow-primary-eni"
+                "belongs on the primary ENI {eni}, which the VPC CNI owns; use a Multus ENI or --allow-primary-eni"
             ),
             RejectReason::OutsideSubnet { eni } => write!(
                 f,
                 "the interface is on ENI {eni}, but the address is outside that ENI's subnet, so EC2 would refuse it; fix the IPAM range"
             ),
+            RejectReason::OtherEnisPrefix { eni, prefix } => write!(
+                f,
+                "lies in prefix {prefix}, delegated to ENI {eni}, and an address of a prefix cannot move on its own; keep it out of the IPAM range or use ipvlan on {eni}"
+            ),
+            RejectReason::NotMultusEni { eni, why } => write!(f, "ENI {eni} {why}"),
+            RejectReason::HeldByOther { holder } => write!(f, "{holder}"),
         }
     }
 }
@@ -112,7 +186,7 @@ impl fmt::Display for Rejection {
 pub struct Plan {
     /// Every accepted address with its ENI.
     pub placements: Vec<Placement>,
-    /// The EC2 work: placed addresses their ENI does not hold yet, one entry per ENI in
+    /// The EC2 work: placed addresses their ENI does not route yet, one entry per ENI in
     /// device order. IPv4 goes out with AllowReassignment; IPv6 is first unassigned from its
     /// current holder.
     pub changes: Vec<EniChange>,
@@ -128,6 +202,22 @@ impl Plan {
             .filter(|rejection| rejection.is_failure())
     }
 
+    /// How many of the addresses are on the pod's Multus interfaces (placed or not): the
+    /// VPC CNI's interfaces, interfaces that are not Multus's and link-local addresses do
+    /// not count.
+    pub fn multus_addresses(&self) -> usize {
+        let on_multus_interface = |rejection: &&Rejection| {
+            !matches!(
+                rejection.reason,
+                RejectReason::PrimaryInterface
+                    | RejectReason::VpcCniInterface
+                    | RejectReason::NotMultusInterface
+                    | RejectReason::LinkLocal
+            )
+        };
+        self.placements.len() + self.rejections.iter().filter(on_multus_interface).count()
+    }
+
     /// Every (ENI, address) pair the plan places.
     pub fn assignments(&self) -> impl Iterator<Item = Assignment> + '_ {
         self.placements.iter().map(|placement| Assignment {
@@ -135,13 +225,46 @@ impl Plan {
             address: placement.address.address,
         })
     }
+
+    /// Withdraws a planned assignment: its placement becomes a rejection for `reason`.
+    pub fn reject(&mut self, assignment: &Assignment, reason: RejectReason) {
+        self.unchange(assignment);
+        let Some(index) = self.placements.iter().position(|placement| {
+            placement.eni_id == assignment.eni_id && placement.address.address == assignment.address
+        }) else {
+            return;
+        };
+        let placement = self.placements.remove(index);
+        self.rejections.push(Rejection {
+            address: placement.address,
+            reason,
+        });
+    }
+
+    /// Drops an address from the EC2 work (it is placed, and needs no call).
+    pub fn unchange(&mut self, assignment: &Assignment) {
+        for change in &mut self.changes {
+            if change.eni_id == assignment.eni_id {
+                match assignment.address {
+                    IpAddr::V4(v4) => change.ipv4.retain(|&held| held != v4),
+                    IpAddr::V6(v6) => change.ipv6.retain(|&held| held != v6),
+                }
+            }
+        }
+        self.changes
+            .retain(|change| !change.ipv4.is_empty() || !change.ipv6.is_empty());
+    }
 }
 
-/// Decides, for every pod address, the ENI it belongs on and the EC2 calls needed.
+/// Decides, for every pod address, whether it is the helper's to manage, the ENI it
+/// belongs on, and the EC2 calls needed.
 ///
-/// An address goes to the ENI whose MAC its interface carries; failing that, to the one ENI
-/// whose subnet contains it. The primary ENI is used only when allowed. Addresses their ENI
-/// already holds cost nothing.
+/// Left alone: the primary interface, the VPC CNI's `v4if0`/`v6if0`, interfaces that are
+/// not the pod's Multus interfaces (when known), link-local addresses, and addresses that
+/// are not VPC addresses. An address goes to the ENI whose MAC its interface carries;
+/// failing that, to the one ENI whose subnet contains it. The primary ENI is used only when
+/// allowed. Addresses their ENI already routes (held, or inside its delegated prefix) cost
+/// nothing.
 pub fn plan(node: &NodeFacts, addresses: &[PodAddress], options: &PlanOptions) -> Plan {
     let mut result = Plan::default();
     let mut seen = Vec::new();
@@ -158,11 +281,35 @@ pub fn plan(node: &NodeFacts, addresses: &[PodAddress], options: &PlanOptions) -
             }),
         }
     }
-    result.changes = EniChange::group(unconfirmed(&result.assignments().collect::<Vec<_>>(), node));
+    let routed = |assignment: &Assignment| {
+        node.eni(&assignment.eni_id)
+            .is_some_and(|eni| eni.routes(assignment.address))
+    };
+    result.changes = EniChange::group(result.assignments().filter(|a| !routed(a)));
     result
         .changes
-        .sort_by_key(|change| node.eni(&change.eni_id).map(|eni| eni.device_number));
+        .sort_by_key(|change| node.eni(&change.eni_id).map(Eni::device_order));
     result
+}
+
+/// Whether the helper leaves `address` alone whatever the node looks like: `Some(reason)`.
+fn unmanaged(address: &PodAddress, options: &PlanOptions) -> Option<RejectReason> {
+    let interface = address.interface.as_str();
+    if interface == options.primary_interface {
+        return Some(RejectReason::PrimaryInterface);
+    }
+    if let Some(interfaces) = &options.interfaces {
+        if !interfaces.iter().any(|name| name == interface) {
+            return Some(RejectReason::NotMultusInterface);
+        }
+    } else if VPC_CNI_INTERFACES.contains(&interface) {
+        return Some(RejectReason::VpcCniInterface);
+    }
+    let link_local = match address.address {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    };
+    link_local.then_some(RejectReason::LinkLocal)
 }
 
 fn place(
@@ -170,15 +317,33 @@ fn place(
     address: &PodAddress,
     options: &PlanOptions,
 ) -> Result<Placement, RejectReason> {
+    if let Some(reason) = unmanaged(address, options) {
+        return Err(reason);
+    }
     let ip = address.address;
     if !options.allowed.is_empty() && !options.allowed.iter().any(|net| net.contains(&ip)) {
         return Err(RejectReason::NotAllowed);
     }
-    let usable = |eni: &Eni| eni.device_number != 0 || options.allow_primary_eni;
-    let placed = |eni: &Eni, matched_by| Placement {
-        address: address.clone(),
-        eni_id: eni.id.clone(),
-        matched_by,
+    let usable = |eni: &Eni| !node.is_primary(eni) || options.allow_primary_eni;
+    let placed = |eni: &Eni, matched_by| {
+        let other_prefix = node.enis.iter().find_map(|other| {
+            (other.id != eni.id)
+                .then(|| other.prefix_containing(ip))
+                .flatten()
+                .map(|prefix| (other, prefix))
+        });
+        if let Some((other, prefix)) = other_prefix {
+            return Err(RejectReason::OtherEnisPrefix {
+                eni: other.id.clone(),
+                prefix,
+            });
+        }
+        Ok(Placement {
+            address: address.clone(),
+            eni_id: eni.id.clone(),
+            matched_by,
+            prefix: eni.prefix_containing(ip),
+        })
     };
     if let Some(eni) = node.enis.iter().find(|eni| eni.mac == address.mac) {
         return if !usable(eni) {
@@ -190,7 +355,7 @@ fn place(
                 eni: eni.id.clone(),
             })
         } else {
-            Ok(placed(eni, MatchedBy::Mac))
+            placed(eni, MatchedBy::Mac)
         };
     }
     let containing: Vec<&Eni> = node
@@ -204,24 +369,24 @@ fn place(
         .filter(|eni| usable(eni))
         .collect();
     match (candidates.as_slice(), containing.first()) {
-        ([eni], _) => Ok(placed(eni, MatchedBy::Subnet)),
+        ([eni], _) => placed(eni, MatchedBy::Subnet),
         ([], Some(primary)) => Err(RejectReason::PrimaryEni {
             eni: primary.id.clone(),
         }),
-        ([], None) => Err(RejectReason::NoEni),
+        ([], None) => Err(RejectReason::NotVpc),
         (several, _) => Err(RejectReason::Ambiguous {
             enis: several.iter().map(|eni| eni.id.clone()).collect(),
         }),
     }
 }
 
-/// Of `expected`, the assignments that `node` (as metadata shows it) does not hold.
+/// Of `expected`, the assignments that `node` (as metadata shows it) does not route.
 pub fn unconfirmed(expected: &[Assignment], node: &NodeFacts) -> Vec<Assignment> {
     expected
         .iter()
         .filter(|assignment| {
             node.eni(&assignment.eni_id)
-                .is_none_or(|eni| !eni.holds(assignment.address))
+                .is_none_or(|eni| !eni.routes(assignment.address))
         })
         .cloned()
         .collect()

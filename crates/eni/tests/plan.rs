@@ -1,5 +1,6 @@
 //! Table tests of the ENI planner on a node shaped like the original how-to's: a primary ENI
-//! in the node subnet, two Multus ENIs sharing one subnet, and one in a second subnet.
+//! in the node subnet, two Multus ENIs sharing one subnet, and one in a second subnet (with
+//! a delegated prefix).
 
 use std::net::IpAddr;
 
@@ -41,14 +42,30 @@ fn eni(
             .map(|address| address.parse().expect("address"))
             .collect(),
         ipv6: Vec::new(),
+        network_card: 0,
+        ipv4_prefixes: Vec::new(),
+        ipv6_prefixes: Vec::new(),
     }
 }
 
 #[fixture]
 fn node() -> NodeFacts {
+    let mut eni_b = eni(
+        "eni-b",
+        2,
+        0x0b,
+        "10.10.1.0/24",
+        &["2600:1f14:1:1::/64"],
+        &["10.10.1.11", "10.10.1.81"],
+    );
+    eni_b.ipv4_prefixes = vec!["10.10.1.192/28".parse().expect("prefix")];
+    eni_b.ipv6_prefixes = vec!["2600:1f14:1:1:9::/80".parse().expect("prefix")];
+    let mut with_prefix = eni("eni-c", 3, 0x0c, "10.10.2.0/24", &[], &["10.10.2.10"]);
+    with_prefix.ipv4_prefixes = vec!["10.10.2.128/28".parse().expect("prefix")];
     NodeFacts {
         instance_id: "i-0123".to_owned(),
         region: "us-east-2".to_owned(),
+        primary_mac: Some(mac(0x00)),
         enis: vec![
             eni(
                 "eni-primary",
@@ -66,15 +83,8 @@ fn node() -> NodeFacts {
                 &["2600:1f14:1:1::/64"],
                 &["10.10.1.10"],
             ),
-            eni(
-                "eni-b",
-                2,
-                0x0b,
-                "10.10.1.0/24",
-                &["2600:1f14:1:1::/64"],
-                &["10.10.1.11", "10.10.1.81"],
-            ),
-            eni("eni-c", 3, 0x0c, "10.10.2.0/24", &[], &["10.10.2.10"]),
+            eni_b,
+            with_prefix,
         ],
     }
 }
@@ -123,11 +133,7 @@ fn places_addresses(
 
 #[rstest]
 #[case::ambiguous(address("net1", UNKNOWN_MAC, "10.10.1.50"), RejectReason::Ambiguous { enis: vec!["eni-a".into(), "eni-b".into()] }, "several ENIs contain the address (eni-a, eni-b)")]
-#[case::no_eni(
-    address("net1", UNKNOWN_MAC, "192.168.5.5"),
-    RejectReason::NoEni,
-    "no ENI subnet contains the address"
-)]
+#[case::in_another_enis_prefix(address("net1", 0x0a, "10.10.1.195"), RejectReason::OtherEnisPrefix { eni: "eni-b".into(), prefix: "10.10.1.192/28".parse().expect("prefix") }, "lies in prefix 10.10.1.192/28, delegated to ENI eni-b")]
 #[case::primary_by_mac(address("net1", 0x00, "10.0.0.50"), RejectReason::PrimaryEni { eni: "eni-primary".into() }, "primary ENI eni-primary")]
 #[case::primary_by_subnet(address("net1", UNKNOWN_MAC, "10.0.0.50"), RejectReason::PrimaryEni { eni: "eni-primary".into() }, "--allow-primary-eni")]
 #[case::outside_the_mac_enis_subnet(address("net1", 0x0a, "10.10.2.5"), RejectReason::OutsideSubnet { eni: "eni-a".into() }, "outside that ENI's subnet")]
@@ -301,4 +307,121 @@ fn release_gives_back_only_what_is_still_ours(node: NodeFacts) {
         vec!["10.10.1.81".parse::<std::net::Ipv4Addr>().expect("ip")]
     );
     assert!(releases[0].ipv6.is_empty());
+}
+
+#[rstest]
+#[case::primary_interface(address("eth0", 0x00, "10.0.0.50"), RejectReason::PrimaryInterface)]
+#[case::vpc_cni_ipv4_egress(
+    address("v4if0", UNKNOWN_MAC, "169.254.172.9"),
+    RejectReason::VpcCniInterface
+)]
+#[case::vpc_cni_ipv6_egress(
+    address("v6if0", UNKNOWN_MAC, "fd00::ac:5"),
+    RejectReason::VpcCniInterface
+)]
+#[case::link_local_v4(address("net1", 0x0a, "169.254.10.5"), RejectReason::LinkLocal)]
+#[case::link_local_v6(address("net1", 0x0a, "fe80::1"), RejectReason::LinkLocal)]
+#[case::not_a_vpc_address(address("net2", UNKNOWN_MAC, "192.168.77.5"), RejectReason::NotVpc)]
+fn leaves_alone_what_is_not_a_multus_vpc_address(
+    node: NodeFacts,
+    #[case] pod: PodAddress,
+    #[case] reason: RejectReason,
+) {
+    let result = plan(&node, std::slice::from_ref(&pod), &PlanOptions::default());
+    assert_eq!(result.placements, vec![]);
+    assert_eq!(result.changes, vec![]);
+    assert_eq!(result.rejections.len(), 1);
+    assert_eq!(result.rejections[0].reason, reason);
+    assert!(
+        !result.rejections[0].is_failure(),
+        "left alone, not a failure"
+    );
+    assert!(result.rejections[0].to_string().contains("left alone"));
+}
+
+#[rstest]
+fn with_the_webhooks_interface_list_only_those_interfaces_are_managed(node: NodeFacts) {
+    let options = PlanOptions {
+        interfaces: Some(vec!["net1".to_owned(), "v4if0".to_owned()]),
+        ..PlanOptions::default()
+    };
+    let pod = [
+        address("net1", 0x0a, "10.10.1.80"),
+        address("net2", 0x0b, "10.10.1.82"),
+        address("v4if0", 0x0a, "10.10.1.83"),
+    ];
+    let result = plan(&node, &pod, &options);
+    let placed: Vec<&str> = result
+        .placements
+        .iter()
+        .map(|placement| placement.address.interface.as_str())
+        .collect();
+    assert_eq!(
+        placed,
+        ["net1", "v4if0"],
+        "a listed name is managed, whatever it is"
+    );
+    assert_eq!(
+        result.rejections[0].reason,
+        RejectReason::NotMultusInterface
+    );
+    assert_eq!(result.failures().count(), 0);
+}
+
+#[rstest]
+#[case::own_prefix_by_mac(address("net1", 0x0b, "10.10.1.200"), "eni-b", "10.10.1.192/28")]
+#[case::own_ipv6_prefix(
+    address("net1", 0x0b, "2600:1f14:1:1:9::5"),
+    "eni-b",
+    "2600:1f14:1:1:9::/80"
+)]
+#[case::own_prefix_by_subnet(
+    address("net2", UNKNOWN_MAC, "10.10.2.130"),
+    "eni-c",
+    "10.10.2.128/28"
+)]
+fn an_address_in_its_enis_prefix_is_routed_without_a_call(
+    node: NodeFacts,
+    #[case] pod: PodAddress,
+    #[case] eni_id: &str,
+    #[case] prefix: &str,
+) {
+    let result = plan(&node, std::slice::from_ref(&pod), &PlanOptions::default());
+    assert_eq!(result.rejections, vec![]);
+    assert_eq!(result.placements[0].eni_id, eni_id);
+    assert_eq!(
+        result.placements[0].prefix,
+        Some(prefix.parse().expect("prefix"))
+    );
+    assert_eq!(result.changes, vec![], "no EC2 call");
+    assert_eq!(
+        unconfirmed(&result.assignments().collect::<Vec<_>>(), &node),
+        vec![],
+        "routed, so confirmed"
+    );
+}
+
+#[rstest]
+fn the_primary_eni_is_the_one_whose_mac_is_meta_data_mac_not_device_0(mut node: NodeFacts) {
+    // A multi-card instance: the Multus ENI eni-a sits at device 0 of card 1.
+    node.enis[1].device_number = 0;
+    node.enis[1].network_card = 1;
+    let result = plan(
+        &node,
+        &[address("net1", 0x0a, "10.10.1.80")],
+        &PlanOptions::default(),
+    );
+    assert_eq!(result.rejections, vec![]);
+    assert_eq!(result.changes[0].eni_id, "eni-a");
+    let primary = plan(
+        &node,
+        &[address("net1", 0x00, "10.0.0.50")],
+        &PlanOptions::default(),
+    );
+    assert_eq!(
+        primary.rejections[0].reason,
+        RejectReason::PrimaryEni {
+            eni: "eni-primary".into()
+        }
+    );
 }
