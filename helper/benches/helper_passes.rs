@@ -138,9 +138,10 @@ fn main() {
     };
     let (total_calls, describe_calls) = call_summary(&calls[0]);
 
-    // Second run on assigned addresses: the cost of a pod restart.
+    // An IPv4 address alone, then a second run on it: the cost of a pod restart.
     bed.add_address(&pod, "net1", "10.0.1.90/24");
-    measured_init(&mut bed, &pod);
+    let ipv4_pass = measured_init(&mut bed, &pod);
+    let (ipv4_total, ipv4_describe) = call_summary(&ipv4_pass.calls);
     let noop = measured_init(&mut bed, &pod);
     let (noop_wall, noop_cpu, noop_calls) = (noop.wall, noop.cpu, call_summary(&noop.calls).0);
 
@@ -165,6 +166,7 @@ fn main() {
 
     let mut reactions = Vec::new();
     let mut end_to_end = Vec::new();
+    let mut event_calls = Vec::new();
     for round in 0..10 {
         bed.reset_calls();
         let address = format!("10.0.1.{}", 200 + round);
@@ -184,6 +186,7 @@ fn main() {
             .and_then(|entry| entry[1].as_f64())
             .expect("an assign call");
         reactions.push(Duration::from_secs_f64((assign_at - added_at).max(0.0)));
+        event_calls.push(call_summary(&bed.calls()));
     }
     let _ = std::process::Command::new("kill")
         .arg(pid.to_string())
@@ -204,7 +207,11 @@ fn main() {
         peak_rss as f64 / 1024.0
     );
     println!(
-        "| EC2 calls of that pass | {total_calls} ({describe_calls} Describe: the IPv6 holder lookup) |"
+        "| EC2 calls of that pass | {total_calls} ({describe_calls} DescribeNetworkInterfaces: the node's ENIs, the IPv4 and the IPv6 holders) |"
+    );
+    println!(
+        "| EC2 calls of an IPv4 init pass | {ipv4_total} ({ipv4_describe} DescribeNetworkInterfaces: the node's ENIs and the holders; {} AssignPrivateIpAddresses) |",
+        ipv4_total - ipv4_describe
     );
     println!(
         "| init on already-assigned addresses | {:.1} ms wall, {:.1} ms CPU, {noop_calls} EC2 calls |",
@@ -224,6 +231,10 @@ fn main() {
     println!(
         "| sidecar: `ip addr add` to EC2 holding the address (median of 10) | {:.1} ms |",
         ms(median(end_to_end))
+    );
+    let (most_total, most_describe) = event_calls.iter().max().copied().unwrap_or_default();
+    println!(
+        "| sidecar: EC2 calls per new address (most of 10) | {most_total} ({most_describe} DescribeNetworkInterfaces: the holders; the node's ENIs are cached) |"
     );
     println!("| helper binary | {:.1} MiB |", binary as f64 / 1_048_576.0);
 }

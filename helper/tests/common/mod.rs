@@ -59,3 +59,27 @@ pub(crate) fn mutating_calls(calls: &Value) -> Vec<String> {
         .cloned()
         .collect()
 }
+
+/// Panics unless both sample IAM policies allow every EC2 action in `calls`.
+pub(crate) fn assert_allowed_by_iam_policies(calls: &Value) {
+    for file in ["iam-policy.json", "iam-policy-tag-scoped.json"] {
+        let path = ipmgr_testbed::repo_root()
+            .join("manifests/samples")
+            .join(file);
+        let policy: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("policy"))
+            .expect("policy is JSON");
+        let allowed: Vec<&str> = policy["Statement"]
+            .as_array()
+            .expect("statements")
+            .iter()
+            .flat_map(|statement| statement["Action"].as_array().expect("actions"))
+            .filter_map(Value::as_str)
+            .collect();
+        for action in calls.as_object().expect("calls").keys() {
+            assert!(
+                allowed.contains(&format!("ec2:{action}").as_str()),
+                "{file} does not allow ec2:{action}"
+            );
+        }
+    }
+}
