@@ -27,8 +27,10 @@ Control calls (method, path, body -> answer):
     GET eni/ID            -> {"ipv4": [...], "ipv6": [...]} as EC2 holds them now
     POST assign           {"eni", "ipv4", "ipv6"}: put addresses on an ENI directly
     POST faults           {"action" | "*", "code", "status", "message", "count", "delay_ms"}
-    GET calls             per-action counts; GET calls/log; POST calls/reset
-    POST config           {"eni_ipv4_limit", "eni_ipv6_limit", "imds_delay_ms"}
+    GET calls             per-action counts (throttled calls included); GET throttled: the
+                          throttled ones; GET calls/log; POST calls/reset (all three)
+    POST config           {"eni_ipv4_limit", "eni_ipv6_limit", "imds_delay_ms",
+                           "buckets": {name | "*": [size, refill per second] | null}}
 """
 
 from __future__ import annotations
@@ -76,7 +78,11 @@ class Bed:
         if self.topology:
             raise PodError("the bed has a topology already")
         description = topology.load(request["file"]) if "file" in request else request
-        built = topology.Builder(self.state).build(description)
+        self.state.building = True  # setup is not the account's traffic: no throttling
+        try:
+            built = topology.Builder(self.state).build(description)
+        finally:
+            self.state.building = False
         for node in built["nodes"].values():
             server = imds.start(self.state, self.host, node["instance_id"])
             node["imds_endpoint"] = f"http://{self.host}:{server.server_address[1]}"
@@ -115,6 +121,9 @@ class Bed:
             if method == "GET" and path == "calls":
                 with state.lock:
                     return 200, dict(state.calls)
+            if method == "GET" and path == "throttled":
+                with state.lock:
+                    return 200, dict(state.throttled)
             if method == "GET" and path == "calls/log":
                 with state.lock:
                     return 200, {"calls": [[action, at] for action, at in state.call_log]}
@@ -122,12 +131,14 @@ class Bed:
                 with state.lock:
                     state.calls.clear()
                     state.call_log.clear()
+                    state.throttled.clear()
                 return 200, {}
             if method == "POST" and path == "config":
                 with state.lock:
                     state.eni_ipv4_limit = request.get("eni_ipv4_limit", state.eni_ipv4_limit)
                     state.eni_ipv6_limit = request.get("eni_ipv6_limit", state.eni_ipv6_limit)
                     state.imds_delay = request.get("imds_delay_ms", state.imds_delay * 1000) / 1000
+                state.set_buckets(request.get("buckets", {}))
                 return 200, {}
             if method == "GET" and path.startswith("eni/"):
                 return 200, state.addresses(path[len("eni/"):])

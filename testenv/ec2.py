@@ -27,7 +27,18 @@ layer answers or rewrites the request first:
   another card reports that card (multi-card instances attach ENIs at device index 0 of
   cards 1..N).
 
-Plus what tests need: fault injection, per-action call counts and a call log.
+* Account-wide token buckets per action (EC2 developer guide, "Request throttling"):
+  AssignPrivateIpAddresses, UnassignPrivateIpAddresses and AssignIpv6Addresses each 100
+  tokens refilling 5/s; UnassignIpv6Addresses and other mutating actions share the generic
+  mutating bucket (50, 5/s); Describe calls 100 refilling 20/s, an unfiltered
+  DescribeNetworkInterfaces or DescribeInstances 50 refilling 10/s. An empty bucket answers
+  HTTP 503 RequestLimitExceeded. Sizes can be scaled down for tests (`POST config`).
+* Metadata lags EC2 (the remap is asynchronous: AssignPrivateIpAddresses in the EC2 API
+  reference): the layer records when each address came to or left each ENI, for the
+  metadata emulator to show changes late (`imds_delay`).
+
+Plus what tests need: fault injection, per-action call counts, throttle counts and a call
+log.
 """
 
 from __future__ import annotations
@@ -61,6 +72,45 @@ moto_enis.Attachment.__init__ = _attachment_on_its_card
 PREFIX_LENGTH = {4: 28, 6: 80}
 
 
+# name: (size, refill per second), from the EC2 developer guide's throttling tables.
+DEFAULT_BUCKETS = {
+    "AssignPrivateIpAddresses": (100, 5.0),
+    "UnassignPrivateIpAddresses": (100, 5.0),
+    "AssignIpv6Addresses": (100, 5.0),
+    "mutating": (50, 5.0),
+    "describe": (100, 20.0),
+    "describe-unfiltered": (50, 10.0),
+}
+
+
+def bucket_name(action: str, params: dict) -> str:
+    """The token bucket an action draws from."""
+    if action in ("AssignPrivateIpAddresses", "UnassignPrivateIpAddresses", "AssignIpv6Addresses"):
+        return action
+    if action.startswith("Describe"):
+        unfiltered = action in ("DescribeNetworkInterfaces", "DescribeInstances") and not any(
+            key.startswith(("Filter.", "NetworkInterfaceId.", "InstanceId.")) for key in params)
+        return "describe-unfiltered" if unfiltered else "describe"
+    return "mutating"
+
+
+class TokenBucket:
+    """`size` tokens refilling `rate` a second; a call takes one."""
+
+    def __init__(self, size: float, rate: float):
+        self.size, self.rate = size, rate
+        self.tokens, self.at = size, time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.size, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 class Ec2Error(Exception):
     """An EC2 error answer: code, message, HTTP status."""
 
@@ -82,7 +132,11 @@ class State:
         self.eni_ipv4_limit = 10
         self.eni_ipv6_limit = 10
         self.imds_delay = 0.0
-        self.assigned_at: dict[tuple[str, str], float] = {}
+        # (ENI, address) -> [(when it came or went, whether the ENI holds it since), ...]
+        self.changed_at: dict[tuple[str, str], list[tuple[float, bool]]] = {}
+        self.buckets = {name: TokenBucket(*size) for name, size in DEFAULT_BUCKETS.items()}
+        self.throttled: Counter[str] = Counter()
+        self.building = False
 
     @property
     def backend(self):
@@ -106,10 +160,32 @@ class State:
                 queue.pop(0)
             return fault
 
-    def record_assigned(self, eni_id: str, addresses: list[str]) -> None:
+    def record(self, eni_id: str, addresses, present: bool) -> None:
+        """Notes that `addresses` came to (`present`) or left the ENI now."""
         now = time.monotonic()
         for address in addresses:
-            self.assigned_at[(eni_id, address)] = now
+            self.changed_at.setdefault((eni_id, address), []).append((now, present))
+
+    def throttle(self, action: str, params: dict) -> bool:
+        """Takes a token for the call; True when the bucket is empty (the call is refused)."""
+        if self.building:
+            return False
+        with self.lock:
+            bucket = self.buckets.get(bucket_name(action, params))
+            if bucket is None or bucket.take():
+                return False
+            self.throttled[action] += 1
+            return True
+
+    def set_buckets(self, request: dict) -> None:
+        """`{"name": [size, refill] | null}`; `"*"` applies to every bucket; `null` disables."""
+        with self.lock:
+            for name, size in request.items():
+                for target in (DEFAULT_BUCKETS if name == "*" else [name]):
+                    if size is None:
+                        self.buckets.pop(target, None)
+                    else:
+                        self.buckets[target] = TokenBucket(float(size[0]), float(size[1]))
 
     def force_assign(self, eni_id: str, ipv4: list[str], ipv6: list[str]) -> None:
         """Test setup: puts addresses on an ENI directly, taking them from whichever ENI held
@@ -117,11 +193,14 @@ class State:
         with self.lock:
             eni = self.eni(eni_id)
             for other in self.backend.enis.values():
+                self.record(other.id, [ip for ip in ipv4 if ip in ipv4_of(other)]
+                            + [ip for ip in ipv6 if ip in other.ipv6_addresses], present=False)
                 other.private_ip_addresses[:] = [item for item in other.private_ip_addresses
                                                  if item["PrivateIpAddress"] not in ipv4]
                 other.ipv6_addresses[:] = [address for address in other.ipv6_addresses if address not in ipv6]
             eni.private_ip_addresses.extend({"Primary": False, "PrivateIpAddress": ip} for ip in ipv4)
             eni.ipv6_addresses.extend(ipv6)
+            self.record(eni.id, ipv4 + ipv6, present=True)
 
     def addresses(self, eni_id: str) -> dict:
         with self.lock:
@@ -221,6 +300,9 @@ class Ec2Layer:
         with self.state.lock:
             self.state.calls[action] += 1
             self.state.call_log.append((action, time.time()))
+        if self.state.throttle(action, params):
+            return self.respond(start_response, *error_response(
+                Ec2Error("RequestLimitExceeded", "Request limit exceeded.", 503)))
         fault = self.state.take_fault(action)
         if fault:
             time.sleep(fault.get("delay_ms", 0) / 1000)
@@ -285,7 +367,8 @@ class Ec2Layer:
                 moves.append((other, address))
         for other, address in moves:
             other.private_ip_addresses[:] = [item for item in other.private_ip_addresses if item["PrivateIpAddress"] != address]
-        self.state.record_assigned(eni.id, new)
+            self.state.record(other.id, [address], present=False)
+        self.state.record(eni.id, new, present=True)
         set_prefixes(eni, 4, prefixes_of(eni, 4) + prefixes)
         return None if addresses else addresses_response("AssignPrivateIpAddresses", eni.id)
 
@@ -325,6 +408,7 @@ class Ec2Layer:
                 raise Ec2Error("InvalidParameterValue", f"Some of the specified addresses are not assigned to interface {eni.id}")
         dropped = self.drop_prefixes(eni, params, 4)
         set_prefixes(eni, 4, [prefix for prefix in prefixes_of(eni, 4) if prefix not in dropped])
+        self.state.record(eni.id, addresses, present=False)
         return None if addresses else addresses_response("UnassignPrivateIpAddresses", eni.id)
 
     def assign_ipv6(self, params):
@@ -348,7 +432,7 @@ class Ec2Layer:
         if len(eni.ipv6_addresses) + len(addresses) + len(prefixes_of(eni, 6)) + len(prefixes) > self.state.eni_ipv6_limit:
             raise Ec2Error("Ipv6AddressLimitExceeded",
                            f"Number of IPv6 addresses will exceed limit of {self.state.eni_ipv6_limit} for {eni.id}")
-        self.state.record_assigned(eni.id, addresses)
+        self.state.record(eni.id, addresses, present=True)
         set_prefixes(eni, 6, prefixes_of(eni, 6) + prefixes)
         return None if addresses else addresses_response("AssignIpv6Addresses", eni.id)
 
@@ -360,6 +444,7 @@ class Ec2Layer:
                 raise Ec2Error("InvalidParameterValue", f"Some of the specified addresses are not assigned to interface {eni.id}")
         dropped = self.drop_prefixes(eni, params, 6)
         set_prefixes(eni, 6, [prefix for prefix in prefixes_of(eni, 6) if prefix not in dropped])
+        self.state.record(eni.id, addresses, present=False)
         return None if addresses else addresses_response("UnassignIpv6Addresses", eni.id)
 
     def describe_interfaces(self, params):

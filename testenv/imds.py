@@ -3,7 +3,9 @@ from the same EC2 state as the EC2 layer.
 
 Paths and formats follow the EC2 user guide, "Instance metadata categories": a token from
 `PUT /latest/api/token`, then `network/interfaces/macs/<mac>/...` per ENI. Like real
-metadata it can show an assignment only after a delay (`State.imds_delay`).
+metadata it lags EC2 by `State.imds_delay`: an address that came to an ENI shows only after
+the delay, one that left it still shows until then (EC2 API reference,
+AssignPrivateIpAddresses: the remap is asynchronous; check `local-ipv4s` to confirm it).
 """
 
 from __future__ import annotations
@@ -61,9 +63,23 @@ def handler(state: State, instance_id: str):
     return Handler
 
 
-def visible(state: State, eni_id: str, address: str) -> bool:
-    assigned = state.assigned_at.get((eni_id, address))
-    return assigned is None or time.monotonic() - assigned >= state.imds_delay
+def lagging(state: State, eni_id: str, held: list[str]) -> list[str]:
+    """What metadata shows of an ENI whose addresses are `held` now: EC2's view as it was
+    `imds_delay` ago (recent arrivals not yet, recent departures still)."""
+    when = time.monotonic() - state.imds_delay
+    events: dict[str, list[tuple[float, bool]]] = {}
+    for (eni, address), history in state.changed_at.items():
+        if eni == eni_id:
+            events[address] = history
+
+    def shown(address: str) -> bool:
+        history = events.get(address, [])
+        before = [present for at, present in history if at <= when]
+        if before:
+            return before[-1]
+        return not history[0][1] if history else address in held
+
+    return [address for address in dict.fromkeys(held + list(events)) if shown(address)]
 
 
 def metadata(state: State, instance_id: str, path: str) -> str | None:
@@ -99,8 +115,9 @@ def metadata(state: State, instance_id: str, path: str) -> str | None:
         return None
     eni = nics[mac]
     ipv6_networks = subnet_ipv6_networks(eni.subnet)
-    ipv4s = [address for address in ipv4_of(eni) if visible(state, eni.id, address)]
-    ipv6s = [address for address in eni.ipv6_addresses if visible(state, eni.id, address)]
+    shown = lagging(state, eni.id, ipv4_of(eni) + list(eni.ipv6_addresses))
+    ipv4s = [address for address in shown if ":" not in address]
+    ipv6s = [address for address in shown if ":" in address]
     fields = {
         "device-number": str(eni.device_index),
         "network-card": str(getattr(eni, "network_card_index", 0)),

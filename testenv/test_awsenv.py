@@ -258,3 +258,50 @@ def test_a_multi_card_instance_reports_device_0_on_card_1_and_its_primary_by_mac
     assert imds_get(imds, base + "device-number", token) == (200, "0")
     assert imds_get(imds, base + "network-card", token) == (200, "1")
     assert imds_get(imds, base + "vpc-ipv4-cidr-blocks", token) == (200, "10.0.0.0/16")
+
+
+def test_the_account_buckets_throttle_per_action_and_refill(env):
+    bed, ec2 = env
+    client = boto3.client("ec2", region_name="us-east-2", endpoint_url=bed.ec2_endpoint, aws_access_key_id="testing",
+                          aws_secret_access_key="testing",
+                          config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+    eni = eni_id(bed, "node1", "eth3")
+    bed.control("POST", "config", {"buckets": {"AssignPrivateIpAddresses": [2, 2]}})
+    bed.control("POST", "calls/reset")
+    try:
+        client.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=["10.0.2.60"])
+        client.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=["10.0.2.61"])
+        with pytest.raises(ClientError) as excinfo:
+            client.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=["10.0.2.62"])
+        assert error_code(excinfo) == "RequestLimitExceeded"
+        assert excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        client.describe_network_interfaces(NetworkInterfaceIds=[eni])  # another bucket
+        time.sleep(0.6)  # refills one token at 2/s
+        client.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=["10.0.2.62"])
+        assert bed.control("GET", "throttled") == {"AssignPrivateIpAddresses": 1}
+        assert bed.control("GET", "calls")["AssignPrivateIpAddresses"] == 4
+    finally:
+        bed.control("POST", "config", {"buckets": {"AssignPrivateIpAddresses": [100, 5]}})
+
+
+def test_metadata_shows_arrivals_late_and_departures_late_too(env):
+    bed, ec2 = env
+    node = bed.topology["nodes"]["node1"]
+    here, there = node["enis"][1], node["enis"][2]
+    imds = node["imds_endpoint"]
+    token = imds_token(imds)
+    local = lambda eni: imds_get(imds, f"network/interfaces/macs/{eni['mac']}/local-ipv4s", token)[1].split()  # noqa: E731
+    ec2.assign_private_ip_addresses(NetworkInterfaceId=here["id"], PrivateIpAddresses=["10.0.1.120"])
+    bed.control("POST", "config", {"imds_delay_ms": 400})
+    try:
+        time.sleep(0.5)  # the assignment is older than the lag: metadata shows it
+        assert "10.0.1.120" in local(here)
+        ec2.assign_private_ip_addresses(NetworkInterfaceId=there["id"], PrivateIpAddresses=["10.0.1.120"],
+                                        AllowReassignment=True)
+        assert "10.0.1.120" in local(here), "the departure is not visible yet"
+        assert "10.0.1.120" not in local(there), "nor the arrival"
+        time.sleep(0.5)
+        assert "10.0.1.120" not in local(here)
+        assert "10.0.1.120" in local(there)
+    finally:
+        bed.control("POST", "config", {"imds_delay_ms": 0})
