@@ -29,7 +29,7 @@ Control calls (method, path, body -> answer):
     POST faults           {"action" | "*", "code", "status", "message", "count", "delay_ms"}
     GET calls             per-action counts (throttled calls included); GET throttled: the
                           throttled ones; GET calls/log; POST calls/reset (all three)
-    POST config           {"eni_ipv4_limit", "eni_ipv6_limit", "imds_delay_ms",
+    POST config           {"eni_ipv4_limit", "eni_ipv6_limit", "imds_delay_ms", "imds_down_ms",
                            "buckets": {name | "*": [size, refill per second] | null}}
 """
 
@@ -42,6 +42,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 from testenv.pods import GATEWAY, PodError, Pods, enter_bed
 
@@ -138,6 +139,8 @@ class Bed:
                     state.eni_ipv4_limit = request.get("eni_ipv4_limit", state.eni_ipv4_limit)
                     state.eni_ipv6_limit = request.get("eni_ipv6_limit", state.eni_ipv6_limit)
                     state.imds_delay = request.get("imds_delay_ms", state.imds_delay * 1000) / 1000
+                    if "imds_down_ms" in request:
+                        state.imds_down_until = time.monotonic() + request["imds_down_ms"] / 1000
                 state.set_buckets(request.get("buckets", {}))
                 return 200, {}
             if method == "GET" and path.startswith("eni/"):

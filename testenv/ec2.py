@@ -132,6 +132,7 @@ class State:
         self.eni_ipv4_limit = 10
         self.eni_ipv6_limit = 10
         self.imds_delay = 0.0
+        self.imds_down_until = 0.0  # monotonic time until which metadata answers 503
         # (ENI, address) -> [(when it came or went, whether the ENI holds it since), ...]
         self.changed_at: dict[tuple[str, str], list[tuple[float, bool]]] = {}
         self.buckets = {name: TokenBucket(*size) for name, size in DEFAULT_BUCKETS.items()}

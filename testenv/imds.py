@@ -40,6 +40,8 @@ def handler(state: State, instance_id: str):
             self.wfile.write(data)
 
         def do_PUT(self):
+            if time.monotonic() < state.imds_down_until:
+                return self.reply(503)
             if self.path != "/latest/api/token" or not self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
                 return self.reply(400)
             token = secrets.token_urlsafe(24)
@@ -52,6 +54,8 @@ def handler(state: State, instance_id: str):
             self.wfile.write(data)
 
         def do_GET(self):
+            if time.monotonic() < state.imds_down_until:
+                return self.reply(503)
             if self.headers.get("X-aws-ec2-metadata-token") not in tokens:
                 return self.reply(401)
             with state.lock:

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ipmgr_contract::{LogArgs, env};
+use ipmgr_eni::{Backoff, RetryPolicy};
 use ipnet::IpNet;
 
 /// `ipmgr-helper`: makes a Multus pod's secondary IPs routable on the node's ENIs.
@@ -114,7 +115,8 @@ pub struct Settings {
     #[arg(long, env = "IPMGR_EXPECT_ADDRESSES", default_value_t = 0)]
     pub expect_addresses: usize,
 
-    /// Seconds to wait for instance metadata to show an assignment.
+    /// Seconds init waits for instance metadata to show what EC2 accepted (advisory: metadata
+    /// lags EC2; a warning when it never shows).
     #[arg(long, env = "IPMGR_CONFIRM_SECONDS", default_value_t = 10)]
     pub confirm_seconds: u64,
 
@@ -126,9 +128,28 @@ pub struct Settings {
     #[arg(long, env = "IPMGR_RELEASE_ON_EXIT", default_value_t = true, action = clap::ArgAction::Set)]
     pub release_on_exit: bool,
 
-    /// Retries of a throttled or failed EC2 call (exponential backoff with jitter).
-    #[arg(long, env = "IPMGR_EC2_RETRIES", default_value_t = 6)]
-    pub ec2_retries: u32,
+    /// Seconds a throttled or transiently failing EC2 call keeps being retried: long enough
+    /// for a reschedule of hundreds of pods to get through the account's token buckets.
+    #[arg(long, env = "IPMGR_EC2_RETRY_SECONDS", default_value_t = 300)]
+    pub ec2_retry_seconds: u64,
+
+    /// Ceiling of the first retry delay in milliseconds (full jitter; the ceiling triples per
+    /// failure).
+    #[arg(long, env = "IPMGR_EC2_BACKOFF_INITIAL_MS", default_value_t = 2000)]
+    pub ec2_backoff_initial_ms: u64,
+
+    /// Ceiling of any retry delay in seconds (the AWS SDKs' standard retry mode caps at 20).
+    #[arg(long, env = "IPMGR_EC2_BACKOFF_MAX_SECONDS", default_value_t = 20)]
+    pub ec2_backoff_max_seconds: u64,
+
+    /// Sidecar: after a pass that left an address unroutable, the next try waits 2 s, then
+    /// twice as long each time, up to this many seconds.
+    #[arg(long, env = "IPMGR_ERROR_BACKOFF_MAX_SECONDS", default_value_t = 300)]
+    pub error_backoff_max_seconds: u64,
+
+    /// Seconds instance metadata may be unreachable before the helper gives up.
+    #[arg(long, env = "IPMGR_METADATA_RETRY_SECONDS", default_value_t = 30)]
+    pub metadata_retry_seconds: u64,
 
     /// Sidecar: file to create once the first pass succeeded (native-sidecar readiness).
     #[arg(long, env = env::READY_FILE)]
@@ -149,5 +170,31 @@ impl Settings {
     /// Interval of the sidecar's metadata re-check.
     pub fn recheck(&self) -> Duration {
         Duration::from_secs(self.recheck_seconds.max(1))
+    }
+
+    /// How throttled and transiently failing EC2 calls are retried.
+    pub fn ec2_retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            backoff: Backoff {
+                initial: Duration::from_millis(self.ec2_backoff_initial_ms.max(1)),
+                factor: 3,
+                max: Duration::from_secs(self.ec2_backoff_max_seconds.max(1)),
+            },
+            budget: Duration::from_secs(self.ec2_retry_seconds),
+        }
+    }
+
+    /// How the sidecar spaces passes that keep failing.
+    pub fn error_backoff(&self) -> Backoff {
+        Backoff {
+            initial: Duration::from_secs(2),
+            factor: 2,
+            max: Duration::from_secs(self.error_backoff_max_seconds.max(2)),
+        }
+    }
+
+    /// How long metadata may be unreachable.
+    pub fn metadata_retry(&self) -> Duration {
+        Duration::from_secs(self.metadata_retry_seconds)
     }
 }

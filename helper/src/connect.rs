@@ -9,7 +9,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::Region;
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-use ipmgr_eni::{Backoff, NodeFacts, OwnershipPolicy, PlanOptions};
+use ipmgr_eni::{NodeFacts, OwnershipPolicy, PlanOptions};
 
 use crate::config::Settings;
 use crate::ec2::Ec2;
@@ -26,7 +26,7 @@ impl Helper {
         let http_client = aws_smithy_http_client::Builder::new()
             .tls_provider(Provider::Rustls(CryptoMode::Ring))
             .build_https();
-        let metadata = Metadata::new(http_client.clone());
+        let metadata = Metadata::new(http_client.clone(), settings.metadata_retry());
         let network = PodNetwork::connect()?;
         let node = metadata.node_facts().await?;
         let region = RegionProviderChain::first_try(
@@ -45,11 +45,6 @@ impl Helper {
             )
             .load()
             .await;
-        let backoff = Backoff {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(5),
-            retries: settings.ec2_retries,
-        };
         let options = PlanOptions {
             primary_interface: settings.primary_interface.clone(),
             interfaces: settings.interfaces.clone(),
@@ -61,7 +56,7 @@ impl Helper {
         };
         let helper = Helper {
             ownership,
-            ec2: Ec2::new(aws_sdk_ec2::Client::new(&sdk_config), backoff),
+            ec2: Ec2::new(aws_sdk_ec2::Client::new(&sdk_config), settings.ec2_retry()),
             settings,
             options,
             metadata,

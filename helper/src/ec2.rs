@@ -1,14 +1,17 @@
-//! EC2 calls with bounded retries (exponential backoff, full jitter) on the errors the AWS
-//! SDK classes as throttling or transient. The SDK's own retries are off so that every
+//! EC2 calls, retried with full-jitter exponential backoff within a time budget on the
+//! errors the AWS SDK classes as throttling or transient. The account's token buckets are
+//! shared by every node's VPC CNI and every helper: a reschedule of hundreds of pods must
+//! wait its turn patiently rather than give up. The SDK's own retries are off so that every
 //! attempt is ours to count, bound and log.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Instant;
 
 use aws_runtime::retries::classifiers::{THROTTLING_ERRORS, TRANSIENT_ERRORS};
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{Filter, NetworkInterface};
-use ipmgr_eni::{Backoff, EniRecord, ErrorClass};
+use ipmgr_eni::{EniRecord, ErrorClass, RetryPolicy};
 
 /// A failed EC2 call: what, on which ENI and addresses, and EC2's error code.
 #[derive(Debug, thiserror::Error)]
@@ -23,21 +26,51 @@ pub struct Ec2Failure {
     pub code: String,
     /// EC2's message or the transport error.
     pub message: String,
+    /// How the SDK classes the error.
+    pub class: ErrorClass,
     /// Attempts made.
     pub attempts: u32,
+}
+
+impl Ec2Failure {
+    /// What to do about it, for the codes a helper meets.
+    pub fn hint(&self) -> &'static str {
+        match self.code.as_str() {
+            "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => {
+                "give the helper the EC2 permissions of manifests/samples/iam-policy.json (node role, IRSA or Pod Identity)"
+            }
+            "AuthFailure"
+            | "InvalidClientTokenId"
+            | "ExpiredToken"
+            | "MissingAuthenticationToken" => {
+                "the helper has no valid AWS credentials: check IRSA or Pod Identity, or the node role and HttpPutResponseHopLimit 2"
+            }
+            "PrivateIpAddressLimitExceeded" | "Ipv6AddressLimitExceeded" => {
+                "the ENI holds as many addresses as its instance type allows: run the node agent to give back dead pods' addresses, or use another ENI"
+            }
+            "InvalidNetworkInterfaceID.NotFound" => {
+                "the ENI was detached or deleted; the sidecar re-reads the node's ENIs on its next check"
+            }
+            _ if self.class != ErrorClass::Persistent => {
+                "EC2 kept refusing within the retry budget (--ec2-retry-seconds); the account's request rate is shared with the VPC CNI and every node"
+            }
+            _ => "see EC2's message",
+        }
+    }
 }
 
 impl fmt::Display for Ec2Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} of {} on {} failed after {} attempt(s): {}: {}",
+            "{} of {} on {} failed after {} attempt(s): {}: {} ({})",
             self.action,
             self.addresses.join(", "),
             self.target,
             self.attempts,
             self.code,
-            self.message
+            self.message,
+            self.hint()
         )
     }
 }
@@ -46,13 +79,13 @@ impl fmt::Display for Ec2Failure {
 #[derive(Debug, Clone)]
 pub struct Ec2 {
     client: aws_sdk_ec2::Client,
-    backoff: Backoff,
+    retry: RetryPolicy,
 }
 
 impl Ec2 {
     /// Wraps an SDK client (built with retries disabled).
-    pub fn new(client: aws_sdk_ec2::Client, backoff: Backoff) -> Self {
-        Ec2 { client, backoff }
+    pub fn new(client: aws_sdk_ec2::Client, retry: RetryPolicy) -> Self {
+        Ec2 { client, retry }
     }
 
     async fn call<T, E, F, Fut>(
@@ -69,17 +102,28 @@ impl Ec2 {
                 Output = Result<T, SdkError<E, aws_sdk_ec2::config::http::HttpResponse>>,
             >,
     {
-        let mut retry = 0;
+        let started = Instant::now();
+        let mut failures = 0;
         loop {
             let error = match send().await {
-                Ok(output) => return Ok(output),
+                Ok(output) => {
+                    if failures > 0 {
+                        tracing::info!(
+                            action,
+                            target,
+                            attempts = failures + 1,
+                            "EC2 call went through"
+                        );
+                    }
+                    return Ok(output);
+                }
                 Err(error) => error,
             };
+            failures += 1;
             let (code, message, class) = classify(&error);
-            let delay = class
-                .is_retryable()
-                .then(|| self.backoff.delay(retry, fastrand::f64()))
-                .flatten();
+            let delay = self
+                .retry
+                .next_delay(class, failures, started.elapsed(), fastrand::f64());
             let Some(delay) = delay else {
                 return Err(Ec2Failure {
                     action,
@@ -87,19 +131,21 @@ impl Ec2 {
                     addresses: addresses.to_vec(),
                     code,
                     message,
-                    attempts: retry + 1,
+                    class,
+                    attempts: failures,
                 });
             };
             tracing::warn!(
                 action,
                 target,
                 code,
-                retry = retry + 1,
+                class = class.label(),
+                attempt = failures,
                 delay_ms = delay.as_millis() as u64,
+                elapsed_ms = started.elapsed().as_millis() as u64,
                 "EC2 call failed, retrying"
             );
             tokio::time::sleep(delay).await;
-            retry += 1;
         }
     }
 
@@ -187,6 +233,15 @@ impl Ec2 {
                 .build(),
         )
         .await
+    }
+
+    /// The ENIs with these ids, as EC2 has them now (one DescribeNetworkInterfaces).
+    pub async fn enis(&self, ids: &[String]) -> Result<Vec<EniRecord>, Ec2Failure> {
+        let by_id = Filter::builder()
+            .name("network-interface-id")
+            .set_values(Some(ids.to_vec()))
+            .build();
+        self.describe(&ids.join(","), &[], by_id).await
     }
 
     /// The ENIs of `vpc_id` that hold any of the addresses now: one DescribeNetworkInterfaces

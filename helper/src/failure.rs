@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ipmgr_eni::{Assignment, Rejection};
+use ipmgr_eni::Rejection;
 
 use crate::ec2::Ec2Failure;
 use crate::metadata::MetadataError;
@@ -17,18 +17,6 @@ pub enum Failure {
     /// An EC2 call failed.
     #[error(transparent)]
     Ec2(#[from] Ec2Failure),
-    /// EC2 accepted the assignment, but instance metadata did not show it in time.
-    #[error(
-        "{} on {}: assigned, but instance metadata did not show it within {waited:?}",
-        .assignment.address,
-        .assignment.eni_id
-    )]
-    Unconfirmed {
-        /// The assignment.
-        assignment: Assignment,
-        /// How long the helper waited.
-        waited: Duration,
-    },
 }
 
 impl Failure {
@@ -37,7 +25,6 @@ impl Failure {
         match self {
             Failure::Rejected(_) => "rejected",
             Failure::Ec2(_) => "ec2",
-            Failure::Unconfirmed { .. } => "unconfirmed",
         }
     }
 

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ipmgr_helper::config::{Cli, Command, Settings};
-use ipmgr_helper::pass::NodeEnis;
 use ipmgr_helper::{Helper, RunError};
 use tracing::Instrument as _;
 
@@ -66,7 +65,7 @@ fn ready(ready_file: &Path) -> ExitCode {
 async fn run(work: Work, settings: Settings) -> Result<(), RunError> {
     let (mut helper, node) = Helper::connect(settings).await?;
     match work {
-        Work::Init => helper.init(&node, &mut NodeEnis::default()).await.map(drop),
+        Work::Init => helper.init(&node).await,
         Work::Sidecar => helper.sidecar(node).await,
         Work::Plan => {
             for line in helper.plan_report(&node).await? {

@@ -1,25 +1,29 @@
 //! Node facts from instance metadata (IMDSv2, token cached by the SDK client).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_config::imds::Client;
 use aws_config::imds::client::error::ImdsError;
 use aws_config::provider_config::ProviderConfig;
 use aws_sdk_ec2::config::SharedHttpClient;
 use futures::future::try_join_all;
-use ipmgr_eni::{Eni, EniMetadata, FactsError, MacAddr, NodeFacts};
+use ipmgr_eni::{
+    Assignment, Backoff, Eni, EniMetadata, FactsError, MacAddr, NodeFacts, unconfirmed,
+};
 
 /// Reading instance metadata failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
-    /// The IMDS did not answer or refused.
+    /// The IMDS did not answer or refused, within the retry budget.
     #[error(
-        "instance metadata {path} unavailable: {source}; check that the node allows IMDSv2 from pods (HttpPutResponseHopLimit 2) or set AWS_EC2_METADATA_SERVICE_ENDPOINT"
+        "instance metadata {path} unavailable (tried for {waited:?}): {source}; check that the node's metadata options allow IMDSv2 from pods (HttpPutResponseHopLimit 2: aws ec2 modify-instance-metadata-options --http-put-response-hop-limit 2), or set AWS_EC2_METADATA_SERVICE_ENDPOINT"
     )]
     Unavailable {
         /// The metadata path.
         path: String,
+        /// How long the helper kept trying.
+        waited: Duration,
         /// The SDK error.
         source: Box<ImdsError>,
     },
@@ -48,36 +52,72 @@ pub enum MetadataError {
 #[derive(Debug, Clone)]
 pub struct Metadata {
     client: Client,
+    retry: Duration,
 }
+
+/// Spacing of metadata retries (full jitter within each ceiling).
+const METADATA_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(200),
+    factor: 2,
+    max: Duration::from_secs(2),
+};
 
 const MACS: &str = "/latest/meta-data/network/interfaces/macs/";
 
 impl Metadata {
     /// A client sharing `http_client` with the EC2 client; honours
-    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT`.
-    pub fn new(http_client: SharedHttpClient) -> Self {
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT`. A value that cannot be read is retried for
+    /// `retry` (metadata that is briefly unreachable must not fail a pod).
+    pub fn new(http_client: SharedHttpClient, retry: Duration) -> Self {
         let provider = ProviderConfig::default().with_http_client(http_client);
         let client = Client::builder()
             .configure(&provider)
-            .max_attempts(3)
+            .max_attempts(1)
             .connect_timeout(Duration::from_secs(1))
             .read_timeout(Duration::from_secs(2))
             .build();
-        Metadata { client }
+        Metadata { client, retry }
     }
 
     async fn get(&self, path: String) -> Result<Option<String>, MetadataError> {
-        match self.client.get(path.clone()).await {
-            Ok(value) => Ok(Some(value.as_ref().to_owned())),
-            Err(ImdsError::ErrorResponse(response))
-                if response.response().status().as_u16() == 404 =>
-            {
-                Ok(None)
+        let started = Instant::now();
+        let mut failures = 0;
+        loop {
+            let source = match self.client.get(path.clone()).await {
+                Ok(value) => return Ok(Some(value.as_ref().to_owned())),
+                Err(ImdsError::ErrorResponse(response)) => {
+                    match response.response().status().as_u16() {
+                        404 => return Ok(None),
+                        429 | 500.. => ImdsError::ErrorResponse(response),
+                        _ => {
+                            return Err(MetadataError::Unavailable {
+                                path,
+                                waited: started.elapsed(),
+                                source: Box::new(ImdsError::ErrorResponse(response)),
+                            });
+                        }
+                    }
+                }
+                Err(source) => source,
+            };
+            failures += 1;
+            let left = self.retry.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(MetadataError::Unavailable {
+                    path,
+                    waited: started.elapsed(),
+                    source: Box::new(source),
+                });
             }
-            Err(source) => Err(MetadataError::Unavailable {
-                path,
-                source: Box::new(source),
-            }),
+            if failures == 1 {
+                tracing::warn!(path, error = %source, "instance metadata unreachable, retrying");
+            }
+            tokio::time::sleep(
+                METADATA_BACKOFF
+                    .jittered(failures, fastrand::f64())
+                    .min(left),
+            )
+            .await;
         }
     }
 
@@ -160,7 +200,45 @@ impl Metadata {
         )?)
     }
 
-    /// The addresses one ENI holds now (`local-ipv4s`, `ipv6s`), for confirmation.
+    /// Polls the address lists of the ENIs of `expected` until they show it, within
+    /// `window`; what they never showed.
+    pub async fn wait_to_show(
+        &self,
+        node: &NodeFacts,
+        expected: &[Assignment],
+        window: Duration,
+    ) -> Result<Vec<Assignment>, MetadataError> {
+        let deadline = Instant::now() + window;
+        let enis: Vec<&str> = expected
+            .iter()
+            .map(|assignment| assignment.eni_id.as_str())
+            .collect();
+        let mut delay = Duration::from_millis(20);
+        let mut current = node.clone();
+        loop {
+            self.refresh(&mut current, &enis).await?;
+            let missing = unconfirmed(expected, &current);
+            if missing.is_empty() || Instant::now() + delay > deadline {
+                return Ok(missing);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Re-reads the address lists of the ENIs `enis` of `node`.
+    pub async fn refresh(&self, node: &mut NodeFacts, enis: &[&str]) -> Result<(), MetadataError> {
+        for eni in node
+            .enis
+            .iter_mut()
+            .filter(|eni| enis.contains(&eni.id.as_str()))
+        {
+            (eni.ipv4, eni.ipv6) = self.addresses(eni.mac).await?;
+        }
+        Ok(())
+    }
+
+    /// The addresses one ENI holds now (`local-ipv4s`, `ipv6s`).
     pub async fn addresses(
         &self,
         mac: MacAddr,

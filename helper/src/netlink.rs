@@ -101,16 +101,7 @@ impl PodNetwork {
             let Some((interface, mac)) = interfaces.get(&message.header.index) else {
                 continue;
             };
-            let (mut local, mut address) = (None, None);
-            for attribute in &message.attributes {
-                match attribute {
-                    AddressAttribute::Local(ip) => local = Some(*ip),
-                    AddressAttribute::Address(ip) => address = Some(*ip),
-                    _ => {}
-                }
-            }
-            // For IPv4 IFA_LOCAL is the address (IFA_ADDRESS the peer on point-to-point links).
-            let Some(ip): Option<IpAddr> = local.or(address) else {
+            let Some(ip) = address_of(&message.attributes) else {
                 continue;
             };
             addresses.push(PodAddress {
@@ -125,19 +116,37 @@ impl PodNetwork {
     }
 
     /// Waits for the next address or link change and drains the burst that follows. `None`
-    /// when the netlink socket closed; `Some(true)` when an address was added (even one that
-    /// was removed and added back while the caller was busy), `Some(false)` otherwise.
-    pub async fn changed(&mut self) -> Option<bool> {
-        let is_new_address = |(message, _): &(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)| {
-            matches!(
-                message.payload,
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(_))
-            )
+    /// when the netlink socket closed; otherwise the global-scope addresses added in the
+    /// burst (even one that was removed and added back while the caller was busy), possibly
+    /// none.
+    pub async fn changed(&mut self) -> Option<Vec<IpAddr>> {
+        let mut added = Vec::new();
+        let mut note = |(message, _): (NetlinkMessage<RouteNetlinkMessage>, SocketAddr)| {
+            if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(address)) =
+                message.payload
+                && address.header.scope == AddressScope::Universe
+            {
+                added.extend(address_of(&address.attributes));
+            }
         };
-        let mut added = is_new_address(&self.events.next().await?);
+        note(self.events.next().await?);
         while let Ok(event) = self.events.try_recv() {
-            added |= is_new_address(&event);
+            note(event);
         }
         Some(added)
     }
+}
+
+/// The address of an address message: IFA_LOCAL for IPv4 (IFA_ADDRESS is the peer on
+/// point-to-point links), IFA_ADDRESS otherwise.
+fn address_of(attributes: &[AddressAttribute]) -> Option<IpAddr> {
+    let (mut local, mut address) = (None, None);
+    for attribute in attributes {
+        match attribute {
+            AddressAttribute::Local(ip) => local = Some(*ip),
+            AddressAttribute::Address(ip) => address = Some(*ip),
+            _ => {}
+        }
+    }
+    local.or(address)
 }

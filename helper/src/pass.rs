@@ -1,13 +1,14 @@
 //! One assignment pass: plan the pod's addresses against the node (instance metadata),
-//! vet the plan against EC2 (only Multus ENIs, never another workload's address), carry out
-//! the changes and confirm them in metadata; and `init`, which waits for the addresses first.
+//! vet the plan against EC2 (only Multus ENIs, never another workload's address) and carry
+//! out the changes; EC2's answer is the truth. `init` waits for the addresses first, and
+//! afterwards (bounded, advisory) for metadata to show what EC2 accepted.
 
-use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use ipmgr_eni::{
     Assignment, EniChange, EniRecord, NodeFacts, OwnershipPolicy, Plan, PlanOptions, PodAddress,
-    Vetted, plan, unconfirmed, vet_enis, vet_holders,
+    Vetted, plan, vet_enis, vet_holders,
 };
 use tokio::time::Instant;
 
@@ -63,7 +64,7 @@ impl NodeEnis {
 /// What one pass did.
 #[derive(Debug, Default)]
 pub struct PassReport {
-    /// Addresses this pass assigned (and metadata confirmed).
+    /// Addresses EC2 accepted in this pass.
     pub assigned: Vec<Assignment>,
     /// Addresses left unroutable, and why.
     pub failures: Vec<Failure>,
@@ -109,9 +110,11 @@ impl Helper {
         &self,
         node: &NodeFacts,
         addresses: &[PodAddress],
+        fresh: &[IpAddr],
         enis: &mut NodeEnis,
     ) -> Result<Vetted, Ec2Failure> {
-        let planned = plan(node, addresses, &self.options);
+        let mut planned = plan(node, addresses, &self.options);
+        planned.distrust(fresh);
         for rejection in planned.rejections.iter().filter(|r| !r.is_failure()) {
             tracing::info!(%rejection, "address left alone");
         }
@@ -159,7 +162,7 @@ impl Helper {
             plan: planned,
             ipv6_releases,
         } = self
-            .vetted_plan(node, &addresses, &mut NodeEnis::default())
+            .vetted_plan(node, &addresses, &[], &mut NodeEnis::default())
             .await?;
         let changing: Vec<Assignment> = planned
             .changes
@@ -200,40 +203,28 @@ impl Helper {
         Ok(placements.chain(rejections).collect())
     }
 
-    /// Plans against `node`, vets the plan against EC2, carries out the changes and
-    /// confirms them.
+    /// Plans against `node` (distrusting metadata for the `fresh` addresses), vets the plan
+    /// against EC2 and carries out the changes. What EC2 accepted is assigned.
     pub async fn pass(
         &self,
         node: &NodeFacts,
         addresses: &[PodAddress],
+        fresh: &[IpAddr],
         enis: &mut NodeEnis,
-    ) -> Result<PassReport, RunError> {
-        let (planned, releases, mut failures) = match self.vetted_plan(node, addresses, enis).await
-        {
-            Ok(Vetted {
-                plan,
-                ipv6_releases,
-            }) => {
-                let rejected = plan.failures().cloned().map(Failure::Rejected).collect();
-                (plan, ipv6_releases, rejected)
-            }
-            Err(failure) => (Plan::default(), Vec::new(), vec![failure.into()]),
-        };
-        let (expected, call_failures) = self.apply(&planned, &releases).await;
+    ) -> PassReport {
+        let (planned, releases, mut failures) =
+            match self.vetted_plan(node, addresses, fresh, enis).await {
+                Ok(Vetted {
+                    plan,
+                    ipv6_releases,
+                }) => {
+                    let rejected = plan.failures().cloned().map(Failure::Rejected).collect();
+                    (plan, ipv6_releases, rejected)
+                }
+                Err(failure) => (Plan::default(), Vec::new(), vec![failure.into()]),
+            };
+        let (assigned, call_failures) = self.apply(&planned, &releases).await;
         failures.extend(call_failures.into_iter().map(Failure::from));
-        let mut assigned = Vec::new();
-        if !expected.is_empty() {
-            let missing = self.confirm(node, &expected).await?;
-            let waited = self.settings.confirm();
-            failures.extend(missing.iter().map(|assignment| Failure::Unconfirmed {
-                assignment: assignment.clone(),
-                waited,
-            }));
-            assigned = expected
-                .into_iter()
-                .filter(|assignment| !missing.contains(assignment))
-                .collect();
-        }
         failures.iter().for_each(Failure::log);
         tracing::info!(
             addresses = addresses.len(),
@@ -242,7 +233,7 @@ impl Helper {
             failures = failures.len(),
             "pass done"
         );
-        Ok(PassReport { assigned, failures })
+        PassReport { assigned, failures }
     }
 
     /// The EC2 calls of a vetted plan: IPv6 addresses leave their Multus holders first, then
@@ -298,60 +289,56 @@ impl Helper {
         (accepted, failures)
     }
 
-    /// Polls the changed ENIs' metadata until it shows `expected`, within the confirm bound;
-    /// returns what it never showed.
-    async fn confirm(
-        &self,
-        node: &NodeFacts,
-        expected: &[Assignment],
-    ) -> Result<Vec<Assignment>, RunError> {
-        let deadline = Instant::now() + self.settings.confirm();
-        let enis: BTreeSet<&str> = expected
-            .iter()
-            .map(|assignment| assignment.eni_id.as_str())
-            .collect();
-        let mut delay = Duration::from_millis(20);
-        let mut current = node.clone();
-        loop {
-            self.refresh_addresses(&mut current, &enis).await?;
-            let missing = unconfirmed(expected, &current);
-            if missing.is_empty() || Instant::now() + delay > deadline {
-                return Ok(missing);
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(500));
+    /// `init`: wait for the addresses, one pass, then wait (bounded) for metadata to show
+    /// what EC2 accepted; an error when any address stays unroutable.
+    pub async fn init(&mut self, node: &NodeFacts) -> Result<(), RunError> {
+        let addresses = self.wait_for_addresses(node).await?;
+        let report = self
+            .pass(node, &addresses, &[], &mut NodeEnis::default())
+            .await;
+        if !report.failures.is_empty() {
+            return Err(RunError::Unroutable(report.failures));
         }
-    }
-
-    /// Re-reads the address lists of the ENIs `enis` of `node` from metadata.
-    pub(crate) async fn refresh_addresses(
-        &self,
-        node: &mut NodeFacts,
-        enis: &BTreeSet<&str>,
-    ) -> Result<(), RunError> {
-        for eni in node
-            .enis
-            .iter_mut()
-            .filter(|eni| enis.contains(eni.id.as_str()))
-        {
-            (eni.ipv4, eni.ipv6) = self.metadata.addresses(eni.mac).await?;
-        }
+        confirm(
+            &self.metadata,
+            node,
+            &report.assigned,
+            self.settings.confirm(),
+        )
+        .await;
         Ok(())
     }
+}
 
-    /// `init`: wait, assign, confirm; an error when any address stays unroutable. Returns
-    /// what it assigned and the addresses it worked on.
-    pub async fn init(
-        &mut self,
-        node: &NodeFacts,
-        enis: &mut NodeEnis,
-    ) -> Result<(PassReport, Vec<PodAddress>), RunError> {
-        let addresses = self.wait_for_addresses(node).await?;
-        let report = self.pass(node, &addresses, enis).await?;
-        if report.failures.is_empty() {
-            Ok((report, addresses))
-        } else {
-            Err(RunError::Unroutable(report.failures))
+/// Waits up to `window` for instance metadata to show `accepted` (EC2 accepted them, so
+/// they are assigned; metadata only tells when the node sees it), and says how that went:
+/// a warning per assignment metadata never showed. Metadata errors are warnings too.
+pub async fn confirm(
+    metadata: &Metadata,
+    node: &NodeFacts,
+    accepted: &[Assignment],
+    window: Duration,
+) {
+    if accepted.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    match metadata.wait_to_show(node, accepted, window).await {
+        Ok(missing) if missing.is_empty() => tracing::info!(
+            addresses = accepted.len(),
+            after_ms = started.elapsed().as_millis() as u64,
+            "instance metadata shows the assignments: traffic flows"
+        ),
+        Ok(missing) => {
+            for assignment in missing {
+                tracing::warn!(
+                    address = %assignment.address,
+                    eni = assignment.eni_id,
+                    waited_ms = window.as_millis() as u64,
+                    "EC2 accepted the assignment, but instance metadata does not show it yet (it lags EC2); traffic should flow once it does"
+                );
+            }
         }
+        Err(error) => tracing::warn!(%error, "cannot confirm the assignments in instance metadata"),
     }
 }

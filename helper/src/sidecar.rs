@@ -1,7 +1,13 @@
 //! The sidecar: a first pass, then follow the pod's address changes (netlink events, no
 //! polling) and re-check the whole node periodically; on SIGTERM, release.
+//!
+//! EC2's answer is the truth and instance metadata lags it: an address the pod just gained,
+//! or one that changed within the last minute, is planned as a change whatever metadata
+//! says, and the holder lookup (EC2) decides. A pass that leaves an address unroutable is
+//! tried again after 2 s, then twice as long each time, up to `--error-backoff-max-seconds`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use ipmgr_eni::{Assignment, NodeFacts, PodAddress, plan};
@@ -9,95 +15,166 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
 use crate::failure::RunError;
-use crate::pass::{Helper, NodeEnis};
+use crate::pass::{Helper, NodeEnis, PassReport, confirm};
 
-/// How soon a pass that failed is tried again.
-const RETRY_SOON: Duration = Duration::from_secs(2);
+/// How long metadata is not trusted about an address after it changed: the VPC CNI waits up
+/// to a minute for metadata to show an assignment.
+const METADATA_LAG: Duration = Duration::from_secs(60);
+
+/// What starts a pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trigger {
+    /// The pod gained an address: only the target ENIs' address lists are read again.
+    Event,
+    /// The periodic check, or the retry after a failing pass: the whole node is read again
+    /// (and the ENI list from EC2), which notices attached ENIs and changed tags.
+    FullCheck,
+}
+
+/// What the sidecar remembers between passes.
+#[derive(Debug, Default)]
+struct Memory {
+    /// The pod's addresses as of the last look.
+    seen: Vec<PodAddress>,
+    /// What this helper assigned (EC2 accepted), for the release on exit.
+    assigned: BTreeSet<Assignment>,
+    /// When each address last changed (gained by the pod, or assigned).
+    changed: BTreeMap<IpAddr, Instant>,
+    /// Passes in a row that left an address unroutable.
+    failing: u32,
+    /// Whether the ready file is written.
+    ready: bool,
+}
+
+impl Memory {
+    /// The addresses metadata is not trusted about (changed within [`METADATA_LAG`]).
+    fn fresh(&mut self) -> Vec<IpAddr> {
+        let now = Instant::now();
+        self.changed
+            .retain(|_, at| now.duration_since(*at) < METADATA_LAG);
+        self.changed.keys().copied().collect()
+    }
+}
 
 impl Helper {
-    /// `sidecar`: `init`, then follow netlink events and re-check metadata periodically;
-    /// on SIGTERM or SIGINT release what it assigned (if enabled) and return.
+    /// `sidecar`: wait for the addresses, then pass after pass until SIGTERM or SIGINT;
+    /// then release what it assigned (if enabled) and return.
     pub async fn sidecar(&mut self, mut node: NodeFacts) -> Result<(), RunError> {
-        // Changes from here on are judged against what the first pass worked on, so an
-        // address that appeared during that pass is still seen as new.
-        let mut enis = NodeEnis::default();
-        let (first, mut seen) = self.init(&node, &mut enis).await?;
-        let mut assigned: BTreeSet<Assignment> = first.assigned.into_iter().collect();
-        if let Some(path) = &self.settings.ready_file {
-            std::fs::write(path, b"ready\n").map_err(|source| RunError::ReadyFile {
-                path: path.display().to_string(),
-                source,
-            })?;
-        }
-        tracing::info!("first pass done; watching address changes");
         let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+        let mut memory = Memory {
+            seen: self.wait_for_addresses(&node).await?,
+            ..Memory::default()
+        };
+        let mut enis = NodeEnis::default();
+        let mut trigger = Some(Trigger::Event);
         let mut next_check = Instant::now() + self.settings.recheck();
         loop {
-            let full_check = tokio::select! {
+            if let Some(why) = trigger.take() {
+                let pass = self.sidecar_pass(why, &mut node, &mut enis, &mut memory);
+                let report = tokio::select! {
+                    report = pass => report,
+                    _ = terminate.recv() => break,
+                    _ = tokio::signal::ctrl_c() => break,
+                };
+                next_check = Instant::now() + self.after(report, &node, &mut memory)?;
+            }
+            tokio::select! {
                 change = self.network.changed() => {
-                    let Some(address_added) = change else {
+                    let Some(added) = change else {
                         break;
                     };
                     let current = self.network.addresses().await?;
-                    let new = address_added || current.iter().any(|address| !seen.contains(address));
-                    seen = current;
-                    if !new {
-                        continue;
+                    let now = Instant::now();
+                    memory.changed.extend(added.iter().map(|&address| (address, now)));
+                    let new = !added.is_empty()
+                        || current.iter().any(|address| !memory.seen.contains(address));
+                    memory.seen = current;
+                    if new {
+                        trigger = Some(Trigger::Event);
                     }
-                    false
                 }
-                () = tokio::time::sleep_until(next_check) => true,
+                () = tokio::time::sleep_until(next_check) => trigger = Some(Trigger::FullCheck),
                 _ = terminate.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
-            };
-            next_check = Instant::now() + self.settings.recheck();
-            // A new address needs only the address lists of the ENIs it goes to; the
-            // periodic check re-reads everything (and so notices ENI and tag changes).
-            let refreshed = if full_check {
-                enis.forget();
-                self.metadata
-                    .node_facts()
-                    .await
-                    .map(|fresh| node = fresh)
-                    .map_err(RunError::from)
-            } else {
-                self.refresh_targets(&mut node, &seen).await
-            };
-            if let Err(error) = refreshed {
-                tracing::error!(%error, "cannot read instance metadata; retrying soon");
-                next_check = Instant::now() + RETRY_SOON;
-                continue;
-            }
-            match self.pass(&node, &seen, &mut enis).await {
-                Ok(report) => {
-                    if !report.failures.is_empty() {
-                        next_check = Instant::now() + RETRY_SOON;
-                    }
-                    assigned.extend(report.assigned);
-                }
-                Err(error) => {
-                    tracing::error!(%error, "pass failed; retrying soon");
-                    next_check = Instant::now() + RETRY_SOON;
-                }
             }
         }
         if self.settings.release_on_exit {
-            self.release(&assigned).await?;
+            self.release(&memory.assigned).await?;
         }
         Ok(())
     }
 
-    /// Re-reads the address lists of the ENIs that `addresses` go to.
-    async fn refresh_targets(
+    /// One pass of the sidecar: refresh what the trigger calls for, then pass.
+    async fn sidecar_pass(
         &self,
+        trigger: Trigger,
         node: &mut NodeFacts,
-        addresses: &[PodAddress],
-    ) -> Result<(), RunError> {
-        let targets = plan(node, addresses, &self.options).placements;
-        let enis = targets
-            .iter()
-            .map(|placement| placement.eni_id.as_str())
-            .collect();
-        self.refresh_addresses(node, &enis).await
+        enis: &mut NodeEnis,
+        memory: &mut Memory,
+    ) -> Result<PassReport, RunError> {
+        match trigger {
+            Trigger::FullCheck => {
+                enis.forget();
+                *node = self.metadata.node_facts().await?;
+            }
+            Trigger::Event => {
+                let targets = plan(node, &memory.seen, &self.options).placements;
+                let targets: Vec<&str> = targets.iter().map(|p| p.eni_id.as_str()).collect();
+                self.metadata.refresh(node, &targets).await?;
+            }
+        }
+        let fresh = memory.fresh();
+        Ok(self.pass(node, &memory.seen, &fresh, enis).await)
+    }
+
+    /// Takes in a pass's outcome: remembers what EC2 accepted, confirms it in the background,
+    /// writes the ready file after the first clean pass; the time until the next full check.
+    fn after(
+        &self,
+        outcome: Result<PassReport, RunError>,
+        node: &NodeFacts,
+        memory: &mut Memory,
+    ) -> Result<Duration, RunError> {
+        let clean = match outcome {
+            Ok(report) => {
+                let now = Instant::now();
+                for assignment in &report.assigned {
+                    memory.changed.insert(assignment.address, now);
+                }
+                memory.assigned.extend(report.assigned.iter().cloned());
+                if !report.assigned.is_empty() {
+                    let (metadata, node) = (self.metadata.clone(), node.clone());
+                    let (accepted, window) = (report.assigned, self.settings.confirm());
+                    tokio::spawn(async move { confirm(&metadata, &node, &accepted, window).await });
+                }
+                report.failures.is_empty()
+            }
+            Err(error) => {
+                tracing::error!(%error, "pass failed");
+                false
+            }
+        };
+        if clean {
+            memory.failing = 0;
+            if !memory.ready
+                && let Some(path) = &self.settings.ready_file
+            {
+                std::fs::write(path, b"ready\n").map_err(|source| RunError::ReadyFile {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                tracing::info!(file = %path.display(), "first pass done; ready");
+            }
+            memory.ready = true;
+            return Ok(self.settings.recheck());
+        }
+        memory.failing += 1;
+        let delay = self.settings.error_backoff().ceiling(memory.failing);
+        tracing::warn!(
+            failing_passes = memory.failing,
+            retry_in_s = delay.as_secs(),
+            "a pass left addresses unroutable; backing off before the next full check"
+        );
+        Ok(delay)
     }
 }

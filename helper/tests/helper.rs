@@ -107,7 +107,8 @@ fn throttled_twice_then_success() {
         "pod",
         &[Interface::on_eni("net1", "eth1", &["10.0.1.70/24"])],
     );
-    let (output, stderr, _) = finish(helper(&bed, &pod, &["init"]));
+    let quick = pod.with_env("IPMGR_EC2_BACKOFF_INITIAL_MS", "50");
+    let (output, stderr, _) = finish(helper(&bed, &quick, &["init"]));
     assert!(output.status.success(), "{stderr}");
     assert_eq!(bed.calls()["AssignPrivateIpAddresses"], 3);
     assert!(bed.holds(&bed.eni_id("node1", "eth1"), "10.0.1.70"));
@@ -137,6 +138,7 @@ fn a_permanent_ec2_error_fails_at_once_naming_address_eni_and_code() {
         eni.as_str(),
         "UnauthorizedOperation",
         "AssignPrivateIpAddresses",
+        "manifests/samples/iam-policy.json",
     ] {
         assert!(line.contains(part), "{part} missing from {line:?}");
     }
@@ -155,11 +157,18 @@ fn unreachable_metadata_fails_in_bounded_time() {
         &[Interface::on_eni("net1", "eth1", &["10.0.1.72/24"])],
     );
     // The bed's gateway, on a port where nothing listens.
-    let unreachable = pod.with_env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://198.18.0.1:9");
+    let unreachable = pod
+        .with_env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://198.18.0.1:9")
+        .with_env("IPMGR_METADATA_RETRY_SECONDS", "3");
     let (output, stderr, elapsed) = finish(helper(&bed, &unreachable, &["init"]));
     assert!(!output.status.success());
-    assert!(reason(&stderr).contains("instance metadata"), "{stderr}");
-    assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
+    let line = reason(&stderr);
+    assert!(line.contains("instance metadata"), "{stderr}");
+    assert!(line.contains("HttpPutResponseHopLimit 2"), "{line}");
+    assert!(
+        (Duration::from_secs(3)..Duration::from_secs(10)).contains(&elapsed),
+        "retried for the budget, then gave up: {elapsed:?}"
+    );
 }
 
 #[test]
@@ -193,10 +202,9 @@ fn the_per_eni_limit_is_reported() {
     );
     let (output, stderr, _) = finish(helper(&bed, &pod, &["init"]));
     assert!(!output.status.success());
-    assert!(
-        reason(&stderr).contains("PrivateIpAddressLimitExceeded"),
-        "{stderr}"
-    );
+    let line = reason(&stderr);
+    assert!(line.contains("PrivateIpAddressLimitExceeded"), "{stderr}");
+    assert!(line.contains("node agent"), "says what to do: {line}");
     assert_eq!(failure_kinds(&stderr), ["ec2"]);
 }
 

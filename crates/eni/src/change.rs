@@ -50,6 +50,36 @@ impl EniChange {
             .collect()
     }
 
+    /// The change split into one per EC2 call: its IPv4 part and its IPv6 part, the empty
+    /// ones left out.
+    pub fn calls(&self) -> impl Iterator<Item = EniChange> + '_ {
+        let ipv4 = EniChange {
+            ipv6: Vec::new(),
+            ..self.clone()
+        };
+        let ipv6 = EniChange {
+            ipv4: Vec::new(),
+            ..self.clone()
+        };
+        [ipv4, ipv6].into_iter().filter(|call| !call.is_empty())
+    }
+
+    /// The change split into one per address.
+    pub fn singles(&self) -> impl Iterator<Item = EniChange> + '_ {
+        self.assignments()
+            .flat_map(|assignment| EniChange::group([assignment]))
+    }
+
+    /// Whether the change has no address.
+    pub fn is_empty(&self) -> bool {
+        self.ipv4.is_empty() && self.ipv6.is_empty()
+    }
+
+    /// How many addresses it changes.
+    pub fn len(&self) -> usize {
+        self.ipv4.len() + self.ipv6.len()
+    }
+
     /// Every (ENI, address) pair of the change.
     pub fn assignments(&self) -> impl Iterator<Item = Assignment> + '_ {
         let ipv4 = self.ipv4.iter().map(|&v4| IpAddr::V4(v4));
@@ -99,6 +129,10 @@ mod tests {
                 },
             ]
         );
+        let calls: Vec<EniChange> = changes[1].calls().collect();
+        assert_eq!(calls.len(), 1, "IPv4 only");
+        assert_eq!(changes[1].singles().count(), 2);
+        assert!(changes[1].singles().all(|single| single.len() == 1));
         let back: Vec<Assignment> = changes.iter().flat_map(EniChange::assignments).collect();
         assert_eq!(back.len(), 3);
         assert!(input.iter().all(|item| back.contains(item)));

@@ -19,10 +19,10 @@ pub use facts::{Eni, EniMetadata, FactsError, NodeFacts, PodAddress};
 pub use mac::{InvalidMac, MacAddr};
 pub use ownership::{
     EniRecord, Holder, NO_MANAGE_TAG, NotMultus, OwnershipPolicy, VPC_CNI_DESCRIPTION_PREFIX,
-    VPC_CNI_INSTANCE_TAG, Vetted, vet_enis, vet_holders,
+    VPC_CNI_INSTANCE_TAG, Vetted, release, vet_enis, vet_holders,
 };
 pub use plan::{
     MatchedBy, Placement, Plan, PlanOptions, RejectReason, Rejection, VPC_CNI_INTERFACES, plan,
-    release, unconfirmed,
+    unconfirmed,
 };
-pub use retry::{Backoff, ErrorClass};
+pub use retry::{Backoff, ErrorClass, RetryPolicy};

@@ -196,8 +196,10 @@ pub struct Vetted {
 }
 
 /// Decides, for every planned change, whether the address may move: nobody holds it, or a
-/// Multus ENI does (a floating address coming back from another node); an address already on
-/// its ENI needs no call; one another workload holds is refused.
+/// Multus ENI does (a floating address coming back from another node); one another workload
+/// holds is refused. An address already on its ENI needs no call, unless it is a fresh IPv4
+/// address (see [`Plan::distrust`]): that one is assigned again, which AllowReassignment
+/// makes harmless, in case EC2's answer lags too.
 pub fn vet_holders(mut plan: Plan, holders: &[EniRecord], policy: OwnershipPolicy) -> Vetted {
     let planned: Vec<Assignment> = plan
         .changes
@@ -212,7 +214,9 @@ pub fn vet_holders(mut plan: Plan, holders: &[EniRecord], policy: OwnershipPolic
             .filter(|record| record.holds(assignment.address))
         {
             if record.id == assignment.eni_id {
-                plan.unchange(&assignment);
+                if !(assignment.address.is_ipv4() && plan.fresh.contains(&assignment.address)) {
+                    plan.unchange(&assignment);
+                }
                 verdict = Ok(());
                 break;
             }
@@ -243,4 +247,18 @@ pub fn vet_holders(mut plan: Plan, holders: &[EniRecord], policy: OwnershipPolic
         plan,
         ipv6_releases: EniChange::group(releases),
     }
+}
+
+/// Of the addresses this helper assigned, those EC2 says their ENI still holds (`enis`, read
+/// just now: metadata lags and may still show an address that moved away), grouped per ENI
+/// for the unassign calls; an ENI's primary address never.
+pub fn release(assigned: &[Assignment], enis: &[EniRecord]) -> Vec<EniChange> {
+    let ours = assigned.iter().filter(|assignment| {
+        enis.iter().any(|record| {
+            record.id == assignment.eni_id
+                && record.holds(assignment.address)
+                && record.primary_ipv4.map(IpAddr::V4) != Some(assignment.address)
+        })
+    });
+    EniChange::group(ours.cloned())
 }

@@ -192,6 +192,8 @@ pub struct Plan {
     pub changes: Vec<EniChange>,
     /// Addresses that will not be assigned.
     pub rejections: Vec<Rejection>,
+    /// Addresses whose metadata view is not trusted (see [`Plan::distrust`]).
+    pub fresh: Vec<IpAddr>,
 }
 
 impl Plan {
@@ -224,6 +226,38 @@ impl Plan {
             eni_id: placement.eni_id.clone(),
             address: placement.address.address,
         })
+    }
+
+    /// Plans the `fresh` addresses (just added to the pod, or changed within the last
+    /// minute) as changes even where metadata shows them in place: metadata lags EC2, so
+    /// only EC2's answer (the holder lookup) may say they need no call. Addresses routed by
+    /// their ENI's prefix stay without a call.
+    pub fn distrust(&mut self, fresh: &[IpAddr]) {
+        let stale: Vec<Assignment> = self
+            .placements
+            .iter()
+            .filter(|placement| {
+                placement.prefix.is_none() && fresh.contains(&placement.address.address)
+            })
+            .map(|placement| Assignment {
+                eni_id: placement.eni_id.clone(),
+                address: placement.address.address,
+            })
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        let planned = self.changes.iter().flat_map(EniChange::assignments);
+        let mut changes = EniChange::group(planned.chain(stale.iter().cloned()));
+        let order = |change: &EniChange| {
+            self.changes
+                .iter()
+                .position(|planned| planned.eni_id == change.eni_id)
+        };
+        changes.sort_by_key(|change| order(change).unwrap_or(usize::MAX));
+        self.changes = changes;
+        self.fresh
+            .extend(stale.into_iter().map(|assignment| assignment.address));
     }
 
     /// Withdraws a planned assignment: its placement becomes a rejection for `reason`.
@@ -390,16 +424,4 @@ pub fn unconfirmed(expected: &[Assignment], node: &NodeFacts) -> Vec<Assignment>
         })
         .cloned()
         .collect()
-}
-
-/// Of the addresses this helper assigned, those their ENI still holds, grouped per ENI; an
-/// address another node took meanwhile, and an ENI's primary address, are left alone.
-pub fn release(assigned: &[Assignment], node: &NodeFacts) -> Vec<EniChange> {
-    let ours = assigned.iter().filter(|assignment| {
-        node.eni(&assignment.eni_id).is_some_and(|eni| {
-            eni.holds(assignment.address)
-                && eni.primary_ipv4().map(IpAddr::V4) != Some(assignment.address)
-        })
-    });
-    EniChange::group(ours.cloned())
 }

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipmgr_eni::{
     Assignment, EniChange, EniRecord, MacAddr, MatchedBy, NO_MANAGE_TAG, NotMultus,
-    OwnershipPolicy, Placement, Plan, PodAddress, RejectReason, vet_enis, vet_holders,
+    OwnershipPolicy, Placement, Plan, PodAddress, RejectReason, release, vet_enis, vet_holders,
 };
 use pretty_assertions::assert_eq;
 use rstest::rstest;
@@ -68,7 +68,7 @@ fn planned(eni: &str, addresses: &[&str]) -> Plan {
             })
             .collect(),
         changes: EniChange::group(assignments),
-        rejections: Vec::new(),
+        ..Plan::default()
     }
 }
 
@@ -223,4 +223,48 @@ fn relaxed_an_untagged_holder_gives_the_address_up_but_the_vpc_cnis_never() {
     );
     assert_eq!(vetted.plan.rejections.len(), 1);
     assert_eq!(vetted.plan.rejections[0].address.address, ip("10.0.1.52"));
+}
+
+#[test]
+fn a_fresh_ipv4_address_ec2_has_on_its_eni_is_assigned_again_a_fresh_ipv6_not() {
+    let mut plan = planned("eni-here", &["10.0.1.50", "2600::50"]);
+    plan.fresh = vec![ip("10.0.1.50"), ip("2600::50")];
+    let holders = [multus("eni-here", &["10.0.1.10", "10.0.1.50", "2600::50"])];
+    let vetted = vet_holders(plan, &holders, STRICT);
+    assert_eq!(
+        vetted.plan.changes,
+        vec![EniChange {
+            eni_id: "eni-here".into(),
+            ipv4: vec!["10.0.1.50".parse().expect("ip")],
+            ipv6: vec![],
+        }],
+        "AssignPrivateIpAddresses is idempotent; AssignIpv6Addresses would refuse"
+    );
+}
+
+#[test]
+fn release_gives_back_only_what_ec2_says_is_still_ours() {
+    let assignment = |eni: &str, address: &str| Assignment {
+        eni_id: eni.to_owned(),
+        address: ip(address),
+    };
+    let assigned = [
+        assignment("eni-b", "10.10.1.81"),    // still on eni-b
+        assignment("eni-b", "2600::81"),      // still on eni-b
+        assignment("eni-b", "10.10.1.11"),    // eni-b's primary: never
+        assignment("eni-a", "10.10.1.90"),    // moved to another node meanwhile
+        assignment("eni-gone", "10.10.1.91"), // ENI detached
+    ];
+    let enis = [
+        multus("eni-b", &["10.10.1.11", "10.10.1.81", "2600::81"]),
+        multus("eni-a", &["10.10.1.10"]),
+    ];
+    assert_eq!(
+        release(&assigned, &enis),
+        vec![EniChange {
+            eni_id: "eni-b".into(),
+            ipv4: vec!["10.10.1.81".parse().expect("ip")],
+            ipv6: vec!["2600::81".parse().expect("ip")],
+        }]
+    );
 }

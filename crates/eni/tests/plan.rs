@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use ipmgr_eni::{
     Assignment, Eni, EniChange, MacAddr, MatchedBy, NodeFacts, PlanOptions, PodAddress,
-    RejectReason, plan, release, unconfirmed,
+    RejectReason, plan, unconfirmed,
 };
 use pretty_assertions::assert_eq;
 use rstest::{fixture, rstest};
@@ -280,36 +280,6 @@ fn unconfirmed_until_metadata_shows_the_address(mut node: NodeFacts) {
 }
 
 #[rstest]
-fn release_gives_back_only_what_is_still_ours(node: NodeFacts) {
-    let assigned = [
-        Assignment {
-            eni_id: "eni-b".into(),
-            address: ip("10.10.1.81"),
-        }, // still on eni-b
-        Assignment {
-            eni_id: "eni-b".into(),
-            address: ip("10.10.1.11"),
-        }, // eni-b's primary: never
-        Assignment {
-            eni_id: "eni-a".into(),
-            address: ip("10.10.1.90"),
-        }, // taken by another node
-        Assignment {
-            eni_id: "eni-gone".into(),
-            address: ip("10.10.1.91"),
-        }, // ENI detached
-    ];
-    let releases = release(&assigned, &node);
-    assert_eq!(releases.len(), 1);
-    assert_eq!(releases[0].eni_id, "eni-b");
-    assert_eq!(
-        releases[0].ipv4,
-        vec!["10.10.1.81".parse::<std::net::Ipv4Addr>().expect("ip")]
-    );
-    assert!(releases[0].ipv6.is_empty());
-}
-
-#[rstest]
 #[case::primary_interface(address("eth0", 0x00, "10.0.0.50"), RejectReason::PrimaryInterface)]
 #[case::vpc_cni_ipv4_egress(
     address("v4if0", UNKNOWN_MAC, "169.254.172.9"),
@@ -424,4 +394,33 @@ fn the_primary_eni_is_the_one_whose_mac_is_meta_data_mac_not_device_0(mut node: 
             eni: "eni-primary".into()
         }
     );
+}
+
+#[rstest]
+fn fresh_addresses_are_changes_even_where_metadata_shows_them(node: NodeFacts) {
+    let pod = [
+        address("net1", 0x0b, "10.10.1.81"), // eni-b holds it, by metadata
+        address("net1", 0x0b, "10.10.1.200"), // in eni-b's prefix
+        address("net2", 0x0a, "10.10.1.83"), // not held: a change anyway
+    ];
+    let mut result = plan(&node, &pod, &PlanOptions::default());
+    assert_eq!(result.changes.len(), 1);
+    result.distrust(&[ip("10.10.1.81"), ip("10.10.1.200")]);
+    assert_eq!(
+        result.changes,
+        vec![
+            EniChange {
+                eni_id: "eni-a".into(),
+                ipv4: vec!["10.10.1.83".parse().expect("ip")],
+                ipv6: vec![]
+            },
+            EniChange {
+                eni_id: "eni-b".into(),
+                ipv4: vec!["10.10.1.81".parse().expect("ip")],
+                ipv6: vec![]
+            },
+        ],
+        "the prefix routes 10.10.1.200 whatever metadata says"
+    );
+    assert_eq!(result.fresh, vec![ip("10.10.1.81")]);
 }
