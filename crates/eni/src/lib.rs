@@ -2,16 +2,20 @@
 //!
 //! Everything here is a function of plain data: the node's ENIs as instance metadata
 //! describes them ([`NodeFacts`]), the pod's addresses as netlink lists them
-//! ([`PodAddress`]), and the options. [`plan`] decides which address goes to which ENI;
-//! [`unconfirmed`] tells which planned addresses metadata does not show yet; [`release`]
-//! tells what to give back on shutdown. The helper binary supplies the data and carries out
-//! the result against IMDS and EC2.
+//! ([`PodAddress`]), what EC2 says about ENIs ([`EniRecord`]), and the options. [`plan`]
+//! decides which address goes to which ENI; [`vet_enis`] and [`vet_holders`] keep the plan to
+//! Multus ENIs and off other workloads' addresses; [`unconfirmed`] tells which assignments
+//! metadata does not show yet; [`release`] what to give back on shutdown; [`Absences`] and
+//! [`verify_release`] what the node agent gives back; [`RetryPolicy`] when a failed call is
+//! tried again. The helper binary supplies the data and carries out the result against
+//! IMDS, EC2 and netlink.
 
 mod change;
 mod facts;
 mod mac;
 mod ownership;
 mod plan;
+mod reclaim;
 mod retry;
 
 pub use change::{Assignment, EniChange};
@@ -25,4 +29,5 @@ pub use plan::{
     MatchedBy, Placement, Plan, PlanOptions, RejectReason, Rejection, VPC_CNI_INTERFACES, plan,
     unconfirmed,
 };
+pub use reclaim::{Absences, Keep, ReclaimOptions, verify_release};
 pub use retry::{Backoff, ErrorClass, RetryPolicy};
