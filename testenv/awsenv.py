@@ -24,6 +24,8 @@ Control calls (method, path, body -> answer):
     POST pods/NAME/addresses  {"interface", "add": [...], "remove": [...]}
     POST pods/NAME/interfaces {"name", "eni" | "mac", "addresses"}
     DELETE pods/NAME      GET pods
+    GET nodes/NAME        -> the node's own namespace (host network), its runtime netns
+                          directory (bind mounts of its pods' namespaces) and environment
     GET eni/ID            -> {"ipv4": [...], "ipv6": [...]} as EC2 holds them now
     POST assign           {"eni", "ipv4", "ipv6"}: put addresses on an ENI directly
     POST faults           {"action" | "*", "code", "status", "message", "count", "delay_ms"}
@@ -115,6 +117,9 @@ class Bed:
                 return 200, self.build(request)
             if path == "pods" or path.startswith("pods/"):
                 return 200, self.pod_call(method, path.split("/")[1:], request)
+            if method == "GET" and path.startswith("nodes/"):
+                node = path[len("nodes/"):]
+                return 200, self.require_pods().node(node, self.pod_environment(node))
             if method == "POST" and path == "faults":
                 with state.lock:
                     state.faults.setdefault(request["action"], []).append(dict(request, count=request.get("count", 1)))

@@ -11,6 +11,13 @@ of one ENI can). Other interfaces, such as the VPC CNI's `v4if0`, get a MAC of n
 
 Every change is one `ip -batch` in the bed namespace and one in the pod's, so a pod costs a
 few tens of milliseconds. Needs root.
+
+Each node also has a namespace of its own (its host network, where a node agent runs, with
+an `eth0` on the bridge) and a runtime netns directory, as containerd and CRI-O keep pod
+sandboxes under /var/run/netns (`cni-<uuid>`): a shared mount under /run/ipmgr-testenv/
+holding a bind mount of each of the node's pod namespaces, so that a process that mounted
+it (an agent started with `ip netns exec`, like a container with HostToContainer
+propagation) sees pods come and go.
 """
 
 from __future__ import annotations
@@ -20,9 +27,12 @@ import os
 import secrets
 import subprocess
 import threading
+import uuid
+from pathlib import Path
 
 MANAGEMENT = ipaddress.ip_network("198.18.0.0/16")  # RFC 2544 benchmarking range: never a VPC's
 GATEWAY = MANAGEMENT.network_address + 1
+RUNTIME_DIRS = Path("/run/ipmgr-testenv")
 
 
 class PodError(Exception):
@@ -53,7 +63,9 @@ class Pods:
         self.bed, self.eni_mac = bed, eni_mac
         self.lock = threading.Lock()
         self.pods: dict[str, dict] = {}
+        self.nodes: dict[str, dict] = {}
         self.counter = 0
+        self.runtime = RUNTIME_DIRS / bed
 
     @staticmethod
     def prepare_bed() -> list[str]:
@@ -68,14 +80,35 @@ class Pods:
                 raise PodError("the bed's management network is full")
             return self.counter
 
+    def node(self, name: str, env: dict[str, str]) -> dict:
+        """The node's own namespace and runtime netns directory, made on first use."""
+        with self.lock:
+            if name in self.nodes:
+                return self.nodes[name]
+        number = self.next_number()
+        netns, host_side = f"{self.bed}-node-{name}", f"e{number}"
+        netns_dir = self.runtime / name
+        netns_dir.mkdir(parents=True, exist_ok=True)
+        for command in (["mount", "--bind", str(netns_dir), str(netns_dir)], ["mount", "--make-shared", str(netns_dir)]):
+            subprocess.run(command, check=True, capture_output=True)
+        batch([f"netns add {netns}", f"link add {host_side} type veth peer name eth0 netns {netns}",
+               f"link set {host_side} master br0 up"])
+        batch(["link set lo up", f"addr add {MANAGEMENT.network_address + 1 + number}/{MANAGEMENT.prefixlen} dev eth0",
+               "link set eth0 up"], netns)
+        node = {"name": name, "netns": netns, "netns_dir": str(netns_dir), "env": env}
+        with self.lock:
+            self.nodes[name] = node
+        return node
+
     def create(self, spec: dict, env: dict[str, str]) -> dict:
         """A pod: `{"name", "node", "interfaces": [{"name", "eni" | "mac", "addresses"}]}`."""
         name, node = spec["name"], spec["node"]
+        runtime_dir = Path(self.node(node, env)["netns_dir"])
         with self.lock:
             if name in self.pods:
                 raise PodError(f"pod {name} exists already")
             self.pods[name] = {"name": name, "node": node, "netns": f"{self.bed}-{name}", "interfaces": [],
-                               "links": [], "env": env}
+                               "links": [], "env": env, "runtime_netns": str(runtime_dir / f"cni-{uuid.uuid4()}")}
         pod = self.pods[name]
         number = self.next_number()
         host_side = f"e{number}"
@@ -92,6 +125,9 @@ class Pods:
                 inside += more_inside
             batch(outside)
             batch(inside, pod["netns"])
+            Path(pod["runtime_netns"]).touch()
+            subprocess.run(["mount", "--bind", f"/var/run/netns/{pod['netns']}", pod["runtime_netns"]],
+                           check=True, capture_output=True)
         except Exception:
             self.delete(name)
             raise
@@ -138,6 +174,9 @@ class Pods:
             pod = self.pods.pop(name, None)
         if pod is None:
             raise PodError(f"no pod {name}")
+        runtime_netns = Path(pod["runtime_netns"])
+        subprocess.run(["umount", str(runtime_netns)], capture_output=True)
+        runtime_netns.unlink(missing_ok=True)
         subprocess.run(["ip", "netns", "del", pod["netns"]], capture_output=True)
         # The veth peers of deleted macvlans stay in the bed namespace; -force goes on past
         # the ones that went with the pod.
@@ -156,12 +195,18 @@ class Pods:
 
     @staticmethod
     def describe(pod: dict) -> dict:
-        return {key: pod[key] for key in ("name", "node", "netns", "interfaces", "env")} | {
+        return {key: pod[key] for key in ("name", "node", "netns", "interfaces", "env", "runtime_netns")} | {
             "netns_path": f"/var/run/netns/{pod['netns']}"}
 
     def cleanup(self) -> None:
         for name in list(self.pods):
             self.delete(name)
+        for node in self.nodes.values():
+            subprocess.run(["umount", node["netns_dir"]], capture_output=True)
+            subprocess.run(["ip", "netns", "del", node["netns"]], capture_output=True)
+            Path(node["netns_dir"]).rmdir()
+        if self.runtime.exists():
+            self.runtime.rmdir()
 
 
 def address_command(verb: str, address: str, interface: str) -> str:

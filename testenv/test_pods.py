@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -82,5 +83,23 @@ def test_closing_the_bed_removes_every_namespace():
     with Bed("how-to") as bed:
         bed.pod("node1", "left-behind", [{"name": "net1", "eni": "eth1"}])
         made = {name for name in namespaces() if name.startswith(bed.name)}
-        assert made == {bed.name, f"{bed.name}-left-behind"}
+        assert made == {bed.name, f"{bed.name}-left-behind", f"{bed.name}-node-node1"}
     assert not {name for name in namespaces() if name.startswith(bed.name)}
+    assert not Path(f"/run/ipmgr-testenv/{bed.name}").exists()
+
+
+def test_a_node_lists_its_pods_in_its_runtime_netns_directory(bed):
+    node = bed.control("GET", "nodes/node2")
+    directory = Path(node["netns_dir"])
+    before = set(os.listdir(directory))
+    pod = bed.pod("node2", "listed", [{"name": "net1", "eni": "eth1", "addresses": ["10.0.1.80/24"]}])
+    added = set(os.listdir(directory)) - before
+    assert len(added) == 1 and added.pop().startswith("cni-")
+    # A process in the node's namespace (started as an agent would be) reads the pod's
+    # addresses through the runtime directory.
+    entry = next(directory / name for name in os.listdir(directory) if name not in before)
+    shown = subprocess.run(["ip", "netns", "exec", node["netns"], "nsenter", f"--net={entry}", "ip", "-j", "addr"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "10.0.1.80" in shown
+    bed.delete_pod(pod)
+    assert set(os.listdir(directory)) == before
