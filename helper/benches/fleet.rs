@@ -72,7 +72,8 @@ fn main() {
     );
     let members: Vec<_> = (0..pods)
         .map(|index| {
-            let address = format!("10.0.{}.{}/20", 16 + (index + 10) / 256, (index + 10) % 256);
+            // From 10.0.17.4: clear of the ENIs' primary addresses (10.0.16.10 up).
+            let address = format!("10.0.{}.{}/20", 17 + index / 250, 4 + index % 250);
             bed.pod(
                 &format!("node{}", index % nodes + 1),
                 &format!("p{index}"),
@@ -117,6 +118,7 @@ fn main() {
     let assign_throttled = count(&throttled, Some("AssignPrivateIpAddresses"));
     let floor = (pods as f64 - burst).max(0.0) / refill;
     let ratio = |throttled: u64, total: u64| throttled as f64 / (total - throttled).max(1) as f64;
+    eprintln!("EC2 calls {calls}, of which throttled {throttled}");
     println!(
         "| pods | nodes | Assign bucket | exited 0 | last success | floor | last / floor | throttled per success (Assign alone) | EC2 calls per pod |"
     );
