@@ -1,11 +1,12 @@
 //! Command-line and environment configuration of the helper.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ipmgr_contract::{LogArgs, env};
-use ipmgr_eni::{Backoff, RetryPolicy};
+use ipmgr_eni::{Backoff, OwnershipPolicy, ReclaimOptions, RetryPolicy};
 use ipnet::IpNet;
 
 /// `ipmgr-helper`: makes a Multus pod's secondary IPs routable on the node's ENIs.
@@ -34,6 +35,8 @@ pub enum Command {
     Sidecar(Settings),
     /// Print what `init` would do and change nothing.
     Plan(Settings),
+    /// The node agent: give back the addresses of pods that are gone (a DaemonSet).
+    Agent(AgentSettings),
     /// Exit 0 when the ready file exists (the native-sidecar startup probe).
     Ready {
         /// File written after the first successful pass.
@@ -94,11 +97,6 @@ pub struct Settings {
     #[arg(long, env = env::INTERFACES, value_delimiter = ',')]
     pub interfaces: Option<Vec<String>>,
 
-    /// Also use ENIs without the tag node.k8s.amazonaws.com/no_manage=true (only where the
-    /// VPC CNI runs with MANAGE_UNTAGGED_ENI=false); the VPC CNI's own ENIs never.
-    #[arg(long, env = "IPMGR_ALLOW_UNTAGGED_ENIS")]
-    pub allow_untagged_enis: bool,
-
     /// Only ever assign addresses inside these CIDRs (repeatable; comma-separated in the env var).
     #[arg(long = "allow-cidr", env = "IPMGR_ALLOW_CIDRS", value_delimiter = ',')]
     pub allow_cidrs: Vec<IpNet>,
@@ -128,6 +126,29 @@ pub struct Settings {
     #[arg(long, env = "IPMGR_RELEASE_ON_EXIT", default_value_t = true, action = clap::ArgAction::Set)]
     pub release_on_exit: bool,
 
+    /// Sidecar: after a pass that left an address unroutable, the next try waits 2 s, then
+    /// twice as long each time, up to this many seconds.
+    #[arg(long, env = "IPMGR_ERROR_BACKOFF_MAX_SECONDS", default_value_t = 300)]
+    pub error_backoff_max_seconds: u64,
+
+    /// Sidecar: file to create once the first pass succeeded (native-sidecar readiness).
+    #[arg(long, env = env::READY_FILE)]
+    pub ready_file: Option<PathBuf>,
+
+    /// How to talk to AWS.
+    #[command(flatten)]
+    pub aws: AwsSettings,
+}
+
+/// How the helper and the agent talk to AWS: which ENIs they may use, and how failed calls
+/// are retried.
+#[derive(Args, Debug, Clone)]
+pub struct AwsSettings {
+    /// Also use ENIs without the tag node.k8s.amazonaws.com/no_manage=true (only where the
+    /// VPC CNI runs with MANAGE_UNTAGGED_ENI=false); the VPC CNI's own ENIs never.
+    #[arg(long, env = "IPMGR_ALLOW_UNTAGGED_ENIS")]
+    pub allow_untagged_enis: bool,
+
     /// Seconds a throttled or transiently failing EC2 call keeps being retried: long enough
     /// for a reschedule of hundreds of pods to get through the account's token buckets.
     #[arg(long, env = "IPMGR_EC2_RETRY_SECONDS", default_value_t = 300)]
@@ -142,18 +163,47 @@ pub struct Settings {
     #[arg(long, env = "IPMGR_EC2_BACKOFF_MAX_SECONDS", default_value_t = 20)]
     pub ec2_backoff_max_seconds: u64,
 
-    /// Sidecar: after a pass that left an address unroutable, the next try waits 2 s, then
-    /// twice as long each time, up to this many seconds.
-    #[arg(long, env = "IPMGR_ERROR_BACKOFF_MAX_SECONDS", default_value_t = 300)]
-    pub error_backoff_max_seconds: u64,
-
     /// Seconds instance metadata may be unreachable before the helper gives up.
     #[arg(long, env = "IPMGR_METADATA_RETRY_SECONDS", default_value_t = 30)]
     pub metadata_retry_seconds: u64,
+}
 
-    /// Sidecar: file to create once the first pass succeeded (native-sidecar readiness).
-    #[arg(long, env = env::READY_FILE)]
-    pub ready_file: Option<PathBuf>,
+/// Settings of the node agent.
+#[derive(Args, Debug, Clone)]
+pub struct AgentSettings {
+    /// The container runtime's directory of pod network namespaces (containerd and CRI-O
+    /// keep them in /var/run/netns).
+    #[arg(long, env = "IPMGR_NETNS_DIR", default_value = "/var/run/netns")]
+    pub netns_dir: PathBuf,
+
+    /// Seconds between full scans besides the ones the netns directory's changes trigger.
+    #[arg(long, env = "IPMGR_RESYNC_SECONDS", default_value_t = 30)]
+    pub resync_seconds: u64,
+
+    /// Seconds an address must be in no pod before it is given back (long enough for a pod
+    /// to be recreated with it).
+    #[arg(long, env = "IPMGR_RELEASE_GRACE_SECONDS", default_value_t = 120)]
+    pub release_grace_seconds: u64,
+
+    /// Scans in a row an address must be in no pod before it is given back.
+    #[arg(long, env = "IPMGR_RELEASE_SCANS", default_value_t = 2)]
+    pub release_scans: u32,
+
+    /// Only ever give back addresses inside these CIDRs (repeatable; comma-separated in the env var).
+    #[arg(long = "allow-cidr", env = "IPMGR_ALLOW_CIDRS", value_delimiter = ',')]
+    pub allow_cidrs: Vec<IpNet>,
+
+    /// Log what would be given back and change nothing.
+    #[arg(long, env = "IPMGR_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Where to serve /metrics, /healthz and /readyz (plain HTTP).
+    #[arg(long, env = "IPMGR_METRICS_LISTEN", default_value = "0.0.0.0:9471")]
+    pub metrics_listen: SocketAddr,
+
+    /// How to talk to AWS.
+    #[command(flatten)]
+    pub aws: AwsSettings,
 }
 
 impl Settings {
@@ -172,6 +222,17 @@ impl Settings {
         Duration::from_secs(self.recheck_seconds.max(1))
     }
 
+    /// How the sidecar spaces passes that keep failing.
+    pub fn error_backoff(&self) -> Backoff {
+        Backoff {
+            initial: Duration::from_secs(2),
+            factor: 2,
+            max: Duration::from_secs(self.error_backoff_max_seconds.max(2)),
+        }
+    }
+}
+
+impl AwsSettings {
     /// How throttled and transiently failing EC2 calls are retried.
     pub fn ec2_retry(&self) -> RetryPolicy {
         RetryPolicy {
@@ -184,17 +245,31 @@ impl Settings {
         }
     }
 
-    /// How the sidecar spaces passes that keep failing.
-    pub fn error_backoff(&self) -> Backoff {
-        Backoff {
-            initial: Duration::from_secs(2),
-            factor: 2,
-            max: Duration::from_secs(self.error_backoff_max_seconds.max(2)),
-        }
-    }
-
     /// How long metadata may be unreachable.
     pub fn metadata_retry(&self) -> Duration {
         Duration::from_secs(self.metadata_retry_seconds)
+    }
+
+    /// Which ENIs count as Multus ENIs.
+    pub fn ownership(&self) -> OwnershipPolicy {
+        OwnershipPolicy {
+            allow_untagged: self.allow_untagged_enis,
+        }
+    }
+}
+
+impl AgentSettings {
+    /// When an unused address may be given back.
+    pub fn reclaim(&self) -> ReclaimOptions {
+        ReclaimOptions {
+            grace: Duration::from_secs(self.release_grace_seconds),
+            scans: self.release_scans.max(1),
+            allowed: self.allow_cidrs.clone(),
+        }
+    }
+
+    /// Interval of the full scans.
+    pub fn resync(&self) -> Duration {
+        Duration::from_secs(self.resync_seconds.max(1))
     }
 }

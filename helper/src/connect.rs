@@ -1,5 +1,5 @@
-//! Building the helper's adapters: one rustls/ring HTTPS client shared by instance metadata
-//! and EC2, the SDK configuration from the standard AWS environment, and netlink.
+//! Building the adapters: one rustls/ring HTTPS client shared by instance metadata and EC2,
+//! the SDK configuration from the standard AWS environment, and netlink.
 
 use std::time::Duration;
 
@@ -9,54 +9,58 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::Region;
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-use ipmgr_eni::{NodeFacts, OwnershipPolicy, PlanOptions};
+use ipmgr_eni::{NodeFacts, PlanOptions};
 
-use crate::config::Settings;
+use crate::config::{AwsSettings, Settings};
 use crate::ec2::Ec2;
 use crate::failure::RunError;
 use crate::metadata::Metadata;
 use crate::netlink::PodNetwork;
 use crate::pass::Helper;
 
-impl Helper {
-    /// Opens netlink, reads the node from instance metadata, and builds the EC2 client
-    /// (standard AWS environment: AWS_REGION, AWS_ENDPOINT_URL(_EC2), the default credential
-    /// chain; the region from metadata otherwise) with the SDK's own retries off.
-    pub async fn connect(settings: Settings) -> Result<(Self, NodeFacts), RunError> {
-        let http_client = aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::Ring))
-            .build_https();
-        let metadata = Metadata::new(http_client.clone(), settings.metadata_retry());
-        let network = PodNetwork::connect()?;
-        let node = metadata.node_facts().await?;
-        let region = RegionProviderChain::first_try(
-            aws_config::environment::EnvironmentVariableRegionProvider::new(),
+/// Reads the node from instance metadata and builds the EC2 client (standard AWS
+/// environment: AWS_REGION, AWS_ENDPOINT_URL(_EC2), the default credential chain; the region
+/// from metadata otherwise) with the SDK's own retries off: ours count, bound and log them.
+pub async fn aws(settings: &AwsSettings) -> Result<(Metadata, Ec2, NodeFacts), RunError> {
+    let http_client = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let metadata = Metadata::new(http_client.clone(), settings.metadata_retry());
+    let node = metadata.node_facts().await?;
+    let region = RegionProviderChain::first_try(
+        aws_config::environment::EnvironmentVariableRegionProvider::new(),
+    )
+    .or_else(Region::new(node.region.clone()));
+    let sdk_config = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http_client)
+        .region(region)
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .operation_attempt_timeout(Duration::from_secs(10))
+                .build(),
         )
-        .or_else(Region::new(node.region.clone()));
-        let sdk_config = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http_client)
-            .region(region)
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(2))
-                    .operation_attempt_timeout(Duration::from_secs(10))
-                    .build(),
-            )
-            .load()
-            .await;
+        .load()
+        .await;
+    let ec2 = Ec2::new(aws_sdk_ec2::Client::new(&sdk_config), settings.ec2_retry());
+    Ok((metadata, ec2, node))
+}
+
+impl Helper {
+    /// Opens netlink and connects to AWS ([`aws`]).
+    pub async fn connect(settings: Settings) -> Result<(Self, NodeFacts), RunError> {
+        let network = PodNetwork::connect()?;
+        let (metadata, ec2, node) = aws(&settings.aws).await?;
         let options = PlanOptions {
             primary_interface: settings.primary_interface.clone(),
             interfaces: settings.interfaces.clone(),
             allow_primary_eni: settings.allow_primary_eni,
             allowed: settings.allow_cidrs.clone(),
         };
-        let ownership = OwnershipPolicy {
-            allow_untagged: settings.allow_untagged_enis,
-        };
         let helper = Helper {
-            ownership,
-            ec2: Ec2::new(aws_sdk_ec2::Client::new(&sdk_config), settings.ec2_retry()),
+            ownership: settings.aws.ownership(),
+            ec2,
             settings,
             options,
             metadata,

@@ -11,7 +11,7 @@ use std::time::Instant;
 use aws_runtime::retries::classifiers::{THROTTLING_ERRORS, TRANSIENT_ERRORS};
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{Filter, NetworkInterface};
-use ipmgr_eni::{EniRecord, ErrorClass, RetryPolicy};
+use ipmgr_eni::{EniChange, EniRecord, ErrorClass, RetryPolicy};
 
 /// A failed EC2 call: what, on which ENI and addresses, and EC2's error code.
 #[derive(Debug, thiserror::Error)]
@@ -292,6 +292,52 @@ impl Ec2 {
             })
             .await?;
         Ok(output.network_interfaces().iter().map(record).collect())
+    }
+
+    /// Gives back one ENI's addresses: an unassign call per family, and per address when EC2
+    /// refuses the batch (an address left the ENI between a lookup and the call). An address
+    /// EC2 says is no longer on the ENI is not a failure: it stays with its new holder.
+    pub async fn release(&self, change: &EniChange) -> Vec<Ec2Failure> {
+        let mut failures = Vec::new();
+        for call in change.calls() {
+            let failure = match self.unassign_call(&call).await {
+                Ok(()) => continue,
+                Err(failure) if call.len() == 1 => {
+                    failures.extend(moved_or(failure));
+                    continue;
+                }
+                Err(failure) => failure,
+            };
+            tracing::warn!(%failure, "EC2 refused the release batch; releasing the addresses one by one");
+            for single in call.singles() {
+                if let Err(failure) = self.unassign_call(&single).await {
+                    failures.extend(moved_or(failure));
+                }
+            }
+        }
+        failures
+    }
+
+    /// One unassign call (a change of one family).
+    async fn unassign_call(&self, call: &EniChange) -> Result<(), Ec2Failure> {
+        if call.ipv6.is_empty() {
+            self.unassign_ipv4(&call.eni_id, &call.ipv4).await?;
+        } else {
+            self.unassign_ipv6(&call.eni_id, &call.ipv6).await?;
+        }
+        tracing::info!(eni = call.eni_id, ipv4 = ?call.ipv4, ipv6 = ?call.ipv6, "released");
+        Ok(())
+    }
+}
+
+/// `None` when EC2 refused because the address is no longer on the ENI (it moved to its
+/// new holder, which keeps it); the failure otherwise.
+fn moved_or(failure: Ec2Failure) -> Option<Ec2Failure> {
+    if failure.code == "InvalidParameterValue" && failure.message.contains("not assigned") {
+        tracing::info!(addresses = ?failure.addresses, eni = failure.target, "no longer on the ENI: left with its new holder");
+        None
+    } else {
+        Some(failure)
     }
 }
 

@@ -69,6 +69,19 @@ pub enum RunError {
         join(.0)
     )]
     Release(Vec<Ec2Failure>),
+    /// The agent's metrics endpoint could not listen.
+    #[error(
+        "cannot serve metrics on {address}: {source}; set --metrics-listen (IPMGR_METRICS_LISTEN) to a free address"
+    )]
+    Metrics {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The agent cannot read the pods' network namespaces.
+    #[error(transparent)]
+    Scan(#[from] crate::agent::netns::ScanError),
     /// The termination signal handler could not be installed.
     #[error("cannot install the SIGTERM handler: {0}")]
     Signal(std::io::Error),

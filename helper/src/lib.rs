@@ -3,8 +3,10 @@
 //!
 //! [`connect`] builds a [`Helper`] (the adapters); [`pass`] is one assignment pass (plan,
 //! EC2, confirmation) and `init`; [`sidecar`] the loop that follows address changes;
-//! [`release`] gives back on exit what the helper assigned.
+//! [`release`] gives back on exit what the helper assigned; [`agent`] is the node agent,
+//! which gives back the addresses of pods that are gone.
 
+pub mod agent;
 pub mod config;
 pub mod connect;
 pub mod ec2;

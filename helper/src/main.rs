@@ -4,25 +4,27 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ipmgr_helper::config::{Cli, Command, Settings};
-use ipmgr_helper::{Helper, RunError};
+use ipmgr_helper::config::{AgentSettings, Cli, Command, Settings};
+use ipmgr_helper::{Helper, RunError, agent};
 use tracing::Instrument as _;
 
 /// The modes that talk to instance metadata, netlink and EC2.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 enum Work {
-    Init,
-    Sidecar,
-    Plan,
+    Init(Settings),
+    Sidecar(Settings),
+    Plan(Settings),
+    Agent(AgentSettings),
 }
 
 fn main() -> ExitCode {
     let Cli { command, log, pod } = Cli::parse();
-    let (work, settings) = match command {
+    let work = match command {
         Command::Ready { ready_file } => return ready(&ready_file),
-        Command::Init(settings) => (Work::Init, settings),
-        Command::Sidecar(settings) => (Work::Sidecar, settings),
-        Command::Plan(settings) => (Work::Plan, settings),
+        Command::Init(settings) => Work::Init(settings),
+        Command::Sidecar(settings) => Work::Sidecar(settings),
+        Command::Plan(settings) => Work::Plan(settings),
+        Command::Agent(settings) => Work::Agent(settings),
     };
     if let Err(error) = log.init() {
         eprintln!("ipmgr-helper: {error}");
@@ -39,7 +41,7 @@ fn main() -> ExitCode {
         }
     };
     let span = pod.span();
-    match runtime.block_on(run(work, settings).instrument(span.clone())) {
+    match runtime.block_on(run(work).instrument(span.clone())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             span.in_scope(|| tracing::error!(%error, "ipmgr-helper failed"));
@@ -62,16 +64,23 @@ fn ready(ready_file: &Path) -> ExitCode {
     }
 }
 
-async fn run(work: Work, settings: Settings) -> Result<(), RunError> {
-    let (mut helper, node) = Helper::connect(settings).await?;
+async fn run(work: Work) -> Result<(), RunError> {
     match work {
-        Work::Init => helper.init(&node).await,
-        Work::Sidecar => helper.sidecar(node).await,
-        Work::Plan => {
+        Work::Init(settings) => {
+            let (mut helper, node) = Helper::connect(settings).await?;
+            helper.init(&node).await
+        }
+        Work::Sidecar(settings) => {
+            let (mut helper, node) = Helper::connect(settings).await?;
+            helper.sidecar(node).await
+        }
+        Work::Plan(settings) => {
+            let (mut helper, node) = Helper::connect(settings).await?;
             for line in helper.plan_report(&node).await? {
                 println!("{line}");
             }
             Ok(())
         }
+        Work::Agent(settings) => agent::run(settings).await,
     }
 }

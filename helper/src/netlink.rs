@@ -9,7 +9,7 @@ use futures::channel::mpsc::UnboundedReceiver;
 use ipmgr_eni::{MacAddr, PodAddress};
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressScope};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::sys::SocketAddr;
 use rtnetlink::{Handle, MulticastGroup};
@@ -82,17 +82,7 @@ impl PodNetwork {
                 interfaces.insert(link.header.index, (name, mac));
             }
         }
-        let messages: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| NetlinkError::Dump {
-                what: "addresses",
-                source,
-            })?;
+        let messages = dump_addresses(&self.handle).await?;
         let mut addresses = Vec::new();
         for message in messages {
             if message.header.scope != AddressScope::Universe {
@@ -135,6 +125,33 @@ impl PodNetwork {
         }
         Some(added)
     }
+}
+
+/// Every global-scope address in the network namespace the calling thread is in, through a
+/// netlink socket opened there: the node agent enters each pod's namespace and calls this.
+/// Needs a tokio runtime on the thread.
+pub async fn addresses_in_this_namespace() -> Result<Vec<IpAddr>, NetlinkError> {
+    let (connection, handle, _) = rtnetlink::new_connection()?;
+    tokio::spawn(connection);
+    let messages = dump_addresses(&handle).await?;
+    Ok(messages
+        .iter()
+        .filter(|message| message.header.scope == AddressScope::Universe)
+        .filter_map(|message| address_of(&message.attributes))
+        .collect())
+}
+
+async fn dump_addresses(handle: &Handle) -> Result<Vec<AddressMessage>, NetlinkError> {
+    handle
+        .address()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|source| NetlinkError::Dump {
+            what: "addresses",
+            source,
+        })
 }
 
 /// The address of an address message: IFA_LOCAL for IPv4 (IFA_ADDRESS is the peer on

@@ -50,6 +50,47 @@ pub struct Pod {
     pub env: Vec<(String, String)>,
 }
 
+/// A node's own network namespace (its host network), where a node agent runs.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// The node's name in the topology.
+    pub name: String,
+    /// Its network namespace (`ip netns` name).
+    pub netns: String,
+    /// Its runtime netns directory: a `cni-<uuid>` bind mount per pod of the node.
+    pub netns_dir: PathBuf,
+    /// The variables that reach AWS from it (IMDS and EC2 endpoints).
+    pub env: Vec<(String, String)>,
+}
+
+/// Somewhere programs run: a pod or a node's host network.
+pub trait Place {
+    /// The network namespace.
+    fn netns(&self) -> &str;
+    /// The environment programs get there.
+    fn env(&self) -> &[(String, String)];
+}
+
+impl Place for Pod {
+    fn netns(&self) -> &str {
+        &self.netns
+    }
+
+    fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
+}
+
+impl Place for Node {
+    fn netns(&self) -> &str {
+        &self.netns
+    }
+
+    fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
+}
+
 impl Pod {
     /// The same pod, with `name=value` in the environment of programs run in it.
     pub fn with_env(&self, name: &str, value: &str) -> Pod {
@@ -279,17 +320,11 @@ impl TestBed {
             "pods",
             json!({"name": name, "node": node, "interfaces": interfaces}),
         );
-        let env = answer["env"]
-            .as_object()
-            .expect("env")
-            .iter()
-            .map(|(key, value)| (key.clone(), value.as_str().expect("text").to_owned()))
-            .collect();
         Pod {
             name: name.to_owned(),
             node: node.to_owned(),
             netns: answer["netns"].as_str().expect("netns").to_owned(),
-            env,
+            env: json_env(&answer["env"]),
         }
     }
 
@@ -325,12 +360,29 @@ impl TestBed {
         self.control("DELETE", &format!("pods/{}", pod.name), Value::Null);
     }
 
-    /// `program args...` inside `pod`, with only the pod's AWS variables in its environment.
-    pub fn command(&self, pod: &Pod, program: &Path, args: &[&str]) -> Command {
+    /// The host network of `node` (made on first use).
+    pub fn node(&mut self, node: &str) -> Node {
+        let answer = self.control("GET", &format!("nodes/{node}"), Value::Null);
+        Node {
+            name: node.to_owned(),
+            netns: answer["netns"].as_str().expect("netns").to_owned(),
+            netns_dir: PathBuf::from(answer["netns_dir"].as_str().expect("netns_dir")),
+            env: json_env(&answer["env"]),
+        }
+    }
+
+    /// `program args...` in `place` (a pod or a node), with only its AWS variables in its
+    /// environment.
+    pub fn command(&self, place: &impl Place, program: &Path, args: &[&str]) -> Command {
         let mut command = Command::new("ip");
         command
-            .args(["netns", "exec", &pod.netns, "env", "-i"])
-            .args(pod.env.iter().map(|(key, value)| format!("{key}={value}")))
+            .args(["netns", "exec", place.netns(), "env", "-i"])
+            .args(
+                place
+                    .env()
+                    .iter()
+                    .map(|(key, value)| format!("{key}={value}")),
+            )
             .arg(program)
             .args(args)
             .stdin(Stdio::null());
@@ -343,6 +395,14 @@ impl Drop for TestBed {
         drop(self.control_in.take()); // end of input stops the stand-in, which cleans up
         stop_within(&mut self.process, Duration::from_secs(10));
     }
+}
+
+fn json_env(env: &Value) -> Vec<(String, String)> {
+    env.as_object()
+        .expect("env")
+        .iter()
+        .map(|(key, value)| (key.clone(), value.as_str().expect("text").to_owned()))
+        .collect()
 }
 
 /// A background process (a sidecar) that is killed if the test ends without stopping it.

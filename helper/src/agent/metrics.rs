@@ -1,0 +1,174 @@
+//! The agent's Prometheus metrics and the small plain-HTTP endpoint that serves them,
+//! with `/healthz` and `/readyz` (ready once the first scan is done).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Label `reason` of the refused-releases counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why an address was kept.
+    pub reason: &'static str,
+}
+
+/// Label `action` of the errors counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    /// What failed.
+    pub action: &'static str,
+}
+
+/// Everything the agent counts.
+#[derive(Debug)]
+pub struct AgentMetrics {
+    registry: Registry,
+    /// Addresses the node's pods (and the node) carry, as of the last scan.
+    pub in_use: Gauge,
+    /// Pod network namespaces read in the last scan.
+    pub namespaces: Gauge,
+    /// Addresses of Multus ENIs in no pod, waiting out the grace period.
+    pub waiting: Gauge,
+    /// Addresses given back.
+    pub released: Counter,
+    /// Addresses due to be given back but kept, by reason.
+    pub refused: Family<ReasonLabel, Counter>,
+    /// Failures, by action.
+    pub errors: Family<ActionLabel, Counter>,
+    /// How long scans take.
+    pub scan_seconds: Histogram,
+    ready: AtomicBool,
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        let mut metrics = AgentMetrics {
+            registry: Registry::with_prefix("ipmgr_agent"),
+            in_use: Gauge::default(),
+            namespaces: Gauge::default(),
+            waiting: Gauge::default(),
+            released: Counter::default(),
+            refused: Family::default(),
+            errors: Family::default(),
+            scan_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            ready: AtomicBool::new(false),
+        };
+        let registry = &mut metrics.registry;
+        registry.register(
+            "addresses_in_use",
+            "Addresses the node's pods and the node carry",
+            metrics.in_use.clone(),
+        );
+        registry.register(
+            "pod_namespaces",
+            "Pod network namespaces read in the last scan",
+            metrics.namespaces.clone(),
+        );
+        registry.register(
+            "addresses_waiting",
+            "Addresses of Multus ENIs in no pod, waiting out the grace period",
+            metrics.waiting.clone(),
+        );
+        registry.register(
+            "addresses_released",
+            "Addresses given back to EC2",
+            metrics.released.clone(),
+        );
+        registry.register(
+            "releases_refused",
+            "Addresses due to be given back but kept, by reason",
+            metrics.refused.clone(),
+        );
+        registry.register("errors", "Failures, by action", metrics.errors.clone());
+        registry.register(
+            "scan_duration_seconds",
+            "How long a scan of the pod namespaces takes",
+            metrics.scan_seconds.clone(),
+        );
+        metrics
+    }
+}
+
+impl AgentMetrics {
+    /// Marks the agent ready (the first scan is done).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Counts one failure of `action`.
+    pub fn error(&self, action: &'static str) {
+        self.errors.get_or_create(&ActionLabel { action }).inc();
+    }
+
+    fn text(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .unwrap_or_else(|error| text = format!("# cannot encode the metrics: {error}\n"));
+        text
+    }
+}
+
+/// Serves `GET /metrics`, `/healthz` and `/readyz` on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, metrics: Arc<AgentMetrics>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let answered = tokio::time::timeout(Duration::from_secs(5), answer(stream, &metrics));
+            let _ = answered.await;
+        });
+    }
+}
+
+/// Reads one request head (at most 8 KiB) and answers it; the connection then closes.
+async fn answer(mut stream: TcpStream, metrics: &AgentMetrics) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < 8192 {
+        let read = stream.read(&mut buffer).await?;
+        if read == 0 {
+            break;
+        }
+        head.extend_from_slice(&buffer[..read]);
+    }
+    let request_line = head.split(|&byte| byte == b'\r').next().unwrap_or_default();
+    let mut words = request_line.split(|&byte| byte == b' ');
+    let (method, path) = (
+        words.next().unwrap_or_default(),
+        words.next().unwrap_or_default(),
+    );
+    let (status, content_type, body) = match (method, path) {
+        (b"GET", b"/metrics") => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.text(),
+        ),
+        (b"GET", b"/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
+        (b"GET", b"/readyz") if metrics.ready.load(Ordering::Relaxed) => {
+            ("200 OK", "text/plain", "ready\n".to_owned())
+        }
+        (b"GET", b"/readyz") => (
+            "503 Service Unavailable",
+            "text/plain",
+            "the first scan is not done\n".to_owned(),
+        ),
+        _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}

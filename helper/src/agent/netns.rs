@@ -1,0 +1,126 @@
+//! Which addresses the node's pods carry: every network namespace in the container runtime's
+//! netns directory, entered in turn on a thread of its own (setns needs CAP_SYS_ADMIN), and
+//! the node's own namespace, through netlink.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sched::{CloneFlags, setns};
+
+use crate::netlink::{NetlinkError, addresses_in_this_namespace};
+
+/// What one scan found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Scan {
+    /// Every global-scope address of every pod namespace, and of the node's own.
+    pub in_use: BTreeSet<IpAddr>,
+    /// Pod namespaces read.
+    pub namespaces: usize,
+    /// Entries that could not be read (a sandbox being made or removed): while there are
+    /// any, the scan is incomplete and nothing is given back.
+    pub unreadable: Vec<PathBuf>,
+}
+
+impl Scan {
+    /// Whether every entry was read: only then may the agent conclude an address is unused.
+    pub fn complete(&self) -> bool {
+        self.unreadable.is_empty()
+    }
+}
+
+/// A scan that could not be made at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// The netns directory is not readable.
+    #[error(
+        "cannot read the netns directory {dir}: {source}; mount the container runtime's netns directory (containerd and CRI-O: /var/run/netns) into the agent with mountPropagation HostToContainer, or set --netns-dir"
+    )]
+    Directory {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// Entering a namespace was refused.
+    #[error(
+        "cannot enter the network namespace {entry}: permission denied; the agent needs CAP_SYS_ADMIN (securityContext.capabilities.add: [SYS_ADMIN])"
+    )]
+    Permission {
+        /// The namespace file.
+        entry: PathBuf,
+    },
+    /// Netlink failed in the agent's own namespace.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// The scanning thread or its runtime could not start.
+    #[error("cannot start the scanning thread: {0}")]
+    Thread(io::Error),
+}
+
+/// Reads the addresses of the node and of every pod namespace in `dir`. Blocks: call it
+/// from a blocking task.
+pub fn scan(dir: &Path) -> Result<Scan, ScanError> {
+    let directory = |source| ScanError::Directory {
+        dir: dir.to_owned(),
+        source,
+    };
+    let entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(directory)?
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_type().is_ok_and(|kind| !kind.is_dir()))
+        .map(|entry| entry.path())
+        .collect();
+    // setns changes the calling thread's namespace: a thread of its own, which then ends.
+    std::thread::Builder::new()
+        .name("netns-scan".to_owned())
+        .spawn(move || scan_entries(entries))
+        .map_err(ScanError::Thread)?
+        .join()
+        .unwrap_or_else(|_| {
+            Err(ScanError::Thread(io::Error::other(
+                "the scanning thread panicked",
+            )))
+        })
+}
+
+fn scan_entries(entries: Vec<PathBuf>) -> Result<Scan, ScanError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ScanError::Thread)?;
+    let mut scan = Scan::default();
+    scan.in_use
+        .extend(runtime.block_on(addresses_in_this_namespace())?);
+    for entry in entries {
+        let entered = File::open(&entry)
+            .map_err(|error| Errno::from_raw(error.raw_os_error().unwrap_or(0)))
+            .and_then(|file| setns(&file, CloneFlags::CLONE_NEWNET));
+        match entered {
+            Ok(()) => {}
+            // The file went with its pod between the listing and now.
+            Err(Errno::ENOENT) => continue,
+            Err(Errno::EPERM) => return Err(ScanError::Permission { entry }),
+            // Not (yet) a namespace: a sandbox being made.
+            Err(error) => {
+                tracing::debug!(entry = %entry.display(), %error, "cannot enter; skipped this scan");
+                scan.unreadable.push(entry);
+                continue;
+            }
+        }
+        match runtime.block_on(addresses_in_this_namespace()) {
+            Ok(addresses) => {
+                scan.in_use.extend(addresses);
+                scan.namespaces += 1;
+            }
+            Err(error) => {
+                tracing::warn!(entry = %entry.display(), %error, "cannot read the namespace's addresses");
+                scan.unreadable.push(entry);
+            }
+        }
+    }
+    Ok(scan)
+}
