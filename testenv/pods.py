@@ -70,8 +70,10 @@ class Pods:
     @staticmethod
     def prepare_bed() -> list[str]:
         """The bed namespace's own links (run inside it)."""
-        return ["link set lo up", "link add br0 type bridge", f"addr add {GATEWAY}/{MANAGEMENT.prefixlen} dev br0",
-                "link set br0 up"]
+        # A fixed MAC: a bridge otherwise takes its lowest port's, which changes when that
+        # pod goes, and every namespace's ARP entry for the gateway goes stale for seconds.
+        return ["link set lo up", "link add br0 address 02:00:c6:12:00:01 type bridge",
+                f"addr add {GATEWAY}/{MANAGEMENT.prefixlen} dev br0", "link set br0 up"]
 
     def next_number(self) -> int:
         with self.lock:

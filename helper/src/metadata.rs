@@ -110,7 +110,7 @@ impl Metadata {
                 });
             }
             if failures == 1 {
-                tracing::warn!(path, error = %source, "instance metadata unreachable, retrying");
+                tracing::warn!(path, error = %aws_sdk_ec2::error::DisplayErrorContext(&source), "instance metadata unreachable, retrying");
             }
             tokio::time::sleep(
                 METADATA_BACKOFF

@@ -6,7 +6,9 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{assert_allowed_by_iam_policies, failure_kinds, helper, log_lines, reason};
+use common::{
+    HELPER_POLICIES, assert_allowed_by_iam_policies, failure_kinds, helper, log_lines, reason,
+};
 use ipmgr_testbed::{Background, Interface, TestBed, Topology, finish};
 use serde_json::json;
 
@@ -90,7 +92,7 @@ fn an_ipv6_held_by_another_node_is_unassigned_there_then_assigned_here() {
     assert!(!bed.holds(&elsewhere, &v6));
     let calls = bed.calls();
     assert_eq!(calls["UnassignIpv6Addresses"], 1);
-    assert_allowed_by_iam_policies(&calls);
+    assert_allowed_by_iam_policies(&calls, &HELPER_POLICIES);
 }
 
 #[test]
@@ -293,7 +295,7 @@ fn sidecars_follow_a_floating_ip_over_and_back_and_release_on_sigterm() {
     );
     sidecar_b.terminate(Duration::from_secs(10));
     assert!(!bed.holds(&eni_a, "10.0.1.51"), "released on SIGTERM");
-    assert_allowed_by_iam_policies(&bed.calls());
+    assert_allowed_by_iam_policies(&bed.calls(), &HELPER_POLICIES);
     assert!(!bed.holds(&eni_a, vip), "the VIP A holds is released too");
     assert!(!bed.holds(&eni_b, "10.0.1.52"));
 }

@@ -98,6 +98,23 @@ impl Absences {
         self.absent.remove(assignment);
     }
 
+    /// Starts an address's grace period over (giving it back failed: it is tried again when
+    /// the period ends, not at once).
+    pub fn postpone(&mut self, assignment: &Assignment, now: Instant) {
+        if let Some(absence) = self.absent.get_mut(assignment) {
+            absence.since = now;
+        }
+    }
+
+    /// When the first waiting address's grace period ends (a scan then can give it back);
+    /// `None` when nothing waits.
+    pub fn next_due(&self, options: &ReclaimOptions) -> Option<Instant> {
+        self.absent
+            .values()
+            .map(|absence| absence.since + options.grace)
+            .min()
+    }
+
     /// How many addresses are waiting out their grace period.
     pub fn waiting(&self) -> usize {
         self.absent.len()

@@ -78,9 +78,15 @@ fn only_secondary_addresses_of_multus_enis_in_no_pod_after_the_grace_and_two_sca
     let mut absences = Absences::default();
     let in_use: BTreeSet<IpAddr> = [ip("10.0.1.51")].into();
     let start = Instant::now();
+    assert_eq!(absences.next_due(&options()), None);
     let due = absences.observe(&node, &multus(), &in_use, &options(), start);
     assert_eq!(due, vec![], "first scan: nothing is due");
     assert_eq!(absences.waiting(), 2, "10.0.1.50 and 2600::50");
+    assert_eq!(
+        absences.next_due(&options()),
+        Some(start + Duration::from_secs(60)),
+        "the next scan that can give them back"
+    );
     let due = absences.observe(
         &node,
         &multus(),

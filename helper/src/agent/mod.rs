@@ -83,7 +83,7 @@ pub async fn run(settings: AgentSettings) -> Result<(), RunError> {
     );
     loop {
         agent.scan().await?;
-        let next = tokio::time::Instant::now() + agent.settings.resync();
+        let next = agent.next_scan();
         tokio::select! {
             changed = events.next_change() => {
                 if !changed {
@@ -113,6 +113,18 @@ impl Agent {
             .map(|record| record.id.clone())
             .collect();
         Ok(())
+    }
+
+    /// When to scan next without a change of the netns directory: at the resync interval, or
+    /// sooner, when a waiting address's grace period ends.
+    fn next_scan(&self) -> tokio::time::Instant {
+        let now = Instant::now();
+        let resync = now + self.settings.resync();
+        let due = self
+            .absences
+            .next_due(&self.settings.reclaim())
+            .map_or(resync, |due| due.max(now + SETTLE));
+        tokio::time::Instant::from_std(due.min(resync))
     }
 
     /// One scan, and the release round it may call for.
@@ -193,12 +205,10 @@ impl Agent {
             self.keep(&assignment, keep);
         }
         for change in changes {
-            for assignment in change.assignments() {
-                self.absences.forget(&assignment);
-            }
             if self.settings.dry_run {
                 for assignment in change.assignments() {
-                    tracing::info!(address = %assignment.address, eni = assignment.eni_id, reason = "in no pod for the grace period", "dry run: would give back");
+                    self.absences.forget(&assignment);
+                    tracing::info!(address = %assignment.address, eni = assignment.eni_id, reason = "in no pod on the node for the grace period", "dry run: would give back");
                 }
                 continue;
             }
@@ -208,11 +218,14 @@ impl Agent {
                 .flat_map(|failure| failure.addresses.iter().cloned())
                 .collect();
             for failure in &failures {
-                tracing::error!(%failure, "cannot give the address back; it is retried after the grace period");
+                tracing::error!(%failure, "cannot give the address back; it is tried again after another grace period");
                 self.metrics.error("unassign");
             }
             for assignment in change.assignments() {
-                if !failed.contains(&assignment.address.to_string()) {
+                if failed.contains(&assignment.address.to_string()) {
+                    self.absences.postpone(&assignment, Instant::now());
+                } else {
+                    self.absences.forget(&assignment);
                     self.metrics.released.inc();
                     tracing::info!(address = %assignment.address, eni = assignment.eni_id, reason = "in no pod on the node for the grace period", "address given back");
                 }

@@ -60,9 +60,12 @@ pub(crate) fn mutating_calls(calls: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Panics unless both sample IAM policies allow every EC2 action in `calls`.
-pub(crate) fn assert_allowed_by_iam_policies(calls: &Value) {
-    for file in ["iam-policy.json", "iam-policy-tag-scoped.json"] {
+/// The helper's sample IAM policies (manifests/samples/).
+pub(crate) const HELPER_POLICIES: [&str; 2] = ["iam-policy.json", "iam-policy-tag-scoped.json"];
+
+/// Panics unless every sample IAM policy of `files` allows every EC2 action in `calls`.
+pub(crate) fn assert_allowed_by_iam_policies(calls: &Value, files: &[&str]) {
+    for file in files {
         let path = ipmgr_testbed::repo_root()
             .join("manifests/samples")
             .join(file);
