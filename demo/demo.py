@@ -32,6 +32,7 @@ from testenv.client import Bed, Pod  # noqa: E402
 
 SERVICE_NAME = "ipmgr-webhook.multus-ipmgr.svc"
 FLOATING_IP = "10.0.1.100"
+AGENT_GRACE_SECONDS = 2
 
 
 class Output:
@@ -305,6 +306,31 @@ def run(check_results: bool = False, quiet: bool = False) -> dict:
         if check_results:
             for event, seconds in timeline[1:]:
                 check(seconds < 2.0, f"{event} in under 2 s ({seconds * 1000:.0f} ms)", out)
+
+        out.step(f"The node agent on node1 (grace {AGENT_GRACE_SECONDS} s): addresses of pods that are gone go back")
+        leaked = "10.0.1.90"
+        bed.control("POST", "assign", {"eni": node1[1]["id"], "ipv4": [leaked]})
+        out.line(f"  {leaked} is on eth1 and in no pod: a pod force-deleted before the agent ran left it")
+        node = bed.node("node1")
+        agent = subprocess.Popen(node.exec_argv([str(helper_binary), "agent", "--netns-dir", node.netns_dir,
+                                                 "--release-grace-seconds", str(AGENT_GRACE_SECONDS),
+                                                 "--metrics-listen", "127.0.0.1:9471"]),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        world.processes.append(agent)
+        figures["leak_reclaimed"] = bed.wait_held(node1[1]["id"], leaked, held=False, limit=15)
+        out.line(f"  reclaimed after {figures['leak_reclaimed']:.1f} s")
+        started = time.monotonic()
+        bed.delete_pod(pod)
+        out.line(f"  deleted the init-mode pod {pod.name} (10.0.1.80, {ipv6})")
+        for address in ("10.0.1.80", ipv6):
+            bed.wait_held(node1[1]["id"], address, held=False, limit=15)
+        figures["deleted_released"] = time.monotonic() - started
+        out.line(f"  its addresses went back {figures['deleted_released']:.1f} s after the deletion")
+        if check_results:
+            check(figures["deleted_released"] < AGENT_GRACE_SECONDS + 2,
+                  f"released within the grace period + 2 s ({figures['deleted_released']:.1f} s)", out)
+            live = set(bed.addresses(node1[1]["id"]))
+            check({"10.0.1.81", FLOATING_IP} <= live, "the running pods' addresses stay", out)
         out.step("Done; cleaning up")
         return figures
     finally:

@@ -14,3 +14,4 @@ def test_the_whole_system_on_one_machine():
     assert figures["init_seconds"] < 10
     assert set(figures["floating_ip"]) == {"appears on A", "fails over to B", "fails back to A"}
     assert all(seconds < 2.0 for seconds in figures["floating_ip"].values())
+    assert figures["deleted_released"] < 4.0

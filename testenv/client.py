@@ -22,18 +22,32 @@ class BedError(RuntimeError):
 
 
 @dataclass
-class Pod:
-    """A pod of the bed: its name, node, namespace and the environment that reaches AWS."""
+class Place:
+    """Somewhere programs run: a network namespace and the environment that reaches AWS."""
 
-    name: str
-    node: str
     netns: str
     env: dict
 
     def exec_argv(self, argv: list[str], env: dict | None = None) -> list[str]:
-        """`argv` inside the pod, with only the pod's AWS variables and `env`."""
+        """`argv` in the namespace, with only its AWS variables and `env`."""
         variables = {**self.env, **(env or {})}
         return ["ip", "netns", "exec", self.netns, "env", "-i", *(f"{k}={v}" for k, v in variables.items()), *argv]
+
+
+@dataclass
+class Pod(Place):
+    """A pod of the bed."""
+
+    name: str = ""
+    node: str = ""
+
+
+@dataclass
+class Node(Place):
+    """A node's own network namespace (its host network) and runtime netns directory."""
+
+    name: str = ""
+    netns_dir: str = ""
 
 
 class Bed:
@@ -100,7 +114,12 @@ class Bed:
     def pod(self, node: str, name: str, interfaces: list[dict]) -> Pod:
         """A pod on `node` with `interfaces`: `{"name", "eni": "eth1" | "mac", "addresses"}`."""
         answer = self.control("POST", "pods", {"name": name, "node": node, "interfaces": interfaces})
-        return Pod(name, node, answer["netns"], answer["env"])
+        return Pod(answer["netns"], answer["env"], name=name, node=node)
+
+    def node(self, name: str) -> Node:
+        """The host network of node `name`, where a node agent runs."""
+        answer = self.control("GET", f"nodes/{name}")
+        return Node(answer["netns"], answer["env"], name=name, netns_dir=answer["netns_dir"])
 
     def add_address(self, pod: Pod, interface: str, address: str) -> None:
         self.control("POST", f"pods/{pod.name}/addresses", {"interface": interface, "add": [address]})
