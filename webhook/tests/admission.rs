@@ -4,27 +4,17 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, StatusCode};
-use ipmgr_webhook::metrics::Metrics;
-use ipmgr_webhook::server::{AppState, router};
+use ipmgr_webhook::server::router;
 use rstest::rstest;
 use serde_json::{Value, json};
 
 const MAX_BODY: usize = 64 * 1024;
 
 fn app() -> Router {
-    router(
-        Arc::new(AppState {
-            settings: common::settings(),
-            metrics: Metrics::default(),
-            certificate: None,
-        }),
-        MAX_BODY,
-    )
+    router(common::state(MAX_BODY, None))
 }
 
 async fn call(

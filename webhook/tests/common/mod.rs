@@ -12,6 +12,8 @@ use clap::Parser;
 use http_body_util::BodyExt as _;
 use ipmgr_injector::HelperSettings;
 use ipmgr_webhook::config::InjectionArgs;
+use ipmgr_webhook::server::{AppState, RequestLimits};
+use ipmgr_webhook::tls::ReloadingCertificate;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
@@ -29,17 +31,52 @@ struct TestCli {
     injection: InjectionArgs,
 }
 
-/// The settings the golden files were made with, parsed through the real flags.
+/// The settings the golden files were made with, parsed through the real flags. Image
+/// overrides are off by default; these settings turn them on for one registry, so that
+/// `golden/input/pod-overrides.yaml` exercises an allowed override.
 pub fn settings() -> HelperSettings {
-    TestCli::try_parse_from([
-        "test",
+    settings_from(&[
         "--helper-image=registry.example.com/ipmgr-helper:0.1.0",
         "--helper-arg=--allow-cidr=10.10.1.0/24",
+        "--allow-image-override",
+        "--allowed-image-prefix=mirror.example.com/",
     ])
-    .expect("test flags parse")
-    .injection
-    .settings()
-    .expect("test settings are valid")
+}
+
+/// Settings from these injection flags (the defaults for the others).
+pub fn settings_from(flags: &[&str]) -> HelperSettings {
+    TestCli::try_parse_from(std::iter::once("test").chain(flags.iter().copied()))
+        .expect("test flags parse")
+        .injection
+        .settings()
+        .expect("test settings are valid")
+}
+
+/// Webhook state with the golden [`settings`], bodies up to `max_body_bytes` and generous
+/// time limits (the limits have their own tests against the real server).
+pub fn state(
+    max_body_bytes: usize,
+    certificate: Option<Arc<ReloadingCertificate>>,
+) -> Arc<AppState> {
+    state_with(settings(), max_body_bytes, certificate)
+}
+
+/// [`state`] with other injection settings.
+pub fn state_with(
+    settings: HelperSettings,
+    max_body_bytes: usize,
+    certificate: Option<Arc<ReloadingCertificate>>,
+) -> Arc<AppState> {
+    Arc::new(AppState::new(
+        settings,
+        certificate,
+        RequestLimits {
+            max_body_bytes,
+            max_in_flight: 16,
+            body_timeout: std::time::Duration::from_secs(5),
+            request_timeout: std::time::Duration::from_secs(5),
+        },
+    ))
 }
 
 /// `webhook/tests/<relative>`.
