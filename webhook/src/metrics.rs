@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -18,7 +18,7 @@ struct OutcomeLabels {
 }
 
 /// Where a client ran out of time.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Stage {
     /// The TLS handshake.
     Handshake,
@@ -35,9 +35,23 @@ pub enum Stage {
     KeepAlive,
 }
 
+impl Stage {
+    /// Metric label `stage`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Handshake => "handshake",
+            Stage::Headers => "headers",
+            Stage::Body => "body",
+            Stage::Request => "request",
+            Stage::Idle => "idle",
+            Stage::KeepAlive => "keep_alive",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StageLabels {
-    stage: Stage,
+    stage: &'static str,
 }
 
 /// Request counters by outcome, a latency histogram of `/mutate`, and what the server holds
@@ -163,7 +177,11 @@ impl Metrics {
 
     /// Counts one client dropped at `stage`.
     pub fn timed_out(&self, stage: Stage) {
-        self.timeouts.get_or_create(&StageLabels { stage }).inc();
+        self.timeouts
+            .get_or_create(&StageLabels {
+                stage: stage.label(),
+            })
+            .inc();
     }
 
     /// The OpenMetrics text exposition.

@@ -180,3 +180,138 @@ pub async fn call(
         .to_bytes();
     (status, body)
 }
+
+/// The `ipmgr-webhook` binary the process tests run: `IPMGR_WEBHOOK_BIN` when set (to run
+/// them against another build), otherwise the one cargo built with the tests.
+pub fn webhook_binary() -> PathBuf {
+    std::env::var_os("IPMGR_WEBHOOK_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ipmgr-webhook")))
+}
+
+/// A running `ipmgr-webhook serve` process on loopback with a fresh certificate, configured
+/// through environment variables only (a build that lacks a setting ignores it).
+pub struct ServerProcess {
+    child: std::process::Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Trusts its certificate.
+    pub connector: TlsConnector,
+    /// Its CA.
+    pub ca_pem: String,
+    /// `notAfter` of its certificate, seconds since the epoch.
+    pub not_after: i64,
+    dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    /// Starts the server with these extra environment variables and waits until it accepts
+    /// TLS connections.
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certificates = ipmgr_webhook::certs::ServiceIdentity {
+            service: "ipmgr-webhook".to_owned(),
+            namespace: "multus-ipmgr".to_owned(),
+            valid_days: 1,
+        }
+        .generate()
+        .expect("certificates");
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert, &certificates.cert_pem).expect("cert");
+        std::fs::write(&key, &certificates.key_pem).expect("key");
+        let addr: SocketAddr = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            probe.local_addr().expect("addr")
+        };
+        let log = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
+        let child = std::process::Command::new(webhook_binary())
+            .arg("serve")
+            .env("IPMGR_LISTEN", addr.to_string())
+            .env("IPMGR_TLS_CERT", &cert)
+            .env("IPMGR_TLS_KEY", &key)
+            .env("IPMGR_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("server starts");
+        let connector = connector(&[&certificates.ca_pem]);
+        let not_after = {
+            let der = CertificateDer::from_pem_slice(certificates.cert_pem.as_bytes())
+                .expect("certificate PEM");
+            let (_, parsed) = x509_parser::parse_x509_certificate(&der).expect("certificate");
+            parsed.validity().not_after.timestamp()
+        };
+        let server = ServerProcess {
+            child,
+            addr,
+            connector,
+            ca_pem: certificates.ca_pem,
+            not_after,
+            dir,
+        };
+        let ready_by = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while connect(&server.connector, addr).await.is_err() {
+            assert!(
+                std::time::Instant::now() < ready_by,
+                "server did not come up"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        server
+    }
+
+    /// A client that trusts it and offers only HTTP/2 through ALPN.
+    pub fn h2_connector(&self) -> TlsConnector {
+        let mut config = client_config(&[&self.ca_pem], rustls::DEFAULT_VERSIONS);
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        TlsConnector::from(Arc::new(config))
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A `kB` field of `/proc/<pid>/status`, in bytes (`VmRSS`, `VmHWM`).
+    pub fn memory(&self, field: &str) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("server status")
+            .lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|value| {
+                value
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|kib| kib * 1024)
+            .unwrap_or_else(|| panic!("{field} missing"))
+    }
+
+    /// Resets the peak RSS (`VmHWM`) to the current RSS, so that [`Self::memory`] of
+    /// `VmHWM` shows the peak of what follows.
+    pub fn reset_peak(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5")
+            .expect("reset VmHWM through clear_refs");
+    }
+
+    /// Stops it with SIGTERM and returns what it logged.
+    pub fn stop(mut self) -> String {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        let _ = self.child.wait();
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).expect("server log")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

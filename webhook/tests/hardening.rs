@@ -1,0 +1,481 @@
+//! The real `ipmgr-webhook serve` process over real TLS on loopback, attacked the ways issue
+//! #10 found: a body that amplified memory, stalled bodies over HTTP/1.1 and HTTP/2,
+//! slowloris headers, idle connections, a Content-Length over the cap, and megabyte values
+//! echoed into answers and logs. Each server runs with short timeouts set through its
+//! environment variables; `IPMGR_WEBHOOK_BIN` runs these tests against another build.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::ServerProcess;
+use http_body_util::{BodyExt as _, Channel, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_rustls::TlsConnector;
+
+const MIB: usize = 1024 * 1024;
+
+/// Short limits, so that every test sees its timeouts fire within a second or two.
+const LIMITS: [(&str, &str); 8] = [
+    ("IPMGR_MAX_BODY_BYTES", "1048576"),
+    ("IPMGR_MAX_IN_FLIGHT", "4"),
+    ("IPMGR_HEADER_TIMEOUT_SECONDS", "0.5"),
+    ("IPMGR_BODY_TIMEOUT_SECONDS", "1"),
+    ("IPMGR_REQUEST_TIMEOUT_SECONDS", "1.5"),
+    ("IPMGR_IDLE_TIMEOUT_SECONDS", "1"),
+    ("IPMGR_H2_KEEPALIVE_SECONDS", "1"),
+    ("IPMGR_H2_MAX_CONCURRENT_STREAMS", "8"),
+];
+
+/// How long after its timeout a dropped client may still wait for the server to notice:
+/// generous, since these tests share the machine with others.
+const SLACK: Duration = Duration::from_millis(1500);
+
+fn multus_pod(annotations: Value) -> Value {
+    let mut all = json!({"k8s.v1.cni.cncf.io/networks": "ipvlan-multus"});
+    all.as_object_mut()
+        .expect("object")
+        .extend(annotations.as_object().cloned().unwrap_or_default());
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "multus", "annotations": all},
+        "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+    })
+}
+
+/// The review the issue used: a pod the fast parser cannot read (`spec.containers` is a
+/// string) with a field of nested empty arrays, padded to `size` bytes.
+fn amplification_body(size: usize) -> Vec<u8> {
+    let nest = format!("{}{}", "[".repeat(100), "]".repeat(100));
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "annotations": {"k8s.v1.cni.cncf.io/networks": "n"}},
+        "spec": {"containers": "not a list"},
+    });
+    pod["spec"]["padding"] = json!("PLACEHOLDER");
+    let text = common::admission_review("amplify", &pod, false).to_string();
+    let room = size - (text.len() - "\"PLACEHOLDER\"".len());
+    let groups = vec![nest.as_str(); (room - 2) / (nest.len() + 1)].join(",");
+    text.replace("\"PLACEHOLDER\"", &format!("[{groups}]"))
+        .into_bytes()
+}
+
+/// Sends `head` and then `body` on a new HTTP/1.1 connection, then reads until the server
+/// closes it (or `wait` passes); returns what it answered and when it closed.
+async fn http1(
+    connector: &TlsConnector,
+    addr: std::net::SocketAddr,
+    head: &str,
+    body: &[u8],
+    wait: Duration,
+) -> (String, Duration) {
+    let started = Instant::now();
+    let mut stream = common::connect(connector, addr).await.expect("connects");
+    // The server may answer (and close) before the whole body is written.
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body).await;
+    let _ = stream.flush().await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await;
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
+fn post_head(length: usize) -> String {
+    format!(
+        "POST /mutate HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n",
+        common::SERVER_NAME
+    )
+}
+
+async fn metrics(server: &ServerProcess) -> String {
+    let (answer, _) = http1(
+        &server.connector,
+        server.addr,
+        &format!(
+            "GET /metrics HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+            common::SERVER_NAME
+        ),
+        b"",
+        Duration::from_secs(5),
+    )
+    .await;
+    answer
+}
+
+fn assert_metric(text: &str, line: &str) {
+    assert!(
+        text.lines().any(|l| l == line),
+        "missing {line:?} in\n{text}"
+    );
+}
+
+/// Finding: a 0.96 MB body whose pod the fast parser could not read was parsed again as a
+/// generic AdmissionReview and took the RSS from 6.9 to 216 MB.
+#[tokio::test]
+async fn an_amplification_body_at_the_cap_costs_less_than_three_times_its_size() {
+    let server = ServerProcess::start(&LIMITS).await;
+    let body = amplification_body(MIB - 512);
+    // Warm up: connections, TLS, allocator arenas.
+    let small = common::admission_review("warm", &multus_pod(json!({})), false).to_string();
+    let (answer, _) = http1(
+        &server.connector,
+        server.addr,
+        &post_head(small.len()),
+        small.as_bytes(),
+        Duration::from_millis(300),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let baseline = server.memory("VmRSS");
+    server.reset_peak();
+
+    let (answer, _) = http1(
+        &server.connector,
+        server.addr,
+        &post_head(body.len()),
+        &body,
+        Duration::from_millis(1500),
+    )
+    .await;
+    let peak = server.memory("VmHWM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = server.memory("VmRSS");
+
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.300}");
+    assert!(answer.contains("\"uid\":\"amplify\""), "{answer:.300}");
+    assert!(answer.contains("\"allowed\":true"), "{answer:.300}");
+    assert!(
+        answer.contains("could not read the Pod"),
+        "answered from the envelope with a warning: {answer:.600}"
+    );
+    let grown = peak.saturating_sub(baseline);
+    eprintln!(
+        "body {} B, RSS baseline {baseline} B, peak {peak} B (+{grown}), after {after} B",
+        body.len()
+    );
+    assert!(
+        grown < 3 * body.len() as u64,
+        "one {} B request grew the peak RSS by {grown} B",
+        body.len()
+    );
+    assert!(
+        after < baseline + 10 * MIB as u64,
+        "RSS after the request: {after} B, baseline {baseline} B"
+    );
+}
+
+/// Finding: bodies that never finish were held forever; 32 of them took 140 MB.
+#[tokio::test]
+async fn stalled_http1_bodies_are_shed_beyond_the_in_flight_limit_and_dropped_in_time() {
+    let server = ServerProcess::start(&LIMITS).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let baseline = server.memory("VmRSS");
+    server.reset_peak();
+    // 12 clients each declare a body just under the cap and send 7/8 of it, then stall.
+    let declared = MIB - 1024;
+    let sent = vec![b' '; declared / 8 * 7];
+    let clients: Vec<_> = (0..12)
+        .map(|_| {
+            let (connector, addr, sent) = (server.connector.clone(), server.addr, sent.clone());
+            tokio::spawn(async move {
+                http1(
+                    &connector,
+                    addr,
+                    &post_head(declared),
+                    &sent,
+                    Duration::from_secs(5),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for client in clients {
+        let (answer, elapsed) = client.await.expect("client");
+        let status = answer.get(..12).unwrap_or(&answer).to_owned();
+        assert!(
+            elapsed < Duration::from_secs(1) + SLACK,
+            "{status:?} after {elapsed:?}"
+        );
+        statuses.push(status);
+    }
+    let peak = server.memory("VmHWM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = server.memory("VmRSS");
+    statuses.sort();
+    let timed_out = statuses.iter().filter(|s| *s == "HTTP/1.1 408").count();
+    let shed = statuses.iter().filter(|s| *s == "HTTP/1.1 503").count();
+    assert_eq!((timed_out, shed), (4, 8), "{statuses:?}");
+    let grown = peak.saturating_sub(baseline);
+    eprintln!(
+        "12 stalled bodies: RSS baseline {baseline} B, peak {peak} B (+{grown}), after {after} B"
+    );
+    assert!(
+        grown < 3 * 4 * MIB as u64,
+        "stalled bodies grew the peak RSS by {grown} B"
+    );
+    assert!(after < baseline + 10 * MIB as u64, "after {after} B");
+    let text = metrics(&server).await;
+    assert_metric(&text, "ipmgr_webhook_shed_requests_total 8");
+    assert_metric(&text, r#"ipmgr_webhook_timeouts_total{stage="body"} 4"#);
+    assert_metric(&text, "ipmgr_webhook_in_flight_requests 0");
+    assert_metric(&text, "ipmgr_webhook_buffered_body_bytes 0");
+}
+
+/// Finding: 32 stalled HTTP/2 streams on one connection were held forever (200 allowed).
+#[tokio::test]
+async fn stalled_http2_streams_are_shed_beyond_the_in_flight_limit_and_dropped_in_time() {
+    let server = ServerProcess::start(&LIMITS).await;
+    let (sender, _connection) = http2::<Channel<Bytes>>(&server).await;
+    let started = Instant::now();
+    let mut senders = Vec::new();
+    let mut answers = Vec::new();
+    for _ in 0..8 {
+        let (mut body_sender, body) = Channel::<Bytes>::new(1);
+        let request = hyper::Request::post(format!("https://{}/mutate", common::SERVER_NAME))
+            .header("content-type", "application/json")
+            .body(body)
+            .expect("request");
+        let mut sender = sender.clone();
+        answers.push(tokio::spawn(async move {
+            let response = sender.send_request(request).await;
+            (
+                response.map(|response| response.status().as_u16()),
+                started.elapsed(),
+            )
+        }));
+        body_sender
+            .send_data(Bytes::from(vec![b' '; 64 * 1024]))
+            .await
+            .expect("first chunk");
+        senders.push(body_sender); // kept open: the stream stalls
+    }
+    let mut statuses = Vec::new();
+    for answer in answers {
+        let (status, elapsed) = tokio::time::timeout(
+            (Duration::from_secs(1) + SLACK).saturating_sub(started.elapsed()),
+            answer,
+        )
+        .await
+        .expect("every stream is answered within the body timeout")
+        .expect("stream task");
+        assert!(
+            elapsed < Duration::from_secs(1) + SLACK,
+            "{status:?} after {elapsed:?}"
+        );
+        statuses.push(status.expect("answered, not reset"));
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [408, 408, 408, 408, 503, 503, 503, 503]);
+    drop(senders);
+}
+
+/// An HTTP/2 connection to `server`; the second value resolves when the server closes it.
+async fn http2<B>(
+    server: &ServerProcess,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    tokio::task::JoinHandle<()>,
+)
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = common::connect(&server.h2_connector(), server.addr)
+        .await
+        .expect("connects");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("HTTP/2 handshake");
+    let closed = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (sender, closed)
+}
+
+/// Finding: slowloris after the TLS handshake (a byte every few seconds) and a client that
+/// never finishes the handshake were never dropped.
+#[tokio::test]
+async fn slowloris_headers_and_handshakes_are_dropped_within_the_header_timeout() {
+    let server = ServerProcess::start(&LIMITS).await;
+    let started = Instant::now();
+    let mut stream = common::connect(&server.connector, server.addr)
+        .await
+        .expect("connects");
+    stream
+        .write_all(b"POST /mutate HTTP/1.1\r\n")
+        .await
+        .expect("request line");
+    stream.flush().await.expect("flush");
+    let dripped = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if stream.write_all(b"x").await.is_err() || stream.flush().await.is_err() {
+                break;
+            }
+            let mut byte = [0u8; 1];
+            // A closed connection reads as end of file (or an error) at once.
+            let read = tokio::time::timeout(Duration::from_millis(1), stream.read(&mut byte));
+            if let Ok(Ok(0) | Err(_)) = read.await {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(500) + SLACK, dripped)
+        .await
+        .expect("the dripping client is dropped within the header timeout");
+    let dropped_after = started.elapsed();
+
+    // A TCP client that never starts the TLS handshake.
+    let started = Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connects");
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_millis(500) + SLACK, tcp.read(&mut byte))
+        .await
+        .expect("the silent client is dropped within the header timeout");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    eprintln!(
+        "slowloris dropped after {dropped_after:?}, silent TCP after {:?}",
+        started.elapsed()
+    );
+    let text = metrics(&server).await;
+    assert_metric(&text, r#"ipmgr_webhook_timeouts_total{stage="headers"} 1"#);
+    assert_metric(
+        &text,
+        r#"ipmgr_webhook_timeouts_total{stage="handshake"} 1"#,
+    );
+}
+
+/// Finding: idle TLS connections were never closed.
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let server = ServerProcess::start(&LIMITS).await;
+    // HTTP/2 after one request: the server sends GOAWAY and closes.
+    let (mut sender, closed) = http2::<Full<Bytes>>(&server).await;
+    let request = hyper::Request::get(format!("https://{}/healthz", common::SERVER_NAME))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("answered");
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.expect("body");
+    let answered = Instant::now();
+    tokio::time::timeout(Duration::from_secs(1) + SLACK, closed)
+        .await
+        .expect("the idle HTTP/2 connection is closed within the idle timeout")
+        .expect("connection task");
+    let h2_closed_after = answered.elapsed();
+
+    // TLS without a single request.
+    let started = Instant::now();
+    let mut stream = common::connect(&server.connector, server.addr)
+        .await
+        .expect("connects");
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(1) + SLACK, stream.read(&mut byte))
+        .await
+        .expect("the silent TLS client is dropped");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    eprintln!(
+        "idle HTTP/2 closed after {h2_closed_after:?}, silent TLS after {:?}",
+        started.elapsed()
+    );
+}
+
+/// Finding: a Content-Length over the cap was answered 413 only after 4 MiB had arrived.
+#[tokio::test]
+async fn a_content_length_over_the_cap_is_refused_before_the_body_is_sent() {
+    let server = ServerProcess::start(&LIMITS).await;
+    let (answer, elapsed) = http1(
+        &server.connector,
+        server.addr,
+        &post_head(MIB + 1),
+        b"",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        elapsed < Duration::from_millis(500),
+        "answered after {elapsed:?}, without waiting for the body"
+    );
+    assert_metric(
+        &metrics(&server).await,
+        "ipmgr_webhook_body_too_large_total 1",
+    );
+}
+
+/// Finding: a 3 MB uid became a 3 MB log line, and a 3 MB bad annotation value was echoed in
+/// full in the denial.
+#[tokio::test]
+async fn long_uids_and_annotation_values_stay_out_of_answers_and_logs() {
+    let server = ServerProcess::start(&LIMITS).await;
+    let huge = "u".repeat(900_000);
+    let long_uid = common::admission_review(
+        &huge,
+        &multus_pod(json!({"multus-ipmgr.io/mode": "later"})),
+        false,
+    )
+    .to_string();
+    let (answer, _) = http1(
+        &server.connector,
+        server.addr,
+        &post_head(long_uid.len()),
+        long_uid.as_bytes(),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:.300}");
+    assert!(answer.len() < 2048, "{} bytes: {answer:.300}", answer.len());
+    assert!(answer.contains("900000 bytes"), "{answer:.600}");
+
+    let long_value = common::admission_review(
+        "long-value",
+        &multus_pod(json!({ "multus-ipmgr.io/mode": huge })),
+        false,
+    )
+    .to_string();
+    let (answer, _) = http1(
+        &server.connector,
+        server.addr,
+        &post_head(long_value.len()),
+        long_value.as_bytes(),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.300}");
+    assert!(answer.contains("\"allowed\":false"), "{answer:.600}");
+    assert!(answer.len() < 2048, "{} bytes: {answer:.300}", answer.len());
+
+    let log = server.stop();
+    assert!(
+        log.contains("long-value"),
+        "the denial is logged:\n{log:.2000}"
+    );
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 2048, "a log line of {longest} bytes");
+}
+
+/// The serving certificate's notAfter is a gauge, for an expiry alert.
+#[tokio::test]
+async fn the_certificate_expiry_is_exported() {
+    let server = ServerProcess::start(&LIMITS).await;
+    assert_metric(
+        &metrics(&server).await,
+        &format!(
+            "ipmgr_webhook_certificate_expiry_timestamp_seconds {}",
+            server.not_after
+        ),
+    );
+}
