@@ -14,7 +14,6 @@ use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio_rustls::TlsConnector;
 
 const MIB: usize = 1024 * 1024;
 
@@ -46,55 +45,8 @@ fn multus_pod(annotations: Value) -> Value {
     })
 }
 
-/// The review the issue used: a pod the fast parser cannot read (`spec.containers` is a
-/// string) with a field of nested empty arrays, padded to `size` bytes.
-fn amplification_body(size: usize) -> Vec<u8> {
-    let nest = format!("{}{}", "[".repeat(100), "]".repeat(100));
-    let mut pod = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "p", "annotations": {"k8s.v1.cni.cncf.io/networks": "n"}},
-        "spec": {"containers": "not a list"},
-    });
-    pod["spec"]["padding"] = json!("PLACEHOLDER");
-    let text = common::admission_review("amplify", &pod, false).to_string();
-    let room = size - (text.len() - "\"PLACEHOLDER\"".len());
-    let groups = vec![nest.as_str(); (room - 2) / (nest.len() + 1)].join(",");
-    text.replace("\"PLACEHOLDER\"", &format!("[{groups}]"))
-        .into_bytes()
-}
-
-/// Sends `head` and then `body` on a new HTTP/1.1 connection, then reads until the server
-/// closes it (or `wait` passes); returns what it answered and when it closed.
-async fn http1(
-    connector: &TlsConnector,
-    addr: std::net::SocketAddr,
-    head: &str,
-    body: &[u8],
-    wait: Duration,
-) -> (String, Duration) {
-    let started = Instant::now();
-    let mut stream = common::connect(connector, addr).await.expect("connects");
-    // The server may answer (and close) before the whole body is written.
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(body).await;
-    let _ = stream.flush().await;
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await;
-    (
-        String::from_utf8_lossy(&answer).into_owned(),
-        started.elapsed(),
-    )
-}
-
-fn post_head(length: usize) -> String {
-    format!(
-        "POST /mutate HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n",
-        common::SERVER_NAME
-    )
-}
-
 async fn metrics(server: &ServerProcess) -> String {
-    let (answer, _) = http1(
+    let (answer, _) = common::http1(
         &server.connector,
         server.addr,
         &format!(
@@ -120,13 +72,13 @@ fn assert_metric(text: &str, line: &str) {
 #[tokio::test]
 async fn an_amplification_body_at_the_cap_costs_less_than_three_times_its_size() {
     let server = ServerProcess::start(&LIMITS).await;
-    let body = amplification_body(MIB - 512);
+    let body = common::amplification_body(MIB - 512);
     // Warm up: connections, TLS, allocator arenas.
     let small = common::admission_review("warm", &multus_pod(json!({})), false).to_string();
-    let (answer, _) = http1(
+    let (answer, _) = common::http1(
         &server.connector,
         server.addr,
-        &post_head(small.len()),
+        &common::post_head(small.len()),
         small.as_bytes(),
         Duration::from_millis(300),
     )
@@ -136,10 +88,10 @@ async fn an_amplification_body_at_the_cap_costs_less_than_three_times_its_size()
     let baseline = server.memory("VmRSS");
     server.reset_peak();
 
-    let (answer, _) = http1(
+    let (answer, _) = common::http1(
         &server.connector,
         server.addr,
-        &post_head(body.len()),
+        &common::post_head(body.len()),
         &body,
         Duration::from_millis(1500),
     )
@@ -185,10 +137,10 @@ async fn stalled_http1_bodies_are_shed_beyond_the_in_flight_limit_and_dropped_in
         .map(|_| {
             let (connector, addr, sent) = (server.connector.clone(), server.addr, sent.clone());
             tokio::spawn(async move {
-                http1(
+                common::http1(
                     &connector,
                     addr,
-                    &post_head(declared),
+                    &common::post_head(declared),
                     &sent,
                     Duration::from_secs(5),
                 )
@@ -397,10 +349,10 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
 #[tokio::test]
 async fn a_content_length_over_the_cap_is_refused_before_the_body_is_sent() {
     let server = ServerProcess::start(&LIMITS).await;
-    let (answer, elapsed) = http1(
+    let (answer, elapsed) = common::http1(
         &server.connector,
         server.addr,
-        &post_head(MIB + 1),
+        &common::post_head(MIB + 1),
         b"",
         Duration::from_secs(5),
     )
@@ -428,10 +380,10 @@ async fn long_uids_and_annotation_values_stay_out_of_answers_and_logs() {
         false,
     )
     .to_string();
-    let (answer, _) = http1(
+    let (answer, _) = common::http1(
         &server.connector,
         server.addr,
-        &post_head(long_uid.len()),
+        &common::post_head(long_uid.len()),
         long_uid.as_bytes(),
         Duration::from_secs(3),
     )
@@ -446,10 +398,10 @@ async fn long_uids_and_annotation_values_stay_out_of_answers_and_logs() {
         false,
     )
     .to_string();
-    let (answer, _) = http1(
+    let (answer, _) = common::http1(
         &server.connector,
         server.addr,
-        &post_head(long_value.len()),
+        &common::post_head(long_value.len()),
         long_value.as_bytes(),
         Duration::from_secs(3),
     )

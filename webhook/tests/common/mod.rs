@@ -17,6 +17,7 @@ use ipmgr_webhook::tls::ReloadingCertificate;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -181,6 +182,54 @@ pub async fn call(
     (status, body)
 }
 
+/// The review the issue used: a pod the fast parser cannot read (`spec.containers` is a
+/// string) with a field of nested empty arrays, padded to `size` bytes.
+pub fn amplification_body(size: usize) -> Vec<u8> {
+    let nest = format!("{}{}", "[".repeat(100), "]".repeat(100));
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "annotations": {"k8s.v1.cni.cncf.io/networks": "n"}},
+        "spec": {"containers": "not a list"},
+    });
+    pod["spec"]["padding"] = json!("PLACEHOLDER");
+    let text = admission_review("amplify", &pod, false).to_string();
+    let room = size - (text.len() - "\"PLACEHOLDER\"".len());
+    let groups = vec![nest.as_str(); (room - 2) / (nest.len() + 1)].join(",");
+    text.replace("\"PLACEHOLDER\"", &format!("[{groups}]"))
+        .into_bytes()
+}
+
+/// Sends `head` and then `body` on a new HTTP/1.1 connection, then reads until the server
+/// closes it (or `wait` passes); returns what it answered and when it closed.
+pub async fn http1(
+    connector: &TlsConnector,
+    addr: std::net::SocketAddr,
+    head: &str,
+    body: &[u8],
+    wait: std::time::Duration,
+) -> (String, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let mut stream = connect(connector, addr).await.expect("connects");
+    // The server may answer (and close) before the whole body is written.
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body).await;
+    let _ = stream.flush().await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await;
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// The head of a `POST /mutate` with this Content-Length.
+pub fn post_head(length: usize) -> String {
+    format!(
+        "POST /mutate HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n",
+        SERVER_NAME
+    )
+}
+
 /// The `ipmgr-webhook` binary the process tests run: `IPMGR_WEBHOOK_BIN` when set (to run
 /// them against another build), otherwise the one cargo built with the tests.
 pub fn webhook_binary() -> PathBuf {
@@ -189,8 +238,14 @@ pub fn webhook_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ipmgr-webhook")))
 }
 
+/// glibc's threshold above which allocations are mapped, and unmapped when freed, as the
+/// Deployment sets it (`MALLOC_MMAP_THRESHOLD_`): without it glibc raises the threshold after
+/// the first large body and keeps later ones in its heap after they are freed.
+pub const MALLOC_MMAP_THRESHOLD: &str = "131072";
+
 /// A running `ipmgr-webhook serve` process on loopback with a fresh certificate, configured
-/// through environment variables only (a build that lacks a setting ignores it).
+/// through environment variables only (a build that lacks a setting ignores it), with the
+/// Deployment's [`MALLOC_MMAP_THRESHOLD`].
 pub struct ServerProcess {
     child: std::process::Child,
     /// Where it listens.
@@ -230,6 +285,7 @@ impl ServerProcess {
             .env("IPMGR_TLS_CERT", &cert)
             .env("IPMGR_TLS_KEY", &key)
             .env("IPMGR_LOG", "info")
+            .env("MALLOC_MMAP_THRESHOLD_", MALLOC_MMAP_THRESHOLD)
             .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stderr(log)
