@@ -168,8 +168,8 @@ impl AdmissionAnswer {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Review<O> {
-    api_version: String,
-    kind: String,
+    api_version: Short,
+    kind: Short,
     request: Option<Request<O>>,
 }
 
@@ -179,12 +179,12 @@ struct Review<O> {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Request<O> {
-    uid: String,
+    uid: Short,
     kind: GroupKind,
     #[serde(default)]
-    operation: Option<String>,
+    operation: Option<Short>,
     #[serde(default)]
-    sub_resource: Option<String>,
+    sub_resource: Option<Short>,
     #[serde(default = "Option::default")]
     object: Option<O>,
 }
@@ -192,8 +192,44 @@ struct Request<O> {
 /// `request.kind`: the group and kind (the version does not matter here).
 #[derive(Debug, Deserialize)]
 struct GroupKind {
-    group: String,
-    kind: String,
+    group: Short,
+    kind: Short,
+}
+
+/// Longest envelope string kept whole; the API server's are far shorter.
+const SHORT_BYTES: usize = 256;
+
+/// A string of the envelope: kept whole up to [`SHORT_BYTES`], otherwise as an [`excerpt`],
+/// so that no envelope field copies a large part of the body.
+#[derive(Debug)]
+struct Short {
+    text: String,
+    /// Length of the string as sent.
+    len: usize,
+}
+
+impl<'de> Deserialize<'de> for Short {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ShortVisitor;
+        impl serde::de::Visitor<'_> for ShortVisitor {
+            type Value = Short;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Short, E> {
+                let text = if value.len() <= SHORT_BYTES {
+                    value.to_owned()
+                } else {
+                    excerpt(value).into_owned()
+                };
+                Ok(Short {
+                    text,
+                    len: value.len(),
+                })
+            }
+        }
+        deserializer.deserialize_str(ShortVisitor)
+    }
 }
 
 /// An object skipped without being kept ([`serde::de::IgnoredAny`]).
@@ -216,23 +252,23 @@ pub fn review(
             let request = checked(review)?;
             let target = target(&request);
             match (target, request.object) {
-                (Ok(()), Some(pod)) => answer_pod(request.uid, &pod, settings),
-                (Ok(()), None) => ignore(request.uid, IgnoreReason::NotAPod, "got no object"),
-                (Err((reason, why)), _) => ignore(request.uid, reason, &why),
+                (Ok(()), Some(pod)) => answer_pod(request.uid.text, &pod, settings),
+                (Ok(()), None) => ignore(request.uid.text, IgnoreReason::NotAPod, "got no object"),
+                (Err((reason, why)), _) => ignore(request.uid.text, reason, &why),
             }
         }
         Err(pod_error) => {
             let request = checked(serde_json::from_slice::<Review<Skipped>>(body)?)?;
             match target(&request) {
                 Ok(()) => ignore(
-                    request.uid,
+                    request.uid.text,
                     IgnoreReason::UnreadablePod,
                     &format!(
                         "could not read the Pod, left it unchanged: {}",
                         excerpt(&pod_error.to_string())
                     ),
                 ),
-                Err((reason, why)) => ignore(request.uid, reason, &why),
+                Err((reason, why)) => ignore(request.uid.text, reason, &why),
             }
         }
     };
@@ -241,16 +277,17 @@ pub fn review(
 
 /// The request of a v1 AdmissionReview, with a uid of sane length.
 fn checked<O>(review: Review<O>) -> Result<Request<O>, ReviewError> {
-    if review.api_version != "admission.k8s.io/v1" || review.kind != "AdmissionReview" {
-        return Err(ReviewError::UnsupportedVersion(
-            excerpt(&format!("{}/{}", review.api_version, review.kind)).into_owned(),
-        ));
+    if review.api_version.text != "admission.k8s.io/v1" || review.kind.text != "AdmissionReview" {
+        return Err(ReviewError::UnsupportedVersion(format!(
+            "{}/{}",
+            review.api_version.text, review.kind.text
+        )));
     }
     let request = review.request.ok_or(ReviewError::NoRequest)?;
-    if request.uid.len() > MAX_UID_BYTES {
+    if request.uid.len > MAX_UID_BYTES {
         return Err(ReviewError::UidTooLong {
-            uid: excerpt(&request.uid).into_owned(),
-            len: request.uid.len(),
+            uid: excerpt(&request.uid.text).into_owned(),
+            len: request.uid.len,
         });
     }
     Ok(request)
@@ -259,24 +296,24 @@ fn checked<O>(review: Review<O>) -> Result<Request<O>, ReviewError> {
 /// `Ok` for the creation of a Pod (not a subresource), otherwise why the request is ignored.
 fn target<O>(request: &Request<O>) -> Result<(), (IgnoreReason, String)> {
     let GroupKind { group, kind } = &request.kind;
-    if !group.is_empty() || kind != "Pod" || request.sub_resource.is_some() {
+    let sub_resource = request
+        .sub_resource
+        .as_ref()
+        .map(|short| short.text.as_str());
+    if !group.text.is_empty() || kind.text != "Pod" || sub_resource.is_some() {
         return Err((
             IgnoreReason::NotAPod,
             format!(
-                "only handles Pods; {} (subresource {:?}) left unchanged",
-                excerpt(kind),
-                request.sub_resource.as_deref().map(excerpt)
+                "only handles Pods; {} (subresource {sub_resource:?}) left unchanged",
+                excerpt(&kind.text)
             ),
         ));
     }
-    match request.operation.as_deref() {
+    match request.operation.as_ref().map(|short| short.text.as_str()) {
         Some("CREATE") => Ok(()),
         operation => Err((
             IgnoreReason::NotACreate,
-            format!(
-                "only injects at creation; operation {:?} left unchanged",
-                operation.map(excerpt)
-            ),
+            format!("only injects at creation; operation {operation:?} left unchanged"),
         )),
     }
 }

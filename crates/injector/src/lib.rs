@@ -17,7 +17,9 @@ pub use decision::{Decision, DenyReason, Injection, SkipReason, plan};
 pub use mode::{Mode, UnknownMode};
 pub use quantity::{Quantity, QuantityError};
 pub use settings::{HelperSettings, InvalidSettings, ResourceSettings};
-pub use template::{Annotations, NameList, PodTemplate, TemplateMetadata, TemplateSpec};
+pub use template::{
+    Annotations, MAX_ANNOTATION_BYTES, NameList, PodTemplate, TemplateMetadata, TemplateSpec,
+};
 
 use std::borrow::Cow;
 

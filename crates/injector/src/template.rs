@@ -1,7 +1,7 @@
 use std::fmt;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::{HELPER_CONTAINER_NAME, RUN_VOLUME_NAME, annotations};
 
@@ -151,7 +151,11 @@ impl<'de> Deserialize<'de> for Annotations {
                 let mut kept = Annotations::default();
                 while let Some(Matched::<READ_KEYS>(key)) = map.next_key()? {
                     match key {
-                        Some(index) => kept.values[index] = Some(map.next_value()?),
+                        Some(index) => {
+                            kept.values[index] = Some(
+                                map.next_value_seed(AnnotationValue(annotations::READ[index]))?,
+                            );
+                        }
                         None => {
                             map.next_value::<IgnoredAny>()?;
                         }
@@ -161,6 +165,38 @@ impl<'de> Deserialize<'de> for Annotations {
             }
         }
         deserializer.deserialize_map(AnnotationsVisitor)
+    }
+}
+
+/// Longest annotation value read: the API server refuses pods whose annotations, keys and
+/// values together, exceed 256 KiB, so a longer value never comes from it, and is not copied.
+pub const MAX_ANNOTATION_BYTES: usize = 256 * 1024;
+
+/// Reads the value of the annotation it names, refusing one over [`MAX_ANNOTATION_BYTES`].
+struct AnnotationValue(&'static str);
+
+impl<'de> DeserializeSeed<'de> for AnnotationValue {
+    type Value = String;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for AnnotationValue {
+    type Value = String;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the value of annotation {} as a string", self.0)
+    }
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<String, E> {
+        if value.len() > MAX_ANNOTATION_BYTES {
+            return Err(E::custom(format!(
+                "annotation {} is {} bytes long, more than the 256 KiB Kubernetes allows for all annotations together",
+                self.0,
+                value.len()
+            )));
+        }
+        Ok(value.to_owned())
     }
 }
 

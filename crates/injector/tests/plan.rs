@@ -134,7 +134,7 @@ fn a_request_equal_to_its_limit_is_injected(settings: HelperSettings, #[case] ex
 #[case::image("multus-ipmgr.io/image")]
 #[case::quantity("multus-ipmgr.io/cpu-limit")]
 fn a_huge_bad_value_is_quoted_shortened(settings: HelperSettings, #[case] annotation: &str) {
-    let value = format!("{} x", "y".repeat(3_000_000));
+    let value = format!("{} x", "y".repeat(200_000));
     let Decision::Deny(reason) = decide(&pod(json!({ annotation: value }), json!({})), &settings)
     else {
         panic!("expected a denial");
@@ -146,7 +146,23 @@ fn a_huge_bad_value_is_quoted_shortened(settings: HelperSettings, #[case] annota
         message.len()
     );
     assert!(message.contains(annotation), "{message}");
-    assert!(message.contains("(3000002 bytes)"), "{message}");
+    assert!(message.contains("(200002 bytes)"), "{message}");
+}
+
+#[test]
+fn an_annotation_longer_than_kubernetes_allows_is_not_read() {
+    let value = "y".repeat(ipmgr_injector::MAX_ANNOTATION_BYTES + 1);
+    let document = pod(json!({ "multus-ipmgr.io/mode": value }), json!({}));
+    let error = PodTemplate::deserialize(&document).expect_err("refused");
+    assert!(
+        error
+            .to_string()
+            .starts_with("annotation multus-ipmgr.io/mode is 262145 bytes long"),
+        "{error}"
+    );
+    // Other annotations are skipped unread, whatever their size.
+    let document = pod(json!({ "other": "y".repeat(1 << 20) }), json!({}));
+    assert!(PodTemplate::deserialize(&document).is_ok());
 }
 
 #[rstest]
