@@ -224,7 +224,7 @@ async fn measure<F: Future<Output = ()>>(server: &ServerProcess, load: F) -> Mem
 }
 
 /// What hostile clients cost a server with the default limits.
-async fn hostile_clients(cap: usize, stalled: usize) {
+async fn hostile_clients(cap: usize, stalled: usize, max_connections: usize) {
     let server = ServerProcess::start(&[("IPMGR_LOG", "warn")]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let body = common::amplification_body(cap - 512);
@@ -266,6 +266,23 @@ async fn hostile_clients(cap: usize, stalled: usize) {
     })
     .await;
 
+    // Every connection slot taken by a client that sent half a request head.
+    let connections = measure(&server, async {
+        let mut held = Vec::new();
+        for _ in 0..max_connections {
+            let mut stream = common::connect(&server.connector, server.addr)
+                .await
+                .expect("connects");
+            stream
+                .write_all(b"POST /mutate HTTP/1.1\r\nhost: ipmgr-webhook\r\n")
+                .await
+                .expect("half a head");
+            held.push(stream);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    })
+    .await;
+
     let started = Instant::now();
     let mut stream = common::connect(&server.connector, server.addr)
         .await
@@ -300,6 +317,9 @@ async fn hostile_clients(cap: usize, stalled: usize) {
     flood.print(&format!(
         "{stalled} stalled bodies of {:.2} MiB",
         sent.len() as f64 / MIB
+    ));
+    connections.print(&format!(
+        "{max_connections} connections with half a request head"
     ));
     println!();
     let mut by_status = std::collections::BTreeMap::<String, (usize, Duration)>::new();
@@ -400,6 +420,6 @@ fn main() {
             loaded_rss as f64 / MIB
         );
 
-        hostile_clients(cap, stalled).await;
+        hostile_clients(cap, stalled, 256).await;
     });
 }

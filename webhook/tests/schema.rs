@@ -170,6 +170,8 @@ fn kustomize_builds_validate_and_carry_the_generated_certificate() {
         "PodDisruptionBudget",
         "Service",
         "MutatingWebhookConfiguration",
+        "NetworkPolicy",
+        "PriorityClass",
     ] {
         assert!(
             default_build.contains(&format!("\nkind: {kind}\n")),
@@ -182,6 +184,16 @@ fn kustomize_builds_validate_and_carry_the_generated_certificate() {
         default_build.contains(&format!("caBundle: {ca_bundle}")),
         "caBundle not patched in"
     );
+    assert!(
+        default_build.contains("priorityClassName: multus-ipmgr-webhook\n"),
+        "the Deployment uses the PriorityClass"
+    );
+    for build in [default_build, &rendered[1].1] {
+        assert!(
+            build.contains("values:\n      - kube-system\n      - multus-ipmgr\n"),
+            "kube-system and the webhook's namespace are excluded by name:\n{build}"
+        );
+    }
     let (_, cert_manager_build, _) = &rendered[1];
     assert!(
         cert_manager_build.contains("cert-manager.io/inject-ca-from: multus-ipmgr/ipmgr-webhook")
@@ -227,7 +239,7 @@ fn every_manifest_and_golden_output_validates() {
     );
     files.sort();
     assert!(
-        files.len() >= 23,
+        files.len() >= 25,
         "expected the manifests and golden files, found {files:?}"
     );
     validate(&files).unwrap_or_else(|error| panic!("{error}"));
