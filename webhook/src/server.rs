@@ -17,7 +17,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, Version, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::BodyExt as _;
@@ -44,7 +43,8 @@ pub struct RequestLimits {
     pub max_in_flight: usize,
     /// Time a body may take to arrive once the headers did; slower ones get 408.
     pub body_timeout: Duration,
-    /// Time from a request's headers to its answer, body included; 503 past it.
+    /// Time from a request's headers to its answer, body included; 503 past it. Reading the
+    /// body is the only part of a request that waits, so this bounds it with `body_timeout`.
     pub request_timeout: Duration,
 }
 
@@ -79,36 +79,19 @@ impl AppState {
     }
 }
 
-/// The webhook's routes: `POST /mutate`, `GET /healthz`, `GET /readyz`, `GET /metrics`, each
-/// bounded by `limits.request_timeout`.
+/// The webhook's routes: `POST /mutate`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(middleware::from_fn_with_state(state.clone(), bounded))
         .with_state(state)
 }
 
-async fn bounded(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let close = closes_after(&request);
-    match tokio::time::timeout(state.limits.request_timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            state.metrics.timed_out(Stage::Request);
-            refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "request not answered within --request-timeout-seconds",
-                close,
-            )
-        }
-    }
-}
-
 /// For HTTP/1, `Connection: close` on a refusal: the connection may hold an unread body.
-fn closes_after(request: &Request) -> bool {
-    request.version() <= Version::HTTP_11
+fn closes_after(version: Version) -> bool {
+    version <= Version::HTTP_11
 }
 
 fn refusal(status: StatusCode, message: &'static str, close: bool) -> Response {
@@ -129,7 +112,7 @@ fn refusal(status: StatusCode, message: &'static str, close: bool) -> Response {
 async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let started = Instant::now();
     let limits = state.limits;
-    let close = closes_after(&request);
+    let close = closes_after(request.version());
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -162,11 +145,19 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Respons
                 close,
             );
         }
-        Err(BodyError::TimedOut) => {
+        Err(BodyError::TimedOut(Stage::Body)) => {
             state.metrics.timed_out(Stage::Body);
             return refusal(
                 StatusCode::REQUEST_TIMEOUT,
                 "request body not received within --body-timeout-seconds",
+                close,
+            );
+        }
+        Err(BodyError::TimedOut(stage)) => {
+            state.metrics.timed_out(stage);
+            return refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request not answered within --request-timeout-seconds",
                 close,
             );
         }
@@ -210,26 +201,33 @@ impl Drop for Buffered {
 
 enum BodyError {
     TooLarge,
-    TimedOut,
+    /// Past the body timeout ([`Stage::Body`]) or the request timeout ([`Stage::Request`]).
+    TimedOut(Stage),
     Broken,
 }
 
-/// Reads a body of at most `max_body_bytes` within `body_timeout`, into a buffer sized by
-/// the declared length (already checked against the cap), so that it is held once.
+/// Reads a body of at most `max_body_bytes` within `body_timeout` and `request_timeout`
+/// (reading the body is the only part of a request that waits), into a buffer sized by the
+/// declared length (already checked against the cap), so that it is held once.
 async fn read_body(
     mut body: Body,
     capacity: usize,
     state: &AppState,
 ) -> Result<Buffered, BodyError> {
     let limits = state.limits;
-    let deadline = tokio::time::Instant::now() + limits.body_timeout;
+    let now = tokio::time::Instant::now();
+    let (deadline, stage) = if limits.body_timeout <= limits.request_timeout {
+        (now + limits.body_timeout, Stage::Body)
+    } else {
+        (now + limits.request_timeout, Stage::Request)
+    };
     let mut buffered = Buffered {
         bytes: Vec::with_capacity(capacity),
         gauge: state.metrics.buffered_body_bytes.clone(),
     };
     loop {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => return Err(BodyError::TimedOut),
+            Err(_) => return Err(BodyError::TimedOut(stage)),
             Ok(None) => return Ok(buffered),
             Ok(Some(Err(_))) => return Err(BodyError::Broken),
             Ok(Some(Ok(frame))) => frame,

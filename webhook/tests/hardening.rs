@@ -199,6 +199,33 @@ async fn stalled_http1_bodies_are_shed_beyond_the_in_flight_limit_and_dropped_in
     assert_metric(&text, "ipmgr_webhook_buffered_body_bytes 0");
 }
 
+/// The whole-request timeout holds on its own, here shorter than the body timeout.
+#[tokio::test]
+async fn a_request_is_answered_within_the_request_timeout() {
+    let mut limits = LIMITS.to_vec();
+    limits.push(("IPMGR_BODY_TIMEOUT_SECONDS", "4"));
+    limits.push(("IPMGR_REQUEST_TIMEOUT_SECONDS", "0.5"));
+    let server = ServerProcess::start(&limits).await;
+    let (answer, elapsed) = common::http1(
+        &server.connector,
+        server.addr,
+        &common::post_head(1000),
+        b"{",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("--request-timeout-seconds"), "{answer}");
+    assert!(
+        elapsed < Duration::from_millis(500) + SLACK,
+        "answered after {elapsed:?}"
+    );
+    assert_metric(
+        &metrics(&server).await,
+        r#"ipmgr_webhook_timeouts_total{stage="request"} 1"#,
+    );
+}
+
 /// Finding: 32 stalled HTTP/2 streams on one connection were held forever (200 allowed).
 #[tokio::test]
 async fn stalled_http2_streams_are_shed_beyond_the_in_flight_limit_and_dropped_in_time() {
