@@ -165,15 +165,27 @@ async fn open_loop(
     summarize(latencies, run)
 }
 
-fn row(name: &str, summary: &Summary) {
+/// A table row; `cpu` is the server's CPU time during the run.
+fn row(name: &str, summary: &Summary, cpu: Duration) {
     println!(
-        "| {name} | {} | {:.0} | {:.3} | {:.3} | {:.3} |",
+        "| {name} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.1} |",
         summary.requests,
         summary.per_second,
         summary.p50.as_secs_f64() * 1e3,
         summary.p99.as_secs_f64() * 1e3,
-        summary.max.as_secs_f64() * 1e3
+        summary.max.as_secs_f64() * 1e3,
+        cpu.as_secs_f64() * 1e6 / summary.requests as f64
     );
+}
+
+/// Runs `load` and returns its summary with the server's CPU time during it.
+async fn with_cpu(
+    server: &ServerProcess,
+    load: impl Future<Output = Summary>,
+) -> (Summary, Duration) {
+    let before = server.cpu_time();
+    let summary = load.await;
+    (summary, server.cpu_time().saturating_sub(before))
 }
 
 /// CPU cost of answering one review in-process, without HTTP or TLS.
@@ -229,40 +241,17 @@ async fn hostile_clients(cap: usize, stalled: usize, max_connections: usize) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let body = common::amplification_body(cap - 512);
     let amplification = measure(&server, async {
-        let (answer, _) = common::http1(
-            &server.connector,
-            server.addr,
-            &common::post_head(body.len()),
-            &body,
-            Duration::from_secs(30),
-        )
-        .await;
+        let answer = common::post(&server, &body).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.200}");
     })
     .await;
 
     let declared = cap - 1024;
-    let sent = vec![b' '; declared / 8 * 7];
+    let sent = declared / 8 * 7;
     let mut answers = Vec::new();
     let flood = measure(&server, async {
-        let clients: Vec<_> = (0..stalled)
-            .map(|_| {
-                let (connector, addr, sent) = (server.connector.clone(), server.addr, sent.clone());
-                tokio::spawn(async move {
-                    common::http1(
-                        &connector,
-                        addr,
-                        &common::post_head(declared),
-                        &sent,
-                        Duration::from_secs(15),
-                    )
-                    .await
-                })
-            })
-            .collect();
-        for client in clients {
-            answers.push(client.await.expect("client"));
-        }
+        answers =
+            common::stalled_bodies(&server, stalled, declared, sent, Duration::from_secs(15)).await;
     })
     .await;
 
@@ -283,24 +272,8 @@ async fn hostile_clients(cap: usize, stalled: usize, max_connections: usize) {
     })
     .await;
 
-    let started = Instant::now();
-    let mut stream = common::connect(&server.connector, server.addr)
-        .await
-        .expect("connects");
-    stream
-        .write_all(b"POST /mutate HTTP/1.1\r\n")
-        .await
-        .expect("request line");
-    let slowloris = tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            if stream.write_all(b"x").await.is_err() || stream.flush().await.is_err() {
-                break;
-            }
-        }
-    })
-    .await
-    .map(|()| started.elapsed());
+    let slowloris =
+        common::slowloris(&server, Duration::from_millis(500), Duration::from_secs(15)).await;
 
     println!();
     println!(
@@ -316,7 +289,7 @@ async fn hostile_clients(cap: usize, stalled: usize, max_connections: usize) {
     ));
     flood.print(&format!(
         "{stalled} stalled bodies of {:.2} MiB",
-        sent.len() as f64 / MIB
+        sent as f64 / MIB
     ));
     connections.print(&format!(
         "{max_connections} connections with half a request head"
@@ -336,8 +309,8 @@ async fn hostile_clients(cap: usize, stalled: usize, max_connections: usize) {
         println!("stalled bodies: {count} x {status}, the last after {slowest:.2?}");
     }
     match slowloris {
-        Ok(elapsed) => println!("slowloris (a byte every 0.5 s): dropped after {elapsed:.2?}"),
-        Err(_) => println!("slowloris (a byte every 0.5 s): still connected after 15 s"),
+        Some(elapsed) => println!("slowloris (a byte every 0.5 s): dropped after {elapsed:.2?}"),
+        None => println!("slowloris (a byte every 0.5 s): still connected after 15 s"),
     }
 }
 
@@ -384,9 +357,21 @@ fn main() {
         )
         .await;
 
-        let trivial = closed_loop(&connector, addr, &healthz, connections, run).await;
-        let heavy = closed_loop(&connector, addr, &mutate, connections, run).await;
-        let paced = open_loop(&connector, addr, &mutate, connections, rate, run).await;
+        let trivial = with_cpu(
+            &server,
+            closed_loop(&connector, addr, &healthz, connections, run),
+        )
+        .await;
+        let heavy = with_cpu(
+            &server,
+            closed_loop(&connector, addr, &mutate, connections, run),
+        )
+        .await;
+        let paced = with_cpu(
+            &server,
+            open_loop(&connector, addr, &mutate, connections, rate, run),
+        )
+        .await;
         let loaded_rss = server.memory("VmRSS");
         drop(server);
 
@@ -399,11 +384,14 @@ fn main() {
             run.as_secs()
         );
         println!();
-        println!("| run | requests | requests/s | p50 ms | p99 ms | max ms |");
-        println!("|---|---|---|---|---|---|");
-        row("GET /healthz, closed loop", &trivial);
-        row("POST /mutate, closed loop", &heavy);
-        row(&format!("POST /mutate at {rate}/s"), &paced);
+        println!(
+            "| run | requests | requests/s | p50 ms | p99 ms | max ms | server CPU µs/request |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        row("GET /healthz, closed loop", &trivial.0, trivial.1);
+        row("POST /mutate, closed loop", &heavy.0, heavy.1);
+        row(&format!("POST /mutate at {rate}/s"), &paced.0, paced.1);
+        let (trivial, heavy) = (trivial.0, heavy.0);
         println!();
         println!(
             "in-process review of the {} B AdmissionReview: {:.1} µs",

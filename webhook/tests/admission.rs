@@ -27,19 +27,6 @@ async fn call(
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-fn multus_pod(annotations: Value) -> Value {
-    let mut all = json!({"k8s.v1.cni.cncf.io/networks": "ipvlan-multus"});
-    all.as_object_mut()
-        .expect("object")
-        .extend(annotations.as_object().cloned().unwrap_or_default());
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"generateName": "web-", "namespace": "multus", "annotations": all,
-                     "managedFields": [{"manager": "kubectl", "operation": "Update"}]},
-        "spec": {"containers": [{"name": "app", "image": "busybox"}]},
-    })
-}
-
 #[rstest]
 #[case::not_json("{not json", "is not an admission.k8s.io/v1 AdmissionReview")]
 #[case::not_a_review(
@@ -63,7 +50,7 @@ async fn malformed_bodies_get_400_with_a_reason(#[case] body: &'static str, #[ca
 
 #[tokio::test]
 async fn oversized_bodies_get_413() {
-    let mut pod = multus_pod(json!({}));
+    let mut pod = common::multus_pod(json!({}));
     pod["metadata"]["annotations"]["padding"] = json!("x".repeat(MAX_BODY));
     let body = common::admission_review("big", &pod, false).to_string();
     let (status, _) = call(&app(), Method::POST, "/mutate", body).await;
@@ -96,7 +83,7 @@ async fn objects_it_cannot_handle_are_allowed_unchanged_with_a_warning(
 
 #[tokio::test]
 async fn unknown_mode_is_denied_naming_the_annotation_and_values() {
-    let pod = multus_pod(json!({"multus-ipmgr.io/mode": "sometimes"}));
+    let pod = common::multus_pod(json!({"multus-ipmgr.io/mode": "sometimes"}));
     let body = common::admission_review("deny-me", &pod, false).to_string();
     let (status, text) = call(&app(), Method::POST, "/mutate", body).await;
     assert_eq!(status, StatusCode::OK);
@@ -144,21 +131,27 @@ async fn metrics_count_every_outcome() {
         &app,
         Method::POST,
         "/mutate",
-        review("a", multus_pod(json!({}))),
+        review("a", common::multus_pod(json!({}))),
     )
     .await;
     call(
         &app,
         Method::POST,
         "/mutate",
-        review("b", multus_pod(json!({"multus-ipmgr.io/mode": "sidecar"}))),
+        review(
+            "b",
+            common::multus_pod(json!({"multus-ipmgr.io/mode": "sidecar"})),
+        ),
     )
     .await;
     call(
         &app,
         Method::POST,
         "/mutate",
-        review("c", multus_pod(json!({"multus-ipmgr.io/mode": "x"}))),
+        review(
+            "c",
+            common::multus_pod(json!({"multus-ipmgr.io/mode": "x"})),
+        ),
     )
     .await;
     call(
@@ -199,7 +192,7 @@ async fn metrics_count_every_outcome() {
 #[tokio::test]
 async fn only_a_create_is_mutated(#[case] operation: Option<&str>) {
     let app = app();
-    let mut review = common::admission_review("op", &multus_pod(json!({})), false);
+    let mut review = common::admission_review("op", &common::multus_pod(json!({})), false);
     match operation {
         Some(operation) => review["request"]["operation"] = json!(operation),
         None => {
@@ -234,7 +227,8 @@ async fn the_image_annotation_is_denied_unless_overrides_are_on() {
         MAX_BODY,
         None,
     ));
-    let pod = multus_pod(json!({"multus-ipmgr.io/image": "attacker.example/not-the-helper:1"}));
+    let pod =
+        common::multus_pod(json!({"multus-ipmgr.io/image": "attacker.example/not-the-helper:1"}));
     let body = common::admission_review("image", &pod, false).to_string();
     let (status, text) = call(&app, Method::POST, "/mutate", body).await;
     assert_eq!(status, StatusCode::OK);
@@ -273,7 +267,7 @@ async fn an_unreadable_pod_is_answered_from_its_envelope() {
 async fn a_uid_longer_than_a_kubernetes_uid_is_refused_shortened() {
     let app = router(common::state(8 << 20, None));
     let uid = "u".repeat(3_000_000);
-    let body = common::admission_review(&uid, &multus_pod(json!({})), false).to_string();
+    let body = common::admission_review(&uid, &common::multus_pod(json!({})), false).to_string();
     let (status, text) = call(&app, Method::POST, "/mutate", body).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(text.len() < 512, "{} bytes", text.len());

@@ -12,8 +12,8 @@ use common::ServerProcess;
 use http_body_util::{BodyExt as _, Channel, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use serde_json::json;
+use tokio::io::AsyncReadExt as _;
 
 const MIB: usize = 1024 * 1024;
 
@@ -32,18 +32,6 @@ const LIMITS: [(&str, &str); 8] = [
 /// How long after its timeout a dropped client may still wait for the server to notice:
 /// generous, since these tests share the machine with others.
 const SLACK: Duration = Duration::from_millis(1500);
-
-fn multus_pod(annotations: Value) -> Value {
-    let mut all = json!({"k8s.v1.cni.cncf.io/networks": "ipvlan-multus"});
-    all.as_object_mut()
-        .expect("object")
-        .extend(annotations.as_object().cloned().unwrap_or_default());
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "p", "namespace": "multus", "annotations": all},
-        "spec": {"containers": [{"name": "app", "image": "busybox"}]},
-    })
-}
 
 async fn metrics(server: &ServerProcess) -> String {
     let (answer, _) = common::http1(
@@ -70,7 +58,7 @@ fn assert_metric(text: &str, line: &str) {
 /// A review whose one annotation the injector reads is nothing but escapes (decoded into a
 /// scratch buffer before its length can be checked), padded to `size` bytes.
 fn escaped_annotation_body(size: usize) -> Vec<u8> {
-    let pod = multus_pod(json!({"multus-ipmgr.io/image": "PLACEHOLDER"}));
+    let pod = common::multus_pod(json!({"multus-ipmgr.io/image": "PLACEHOLDER"}));
     let text = common::admission_review("escaped", &pod, false).to_string();
     let escapes = "\\u00e9".repeat((size - text.len()) / 6);
     text.replace("PLACEHOLDER", &escapes).into_bytes()
@@ -89,28 +77,14 @@ async fn a_body_at_the_cap_costs_less_than_three_times_its_size(
 ) {
     let server = ServerProcess::start(&LIMITS).await;
     // Warm up: connections, TLS, allocator arenas.
-    let small = common::admission_review("warm", &multus_pod(json!({})), false).to_string();
-    let (answer, _) = common::http1(
-        &server.connector,
-        server.addr,
-        &common::post_head(small.len()),
-        small.as_bytes(),
-        Duration::from_millis(300),
-    )
-    .await;
+    let small = common::admission_review("warm", &common::multus_pod(json!({})), false);
+    let answer = common::post(&server, small.to_string().as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let baseline = server.memory("VmRSS");
     server.reset_peak();
 
-    let (answer, _) = common::http1(
-        &server.connector,
-        server.addr,
-        &common::post_head(body.len()),
-        &body,
-        Duration::from_millis(1500),
-    )
-    .await;
+    let answer = common::post(&server, &body).await;
     let peak = server.memory("VmHWM");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let after = server.memory("VmRSS");
@@ -150,25 +124,16 @@ async fn stalled_http1_bodies_are_shed_beyond_the_in_flight_limit_and_dropped_in
     server.reset_peak();
     // 12 clients each declare a body just under the cap and send 7/8 of it, then stall.
     let declared = MIB - 1024;
-    let sent = vec![b' '; declared / 8 * 7];
-    let clients: Vec<_> = (0..12)
-        .map(|_| {
-            let (connector, addr, sent) = (server.connector.clone(), server.addr, sent.clone());
-            tokio::spawn(async move {
-                common::http1(
-                    &connector,
-                    addr,
-                    &common::post_head(declared),
-                    &sent,
-                    Duration::from_secs(5),
-                )
-                .await
-            })
-        })
-        .collect();
+    let answers = common::stalled_bodies(
+        &server,
+        12,
+        declared,
+        declared / 8 * 7,
+        Duration::from_secs(5),
+    )
+    .await;
     let mut statuses = Vec::new();
-    for client in clients {
-        let (answer, elapsed) = client.await.expect("client");
+    for (answer, elapsed) in answers {
         let status = answer.get(..12).unwrap_or(&answer).to_owned();
         assert!(
             elapsed < Duration::from_secs(1) + SLACK,
@@ -305,33 +270,13 @@ where
 #[tokio::test]
 async fn slowloris_headers_and_handshakes_are_dropped_within_the_header_timeout() {
     let server = ServerProcess::start(&LIMITS).await;
-    let started = Instant::now();
-    let mut stream = common::connect(&server.connector, server.addr)
-        .await
-        .expect("connects");
-    stream
-        .write_all(b"POST /mutate HTTP/1.1\r\n")
-        .await
-        .expect("request line");
-    stream.flush().await.expect("flush");
-    let dripped = async {
-        loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if stream.write_all(b"x").await.is_err() || stream.flush().await.is_err() {
-                break;
-            }
-            let mut byte = [0u8; 1];
-            // A closed connection reads as end of file (or an error) at once.
-            let read = tokio::time::timeout(Duration::from_millis(1), stream.read(&mut byte));
-            if let Ok(Ok(0) | Err(_)) = read.await {
-                break;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_millis(500) + SLACK, dripped)
-        .await
-        .expect("the dripping client is dropped within the header timeout");
-    let dropped_after = started.elapsed();
+    let dropped_after = common::slowloris(
+        &server,
+        Duration::from_millis(100),
+        Duration::from_millis(500) + SLACK,
+    )
+    .await
+    .expect("the dripping client is dropped within the header timeout");
 
     // A TCP client that never starts the TLS handshake.
     let started = Instant::now();
@@ -421,18 +366,11 @@ async fn long_uids_and_annotation_values_stay_out_of_answers_and_logs() {
     let huge = "u".repeat(900_000);
     let long_uid = common::admission_review(
         &huge,
-        &multus_pod(json!({"multus-ipmgr.io/mode": "later"})),
+        &common::multus_pod(json!({"multus-ipmgr.io/mode": "later"})),
         false,
     )
     .to_string();
-    let (answer, _) = common::http1(
-        &server.connector,
-        server.addr,
-        &common::post_head(long_uid.len()),
-        long_uid.as_bytes(),
-        Duration::from_secs(3),
-    )
-    .await;
+    let answer = common::post(&server, long_uid.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer:.300}");
     assert!(answer.len() < 2048, "{} bytes: {answer:.300}", answer.len());
     assert!(answer.contains("900000 bytes"), "{answer:.600}");
@@ -440,18 +378,11 @@ async fn long_uids_and_annotation_values_stay_out_of_answers_and_logs() {
     // Under the 256 KiB Kubernetes allows for annotations: read, denied, quoted shortened.
     let long_value = common::admission_review(
         "long-value",
-        &multus_pod(json!({ "multus-ipmgr.io/mode": "v".repeat(200_000) })),
+        &common::multus_pod(json!({ "multus-ipmgr.io/mode": "v".repeat(200_000) })),
         false,
     )
     .to_string();
-    let (answer, _) = common::http1(
-        &server.connector,
-        server.addr,
-        &common::post_head(long_value.len()),
-        long_value.as_bytes(),
-        Duration::from_secs(3),
-    )
-    .await;
+    let answer = common::post(&server, long_value.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.300}");
     assert!(answer.contains("\"allowed\":false"), "{answer:.600}");
     assert!(answer.contains("(200000 bytes)"), "{answer:.600}");

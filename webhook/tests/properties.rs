@@ -13,21 +13,24 @@ use ipmgr_webhook::admission::review;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
+/// Quantity suffixes the generator writes, with the nano units of one; longer suffixes
+/// first, so that the first one a text ends with is its suffix.
+const UNITS: [(&str, u128); 10] = [
+    ("Ki", 1_024_000_000_000),
+    ("Mi", 1_048_576_000_000_000),
+    ("Gi", 1_073_741_824_000_000_000),
+    ("n", 1),
+    ("u", 1_000),
+    ("m", 1_000_000),
+    ("k", 1_000_000_000_000),
+    ("M", 1_000_000_000_000_000),
+    ("G", 1_000_000_000_000_000_000),
+    ("", 1_000_000_000),
+];
+
 /// A resource quantity as text, with its amount in nano units when it is a valid,
 /// non-negative quantity.
 fn quantity() -> impl Strategy<Value = (String, Option<u128>)> {
-    const UNITS: [(&str, u128); 10] = [
-        ("", 1_000_000_000),
-        ("n", 1),
-        ("u", 1_000),
-        ("m", 1_000_000),
-        ("k", 1_000_000_000_000),
-        ("M", 1_000_000_000_000_000),
-        ("G", 1_000_000_000_000_000_000),
-        ("Ki", 1_024_000_000_000),
-        ("Mi", 1_048_576_000_000_000),
-        ("Gi", 1_073_741_824_000_000_000),
-    ];
     let whole = (0u64..5000, 0..UNITS.len(), any::<bool>()).prop_map(|(n, unit, padded)| {
         let (suffix, scale) = UNITS[unit];
         let text = format!("{n}{suffix}");
@@ -209,19 +212,7 @@ enum Expected {
 /// non-negative quantity).
 fn nanos(text: &str) -> Option<u128> {
     let text = text.trim();
-    let units: [(&str, u128); 10] = [
-        ("Ki", 1_024_000_000_000),
-        ("Mi", 1_048_576_000_000_000),
-        ("Gi", 1_073_741_824_000_000_000),
-        ("n", 1),
-        ("u", 1_000),
-        ("m", 1_000_000),
-        ("k", 1_000_000_000_000),
-        ("M", 1_000_000_000_000_000),
-        ("G", 1_000_000_000_000_000_000),
-        ("", 1_000_000_000),
-    ];
-    let (number, scale) = units
+    let (number, scale) = UNITS
         .iter()
         .find_map(|(suffix, scale)| Some((text.strip_suffix(suffix)?, *scale)))?;
     let (whole, tenth) = number.split_once('.').unwrap_or((number, "0"));

@@ -222,11 +222,99 @@ pub async fn http1(
     )
 }
 
-/// The head of a `POST /mutate` with this Content-Length.
+/// `POST /mutate` of `body` on a new HTTP/1.1 connection; what the server answered.
+pub async fn post(server: &ServerProcess, body: &[u8]) -> String {
+    let (answer, _) = http1(
+        &server.connector,
+        server.addr,
+        &post_head(body.len()),
+        body,
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    answer
+}
+
+/// `clients` connections that each declare a body of `declared` bytes, send `sent` of it
+/// and stall; what each was answered and when it was closed (at most `wait`).
+pub async fn stalled_bodies(
+    server: &ServerProcess,
+    clients: usize,
+    declared: usize,
+    sent: usize,
+    wait: std::time::Duration,
+) -> Vec<(String, std::time::Duration)> {
+    let sent = vec![b' '; sent];
+    let clients: Vec<_> = (0..clients)
+        .map(|_| {
+            let (connector, addr, sent) = (server.connector.clone(), server.addr, sent.clone());
+            tokio::spawn(
+                async move { http1(&connector, addr, &post_head(declared), &sent, wait).await },
+            )
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for client in clients {
+        answers.push(client.await.expect("client task"));
+    }
+    answers
+}
+
+/// A slowloris client: a request line, then one byte of header every `every`. Returns how
+/// long the server took to drop it, or `None` if it is still connected after `give_up`.
+pub async fn slowloris(
+    server: &ServerProcess,
+    every: std::time::Duration,
+    give_up: std::time::Duration,
+) -> Option<std::time::Duration> {
+    let started = std::time::Instant::now();
+    let mut stream = connect(&server.connector, server.addr)
+        .await
+        .expect("connects");
+    stream
+        .write_all(b"POST /mutate HTTP/1.1\r\n")
+        .await
+        .expect("request line");
+    stream.flush().await.expect("flush");
+    let dripped = async {
+        loop {
+            tokio::time::sleep(every).await;
+            if stream.write_all(b"x").await.is_err() || stream.flush().await.is_err() {
+                break;
+            }
+            let mut byte = [0u8; 1];
+            // A closed connection reads as end of file (or an error) at once.
+            let read =
+                tokio::time::timeout(std::time::Duration::from_millis(1), stream.read(&mut byte));
+            if let Ok(Ok(0) | Err(_)) = read.await {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(give_up, dripped)
+        .await
+        .ok()
+        .map(|()| started.elapsed())
+}
+
+/// A Pod asking for a Multus network, with these extra annotations.
+pub fn multus_pod(annotations: Value) -> Value {
+    let mut all = json!({"k8s.v1.cni.cncf.io/networks": "ipvlan-multus"});
+    all.as_object_mut()
+        .expect("object")
+        .extend(annotations.as_object().cloned().unwrap_or_default());
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"generateName": "web-", "namespace": "multus", "annotations": all,
+                     "managedFields": [{"manager": "kubectl", "operation": "Update"}]},
+        "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+    })
+}
+
+/// The head of a `POST /mutate` with this Content-Length, on a connection closed after it.
 pub fn post_head(length: usize) -> String {
     format!(
-        "POST /mutate HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n",
-        SERVER_NAME
+        "POST /mutate HTTP/1.1\r\nhost: {SERVER_NAME}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n"
     )
 }
 
@@ -345,6 +433,21 @@ impl ServerProcess {
             })
             .map(|kib| kib * 1024)
             .unwrap_or_else(|| panic!("{field} missing"))
+    }
+
+    /// CPU time the process has used, user and system (in 10 ms ticks).
+    pub fn cpu_time(&self) -> std::time::Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("stat");
+        // The fields after the command name: state is the 3rd field, utime the 14th.
+        let fields: Vec<&str> = stat
+            .rsplit_once(") ")
+            .expect("stat format")
+            .1
+            .split(' ')
+            .collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        std::time::Duration::from_millis(ticks * 10)
     }
 
     /// Resets the peak RSS (`VmHWM`) to the current RSS, so that [`Self::memory`] of
