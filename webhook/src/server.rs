@@ -117,13 +117,16 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Respons
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limits.max_body_bytes as u64) {
+    let too_large = || {
         state.metrics.body_too_large.inc();
-        return refusal(
+        refusal(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body is larger than --max-body-bytes",
             close,
-        );
+        )
+    };
+    if declared.is_some_and(|length| length > limits.max_body_bytes as u64) {
+        return too_large();
     }
     let Ok(_slot) = state.in_flight.clone().try_acquire_owned() else {
         state.metrics.shed_requests.inc();
@@ -137,14 +140,7 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Respons
     let capacity = declared.map_or(0, |length| length as usize);
     let body = match read_body(request.into_body(), capacity, &state).await {
         Ok(body) => body,
-        Err(BodyError::TooLarge) => {
-            state.metrics.body_too_large.inc();
-            return refusal(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body is larger than --max-body-bytes",
-                close,
-            );
-        }
+        Err(BodyError::TooLarge) => return too_large(),
         Err(BodyError::TimedOut(Stage::Body)) => {
             state.metrics.timed_out(Stage::Body);
             return refusal(
