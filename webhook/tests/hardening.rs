@@ -195,30 +195,7 @@ async fn a_request_is_answered_within_the_request_timeout() {
 #[tokio::test]
 async fn stalled_http2_streams_are_shed_beyond_the_in_flight_limit_and_dropped_in_time() {
     let server = ServerProcess::start(&LIMITS).await;
-    let (sender, _connection) = http2::<Channel<Bytes>>(&server).await;
-    let started = Instant::now();
-    let mut senders = Vec::new();
-    let mut answers = Vec::new();
-    for _ in 0..8 {
-        let (mut body_sender, body) = Channel::<Bytes>::new(1);
-        let request = hyper::Request::post(format!("https://{}/mutate", common::SERVER_NAME))
-            .header("content-type", "application/json")
-            .body(body)
-            .expect("request");
-        let mut sender = sender.clone();
-        answers.push(tokio::spawn(async move {
-            let response = sender.send_request(request).await;
-            (
-                response.map(|response| response.status().as_u16()),
-                started.elapsed(),
-            )
-        }));
-        body_sender
-            .send_data(Bytes::from(vec![b' '; 64 * 1024]))
-            .await
-            .expect("first chunk");
-        senders.push(body_sender); // kept open: the stream stalls
-    }
+    let (started, answers, senders) = stalled_streams(&server, 8).await;
     let mut statuses = Vec::new();
     for answer in answers {
         let (status, elapsed) = tokio::time::timeout(
@@ -237,6 +214,78 @@ async fn stalled_http2_streams_are_shed_beyond_the_in_flight_limit_and_dropped_i
     statuses.sort_unstable();
     assert_eq!(statuses, [408, 408, 408, 408, 503, 503, 503, 503]);
     drop(senders);
+}
+
+/// Finding: 200 concurrent streams were allowed per HTTP/2 connection.
+#[tokio::test]
+async fn http2_streams_per_connection_are_limited() {
+    let mut limits = LIMITS.to_vec();
+    limits.push(("IPMGR_MAX_IN_FLIGHT", "16"));
+    limits.push(("IPMGR_H2_MAX_CONCURRENT_STREAMS", "4"));
+    let server = ServerProcess::start(&limits).await;
+    let (_, answers, senders) = stalled_streams(&server, 6).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 16 slots are free, but only 4 streams may be open on one connection.
+    assert_metric(
+        &metrics(&server).await,
+        "ipmgr_webhook_in_flight_requests 4",
+    );
+    // The streams past the limit were refused (the client opened them before it had the
+    // server's settings); the others time out.
+    let mut outcomes = Vec::new();
+    for answer in answers {
+        let (status, _) = tokio::time::timeout(Duration::from_secs(1) + SLACK, answer)
+            .await
+            .expect("every stream is answered or refused")
+            .expect("stream task");
+        outcomes.push(match status {
+            Ok(status) => status.to_string(),
+            Err(error) if format!("{error:?}").contains("REFUSED_STREAM") => "refused".to_owned(),
+            Err(error) => panic!("{error:?}"),
+        });
+    }
+    outcomes.sort();
+    assert_eq!(outcomes, ["408", "408", "408", "408", "refused", "refused"]);
+    drop(senders);
+}
+
+type Answer = tokio::task::JoinHandle<(Result<u16, hyper::Error>, Duration)>;
+
+/// `count` POST /mutate streams on one HTTP/2 connection, each sending 64 KiB of body and
+/// then stalling (while the returned senders live); when they started, and their answers.
+async fn stalled_streams(
+    server: &ServerProcess,
+    count: usize,
+) -> (
+    Instant,
+    Vec<Answer>,
+    Vec<http_body_util::channel::Sender<Bytes>>,
+) {
+    let (sender, _connection) = http2::<Channel<Bytes>>(server).await;
+    let started = Instant::now();
+    let mut senders = Vec::new();
+    let mut answers = Vec::new();
+    for _ in 0..count {
+        let (mut body_sender, body) = Channel::<Bytes>::new(1);
+        let request = hyper::Request::post(format!("https://{}/mutate", common::SERVER_NAME))
+            .header("content-type", "application/json")
+            .body(body)
+            .expect("request");
+        let mut sender = sender.clone();
+        answers.push(tokio::spawn(async move {
+            let response = sender.send_request(request).await;
+            (
+                response.map(|response| response.status().as_u16()),
+                started.elapsed(),
+            )
+        }));
+        body_sender
+            .send_data(Bytes::from(vec![b' '; 64 * 1024]))
+            .await
+            .expect("first chunk");
+        senders.push(body_sender);
+    }
+    (started, answers, senders)
 }
 
 /// An HTTP/2 connection to `server`; the second value resolves when the server closes it.
