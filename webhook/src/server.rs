@@ -26,6 +26,7 @@ use hyper_util::service::TowerToHyperService;
 use ipmgr_injector::{HelperSettings, excerpt};
 use prometheus_client::metrics::gauge::Gauge;
 use rustls::ServerConfig;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -221,21 +222,24 @@ async fn read_body(
         bytes: Vec::with_capacity(capacity),
         gauge: state.metrics.buffered_body_bytes.clone(),
     };
-    loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => return Err(BodyError::TimedOut(stage)),
-            Ok(None) => return Ok(buffered),
-            Ok(Some(Err(_))) => return Err(BodyError::Broken),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if buffered.bytes.len() + data.len() > limits.max_body_bytes {
-            return Err(BodyError::TooLarge);
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(|_| BodyError::Broken)?.into_data() else {
+                continue;
+            };
+            if buffered.bytes.len() + data.len() > limits.max_body_bytes {
+                return Err(BodyError::TooLarge);
+            }
+            buffered.bytes.extend_from_slice(&data);
+            buffered.gauge.inc_by(data.len() as i64);
         }
-        buffered.bytes.extend_from_slice(&data);
-        buffered.gauge.inc_by(data.len() as i64);
+        Ok(())
+    };
+    // One timer for the whole body, not one per frame.
+    match tokio::time::timeout_at(deadline, read).await {
+        Ok(Ok(())) => Ok(buffered),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(BodyError::TimedOut(stage)),
     }
 }
 
@@ -415,10 +419,10 @@ impl Connection {
                 }
             };
         let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        let (requests, mut idle_watch) = watch::channel(0usize);
+        let activity = Arc::new(Activity::new());
         let service = Tracked {
             inner: TowerToHyperService::new(self.app.clone()),
-            requests: Arc::new(requests),
+            activity: activity.clone(),
         };
         let connection = self.builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(connection);
@@ -426,7 +430,7 @@ impl Connection {
         let phase = &mut self.phase;
         let finished = tokio::select! {
             result = connection.as_mut() => Some(result),
-            () = idle(&mut idle_watch, limits.idle_timeout) => {
+            () = activity.idle(limits.idle_timeout) => {
                 metrics.timed_out(Stage::Idle);
                 None
             }
@@ -472,21 +476,42 @@ async fn sleep(duration: Duration) {
     }
 }
 
-/// Resolves once the connection has had no request in flight for `timeout`.
-async fn idle(requests: &mut watch::Receiver<usize>, timeout: Duration) {
-    loop {
-        if requests
-            .wait_for(|in_flight| *in_flight == 0)
-            .await
-            .is_err()
-        {
-            return std::future::pending().await;
+/// What a connection's requests are doing, for its idle timeout: kept with two atomics, so
+/// that a request costs no wake-up and no timer; the watchdog looks every idle timeout.
+#[derive(Debug)]
+struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// When the last request was answered, in milliseconds since `opened`.
+    last_answered_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_answered_ms: AtomicU64::new(0),
         }
-        if tokio::time::timeout(timeout, requests.changed())
-            .await
-            .is_err()
-        {
-            return;
+    }
+
+    fn begin(self: &Arc<Self>) -> Answered {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Answered(self.clone())
+    }
+
+    /// Resolves once the connection has had no request in flight for `timeout`.
+    async fn idle(&self, timeout: Duration) {
+        loop {
+            let since_answer = Duration::from_millis(self.last_answered_ms.load(Ordering::Acquire));
+            let idle_for = self.opened.elapsed().saturating_sub(since_answer);
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(timeout).await;
+            } else if idle_for >= timeout {
+                return;
+            } else {
+                tokio::time::sleep(timeout - idle_for).await;
+            }
         }
     }
 }
@@ -495,18 +520,20 @@ async fn idle(requests: &mut watch::Receiver<usize>, timeout: Duration) {
 #[derive(Clone)]
 struct Tracked {
     inner: TowerToHyperService<Router>,
-    requests: Arc<watch::Sender<usize>>,
+    activity: Arc<Activity>,
 }
 
-/// Decrements the connection's in-flight count when its request is answered or dropped.
-struct Answered(Arc<watch::Sender<usize>>);
+/// Marks the connection's request answered (or dropped) when it goes.
+struct Answered(Arc<Activity>);
 
 impl Drop for Answered {
     fn drop(&mut self) {
-        self.0.send_modify(|in_flight| *in_flight -= 1);
+        let activity = &self.0;
+        let now = u64::try_from(activity.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        activity.last_answered_ms.store(now, Ordering::Release);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
-
 type TrackedFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
 impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Tracked {
@@ -515,8 +542,7 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Tracked 
     type Future = TrackedFuture;
 
     fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
-        self.requests.send_modify(|in_flight| *in_flight += 1);
-        let answered = Answered(self.requests.clone());
+        let answered = self.activity.begin();
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await;
