@@ -162,6 +162,8 @@ async fn stalled_http1_bodies_are_shed_beyond_the_in_flight_limit_and_dropped_in
     assert_metric(&text, r#"ipmgr_webhook_timeouts_total{stage="body"} 4"#);
     assert_metric(&text, "ipmgr_webhook_in_flight_requests 0");
     assert_metric(&text, "ipmgr_webhook_buffered_body_bytes 0");
+    // Only the connection of this scrape is left.
+    assert_metric(&text, "ipmgr_webhook_open_connections 1");
 }
 
 /// The whole-request timeout holds on its own, here shorter than the body timeout.
