@@ -2,23 +2,29 @@
 //! loopback: closed-loop throughput of `/mutate` (a realistic 6 KB pod that gets injected)
 //! against the trivial `/healthz` of the same server, then `/mutate` at a fixed rate with
 //! latencies measured from each request's scheduled start (no coordinated omission), and
-//! the server's RSS at idle and after load.
+//! the server's RSS at idle and after load. Then, on a fresh server with the default limits,
+//! what hostile clients cost: peak RSS under one amplification body at the body cap and
+//! under a flood of stalled bodies, RSS after each, and how long stalled and slowloris
+//! clients are held.
 //!
 //! `cargo bench -p ipmgr-webhook --bench mutate_load`; knobs: `BENCH_SECONDS` (5),
-//! `BENCH_CONNECTIONS` (4), `BENCH_RATE` (1000 requests/s).
+//! `BENCH_CONNECTIONS` (4), `BENCH_RATE` (1000 requests/s), `BENCH_STALLED` (64 clients),
+//! `BENCH_BODY_CAP` (3 MiB, the default `--max-body-bytes`), `BENCH_HOSTILE` (0 skips the
+//! hostile clients); `IPMGR_WEBHOOK_BIN` measures another build of the server.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::ServerProcess;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use ipmgr_webhook::admission::review;
-use ipmgr_webhook::certs::ServiceIdentity;
+use tokio::io::AsyncWriteExt as _;
 use tokio_rustls::TlsConnector;
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -159,36 +165,27 @@ async fn open_loop(
     summarize(latencies, run)
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("server status")
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-fn row(name: &str, summary: &Summary) {
+/// A table row; `cpu` is the server's CPU time during the run.
+fn row(name: &str, summary: &Summary, cpu: Duration) {
     println!(
-        "| {name} | {} | {:.0} | {:.3} | {:.3} | {:.3} |",
+        "| {name} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.1} |",
         summary.requests,
         summary.per_second,
         summary.p50.as_secs_f64() * 1e3,
         summary.p99.as_secs_f64() * 1e3,
-        summary.max.as_secs_f64() * 1e3
+        summary.max.as_secs_f64() * 1e3,
+        cpu.as_secs_f64() * 1e6 / summary.requests as f64
     );
+}
+
+/// Runs `load` and returns its summary with the server's CPU time during it.
+async fn with_cpu(
+    server: &ServerProcess,
+    load: impl Future<Output = Summary>,
+) -> (Summary, Duration) {
+    let before = server.cpu_time();
+    let summary = load.await;
+    (summary, server.cpu_time().saturating_sub(before))
 }
 
 /// CPU cost of answering one review in-process, without HTTP or TLS.
@@ -203,77 +200,216 @@ fn review_cost(body: &[u8]) -> Duration {
     started.elapsed() / iterations
 }
 
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Peak and final RSS of one hostile load, against the RSS before it.
+struct MemoryRun {
+    baseline: u64,
+    peak: u64,
+    after: u64,
+}
+
+impl MemoryRun {
+    fn print(&self, name: &str) {
+        println!(
+            "| {name} | {:.1} | {:.1} (+{:.1}) | {:.1} |",
+            self.baseline as f64 / MIB,
+            self.peak as f64 / MIB,
+            self.peak.saturating_sub(self.baseline) as f64 / MIB,
+            self.after as f64 / MIB
+        );
+    }
+}
+
+/// Runs `load` on `server` and reads its RSS before, at peak and a second after.
+async fn measure<F: Future<Output = ()>>(server: &ServerProcess, load: F) -> MemoryRun {
+    let baseline = server.memory("VmRSS");
+    server.reset_peak();
+    load.await;
+    let peak = server.memory("VmHWM");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    MemoryRun {
+        baseline,
+        peak,
+        after: server.memory("VmRSS"),
+    }
+}
+
+/// What hostile clients cost a server with the default limits.
+async fn hostile_clients(cap: usize, stalled: usize, max_connections: usize) {
+    let server = ServerProcess::start(&[("IPMGR_LOG", "warn")]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let body = common::amplification_body(cap - 512);
+    let amplification = measure(&server, async {
+        let answer = common::post(&server, &body).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.200}");
+    })
+    .await;
+
+    let declared = cap - 1024;
+    let sent = declared / 8 * 7;
+    let mut answers = Vec::new();
+    let flood = measure(&server, async {
+        answers =
+            common::stalled_bodies(&server, stalled, declared, sent, Duration::from_secs(15)).await;
+    })
+    .await;
+
+    // Every connection slot taken by a client that sent half a request head.
+    let connections = measure(&server, async {
+        let mut held = Vec::new();
+        for _ in 0..max_connections {
+            let mut stream = common::connect(&server.connector, server.addr)
+                .await
+                .expect("connects");
+            stream
+                .write_all(b"POST /mutate HTTP/1.1\r\nhost: ipmgr-webhook\r\n")
+                .await
+                .expect("half a head");
+            held.push(stream);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    })
+    .await;
+
+    let slowloris =
+        common::slowloris(&server, Duration::from_millis(500), Duration::from_secs(15)).await;
+
+    println!();
+    println!(
+        "hostile clients, default limits, body cap {:.1} MiB; RSS in MiB:",
+        cap as f64 / MIB
+    );
+    println!();
+    println!("| load | RSS before | peak RSS | RSS 1 s after |");
+    println!("|---|---|---|---|");
+    amplification.print(&format!(
+        "one {:.2} MiB amplification body",
+        body.len() as f64 / MIB
+    ));
+    flood.print(&format!(
+        "{stalled} stalled bodies of {:.2} MiB",
+        sent as f64 / MIB
+    ));
+    connections.print(&format!(
+        "{max_connections} connections with half a request head"
+    ));
+    println!();
+    let mut by_status = std::collections::BTreeMap::<String, (usize, Duration)>::new();
+    for (answer, elapsed) in &answers {
+        let status = answer
+            .get(..12)
+            .filter(|s| !s.is_empty())
+            .unwrap_or("no answer in 15 s");
+        let entry = by_status.entry(status.to_owned()).or_default();
+        entry.0 += 1;
+        entry.1 = entry.1.max(*elapsed);
+    }
+    for (status, (count, slowest)) in by_status {
+        println!("stalled bodies: {count} x {status}, the last after {slowest:.2?}");
+    }
+    match slowloris {
+        Some(elapsed) => println!("slowloris (a byte every 0.5 s): dropped after {elapsed:.2?}"),
+        None => println!("slowloris (a byte every 0.5 s): still connected after 15 s"),
+    }
+}
+
 fn main() {
     let run = Duration::from_secs(env_number("BENCH_SECONDS", 5));
     let connections = env_number("BENCH_CONNECTIONS", 4) as usize;
     let rate = env_number("BENCH_RATE", 1000);
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certificates = ServiceIdentity {
-        service: "ipmgr-webhook".to_owned(),
-        namespace: "multus-ipmgr".to_owned(),
-        valid_days: 1,
-    }
-    .generate()
-    .expect("certificates");
-    std::fs::write(dir.path().join("tls.crt"), &certificates.cert_pem).expect("cert");
-    std::fs::write(dir.path().join("tls.key"), &certificates.key_pem).expect("key");
-    let addr: SocketAddr = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-        probe.local_addr().expect("addr")
-    };
-    let server = Server(
-        Command::new(env!("CARGO_BIN_EXE_ipmgr-webhook"))
-            .args(["serve", "--listen", &addr.to_string(), "--log", "warn"])
-            .arg("--tls-cert")
-            .arg(dir.path().join("tls.crt"))
-            .arg("--tls-key")
-            .arg(dir.path().join("tls.key"))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("server starts"),
-    );
-    let pid = server.0.id();
-
+    let cap = env_number("BENCH_BODY_CAP", 3 * 1024 * 1024) as usize;
+    let stalled = env_number("BENCH_STALLED", 64) as usize;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let connector = common::connector(&[&certificates.ca_pem]);
-        let ready_by = Instant::now() + Duration::from_secs(10);
-        while common::connect(&connector, addr).await.is_err() {
-            assert!(Instant::now() < ready_by, "server did not come up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let server = ServerProcess::start(&[("IPMGR_LOG", "warn")]).await;
+        let (connector, addr) = (server.connector.clone(), server.addr);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let idle_rss = rss_kib(pid);
+        let idle_rss = server.memory("VmRSS");
 
-        let pod: serde_json::Value = serde_json::from_str(include_str!("../tests/fixtures/realistic-pod.json")).expect("fixture");
+        let pod: serde_json::Value =
+            serde_json::from_str(include_str!("../tests/fixtures/realistic-pod.json"))
+                .expect("fixture");
         let body = Bytes::from(common::admission_review("bench", &pod, false).to_string());
         let in_process = review_cost(&body);
-        let mutate = Target { method: hyper::Method::POST, path: "/mutate", body };
-        let healthz = Target { method: hyper::Method::GET, path: "/healthz", body: Bytes::new() };
+        let mutate = Target {
+            method: hyper::Method::POST,
+            path: "/mutate",
+            body,
+        };
+        let healthz = Target {
+            method: hyper::Method::GET,
+            path: "/healthz",
+            body: Bytes::new(),
+        };
         // Warm-up: connections, allocator, caches.
-        closed_loop(&connector, addr, &mutate, connections, Duration::from_millis(500)).await;
+        closed_loop(
+            &connector,
+            addr,
+            &mutate,
+            connections,
+            Duration::from_millis(500),
+        )
+        .await;
 
-        let trivial = closed_loop(&connector, addr, &healthz, connections, run).await;
-        let heavy = closed_loop(&connector, addr, &mutate, connections, run).await;
-        let paced = open_loop(&connector, addr, &mutate, connections, rate, run).await;
-        let loaded_rss = rss_kib(pid);
+        let trivial = with_cpu(
+            &server,
+            closed_loop(&connector, addr, &healthz, connections, run),
+        )
+        .await;
+        let heavy = with_cpu(
+            &server,
+            closed_loop(&connector, addr, &mutate, connections, run),
+        )
+        .await;
+        let paced = with_cpu(
+            &server,
+            open_loop(&connector, addr, &mutate, connections, rate, run),
+        )
+        .await;
+        let loaded_rss = server.memory("VmRSS");
+        drop(server);
 
-        println!("server: ipmgr-webhook serve (release), {connections} keep-alive TLS connections, {}s per run, client on 1 thread", run.as_secs());
+        println!(
+            "server: {} with its default limits",
+            common::webhook_binary().display()
+        );
+        println!(
+            "{connections} keep-alive TLS connections, {}s per run, client on 1 thread",
+            run.as_secs()
+        );
         println!();
-        println!("| run | requests | requests/s | p50 ms | p99 ms | max ms |");
-        println!("|---|---|---|---|---|---|");
-        row("GET /healthz, closed loop", &trivial);
-        row("POST /mutate, closed loop", &heavy);
-        row(&format!("POST /mutate at {rate}/s"), &paced);
+        println!(
+            "| run | requests | requests/s | p50 ms | p99 ms | max ms | server CPU µs/request |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        row("GET /healthz, closed loop", &trivial.0, trivial.1);
+        row("POST /mutate, closed loop", &heavy.0, heavy.1);
+        row(&format!("POST /mutate at {rate}/s"), &paced.0, paced.1);
+        let (trivial, heavy) = (trivial.0, heavy.0);
         println!();
-        println!("in-process review of the {} B AdmissionReview: {:.1} µs", mutate.body.len(), in_process.as_secs_f64() * 1e6);
-        println!("/mutate throughput: {:.0}% of /healthz", heavy.per_second / trivial.per_second * 100.0);
-        println!("server RSS: {:.1} MiB idle, {:.1} MiB after load", idle_rss as f64 / 1024.0, loaded_rss as f64 / 1024.0);
+        println!(
+            "in-process review of the {} B AdmissionReview: {:.1} µs",
+            mutate.body.len(),
+            in_process.as_secs_f64() * 1e6
+        );
+        println!(
+            "/mutate throughput: {:.0}% of /healthz",
+            heavy.per_second / trivial.per_second * 100.0
+        );
+        println!(
+            "server RSS: {:.1} MiB idle, {:.1} MiB after load",
+            idle_rss as f64 / MIB,
+            loaded_rss as f64 / MIB
+        );
+
+        if env_number("BENCH_HOSTILE", 1) != 0 {
+            hostile_clients(cap, stalled, 256).await;
+        }
     });
-    drop(server);
 }

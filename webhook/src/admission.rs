@@ -3,10 +3,8 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use ipmgr_injector::{Decision, HelperSettings, Mode, PodTemplate, SkipReason, plan};
+use ipmgr_injector::{Decision, HelperSettings, Mode, PodTemplate, SkipReason, excerpt, plan};
 use json_patch::jsonptr::Pointer;
-use kube::core::admission::{AdmissionRequest, AdmissionReview};
-use kube::core::{DynamicObject, GroupVersionKind};
 use serde::{Deserialize, Serialize};
 
 /// What happened to one admission request; the label set of the requests metric.
@@ -16,12 +14,24 @@ pub enum Outcome {
     Injected(Mode),
     /// The pod was allowed unchanged.
     Skipped(SkipReason),
-    /// The object was not a Pod CREATE (allowed unchanged).
-    Ignored,
+    /// Allowed unchanged without a decision: not a Pod CREATE, or a Pod it cannot read.
+    Ignored(IgnoreReason),
     /// The pod was refused.
     Denied,
     /// The request could not be read (answered with HTTP 400).
     Error,
+}
+
+/// Why a request was allowed without looking at the pod's annotations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IgnoreReason {
+    /// The object is not a Pod, or the request is for a subresource.
+    NotAPod,
+    /// A Pod operation other than CREATE (an UPDATE, a DELETE): injection only happens once,
+    /// when the pod is created.
+    NotACreate,
+    /// A Pod whose fields the decision needs do not have their Kubernetes types.
+    UnreadablePod,
 }
 
 impl Outcome {
@@ -30,7 +40,7 @@ impl Outcome {
         match self {
             Outcome::Injected(_) => "injected",
             Outcome::Skipped(_) => "skipped",
-            Outcome::Ignored => "ignored",
+            Outcome::Ignored(_) => "ignored",
             Outcome::Denied => "denied",
             Outcome::Error => "error",
         }
@@ -41,19 +51,24 @@ impl Outcome {
         match self {
             Outcome::Injected(mode) => mode.as_str(),
             Outcome::Skipped(reason) => reason.label(),
-            Outcome::Ignored => "not_a_pod_create",
+            Outcome::Ignored(IgnoreReason::NotAPod) => "not_a_pod",
+            Outcome::Ignored(IgnoreReason::NotACreate) => "not_a_create",
+            Outcome::Ignored(IgnoreReason::UnreadablePod) => "unreadable_pod",
             Outcome::Denied => "invalid_annotation",
             Outcome::Error => "bad_request",
         }
     }
 }
 
+/// Longest `uid` accepted; the API server sends UUIDs (36 characters).
+pub const MAX_UID_BYTES: usize = 128;
+
 /// A request body that is not an AdmissionReview with a request.
 #[derive(Debug, thiserror::Error)]
 pub enum ReviewError {
     /// Not JSON, or not shaped like an `admission.k8s.io/v1` AdmissionReview.
     #[error("request body is not an admission.k8s.io/v1 AdmissionReview: {0}")]
-    Malformed(#[from] serde_json::Error),
+    Malformed(String),
     /// Another version than `admission.k8s.io/v1` (the webhook configuration asks for v1).
     #[error(
         "AdmissionReview version {0:?} is not supported; set admissionReviewVersions: [\"v1\"]"
@@ -62,6 +77,23 @@ pub enum ReviewError {
     /// The AdmissionReview carries no `request`.
     #[error("AdmissionReview has no request; the API server always sends one")]
     NoRequest,
+    /// The `uid` is longer than any the API server sends.
+    #[error(
+        "AdmissionReview request uid {uid:?} is {len} bytes, longer than the {MAX_UID_BYTES} a Kubernetes uid can be"
+    )]
+    UidTooLong {
+        /// The uid, shortened.
+        uid: String,
+        /// Its length.
+        len: usize,
+    },
+}
+
+impl From<serde_json::Error> for ReviewError {
+    fn from(error: serde_json::Error) -> Self {
+        // serde quotes the offending value in full: a megabyte string stays out of the answer.
+        ReviewError::Malformed(excerpt(&error.to_string()).into_owned())
+    }
 }
 
 /// The AdmissionReview sent back to the API server.
@@ -131,93 +163,166 @@ impl AdmissionAnswer {
     }
 }
 
-/// The fields of an `admission.k8s.io/v1` AdmissionReview the webhook reads; the object is
-/// read as a [`PodTemplate`], which skips everything the decision does not need.
+/// An `admission.k8s.io/v1` AdmissionReview as the webhook reads it, generic over how the
+/// request's `object` is read.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct PodReview {
-    api_version: String,
-    kind: String,
-    request: Option<PodRequest>,
+struct Review<O> {
+    api_version: Short,
+    kind: Short,
+    request: Option<Request<O>>,
 }
 
+/// The request of a [`Review`]. With `O` = [`PodTemplate`] the object is read as the decision
+/// needs it (the fast path); with `O` = [`Skipped`] it is skipped unread, which is how a body
+/// whose pod cannot be read is answered from its envelope alone.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct PodRequest {
-    uid: String,
-    kind: GroupVersionKind,
+struct Request<O> {
+    uid: Short,
+    kind: GroupKind,
     #[serde(default)]
-    sub_resource: Option<String>,
+    operation: Option<Short>,
     #[serde(default)]
-    object: Option<PodTemplate>,
+    sub_resource: Option<Short>,
+    #[serde(default = "Option::default")]
+    object: Option<O>,
 }
+
+/// `request.kind`: the group and kind (the version does not matter here).
+#[derive(Debug, Deserialize)]
+struct GroupKind {
+    group: Short,
+    kind: Short,
+}
+
+/// Longest envelope string kept whole; the API server's are far shorter.
+const SHORT_BYTES: usize = 256;
+
+/// A string of the envelope: kept whole up to [`SHORT_BYTES`], otherwise as an [`excerpt`],
+/// so that no envelope field copies a large part of the body.
+#[derive(Debug)]
+struct Short {
+    text: String,
+    /// Length of the string as sent.
+    len: usize,
+}
+
+impl<'de> Deserialize<'de> for Short {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ShortVisitor;
+        impl serde::de::Visitor<'_> for ShortVisitor {
+            type Value = Short;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Short, E> {
+                let text = if value.len() <= SHORT_BYTES {
+                    value.to_owned()
+                } else {
+                    excerpt(value).into_owned()
+                };
+                Ok(Short {
+                    text,
+                    len: value.len(),
+                })
+            }
+        }
+        deserializer.deserialize_str(ShortVisitor)
+    }
+}
+
+/// An object skipped without being kept ([`serde::de::IgnoredAny`]).
+type Skipped = serde::de::IgnoredAny;
 
 /// Answers one AdmissionReview body.
 ///
-/// The body is read once into [`PodReview`]; only when that fails is it read again as kube's
-/// generic `AdmissionReview<DynamicObject>`, to tell an object that is not a readable Pod
-/// (allowed unchanged, with a warning) from a body that is no AdmissionReview at all.
+/// The body is read once as a [`Review`] with the pod read into a [`PodTemplate`]. Only when
+/// that fails is it read a second time, as its envelope alone (uid, kind, operation,
+/// subresource; the object skipped unread): a pod that cannot be read is allowed unchanged
+/// with a warning, anything else that is not an AdmissionReview gets an error. Neither read
+/// keeps more than the few values the decision needs, so the memory a request costs is a
+/// small multiple of its body, whatever the body holds. Only a Pod CREATE is mutated.
 pub fn review(
     body: &[u8],
     settings: &HelperSettings,
 ) -> Result<(ReviewResponse, Outcome), ReviewError> {
-    let (answer, outcome) = match serde_json::from_slice::<PodReview>(body) {
+    let (answer, outcome) = match serde_json::from_slice::<Review<PodTemplate>>(body) {
         Ok(review) => {
-            check_version(&review.api_version, &review.kind)?;
-            let request = review.request.ok_or(ReviewError::NoRequest)?;
-            match request.object {
-                Some(pod) if is_pod(&request.kind, request.sub_resource.as_deref()) => {
-                    answer_pod(request.uid, &pod, settings)
-                }
-                _ => ignore(request.uid, &request.kind, request.sub_resource),
+            let request = checked(review)?;
+            let target = target(&request);
+            match (target, request.object) {
+                (Ok(()), Some(pod)) => answer_pod(request.uid.text, &pod, settings),
+                (Ok(()), None) => ignore(request.uid.text, IgnoreReason::NotAPod, "got no object"),
+                (Err((reason, why)), _) => ignore(request.uid.text, reason, &why),
             }
         }
         Err(pod_error) => {
-            let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
-            check_version(&review.types.api_version, &review.types.kind)?;
-            let request: AdmissionRequest<DynamicObject> =
-                review.try_into().map_err(|_| ReviewError::NoRequest)?;
-            if is_pod(&request.kind, request.sub_resource.as_deref()) {
-                let mut answer = AdmissionAnswer::allow(request.uid);
-                answer.warnings.push(format!(
-                    "multus-ipmgr webhook could not read the Pod, left it unchanged: {pod_error}"
-                ));
-                (answer, Outcome::Ignored)
-            } else {
-                ignore(request.uid, &request.kind, request.sub_resource)
+            let request = checked(serde_json::from_slice::<Review<Skipped>>(body)?)?;
+            match target(&request) {
+                Ok(()) => ignore(
+                    request.uid.text,
+                    IgnoreReason::UnreadablePod,
+                    &format!(
+                        "could not read the Pod, left it unchanged: {}",
+                        excerpt(&pod_error.to_string())
+                    ),
+                ),
+                Err((reason, why)) => ignore(request.uid.text, reason, &why),
             }
         }
     };
     Ok((ReviewResponse::new(answer), outcome))
 }
 
-fn check_version(api_version: &str, kind: &str) -> Result<(), ReviewError> {
-    if api_version == "admission.k8s.io/v1" && kind == "AdmissionReview" {
-        Ok(())
-    } else {
-        Err(ReviewError::UnsupportedVersion(format!(
-            "{api_version}/{kind}"
-        )))
+/// The request of a v1 AdmissionReview, with a uid of sane length.
+fn checked<O>(review: Review<O>) -> Result<Request<O>, ReviewError> {
+    if review.api_version.text != "admission.k8s.io/v1" || review.kind.text != "AdmissionReview" {
+        return Err(ReviewError::UnsupportedVersion(format!(
+            "{}/{}",
+            review.api_version.text, review.kind.text
+        )));
+    }
+    let request = review.request.ok_or(ReviewError::NoRequest)?;
+    if request.uid.len > MAX_UID_BYTES {
+        return Err(ReviewError::UidTooLong {
+            uid: excerpt(&request.uid.text).into_owned(),
+            len: request.uid.len,
+        });
+    }
+    Ok(request)
+}
+
+/// `Ok` for the creation of a Pod (not a subresource), otherwise why the request is ignored.
+fn target<O>(request: &Request<O>) -> Result<(), (IgnoreReason, String)> {
+    let GroupKind { group, kind } = &request.kind;
+    let sub_resource = request
+        .sub_resource
+        .as_ref()
+        .map(|short| short.text.as_str());
+    if !group.text.is_empty() || kind.text != "Pod" || sub_resource.is_some() {
+        return Err((
+            IgnoreReason::NotAPod,
+            format!(
+                "only handles Pods; {} (subresource {sub_resource:?}) left unchanged",
+                excerpt(&kind.text)
+            ),
+        ));
+    }
+    match request.operation.as_ref().map(|short| short.text.as_str()) {
+        Some("CREATE") => Ok(()),
+        operation => Err((
+            IgnoreReason::NotACreate,
+            format!("only injects at creation; operation {operation:?} left unchanged"),
+        )),
     }
 }
 
-fn is_pod(kind: &GroupVersionKind, sub_resource: Option<&str>) -> bool {
-    kind.group.is_empty() && kind.kind == "Pod" && sub_resource.is_none()
-}
-
-fn ignore(
-    uid: String,
-    kind: &GroupVersionKind,
-    sub_resource: Option<String>,
-) -> (AdmissionAnswer, Outcome) {
+fn ignore(uid: String, reason: IgnoreReason, why: &str) -> (AdmissionAnswer, Outcome) {
     let mut answer = AdmissionAnswer::allow(uid);
-    answer.warnings.push(format!(
-        "multus-ipmgr webhook only handles Pods; {} (subresource {sub_resource:?}) left unchanged",
-        kind.kind
-    ));
-    (answer, Outcome::Ignored)
+    answer.warnings.push(format!("multus-ipmgr webhook {why}"));
+    (answer, Outcome::Ignored(reason))
 }
-
 fn answer_pod(
     uid: String,
     pod: &PodTemplate,

@@ -60,9 +60,26 @@ pub struct InjectionArgs {
     #[arg(long, env = "IPMGR_HELPER_RUN_AS_USER", default_value_t = 65532)]
     pub helper_run_as_user: i64,
 
-    /// Let pods choose the helper image with the multus-ipmgr.io/image annotation.
-    #[arg(long, env = "IPMGR_ALLOW_IMAGE_OVERRIDE", default_value_t = true, action = clap::ArgAction::Set)]
+    /// Let pods choose the helper image with the multus-ipmgr.io/image annotation (off: such
+    /// pods are denied).
+    #[arg(
+        long,
+        env = "IPMGR_ALLOW_IMAGE_OVERRIDE",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
     pub allow_image_override: bool,
+
+    /// With --allow-image-override, an overriding image must start with one of these
+    /// registry or repository prefixes (comma-separated in the env var; none: any image).
+    #[arg(
+        long = "allowed-image-prefix",
+        env = "IPMGR_ALLOWED_IMAGE_PREFIXES",
+        value_delimiter = ','
+    )]
+    pub allowed_image_prefixes: Vec<String>,
 }
 
 fn parse_mode(value: &str) -> Result<Mode, String> {
@@ -92,6 +109,7 @@ impl InjectionArgs {
             },
             run_as_user: self.helper_run_as_user,
             allow_image_override: self.allow_image_override,
+            allowed_image_prefixes: self.allowed_image_prefixes.clone(),
         };
         settings.validate()?;
         Ok(settings)

@@ -13,8 +13,7 @@ use ipmgr_contract::LogArgs;
 use ipmgr_webhook::certs::{ServiceIdentity, write_for_kustomize};
 use ipmgr_webhook::config::InjectionArgs;
 use ipmgr_webhook::manifest::inject_yaml;
-use ipmgr_webhook::metrics::Metrics;
-use ipmgr_webhook::server::{AppState, ServeLimits, router, serve_tls};
+use ipmgr_webhook::server::{AppState, RequestLimits, ServeLimits, serve_tls};
 use ipmgr_webhook::tls::ReloadingCertificate;
 use tokio::net::TcpListener;
 
@@ -65,9 +64,44 @@ struct ServeArgs {
     )]
     tls_key: PathBuf,
 
-    /// Largest accepted request body, in bytes; larger ones get HTTP 413.
-    #[arg(long, env = "IPMGR_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    /// Largest accepted request body, in bytes; larger ones get HTTP 413 (a larger declared
+    /// Content-Length before anything is read).
+    #[arg(long, env = "IPMGR_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]
     max_body_bytes: usize,
+
+    /// /mutate requests answered at once; further ones get HTTP 503 at once. Memory use is
+    /// bounded by about 2 x max-in-flight x max-body-bytes.
+    #[arg(long, env = "IPMGR_MAX_IN_FLIGHT", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    max_in_flight: u32,
+
+    /// Open client connections; further clients wait in the listen backlog.
+    #[arg(long, env = "IPMGR_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+
+    /// Seconds a client has for the TLS handshake, then for each HTTP/1.1 request's headers
+    /// (also how long a kept-alive HTTP/1.1 connection waits for its next request).
+    #[arg(long, env = "IPMGR_HEADER_TIMEOUT_SECONDS", default_value = "2", value_parser = seconds)]
+    header_timeout_seconds: Duration,
+
+    /// Seconds a request body may take to arrive once its headers did (HTTP 408 after).
+    #[arg(long, env = "IPMGR_BODY_TIMEOUT_SECONDS", default_value = "3", value_parser = seconds)]
+    body_timeout_seconds: Duration,
+
+    /// Seconds from a request's headers to its answer, body included (HTTP 503 after).
+    #[arg(long, env = "IPMGR_REQUEST_TIMEOUT_SECONDS", default_value = "4", value_parser = seconds)]
+    request_timeout_seconds: Duration,
+
+    /// Seconds a connection may stay without a request in flight before it is closed.
+    #[arg(long, env = "IPMGR_IDLE_TIMEOUT_SECONDS", default_value = "5", value_parser = seconds)]
+    idle_timeout_seconds: Duration,
+
+    /// Seconds between HTTP/2 keep-alive pings, and for the answer to one.
+    #[arg(long, env = "IPMGR_H2_KEEPALIVE_SECONDS", default_value = "5", value_parser = seconds)]
+    h2_keepalive_seconds: Duration,
+
+    /// Concurrent HTTP/2 streams per connection.
+    #[arg(long, env = "IPMGR_H2_MAX_CONCURRENT_STREAMS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    h2_max_concurrent_streams: u32,
 
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "IPMGR_DRAIN_SECONDS", default_value_t = 10)]
@@ -104,6 +138,15 @@ struct CertsArgs {
     /// Validity of the CA and the certificate, in days.
     #[arg(long, env = "IPMGR_CERTS_DAYS", default_value_t = 365)]
     days: u32,
+}
+
+/// A positive number of seconds, fractions allowed (`0.5`).
+fn seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|seconds| *seconds > 0.0)
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+        .ok_or_else(|| format!("{text:?} is not a positive number of seconds (examples: 2, 0.5)"))
 }
 
 fn main() -> ExitCode {
@@ -144,14 +187,22 @@ fn serve(args: ServeArgs) -> Result<()> {
     let tls = certificate
         .server_config()
         .context("cannot build the TLS configuration")?;
-    let state = Arc::new(AppState {
+    let state = Arc::new(AppState::new(
         settings,
-        metrics: Metrics::default(),
-        certificate: Some(certificate),
-    });
-    let app = router(state, args.max_body_bytes);
+        Some(certificate),
+        RequestLimits {
+            max_body_bytes: args.max_body_bytes,
+            max_in_flight: args.max_in_flight as usize,
+            body_timeout: args.body_timeout_seconds,
+            request_timeout: args.request_timeout_seconds,
+        },
+    ));
     let limits = ServeLimits {
-        handshake_timeout: Duration::from_secs(10),
+        header_timeout: args.header_timeout_seconds,
+        idle_timeout: args.idle_timeout_seconds,
+        h2_keep_alive: args.h2_keepalive_seconds,
+        h2_max_concurrent_streams: args.h2_max_concurrent_streams,
+        max_connections: args.max_connections as usize,
         drain_timeout: Duration::from_secs(args.drain_seconds),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -163,7 +214,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {} (--listen / IPMGR_LISTEN)", args.listen))?;
         tracing::info!(listen = %args.listen, "serving /mutate, /healthz, /readyz, /metrics over HTTPS");
-        serve_tls(listener, tls, app, limits, shutdown_signal()).await;
+        serve_tls(listener, tls, state, limits, shutdown_signal()).await;
         tracing::info!("stopped");
         Ok(())
     })

@@ -59,6 +59,8 @@ fn stamp(path: &Path) -> FileStamp {
 struct Loaded {
     stamps: (FileStamp, FileStamp),
     key: Option<Arc<CertifiedKey>>,
+    /// `notAfter` of the served certificate, seconds since the epoch.
+    not_after: Option<i64>,
 }
 
 /// Resolves the serving certificate from a PEM certificate chain and key, reloading them
@@ -97,8 +99,10 @@ impl ReloadingCertificate {
             loaded.stamps = stamps;
             match self.load() {
                 Ok(key) => {
-                    tracing::info!(cert = %self.cert_path.display(), "serving certificate loaded");
+                    let not_after = key.end_entity_cert().ok().and_then(not_after);
+                    tracing::info!(cert = %self.cert_path.display(), not_after, "serving certificate loaded");
                     loaded.key = Some(Arc::new(key));
+                    loaded.not_after = not_after;
                 }
                 Err(error) => tracing::warn!(
                     %error,
@@ -108,6 +112,11 @@ impl ReloadingCertificate {
             }
         }
         loaded.key.clone()
+    }
+
+    /// `notAfter` of the certificate being served, in seconds since the epoch.
+    pub fn not_after(&self) -> Option<i64> {
+        self.lock().not_after
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Loaded> {
@@ -147,6 +156,12 @@ impl ReloadingCertificate {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(config)
     }
+}
+
+/// The end of a DER certificate's validity, in seconds since the epoch.
+fn not_after(certificate: &CertificateDer<'_>) -> Option<i64> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
+    Some(parsed.validity().not_after.timestamp())
 }
 
 impl ResolvesServerCert for ReloadingCertificate {

@@ -4,27 +4,17 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, StatusCode};
-use ipmgr_webhook::metrics::Metrics;
-use ipmgr_webhook::server::{AppState, router};
+use ipmgr_webhook::server::router;
 use rstest::rstest;
 use serde_json::{Value, json};
 
 const MAX_BODY: usize = 64 * 1024;
 
 fn app() -> Router {
-    router(
-        Arc::new(AppState {
-            settings: common::settings(),
-            metrics: Metrics::default(),
-            certificate: None,
-        }),
-        MAX_BODY,
-    )
+    router(common::state(MAX_BODY, None))
 }
 
 async fn call(
@@ -35,19 +25,6 @@ async fn call(
 ) -> (StatusCode, String) {
     let (status, body) = common::call(app, method, path, body).await;
     (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-fn multus_pod(annotations: Value) -> Value {
-    let mut all = json!({"k8s.v1.cni.cncf.io/networks": "ipvlan-multus"});
-    all.as_object_mut()
-        .expect("object")
-        .extend(annotations.as_object().cloned().unwrap_or_default());
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"generateName": "web-", "namespace": "multus", "annotations": all,
-                     "managedFields": [{"manager": "kubectl", "operation": "Update"}]},
-        "spec": {"containers": [{"name": "app", "image": "busybox"}]},
-    })
 }
 
 #[rstest]
@@ -73,7 +50,7 @@ async fn malformed_bodies_get_400_with_a_reason(#[case] body: &'static str, #[ca
 
 #[tokio::test]
 async fn oversized_bodies_get_413() {
-    let mut pod = multus_pod(json!({}));
+    let mut pod = common::multus_pod(json!({}));
     pod["metadata"]["annotations"]["padding"] = json!("x".repeat(MAX_BODY));
     let body = common::admission_review("big", &pod, false).to_string();
     let (status, _) = call(&app(), Method::POST, "/mutate", body).await;
@@ -106,7 +83,7 @@ async fn objects_it_cannot_handle_are_allowed_unchanged_with_a_warning(
 
 #[tokio::test]
 async fn unknown_mode_is_denied_naming_the_annotation_and_values() {
-    let pod = multus_pod(json!({"multus-ipmgr.io/mode": "sometimes"}));
+    let pod = common::multus_pod(json!({"multus-ipmgr.io/mode": "sometimes"}));
     let body = common::admission_review("deny-me", &pod, false).to_string();
     let (status, text) = call(&app(), Method::POST, "/mutate", body).await;
     assert_eq!(status, StatusCode::OK);
@@ -154,21 +131,27 @@ async fn metrics_count_every_outcome() {
         &app,
         Method::POST,
         "/mutate",
-        review("a", multus_pod(json!({}))),
+        review("a", common::multus_pod(json!({}))),
     )
     .await;
     call(
         &app,
         Method::POST,
         "/mutate",
-        review("b", multus_pod(json!({"multus-ipmgr.io/mode": "sidecar"}))),
+        review(
+            "b",
+            common::multus_pod(json!({"multus-ipmgr.io/mode": "sidecar"})),
+        ),
     )
     .await;
     call(
         &app,
         Method::POST,
         "/mutate",
-        review("c", multus_pod(json!({"multus-ipmgr.io/mode": "x"}))),
+        review(
+            "c",
+            common::multus_pod(json!({"multus-ipmgr.io/mode": "x"})),
+        ),
     )
     .await;
     call(
@@ -198,4 +181,95 @@ async fn metrics_count_every_outcome() {
             "missing {line:?} in\n{text}"
         );
     }
+}
+
+/// Finding: `operation` was never checked, so an UPDATE of a Multus pod got a patch.
+#[rstest]
+#[case::update(Some("UPDATE"))]
+#[case::delete(Some("DELETE"))]
+#[case::connect(Some("CONNECT"))]
+#[case::missing(None)]
+#[tokio::test]
+async fn only_a_create_is_mutated(#[case] operation: Option<&str>) {
+    let app = app();
+    let mut review = common::admission_review("op", &common::multus_pod(json!({})), false);
+    match operation {
+        Some(operation) => review["request"]["operation"] = json!(operation),
+        None => {
+            review["request"]
+                .as_object_mut()
+                .expect("request")
+                .remove("operation");
+        }
+    }
+    let (status, text) = call(&app, Method::POST, "/mutate", review.to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(answer["response"]["uid"], "op");
+    assert_eq!(answer["response"]["allowed"], true);
+    assert!(answer["response"].get("patch").is_none(), "{text}");
+    let warning = answer["response"]["warnings"][0].as_str().expect("warning");
+    assert!(warning.contains("only injects at creation"), "{warning}");
+    let (_, metrics) = call(&app, Method::GET, "/metrics", "").await;
+    assert!(
+        metrics.contains(
+            r#"ipmgr_webhook_admission_requests_total{outcome="ignored",reason="not_a_create"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+/// Finding: the image annotation was honoured by default with any text.
+#[tokio::test]
+async fn the_image_annotation_is_denied_unless_overrides_are_on() {
+    let app = router(common::state_with(
+        common::settings_from(&[]),
+        MAX_BODY,
+        None,
+    ));
+    let pod =
+        common::multus_pod(json!({"multus-ipmgr.io/image": "attacker.example/not-the-helper:1"}));
+    let body = common::admission_review("image", &pod, false).to_string();
+    let (status, text) = call(&app, Method::POST, "/mutate", body).await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(answer["response"]["allowed"], false, "{text}");
+    let message = answer["response"]["status"]["message"]
+        .as_str()
+        .expect("message");
+    assert!(message.contains("allow-image-override is off"), "{message}");
+}
+
+/// Finding: a pod the fast parser could not read was parsed a second time in full; now it
+/// is answered from the envelope, whatever the object holds.
+#[tokio::test]
+async fn an_unreadable_pod_is_answered_from_its_envelope() {
+    let app = router(common::state(8 << 20, None));
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    // Nested deeper than serde_json builds a Value from: spliced into the text by hand.
+    let body = common::admission_review(
+        "envelope",
+        &json!({"kind": "Pod", "spec": {"containers": "nope", "deep": "DEEP"}}),
+        false,
+    )
+    .to_string()
+    .replace("\"DEEP\"", &deep);
+    let (status, text) = call(&app, Method::POST, "/mutate", body).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let answer: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(answer["response"]["uid"], "envelope");
+    assert_eq!(answer["response"]["allowed"], true);
+    assert!(text.contains("could not read the Pod"), "{text}");
+}
+
+/// Finding: a megabyte uid was echoed and logged in full; the API server sends UUIDs.
+#[tokio::test]
+async fn a_uid_longer_than_a_kubernetes_uid_is_refused_shortened() {
+    let app = router(common::state(8 << 20, None));
+    let uid = "u".repeat(3_000_000);
+    let body = common::admission_review(&uid, &common::multus_pod(json!({})), false).to_string();
+    let (status, text) = call(&app, Method::POST, "/mutate", body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(text.len() < 512, "{} bytes", text.len());
+    assert!(text.contains("3000000 bytes"), "{text}");
 }

@@ -115,3 +115,25 @@ fn certs_writes_what_kustomize_needs() {
     assert_eq!(mode & 0o777, 0o600, "the private key is private");
     assert!(String::from_utf8_lossy(&output.stdout).contains("ipmgr-webhook.net.svc"));
 }
+
+#[test]
+fn every_configmap_key_is_a_serve_setting() {
+    let configmap =
+        std::fs::read_to_string(common::test_path("../../manifests/base/configmap.yaml"))
+            .expect("configmap");
+    let help = run(&["serve", "--help"], "");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let keys: Vec<&str> = configmap
+        .lines()
+        .filter_map(|line| line.strip_prefix("  ")?.split_once(':'))
+        .map(|(key, _)| key)
+        .filter(|key| key.starts_with("IPMGR_"))
+        .collect();
+    assert!(keys.len() >= 19, "{keys:?}");
+    for key in keys {
+        assert!(
+            help.contains(&format!("[env: {key}=")),
+            "{key} is not a serve setting"
+        );
+    }
+}

@@ -6,14 +6,12 @@
 mod common;
 
 use std::fs;
-use std::sync::Arc;
 
 use axum::http::Method;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use ipmgr_webhook::manifest::{ReportResult, inject_yaml};
-use ipmgr_webhook::metrics::Metrics;
-use ipmgr_webhook::server::{AppState, router};
+use ipmgr_webhook::server::router;
 use pretty_assertions::assert_eq;
 use serde::Deserialize as _;
 use serde_json::Value;
@@ -84,14 +82,7 @@ async fn mutate(app: &axum::Router, review: &Value) -> Value {
 
 #[tokio::test]
 async fn the_webhook_patch_turns_each_pod_into_its_golden_output() {
-    let app = router(
-        Arc::new(AppState {
-            settings: common::settings(),
-            metrics: Metrics::default(),
-            certificate: None,
-        }),
-        1 << 20,
-    );
+    let app = router(common::state(1 << 20, None));
     let mut pods_checked = 0;
     for name in inputs() {
         let input =

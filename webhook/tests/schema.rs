@@ -1,7 +1,7 @@
 //! Offline validation against the Kubernetes OpenAPI schema (PyPI `kubernetes-validate
 //! --strict`, pinned in `tests/requirements.txt` and installed by `scripts/test`): the
-//! kustomize builds of `manifests/` and `certs/cert-manager/`, every manifest file, and every
-//! golden output. Kinds from CRDs (NetworkAttachmentDefinition, cert-manager) have no schema
+//! kustomize builds of `manifests/`, `certs/cert-manager/` and `manifests/agent/`, every
+//! manifest file, and every golden output. Kinds from CRDs (NetworkAttachmentDefinition, cert-manager) have no schema
 //! there and are the only warnings allowed.
 //!
 //! Without `kubectl` or `kubernetes-validate` a test is skipped with a note, so a plain
@@ -164,7 +164,7 @@ fn kustomize_builds_validate_and_carry_the_generated_certificate() {
     write_for_kustomize(&work.path().join("manifests/tls"), &certificates).expect("written");
 
     let mut rendered = Vec::new();
-    for build in ["manifests", "certs/cert-manager"] {
+    for build in ["manifests", "certs/cert-manager", "manifests/agent"] {
         let output = Command::new(&kubectl)
             .arg("kustomize")
             .arg(work.path().join(build))
@@ -198,6 +198,8 @@ fn kustomize_builds_validate_and_carry_the_generated_certificate() {
         "PodDisruptionBudget",
         "Service",
         "MutatingWebhookConfiguration",
+        "NetworkPolicy",
+        "PriorityClass",
     ] {
         assert!(
             default_build.contains(&format!("\nkind: {kind}\n")),
@@ -210,11 +212,33 @@ fn kustomize_builds_validate_and_carry_the_generated_certificate() {
         default_build.contains(&format!("caBundle: {ca_bundle}")),
         "caBundle not patched in"
     );
+    assert!(
+        default_build.contains("priorityClassName: multus-ipmgr-webhook\n"),
+        "the Deployment uses the PriorityClass"
+    );
+    for build in [default_build, &rendered[1].1] {
+        assert!(
+            build.contains("values:\n      - kube-system\n      - multus-ipmgr\n"),
+            "kube-system and the webhook's namespace are excluded by name:\n{build}"
+        );
+    }
     let (_, cert_manager_build, _) = &rendered[1];
     assert!(
         cert_manager_build.contains("cert-manager.io/inject-ca-from: multus-ipmgr/ipmgr-webhook")
     );
     assert!(cert_manager_build.contains("secretName: ipmgr-webhook-tls\n"));
+    let (_, agent_build, _) = &rendered[2];
+    for part in [
+        "kind: DaemonSet\n",
+        "hostNetwork: true\n",
+        "mountPropagation: HostToContainer\n",
+        "pod-security.kubernetes.io/enforce: privileged\n",
+    ] {
+        assert!(
+            agent_build.contains(part),
+            "{part} missing from the agent's build"
+        );
+    }
 }
 
 /// Copies `file` into `dir` with the items of every `List` as documents of their own (the
@@ -258,7 +282,7 @@ fn every_manifest_and_golden_output_validates() {
     );
     files.sort();
     assert!(
-        files.len() >= 23,
+        files.len() >= 25,
         "expected the manifests and golden files, found {files:?}"
     );
     validate(&validator, &files).unwrap_or_else(|error| panic!("{error}"));

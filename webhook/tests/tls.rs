@@ -14,8 +14,7 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use ipmgr_webhook::certs::{GeneratedCertificates, ServiceIdentity};
-use ipmgr_webhook::metrics::Metrics;
-use ipmgr_webhook::server::{AppState, ServeLimits, router, serve_tls};
+use ipmgr_webhook::server::{ServeLimits, serve_tls};
 use ipmgr_webhook::tls::ReloadingCertificate;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
@@ -83,29 +82,23 @@ impl Server {
             volume.path("tls.key"),
         ));
         let tls = certificate.server_config().expect("TLS config");
-        let state = Arc::new(AppState {
-            settings: common::settings(),
-            metrics: Metrics::default(),
-            certificate: Some(certificate),
-        });
+        let state = common::state(1 << 20, Some(certificate));
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let limits = ServeLimits {
-            handshake_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+            h2_keep_alive: Duration::from_secs(5),
+            h2_max_concurrent_streams: 8,
+            max_connections: 64,
             drain_timeout: Duration::from_secs(5),
         };
-        let task = tokio::spawn(serve_tls(
-            listener,
-            tls,
-            router(state, 1 << 20),
-            limits,
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let task = tokio::spawn(serve_tls(listener, tls, state, limits, async {
+            let _ = stopped.await;
+        }));
         Server {
             addr,
             stop: Some(stop),

@@ -9,7 +9,7 @@ use crate::container::{ContainerSpec, run_volume};
 use crate::settings::is_image_reference;
 use crate::{
     HELPER_CONTAINER_NAME, HelperSettings, Mode, PodTemplate, Quantity, QuantityError,
-    RUN_VOLUME_NAME, UnknownMode, annotations,
+    RUN_VOLUME_NAME, UnknownMode, annotations, excerpt,
 };
 
 /// What the injector does with one pod template.
@@ -105,6 +105,14 @@ pub enum DenyReason {
     /// The image annotation is used but the webhook does not allow it.
     #[error("annotation {annotation} is not allowed by this webhook (allow-image-override is off); remove it", annotation = annotations::IMAGE)]
     ImageOverrideNotAllowed,
+    /// The image annotation names an image outside the allowed prefixes.
+    #[error("annotation {annotation} has value {value:?}, which does not start with an allowed image prefix ({prefixes}); use an image from there or remove the annotation", annotation = annotations::IMAGE)]
+    ImageNotAllowed {
+        /// The rejected value, shortened.
+        value: String,
+        /// The allowed prefixes, comma-separated.
+        prefixes: String,
+    },
     /// The pod already has a volume with the name the helper needs.
     #[error(
         "the pod already has a volume named {RUN_VOLUME_NAME}, which the native-sidecar helper needs; rename it"
@@ -146,12 +154,9 @@ fn decide_mode(pod: &PodTemplate, settings: &HelperSettings) -> Result<Mode, Mod
     if pod.annotation(annotations::STATUS).is_some() {
         return Err(ModeDecision::Skip(SkipReason::AlreadyInjected));
     }
-    let has_helper = pod
-        .containers()
-        .iter()
-        .chain(pod.init_containers())
-        .any(|container| container.name == HELPER_CONTAINER_NAME);
-    if has_helper {
+    if pod.containers().holds(HELPER_CONTAINER_NAME)
+        || pod.init_containers().holds(HELPER_CONTAINER_NAME)
+    {
         return Err(ModeDecision::Skip(SkipReason::HelperPresent));
     }
     let mode = match pod.annotation(annotations::MODE) {
@@ -178,7 +183,13 @@ fn build_patch(
         }
         Some(value) if !is_image_reference(value.trim()) => {
             return Err(DenyReason::InvalidImage {
-                value: value.to_owned(),
+                value: excerpt(value).into_owned(),
+            });
+        }
+        Some(value) if !settings.image_allowed(value.trim()) => {
+            return Err(DenyReason::ImageNotAllowed {
+                value: excerpt(value.trim()).into_owned(),
+                prefixes: settings.allowed_image_prefixes.join(", "),
             });
         }
         Some(value) => value.trim(),
@@ -232,7 +243,7 @@ fn build_patch(
     }
     if mode == Mode::NativeSidecar {
         let volumes = pod.volumes();
-        if volumes.iter().any(|volume| volume.name == RUN_VOLUME_NAME) {
+        if volumes.holds(RUN_VOLUME_NAME) {
             return Err(DenyReason::VolumeNameTaken);
         }
         operations.push(add_to_list(

@@ -17,7 +17,28 @@ pub use decision::{Decision, DenyReason, Injection, SkipReason, plan};
 pub use mode::{Mode, UnknownMode};
 pub use quantity::{Quantity, QuantityError};
 pub use settings::{HelperSettings, InvalidSettings, ResourceSettings};
-pub use template::{Named, PodTemplate, TemplateMetadata, TemplateSpec};
+pub use template::{
+    Annotations, MAX_ANNOTATION_BYTES, NameList, PodTemplate, TemplateMetadata, TemplateSpec,
+};
+
+use std::borrow::Cow;
+
+/// Longest piece of a pod's own text (an annotation value, a uid) that goes into a denial,
+/// a warning or a log line.
+pub const EXCERPT_BYTES: usize = 96;
+
+/// `text`, or its first [`EXCERPT_BYTES`] (cut at a character boundary) and its length when
+/// it is longer: what a message may quote of untrusted input.
+pub fn excerpt(text: &str) -> Cow<'_, str> {
+    if text.len() <= EXCERPT_BYTES {
+        return Cow::Borrowed(text);
+    }
+    let cut = (0..=EXCERPT_BYTES)
+        .rev()
+        .find(|&index| text.is_char_boundary(index))
+        .unwrap_or(0);
+    Cow::Owned(format!("{}... ({} bytes)", &text[..cut], text.len()))
+}
 
 /// Pod annotations the injector reads or writes.
 pub mod annotations {
@@ -37,4 +58,33 @@ pub mod annotations {
     pub const MEMORY_REQUEST: &str = "multus-ipmgr.io/memory-request";
     /// Per-pod override of the helper's memory limit.
     pub const MEMORY_LIMIT: &str = "multus-ipmgr.io/memory-limit";
+
+    /// Every annotation the injector reads; a pod's other annotations are skipped unread.
+    pub const READ: [&str; 8] = [
+        NETWORKS,
+        MODE,
+        STATUS,
+        IMAGE,
+        CPU_REQUEST,
+        CPU_LIMIT,
+        MEMORY_REQUEST,
+        MEMORY_LIMIT,
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpt_keeps_short_text_and_shortens_long_text_at_a_character_boundary() {
+        assert_eq!(excerpt("short"), "short");
+        let exact = "a".repeat(EXCERPT_BYTES);
+        assert_eq!(excerpt(&exact), exact.as_str());
+        let long = "é".repeat(1_000_000);
+        let shortened = excerpt(&long);
+        assert!(shortened.len() < EXCERPT_BYTES + 32, "{shortened}");
+        assert!(shortened.starts_with("éé"));
+        assert!(shortened.ends_with("... (2000000 bytes)"), "{shortened}");
+    }
 }

@@ -1,7 +1,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::annotations;
+use crate::{annotations, excerpt};
 
 /// How the helper runs in the pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -58,7 +58,7 @@ impl fmt::Display for Mode {
     annotation = annotations::MODE
 )]
 pub struct UnknownMode {
-    /// The rejected value.
+    /// The rejected value, shortened to an [`excerpt`].
     pub value: String,
 }
 
@@ -70,7 +70,7 @@ impl FromStr for Mode {
             .into_iter()
             .find(|mode| mode.as_str() == value.trim())
             .ok_or_else(|| UnknownMode {
-                value: value.to_owned(),
+                value: excerpt(value).into_owned(),
             })
     }
 }

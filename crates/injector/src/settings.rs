@@ -1,3 +1,5 @@
+use std::cmp::Ordering;
+
 use crate::annotations;
 use crate::{Mode, Quantity};
 
@@ -35,6 +37,9 @@ pub struct HelperSettings {
     pub run_as_user: i64,
     /// Whether pods may choose another image through the image annotation.
     pub allow_image_override: bool,
+    /// When not empty, an overriding image must start with one of these prefixes (see
+    /// [`HelperSettings::image_allowed`]).
+    pub allowed_image_prefixes: Vec<String>,
 }
 
 /// A combination of settings that would give pods the API server rejects.
@@ -60,13 +65,23 @@ pub enum InvalidSettings {
         "helper image {0:?} is not an image reference; set --helper-image (IPMGR_HELPER_IMAGE)"
     )]
     InvalidImage(String),
+    /// An allowed image prefix is empty or contains whitespace.
+    #[error(
+        "allowed image prefix {0:?} is not the start of an image reference; use a registry or repository such as registry.example.com/team/"
+    )]
+    InvalidImagePrefix(String),
+    /// Image prefixes are set while image overrides are off, where they would do nothing.
+    #[error(
+        "--allowed-image-prefix (IPMGR_ALLOWED_IMAGE_PREFIXES) is set but --allow-image-override is off; turn the override on or remove the prefixes"
+    )]
+    PrefixesWithoutOverride,
 }
 
 impl ResourceSettings {
     /// Checks that no request exceeds its limit.
     pub fn validate(&self) -> Result<(), InvalidSettings> {
         let check = |resource, request: &Quantity, limit: &Quantity| {
-            if request.value() > limit.value() {
+            if request.compare(limit) == Ordering::Greater {
                 Err(InvalidSettings::RequestAboveLimit {
                     resource,
                     request: request.to_string(),
@@ -105,6 +120,93 @@ impl HelperSettings {
         if self.run_as_user == 0 {
             return Err(InvalidSettings::RootUser(self.run_as_user));
         }
+        if let Some(prefix) = self
+            .allowed_image_prefixes
+            .iter()
+            .find(|prefix| !is_image_reference(prefix))
+        {
+            return Err(InvalidSettings::InvalidImagePrefix(prefix.clone()));
+        }
+        if !self.allowed_image_prefixes.is_empty() && !self.allow_image_override {
+            return Err(InvalidSettings::PrefixesWithoutOverride);
+        }
         self.resources.validate()
+    }
+
+    /// Whether a pod may run `image` through the image annotation: overrides are allowed and,
+    /// when prefixes are set, `image` starts with one of them at a boundary of the reference
+    /// (`registry.example.com` admits `registry.example.com/helper:1` but not
+    /// `registry.example.com.attacker.io/helper:1`).
+    pub fn image_allowed(&self, image: &str) -> bool {
+        self.allow_image_override
+            && (self.allowed_image_prefixes.is_empty()
+                || self.allowed_image_prefixes.iter().any(|prefix| {
+                    image.strip_prefix(prefix.as_str()).is_some_and(|rest| {
+                        prefix.ends_with(['/', ':', '@'])
+                            || rest.is_empty()
+                            || rest.starts_with(['/', ':', '@'])
+                    })
+                }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn settings(allow: bool, prefixes: &[&str]) -> HelperSettings {
+        let quantity = |text: &str| text.parse().expect("quantity");
+        HelperSettings {
+            image: "registry.example.com/ipmgr-helper:1".to_owned(),
+            image_pull_policy: "IfNotPresent".to_owned(),
+            command: "/usr/local/bin/ipmgr-helper".to_owned(),
+            extra_args: Vec::new(),
+            log_filter: "info".to_owned(),
+            default_mode: Mode::Init,
+            resources: ResourceSettings {
+                cpu_request: quantity("9m"),
+                cpu_limit: quantity("0.009"),
+                memory_request: quantity("24Mi"),
+                memory_limit: quantity("64Mi"),
+            },
+            run_as_user: 65532,
+            allow_image_override: allow,
+            allowed_image_prefixes: prefixes.iter().map(|p| (*p).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_request_equal_to_its_limit_in_other_notation_is_valid() {
+        assert_eq!(settings(false, &[]).validate(), Ok(()));
+    }
+
+    #[rstest]
+    #[case::off(false, &[], "mirror.example.com/helper:1", false)]
+    #[case::any_image(true, &[], "anything/at:all", true)]
+    #[case::registry(true, &["mirror.example.com"], "mirror.example.com/helper:1", true)]
+    #[case::registry_with_slash(true, &["mirror.example.com/"], "mirror.example.com/helper:1", true)]
+    #[case::lookalike_registry(true, &["mirror.example.com"], "mirror.example.com.attacker.io/helper:1", false)]
+    #[case::lookalike_repository(true, &["mirror.example.com/team"], "mirror.example.com/team-evil/helper:1", false)]
+    #[case::repository(true, &["mirror.example.com/team"], "mirror.example.com/team/helper@sha256:00", true)]
+    #[case::second_prefix(true, &["a.example/", "b.example/"], "b.example/helper:1", true)]
+    #[case::elsewhere(true, &["mirror.example.com/"], "docker.io/helper:1", false)]
+    fn image_prefixes(
+        #[case] allow: bool,
+        #[case] prefixes: &[&str],
+        #[case] image: &str,
+        #[case] allowed: bool,
+    ) {
+        assert_eq!(settings(allow, prefixes).image_allowed(image), allowed);
+    }
+
+    #[rstest]
+    #[case(settings(false, &["mirror.example.com/"]), InvalidSettings::PrefixesWithoutOverride)]
+    #[case(settings(true, &[""]), InvalidSettings::InvalidImagePrefix(String::new()))]
+    fn refuses_prefixes_that_cannot_work(
+        #[case] settings: HelperSettings,
+        #[case] error: InvalidSettings,
+    ) {
+        assert_eq!(settings.validate(), Err(error));
     }
 }

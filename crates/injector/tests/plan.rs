@@ -28,6 +28,7 @@ fn settings() -> HelperSettings {
         },
         run_as_user: 65532,
         allow_image_override: true,
+        allowed_image_prefixes: Vec::new(),
     }
 }
 
@@ -92,6 +93,9 @@ fn skips(settings: HelperSettings, #[case] document: Value, #[case] reason: Skip
 #[case::bad_cpu(json!({"multus-ipmgr.io/cpu-limit": "lots"}), "annotation multus-ipmgr.io/cpu-limit: \"lots\" is not a Kubernetes quantity (examples: 10m, 0.5, 64Mi, 1G)")]
 #[case::request_above_limit(json!({"multus-ipmgr.io/memory-request": "128Mi"}), "memory request 128Mi is larger than its limit 64Mi")]
 #[case::bad_image(json!({"multus-ipmgr.io/image": "two words"}), "annotation multus-ipmgr.io/image has value \"two words\", which is not an image reference")]
+#[case::negative_cpu(json!({"multus-ipmgr.io/cpu-request": "-1"}), "annotation multus-ipmgr.io/cpu-request: \"-1\" is negative; resource quantities must be zero or more")]
+#[case::negative_memory(json!({"multus-ipmgr.io/memory-limit": "-64Mi"}), "annotation multus-ipmgr.io/memory-limit: \"-64Mi\" is negative")]
+#[case::request_above_limit_in_other_units(json!({"multus-ipmgr.io/cpu-request": "0.0091", "multus-ipmgr.io/cpu-limit": "9m"}), "cpu request 0.0091 is larger than its limit 9m")]
 fn denies_with_a_message_naming_the_annotation(
     settings: HelperSettings,
     #[case] extra_annotations: Value,
@@ -110,6 +114,78 @@ fn image_override_can_be_forbidden(mut settings: HelperSettings) {
     assert_eq!(
         decide(&document, &settings),
         Decision::Deny(DenyReason::ImageOverrideNotAllowed)
+    );
+}
+
+#[rstest]
+#[case::same_amount(json!({"multus-ipmgr.io/cpu-request": "9m", "multus-ipmgr.io/cpu-limit": "0.009"}))]
+#[case::binary_and_decimal(json!({"multus-ipmgr.io/memory-request": "1Gi", "multus-ipmgr.io/memory-limit": "1073741824"}))]
+#[case::finer_than_a_nano(json!({"multus-ipmgr.io/cpu-request": "0.0000000001", "multus-ipmgr.io/cpu-limit": "1n"}))]
+fn a_request_equal_to_its_limit_is_injected(settings: HelperSettings, #[case] extra: Value) {
+    let injected = inject(&pod(extra, json!({})), &settings);
+    assert_eq!(
+        container_names(&injected, "initContainers"),
+        ["aws-ip-mgmt"]
+    );
+}
+
+#[rstest]
+#[case::mode("multus-ipmgr.io/mode")]
+#[case::image("multus-ipmgr.io/image")]
+#[case::quantity("multus-ipmgr.io/cpu-limit")]
+fn a_huge_bad_value_is_quoted_shortened(settings: HelperSettings, #[case] annotation: &str) {
+    let value = format!("{} x", "y".repeat(200_000));
+    let Decision::Deny(reason) = decide(&pod(json!({ annotation: value }), json!({})), &settings)
+    else {
+        panic!("expected a denial");
+    };
+    let message = reason.to_string();
+    assert!(
+        message.len() < 400,
+        "{} bytes: {message:.400}",
+        message.len()
+    );
+    assert!(message.contains(annotation), "{message}");
+    assert!(message.contains("(200002 bytes)"), "{message}");
+}
+
+#[test]
+fn an_annotation_longer_than_kubernetes_allows_is_not_read() {
+    let value = "y".repeat(ipmgr_injector::MAX_ANNOTATION_BYTES + 1);
+    let document = pod(json!({ "multus-ipmgr.io/mode": value }), json!({}));
+    let error = PodTemplate::deserialize(&document).expect_err("refused");
+    assert!(
+        error
+            .to_string()
+            .starts_with("annotation multus-ipmgr.io/mode is 262145 bytes long"),
+        "{error}"
+    );
+    // Other annotations are skipped unread, whatever their size.
+    let document = pod(json!({ "other": "y".repeat(1 << 20) }), json!({}));
+    assert!(PodTemplate::deserialize(&document).is_ok());
+}
+
+#[rstest]
+fn image_override_is_limited_to_the_allowed_prefixes(mut settings: HelperSettings) {
+    settings.allowed_image_prefixes = vec!["mirror.example.com/".to_owned()];
+    let allowed = pod(
+        json!({"multus-ipmgr.io/image": "mirror.example.com/helper:2"}),
+        json!({}),
+    );
+    assert_eq!(
+        inject(&allowed, &settings)["spec"]["initContainers"][0]["image"],
+        json!("mirror.example.com/helper:2")
+    );
+    let elsewhere = pod(
+        json!({"multus-ipmgr.io/image": "attacker.example/helper:2"}),
+        json!({}),
+    );
+    let Decision::Deny(reason) = decide(&elsewhere, &settings) else {
+        panic!("expected a denial");
+    };
+    assert_eq!(
+        reason.to_string(),
+        "annotation multus-ipmgr.io/image has value \"attacker.example/helper:2\", which does not start with an allowed image prefix (mirror.example.com/); use an image from there or remove the annotation"
     );
 }
 
@@ -298,15 +374,32 @@ fn reads_templates_with_nulls(settings: HelperSettings, #[case] document: Value)
 }
 
 #[test]
-fn template_view_ignores_everything_it_does_not_need() {
-    let pod: PodTemplate = serde_json::from_value(json!({
-        "metadata": {"name": "p", "annotations": {"a": "b"}, "managedFields": [{"manager": "x"}]},
-        "spec": {"hostNetwork": true, "containers": [{"name": "app", "image": "i", "env": []}], "tolerations": []},
+fn template_view_keeps_only_what_the_decision_reads() {
+    let text = json!({
+        "metadata": {"name": "p", "annotations": {"a": "b", "multus-ipmgr.io/mode": "sidecar", "deep": [[[[]]]]},
+                     "managedFields": [{"manager": "x"}]},
+        "spec": {"hostNetwork": true, "tolerations": [],
+                 "containers": [{"name": "app", "image": "i", "env": []}, {"name": "aws-ip-mgmt"}, {}],
+                 "volumes": [{"name": "aws-ip-mgmt-run"}]},
         "status": {"phase": "Pending"},
-    }))
-    .expect("parses");
-    assert_eq!(pod.annotation("a"), Some("b"));
+    })
+    .to_string();
+    // The same view from JSON text and from a parsed document (the offline inject path).
+    let from_text: PodTemplate = serde_json::from_str(&text).expect("parses");
+    let value: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(PodTemplate::deserialize(&value).expect("parses"), from_text);
+    let pod = from_text;
+    assert_eq!(pod.annotation(annotations::MODE), Some("sidecar"));
+    assert_eq!(
+        pod.annotation("a"),
+        None,
+        "not an annotation the injector reads"
+    );
     assert!(pod.host_network());
-    assert_eq!(pod.containers().len(), 1);
+    assert_eq!(pod.containers().len(), 3);
+    assert!(pod.containers().holds("aws-ip-mgmt"));
+    assert!(!pod.containers().holds("app"), "other names are not kept");
     assert!(pod.init_containers().is_empty());
+    assert!(pod.volumes().holds("aws-ip-mgmt-run"));
+    assert!(!pod.volumes().holds("aws-ip-mgmt"));
 }
