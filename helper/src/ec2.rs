@@ -245,27 +245,28 @@ impl Ec2 {
     }
 
     /// The ENIs of `vpc_id` that hold any of the addresses now: one DescribeNetworkInterfaces
-    /// per family that has addresses.
+    /// per family that has addresses, both at once.
     pub async fn holders(
         &self,
         vpc_id: &str,
         ipv4: &[Ipv4Addr],
         ipv6: &[Ipv6Addr],
     ) -> Result<Vec<EniRecord>, Ec2Failure> {
-        let mut found = Vec::new();
-        for (filter, addresses) in [
-            ("addresses.private-ip-address", strings(ipv4)),
-            ("ipv6-addresses.ipv6-address", strings(ipv6)),
-        ] {
+        let lookup = |filter: &'static str, addresses: Vec<String>| async move {
             if addresses.is_empty() {
-                continue;
+                return Ok(Vec::new());
             }
             let by_address = Filter::builder()
                 .name(filter)
                 .set_values(Some(addresses.clone()))
                 .build();
-            found.extend(self.describe(vpc_id, &addresses, by_address).await?);
-        }
+            self.describe(vpc_id, &addresses, by_address).await
+        };
+        let (mut found, holders6) = futures::try_join!(
+            lookup("addresses.private-ip-address", strings(ipv4)),
+            lookup("ipv6-addresses.ipv6-address", strings(ipv6)),
+        )?;
+        found.extend(holders6);
         Ok(found)
     }
 

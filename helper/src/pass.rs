@@ -122,16 +122,6 @@ impl Helper {
             plan,
             ipv6_releases: Vec::new(),
         };
-        let targets: Vec<&str> = planned
-            .changes
-            .iter()
-            .map(|change| change.eni_id.as_str())
-            .collect();
-        if targets.is_empty() {
-            return Ok(unvetted(planned));
-        }
-        let node_enis = enis.get(&self.ec2, node, &targets).await?;
-        let planned = vet_enis(planned.clone(), node_enis, self.ownership);
         let Some(vpc_id) = planned
             .changes
             .first()
@@ -140,6 +130,11 @@ impl Helper {
         else {
             return Ok(unvetted(planned));
         };
+        let targets: Vec<&str> = planned
+            .changes
+            .iter()
+            .map(|change| change.eni_id.as_str())
+            .collect();
         let ipv4: Vec<_> = planned
             .changes
             .iter()
@@ -150,7 +145,12 @@ impl Helper {
             .iter()
             .flat_map(|c| c.ipv6.clone())
             .collect();
-        let holders = self.ec2.holders(&vpc_id, &ipv4, &ipv6).await?;
+        // The node's ENIs and the holders at once: neither needs the other's answer.
+        let (node_enis, holders) = futures::try_join!(
+            enis.get(&self.ec2, node, &targets),
+            self.ec2.holders(&vpc_id, &ipv4, &ipv6),
+        )?;
+        let planned = vet_enis(planned.clone(), node_enis, self.ownership);
         Ok(vet_holders(planned, &holders, self.ownership))
     }
 
