@@ -8,7 +8,7 @@ mod common;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use ipmgr_injector::HelperSettings;
+use ipmgr_injector::{HelperSettings, multus_interfaces};
 use ipmgr_webhook::admission::review;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -254,6 +254,11 @@ fn expected(pod: &Value, overrides: bool) -> Expected {
         Some("disabled") => return Expected::Unchanged,
         Some(_) => return Expected::Denied,
     };
+    // The selection's own grammar is tested by the injector's tables; here only that a
+    // selection Multus could not read is refused.
+    if multus_interfaces(annotation("k8s.v1.cni.cncf.io/networks").unwrap_or_default()).is_err() {
+        return Expected::Denied;
+    }
     if let Some(image) = annotation("multus-ipmgr.io/image").map(str::trim) {
         let reference = !image.is_empty() && !image.chars().any(char::is_whitespace);
         if !overrides || !reference || !image.starts_with("mirror.example.com/") {
@@ -353,6 +358,14 @@ fn check_injected(pod: &Value, patched: &Value, mode: &str, settings: &HelperSet
         })
     );
     let annotation = |key: &str| pod["metadata"]["annotations"][key].as_str().map(str::trim);
+    let interfaces = helper["env"]
+        .as_array()
+        .and_then(|env| env.iter().find(|var| var["name"] == "IPMGR_INTERFACES"))
+        .and_then(|var| var["value"].as_str())
+        .expect("the pod's Multus interfaces are passed on");
+    let selected = multus_interfaces(annotation("k8s.v1.cni.cncf.io/networks").unwrap_or_default())
+        .expect("a valid selection");
+    assert_eq!(interfaces, selected.join(","));
     assert_eq!(
         helper["image"],
         annotation("multus-ipmgr.io/image").unwrap_or(&settings.image)

@@ -25,8 +25,8 @@ pub mod env {
     pub const LOG_FORMAT: &str = "IPMGR_LOG_FORMAT";
     /// The file the helper creates after its first pass (native-sidecar readiness).
     pub const READY_FILE: &str = "IPMGR_READY_FILE";
-    /// The pod's Multus interfaces, comma-separated, from its networks annotation: the only
-    /// interfaces the helper manages.
+    /// The pod's Multus interfaces, comma-separated, from its networks annotation (the
+    /// webhook sets it): the only interfaces the helper manages.
     pub const INTERFACES: &str = "IPMGR_INTERFACES";
 }
 

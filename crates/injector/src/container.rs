@@ -25,6 +25,7 @@ pub(crate) struct ContainerSpec<'a> {
     pub(crate) command: &'a str,
     pub(crate) extra_args: &'a [String],
     pub(crate) log_filter: &'a str,
+    pub(crate) interfaces: &'a [String],
     pub(crate) resources: &'a ResourceSettings,
     pub(crate) run_as_user: i64,
 }
@@ -39,6 +40,7 @@ impl ContainerSpec<'_> {
             field_env(vars::POD_NAMESPACE, "metadata.namespace"),
             value_env(vars::MODE, self.mode.as_str()),
             value_env(vars::LOG, self.log_filter),
+            value_env(vars::INTERFACES, &self.interfaces.join(",")),
         ];
         if native {
             env.push(value_env(vars::READY_FILE, READY_FILE));

@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::container::{ContainerSpec, run_volume};
+use crate::networks::multus_interfaces;
 use crate::settings::is_image_reference;
 use crate::{
     HELPER_CONTAINER_NAME, HelperSettings, Mode, PodTemplate, Quantity, QuantityError,
@@ -113,6 +114,14 @@ pub enum DenyReason {
         /// The allowed prefixes, comma-separated.
         prefixes: String,
     },
+    /// The networks annotation does not parse (Multus would refuse the pod too).
+    #[error("annotation {annotation} has value {value:?}, which Multus cannot read: {reason}; fix the network selection", annotation = annotations::NETWORKS)]
+    InvalidNetworks {
+        /// The rejected value, shortened.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The pod already has a volume with the name the helper needs.
     #[error(
         "the pod already has a volume named {RUN_VOLUME_NAME}, which the native-sidecar helper needs; rename it"
@@ -195,6 +204,11 @@ fn build_patch(
         Some(value) => value.trim(),
         None => settings.image.as_str(),
     };
+    let networks = pod.annotation(annotations::NETWORKS).unwrap_or_default();
+    let interfaces = multus_interfaces(networks).map_err(|reason| DenyReason::InvalidNetworks {
+        value: excerpt(networks).into_owned(),
+        reason: reason.0,
+    })?;
     let mut resources = settings.resources.clone();
     for (key, field) in resources.overridable() {
         if let Some(value) = pod.annotation(key) {
@@ -218,6 +232,7 @@ fn build_patch(
         command: &settings.command,
         extra_args: &settings.extra_args,
         log_filter: &settings.log_filter,
+        interfaces: &interfaces,
         resources: &resources,
         run_as_user: settings.run_as_user,
     }

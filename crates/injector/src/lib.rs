@@ -8,6 +8,7 @@
 mod container;
 mod decision;
 mod mode;
+mod networks;
 mod quantity;
 mod settings;
 mod template;
@@ -15,6 +16,7 @@ mod template;
 pub use container::{HELPER_CONTAINER_NAME, RUN_VOLUME_NAME};
 pub use decision::{Decision, DenyReason, Injection, SkipReason, plan};
 pub use mode::{Mode, UnknownMode};
+pub use networks::{InvalidNetworks, multus_interfaces};
 pub use quantity::{Quantity, QuantityError};
 pub use settings::{HelperSettings, InvalidSettings, ResourceSettings};
 pub use template::{

@@ -96,6 +96,7 @@ fn skips(settings: HelperSettings, #[case] document: Value, #[case] reason: Skip
 #[case::negative_cpu(json!({"multus-ipmgr.io/cpu-request": "-1"}), "annotation multus-ipmgr.io/cpu-request: \"-1\" is negative; resource quantities must be zero or more")]
 #[case::negative_memory(json!({"multus-ipmgr.io/memory-limit": "-64Mi"}), "annotation multus-ipmgr.io/memory-limit: \"-64Mi\" is negative")]
 #[case::request_above_limit_in_other_units(json!({"multus-ipmgr.io/cpu-request": "0.0091", "multus-ipmgr.io/cpu-limit": "9m"}), "cpu request 0.0091 is larger than its limit 9m")]
+#[case::unreadable_networks(json!({"k8s.v1.cni.cncf.io/networks": "[{\"name\": "}), "annotation k8s.v1.cni.cncf.io/networks has value \"[{\\\"name\\\": \", which Multus cannot read")]
 fn denies_with_a_message_naming_the_annotation(
     settings: HelperSettings,
     #[case] extra_annotations: Value,
@@ -105,6 +106,29 @@ fn denies_with_a_message_naming_the_annotation(
         panic!("expected a denial");
     };
     assert!(reason.to_string().starts_with(message), "{reason}");
+}
+
+#[rstest]
+#[case::short_form("a, ns/b@storage, c", "net1,storage,net3")]
+#[case::json_form(
+    r#"[{"name": "a", "interface": "data0"}, {"name": "b"}]"#,
+    "data0,net2"
+)]
+fn the_helper_learns_the_pods_multus_interfaces(
+    settings: HelperSettings,
+    #[case] networks: &str,
+    #[case] interfaces: &str,
+) {
+    let injected = inject(
+        &pod(json!({"k8s.v1.cni.cncf.io/networks": networks}), json!({})),
+        &settings,
+    );
+    let env = &injected["spec"]["initContainers"][0]["env"];
+    let value = env
+        .as_array()
+        .and_then(|env| env.iter().find(|var| var["name"] == "IPMGR_INTERFACES"))
+        .map(|var| var["value"].clone());
+    assert_eq!(value, Some(json!(interfaces)));
 }
 
 #[rstest]
@@ -357,6 +381,7 @@ fn builds_a_restricted_container_with_overrides(settings: HelperSettings) {
             "POD_NAMESPACE",
             "IPMGR_MODE",
             "IPMGR_LOG",
+            "IPMGR_INTERFACES",
             "IPMGR_READY_FILE"
         ]
     );
