@@ -207,10 +207,10 @@ fn main() {
         peak_rss as f64 / 1024.0
     );
     println!(
-        "| EC2 calls of that pass | {total_calls} ({describe_calls} DescribeNetworkInterfaces: the node's ENIs, the IPv4 and the IPv6 holders) |"
+        "| EC2 calls of that pass | {total_calls} ({describe_calls} DescribeNetworkInterfaces: the IPv4 holders with the target ENI, the IPv6 holders) |"
     );
     println!(
-        "| EC2 calls of an IPv4 init pass | {ipv4_total} ({ipv4_describe} DescribeNetworkInterfaces: the node's ENIs and the holders; {} AssignPrivateIpAddresses) |",
+        "| EC2 calls of an IPv4 init pass | {ipv4_total} ({ipv4_describe} DescribeNetworkInterfaces: the holders with the target ENI and its tags; {} AssignPrivateIpAddresses) |",
         ipv4_total - ipv4_describe
     );
     println!(
@@ -235,7 +235,7 @@ fn main() {
     let (first_total, first_describe) = event_calls.first().copied().unwrap_or_default();
     let (last_total, last_describe) = event_calls.last().copied().unwrap_or_default();
     println!(
-        "| sidecar: EC2 calls for a new address, first / later ones | {first_total} ({first_describe} DescribeNetworkInterfaces: the node's ENIs, read once, and the holders) / {last_total} ({last_describe} DescribeNetworkInterfaces: the holders) |"
+        "| sidecar: EC2 calls for a new address, first / later ones | {first_total} ({first_describe} DescribeNetworkInterfaces) / {last_total} ({last_describe} DescribeNetworkInterfaces: the holders with the target ENI) |"
     );
     println!("| helper binary | {:.1} MiB |", binary as f64 / 1_048_576.0);
 }

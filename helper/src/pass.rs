@@ -3,12 +3,12 @@
 //! out the changes; EC2's answer is the truth. `init` waits for the addresses first, and
 //! afterwards (bounded, advisory) for metadata to show what EC2 accepted.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use ipmgr_eni::{
-    Assignment, EniChange, EniRecord, NodeFacts, OwnershipPolicy, Plan, PlanOptions, PodAddress,
-    Vetted, plan, vet_enis, vet_holders,
+    Assignment, Eni, EniChange, EniRecord, NodeFacts, OwnershipPolicy, Plan, PlanOptions,
+    PodAddress, Vetted, plan, vet_enis, vet_holders,
 };
 use tokio::time::Instant;
 
@@ -103,9 +103,11 @@ impl Helper {
 
     /// The plan for `addresses` on `node`, vetted against EC2: changes on ENIs that are not
     /// Multus ENIs and addresses another workload holds are refused, addresses EC2 already
-    /// has on their ENI need no call. Read-only: when something needs to change, the node's
-    /// ENIs (`enis`, read once) and one DescribeNetworkInterfaces per address family for the
-    /// holders; nothing at all otherwise.
+    /// has on their ENI need no call. Read-only, and nothing at all when nothing needs to
+    /// change. Otherwise one DescribeNetworkInterfaces per address family finds who holds the
+    /// addresses; the IPv4 one also asks for the target ENIs' primary addresses, so that the
+    /// answer lists those ENIs with their tags. (Only an ENI without an IPv4 address needs
+    /// the node's ENI list, `enis`, read once.)
     pub async fn vetted_plan(
         &self,
         node: &NodeFacts,
@@ -118,24 +120,27 @@ impl Helper {
         for rejection in planned.rejections.iter().filter(|r| !r.is_failure()) {
             tracing::info!(%rejection, "address left alone");
         }
-        let unvetted = |plan| Vetted {
-            plan,
-            ipv6_releases: Vec::new(),
-        };
         let Some(vpc_id) = planned
             .changes
             .first()
             .and_then(|change| node.eni(&change.eni_id))
             .map(|eni| eni.vpc_id.clone())
         else {
-            return Ok(unvetted(planned));
+            return Ok(Vetted {
+                plan: planned,
+                ipv6_releases: Vec::new(),
+            });
         };
         let targets: Vec<&str> = planned
             .changes
             .iter()
             .map(|change| change.eni_id.as_str())
             .collect();
-        let ipv4: Vec<_> = planned
+        let primaries: Option<Vec<Ipv4Addr>> = targets
+            .iter()
+            .map(|id| node.eni(id).and_then(Eni::primary_ipv4))
+            .collect();
+        let mut ipv4: Vec<_> = planned
             .changes
             .iter()
             .flat_map(|c| c.ipv4.clone())
@@ -145,13 +150,22 @@ impl Helper {
             .iter()
             .flat_map(|c| c.ipv6.clone())
             .collect();
-        // The node's ENIs and the holders at once: neither needs the other's answer.
-        let (node_enis, holders) = futures::try_join!(
-            enis.get(&self.ec2, node, &targets),
-            self.ec2.holders(&vpc_id, &ipv4, &ipv6),
-        )?;
-        let planned = vet_enis(planned.clone(), node_enis, self.ownership);
-        Ok(vet_holders(planned, &holders, self.ownership))
+        let records = match primaries {
+            Some(primaries) => {
+                ipv4.extend(primaries);
+                self.ec2.holders(&vpc_id, &ipv4, &ipv6).await?
+            }
+            None => {
+                let (node_enis, mut holders) = futures::try_join!(
+                    enis.get(&self.ec2, node, &targets),
+                    self.ec2.holders(&vpc_id, &ipv4, &ipv6),
+                )?;
+                holders.extend(node_enis.iter().cloned());
+                holders
+            }
+        };
+        let planned = vet_enis(planned, &records, &node.instance_id, self.ownership);
+        Ok(vet_holders(planned, &records, self.ownership))
     }
 
     /// `plan`: what `init` would do, one line per address, changing nothing (it reads EC2

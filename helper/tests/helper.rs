@@ -39,8 +39,8 @@ fn two_enis_in_one_subnet_the_mac_decides_and_a_second_run_costs_nothing() {
     assert!(!bed.holds(&first, "10.0.1.50"));
     assert_eq!(
         bed.calls(),
-        json!({"AssignPrivateIpAddresses": 1, "AssignIpv6Addresses": 1, "DescribeNetworkInterfaces": 3}),
-        "one assign per ENI and family; Describe: the node's ENIs, and the holders per family"
+        json!({"AssignPrivateIpAddresses": 1, "AssignIpv6Addresses": 1, "DescribeNetworkInterfaces": 2}),
+        "one assign per ENI and family; one Describe per family for the holders (the IPv4 one lists the target ENI and its tags too)"
     );
 
     bed.reset_calls();

@@ -88,7 +88,7 @@ fn an_untagged_eni_is_refused_naming_the_tag_and_the_setting_that_relaxes_it() {
 
 #[test]
 #[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
-fn the_vpc_cnis_egress_interfaces_are_left_alone_and_an_ipv4_pass_makes_two_describes() {
+fn the_vpc_cnis_egress_interfaces_are_left_alone_and_an_ipv4_pass_makes_one_describe() {
     let mut bed = bed();
     let pod = bed.pod(
         "node1",
@@ -104,8 +104,8 @@ fn the_vpc_cnis_egress_interfaces_are_left_alone_and_an_ipv4_pass_makes_two_desc
     assert!(bed.holds(&bed.eni_id("node1", "eth1"), "10.0.1.70"));
     assert_eq!(
         bed.calls(),
-        json!({"DescribeNetworkInterfaces": 2, "AssignPrivateIpAddresses": 1}),
-        "the node's ENIs and the holders, then one assign"
+        json!({"DescribeNetworkInterfaces": 1, "AssignPrivateIpAddresses": 1}),
+        "the holders and the target ENI with its tags in one Describe, then one assign"
     );
     bed.reset_calls();
     let (output, stderr, _) = finish(helper(&bed, &pod, &["init"]));

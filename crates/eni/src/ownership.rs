@@ -162,16 +162,23 @@ impl fmt::Display for Holder {
     }
 }
 
-/// Keeps only the changes whose ENI is a Multus ENI by `node_enis` (what EC2 lists for
-/// this instance); the addresses of the others become rejections.
-pub fn vet_enis(mut plan: Plan, node_enis: &[EniRecord], policy: OwnershipPolicy) -> Plan {
+/// Keeps only the changes whose ENI EC2 lists (`records`) as attached to `instance_id` and
+/// as a Multus ENI; the addresses of the others become rejections.
+pub fn vet_enis(
+    mut plan: Plan,
+    records: &[EniRecord],
+    instance_id: &str,
+    policy: OwnershipPolicy,
+) -> Plan {
     let refused: Vec<(Assignment, NotMultus)> = plan
         .changes
         .iter()
         .filter_map(|change| {
-            let verdict = node_enis
+            let verdict = records
                 .iter()
-                .find(|record| record.id == change.eni_id)
+                .find(|record| {
+                    record.id == change.eni_id && record.instance_id.as_deref() == Some(instance_id)
+                })
                 .map_or(Err(NotMultus::Missing), |record| record.multus(policy));
             verdict.err().map(|why| (change, why))
         })

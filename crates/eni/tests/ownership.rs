@@ -100,7 +100,12 @@ fn a_primary_eni_is_never_multus_unless_tagged() {
 #[test]
 fn changes_on_an_untagged_eni_are_refused_naming_the_tag_and_the_setting() {
     let plan = planned("eni-u", &["10.0.1.50", "10.0.1.51"]);
-    let vetted = vet_enis(plan, &[record("eni-u", &[], "", &["10.0.1.11"])], STRICT);
+    let vetted = vet_enis(
+        plan,
+        &[record("eni-u", &[], "", &["10.0.1.11"])],
+        "i-other",
+        STRICT,
+    );
     assert_eq!(vetted.changes, vec![]);
     assert_eq!(vetted.placements, vec![]);
     assert_eq!(vetted.rejections.len(), 2);
@@ -118,11 +123,30 @@ fn changes_on_an_untagged_eni_are_refused_naming_the_tag_and_the_setting() {
 }
 
 #[test]
-fn changes_on_a_multus_eni_pass_and_an_eni_ec2_does_not_list_is_refused() {
+fn changes_on_a_multus_eni_pass_and_one_ec2_does_not_list_here_is_refused() {
     let plan = planned("eni-m", &["10.0.1.50"]);
-    let vetted = vet_enis(plan.clone(), &[multus("eni-m", &["10.0.1.10"])], STRICT);
+    let vetted = vet_enis(
+        plan.clone(),
+        &[multus("eni-m", &["10.0.1.10"])],
+        "i-other",
+        STRICT,
+    );
     assert_eq!(vetted, plan);
-    let gone = vet_enis(plan, &[], STRICT);
+    let elsewhere = vet_enis(
+        plan.clone(),
+        &[multus("eni-m", &["10.0.1.10"])],
+        "i-this",
+        STRICT,
+    );
+    assert_eq!(
+        elsewhere.rejections[0].reason,
+        RejectReason::NotMultusEni {
+            eni: "eni-m".into(),
+            why: NotMultus::Missing
+        },
+        "attached to another instance"
+    );
+    let gone = vet_enis(plan, &[], "i-other", STRICT);
     assert_eq!(
         gone.rejections[0].reason,
         RejectReason::NotMultusEni {
