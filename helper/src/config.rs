@@ -154,13 +154,22 @@ pub struct AwsSettings {
     #[arg(long, env = "IPMGR_EC2_RETRY_SECONDS", default_value_t = 300)]
     pub ec2_retry_seconds: u64,
 
-    /// Ceiling of the first retry delay in milliseconds (full jitter; the ceiling triples per
-    /// failure).
-    #[arg(long, env = "IPMGR_EC2_BACKOFF_INITIAL_MS", default_value_t = 2000)]
+    /// Transient errors: ceiling of the first retry delay in milliseconds (full jitter; the
+    /// ceiling doubles per failure).
+    #[arg(long, env = "IPMGR_EC2_BACKOFF_INITIAL_MS", default_value_t = 1000)]
     pub ec2_backoff_initial_ms: u64,
 
-    /// Ceiling of any retry delay in seconds (the AWS SDKs' standard retry mode caps at 20).
-    #[arg(long, env = "IPMGR_EC2_BACKOFF_MAX_SECONDS", default_value_t = 20)]
+    /// Throttling: smallest ceiling of a retry delay in milliseconds; above it, the ceiling
+    /// is the time the call has waited so far.
+    #[arg(
+        long,
+        env = "IPMGR_EC2_THROTTLE_BACKOFF_MIN_MS",
+        default_value_t = 12000
+    )]
+    pub ec2_throttle_backoff_min_ms: u64,
+
+    /// Ceiling of any retry delay in seconds.
+    #[arg(long, env = "IPMGR_EC2_BACKOFF_MAX_SECONDS", default_value_t = 24)]
     pub ec2_backoff_max_seconds: u64,
 
     /// Seconds instance metadata may be unreachable before the helper gives up.
@@ -235,12 +244,15 @@ impl Settings {
 impl AwsSettings {
     /// How throttled and transiently failing EC2 calls are retried.
     pub fn ec2_retry(&self) -> RetryPolicy {
+        let max = Duration::from_secs(self.ec2_backoff_max_seconds.max(1));
         RetryPolicy {
-            backoff: Backoff {
+            transient: Backoff {
                 initial: Duration::from_millis(self.ec2_backoff_initial_ms.max(1)),
-                factor: 3,
-                max: Duration::from_secs(self.ec2_backoff_max_seconds.max(1)),
+                factor: 2,
+                max,
             },
+            throttle_min: Duration::from_millis(self.ec2_throttle_backoff_min_ms.max(1)),
+            max,
             budget: Duration::from_secs(self.ec2_retry_seconds),
         }
     }

@@ -186,7 +186,7 @@ fn a_long_throttle_is_waited_out_with_the_attempts_logged() {
             "patient",
             &[Interface::on_eni("net1", "eth1", &["10.0.1.57/24"])],
         )
-        .with_env("IPMGR_EC2_BACKOFF_INITIAL_MS", "20")
+        .with_env("IPMGR_EC2_THROTTLE_BACKOFF_MIN_MS", "20")
         .with_env("IPMGR_EC2_BACKOFF_MAX_SECONDS", "1");
     let (output, stderr, _) = finish(helper(&bed, &pod, &["init"]));
     assert!(output.status.success(), "{stderr}");

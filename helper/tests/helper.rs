@@ -109,7 +109,7 @@ fn throttled_twice_then_success() {
         "pod",
         &[Interface::on_eni("net1", "eth1", &["10.0.1.70/24"])],
     );
-    let quick = pod.with_env("IPMGR_EC2_BACKOFF_INITIAL_MS", "50");
+    let quick = pod.with_env("IPMGR_EC2_THROTTLE_BACKOFF_MIN_MS", "50");
     let (output, stderr, _) = finish(helper(&bed, &quick, &["init"]));
     assert!(output.status.success(), "{stderr}");
     assert_eq!(bed.calls()["AssignPrivateIpAddresses"], 3);

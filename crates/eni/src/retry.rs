@@ -30,20 +30,34 @@ impl Backoff {
     }
 }
 
-/// When a failed EC2 call is tried again: throttling and transient errors with full-jitter
-/// exponential backoff until the budget is spent; persistent errors never.
+/// When a failed EC2 call is tried again: throttling and transient errors with full jitter
+/// until the budget is spent; persistent errors never.
+///
+/// Throttling means the account's token bucket for the action is empty, and every node's
+/// helpers and VPC CNI share it: a reschedule of hundreds of pods meets it all at once. The
+/// delay after a throttle is uniform between 0 and the time this call has waited so far
+/// (at least `throttle_min`, at most `max`): the ceiling grows about 1.5x per attempt, like
+/// exponential backoff, but from what the call has seen rather than how often, so the first
+/// retries of a crowd spread over seconds and the last ones do not oversleep a bucket that
+/// has refilled. Transient errors are independent of the crowd: exponential backoff from a
+/// short first ceiling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// The delays between attempts.
-    pub backoff: Backoff,
+    /// Transient errors (5xx, timeouts, connection failures).
+    pub transient: Backoff,
+    /// The smallest ceiling after a throttle.
+    pub throttle_min: Duration,
+    /// Ceiling of any delay.
+    pub max: Duration,
     /// How long a call keeps being retried, from its first attempt.
     pub budget: Duration,
 }
 
 impl RetryPolicy {
     /// The delay before the next attempt of a call that failed `failures` times in a row,
-    /// the last time with `class`, `elapsed` after its first attempt; `None`: give up. The
-    /// last delay is cut so that the final attempt falls within the budget.
+    /// the last time with `class`, `elapsed` after its first attempt, given `jitter` in
+    /// `[0, 1)`; `None`: give up. The last delay is cut so that the final attempt falls
+    /// within the budget.
     pub fn next_delay(
         &self,
         class: ErrorClass,
@@ -51,14 +65,16 @@ impl RetryPolicy {
         elapsed: Duration,
         jitter: f64,
     ) -> Option<Duration> {
-        if !class.is_retryable() {
-            return None;
-        }
+        let ceiling = match class {
+            ErrorClass::Persistent => return None,
+            ErrorClass::Throttling => elapsed.clamp(self.throttle_min.min(self.max), self.max),
+            ErrorClass::Transient => self.transient.ceiling(failures).min(self.max),
+        };
         let left = self
             .budget
             .checked_sub(elapsed)
             .filter(|left| !left.is_zero())?;
-        Some(self.backoff.jittered(failures, jitter).min(left))
+        Some(ceiling.mul_f64(jitter.clamp(0.0, 1.0)).min(left))
     }
 }
 
@@ -103,7 +119,9 @@ mod tests {
     };
 
     const POLICY: RetryPolicy = RetryPolicy {
-        backoff: BACKOFF,
+        transient: BACKOFF,
+        throttle_min: Duration::from_secs(12),
+        max: Duration::from_secs(24),
         budget: Duration::from_secs(300),
     };
 
@@ -122,11 +140,20 @@ mod tests {
     }
 
     #[rstest]
-    #[case(ErrorClass::Throttling, 2, 0, 0.5, Some(Duration::from_secs(3)))]
-    #[case(ErrorClass::Transient, 1, 10, 1.0, Some(Duration::from_secs(2)))]
-    #[case(ErrorClass::Throttling, 9, 295, 1.0, Some(Duration::from_secs(5)))]
-    #[case(ErrorClass::Throttling, 9, 300, 0.5, None)]
-    #[case(ErrorClass::Persistent, 1, 0, 0.5, None)]
+    #[case::first_throttle(ErrorClass::Throttling, 1, 0, 0.5, Some(Duration::from_secs(6)))]
+    #[case::throttled_for_a_while(
+        ErrorClass::Throttling,
+        4,
+        20,
+        0.5,
+        Some(Duration::from_secs(10))
+    )]
+    #[case::throttled_long(ErrorClass::Throttling, 9, 100, 0.5, Some(Duration::from_secs(12)))]
+    #[case::budget_nearly_spent(ErrorClass::Throttling, 20, 295, 1.0, Some(Duration::from_secs(5)))]
+    #[case::budget_spent(ErrorClass::Throttling, 20, 300, 0.5, None)]
+    #[case::transient_doubles(ErrorClass::Transient, 2, 0, 1.0, Some(Duration::from_secs(6)))]
+    #[case::transient_capped(ErrorClass::Transient, 9, 10, 1.0, Some(Duration::from_secs(20)))]
+    #[case::persistent(ErrorClass::Persistent, 1, 0, 0.5, None)]
     fn retries_what_may_pass_within_the_budget(
         #[case] class: ErrorClass,
         #[case] failures: u32,
