@@ -176,10 +176,7 @@ class Pods:
             pod = self.pods.pop(name, None)
         if pod is None:
             raise PodError(f"no pod {name}")
-        runtime_netns = Path(pod["runtime_netns"])
-        subprocess.run(["umount", str(runtime_netns)], capture_output=True)
-        runtime_netns.unlink(missing_ok=True)
-        subprocess.run(["ip", "netns", "del", pod["netns"]], capture_output=True)
+        remove_namespaces([pod["netns"]], [pod["runtime_netns"]])
         # The veth peers of deleted macvlans stay in the bed namespace; -force goes on past
         # the ones that went with the pod.
         subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"link del {link}\n" for link in pod["links"]),
@@ -201,14 +198,30 @@ class Pods:
             "netns_path": f"/var/run/netns/{pod['netns']}"}
 
     def cleanup(self) -> None:
-        for name in list(self.pods):
-            self.delete(name)
-        for node in self.nodes.values():
-            subprocess.run(["umount", node["netns_dir"]], capture_output=True)
-            subprocess.run(["ip", "netns", "del", node["netns"]], capture_output=True)
+        """Removes every pod and node namespace at once (a fleet of hundreds in about a
+        second); their links in the bed go with the bed's namespace."""
+        with self.lock:
+            pods, self.pods = list(self.pods.values()), {}
+        remove_namespaces([pod["netns"] for pod in pods], [pod["runtime_netns"] for pod in pods])
+        nodes = list(self.nodes.values())
+        remove_namespaces([node["netns"] for node in nodes], [node["netns_dir"] for node in nodes])
+        for node in nodes:
             Path(node["netns_dir"]).rmdir()
         if self.runtime.exists():
             self.runtime.rmdir()
+
+
+def remove_namespaces(names: list[str], mounts: list[str]) -> None:
+    """Unmounts `mounts` (a runtime's bind mounts of namespaces, a node's runtime
+    directory), removes the bind-mount files among them, and deletes the named namespaces."""
+    if mounts:
+        subprocess.run(["umount", *mounts], capture_output=True)
+        for mount in map(Path, mounts):
+            if mount.is_file():
+                mount.unlink()
+    if names:
+        subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"netns del {name}\n" for name in names),
+                       capture_output=True, text=True)
 
 
 def address_command(verb: str, address: str, interface: str) -> str:
