@@ -5,6 +5,8 @@ One process serves:
 
 * EC2 (testenv/ec2.py): moto behind our layer of the EC2 rules moto lacks;
 * IMDSv2 (testenv/imds.py), one listener per node, answering from the same state;
+* with `--bed`, the VPC's resolver (testenv/dns.py) on the bed's gateway: pods whose DNS
+  server it is reach the stand-in by EC2's real name, `ec2.<region>.amazonaws.com`;
 * with `--bed NAME` (root): pods as network namespaces (testenv/pods.py) on the bed's bridge,
   the stand-in itself running in namespace NAME;
 * a JSON control API, under /_ctl/ on the EC2 port or one object a line on standard input
@@ -18,7 +20,9 @@ its control input, and removes every namespace it made.
 Control calls (method, path, body -> answer):
 
     POST topology         a topology description (testenv/topology.py) or {"file": name}
-                          -> the VPC, subnets and nodes with ENI ids, MACs and IMDS endpoints
+                          -> the VPC, subnets and nodes with ENI ids, MACs and IMDS endpoints;
+                          with --bed also "resolver" (the pods' DNS server) and
+                          "ec2_endpoint_by_name" (the EC2 endpoint through that resolver)
     POST pods             {"name", "node", "interfaces": [{"name", "eni" | "mac", "addresses"}]}
                           -> the pod: netns, interface MACs, the environment that reaches AWS
     POST pods/NAME/addresses  {"interface", "add": [...], "remove": [...]}
@@ -55,7 +59,7 @@ if __name__ == "__main__" and "--bed" in sys.argv and "--entered" not in sys.arg
 from moto.moto_server.werkzeug_app import create_backend_app  # noqa: E402
 from werkzeug.serving import WSGIRequestHandler, make_server  # noqa: E402
 
-from testenv import imds, topology  # noqa: E402
+from testenv import dns, imds, topology  # noqa: E402
 from testenv.ec2 import Ec2Error, Ec2Layer, State  # noqa: E402
 
 
@@ -65,6 +69,8 @@ class Bed:
     def __init__(self, state: State, host: str, bed: str | None):
         self.state, self.host, self.bed = state, host, bed
         self.topology: dict = {}
+        # With a bed: the resolver's address and the EC2 endpoint by name (main sets them).
+        self.names: dict[str, str] = {}
         self.pods = Pods(bed, self.eni_mac) if bed else None
 
     def eni_mac(self, node: str, eni_name: str) -> str:
@@ -90,6 +96,7 @@ class Bed:
             server = imds.start(self.state, self.host, node["instance_id"])
             node["imds_endpoint"] = f"http://{self.host}:{server.server_address[1]}"
         built["ec2_endpoint"] = self.state.endpoint
+        built |= self.names
         with self.state.lock:  # count only what the code under test calls
             self.state.calls.clear()
             self.state.call_log.clear()
@@ -230,6 +237,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    if arguments.bed:
+        ec2_name = f"ec2.{state.region}.amazonaws.com"
+        dns.start(host, {ec2_name: host})
+        bed.names = {"resolver": host, "ec2_endpoint_by_name": f"http://{ec2_name}:{server.server_port}"}
     print(json.dumps({"ec2_endpoint": state.endpoint, "region": state.region}), flush=True)
     if arguments.control == "stdio":
         threading.Thread(target=control_stdio, args=(bed, stop), daemon=True).start()

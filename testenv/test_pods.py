@@ -67,6 +67,20 @@ def test_a_pod_reaches_its_nodes_metadata_through_eth0(bed):
     assert result.stdout.strip() == bed.topology["nodes"]["node1"]["instance_id"], result.stderr
 
 
+def test_a_pod_resolves_the_ec2_endpoints_name_through_the_beds_resolver(bed):
+    pod = bed.pod("node1", "resolve", [])
+    host = bed.topology["ec2_endpoint_by_name"].split("//")[1].rsplit(":", 1)[0]
+    assert host.startswith("ec2.") and host.endswith(".amazonaws.com")
+    # One A query from inside the pod, as a stub resolver sends it: rcode and answers.
+    script = ("import socket, sys; from testenv import dns; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+              "s.settimeout(5); s.sendto(dns.query(sys.argv[1]), (sys.argv[2], 53)); r = s.recv(512);"
+              "print(r[3] & 15, socket.inet_ntoa(r[-4:]) if r[7] else '-')")
+    for name, expected in ((host, f"0 {bed.topology['resolver']}"), ("example.com", "3 -")):
+        result = subprocess.run(pod.exec_argv([sys.executable, "-c", script, name, bed.topology["resolver"]]),
+                                capture_output=True, text=True, timeout=30, cwd=Path(__file__).parent.parent)
+        assert result.stdout.strip() == expected, result.stderr
+
+
 def test_deleting_a_pod_removes_its_namespace_and_errors_name_the_problem(bed):
     pod = bed.pod("node1", "gone", [{"name": "net1", "eni": "eth1", "addresses": ["10.0.1.70/24"]}])
     assert pod.netns in namespaces()
