@@ -285,9 +285,9 @@ class Ec2Layer:
         self.app, self.state, self.control = app, state, control
         self.rules = {
             "AssignPrivateIpAddresses": self.assign_private,
-            "UnassignPrivateIpAddresses": self.unassign_private,
+            "UnassignPrivateIpAddresses": lambda params: self.unassign(params, 4),
             "AssignIpv6Addresses": self.assign_ipv6,
-            "UnassignIpv6Addresses": self.unassign_ipv6,
+            "UnassignIpv6Addresses": lambda params: self.unassign(params, 6),
             "DescribeNetworkInterfaces": self.describe_interfaces,
         }
 
@@ -399,19 +399,6 @@ class Ec2Layer:
             raise Ec2Error("InvalidParameterValue", f"Some of the specified prefixes are not assigned to interface {eni.id}")
         return requested
 
-    def unassign_private(self, params):
-        eni = self.eni(params)
-        addresses = numbered(params, "PrivateIpAddress")
-        for address in addresses:
-            if address == eni.private_ip_address:
-                raise Ec2Error("InvalidParameterValue", f"Address {address} is the primary address of {eni.id} and cannot be unassigned")
-            if address not in ipv4_of(eni):
-                raise Ec2Error("InvalidParameterValue", f"Some of the specified addresses are not assigned to interface {eni.id}")
-        dropped = self.drop_prefixes(eni, params, 4)
-        set_prefixes(eni, 4, [prefix for prefix in prefixes_of(eni, 4) if prefix not in dropped])
-        self.state.record(eni.id, addresses, present=False)
-        return None if addresses else addresses_response("UnassignPrivateIpAddresses", eni.id)
-
     def assign_ipv6(self, params):
         eni = self.eni(params)
         addresses = list(dict.fromkeys(numbered(params, "Ipv6Addresses")))
@@ -437,16 +424,22 @@ class Ec2Layer:
         set_prefixes(eni, 6, prefixes_of(eni, 6) + prefixes)
         return None if addresses else addresses_response("AssignIpv6Addresses", eni.id)
 
-    def unassign_ipv6(self, params):
+    def unassign(self, params, version: int):
+        """Unassign{PrivateIp,Ipv6}Addresses: all or nothing; never the primary address."""
         eni = self.eni(params)
-        addresses = numbered(params, "Ipv6Addresses")
+        if version == 4:
+            addresses, held, action = numbered(params, "PrivateIpAddress"), ipv4_of(eni), "UnassignPrivateIpAddresses"
+        else:
+            addresses, held, action = numbered(params, "Ipv6Addresses"), eni.ipv6_addresses, "UnassignIpv6Addresses"
         for address in addresses:
-            if address not in eni.ipv6_addresses:
+            if version == 4 and address == eni.private_ip_address:
+                raise Ec2Error("InvalidParameterValue", f"Address {address} is the primary address of {eni.id} and cannot be unassigned")
+            if address not in held:
                 raise Ec2Error("InvalidParameterValue", f"Some of the specified addresses are not assigned to interface {eni.id}")
-        dropped = self.drop_prefixes(eni, params, 6)
-        set_prefixes(eni, 6, [prefix for prefix in prefixes_of(eni, 6) if prefix not in dropped])
+        dropped = self.drop_prefixes(eni, params, version)
+        set_prefixes(eni, version, [prefix for prefix in prefixes_of(eni, version) if prefix not in dropped])
         self.state.record(eni.id, addresses, present=False)
-        return None if addresses else addresses_response("UnassignIpv6Addresses", eni.id)
+        return None if addresses else addresses_response(action, eni.id)
 
     def describe_interfaces(self, params):
         """Answers the address filters moto gets wrong by turning them into an id list."""

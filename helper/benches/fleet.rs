@@ -12,23 +12,14 @@
 //! floor (N - burst) / refill, throttled calls per successful call (all actions, then Assign
 //! alone), and EC2 calls per pod.
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::{env_or, helper_binary};
 use ipmgr_testbed::{Interface, TestBed, Topology};
 use serde_json::{Value, json};
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
-fn helper_binary() -> PathBuf {
-    ipmgr_testbed::program("IPMGR_HELPER_BIN", env!("CARGO_BIN_EXE_ipmgr-helper"))
-}
 
 /// M nodes, each with its primary ENI and one Multus ENI in a /20 Multus subnet.
 fn topology(nodes: usize) -> Value {

@@ -6,10 +6,12 @@
 //! `cargo bench -p ipmgr-helper --bench helper_passes`; `BENCH_PASSES` (10) init passes;
 //! `IPMGR_HELPER_BIN=target/dist/ipmgr-helper` measures the image's build instead.
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::{helper_binary, proc_cpu_ticks, proc_rss_kib};
 use ipmgr_testbed::{Interface, Pod, TestBed, Topology, stop_within};
 use nix::sys::resource::{UsageWho, getrusage};
 use serde_json::Value;
@@ -30,26 +32,6 @@ fn median(mut values: Vec<Duration>) -> Duration {
     values[values.len() / 2]
 }
 
-fn proc_cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .expect("comm")
-        .1
-        .split_whitespace()
-        .collect();
-    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
-}
-
-fn proc_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("status")
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 fn now_unix() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -63,10 +45,6 @@ struct InitRun {
     cpu: Duration,
     max_rss: i64,
     calls: Value,
-}
-
-fn helper_binary() -> PathBuf {
-    ipmgr_testbed::program("IPMGR_HELPER_BIN", env!("CARGO_BIN_EXE_ipmgr-helper"))
 }
 
 fn measured_init(bed: &mut TestBed, pod: &Pod) -> InitRun {

@@ -3,23 +3,19 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{
-    HELPER_POLICIES, assert_allowed_by_iam_policies, failure_kinds, helper, log_lines, reason,
+    HELPER_POLICIES, assert_allowed_by_iam_policies, failure_kinds, helper, how_to_bed, log_lines,
+    move_address, reason, sidecar, sidecar_pair,
 };
-use ipmgr_testbed::{Background, Interface, TestBed, Topology, finish};
+use ipmgr_testbed::{Interface, finish};
 use serde_json::json;
-
-fn bed() -> TestBed {
-    TestBed::start(Topology::File("how-to"))
-}
 
 #[test]
 #[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn two_enis_in_one_subnet_the_mac_decides_and_a_second_run_costs_nothing() {
-    let mut bed = bed();
+    let mut bed = how_to_bed();
     let v6 = format!("{}50", bed.ipv6_prefix("multus1"));
     // eth1 and eth2 of node1 share subnet multus1; the interface carries eth2's MAC.
     let pod = bed.pod(
@@ -56,7 +52,7 @@ fn two_enis_in_one_subnet_the_mac_decides_and_a_second_run_costs_nothing() {
 #[test]
 #[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn an_ipv4_held_by_another_node_moves() {
-    let mut bed = bed();
+    let mut bed = how_to_bed();
     let elsewhere = bed.eni_id("node2", "eth1");
     bed.control(
         "POST",
@@ -77,7 +73,7 @@ fn an_ipv4_held_by_another_node_moves() {
 #[test]
 #[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn an_ipv6_held_by_another_node_is_unassigned_there_then_assigned_here() {
-    let mut bed = bed();
+    let mut bed = how_to_bed();
     let v6 = format!("{}61", bed.ipv6_prefix("multus1"));
     let elsewhere = bed.eni_id("node2", "eth1");
     bed.control("POST", "assign", json!({"eni": elsewhere, "ipv6": [v6]}));
@@ -98,7 +94,7 @@ fn an_ipv6_held_by_another_node_is_unassigned_there_then_assigned_here() {
 #[test]
 #[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn throttled_twice_then_success() {
-    let mut bed = bed();
+    let mut bed = how_to_bed();
     bed.control(
         "POST",
         "faults",
@@ -119,7 +115,7 @@ fn throttled_twice_then_success() {
 #[test]
 #[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn a_permanent_ec2_error_fails_at_once_naming_address_eni_and_code() {
-    let mut bed = bed();
+    let mut bed = how_to_bed();
     bed.control(
         "POST",
         "faults",
@@ -152,7 +148,7 @@ fn a_permanent_ec2_error_fails_at_once_naming_address_eni_and_code() {
 #[test]
 #[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn unreachable_metadata_fails_in_bounded_time() {
-    let mut bed = bed();
+    let mut bed = how_to_bed();
     let pod = bed.pod(
         "node1",
         "pod",
@@ -176,7 +172,7 @@ fn unreachable_metadata_fails_in_bounded_time() {
 #[test]
 #[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn an_interface_that_never_appears_fails_after_the_wait() {
-    let mut bed = bed();
+    let mut bed = how_to_bed();
     let pod = bed.pod("node1", "pod", &[]);
     let (output, stderr, elapsed) = finish(helper(&bed, &pod, &["init", "--wait-seconds", "1"]));
     assert!(!output.status.success());
@@ -191,7 +187,7 @@ fn an_interface_that_never_appears_fails_after_the_wait() {
 #[test]
 #[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn the_per_eni_limit_is_reported() {
-    let mut bed = bed();
+    let mut bed = how_to_bed();
     bed.control("POST", "config", json!({"eni_ipv4_limit": 2}));
     let pod = bed.pod(
         "node1",
@@ -213,7 +209,7 @@ fn the_per_eni_limit_is_reported() {
 #[test]
 #[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn every_log_line_carries_the_pod_node_and_mode_the_webhook_injected() {
-    let mut bed = bed();
+    let mut bed = how_to_bed();
     let pod = bed
         .pod(
             "node1",
@@ -241,46 +237,15 @@ fn every_log_line_carries_the_pod_node_and_mode_the_webhook_injected() {
 #[test]
 #[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn sidecars_follow_a_floating_ip_over_and_back_and_release_on_sigterm() {
-    let mut bed = bed();
-    let a = bed.pod(
-        "node1",
-        "a",
-        &[Interface::on_eni("net1", "eth1", &["10.0.1.51/24"])],
-    );
-    let b = bed.pod(
-        "node2",
-        "b",
-        &[Interface::on_eni("net1", "eth1", &["10.0.1.52/24"])],
-    );
-    let (eni_a, eni_b) = (bed.eni_id("node1", "eth1"), bed.eni_id("node2", "eth1"));
-    let spawn = |pod| {
-        helper(&bed, pod, &["sidecar", "--recheck-seconds", "60"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sidecar starts")
-    };
-    let (mut sidecar_a, mut sidecar_b) = (Background(spawn(&a)), Background(spawn(&b)));
-    let limit = Duration::from_secs(5);
-    assert!(bed.wait_until(&eni_a, "10.0.1.51", true, limit).is_some());
-    assert!(bed.wait_until(&eni_b, "10.0.1.52", true, limit).is_some());
-
+    let mut bed = how_to_bed();
+    let mut pair = sidecar_pair(&mut bed);
+    let (eni_a, eni_b) = (pair.eni_a.clone(), pair.eni_b.clone());
     let vip = "10.0.1.100";
-    bed.add_address(&a, "net1", &format!("{vip}/24"));
-    let appeared = bed
-        .wait_until(&eni_a, vip, true, limit)
-        .expect("assigned to A");
-    bed.remove_address(&a, "net1", &format!("{vip}/24"));
-    bed.add_address(&b, "net1", &format!("{vip}/24"));
-    let failover = bed
-        .wait_until(&eni_b, vip, true, limit)
-        .expect("moved to B");
+    let appeared = move_address(&mut bed, None, &pair.a, vip, &eni_a).expect("assigned to A");
+    let failover = move_address(&mut bed, Some(&pair.a), &pair.b, vip, &eni_b).expect("moved to B");
     assert!(!bed.holds(&eni_a, vip));
-    bed.remove_address(&b, "net1", &format!("{vip}/24"));
-    bed.add_address(&a, "net1", &format!("{vip}/24"));
-    let failback = bed
-        .wait_until(&eni_a, vip, true, limit)
-        .expect("moved back to A");
+    let failback =
+        move_address(&mut bed, Some(&pair.b), &pair.a, vip, &eni_a).expect("moved back to A");
     for (what, took) in [
         ("new address", appeared),
         ("failover", failover),
@@ -290,10 +255,10 @@ fn sidecars_follow_a_floating_ip_over_and_back_and_release_on_sigterm() {
     }
 
     assert!(
-        sidecar_a.terminate(Duration::from_secs(10)),
+        pair.sidecar_a.terminate(Duration::from_secs(10)),
         "exit 0 after the release"
     );
-    sidecar_b.terminate(Duration::from_secs(10));
+    pair.sidecar_b.terminate(Duration::from_secs(10));
     assert!(!bed.holds(&eni_a, "10.0.1.51"), "released on SIGTERM");
     assert_allowed_by_iam_policies(&bed.calls(), &HELPER_POLICIES);
     assert!(!bed.holds(&eni_a, vip), "the VIP A holds is released too");
@@ -303,7 +268,7 @@ fn sidecars_follow_a_floating_ip_over_and_back_and_release_on_sigterm() {
 #[test]
 #[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn the_sidecar_signals_readiness_and_heals_an_address_another_node_took() {
-    let mut bed = bed();
+    let mut bed = how_to_bed();
     let pod = bed.pod(
         "node1",
         "pod",
@@ -312,22 +277,10 @@ fn the_sidecar_signals_readiness_and_heals_an_address_another_node_took() {
     let ready = std::env::temp_dir().join(format!("{}-ready", pod.netns));
     let _ = std::fs::remove_file(&ready);
     let ready_arg = ready.to_str().expect("UTF-8 path").to_owned();
-    let mut sidecar = Background(
-        helper(
-            &bed,
-            &pod,
-            &[
-                "sidecar",
-                "--recheck-seconds",
-                "1",
-                "--ready-file",
-                &ready_arg,
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sidecar starts"),
+    let mut sidecar = sidecar(
+        &bed,
+        &pod,
+        &["--recheck-seconds", "1", "--ready-file", &ready_arg],
     );
     let (here, there) = (bed.eni_id("node1", "eth1"), bed.eni_id("node2", "eth1"));
     assert!(

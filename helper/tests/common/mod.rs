@@ -3,15 +3,101 @@
 
 #![allow(dead_code, reason = "each test binary uses its own subset")]
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use ipmgr_testbed::{Pod, TestBed};
+use ipmgr_testbed::{Background, Interface, Pod, TestBed, Topology};
 use serde_json::Value;
+
+/// A bed with the how-to's topology (testenv/topologies/how-to.json).
+pub(crate) fn how_to_bed() -> TestBed {
+    TestBed::start(Topology::File("how-to"))
+}
 
 /// `ipmgr-helper args...` inside `pod` (the build under test: `IPMGR_HELPER_BIN` when set).
 pub(crate) fn helper(bed: &TestBed, pod: &Pod, args: &[&str]) -> Command {
     let binary = ipmgr_testbed::program("IPMGR_HELPER_BIN", env!("CARGO_BIN_EXE_ipmgr-helper"));
     bed.command(pod, &binary, args)
+}
+
+/// `ipmgr-helper sidecar args...` in `pod`, its output discarded; killed if the test ends
+/// without stopping it.
+pub(crate) fn sidecar(bed: &TestBed, pod: &Pod, args: &[&str]) -> Background {
+    let args: Vec<&str> = ["sidecar"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    Background(
+        helper(bed, pod, &args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sidecar starts"),
+    )
+}
+
+/// Pod A on node1 with 10.0.1.51 and pod B on node2 with 10.0.1.52, each on its node's eth1
+/// with a sidecar (re-check every 60 s), once EC2 holds both addresses.
+pub(crate) struct SidecarPair {
+    pub(crate) a: Pod,
+    pub(crate) b: Pod,
+    pub(crate) eni_a: String,
+    pub(crate) eni_b: String,
+    pub(crate) sidecar_a: Background,
+    pub(crate) sidecar_b: Background,
+}
+
+/// How long the pair's helpers get for any one change.
+pub(crate) const PAIR_LIMIT: Duration = Duration::from_secs(5);
+
+/// Starts a [`SidecarPair`] on the how-to's nodes.
+pub(crate) fn sidecar_pair(bed: &mut TestBed) -> SidecarPair {
+    let a = bed.pod(
+        "node1",
+        "a",
+        &[Interface::on_eni("net1", "eth1", &["10.0.1.51/24"])],
+    );
+    let b = bed.pod(
+        "node2",
+        "b",
+        &[Interface::on_eni("net1", "eth1", &["10.0.1.52/24"])],
+    );
+    let (eni_a, eni_b) = (bed.eni_id("node1", "eth1"), bed.eni_id("node2", "eth1"));
+    let sidecar_a = sidecar(bed, &a, &["--recheck-seconds", "60"]);
+    let sidecar_b = sidecar(bed, &b, &["--recheck-seconds", "60"]);
+    assert!(
+        bed.wait_until(&eni_a, "10.0.1.51", true, PAIR_LIMIT)
+            .is_some()
+    );
+    assert!(
+        bed.wait_until(&eni_b, "10.0.1.52", true, PAIR_LIMIT)
+            .is_some()
+    );
+    SidecarPair {
+        a,
+        b,
+        eni_a,
+        eni_b,
+        sidecar_a,
+        sidecar_b,
+    }
+}
+
+/// Moves `address` (a /24) to `to`'s net1, off `from`'s when given (a keepalived failover),
+/// and waits up to [`PAIR_LIMIT`] for EC2 to hold it on `eni`: how long that took.
+pub(crate) fn move_address(
+    bed: &mut TestBed,
+    from: Option<&Pod>,
+    to: &Pod,
+    address: &str,
+    eni: &str,
+) -> Option<Duration> {
+    let cidr = format!("{address}/24");
+    if let Some(from) = from {
+        bed.remove_address(from, "net1", &cidr);
+    }
+    bed.add_address(to, "net1", &cidr);
+    bed.wait_until(eni, address, true, PAIR_LIMIT)
 }
 
 /// The one-line reason the helper printed last on failure.
