@@ -253,6 +253,15 @@ def prefix_holding(enis, address: str) -> tuple[str, object] | None:
     return None
 
 
+def refuse_inside_a_prefix(enis, address: str) -> None:
+    """EC2 refuses to assign an address of a delegated prefix on its own."""
+    inside = prefix_holding(enis, address)
+    if inside:
+        raise Ec2Error("InvalidParameterValue",
+                       f"Address {address} is part of prefix {inside[0]} delegated to {inside[1].id}; "
+                       "the addresses of a prefix cannot be assigned one by one")
+
+
 def addresses_response(action: str, eni_id: str) -> tuple:
     """A successful answer the layer gives itself (prefix-only calls, which moto ignores)."""
     body = (f'<{action}Response xmlns="{EC2_XMLNS}"><requestId>{uuid.uuid4()}</requestId>'
@@ -347,11 +356,7 @@ class Ec2Layer:
         vpc_enis = self.enis_in_vpc(eni.subnet.vpc_id)
         for address in new:
             check_ipv4_in_subnet(eni, address)
-            inside = prefix_holding(vpc_enis, address)
-            if inside:
-                raise Ec2Error("InvalidParameterValue",
-                               f"Address {address} is part of prefix {inside[0]} delegated to {inside[1].id}; "
-                               "the addresses of a prefix cannot be assigned one by one")
+            refuse_inside_a_prefix(vpc_enis, address)
         prefixes = self.new_prefixes(eni, params, 4, vpc_enis)
         if len(held) + len(new) + len(prefixes_of(eni, 4)) + len(prefixes) > self.state.eni_ipv4_limit:
             raise Ec2Error("PrivateIpAddressLimitExceeded",
@@ -411,11 +416,7 @@ class Ec2Layer:
             for other in vpc_enis:
                 if address in other.ipv6_addresses:
                     raise Ec2Error("InvalidParameterValue", f"Address {address} is in use by {other.id}")
-            inside = prefix_holding(vpc_enis, address)
-            if inside:
-                raise Ec2Error("InvalidParameterValue",
-                               f"Address {address} is part of prefix {inside[0]} delegated to {inside[1].id}; "
-                               "the addresses of a prefix cannot be assigned one by one")
+            refuse_inside_a_prefix(vpc_enis, address)
         prefixes = self.new_prefixes(eni, params, 6, vpc_enis)
         if len(eni.ipv6_addresses) + len(addresses) + len(prefixes_of(eni, 6)) + len(prefixes) > self.state.eni_ipv6_limit:
             raise Ec2Error("Ipv6AddressLimitExceeded",
