@@ -32,9 +32,12 @@ Control calls (method, path, body -> answer):
                           directory (bind mounts of its pods' namespaces) and environment
     GET eni/ID            -> {"ipv4": [...], "ipv6": [...]} as EC2 holds them now
     POST assign           {"eni", "ipv4", "ipv6"}: put addresses on an ENI directly
-    POST faults           {"action" | "*", "code", "status", "message", "count", "delay_ms"}
+    POST faults           {"action" | "*", "code", "status", "message", "count" | "seconds",
+                           "delay_ms"}: the next `count` calls (1), or every call for `seconds`
     GET calls             per-action counts (throttled calls included); GET throttled: the
                           throttled ones; GET calls/log; POST calls/reset (all three)
+    GET released          {"released": [[unix time, ENI, address], ...]}: every address an
+                          unassign call took off an ENI, since the start
     POST config           {"eni_ipv4_limit", "eni_ipv6_limit", "imds_delay_ms", "imds_down_ms",
                            "buckets": {name | "*": [size, refill per second] | null}}
 """
@@ -128,8 +131,11 @@ class Bed:
                 node = path[len("nodes/"):]
                 return 200, self.require_pods().node(node, self.pod_environment(node))
             if method == "POST" and path == "faults":
+                fault = dict(request, count=request.get("count", 1))
+                if "seconds" in request:  # every call for that long, however many
+                    fault["until"] = time.monotonic() + request["seconds"]
                 with state.lock:
-                    state.faults.setdefault(request["action"], []).append(dict(request, count=request.get("count", 1)))
+                    state.faults.setdefault(request["action"], []).append(fault)
                 return 200, {}
             if method == "GET" and path == "calls":
                 with state.lock:
@@ -140,6 +146,9 @@ class Bed:
             if method == "GET" and path == "calls/log":
                 with state.lock:
                     return 200, {"calls": [[action, at] for action, at in state.call_log]}
+            if method == "GET" and path == "released":
+                with state.lock:
+                    return 200, {"released": [list(entry) for entry in state.released]}
             if method == "POST" and path == "calls/reset":
                 with state.lock:
                     state.calls.clear()

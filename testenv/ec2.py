@@ -137,6 +137,8 @@ class State:
         self.changed_at: dict[tuple[str, str], list[tuple[float, bool]]] = {}
         self.buckets = {name: TokenBucket(*size) for name, size in DEFAULT_BUCKETS.items()}
         self.throttled: Counter[str] = Counter()
+        # Every address an unassign call took off an ENI: (wall-clock time, ENI, address).
+        self.released: list[tuple[float, str, str]] = []
         self.building = False
 
     @property
@@ -151,11 +153,17 @@ class State:
                            f"The networkInterface ID '{eni_id}' does not exist") from error
 
     def take_fault(self, action: str) -> dict | None:
+        """The fault the next `action` call meets: one of `count` calls, or every call until
+        `until` (monotonic time) for a fault given in seconds."""
         with self.lock:
             queue = self.faults.get(action) or self.faults.get("*")
+            while queue and "until" in queue[0] and time.monotonic() >= queue[0]["until"]:
+                queue.pop(0)
             if not queue:
                 return None
             fault = queue[0]
+            if "until" in fault:
+                return fault
             fault["count"] -= 1
             if fault["count"] <= 0:
                 queue.pop(0)
@@ -440,6 +448,7 @@ class Ec2Layer:
         dropped = self.drop_prefixes(eni, params, version)
         set_prefixes(eni, version, [prefix for prefix in prefixes_of(eni, version) if prefix not in dropped])
         self.state.record(eni.id, addresses, present=False)
+        self.state.released.extend((time.time(), eni.id, address) for address in addresses)
         return None if addresses else addresses_response(action, eni.id)
 
     def describe_interfaces(self, params):

@@ -129,6 +129,32 @@ def test_faults_and_call_counts(env):
     assert bed.control("GET", "calls") == {"AssignPrivateIpAddresses": 3}
 
 
+def test_a_fault_given_in_seconds_meets_every_call_until_it_ends(env):
+    bed, _ = env
+    bed.control("POST", "faults", {"action": "DescribeNetworkInterfaces", "code": "UnauthorizedOperation",
+                                   "status": 403, "seconds": 1})
+    client = boto3.client("ec2", region_name="us-east-2", endpoint_url=bed.ec2_endpoint, aws_access_key_id="testing",
+                          aws_secret_access_key="testing",
+                          config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+    for _ in range(3):
+        with pytest.raises(ClientError) as excinfo:
+            client.describe_network_interfaces()
+        assert error_code(excinfo) == "UnauthorizedOperation"
+    time.sleep(1.1)
+    client.describe_network_interfaces()
+
+
+def test_unassigned_addresses_are_logged_with_their_eni_and_time(env):
+    bed, ec2 = env
+    eni = eni_id(bed, "node1", "eth2")
+    ec2.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=["10.0.1.91"])
+    before = time.time()
+    ec2.unassign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=["10.0.1.91"])
+    at, released_from, address = bed.control("GET", "released")["released"][-1]
+    assert (released_from, address) == (eni, "10.0.1.91")
+    assert before <= at <= time.time()
+
+
 def imds_get(endpoint: str, path: str, token: str | None) -> tuple[int, str]:
     request = urllib.request.Request(f"{endpoint}/latest/meta-data/{path}")
     if token:
