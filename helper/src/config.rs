@@ -202,6 +202,12 @@ pub struct AgentSettings {
     #[arg(long = "allow-cidr", env = "IPMGR_ALLOW_CIDRS", value_delimiter = ',')]
     pub allow_cidrs: Vec<IpNet>,
 
+    /// Never give back addresses inside these CIDRs (repeatable; comma-separated in the env
+    /// var): the Multus addresses of pods whose namespace's kernel does not show them
+    /// (gVisor, DPDK or other userspace stacks, SR-IOV VFs, KubeVirt VMs).
+    #[arg(long = "keep-cidr", env = "IPMGR_KEEP_CIDRS", value_delimiter = ',')]
+    pub keep_cidrs: Vec<IpNet>,
+
     /// Log what would be given back and change nothing.
     #[arg(long, env = "IPMGR_DRY_RUN")]
     pub dry_run: bool,
@@ -271,12 +277,14 @@ impl AwsSettings {
 }
 
 impl AgentSettings {
-    /// When an unused address may be given back.
+    /// When an unused address may be given back, and how a failed unassign is retried.
     pub fn reclaim(&self) -> ReclaimOptions {
         ReclaimOptions {
             grace: Duration::from_secs(self.release_grace_seconds),
             scans: self.release_scans.max(1),
             allowed: self.allow_cidrs.clone(),
+            kept: self.keep_cidrs.clone(),
+            retry: self.aws.ec2_retry(),
         }
     }
 

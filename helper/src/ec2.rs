@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use aws_runtime::retries::classifiers::{THROTTLING_ERRORS, TRANSIENT_ERRORS};
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
@@ -295,28 +295,51 @@ impl Ec2 {
         Ok(output.network_interfaces().iter().map(record).collect())
     }
 
+    /// The same client, making every call once: the node agent decides again, from a
+    /// fresh scan and a fresh read of EC2, before it tries a failed unassign again.
+    pub fn single_attempt(&self) -> Ec2 {
+        Ec2 {
+            client: self.client.clone(),
+            retry: RetryPolicy {
+                budget: Duration::ZERO,
+                ..self.retry
+            },
+        }
+    }
+
     /// Gives back one ENI's addresses: an unassign call per family, and per address when EC2
-    /// refuses the batch (an address left the ENI between a lookup and the call). An address
-    /// EC2 says is no longer on the ENI is not a failure: it stays with its new holder.
-    pub async fn release(&self, change: &EniChange) -> Vec<Ec2Failure> {
-        let mut failures = Vec::new();
+    /// refuses a batch for good (an address left the ENI between a lookup and the call):
+    /// each call with what became of its addresses. An address EC2 says is no longer on the
+    /// ENI is not a failure: it stays with its new holder. No call starts after
+    /// `fresh_until`, when given (the view that decided the release is too old by then).
+    pub async fn release(
+        &self,
+        change: &EniChange,
+        fresh_until: Option<Instant>,
+    ) -> Vec<(EniChange, Unassigned)> {
+        let fresh = || fresh_until.is_none_or(|until| Instant::now() <= until);
+        let mut outcomes = Vec::new();
         for call in change.calls() {
-            let failure = match self.unassign_call(&call).await {
-                Ok(()) => continue,
-                Err(failure) if call.len() == 1 => {
-                    failures.extend(moved_or(failure));
-                    continue;
+            if !fresh() {
+                outcomes.push((call, Unassigned::Stale));
+                continue;
+            }
+            match self.unassign_call(&call).await {
+                Err(failure) if call.len() > 1 && failure.class == ErrorClass::Persistent => {
+                    tracing::warn!(%failure, "EC2 refused the release batch; releasing the addresses one by one");
+                    for single in call.singles() {
+                        let outcome = if fresh() {
+                            Unassigned::from(self.unassign_call(&single).await)
+                        } else {
+                            Unassigned::Stale
+                        };
+                        outcomes.push((single, outcome));
+                    }
                 }
-                Err(failure) => failure,
-            };
-            tracing::warn!(%failure, "EC2 refused the release batch; releasing the addresses one by one");
-            for single in call.singles() {
-                if let Err(failure) = self.unassign_call(&single).await {
-                    failures.extend(moved_or(failure));
-                }
+                result => outcomes.push((call, Unassigned::from(result))),
             }
         }
-        failures
+        outcomes
     }
 
     /// One unassign call (a change of one family).
@@ -331,15 +354,37 @@ impl Ec2 {
     }
 }
 
-/// `None` when EC2 refused because the address is no longer on the ENI (it moved to its
-/// new holder, which keeps it); the failure otherwise.
-fn moved_or(failure: Ec2Failure) -> Option<Ec2Failure> {
-    if failure.code == "InvalidParameterValue" && failure.message.contains("not assigned") {
-        tracing::info!(addresses = ?failure.addresses, eni = failure.target, "no longer on the ENI: left with its new holder");
-        None
-    } else {
-        Some(failure)
+/// What became of the addresses of one unassign call.
+#[derive(Debug)]
+pub enum Unassigned {
+    /// EC2 took them back.
+    Released,
+    /// EC2 says they are no longer on the ENI: they stay with their new holder.
+    NotOnEni,
+    /// Not called: the view that decided the release was too old by then.
+    Stale,
+    /// The call failed.
+    Failed(Ec2Failure),
+}
+
+impl From<Result<(), Ec2Failure>> for Unassigned {
+    fn from(result: Result<(), Ec2Failure>) -> Self {
+        match result {
+            Ok(()) => Unassigned::Released,
+            Err(failure) if not_on_the_eni(&failure) => {
+                tracing::info!(addresses = ?failure.addresses, eni = failure.target, "no longer on the ENI: left with its new holder");
+                Unassigned::NotOnEni
+            }
+            Err(failure) => Unassigned::Failed(failure),
+        }
     }
+}
+
+/// Whether EC2 refused because the address is no longer on the ENI (it moved to its new
+/// holder, which keeps it): EC2 answers InvalidParameterValue, "... not assigned to
+/// interface ...".
+fn not_on_the_eni(failure: &Ec2Failure) -> bool {
+    failure.code == "InvalidParameterValue" && failure.message.contains("not assigned")
 }
 
 /// What the helper needs of one DescribeNetworkInterfaces entry.

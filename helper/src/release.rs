@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use ipmgr_eni::{Assignment, release};
 
+use crate::ec2::Unassigned;
 use crate::failure::RunError;
 use crate::pass::Helper;
 
@@ -38,7 +39,11 @@ impl Helper {
             .map_err(|failure| RunError::Release(vec![failure]))?;
         let mut failures = Vec::new();
         for change in release(&ours, &enis) {
-            failures.extend(self.ec2.release(&change).await);
+            for (_, outcome) in self.ec2.release(&change, None).await {
+                if let Unassigned::Failed(failure) = outcome {
+                    failures.push(failure);
+                }
+            }
         }
         if failures.is_empty() {
             Ok(())

@@ -1,8 +1,9 @@
 //! Offline validation against the Kubernetes OpenAPI schema (PyPI `kubernetes-validate
 //! --strict`, pinned in `tests/requirements.txt` and installed by `scripts/test`): the
 //! kustomize builds of `manifests/`, `certs/cert-manager/` and `manifests/agent/`, every
-//! manifest file, and every golden output. Kinds from CRDs (NetworkAttachmentDefinition, cert-manager) have no schema
-//! there and are the only warnings allowed.
+//! manifest file, and every golden output. Kinds from CRDs (NetworkAttachmentDefinition,
+//! cert-manager, the Prometheus Operator's PrometheusRule) have no schema there and are the
+//! only warnings allowed.
 //!
 //! Without `kubectl` or `kubernetes-validate` a test is skipped with a note, so a plain
 //! `cargo test` works anywhere; `scripts/test` sets `IPMGR_REQUIRE_TOOLS`, which turns a
@@ -18,7 +19,12 @@ use ipmgr_webhook::certs::{ServiceIdentity, write_for_kustomize};
 
 /// Oldest version with native sidecars on by default, and the newest the validator knows.
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.37.0"];
-const CRD_KINDS: [&str; 3] = ["NetworkAttachmentDefinition", "Issuer", "Certificate"];
+const CRD_KINDS: [&str; 4] = [
+    "NetworkAttachmentDefinition",
+    "Issuer",
+    "Certificate",
+    "PrometheusRule",
+];
 
 fn repo_root() -> PathBuf {
     common::test_path("../..")

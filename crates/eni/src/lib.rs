@@ -29,5 +29,7 @@ pub use plan::{
     MatchedBy, Placement, Plan, PlanOptions, RejectReason, Rejection, VPC_CNI_INTERFACES, plan,
     unconfirmed,
 };
-pub use reclaim::{Absences, Keep, ReclaimOptions, verify_release};
+pub use reclaim::{
+    Absences, AfterFailure, Keep, ReclaimOptions, ScanVerdict, secondary_addresses, verify_release,
+};
 pub use retry::{Backoff, ErrorClass, RetryPolicy};

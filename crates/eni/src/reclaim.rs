@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
-use crate::{Assignment, EniChange, EniRecord, NodeFacts, OwnershipPolicy};
+use crate::{
+    Assignment, EniChange, EniRecord, ErrorClass, NodeFacts, OwnershipPolicy, RetryPolicy,
+};
 
 /// When an unused address may be given back.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +22,21 @@ pub struct ReclaimOptions {
     pub scans: u32,
     /// When not empty, only addresses inside these networks are ever given back.
     pub allowed: Vec<IpNet>,
+    /// Addresses inside these networks are never given back: pods whose addresses the
+    /// kernel of their namespace does not show (gVisor, DPDK, SR-IOV VFs, KubeVirt).
+    pub kept: Vec<IpNet>,
+    /// How an unassign call that EC2 throttled or that failed transiently is tried again;
+    /// when the budget is spent, or EC2 refused for good, the grace period starts over.
+    pub retry: RetryPolicy,
+}
+
+impl ReclaimOptions {
+    /// Whether the scope settings (`allowed`, `kept`) let the agent ever give `address` back.
+    pub fn may_release(&self, address: IpAddr) -> bool {
+        let allowed =
+            self.allowed.is_empty() || self.allowed.iter().any(|net| net.contains(&address));
+        allowed && !self.kept.iter().any(|net| net.contains(&address))
+    }
 }
 
 /// One address seen on a Multus ENI and in no pod.
@@ -27,19 +44,65 @@ pub struct ReclaimOptions {
 struct Absence {
     since: Instant,
     scans: u32,
+    /// Set after an unassign attempt failed in a way worth retrying.
+    retry: Option<Retry>,
+}
+
+/// The retries of one address's unassign.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Retry {
+    /// When the first attempt failed.
+    first: Instant,
+    /// Failed attempts in a row.
+    failures: u32,
+    /// The next attempt is not before this.
+    not_before: Instant,
+}
+
+/// What becomes of an address whose unassign failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Tried again after this delay, from a fresh decision (new scan, new read of EC2).
+    RetryIn(Duration),
+    /// EC2 refused for good, or the retry budget is spent: the grace period starts over.
+    GraceAgain,
 }
 
 /// What the agent remembers between scans: since when, and for how many scans in a row,
-/// each secondary address of a Multus ENI has been in no pod.
+/// each secondary address of a Multus ENI has been in no pod, and the retries of the ones
+/// whose unassign failed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Absences {
     absent: BTreeMap<Assignment, Absence>,
 }
 
+/// Every secondary address of the node's Multus ENIs (`multus`, by EC2's tags), as
+/// metadata lists them: what the agent could ever give back. Primary ENIs and every ENI's
+/// primary address are left out.
+pub fn secondary_addresses(node: &NodeFacts, multus: &BTreeSet<String>) -> Vec<Assignment> {
+    node.enis
+        .iter()
+        .filter(|eni| multus.contains(&eni.id) && !node.is_primary(eni))
+        .flat_map(|eni| {
+            let primary = eni.primary_ipv4().map(IpAddr::V4);
+            let secondary_ipv4 = eni.ipv4.iter().map(|&v4| IpAddr::V4(v4));
+            let ipv6 = eni.ipv6.iter().map(|&v6| IpAddr::V6(v6));
+            secondary_ipv4
+                .chain(ipv6)
+                .filter(move |&address| Some(address) != primary)
+                .map(|address| Assignment {
+                    eni_id: eni.id.clone(),
+                    address,
+                })
+        })
+        .collect()
+}
+
 impl Absences {
-    /// Takes in one scan: the node as metadata shows it, the ids of its Multus ENIs (by
-    /// EC2's tags), and every address the node's pods (and the node itself) carry. Returns
-    /// the addresses due to be given back: absent for the grace period and the scans.
+    /// Takes in one trusted scan (see [`ScanVerdict`]): the node as metadata shows it, the
+    /// ids of its Multus ENIs (by EC2's tags), and every address the node's pods (and the
+    /// node itself) carry. Returns the addresses due to be given back: absent for the grace
+    /// period and the scans, and not waiting for a retry.
     pub fn observe(
         &mut self,
         node: &NodeFacts,
@@ -48,30 +111,10 @@ impl Absences {
         options: &ReclaimOptions,
         now: Instant,
     ) -> Vec<Assignment> {
-        let unused: BTreeSet<Assignment> = node
-            .enis
-            .iter()
-            .filter(|eni| multus.contains(&eni.id) && !node.is_primary(eni))
-            .flat_map(|eni| {
-                let primary = eni.primary_ipv4().map(IpAddr::V4);
-                let secondary_ipv4 = eni.ipv4.iter().map(|&v4| IpAddr::V4(v4));
-                let ipv6 = eni.ipv6.iter().map(|&v6| IpAddr::V6(v6));
-                secondary_ipv4
-                    .chain(ipv6)
-                    .filter(move |&address| Some(address) != primary)
-                    .map(|address| Assignment {
-                        eni_id: eni.id.clone(),
-                        address,
-                    })
-            })
+        let unused: BTreeSet<Assignment> = secondary_addresses(node, multus)
+            .into_iter()
             .filter(|assignment| !in_use.contains(&assignment.address))
-            .filter(|assignment| {
-                options.allowed.is_empty()
-                    || options
-                        .allowed
-                        .iter()
-                        .any(|net| net.contains(&assignment.address))
-            })
+            .filter(|assignment| options.may_release(assignment.address))
             .collect();
         self.absent
             .retain(|assignment, _| unused.contains(assignment));
@@ -82,42 +125,122 @@ impl Absences {
                 .or_insert(Absence {
                     since: now,
                     scans: 1,
+                    retry: None,
                 });
         }
         self.absent
             .iter()
-            .filter(|(_, absence)| {
-                absence.scans >= options.scans && now.duration_since(absence.since) >= options.grace
+            .filter(|(_, absence)| match absence.retry {
+                Some(retry) => now >= retry.not_before,
+                None => {
+                    absence.scans >= options.scans
+                        && now.duration_since(absence.since) >= options.grace
+                }
             })
             .map(|(assignment, _)| assignment.clone())
             .collect()
     }
 
-    /// Forgets an address (given back, or found to be no longer there).
+    /// Forgets an address (given back, kept for a reason, or found to be no longer there).
     pub fn forget(&mut self, assignment: &Assignment) {
         self.absent.remove(assignment);
     }
 
-    /// Starts an address's grace period over (giving it back failed: it is tried again when
-    /// the period ends, not at once).
-    pub fn postpone(&mut self, assignment: &Assignment, now: Instant) {
-        if let Some(absence) = self.absent.get_mut(assignment) {
-            absence.since = now;
+    /// Takes in a failed unassign attempt of `assignment` (EC2's error `class`, `jitter` in
+    /// `[0, 1)`): a throttled or transient failure is tried again within the retry budget,
+    /// from a fresh decision; anything else starts the grace period over.
+    pub fn failed(
+        &mut self,
+        assignment: &Assignment,
+        class: ErrorClass,
+        options: &ReclaimOptions,
+        now: Instant,
+        jitter: f64,
+    ) -> AfterFailure {
+        let Some(absence) = self.absent.get_mut(assignment) else {
+            return AfterFailure::GraceAgain;
+        };
+        let (first, failures) = absence
+            .retry
+            .map_or((now, 1), |retry| (retry.first, retry.failures + 1));
+        match options
+            .retry
+            .next_delay(class, failures, now.duration_since(first), jitter)
+        {
+            Some(delay) => {
+                absence.retry = Some(Retry {
+                    first,
+                    failures,
+                    not_before: now + delay,
+                });
+                AfterFailure::RetryIn(delay)
+            }
+            None => {
+                absence.since = now;
+                absence.retry = None;
+                AfterFailure::GraceAgain
+            }
         }
     }
 
-    /// When the first waiting address's grace period ends (a scan then can give it back);
+    /// When the next address becomes due (its grace period ends, or its retry is due);
     /// `None` when nothing waits.
     pub fn next_due(&self, options: &ReclaimOptions) -> Option<Instant> {
         self.absent
             .values()
-            .map(|absence| absence.since + options.grace)
+            .map(|absence| match absence.retry {
+                Some(retry) => retry.not_before,
+                None => absence.since + options.grace,
+            })
             .min()
     }
 
-    /// How many addresses are waiting out their grace period.
+    /// How many addresses are waiting out their grace period or a retry.
     pub fn waiting(&self) -> usize {
         self.absent.len()
+    }
+}
+
+/// Whether one scan of the node's pods is a view the agent may act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanVerdict {
+    /// Every namespace was read: addresses in none of them are unused.
+    Trusted,
+    /// Some namespaces could not be read (a sandbox being made or removed, or a runtime
+    /// the agent cannot enter): nothing is given back.
+    Incomplete {
+        /// How many.
+        unreadable: usize,
+    },
+    /// No pod namespace at all, while the node's Multus ENIs hold secondary addresses:
+    /// the agent looks at the wrong directory (or cannot see the runtime's mounts), not at
+    /// a node without pods. Nothing is given back.
+    Blind {
+        /// The secondary addresses of the Multus ENIs.
+        held: usize,
+    },
+}
+
+impl ScanVerdict {
+    /// Judges a scan that read `namespaces` pod namespaces and could not read `unreadable`
+    /// entries, on a node whose Multus ENIs hold `held` secondary addresses.
+    pub fn judge(namespaces: usize, unreadable: usize, held: usize) -> ScanVerdict {
+        if unreadable > 0 {
+            ScanVerdict::Incomplete { unreadable }
+        } else if namespaces == 0 && held > 0 {
+            ScanVerdict::Blind { held }
+        } else {
+            ScanVerdict::Trusted
+        }
+    }
+
+    /// The metric and log label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ScanVerdict::Trusted => "complete",
+            ScanVerdict::Incomplete { .. } => "incomplete",
+            ScanVerdict::Blind { .. } => "empty",
+        }
     }
 }
 

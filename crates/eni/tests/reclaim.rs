@@ -6,8 +6,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use ipmgr_eni::{
-    Absences, Assignment, Eni, EniChange, EniRecord, Keep, MacAddr, NO_MANAGE_TAG, NodeFacts,
-    OwnershipPolicy, ReclaimOptions, verify_release,
+    Absences, AfterFailure, Assignment, Backoff, Eni, EniChange, EniRecord, ErrorClass, Keep,
+    MacAddr, NO_MANAGE_TAG, NodeFacts, OwnershipPolicy, ReclaimOptions, RetryPolicy, ScanVerdict,
+    secondary_addresses, verify_release,
 };
 use pretty_assertions::assert_eq;
 use rstest::{fixture, rstest};
@@ -56,11 +57,25 @@ fn multus() -> BTreeSet<String> {
     ["eni-multus".to_owned(), "eni-primary".to_owned()].into()
 }
 
+/// Retries: throttles wait between 12 s and the time waited (at most 24 s), within 300 s.
+const RETRY: RetryPolicy = RetryPolicy {
+    transient: Backoff {
+        initial: Duration::from_secs(1),
+        factor: 2,
+        max: Duration::from_secs(24),
+    },
+    throttle_min: Duration::from_secs(12),
+    max: Duration::from_secs(24),
+    budget: Duration::from_secs(300),
+};
+
 fn options() -> ReclaimOptions {
     ReclaimOptions {
         grace: Duration::from_secs(60),
         scans: 2,
         allowed: Vec::new(),
+        kept: Vec::new(),
+        retry: RETRY,
     }
 }
 
@@ -159,6 +174,7 @@ fn the_allow_list_bounds_what_is_ever_given_back(node: NodeFacts) {
         grace: Duration::ZERO,
         scans: 1,
         allowed: vec!["10.0.1.48/29".parse().expect("cidr")],
+        ..options()
     };
     let due = absences.observe(&node, &multus(), &BTreeSet::new(), &options, Instant::now());
     assert_eq!(
@@ -231,4 +247,149 @@ fn a_primary_eni_is_never_given_back_from_even_when_tagged() {
     );
     assert_eq!(released, vec![]);
     assert_eq!(kept[0].1, Keep::Primary);
+}
+
+#[rstest]
+fn kept_cidrs_are_never_given_back_even_inside_the_allow_list(node: NodeFacts) {
+    let mut absences = Absences::default();
+    let options = ReclaimOptions {
+        grace: Duration::ZERO,
+        scans: 1,
+        allowed: vec!["10.0.1.0/24".parse().expect("cidr")],
+        kept: vec![
+            "10.0.1.51/32".parse().expect("cidr"),
+            "2600::/64".parse().expect("cidr"),
+        ],
+        ..options()
+    };
+    let due = absences.observe(&node, &multus(), &BTreeSet::new(), &options, Instant::now());
+    assert_eq!(due, vec![on("eni-multus", "10.0.1.50")]);
+    assert_eq!(absences.waiting(), 1, "kept addresses do not even wait");
+}
+
+/// An absences table with `10.0.1.50` due at `start + 61 s` (nothing else unused).
+fn due_at_61s(node: &NodeFacts, start: Instant) -> Absences {
+    let mut absences = Absences::default();
+    let others: BTreeSet<IpAddr> = [ip("10.0.1.51"), ip("2600::50")].into();
+    absences.observe(node, &multus(), &others, &options(), start);
+    let due = absences.observe(
+        node,
+        &multus(),
+        &others,
+        &options(),
+        start + Duration::from_secs(61),
+    );
+    assert_eq!(due, vec![on("eni-multus", "10.0.1.50")]);
+    absences
+}
+
+#[rstest]
+fn a_throttled_unassign_is_due_again_only_after_its_delay(node: NodeFacts) {
+    let start = Instant::now();
+    let mut absences = due_at_61s(&node, start);
+    let address = on("eni-multus", "10.0.1.50");
+    let others: BTreeSet<IpAddr> = [ip("10.0.1.51"), ip("2600::50")].into();
+    let failed_at = start + Duration::from_secs(61);
+    let after = absences.failed(&address, ErrorClass::Throttling, &options(), failed_at, 0.5);
+    assert_eq!(
+        after,
+        AfterFailure::RetryIn(Duration::from_secs(6)),
+        "half of the 12 s ceiling"
+    );
+    assert_eq!(
+        absences.next_due(&options()),
+        Some(failed_at + Duration::from_secs(6))
+    );
+    let early = absences.observe(
+        &node,
+        &multus(),
+        &others,
+        &options(),
+        failed_at + Duration::from_secs(5),
+    );
+    assert_eq!(early, vec![], "not before the delay");
+    let again = absences.observe(
+        &node,
+        &multus(),
+        &others,
+        &options(),
+        failed_at + Duration::from_secs(6),
+    );
+    assert_eq!(again, vec![address], "due again, to be decided afresh");
+}
+
+#[rstest]
+fn a_pod_that_takes_the_address_during_a_retry_cancels_it(node: NodeFacts) {
+    let start = Instant::now();
+    let mut absences = due_at_61s(&node, start);
+    let address = on("eni-multus", "10.0.1.50");
+    let failed_at = start + Duration::from_secs(61);
+    absences.failed(&address, ErrorClass::Throttling, &options(), failed_at, 0.0);
+    let everything: BTreeSet<IpAddr> = [ip("10.0.1.50"), ip("10.0.1.51"), ip("2600::50")].into();
+    let due = absences.observe(
+        &node,
+        &multus(),
+        &everything,
+        &options(),
+        failed_at + Duration::from_secs(1),
+    );
+    assert_eq!(due, vec![]);
+    assert_eq!(
+        absences.waiting(),
+        0,
+        "the retry is forgotten with the absence"
+    );
+    assert_eq!(absences.next_due(&options()), None);
+}
+
+#[rstest]
+#[case::refused_for_good(ErrorClass::Persistent, Duration::from_secs(61))]
+#[case::retries_spent(ErrorClass::Throttling, Duration::from_secs(61 + 300))]
+fn a_release_that_cannot_go_through_waits_another_grace_period(
+    node: NodeFacts,
+    #[case] class: ErrorClass,
+    #[case] at: Duration,
+) {
+    let start = Instant::now();
+    let mut absences = due_at_61s(&node, start);
+    let address = on("eni-multus", "10.0.1.50");
+    if class == ErrorClass::Throttling {
+        let first = start + Duration::from_secs(61);
+        absences.failed(&address, class, &options(), first, 0.0);
+    }
+    let after = absences.failed(&address, class, &options(), start + at, 0.5);
+    assert_eq!(after, AfterFailure::GraceAgain);
+    assert_eq!(
+        absences.next_due(&options()),
+        Some(start + at + Duration::from_secs(60))
+    );
+}
+
+#[rstest]
+#[case::every_namespace_read(3, 0, 4, ScanVerdict::Trusted)]
+#[case::a_node_without_pods_or_addresses(0, 0, 0, ScanVerdict::Trusted)]
+#[case::a_sandbox_being_made(3, 1, 4, ScanVerdict::Incomplete { unreadable: 1 })]
+#[case::the_wrong_directory(0, 0, 4, ScanVerdict::Blind { held: 4 })]
+#[case::unreadable_and_empty(0, 2, 4, ScanVerdict::Incomplete { unreadable: 2 })]
+fn only_a_complete_view_of_the_pods_is_acted_on(
+    #[case] namespaces: usize,
+    #[case] unreadable: usize,
+    #[case] held: usize,
+    #[case] verdict: ScanVerdict,
+) {
+    assert_eq!(ScanVerdict::judge(namespaces, unreadable, held), verdict);
+}
+
+#[rstest]
+fn the_addresses_the_agent_could_give_back_leave_out_primaries(node: NodeFacts) {
+    let held = secondary_addresses(&node, &multus());
+    assert_eq!(
+        held,
+        vec![
+            on("eni-multus", "10.0.1.50"),
+            on("eni-multus", "10.0.1.51"),
+            on("eni-multus", "2600::50"),
+        ],
+        "not the primary ENI's pool, not eni-multus's primary 10.0.1.10, not the untagged ENI"
+    );
 }

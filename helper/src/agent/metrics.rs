@@ -1,8 +1,8 @@
 //! The agent's Prometheus metrics and the small plain-HTTP endpoint that serves them,
-//! with `/healthz` and `/readyz` (ready once the first scan is done).
+//! with `/healthz` and `/readyz` (ready while the agent sees the node's pods and EC2: see
+//! [`AgentMetrics::set_unready`]).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -19,6 +19,13 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct ReasonLabel {
     /// Why an address was kept.
     pub reason: &'static str,
+}
+
+/// Label `result` of the scans counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `complete`, `incomplete`, `empty` or `failed`.
+    pub result: &'static str,
 }
 
 /// Label `action` of the errors counter.
@@ -44,9 +51,17 @@ pub struct AgentMetrics {
     pub refused: Family<ReasonLabel, Counter>,
     /// Failures, by action.
     pub errors: Family<ActionLabel, Counter>,
+    /// Scans of the pod namespaces, by result.
+    pub scans: Family<ResultLabel, Counter>,
+    /// Release decisions dropped before any call, because they could not be made again
+    /// from a fresh view (reason `describe`, `scan`) or it aged (`stale`).
+    pub dropped: Family<ReasonLabel, Counter>,
+    /// 1 while ready, 0 otherwise.
+    pub ready: Gauge,
     /// How long scans take.
     pub scan_seconds: Histogram,
-    ready: AtomicBool,
+    /// Why the agent is not ready; `None` when it is.
+    unready: Mutex<Option<String>>,
 }
 
 impl Default for AgentMetrics {
@@ -59,8 +74,11 @@ impl Default for AgentMetrics {
             released: Counter::default(),
             refused: Family::default(),
             errors: Family::default(),
+            scans: Family::default(),
+            dropped: Family::default(),
+            ready: Gauge::default(),
             scan_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
-            ready: AtomicBool::new(false),
+            unready: Mutex::new(Some("the first scan is not done".to_owned())),
         };
         let registry = &mut metrics.registry;
         registry.register(
@@ -90,6 +108,21 @@ impl Default for AgentMetrics {
         );
         registry.register("errors", "Failures, by action", metrics.errors.clone());
         registry.register(
+            "scans",
+            "Scans of the pod namespaces, by result (complete, incomplete, empty: no pod namespace while the Multus ENIs hold addresses, failed)",
+            metrics.scans.clone(),
+        );
+        registry.register(
+            "decisions_dropped",
+            "Release decisions dropped because they could not be taken again from a fresh view, by reason",
+            metrics.dropped.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 while the agent sees the node's pods, instance metadata and EC2",
+            metrics.ready.clone(),
+        );
+        registry.register(
             "scan_duration_seconds",
             "How long a scan of the pod namespaces takes",
             metrics.scan_seconds.clone(),
@@ -99,14 +132,46 @@ impl Default for AgentMetrics {
 }
 
 impl AgentMetrics {
-    /// Marks the agent ready (the first scan is done).
+    /// Marks the agent ready: it sees the node's pods and EC2.
     pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Relaxed);
+        *self
+            .unready
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        self.ready.set(1);
+    }
+
+    /// Marks the agent not ready, saying why (the `/readyz` body).
+    pub fn set_unready(&self, reason: String) {
+        *self
+            .unready
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reason);
+        self.ready.set(0);
+    }
+
+    fn unready_reason(&self) -> Option<String> {
+        self.unready
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Counts one failure of `action`.
     pub fn error(&self, action: &'static str) {
         self.errors.get_or_create(&ActionLabel { action }).inc();
+    }
+
+    /// Counts one scan with `result`.
+    pub fn scanned(&self, result: &'static str) {
+        self.scans.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts release decisions dropped for `reason`.
+    pub fn drop_decisions(&self, reason: &'static str, count: usize) {
+        self.dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(count as u64);
     }
 
     fn text(&self) -> String {
@@ -155,14 +220,14 @@ async fn answer(mut stream: TcpStream, metrics: &AgentMetrics) -> std::io::Resul
             metrics.text(),
         ),
         (b"GET", b"/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
-        (b"GET", b"/readyz") if metrics.ready.load(Ordering::Relaxed) => {
-            ("200 OK", "text/plain", "ready\n".to_owned())
-        }
-        (b"GET", b"/readyz") => (
-            "503 Service Unavailable",
-            "text/plain",
-            "the first scan is not done\n".to_owned(),
-        ),
+        (b"GET", b"/readyz") => match metrics.unready_reason() {
+            None => ("200 OK", "text/plain", "ready\n".to_owned()),
+            Some(reason) => (
+                "503 Service Unavailable",
+                "text/plain",
+                format!("{reason}\n"),
+            ),
+        },
         _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
     };
     let response = format!(

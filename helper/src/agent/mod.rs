@@ -2,29 +2,38 @@
 //! gives back the addresses of pods that are gone, so ENIs never fill up: init-mode pods
 //! never release, and a sidecar that was OOM-killed or force-deleted could not.
 //!
+//! The invariant: no address a live pod on the node carries ever leaves its ENI.
+//!
 //! Each scan reads every pod network namespace of the runtime's netns directory (on its
 //! changes, through inotify, and every `--resync-seconds`) and the node's ENIs from instance
-//! metadata; [`Absences`] decides what no pod carries for the grace period and in
-//! consecutive scans. Just before giving an address back the agent reads the ENIs from EC2
-//! and [`verify_release`] keeps what it must not touch. Nothing is called while nothing
-//! changes.
+//! metadata; [`ScanVerdict`] says whether the view can be trusted (every namespace read, and
+//! not an empty directory while the Multus ENIs hold addresses), and only then [`Absences`]
+//! decides what no pod carries for the grace period and in consecutive scans. Every unassign
+//! attempt, the first and each retry, is decided afresh: the agent reads the ENIs from EC2,
+//! scans the pods again, and [`verify_release`] keeps what a pod carries or what moved; the
+//! call goes out only while that view is at most [`FRESH`] old, and a decision that cannot
+//! be refreshed is dropped and taken again later. EC2 and metadata failures are never fatal:
+//! the agent says so in `/readyz` and its metrics and tries again. Nothing is called while
+//! nothing changes.
 
 pub mod metrics;
 pub mod netns;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use inotify::{Inotify, WatchMask};
-use ipmgr_eni::{Absences, Assignment, EniRecord, Keep, NodeFacts, verify_release};
+use ipmgr_eni::{
+    Absences, AfterFailure, Assignment, Backoff, EniRecord, Keep, NodeFacts, ScanVerdict,
+    secondary_addresses, verify_release,
+};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::AgentSettings;
 use crate::connect::aws;
-use crate::ec2::Ec2;
+use crate::ec2::{Ec2, Unassigned};
 use crate::failure::RunError;
 use crate::metadata::Metadata;
 use metrics::{AgentMetrics, ReasonLabel};
@@ -34,24 +43,59 @@ use netns::{Scan, ScanError};
 /// mounted in a few steps.
 const SETTLE: Duration = Duration::from_millis(200);
 
+/// The oldest view an unassign call may act on: the read of EC2 and the scan of the pods
+/// that decided it are at most this old when the call goes out.
+pub const FRESH: Duration = Duration::from_secs(2);
+
+/// After a round that could not see the node (a namespace being made, metadata or EC2 not
+/// answering), the next one comes this soon (or on a change of the netns directory). An
+/// empty view waits for the resync: it does not pass by itself.
+const RETRY_ROUND: Duration = Duration::from_secs(5);
+
+/// Incomplete scans in a row after which the agent says it is not ready: one alone is a
+/// sandbox being made or removed.
+const INCOMPLETE_UNREADY: u32 = 3;
+
+/// Spacing of the start-up attempts to reach instance metadata (each one retries within
+/// `--metadata-retry-seconds` itself).
+const CONNECT_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_secs(1),
+    factor: 2,
+    max: Duration::from_secs(30),
+};
+
 /// The running agent.
 #[derive(Debug)]
 struct Agent {
     settings: AgentSettings,
     metadata: Metadata,
+    /// Reads of the node's ENIs, retried within the budget.
     ec2: Ec2,
+    /// The release path: every call made once, so that each attempt is decided afresh.
+    release_ec2: Ec2,
     node: NodeFacts,
-    /// The node's ENIs as EC2 lists them; re-read when metadata shows another set of ENIs.
-    records: Vec<EniRecord>,
+    /// The node's ENIs as EC2 lists them; `None` until EC2 answered.
+    records: Option<Vec<EniRecord>>,
     /// The ids of the node's Multus ENIs (by `records`), less any EC2 later disowned.
     multus: BTreeSet<String>,
+    /// When to read the node's ENIs from EC2 again after one was left alone.
+    reread_enis: Option<Instant>,
     absences: Absences,
+    /// Whether the last round saw a view the agent could act on.
+    trusted: bool,
+    /// Whether the last round's view may pass soon (see [`RETRY_ROUND`]).
+    retry_soon: bool,
+    /// Incomplete scans in a row.
+    incomplete: u32,
     metrics: Arc<AgentMetrics>,
 }
 
-/// Runs the agent until SIGTERM or SIGINT.
+/// Runs the agent until SIGTERM or SIGINT. Only what the agent cannot get past by waiting
+/// ends it: a netns directory that is missing or unreadable at start-up, a metrics address
+/// it cannot listen on, and namespaces it may not enter.
 pub async fn run(settings: AgentSettings) -> Result<(), RunError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+    netns::check_directory(&settings.netns_dir)?;
     let metrics = Arc::new(AgentMetrics::default());
     let listener = TcpListener::bind(settings.metrics_listen)
         .await
@@ -61,28 +105,42 @@ pub async fn run(settings: AgentSettings) -> Result<(), RunError> {
         })?;
     tokio::spawn(metrics::serve(listener, Arc::clone(&metrics)));
     let mut events = watch(&settings.netns_dir)?;
-    let (metadata, ec2, node) = aws(&settings.aws).await?;
+    let connected = tokio::select! {
+        connected = connect(&settings, &metrics) => connected,
+        _ = terminate.recv() => return Ok(()),
+        _ = tokio::signal::ctrl_c() => return Ok(()),
+    };
+    let (metadata, ec2, node) = connected;
     let mut agent = Agent {
         metadata,
+        release_ec2: ec2.single_attempt(),
         ec2,
         node,
-        records: Vec::new(),
+        records: None,
         multus: BTreeSet::new(),
+        reread_enis: None,
         absences: Absences::default(),
+        trusted: false,
+        retry_soon: false,
+        incomplete: 0,
         metrics,
         settings,
     };
-    agent.read_enis().await?;
     tracing::info!(
         instance = agent.node.instance_id,
-        multus_enis = ?agent.multus,
         netns_dir = %agent.settings.netns_dir.display(),
         grace_s = agent.settings.release_grace_seconds,
+        keep = ?agent.settings.keep_cidrs,
         dry_run = agent.settings.dry_run,
         "node agent started"
     );
     loop {
-        agent.scan().await?;
+        let round = agent.round();
+        tokio::select! {
+            finished = round => finished?,
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
         let next = agent.next_scan();
         tokio::select! {
             changed = events.next_change() => {
@@ -101,68 +159,50 @@ pub async fn run(settings: AgentSettings) -> Result<(), RunError> {
     Ok(())
 }
 
-impl Agent {
-    /// Reads the node's ENIs from EC2 and which of them are Multus ENIs.
-    async fn read_enis(&mut self) -> Result<(), RunError> {
-        self.records = self.ec2.node_enis(&self.node.instance_id).await?;
-        let policy = self.settings.aws.ownership();
-        self.multus = self
-            .records
-            .iter()
-            .filter(|record| record.multus(policy).is_ok() && record.attachment != Some((0, 0)))
-            .map(|record| record.id.clone())
-            .collect();
-        Ok(())
-    }
-
-    /// When to scan next without a change of the netns directory: at the resync interval, or
-    /// sooner, when a waiting address's grace period ends.
-    fn next_scan(&self) -> tokio::time::Instant {
-        let now = Instant::now();
-        let resync = now + self.settings.resync();
-        let due = self
-            .absences
-            .next_due(&self.settings.reclaim())
-            .map_or(resync, |due| due.max(now + SETTLE));
-        tokio::time::Instant::from_std(due.min(resync))
-    }
-
-    /// One scan, and the release round it may call for.
-    async fn scan(&mut self) -> Result<(), RunError> {
-        let started = Instant::now();
-        let dir = self.settings.netns_dir.clone();
-        let scanned = tokio::task::spawn_blocking(move || netns::scan(&dir))
-            .await
-            .map_err(|error| ScanError::Thread(std::io::Error::other(error)))?;
-        let scan = match scanned {
-            Ok(scan) => scan,
-            Err(error @ ScanError::Permission { .. }) => return Err(error.into()),
+/// Reaches instance metadata and builds the EC2 client, trying again until it works: an
+/// agent that cannot reach metadata yet waits, not ready, rather than restart.
+async fn connect(settings: &AgentSettings, metrics: &AgentMetrics) -> (Metadata, Ec2, NodeFacts) {
+    let mut failures = 0;
+    loop {
+        match aws(&settings.aws).await {
+            Ok(connected) => return connected,
             Err(error) => {
-                tracing::error!(%error, "scan failed; nothing is given back until one succeeds");
-                self.metrics.error("scan");
-                return Ok(());
+                failures += 1;
+                tracing::error!(%error, "cannot start: instance metadata unreachable; trying again");
+                metrics.error("metadata");
+                metrics.set_unready(format!("instance metadata unreachable: {error}"));
+                tokio::time::sleep(CONNECT_BACKOFF.jittered(failures, fastrand::f64())).await;
             }
+        }
+    }
+}
+
+impl Agent {
+    /// One round: scan, read the node, and give back what is due, if the view allows.
+    async fn round(&mut self) -> Result<(), RunError> {
+        self.trusted = false;
+        self.retry_soon = true;
+        let Some(scan) = self.scan_pods().await? else {
+            return Ok(());
         };
-        self.metrics
-            .scan_seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics.in_use.set(scan.in_use.len() as i64);
-        self.metrics.namespaces.set(scan.namespaces as i64);
         match self.metadata.node_facts().await {
             Ok(node) => self.node = node,
             Err(error) => {
                 tracing::error!(%error, "cannot read instance metadata; nothing is given back this scan");
                 self.metrics.error("metadata");
+                self.metrics
+                    .set_unready(format!("instance metadata unreadable: {error}"));
                 return Ok(());
             }
         }
-        let known = |id: &String| self.records.iter().any(|record| &record.id == id);
-        if !self.node.enis.iter().all(|eni| known(&eni.id)) {
-            self.read_enis().await?;
+        if !self.enis_current() && !self.read_enis().await {
+            return Ok(());
         }
-        if !scan.complete() {
-            tracing::info!(unreadable = ?scan.unreadable, "some namespaces could not be read; nothing is given back this scan");
-        } else {
+        let verdict = self.judge(&scan);
+        self.retry_soon = matches!(verdict, ScanVerdict::Incomplete { .. });
+        if verdict == ScanVerdict::Trusted {
+            self.trusted = true;
+            self.metrics.set_ready();
             let due = self.absences.observe(
                 &self.node,
                 &self.multus,
@@ -171,36 +211,175 @@ impl Agent {
                 Instant::now(),
             );
             if !due.is_empty() {
-                self.release(&due, &scan).await;
+                self.release(&due).await?;
             }
         }
         self.metrics.waiting.set(self.absences.waiting() as i64);
-        self.metrics.set_ready();
-        tracing::debug!(
-            namespaces = scan.namespaces,
-            in_use = scan.in_use.len(),
-            waiting = self.absences.waiting(),
-            took_ms = started.elapsed().as_millis() as u64,
-            "scan done"
-        );
         Ok(())
     }
 
-    /// A release round: EC2 has the last word (one DescribeNetworkInterfaces for the ENIs
-    /// concerned), then one unassign call per ENI and family.
-    async fn release(&mut self, due: &[Assignment], scan: &Scan) {
-        let ids: BTreeSet<String> = due.iter().map(|a| a.eni_id.clone()).collect();
-        let enis = match self.ec2.enis(&ids.into_iter().collect::<Vec<_>>()).await {
-            Ok(enis) => enis,
+    /// Whether the ENI records cover every ENI metadata shows and no re-read is due.
+    fn enis_current(&self) -> bool {
+        let Some(records) = &self.records else {
+            return false;
+        };
+        let known = |id: &String| records.iter().any(|record| &record.id == id);
+        self.node.enis.iter().all(|eni| known(&eni.id))
+            && self.reread_enis.is_none_or(|at| Instant::now() < at)
+    }
+
+    /// Reads the node's ENIs from EC2 and which of them are Multus ENIs; false (logged,
+    /// counted, not ready) when EC2 did not answer within the retry budget.
+    async fn read_enis(&mut self) -> bool {
+        let records = match self.ec2.node_enis(&self.node.instance_id).await {
+            Ok(records) => records,
             Err(failure) => {
-                tracing::error!(%failure, "cannot read the ENIs before giving addresses back; next scan");
+                tracing::error!(%failure, "cannot read the node's ENIs from EC2; nothing is given back until it answers");
                 self.metrics.error("describe");
-                return;
+                self.metrics
+                    .set_unready(format!("cannot read the node's ENIs from EC2: {failure}"));
+                return false;
             }
         };
         let policy = self.settings.aws.ownership();
-        let (changes, kept) =
-            verify_release(due, &self.node.instance_id, &enis, &scan.in_use, policy);
+        self.multus = records
+            .iter()
+            .filter(|record| record.multus(policy).is_ok() && record.attachment != Some((0, 0)))
+            .map(|record| record.id.clone())
+            .collect();
+        tracing::info!(multus_enis = ?self.multus, "read the node's ENIs");
+        self.records = Some(records);
+        self.reread_enis = None;
+        true
+    }
+
+    /// Scans the pod namespaces; `None` (logged, counted) when the scan failed in a way the
+    /// next one may not. Only a refused setns ends the agent.
+    async fn scan_pods(&self) -> Result<Option<Scan>, RunError> {
+        let started = Instant::now();
+        let dir = self.settings.netns_dir.clone();
+        let scanned = tokio::task::spawn_blocking(move || netns::scan(&dir))
+            .await
+            .map_err(|error| ScanError::Thread(std::io::Error::other(error)))?;
+        match scanned {
+            Ok(scan) => {
+                self.metrics
+                    .scan_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.in_use.set(scan.in_use.len() as i64);
+                self.metrics.namespaces.set(scan.namespaces as i64);
+                Ok(Some(scan))
+            }
+            Err(error @ ScanError::Permission { .. }) => Err(error.into()),
+            Err(error) => {
+                tracing::error!(%error, "scan failed; nothing is given back until one succeeds");
+                self.metrics.scanned("failed");
+                self.metrics.set_unready(format!("scan failed: {error}"));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Whether `scan` is a view to act on; counts it, and says what is wrong when not.
+    fn judge(&mut self, scan: &Scan) -> ScanVerdict {
+        let held = secondary_addresses(&self.node, &self.multus).len();
+        let verdict = ScanVerdict::judge(scan.namespaces, scan.unreadable.len(), held);
+        self.metrics.scanned(verdict.label());
+        match verdict {
+            ScanVerdict::Trusted => self.incomplete = 0,
+            ScanVerdict::Incomplete { unreadable } => {
+                self.incomplete += 1;
+                tracing::info!(unreadable = ?scan.unreadable, "some namespaces could not be read; nothing is given back this scan");
+                if self.incomplete >= INCOMPLETE_UNREADY {
+                    self.metrics.set_unready(format!(
+                        "{} scans in a row could not read every pod namespace ({unreadable} unreadable, e.g. {}); nothing is given back",
+                        self.incomplete,
+                        scan.unreadable.first().map(|path| path.display().to_string()).unwrap_or_default()
+                    ));
+                }
+            }
+            ScanVerdict::Blind { held } => {
+                let reason = format!(
+                    "no pod network namespace in {}, while the node's Multus ENIs hold {held} secondary address(es): nothing is given back; the directory is probably not where the container runtime mounts pod namespaces (see --netns-dir)",
+                    self.settings.netns_dir.display()
+                );
+                tracing::warn!("{reason}");
+                self.metrics.set_unready(reason);
+            }
+        }
+        verdict
+    }
+
+    /// When to scan next without a change of the netns directory: at the resync interval, or
+    /// sooner, when a waiting address becomes due, when a view that may pass should be
+    /// looked at again, or when the ENIs are to be read again.
+    fn next_scan(&self) -> tokio::time::Instant {
+        let now = Instant::now();
+        let resync = now + self.settings.resync();
+        let soonest = if self.trusted {
+            self.absences.next_due(&self.settings.reclaim())
+        } else if self.retry_soon {
+            Some(now + RETRY_ROUND)
+        } else {
+            None
+        };
+        let due = [soonest, self.reread_enis]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(resync, |due| due.max(now + SETTLE));
+        tokio::time::Instant::from_std(due.min(resync))
+    }
+
+    /// Gives back `due`, decided afresh: the ENIs are read from EC2 and the pods scanned
+    /// again just before the calls, which go out only while that view is fresh. A decision
+    /// that cannot be refreshed is dropped, to be taken again by a later scan.
+    async fn release(&mut self, due: &[Assignment]) -> Result<(), RunError> {
+        let options = self.settings.reclaim();
+        let ids: BTreeSet<String> = due.iter().map(|a| a.eni_id.clone()).collect();
+        let enis = match self
+            .release_ec2
+            .enis(&ids.into_iter().collect::<Vec<_>>())
+            .await
+        {
+            Ok(enis) => enis,
+            Err(failure) => {
+                tracing::warn!(%failure, "cannot read the ENIs before giving addresses back; the decision is dropped and taken again later");
+                self.metrics.error("describe");
+                self.metrics.drop_decisions("describe", due.len());
+                for assignment in due {
+                    self.absences.failed(
+                        assignment,
+                        failure.class,
+                        &options,
+                        Instant::now(),
+                        fastrand::f64(),
+                    );
+                }
+                return Ok(());
+            }
+        };
+        let view = Instant::now();
+        let trusted = match self.scan_pods().await? {
+            Some(scan) if self.judge(&scan) == ScanVerdict::Trusted => Some(scan),
+            _ => None,
+        };
+        let Some(scan) = trusted else {
+            tracing::info!(
+                addresses = due.len(),
+                "the pods could not be scanned again just before giving addresses back; the decision is dropped and taken again later"
+            );
+            self.metrics.drop_decisions("scan", due.len());
+            (self.trusted, self.retry_soon) = (false, true);
+            return Ok(());
+        };
+        let (changes, kept) = verify_release(
+            due,
+            &self.node.instance_id,
+            &enis,
+            &scan.in_use,
+            self.settings.aws.ownership(),
+        );
         for (assignment, keep) in kept {
             self.keep(&assignment, keep);
         }
@@ -212,28 +391,80 @@ impl Agent {
                 }
                 continue;
             }
-            let failures = self.ec2.release(&change).await;
-            let failed: Vec<String> = failures
-                .iter()
-                .flat_map(|failure| failure.addresses.iter().cloned())
-                .collect();
-            for failure in &failures {
-                tracing::error!(%failure, "cannot give the address back; it is tried again after another grace period");
-                self.metrics.error("unassign");
+            if view.elapsed() > FRESH {
+                tracing::info!(
+                    eni = change.eni_id,
+                    addresses = change.len(),
+                    age_ms = view.elapsed().as_millis() as u64,
+                    "the view that decided the release is too old; the decision is dropped and taken again later"
+                );
+                self.metrics.drop_decisions("stale", change.len());
+                continue;
             }
-            for assignment in change.assignments() {
-                if failed.contains(&assignment.address.to_string()) {
-                    self.absences.postpone(&assignment, Instant::now());
-                } else {
-                    self.absences.forget(&assignment);
+            for (call, outcome) in self.release_ec2.release(&change, Some(view + FRESH)).await {
+                self.took_back(&call.assignments().collect::<Vec<_>>(), outcome, &options);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes in what became of one unassign call's addresses.
+    fn took_back(
+        &mut self,
+        assignments: &[Assignment],
+        outcome: Unassigned,
+        options: &ipmgr_eni::ReclaimOptions,
+    ) {
+        match outcome {
+            Unassigned::Released => {
+                for assignment in assignments {
+                    self.absences.forget(assignment);
                     self.metrics.released.inc();
                     tracing::info!(address = %assignment.address, eni = assignment.eni_id, reason = "in no pod on the node for the grace period", "address given back");
+                }
+            }
+            Unassigned::NotOnEni => {
+                for assignment in assignments {
+                    self.keep(assignment, Keep::Moved);
+                }
+            }
+            Unassigned::Stale => {
+                tracing::info!(
+                    addresses = assignments.len(),
+                    "the view that decided the release is too old; the decision is dropped and taken again later"
+                );
+                self.metrics.drop_decisions("stale", assignments.len());
+            }
+            Unassigned::Failed(failure) => {
+                self.metrics.error("unassign");
+                for assignment in assignments {
+                    match self.absences.failed(
+                        assignment,
+                        failure.class,
+                        options,
+                        Instant::now(),
+                        fastrand::f64(),
+                    ) {
+                        AfterFailure::RetryIn(delay) => tracing::warn!(
+                            %failure,
+                            address = %assignment.address,
+                            retry_in_ms = delay.as_millis() as u64,
+                            "cannot give the address back yet; the next attempt is decided afresh"
+                        ),
+                        AfterFailure::GraceAgain => tracing::error!(
+                            %failure,
+                            address = %assignment.address,
+                            "cannot give the address back; it is tried again after another grace period"
+                        ),
+                    }
                 }
             }
         }
     }
 
-    /// An address due to be given back that EC2 or a fresh scan says to keep.
+    /// An address due to be given back that EC2 or a fresh scan says to keep. An ENI that is
+    /// not (or no longer) this node's Multus ENI is left alone until the ENIs are read again
+    /// at the next resync.
     fn keep(&mut self, assignment: &Assignment, keep: Keep) {
         self.absences.forget(assignment);
         self.metrics
@@ -248,7 +479,8 @@ impl Agent {
             }
             Keep::OtherInstance | Keep::NotMultus | Keep::Primary => {
                 self.multus.remove(&assignment.eni_id);
-                tracing::warn!(address = %assignment.address, eni = assignment.eni_id, reason = %keep, "kept; the agent leaves this ENI alone from now on");
+                self.reread_enis = Some(Instant::now() + self.settings.resync());
+                tracing::warn!(address = %assignment.address, eni = assignment.eni_id, reason = %keep, "kept; the agent leaves this ENI alone until it reads the node's ENIs again");
             }
         }
     }
@@ -263,10 +495,7 @@ enum Changes {
 }
 
 fn watch(dir: &std::path::Path) -> Result<Changes, RunError> {
-    let watch_error = |source| ScanError::Directory {
-        dir: PathBuf::from(dir),
-        source,
-    };
+    let watch_error = |source| ScanError::directory(dir, source);
     let inotify = Inotify::init().map_err(watch_error)?;
     inotify
         .watches()

@@ -21,24 +21,24 @@ pub struct Scan {
     /// Pod namespaces read.
     pub namespaces: usize,
     /// Entries that could not be read (a sandbox being made or removed): while there are
-    /// any, the scan is incomplete and nothing is given back.
+    /// any, the scan is incomplete and nothing is given back (`ipmgr_eni::ScanVerdict`).
     pub unreadable: Vec<PathBuf>,
 }
 
-impl Scan {
-    /// Whether every entry was read: only then may the agent conclude an address is unused.
-    pub fn complete(&self) -> bool {
-        self.unreadable.is_empty()
-    }
-}
+/// Where to look for the runtime's namespace directory, for the errors that name it.
+const FIND_THE_DIRECTORY: &str = "the agent must see the directory where the container runtime mounts pod network namespaces: containerd and CRI-O use /var/run/netns by default (containerd with netns_mounts_under_state_dir = true: /run/containerd/io.containerd.grpc.v1.cri/netns; CRI-O: namespaces_dir/netns of crio.conf); `findmnt -t nsfs` on the node lists where they are. Set --netns-dir (IPMGR_NETNS_DIR) and the DaemonSet's hostPath volume to that directory, mounted with mountPropagation HostToContainer";
 
 /// A scan that could not be made at all.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
+    /// The netns directory does not exist.
+    #[error("the netns directory {dir} does not exist; {FIND_THE_DIRECTORY}")]
+    Missing {
+        /// The directory.
+        dir: PathBuf,
+    },
     /// The netns directory is not readable.
-    #[error(
-        "cannot read the netns directory {dir}: {source}; mount the container runtime's netns directory (containerd and CRI-O: /var/run/netns) into the agent with mountPropagation HostToContainer, or set --netns-dir"
-    )]
+    #[error("cannot read the netns directory {dir}: {source}; {FIND_THE_DIRECTORY}")]
     Directory {
         /// The directory.
         dir: PathBuf,
@@ -61,15 +61,34 @@ pub enum ScanError {
     Thread(io::Error),
 }
 
+impl ScanError {
+    /// The error for `dir` that `source` makes: missing, or unreadable.
+    pub fn directory(dir: &Path, source: io::Error) -> ScanError {
+        if source.kind() == io::ErrorKind::NotFound {
+            ScanError::Missing {
+                dir: dir.to_owned(),
+            }
+        } else {
+            ScanError::Directory {
+                dir: dir.to_owned(),
+                source,
+            }
+        }
+    }
+}
+
+/// Checks at start-up that `dir` exists and can be listed.
+pub fn check_directory(dir: &Path) -> Result<(), ScanError> {
+    std::fs::read_dir(dir)
+        .map(drop)
+        .map_err(|source| ScanError::directory(dir, source))
+}
+
 /// Reads the addresses of the node and of every pod namespace in `dir`. Blocks: call it
 /// from a blocking task.
 pub fn scan(dir: &Path) -> Result<Scan, ScanError> {
-    let directory = |source| ScanError::Directory {
-        dir: dir.to_owned(),
-        source,
-    };
     let entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(directory)?
+        .map_err(|source| ScanError::directory(dir, source))?
         .filter_map(Result::ok)
         .filter(|entry| entry.file_type().is_ok_and(|kind| !kind.is_dir()))
         .map(|entry| entry.path())
