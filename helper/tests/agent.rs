@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{assert_allowed_by_iam_policies, helper};
+use ipmgr_testbed::churn::ChurnOptions;
 use ipmgr_testbed::{Background, Interface, Node, TestBed, Topology, finish};
 use serde_json::json;
 
@@ -18,13 +19,14 @@ fn agent_command(bed: &TestBed, node: &Node, extra: &[&str]) -> Command {
     let grace = GRACE_SECONDS.to_string();
     let mut args = vec![
         "agent",
-        "--netns-dir",
-        &dir,
         "--release-grace-seconds",
         &grace,
         "--metrics-listen",
         "127.0.0.1:9471",
     ];
+    if !extra.contains(&"--netns-dir") {
+        args.extend(["--netns-dir", &dir]);
+    }
     args.extend_from_slice(extra);
     bed.command(node, &binary, &args)
 }
@@ -44,13 +46,46 @@ fn agent(bed: &TestBed, node: &Node, extra: &[&str]) -> (Background, std::path::
 /// `GET path` on the agent's metrics endpoint (inside the node's namespace).
 fn get(node: &Node, path: &str) -> String {
     let script = format!(
-        "import urllib.request, urllib.error\ntry:\n    r = urllib.request.urlopen('http://127.0.0.1:9471{path}', timeout=5)\n    print(r.status); print(r.read().decode())\nexcept urllib.error.HTTPError as e:\n    print(e.code)"
+        "import urllib.request, urllib.error\ntry:\n    r = urllib.request.urlopen('http://127.0.0.1:9471{path}', timeout=5)\n    print(r.status); print(r.read().decode())\nexcept urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())"
     );
     let output = Command::new("ip")
         .args(["netns", "exec", &node.netns, "python3", "-c", &script])
         .output()
         .expect("python3 runs");
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A pod on `node` without Multus interfaces: nodes always run some, and an agent that
+/// sees no pod namespace at all gives nothing back.
+fn bystander(bed: &mut TestBed, node: &str) {
+    bed.pod(node, &format!("bystander-{node}"), &[]);
+}
+
+/// `name value` of the agent's metrics text, 0 when absent.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Panics unless every metric the sample alerts (manifests/samples/prometheusrule-agent.yaml)
+/// name is a family in the agent's `/metrics` text (a labelled family shows once it has a
+/// sample).
+fn assert_alerts_use_exported_metrics(metrics: &str) {
+    let path = ipmgr_testbed::repo_root().join("manifests/samples/prometheusrule-agent.yaml");
+    let rules = std::fs::read_to_string(path).expect("the sample alerts");
+    let names: std::collections::BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("ipmgr_agent_"))
+        .collect();
+    assert!(names.len() >= 3, "{names:?}");
+    for name in names {
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        assert!(
+            metrics.contains(&format!("# TYPE {family} ")),
+            "the alerts use {name}, which the agent does not export:\n{metrics}"
+        );
+    }
 }
 
 fn wait_ready(node: &Node) {
@@ -136,6 +171,7 @@ fn an_address_leaked_before_the_agent_started_is_reclaimed_but_not_in_a_dry_run(
         "assign",
         json!({"eni": eth1, "ipv4": ["10.0.1.60"]}),
     );
+    bystander(&mut bed, "node1");
     let node = bed.node("node1");
     let (mut dry, log) = agent(&bed, &node, &["--dry-run"]);
     wait_ready(&node);
@@ -225,6 +261,7 @@ fn ec2_refusing_an_unassign_is_counted_and_tried_again() {
         "faults",
         json!({"action": "UnassignPrivateIpAddresses", "code": "UnauthorizedOperation", "status": 403, "count": 1}),
     );
+    bystander(&mut bed, "node1");
     let node = bed.node("node1");
     let (mut agent, _log) = agent(&bed, &node, &[]);
     let reclaimed = bed.wait_until(&eth1, "10.0.1.62", false, Duration::from_secs(15));
@@ -240,21 +277,225 @@ fn ec2_refusing_an_unassign_is_counted_and_tried_again() {
 
 #[test]
 #[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
-fn the_allow_list_bounds_what_the_agent_gives_back() {
+fn the_allow_and_keep_lists_bound_what_the_agent_gives_back() {
     let mut bed = TestBed::start(Topology::File("how-to"));
     let eth1 = bed.eni_id("node1", "eth1");
     bed.control(
         "POST",
         "assign",
-        json!({"eni": eth1, "ipv4": ["10.0.1.63", "10.0.1.200"]}),
+        json!({"eni": eth1, "ipv4": ["10.0.1.63", "10.0.1.70", "10.0.1.200"]}),
     );
+    bystander(&mut bed, "node1");
     let node = bed.node("node1");
-    let (mut agent, _log) = agent(&bed, &node, &["--allow-cidr", "10.0.1.0/25"]);
+    // 10.0.1.70 stands for a gVisor or DPDK pod's address: no namespace shows it.
+    let (mut agent, _log) = agent(
+        &bed,
+        &node,
+        &["--allow-cidr", "10.0.1.0/25", "--keep-cidr", "10.0.1.70/32"],
+    );
     assert!(
         bed.wait_until(&eth1, "10.0.1.63", false, Duration::from_secs(10))
             .is_some()
     );
     std::thread::sleep(Duration::from_secs(GRACE_SECONDS + 1));
     assert!(bed.holds(&eth1, "10.0.1.200"), "outside the allow-list");
+    assert!(bed.holds(&eth1, "10.0.1.70"), "inside a kept CIDR");
     agent.terminate(Duration::from_secs(5));
+}
+
+#[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
+fn an_empty_netns_directory_gives_nothing_back_and_says_so() {
+    let mut bed = TestBed::start(Topology::File("how-to"));
+    let eth1 = bed.eni_id("node1", "eth1");
+    for (name, address) in [("a", "10.0.1.50/24"), ("b", "10.0.1.51/24")] {
+        let pod = bed.pod(
+            "node1",
+            name,
+            &[Interface::on_eni("net1", "eth1", &[address])],
+        );
+        let (output, stderr, _) = finish(helper(&bed, &pod, &["init"]));
+        assert!(output.status.success(), "{stderr}");
+    }
+    // What hostPath DirectoryOrCreate makes where the runtime keeps its namespaces
+    // elsewhere: an empty directory.
+    let empty = tempfile::tempdir().expect("temporary directory");
+    let node = bed.node("node1");
+    let empty_dir = empty.path().to_str().expect("UTF-8 path");
+    let (mut agent, log) = agent(
+        &bed,
+        &node,
+        &["--netns-dir", empty_dir, "--resync-seconds", "1"],
+    );
+    std::thread::sleep(Duration::from_secs(GRACE_SECONDS + 8));
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    for address in ["10.0.1.50", "10.0.1.51"] {
+        assert!(bed.holds(&eth1, address), "{address} stays: {logged}");
+    }
+    assert!(
+        !bed.calls()
+            .as_object()
+            .expect("calls")
+            .contains_key("UnassignPrivateIpAddresses"),
+        "no unassign call"
+    );
+    let ready = get(&node, "/readyz");
+    assert!(
+        ready.starts_with("503") && ready.contains("no pod network namespace in"),
+        "{ready}"
+    );
+    let metrics = get(&node, "/metrics");
+    assert!(
+        metric(&metrics, "ipmgr_agent_scans_total{result=\"empty\"}") >= 2.0,
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "ipmgr_agent_ready"), 0.0, "{metrics}");
+    assert!(logged.contains("no pod network namespace in"), "{logged}");
+    assert!(agent.terminate(Duration::from_secs(5)));
+}
+
+#[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
+fn a_missing_netns_directory_fails_at_start_naming_it() {
+    let mut bed = TestBed::start(Topology::File("how-to"));
+    let node = bed.node("node1");
+    let (output, stderr, took) = finish(agent_command(
+        &bed,
+        &node,
+        &["--netns-dir", "/run/ipmgr-no-such-netns-dir"],
+    ));
+    assert!(!output.status.success());
+    assert!(took < Duration::from_secs(5), "at once: {took:?}");
+    let reason = common::reason(&stderr);
+    for part in [
+        "/run/ipmgr-no-such-netns-dir does not exist",
+        "findmnt -t nsfs",
+        "IPMGR_NETNS_DIR",
+    ] {
+        assert!(reason.contains(part), "{part}: {reason}");
+    }
+}
+
+#[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
+fn a_throttled_release_retried_after_a_new_pod_took_the_address_leaves_it() {
+    let mut bed = TestBed::start(Topology::File("how-to"));
+    let eth1 = bed.eni_id("node1", "eth1");
+    bystander(&mut bed, "node1");
+    let old = bed.pod(
+        "node1",
+        "old",
+        &[Interface::on_eni("net1", "eth1", &["10.0.1.50/24"])],
+    );
+    let (output, stderr, _) = finish(helper(&bed, &old, &["init"]));
+    assert!(output.status.success(), "{stderr}");
+    let node = bed.node("node1");
+    // The retry of a throttled call comes 3 to 4 s later.
+    let (mut agent, log) = agent(
+        &bed,
+        &node,
+        &[
+            "--ec2-throttle-backoff-min-ms",
+            "3000",
+            "--ec2-backoff-max-seconds",
+            "4",
+        ],
+    );
+    wait_ready(&node);
+    bed.control(
+        "POST",
+        "faults",
+        json!({"action": "UnassignPrivateIpAddresses", "code": "RequestLimitExceeded", "status": 503, "count": 1}),
+    );
+    bed.reset_calls();
+    bed.delete_pod(&old);
+    let deadline = Instant::now() + Duration::from_secs(GRACE_SECONDS + 10);
+    while bed.calls()["UnassignPrivateIpAddresses"] != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never tried to release"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // IPAM hands the address to a new pod on the node; its init finds it in place.
+    let new = bed.pod(
+        "node1",
+        "new",
+        &[Interface::on_eni("net1", "eth1", &["10.0.1.50/24"])],
+    );
+    let (output, stderr, _) = finish(helper(&bed, &new, &["init"]));
+    assert!(output.status.success(), "{stderr}");
+    std::thread::sleep(Duration::from_secs(GRACE_SECONDS + 6));
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        bed.holds(&eth1, "10.0.1.50"),
+        "the new pod's address stays on its ENI: {logged}"
+    );
+    assert_eq!(
+        bed.calls()["UnassignPrivateIpAddresses"],
+        1,
+        "no second attempt"
+    );
+    assert!(agent.terminate(Duration::from_secs(5)));
+}
+
+#[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
+fn a_minute_of_describe_failures_does_not_end_the_agent() {
+    let mut bed = TestBed::start(Topology::File("how-to"));
+    let eth1 = bed.eni_id("node1", "eth1");
+    bystander(&mut bed, "node1");
+    bed.control(
+        "POST",
+        "assign",
+        json!({"eni": eth1, "ipv4": ["10.0.1.64"]}),
+    );
+    bed.control(
+        "POST",
+        "faults",
+        json!({"action": "DescribeNetworkInterfaces", "code": "UnauthorizedOperation", "status": 403, "seconds": 60}),
+    );
+    let failing_since = Instant::now();
+    let node = bed.node("node1");
+    let (mut agent, log) = agent(&bed, &node, &[]);
+    std::thread::sleep(Duration::from_secs(50));
+    assert!(
+        agent.0.try_wait().expect("status").is_none(),
+        "still running: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(bed.holds(&eth1, "10.0.1.64"), "nothing given back blind");
+    let ready = get(&node, "/readyz");
+    assert!(
+        ready.starts_with("503") && ready.contains("cannot read the node's ENIs from EC2"),
+        "{ready}"
+    );
+    let released = bed.wait_until(&eth1, "10.0.1.64", false, Duration::from_secs(40));
+    assert!(
+        released.is_some(),
+        "given back once EC2 answers: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(failing_since.elapsed() >= Duration::from_secs(60));
+    assert!(get(&node, "/readyz").starts_with("200"));
+    // Every family the sample alerts use has samples by now (errors among them).
+    assert_alerts_use_exported_metrics(&get(&node, "/metrics"));
+    assert!(agent.terminate(Duration::from_secs(5)));
+}
+
+#[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
+fn churn_under_throttling_lag_and_restarts_never_takes_a_live_pods_address() {
+    // The short version of the churn benchmark (helper/benches/churn.rs).
+    let report = ipmgr_testbed::churn::run(&ChurnOptions {
+        helper: ipmgr_testbed::program("IPMGR_HELPER_BIN", env!("CARGO_BIN_EXE_ipmgr-helper")),
+        duration: Duration::from_secs(45),
+        restart_every: Duration::from_secs(15),
+        ..ChurnOptions::default()
+    });
+    assert!(report.violations.is_empty(), "{report:#?}");
+    assert!(
+        report.routable >= 10 && report.reused >= 3 && report.releases >= 3 && report.restarts >= 2,
+        "the churn exercised too little: {report:#?}"
+    );
 }

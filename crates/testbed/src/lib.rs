@@ -8,6 +8,8 @@
 //! `#[ignore = "needs root ..."]` so that a normal `cargo test` reports them as skipped and
 //! `scripts/test` runs them with `--run-ignored all`.
 
+pub mod churn;
+
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
