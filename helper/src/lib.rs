@@ -1,21 +1,16 @@
-//! The `ipmgr-helper` adapters and modes: instance metadata and EC2 through the AWS SDK,
-//! the pod's addresses through netlink, and the pure planning of [`ipmgr_eni`] in between.
+//! `ipmgr-helper`: two programs over shared adapters.
 //!
-//! [`connect`] builds a [`Helper`] (the adapters); [`pass`] is one assignment pass (plan,
-//! EC2, confirmation) and `init`; [`sidecar`] the loop that follows address changes;
-//! [`release`] gives back on exit what the helper assigned; [`agent`] is the node agent,
-//! which gives back the addresses of pods that are gone.
+//! - [`aws`]: the AWS adapters (instance metadata and EC2 through the AWS SDK), and
+//!   [`netlink`]: the pod's addresses; they import neither program.
+//! - [`pod`]: the pod helper the webhook injects (`init`, `sidecar`, `plan`).
+//! - [`agent`]: the node agent (a DaemonSet), which gives back the addresses of pods that
+//!   are gone.
+//!
+//! `pod` and `agent` never import each other; the decisions they share live in
+//! [`ipmgr_eni`]. [`config`] holds every flag.
 
 pub mod agent;
+pub mod aws;
 pub mod config;
-pub mod connect;
-pub mod ec2;
-pub mod failure;
-pub mod metadata;
 pub mod netlink;
-pub mod pass;
-pub mod release;
-pub mod sidecar;
-
-pub use failure::{Failure, RunError};
-pub use pass::{Helper, PassReport};
+pub mod pod;

@@ -4,8 +4,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
+use ipmgr_helper::agent;
 use ipmgr_helper::config::{AgentSettings, Cli, Command, Settings};
-use ipmgr_helper::{Helper, RunError, agent};
+use ipmgr_helper::pod::PodHelper;
 use tracing::Instrument as _;
 
 /// The modes that talk to instance metadata, netlink and EC2.
@@ -64,23 +65,40 @@ fn ready(ready_file: &Path) -> ExitCode {
     }
 }
 
-async fn run(work: Work) -> Result<(), RunError> {
+/// Runs the mode; its error as the one line for the termination log.
+async fn run(work: Work) -> Result<(), String> {
     match work {
-        Work::Init(settings) => {
-            let (mut helper, node) = Helper::connect(settings).await?;
-            helper.init(&node).await
-        }
-        Work::Sidecar(settings) => {
-            let (mut helper, node) = Helper::connect(settings).await?;
-            helper.sidecar(node).await
-        }
-        Work::Plan(settings) => {
-            let (mut helper, node) = Helper::connect(settings).await?;
-            for line in helper.plan_report(&node).await? {
-                println!("{line}");
-            }
-            Ok(())
-        }
-        Work::Agent(settings) => agent::run(settings).await,
+        Work::Agent(settings) => agent::run(settings)
+            .await
+            .map_err(|error| error.to_string()),
+        Work::Init(settings) => pod(settings, PodMode::Init).await,
+        Work::Sidecar(settings) => pod(settings, PodMode::Sidecar).await,
+        Work::Plan(settings) => pod(settings, PodMode::Plan).await,
     }
+}
+
+/// What the pod helper does.
+#[derive(Debug, Clone, Copy)]
+enum PodMode {
+    Init,
+    Sidecar,
+    Plan,
+}
+
+async fn pod(settings: Settings, mode: PodMode) -> Result<(), String> {
+    let run = async {
+        let (mut helper, node) = PodHelper::connect(settings).await?;
+        match mode {
+            PodMode::Init => helper.init(&node).await,
+            PodMode::Sidecar => helper.sidecar(node).await,
+            PodMode::Plan => {
+                for line in helper.plan_report(&node).await? {
+                    println!("{line}");
+                }
+                Ok(())
+            }
+        }
+    };
+    run.await
+        .map_err(|error: ipmgr_helper::pod::PodError| error.to_string())
 }

@@ -5,8 +5,8 @@
 //! ([`PodAddress`]), what EC2 says about ENIs ([`EniRecord`]), and the options. [`plan`]
 //! decides which address goes to which ENI; [`vet_enis`] and [`vet_holders`] keep the plan to
 //! Multus ENIs and off other workloads' addresses; [`unconfirmed`] tells which assignments
-//! metadata does not show yet; [`release`] what to give back on shutdown; [`Absences`] and
-//! [`verify_release`] what the node agent gives back; [`RetryPolicy`] when a failed call is
+//! metadata does not show yet; [`still_assigned`] what to give back on exit; [`Absences`] and
+//! [`verify_reclaim`] what the node agent gives back; [`RetryPolicy`] when a failed call is
 //! tried again. The helper binary supplies the data and carries out the result against
 //! IMDS, EC2 and netlink.
 
@@ -23,13 +23,13 @@ pub use facts::{Eni, EniMetadata, FactsError, NodeFacts, PodAddress};
 pub use mac::{InvalidMac, MacAddr};
 pub use ownership::{
     EniRecord, Holder, NO_MANAGE_TAG, NotMultus, OwnershipPolicy, VPC_CNI_DESCRIPTION_PREFIX,
-    VPC_CNI_INSTANCE_TAG, Vetted, release, vet_enis, vet_holders,
+    VPC_CNI_INSTANCE_TAG, Vetted, still_assigned, vet_enis, vet_holders,
 };
 pub use plan::{
     MatchedBy, Placement, Plan, PlanOptions, RejectReason, Rejection, VPC_CNI_INTERFACES, plan,
     unconfirmed,
 };
 pub use reclaim::{
-    Absences, AfterFailure, Keep, ReclaimOptions, ScanVerdict, secondary_addresses, verify_release,
+    Absences, AfterFailure, Keep, ReclaimOptions, ScanVerdict, secondary_addresses, verify_reclaim,
 };
 pub use retry::{Backoff, ErrorClass, RetryPolicy};

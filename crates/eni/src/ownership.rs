@@ -259,7 +259,7 @@ pub fn vet_holders(mut plan: Plan, holders: &[EniRecord], policy: OwnershipPolic
 /// Of the addresses this helper assigned, those EC2 says their ENI still holds (`enis`, read
 /// just now: metadata lags and may still show an address that moved away), grouped per ENI
 /// for the unassign calls; an ENI's primary address never.
-pub fn release(assigned: &[Assignment], enis: &[EniRecord]) -> Vec<EniChange> {
+pub fn still_assigned(assigned: &[Assignment], enis: &[EniRecord]) -> Vec<EniChange> {
     let ours = assigned.iter().filter(|assignment| {
         enis.iter().any(|record| {
             record.id == assignment.eni_id

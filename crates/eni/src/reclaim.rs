@@ -289,7 +289,7 @@ impl fmt::Display for Keep {
 /// The last check before giving addresses back, against what EC2 says right now (`enis`,
 /// read just before the call) and a fresh scan of the pods (`in_use`): what to unassign,
 /// grouped per ENI, and what to keep, with why.
-pub fn verify_release(
+pub fn verify_reclaim(
     due: &[Assignment],
     instance_id: &str,
     enis: &[EniRecord],

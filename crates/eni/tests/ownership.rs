@@ -6,7 +6,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipmgr_eni::{
     Assignment, EniChange, EniRecord, MacAddr, MatchedBy, NO_MANAGE_TAG, NotMultus,
-    OwnershipPolicy, Placement, Plan, PodAddress, RejectReason, release, vet_enis, vet_holders,
+    OwnershipPolicy, Placement, Plan, PodAddress, RejectReason, still_assigned, vet_enis,
+    vet_holders,
 };
 use pretty_assertions::assert_eq;
 use rstest::rstest;
@@ -267,7 +268,7 @@ fn a_fresh_ipv4_address_ec2_has_on_its_eni_is_assigned_again_a_fresh_ipv6_not() 
 }
 
 #[test]
-fn release_gives_back_only_what_ec2_says_is_still_ours() {
+fn on_exit_only_what_ec2_says_is_still_ours_is_given_back() {
     let assignment = |eni: &str, address: &str| Assignment {
         eni_id: eni.to_owned(),
         address: ip(address),
@@ -284,7 +285,7 @@ fn release_gives_back_only_what_ec2_says_is_still_ours() {
         multus("eni-a", &["10.10.1.10"]),
     ];
     assert_eq!(
-        release(&assigned, &enis),
+        still_assigned(&assigned, &enis),
         vec![EniChange {
             eni_id: "eni-b".into(),
             ipv4: vec!["10.10.1.81".parse().expect("ip")],

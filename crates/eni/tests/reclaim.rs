@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use ipmgr_eni::{
     Absences, AfterFailure, Assignment, Backoff, Eni, EniChange, EniRecord, ErrorClass, Keep,
     MacAddr, NO_MANAGE_TAG, NodeFacts, OwnershipPolicy, ReclaimOptions, RetryPolicy, ScanVerdict,
-    secondary_addresses, verify_release,
+    secondary_addresses, verify_reclaim,
 };
 use pretty_assertions::assert_eq;
 use rstest::{fixture, rstest};
@@ -213,7 +213,7 @@ fn ec2_has_the_last_word_just_before_the_call(
     #[case] keep: Option<Keep>,
 ) {
     let due = [on("eni-multus", "10.0.1.50")];
-    let (released, kept) = verify_release(&due, "i-1", &[eni], &in_use, OwnershipPolicy::default());
+    let (released, kept) = verify_reclaim(&due, "i-1", &[eni], &in_use, OwnershipPolicy::default());
     match keep {
         None => {
             assert_eq!(
@@ -238,7 +238,7 @@ fn a_primary_eni_is_never_given_back_from_even_when_tagged() {
     let mut primary = record("eni-primary", "i-1", true, &["10.0.0.10", "10.0.0.12"]);
     primary.attachment = Some((0, 0));
     let due = [on("eni-primary", "10.0.0.12")];
-    let (released, kept) = verify_release(
+    let (released, kept) = verify_reclaim(
         &due,
         "i-1",
         &[primary],

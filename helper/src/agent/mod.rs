@@ -10,12 +10,13 @@
 //! not an empty directory while the Multus ENIs hold addresses), and only then [`Absences`]
 //! decides what no pod carries for the grace period and in consecutive scans. Every unassign
 //! attempt, the first and each retry, is decided afresh: the agent reads the ENIs from EC2,
-//! scans the pods again, and [`verify_release`] keeps what a pod carries or what moved; the
+//! scans the pods again, and [`verify_reclaim`] keeps what a pod carries or what moved; the
 //! call goes out only while that view is at most [`FRESH`] old, and a decision that cannot
 //! be refreshed is dropped and taken again later. EC2 and metadata failures are never fatal:
 //! the agent says so in `/readyz` and its metrics and tries again. Nothing is called while
 //! nothing changes.
 
+pub mod error;
 pub mod metrics;
 pub mod netns;
 
@@ -26,16 +27,14 @@ use std::time::{Duration, Instant};
 use inotify::{Inotify, WatchMask};
 use ipmgr_eni::{
     Absences, AfterFailure, Assignment, Backoff, EniRecord, Keep, NodeFacts, ScanVerdict,
-    secondary_addresses, verify_release,
+    secondary_addresses, verify_reclaim,
 };
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::aws::{self, Ec2, Metadata, Unassigned};
 use crate::config::AgentSettings;
-use crate::connect::aws;
-use crate::ec2::{Ec2, Unassigned};
-use crate::failure::RunError;
-use crate::metadata::Metadata;
+pub use error::AgentError;
 use metrics::{AgentMetrics, ReasonLabel};
 use netns::{Scan, ScanError};
 
@@ -93,13 +92,13 @@ struct Agent {
 /// Runs the agent until SIGTERM or SIGINT. Only what the agent cannot get past by waiting
 /// ends it: a netns directory that is missing or unreadable at start-up, a metrics address
 /// it cannot listen on, and namespaces it may not enter.
-pub async fn run(settings: AgentSettings) -> Result<(), RunError> {
-    let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+pub async fn run(settings: AgentSettings) -> Result<(), AgentError> {
+    let mut terminate = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     netns::check_directory(&settings.netns_dir)?;
     let metrics = Arc::new(AgentMetrics::default());
     let listener = TcpListener::bind(settings.metrics_listen)
         .await
-        .map_err(|source| RunError::Metrics {
+        .map_err(|source| AgentError::Metrics {
             address: settings.metrics_listen,
             source,
         })?;
@@ -164,7 +163,7 @@ pub async fn run(settings: AgentSettings) -> Result<(), RunError> {
 async fn connect(settings: &AgentSettings, metrics: &AgentMetrics) -> (Metadata, Ec2, NodeFacts) {
     let mut failures = 0;
     loop {
-        match aws(&settings.aws).await {
+        match aws::connect(&settings.aws).await {
             Ok(connected) => return connected,
             Err(error) => {
                 failures += 1;
@@ -179,7 +178,7 @@ async fn connect(settings: &AgentSettings, metrics: &AgentMetrics) -> (Metadata,
 
 impl Agent {
     /// One round: scan, read the node, and give back what is due, if the view allows.
-    async fn round(&mut self) -> Result<(), RunError> {
+    async fn round(&mut self) -> Result<(), AgentError> {
         self.trusted = false;
         self.retry_soon = true;
         let Some(scan) = self.scan_pods().await? else {
@@ -211,7 +210,7 @@ impl Agent {
                 Instant::now(),
             );
             if !due.is_empty() {
-                self.release(&due).await?;
+                self.reclaim(&due).await?;
             }
         }
         self.metrics.waiting.set(self.absences.waiting() as i64);
@@ -255,7 +254,7 @@ impl Agent {
 
     /// Scans the pod namespaces; `None` (logged, counted) when the scan failed in a way the
     /// next one may not. Only a refused setns ends the agent.
-    async fn scan_pods(&self) -> Result<Option<Scan>, RunError> {
+    async fn scan_pods(&self) -> Result<Option<Scan>, AgentError> {
         let started = Instant::now();
         let dir = self.settings.netns_dir.clone();
         let scanned = tokio::task::spawn_blocking(move || netns::scan(&dir))
@@ -334,7 +333,7 @@ impl Agent {
     /// Gives back `due`, decided afresh: the ENIs are read from EC2 and the pods scanned
     /// again just before the calls, which go out only while that view is fresh. A decision
     /// that cannot be refreshed is dropped, to be taken again by a later scan.
-    async fn release(&mut self, due: &[Assignment]) -> Result<(), RunError> {
+    async fn reclaim(&mut self, due: &[Assignment]) -> Result<(), AgentError> {
         let options = self.settings.reclaim();
         let ids: BTreeSet<String> = due.iter().map(|a| a.eni_id.clone()).collect();
         let enis = match self
@@ -373,7 +372,7 @@ impl Agent {
             (self.trusted, self.retry_soon) = (false, true);
             return Ok(());
         };
-        let (changes, kept) = verify_release(
+        let (changes, kept) = verify_reclaim(
             due,
             &self.node.instance_id,
             &enis,
@@ -401,7 +400,7 @@ impl Agent {
                 self.metrics.drop_decisions("stale", change.len());
                 continue;
             }
-            for (call, outcome) in self.release_ec2.release(&change, Some(view + FRESH)).await {
+            for (call, outcome) in self.release_ec2.unassign(&change, Some(view + FRESH)).await {
                 self.took_back(&call.assignments().collect::<Vec<_>>(), outcome, &options);
             }
         }
@@ -494,7 +493,7 @@ enum Changes {
     Closed,
 }
 
-fn watch(dir: &std::path::Path) -> Result<Changes, RunError> {
+fn watch(dir: &std::path::Path) -> Result<Changes, AgentError> {
     let watch_error = |source| ScanError::directory(dir, source);
     let inotify = Inotify::init().map_err(watch_error)?;
     inotify

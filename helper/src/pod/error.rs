@@ -1,11 +1,11 @@
-//! What can go wrong: per address ([`Failure`]) and for the whole run ([`RunError`]).
+//! What can go wrong for the pod helper: per address ([`Failure`]) and for the whole run
+//! ([`PodError`]).
 
 use std::time::Duration;
 
 use ipmgr_eni::Rejection;
 
-use crate::ec2::Ec2Failure;
-use crate::metadata::MetadataError;
+use crate::aws::{Ec2Failure, MetadataError};
 use crate::netlink::NetlinkError;
 
 /// Why one address (or one EC2 call's addresses) is not routable after a pass.
@@ -36,7 +36,7 @@ impl Failure {
 
 /// Why a mode ended unsuccessfully; each variant is one line for the pod's termination log.
 #[derive(Debug, thiserror::Error)]
-pub enum RunError {
+pub enum PodError {
     /// Instance metadata failed.
     #[error(transparent)]
     Metadata(#[from] MetadataError),
@@ -65,23 +65,10 @@ pub enum RunError {
     Unroutable(Vec<Failure>),
     /// Giving back addresses on exit failed; they stay assigned to their ENI.
     #[error(
-        "release on exit failed, the addresses stay assigned: {}; unassign them by hand or let the next pod that uses them take them",
+        "release on exit failed, the addresses stay assigned: {}; unassign them by hand, let the node agent give them back, or let the next pod that uses them take them",
         join(.0)
     )]
-    Release(Vec<Ec2Failure>),
-    /// The agent's metrics endpoint could not listen.
-    #[error(
-        "cannot serve metrics on {address}: {source}; set --metrics-listen (IPMGR_METRICS_LISTEN) to a free address"
-    )]
-    Metrics {
-        /// The address.
-        address: std::net::SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The agent cannot read the pods' network namespaces.
-    #[error(transparent)]
-    Scan(#[from] crate::agent::netns::ScanError),
+    GiveBack(Vec<Ec2Failure>),
     /// The termination signal handler could not be installed.
     #[error("cannot install the SIGTERM handler: {0}")]
     Signal(std::io::Error),

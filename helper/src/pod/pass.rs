@@ -1,33 +1,20 @@
 //! One assignment pass: plan the pod's addresses against the node (instance metadata),
 //! vet the plan against EC2 (only Multus ENIs, never another workload's address) and carry
-//! out the changes; EC2's answer is the truth. `init` waits for the addresses first, and
-//! afterwards (bounded, advisory) for metadata to show what EC2 accepted.
+//! out the changes; EC2's answer is the truth. After it (bounded, advisory), [`confirm`]
+//! waits for metadata to show what EC2 accepted.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use ipmgr_eni::{
-    Assignment, Eni, EniChange, EniRecord, NodeFacts, OwnershipPolicy, Plan, PlanOptions,
-    PodAddress, Vetted, plan, vet_enis, vet_holders,
+    Assignment, Eni, EniChange, EniRecord, NodeFacts, Plan, PodAddress, Vetted, plan, vet_enis,
+    vet_holders,
 };
 use tokio::time::Instant;
 
-use crate::config::Settings;
-use crate::ec2::{Ec2, Ec2Failure};
-use crate::failure::{Failure, RunError};
-use crate::metadata::Metadata;
-use crate::netlink::PodNetwork;
-
-/// The adapters and settings of one helper process.
-#[derive(Debug)]
-pub struct Helper {
-    pub(crate) settings: Settings,
-    pub(crate) options: PlanOptions,
-    pub(crate) ownership: OwnershipPolicy,
-    pub(crate) metadata: Metadata,
-    pub(crate) ec2: Ec2,
-    pub(crate) network: PodNetwork,
-}
+use super::PodHelper;
+use super::error::Failure;
+use crate::aws::{Ec2, Ec2Failure, Metadata};
 
 /// The node's ENIs as EC2 lists them (tags, attachments): read when a pass first needs
 /// them, kept by the sidecar until its periodic full check.
@@ -70,37 +57,7 @@ pub struct PassReport {
     pub failures: Vec<Failure>,
 }
 
-impl Helper {
-    /// Waits (bounded) until the pod's Multus interfaces carry enough addresses (the VPC
-    /// CNI's interfaces and link-local addresses do not count).
-    pub async fn wait_for_addresses(
-        &mut self,
-        node: &NodeFacts,
-    ) -> Result<Vec<PodAddress>, RunError> {
-        let expected = self.settings.expect_addresses.max(1);
-        let deadline = Instant::now() + self.settings.wait();
-        loop {
-            let addresses = self.network.addresses().await?;
-            let found = plan(node, &addresses, &self.options).multus_addresses();
-            if found >= expected {
-                return Ok(addresses);
-            }
-            if Instant::now() >= deadline {
-                return Err(RunError::NoAddresses {
-                    primary: self.settings.primary_interface.clone(),
-                    waited: self.settings.wait(),
-                    found,
-                    expected,
-                });
-            }
-            let recheck = (Instant::now() + Duration::from_secs(1)).min(deadline);
-            tokio::select! {
-                _ = self.network.changed() => {}
-                () = tokio::time::sleep_until(recheck) => {}
-            }
-        }
-    }
-
+impl PodHelper {
     /// The plan for `addresses` on `node`, vetted against EC2: changes on ENIs that are not
     /// Multus ENIs and addresses another workload holds are refused, addresses EC2 already
     /// has on their ENI need no call. Read-only, and nothing at all when nothing needs to
@@ -166,55 +123,6 @@ impl Helper {
         };
         let planned = vet_enis(planned, &records, &node.instance_id, self.ownership);
         Ok(vet_holders(planned, &records, self.ownership))
-    }
-
-    /// `plan`: what `init` would do, one line per address, changing nothing (it reads EC2
-    /// as a pass would).
-    pub async fn plan_report(&mut self, node: &NodeFacts) -> Result<Vec<String>, RunError> {
-        let addresses = self.wait_for_addresses(node).await?;
-        let Vetted {
-            plan: planned,
-            ipv6_releases,
-        } = self
-            .vetted_plan(node, &addresses, &[], &mut NodeEnis::default())
-            .await?;
-        let changing: Vec<Assignment> = planned
-            .changes
-            .iter()
-            .flat_map(EniChange::assignments)
-            .collect();
-        let placements = planned.placements.iter().map(|placement| {
-            let address = placement.address.address;
-            let verb = if changing.iter().any(|change| change.address == address) {
-                "assign"
-            } else {
-                "keep  "
-            };
-            let mut notes = vec![format!("matched by {:?}", placement.matched_by)];
-            if let Some(prefix) = placement.prefix {
-                notes.push(format!("in its prefix {prefix}"));
-            }
-            for release in &ipv6_releases {
-                if release.assignments().any(|held| held.address == address) {
-                    notes.push(format!("unassigned from {} first", release.eni_id));
-                }
-            }
-            format!(
-                "{verb} {address} ({}) on {} [{}]",
-                placement.address.interface,
-                placement.eni_id,
-                notes.join(", ")
-            )
-        });
-        let rejections = planned.rejections.iter().map(|rejection| {
-            let verb = if rejection.is_failure() {
-                "refuse"
-            } else {
-                "skip  "
-            };
-            format!("{verb} {rejection}")
-        });
-        Ok(placements.chain(rejections).collect())
     }
 
     /// Plans against `node` (distrusting metadata for the `fresh` addresses), vets the plan
@@ -301,26 +209,6 @@ impl Helper {
             }
         }
         (accepted, failures)
-    }
-
-    /// `init`: wait for the addresses, one pass, then wait (bounded) for metadata to show
-    /// what EC2 accepted; an error when any address stays unroutable.
-    pub async fn init(&mut self, node: &NodeFacts) -> Result<(), RunError> {
-        let addresses = self.wait_for_addresses(node).await?;
-        let report = self
-            .pass(node, &addresses, &[], &mut NodeEnis::default())
-            .await;
-        if !report.failures.is_empty() {
-            return Err(RunError::Unroutable(report.failures));
-        }
-        confirm(
-            &self.metadata,
-            node,
-            &report.assigned,
-            self.settings.confirm(),
-        )
-        .await;
-        Ok(())
     }
 }
 

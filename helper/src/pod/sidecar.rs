@@ -14,8 +14,9 @@ use ipmgr_eni::{Assignment, NodeFacts, PodAddress, plan};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
-use crate::failure::RunError;
-use crate::pass::{Helper, NodeEnis, PassReport, confirm};
+use super::PodHelper;
+use super::error::PodError;
+use super::pass::{NodeEnis, PassReport, confirm};
 
 /// How long metadata is not trusted about an address after it changed: the VPC CNI waits up
 /// to a minute for metadata to show an assignment.
@@ -56,11 +57,11 @@ impl Memory {
     }
 }
 
-impl Helper {
+impl PodHelper {
     /// `sidecar`: wait for the addresses, then pass after pass until SIGTERM or SIGINT;
     /// then release what it assigned (if enabled) and return.
-    pub async fn sidecar(&mut self, mut node: NodeFacts) -> Result<(), RunError> {
-        let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+    pub async fn sidecar(&mut self, mut node: NodeFacts) -> Result<(), PodError> {
+        let mut terminate = signal(SignalKind::terminate()).map_err(PodError::Signal)?;
         let mut memory = Memory {
             seen: self.wait_for_addresses(&node).await?,
             ..Memory::default()
@@ -99,7 +100,7 @@ impl Helper {
             }
         }
         if self.settings.release_on_exit {
-            self.release(&memory.assigned).await?;
+            self.give_back_on_exit(&memory.assigned).await?;
         }
         Ok(())
     }
@@ -111,7 +112,7 @@ impl Helper {
         node: &mut NodeFacts,
         enis: &mut NodeEnis,
         memory: &mut Memory,
-    ) -> Result<PassReport, RunError> {
+    ) -> Result<PassReport, PodError> {
         match trigger {
             Trigger::FullCheck => {
                 enis.forget();
@@ -131,10 +132,10 @@ impl Helper {
     /// writes the ready file after the first clean pass; the time until the next full check.
     fn after(
         &self,
-        outcome: Result<PassReport, RunError>,
+        outcome: Result<PassReport, PodError>,
         node: &NodeFacts,
         memory: &mut Memory,
-    ) -> Result<Duration, RunError> {
+    ) -> Result<Duration, PodError> {
         let clean = match outcome {
             Ok(report) => {
                 let now = Instant::now();
@@ -159,7 +160,7 @@ impl Helper {
             if !memory.ready
                 && let Some(path) = &self.settings.ready_file
             {
-                std::fs::write(path, b"ready\n").map_err(|source| RunError::ReadyFile {
+                std::fs::write(path, b"ready\n").map_err(|source| PodError::ReadyFile {
                     path: path.display().to_string(),
                     source,
                 })?;

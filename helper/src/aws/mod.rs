@@ -1,5 +1,9 @@
-//! Building the adapters: one rustls/ring HTTPS client shared by instance metadata and EC2,
-//! the SDK configuration from the standard AWS environment, and netlink.
+//! The AWS adapters, shared by the pod helper and the node agent and importing neither:
+//! one rustls/ring HTTPS client for instance metadata ([`metadata`]) and EC2 ([`ec2`]), the
+//! SDK configured from the standard AWS environment.
+
+pub mod ec2;
+pub mod metadata;
 
 use std::time::Duration;
 
@@ -9,19 +13,16 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::Region;
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-use ipmgr_eni::{NodeFacts, PlanOptions};
+use ipmgr_eni::NodeFacts;
 
-use crate::config::{AwsSettings, Settings};
-use crate::ec2::Ec2;
-use crate::failure::RunError;
-use crate::metadata::Metadata;
-use crate::netlink::PodNetwork;
-use crate::pass::Helper;
+use crate::config::AwsSettings;
+pub use ec2::{Ec2, Ec2Failure, Unassigned};
+pub use metadata::{Metadata, MetadataError};
 
 /// Reads the node from instance metadata and builds the EC2 client (standard AWS
 /// environment: AWS_REGION, AWS_ENDPOINT_URL(_EC2), the default credential chain; the region
 /// from metadata otherwise) with the SDK's own retries off: ours count, bound and log them.
-pub async fn aws(settings: &AwsSettings) -> Result<(Metadata, Ec2, NodeFacts), RunError> {
+pub async fn connect(settings: &AwsSettings) -> Result<(Metadata, Ec2, NodeFacts), MetadataError> {
     let http_client = aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
         .build_https();
@@ -45,27 +46,4 @@ pub async fn aws(settings: &AwsSettings) -> Result<(Metadata, Ec2, NodeFacts), R
         .await;
     let ec2 = Ec2::new(aws_sdk_ec2::Client::new(&sdk_config), settings.ec2_retry());
     Ok((metadata, ec2, node))
-}
-
-impl Helper {
-    /// Opens netlink and connects to AWS ([`aws`]).
-    pub async fn connect(settings: Settings) -> Result<(Self, NodeFacts), RunError> {
-        let network = PodNetwork::connect()?;
-        let (metadata, ec2, node) = aws(&settings.aws).await?;
-        let options = PlanOptions {
-            primary_interface: settings.primary_interface.clone(),
-            interfaces: settings.interfaces.clone(),
-            allow_primary_eni: settings.allow_primary_eni,
-            allowed: settings.allow_cidrs.clone(),
-        };
-        let helper = Helper {
-            ownership: settings.aws.ownership(),
-            ec2,
-            settings,
-            options,
-            metadata,
-            network,
-        };
-        Ok((helper, node))
-    }
 }

@@ -312,7 +312,7 @@ impl Ec2 {
     /// each call with what became of its addresses. An address EC2 says is no longer on the
     /// ENI is not a failure: it stays with its new holder. No call starts after
     /// `fresh_until`, when given (the view that decided the release is too old by then).
-    pub async fn release(
+    pub async fn unassign(
         &self,
         change: &EniChange,
         fresh_until: Option<Instant>,

@@ -3,19 +3,22 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use ipmgr_eni::{Assignment, release};
+use ipmgr_eni::{Assignment, still_assigned};
 
-use crate::ec2::Unassigned;
-use crate::failure::RunError;
-use crate::pass::Helper;
+use super::PodHelper;
+use super::error::PodError;
+use crate::aws::Unassigned;
 
-impl Helper {
+impl PodHelper {
     /// Unassigns what this helper assigned that the pod still carries and EC2 still has on
     /// its ENI: EC2 is asked, not metadata, which lags and may still show an address that
     /// moved away. A floating IP another pod or node took meanwhile stays with it. When EC2
     /// refuses a batch (an address left the ENI between the lookup and the call), the
     /// addresses go one by one.
-    pub(crate) async fn release(&self, assigned: &BTreeSet<Assignment>) -> Result<(), RunError> {
+    pub(crate) async fn give_back_on_exit(
+        &self,
+        assigned: &BTreeSet<Assignment>,
+    ) -> Result<(), PodError> {
         let current: BTreeSet<IpAddr> = self
             .network
             .addresses()
@@ -36,10 +39,10 @@ impl Helper {
             .ec2
             .enis(&ids.into_iter().collect::<Vec<_>>())
             .await
-            .map_err(|failure| RunError::Release(vec![failure]))?;
+            .map_err(|failure| PodError::GiveBack(vec![failure]))?;
         let mut failures = Vec::new();
-        for change in release(&ours, &enis) {
-            for (_, outcome) in self.ec2.release(&change, None).await {
+        for change in still_assigned(&ours, &enis) {
+            for (_, outcome) in self.ec2.unassign(&change, None).await {
                 if let Unassigned::Failed(failure) = outcome {
                     failures.push(failure);
                 }
@@ -48,7 +51,7 @@ impl Helper {
         if failures.is_empty() {
             Ok(())
         } else {
-            Err(RunError::Release(failures))
+            Err(PodError::GiveBack(failures))
         }
     }
 }

@@ -1,0 +1,156 @@
+//! The pod helper: the container the webhook injects into a Multus pod. It makes the pod's
+//! addresses routable once (`init`), or keeps doing so while it runs (`sidecar`, native
+//! sidecar: [`sidecar`]), and on exit gives back what it assigned ([`exit`]). Each pass
+//! ([`pass`]) plans with `ipmgr_eni` and carries the plan out through the AWS adapters.
+
+pub mod error;
+pub mod exit;
+pub mod pass;
+pub mod sidecar;
+
+use std::time::Duration;
+
+use ipmgr_eni::{
+    Assignment, EniChange, NodeFacts, OwnershipPolicy, PlanOptions, PodAddress, Vetted, plan,
+};
+use tokio::time::Instant;
+
+use crate::aws::{self, Ec2, Metadata};
+use crate::config::Settings;
+use crate::netlink::PodNetwork;
+pub use error::{Failure, PodError};
+pub use pass::PassReport;
+use pass::{NodeEnis, confirm};
+
+/// The adapters and settings of one pod helper process.
+#[derive(Debug)]
+pub struct PodHelper {
+    pub(crate) settings: Settings,
+    pub(crate) options: PlanOptions,
+    pub(crate) ownership: OwnershipPolicy,
+    pub(crate) metadata: Metadata,
+    pub(crate) ec2: Ec2,
+    pub(crate) network: PodNetwork,
+}
+
+impl PodHelper {
+    /// Opens netlink and connects to AWS ([`aws::connect`]).
+    pub async fn connect(settings: Settings) -> Result<(Self, NodeFacts), PodError> {
+        let network = PodNetwork::connect()?;
+        let (metadata, ec2, node) = aws::connect(&settings.aws).await?;
+        let options = PlanOptions {
+            primary_interface: settings.primary_interface.clone(),
+            interfaces: settings.interfaces.clone(),
+            allow_primary_eni: settings.allow_primary_eni,
+            allowed: settings.allow_cidrs.clone(),
+        };
+        let helper = PodHelper {
+            ownership: settings.aws.ownership(),
+            ec2,
+            settings,
+            options,
+            metadata,
+            network,
+        };
+        Ok((helper, node))
+    }
+
+    /// Waits (bounded) until the pod's Multus interfaces carry enough addresses (the VPC
+    /// CNI's interfaces and link-local addresses do not count).
+    pub async fn wait_for_addresses(
+        &mut self,
+        node: &NodeFacts,
+    ) -> Result<Vec<PodAddress>, PodError> {
+        let expected = self.settings.expect_addresses.max(1);
+        let deadline = Instant::now() + self.settings.wait();
+        loop {
+            let addresses = self.network.addresses().await?;
+            let found = plan(node, &addresses, &self.options).multus_addresses();
+            if found >= expected {
+                return Ok(addresses);
+            }
+            if Instant::now() >= deadline {
+                return Err(PodError::NoAddresses {
+                    primary: self.settings.primary_interface.clone(),
+                    waited: self.settings.wait(),
+                    found,
+                    expected,
+                });
+            }
+            let recheck = (Instant::now() + Duration::from_secs(1)).min(deadline);
+            tokio::select! {
+                _ = self.network.changed() => {}
+                () = tokio::time::sleep_until(recheck) => {}
+            }
+        }
+    }
+
+    /// `plan`: what `init` would do, one line per address, changing nothing (it reads EC2
+    /// as a pass would).
+    pub async fn plan_report(&mut self, node: &NodeFacts) -> Result<Vec<String>, PodError> {
+        let addresses = self.wait_for_addresses(node).await?;
+        let Vetted {
+            plan: planned,
+            ipv6_releases,
+        } = self
+            .vetted_plan(node, &addresses, &[], &mut NodeEnis::default())
+            .await?;
+        let changing: Vec<Assignment> = planned
+            .changes
+            .iter()
+            .flat_map(EniChange::assignments)
+            .collect();
+        let placements = planned.placements.iter().map(|placement| {
+            let address = placement.address.address;
+            let verb = if changing.iter().any(|change| change.address == address) {
+                "assign"
+            } else {
+                "keep  "
+            };
+            let mut notes = vec![format!("matched by {:?}", placement.matched_by)];
+            if let Some(prefix) = placement.prefix {
+                notes.push(format!("in its prefix {prefix}"));
+            }
+            for release in &ipv6_releases {
+                if release.assignments().any(|held| held.address == address) {
+                    notes.push(format!("unassigned from {} first", release.eni_id));
+                }
+            }
+            format!(
+                "{verb} {address} ({}) on {} [{}]",
+                placement.address.interface,
+                placement.eni_id,
+                notes.join(", ")
+            )
+        });
+        let rejections = planned.rejections.iter().map(|rejection| {
+            let verb = if rejection.is_failure() {
+                "refuse"
+            } else {
+                "skip  "
+            };
+            format!("{verb} {rejection}")
+        });
+        Ok(placements.chain(rejections).collect())
+    }
+
+    /// `init`: wait for the addresses, one pass, then wait (bounded) for metadata to show
+    /// what EC2 accepted; an error when any address stays unroutable.
+    pub async fn init(&mut self, node: &NodeFacts) -> Result<(), PodError> {
+        let addresses = self.wait_for_addresses(node).await?;
+        let report = self
+            .pass(node, &addresses, &[], &mut NodeEnis::default())
+            .await;
+        if !report.failures.is_empty() {
+            return Err(PodError::Unroutable(report.failures));
+        }
+        confirm(
+            &self.metadata,
+            node,
+            &report.assigned,
+            self.settings.confirm(),
+        )
+        .await;
+        Ok(())
+    }
+}
