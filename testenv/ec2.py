@@ -324,6 +324,9 @@ class Ec2Layer:
         fault = self.state.take_fault(action)
         if fault:
             time.sleep(fault.get("delay_ms", 0) / 1000)
+            if fault.get("code") == "RequestLimitExceeded":  # an injected throttle counts as one
+                with self.state.lock:
+                    self.state.throttled[action] += 1
             if fault.get("code"):
                 return self.respond(start_response, *error_response(
                     Ec2Error(fault["code"], fault.get("message", "injected fault"), fault.get("status", 400))))

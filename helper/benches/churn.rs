@@ -55,7 +55,10 @@ fn main() {
         "| deleted pod's address off its ENI (median / max) | {:.1} s / {:.1} s |",
         report.release_latency.0, report.release_latency.1
     );
-    println!("| throttled EC2 calls | {} |", report.throttled);
+    println!(
+        "| throttled EC2 calls (buckets and {} windows of 3 s) | {} |",
+        report.throttle_windows, report.throttled
+    );
     println!(
         "| still within their bound at the end | {} |",
         report.pending_at_end

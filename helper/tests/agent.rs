@@ -491,11 +491,17 @@ fn churn_under_throttling_lag_and_restarts_never_takes_a_live_pods_address() {
         helper: ipmgr_testbed::program("IPMGR_HELPER_BIN", env!("CARGO_BIN_EXE_ipmgr-helper")),
         duration: Duration::from_secs(45),
         restart_every: Duration::from_secs(15),
+        throttle_every: Duration::from_secs(10),
         ..ChurnOptions::default()
     });
     assert!(report.violations.is_empty(), "{report:#?}");
     assert!(
-        report.routable >= 10 && report.reused >= 3 && report.releases >= 3 && report.restarts >= 2,
+        report.routable >= 10
+            && report.reused >= 3
+            && report.releases >= 3
+            && report.restarts >= 2
+            && report.throttle_windows >= 3
+            && report.throttled["DescribeNetworkInterfaces"].as_u64() > Some(0),
         "the churn exercised too little: {report:#?}"
     );
 }

@@ -3,15 +3,17 @@
 //! On `nodes` nodes, each with one Multus ENI and a node agent: pods are created (their
 //! address from a shared pool, often the one a pod just gave up, as IPAM reuses them) and
 //! made routable by the real `init`, and deleted at random; EC2 throttles Describe and
-//! Unassign from small token buckets, instance metadata lags EC2, and the agents are
-//! restarted now and then. A checker samples EC2 every [`ChurnOptions::sample`] and asserts:
+//! Unassign from small token buckets and, now and then, refuses every such call for a few
+//! seconds (the account's bucket drained by others); instance metadata lags EC2, and the
+//! agents are restarted now and then. A checker samples EC2 every [`ChurnOptions::sample`] and asserts:
 //!
 //! - (a) the address of every live pod whose `init` succeeded is on its node's ENI (off for
 //!   longer than [`ChurnOptions::off_tolerance`] is a violation);
 //! - (b) every address an unassign call took off an ENI was in no live pod on that ENI's node
 //!   at that moment (the stand-in's log of unassigned addresses);
 //! - (c) every address of a deleted pod leaves its ENI within grace + 2 scans + the retry
-//!   budget (+ [`ChurnOptions::slack`]), unless a new pod on the node took it first.
+//!   budget (+ [`ChurnOptions::slack`]) of the deletion, or of its agent's restart (a new
+//!   agent's grace periods start when it does), unless a new pod on the node took it first.
 //!
 //! Used by the churn benchmark (`cargo bench -p ipmgr-helper --bench churn`) and, shorter,
 //! by a root test.
@@ -44,6 +46,10 @@ pub struct ChurnOptions {
     pub retry_seconds: u64,
     /// An agent is restarted this often (a random node's; every other time with SIGKILL).
     pub restart_every: Duration,
+    /// This often, every Describe and Unassign call is throttled for `throttle_for`.
+    pub throttle_every: Duration,
+    /// How long each such window lasts.
+    pub throttle_for: Duration,
     /// Instance metadata lags EC2 by this much.
     pub metadata_lag: Duration,
     /// How often the checker samples EC2.
@@ -58,7 +64,8 @@ pub struct ChurnOptions {
 
 impl Default for ChurnOptions {
     /// Two nodes of five pods, grace 3 s, resync 2 s, a 20 s retry budget, an agent
-    /// restart every 30 s, metadata 2 s behind, samples every 100 ms; 5 minutes. The helper
+    /// restart every 30 s, a 3 s throttle window every 20 s, metadata 2 s behind, samples
+    /// every 100 ms; 5 minutes. The helper
     /// is `ipmgr-helper` on the PATH: set `helper`.
     fn default() -> Self {
         ChurnOptions {
@@ -70,6 +77,8 @@ impl Default for ChurnOptions {
             resync_seconds: 2,
             retry_seconds: 20,
             restart_every: Duration::from_secs(30),
+            throttle_every: Duration::from_secs(20),
+            throttle_for: Duration::from_secs(3),
             metadata_lag: Duration::from_secs(2),
             sample: Duration::from_millis(100),
             off_tolerance: Duration::from_secs(1),
@@ -103,6 +112,8 @@ pub struct ChurnReport {
     pub releases: usize,
     /// Agent restarts.
     pub restarts: usize,
+    /// Windows in which every Describe and Unassign call was throttled.
+    pub throttle_windows: usize,
     /// EC2 calls throttled, by action.
     pub throttled: Value,
     /// Deleted pods' addresses given back, seconds from deletion: median and maximum.
@@ -181,14 +192,16 @@ impl<'a> Churn<'a> {
             "subnets": {"node": {"cidr": "10.0.0.0/24"}, "multus": {"cidr": "10.0.1.0/24"}},
             "nodes": nodes,
         })));
-        // Small buckets for the calls the agent makes; metadata behind EC2.
+        // The account's buckets for the calls the agents make, scaled down (AWS: Describe
+        // 100 + 20/s, Unassign 100 + 5/s) so that bursts are throttled while the churn still
+        // gets through; metadata behind EC2.
         bed.control(
             "POST",
             "config",
             json!({
                 "eni_ipv4_limit": 50,
                 "imds_delay_ms": options.metadata_lag.as_millis() as u64,
-                "buckets": {"describe": [3, 1], "UnassignPrivateIpAddresses": [1, 0.2]},
+                "buckets": {"describe": [10, 4], "UnassignPrivateIpAddresses": [2, 1]},
             }),
         );
         let names: Vec<String> = (1..=options.nodes).map(|i| format!("node{i}")).collect();
@@ -274,6 +287,7 @@ impl<'a> Churn<'a> {
     fn run(&mut self) {
         let started = Instant::now();
         let mut next_restart = started + self.options.restart_every;
+        let mut next_throttle = started + self.options.throttle_every;
         let mut restarts_killed = false;
         while started.elapsed() < self.options.duration {
             let tick = Instant::now();
@@ -290,7 +304,26 @@ impl<'a> Churn<'a> {
                 restarts_killed = !restarts_killed;
                 self.agents[node] = self.agent(node);
                 self.report.restarts += 1;
+                // A new agent remembers nothing: its grace periods start now.
+                let restarted = Instant::now() + self.bound();
+                for ((on, _), leaving) in &mut self.leaving {
+                    if *on == node {
+                        leaving.deadline = leaving.deadline.max(restarted);
+                    }
+                }
                 next_restart = Instant::now() + self.options.restart_every;
+            }
+            if tick >= next_throttle {
+                for action in ["DescribeNetworkInterfaces", "UnassignPrivateIpAddresses"] {
+                    self.bed.control(
+                        "POST",
+                        "faults",
+                        json!({"action": action, "code": "RequestLimitExceeded", "status": 503,
+                               "seconds": self.options.throttle_for.as_secs_f64()}),
+                    );
+                }
+                self.report.throttle_windows += 1;
+                next_throttle = Instant::now() + self.options.throttle_every;
             }
             self.sample();
             if let Some(left) = self.options.sample.checked_sub(tick.elapsed()) {
@@ -371,11 +404,7 @@ impl<'a> Churn<'a> {
                 entry.3 = Some(until);
             }
         }
-        let bound = Duration::from_secs(
-            self.options.grace_seconds
-                + 2 * self.options.resync_seconds
-                + self.options.retry_seconds,
-        ) + self.options.slack;
+        let bound = self.bound();
         let now = Instant::now();
         if gone.routable {
             self.leaving.insert(
@@ -394,6 +423,16 @@ impl<'a> Churn<'a> {
     /// EC2 holds the address on the node's ENI then: one that trusted lagging metadata and
     /// left it on no ENI is counted apart (not the agent's doing: it gave the address back
     /// while no pod carried it).
+    /// How long a deleted pod's address may stay on its ENI: grace + 2 scans + the retry
+    /// budget + slack, from the deletion or from the restart of its node's agent.
+    fn bound(&self) -> Duration {
+        Duration::from_secs(
+            self.options.grace_seconds
+                + 2 * self.options.resync_seconds
+                + self.options.retry_seconds,
+        ) + self.options.slack
+    }
+
     fn reap_inits(&mut self) {
         for node in 0..self.pods.len() {
             for index in 0..self.pods[node].len() {
