@@ -1,6 +1,7 @@
 //! The pod's addresses, and notice of their changes, through rtnetlink (no `ip` binary).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 
 use futures::StreamExt as _;
@@ -37,6 +38,19 @@ pub struct PodNetwork {
     events: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
 }
 
+/// The pod's addresses and their changes: the seam between the pod helper and netlink
+/// ([`PodNetwork`]; tests script them).
+pub trait PodAddresses: Send {
+    /// Every global-scope address on the pod's interfaces (loopback aside), with the
+    /// interface's name and MAC; which of them the helper manages is the planner's call.
+    fn addresses(&self) -> impl Future<Output = Result<Vec<PodAddress>, NetlinkError>> + Send;
+
+    /// Waits for the next address or link change and drains the burst that follows. `None`
+    /// when the source closed; otherwise the global-scope addresses added in the burst
+    /// (even one that was removed and added back while the caller was busy), possibly none.
+    fn changed(&mut self) -> impl Future<Output = Option<Vec<IpAddr>>> + Send;
+}
+
 impl PodNetwork {
     /// Opens a netlink socket subscribed to address and link changes. Needs a tokio runtime.
     pub fn connect() -> Result<Self, NetlinkError> {
@@ -48,10 +62,10 @@ impl PodNetwork {
         tokio::spawn(connection);
         Ok(PodNetwork { handle, events })
     }
+}
 
-    /// Every global-scope address on the pod's interfaces (loopback aside), with the
-    /// interface's name and MAC; which of them the helper manages is the planner's call.
-    pub async fn addresses(&self) -> Result<Vec<PodAddress>, NetlinkError> {
+impl PodAddresses for PodNetwork {
+    async fn addresses(&self) -> Result<Vec<PodAddress>, NetlinkError> {
         let links: Vec<_> = self
             .handle
             .link()
@@ -105,11 +119,7 @@ impl PodNetwork {
         Ok(addresses)
     }
 
-    /// Waits for the next address or link change and drains the burst that follows. `None`
-    /// when the netlink socket closed; otherwise the global-scope addresses added in the
-    /// burst (even one that was removed and added back while the caller was busy), possibly
-    /// none.
-    pub async fn changed(&mut self) -> Option<Vec<IpAddr>> {
+    async fn changed(&mut self) -> Option<Vec<IpAddr>> {
         let mut added = Vec::new();
         let mut note = |(message, _): (NetlinkMessage<RouteNetlinkMessage>, SocketAddr)| {
             if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(address)) =

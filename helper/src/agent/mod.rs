@@ -32,7 +32,7 @@ use ipmgr_eni::{
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::aws::{self, Ec2, Metadata, Unassigned};
+use crate::aws::{self, Ec2, Ec2Api as _, Metadata, NodeMetadata as _, Unassigned};
 use crate::config::AgentSettings;
 pub use error::AgentError;
 use metrics::{AgentMetrics, ReasonLabel};

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use aws_runtime::retries::classifiers::{THROTTLING_ERRORS, TRANSIENT_ERRORS};
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{Filter, NetworkInterface};
-use ipmgr_eni::{EniChange, EniRecord, ErrorClass, RetryPolicy};
+use ipmgr_eni::{EniRecord, ErrorClass, RetryPolicy};
+
+use super::Ec2Api;
 
 /// A failed EC2 call: what, on which ENI and addresses, and EC2's error code.
 #[derive(Debug, thiserror::Error)]
@@ -149,127 +151,6 @@ impl Ec2 {
         }
     }
 
-    /// AssignPrivateIpAddresses with AllowReassignment: one call for all `addresses`.
-    pub async fn assign_ipv4(
-        &self,
-        eni_id: &str,
-        addresses: &[Ipv4Addr],
-    ) -> Result<(), Ec2Failure> {
-        let texts = strings(addresses);
-        self.call("AssignPrivateIpAddresses", eni_id, &texts, || {
-            self.client
-                .assign_private_ip_addresses()
-                .network_interface_id(eni_id)
-                .set_private_ip_addresses(Some(texts.clone()))
-                .allow_reassignment(true)
-                .send()
-        })
-        .await
-        .map(drop)
-    }
-
-    /// UnassignPrivateIpAddresses.
-    pub async fn unassign_ipv4(
-        &self,
-        eni_id: &str,
-        addresses: &[Ipv4Addr],
-    ) -> Result<(), Ec2Failure> {
-        let texts = strings(addresses);
-        self.call("UnassignPrivateIpAddresses", eni_id, &texts, || {
-            self.client
-                .unassign_private_ip_addresses()
-                .network_interface_id(eni_id)
-                .set_private_ip_addresses(Some(texts.clone()))
-                .send()
-        })
-        .await
-        .map(drop)
-    }
-
-    /// AssignIpv6Addresses (the addresses must be free: see [`Self::holders`]).
-    pub async fn assign_ipv6(
-        &self,
-        eni_id: &str,
-        addresses: &[Ipv6Addr],
-    ) -> Result<(), Ec2Failure> {
-        let texts = strings(addresses);
-        self.call("AssignIpv6Addresses", eni_id, &texts, || {
-            self.client
-                .assign_ipv6_addresses()
-                .network_interface_id(eni_id)
-                .set_ipv6_addresses(Some(texts.clone()))
-                .send()
-        })
-        .await
-        .map(drop)
-    }
-
-    /// UnassignIpv6Addresses.
-    pub async fn unassign_ipv6(
-        &self,
-        eni_id: &str,
-        addresses: &[Ipv6Addr],
-    ) -> Result<(), Ec2Failure> {
-        let texts = strings(addresses);
-        self.call("UnassignIpv6Addresses", eni_id, &texts, || {
-            self.client
-                .unassign_ipv6_addresses()
-                .network_interface_id(eni_id)
-                .set_ipv6_addresses(Some(texts.clone()))
-                .send()
-        })
-        .await
-        .map(drop)
-    }
-
-    /// The ENIs attached to `instance_id`, with their tags (one DescribeNetworkInterfaces).
-    pub async fn node_enis(&self, instance_id: &str) -> Result<Vec<EniRecord>, Ec2Failure> {
-        self.describe(
-            instance_id,
-            &[],
-            Filter::builder()
-                .name("attachment.instance-id")
-                .values(instance_id)
-                .build(),
-        )
-        .await
-    }
-
-    /// The ENIs with these ids, as EC2 has them now (one DescribeNetworkInterfaces).
-    pub async fn enis(&self, ids: &[String]) -> Result<Vec<EniRecord>, Ec2Failure> {
-        let by_id = Filter::builder()
-            .name("network-interface-id")
-            .set_values(Some(ids.to_vec()))
-            .build();
-        self.describe(&ids.join(","), &[], by_id).await
-    }
-
-    /// The ENIs of `vpc_id` that hold any of the addresses now: one DescribeNetworkInterfaces
-    /// per family that has addresses, both at once.
-    pub async fn holders(
-        &self,
-        vpc_id: &str,
-        ipv4: &[Ipv4Addr],
-        ipv6: &[Ipv6Addr],
-    ) -> Result<Vec<EniRecord>, Ec2Failure> {
-        let lookup = |filter: &'static str, addresses: Vec<String>| async move {
-            if addresses.is_empty() {
-                return Ok(Vec::new());
-            }
-            let by_address = Filter::builder()
-                .name(filter)
-                .set_values(Some(addresses.clone()))
-                .build();
-            self.describe(vpc_id, &addresses, by_address).await
-        };
-        let (mut found, holders6) = futures::try_join!(
-            lookup("addresses.private-ip-address", strings(ipv4)),
-            lookup("ipv6-addresses.ipv6-address", strings(ipv6)),
-        )?;
-        found.extend(holders6);
-        Ok(found)
-    }
-
     /// DescribeNetworkInterfaces with `filter` (and the VPC when `scope` is one), as records.
     async fn describe(
         &self,
@@ -306,51 +187,112 @@ impl Ec2 {
             },
         }
     }
+}
 
-    /// Gives back one ENI's addresses: an unassign call per family, and per address when EC2
-    /// refuses a batch for good (an address left the ENI between a lookup and the call):
-    /// each call with what became of its addresses. An address EC2 says is no longer on the
-    /// ENI is not a failure: it stays with its new holder. No call starts after
-    /// `fresh_until`, when given (the view that decided the release is too old by then).
-    pub async fn unassign(
-        &self,
-        change: &EniChange,
-        fresh_until: Option<Instant>,
-    ) -> Vec<(EniChange, Unassigned)> {
-        let fresh = || fresh_until.is_none_or(|until| Instant::now() <= until);
-        let mut outcomes = Vec::new();
-        for call in change.calls() {
-            if !fresh() {
-                outcomes.push((call, Unassigned::Stale));
-                continue;
-            }
-            match self.unassign_call(&call).await {
-                Err(failure) if call.len() > 1 && failure.class == ErrorClass::Persistent => {
-                    tracing::warn!(%failure, "EC2 refused the release batch; releasing the addresses one by one");
-                    for single in call.singles() {
-                        let outcome = if fresh() {
-                            Unassigned::from(self.unassign_call(&single).await)
-                        } else {
-                            Unassigned::Stale
-                        };
-                        outcomes.push((single, outcome));
-                    }
-                }
-                result => outcomes.push((call, Unassigned::from(result))),
-            }
-        }
-        outcomes
+impl Ec2Api for Ec2 {
+    /// AssignPrivateIpAddresses with AllowReassignment: one call for all `addresses`.
+    async fn assign_ipv4(&self, eni_id: &str, addresses: &[Ipv4Addr]) -> Result<(), Ec2Failure> {
+        let texts = strings(addresses);
+        self.call("AssignPrivateIpAddresses", eni_id, &texts, || {
+            self.client
+                .assign_private_ip_addresses()
+                .network_interface_id(eni_id)
+                .set_private_ip_addresses(Some(texts.clone()))
+                .allow_reassignment(true)
+                .send()
+        })
+        .await
+        .map(drop)
     }
 
-    /// One unassign call (a change of one family).
-    async fn unassign_call(&self, call: &EniChange) -> Result<(), Ec2Failure> {
-        if call.ipv6.is_empty() {
-            self.unassign_ipv4(&call.eni_id, &call.ipv4).await?;
-        } else {
-            self.unassign_ipv6(&call.eni_id, &call.ipv6).await?;
-        }
-        tracing::info!(eni = call.eni_id, ipv4 = ?call.ipv4, ipv6 = ?call.ipv6, "released");
-        Ok(())
+    /// UnassignPrivateIpAddresses.
+    async fn unassign_ipv4(&self, eni_id: &str, addresses: &[Ipv4Addr]) -> Result<(), Ec2Failure> {
+        let texts = strings(addresses);
+        self.call("UnassignPrivateIpAddresses", eni_id, &texts, || {
+            self.client
+                .unassign_private_ip_addresses()
+                .network_interface_id(eni_id)
+                .set_private_ip_addresses(Some(texts.clone()))
+                .send()
+        })
+        .await
+        .map(drop)
+    }
+
+    /// AssignIpv6Addresses (the addresses must be free: see [`Self::holders`]).
+    async fn assign_ipv6(&self, eni_id: &str, addresses: &[Ipv6Addr]) -> Result<(), Ec2Failure> {
+        let texts = strings(addresses);
+        self.call("AssignIpv6Addresses", eni_id, &texts, || {
+            self.client
+                .assign_ipv6_addresses()
+                .network_interface_id(eni_id)
+                .set_ipv6_addresses(Some(texts.clone()))
+                .send()
+        })
+        .await
+        .map(drop)
+    }
+
+    /// UnassignIpv6Addresses.
+    async fn unassign_ipv6(&self, eni_id: &str, addresses: &[Ipv6Addr]) -> Result<(), Ec2Failure> {
+        let texts = strings(addresses);
+        self.call("UnassignIpv6Addresses", eni_id, &texts, || {
+            self.client
+                .unassign_ipv6_addresses()
+                .network_interface_id(eni_id)
+                .set_ipv6_addresses(Some(texts.clone()))
+                .send()
+        })
+        .await
+        .map(drop)
+    }
+
+    /// The ENIs attached to `instance_id`, with their tags (one DescribeNetworkInterfaces).
+    async fn node_enis(&self, instance_id: &str) -> Result<Vec<EniRecord>, Ec2Failure> {
+        self.describe(
+            instance_id,
+            &[],
+            Filter::builder()
+                .name("attachment.instance-id")
+                .values(instance_id)
+                .build(),
+        )
+        .await
+    }
+
+    /// The ENIs with these ids, as EC2 has them now (one DescribeNetworkInterfaces).
+    async fn enis(&self, ids: &[String]) -> Result<Vec<EniRecord>, Ec2Failure> {
+        let by_id = Filter::builder()
+            .name("network-interface-id")
+            .set_values(Some(ids.to_vec()))
+            .build();
+        self.describe(&ids.join(","), &[], by_id).await
+    }
+
+    /// The ENIs of `vpc_id` that hold any of the addresses now: one DescribeNetworkInterfaces
+    /// per family that has addresses, both at once.
+    async fn holders(
+        &self,
+        vpc_id: &str,
+        ipv4: &[Ipv4Addr],
+        ipv6: &[Ipv6Addr],
+    ) -> Result<Vec<EniRecord>, Ec2Failure> {
+        let lookup = |filter: &'static str, addresses: Vec<String>| async move {
+            if addresses.is_empty() {
+                return Ok(Vec::new());
+            }
+            let by_address = Filter::builder()
+                .name(filter)
+                .set_values(Some(addresses.clone()))
+                .build();
+            self.describe(vpc_id, &addresses, by_address).await
+        };
+        let (mut found, holders6) = futures::try_join!(
+            lookup("addresses.private-ip-address", strings(ipv4)),
+            lookup("ipv6-addresses.ipv6-address", strings(ipv6)),
+        )?;
+        found.extend(holders6);
+        Ok(found)
     }
 }
 

@@ -8,9 +8,9 @@ use aws_config::imds::client::error::ImdsError;
 use aws_config::provider_config::ProviderConfig;
 use aws_sdk_ec2::config::SharedHttpClient;
 use futures::future::try_join_all;
-use ipmgr_eni::{
-    Assignment, Backoff, Eni, EniMetadata, FactsError, MacAddr, NodeFacts, unconfirmed,
-};
+use ipmgr_eni::{Backoff, Eni, EniMetadata, FactsError, MacAddr, NodeFacts};
+
+use super::NodeMetadata;
 
 /// Reading instance metadata failed.
 #[derive(Debug, thiserror::Error)]
@@ -128,8 +128,43 @@ impl Metadata {
         }
     }
 
+    async fn eni(&self, mac: MacAddr) -> Result<Eni, MetadataError> {
+        let field = |name: &str| self.get(format!("{MACS}{mac}/{name}"));
+        let (interface_id, device_number, network_card, vpc_id, subnet4, subnet6) = futures::try_join!(
+            field("interface-id"),
+            field("device-number"),
+            field("network-card"),
+            field("vpc-id"),
+            field("subnet-ipv4-cidr-block"),
+            field("subnet-ipv6-cidr-blocks"),
+        )?;
+        let (ipv4s, ipv6s, ipv4_prefix, ipv6_prefix) = futures::try_join!(
+            field("local-ipv4s"),
+            field("ipv6s"),
+            field("ipv4-prefix"),
+            field("ipv6-prefix"),
+        )?;
+        Ok(Eni::from_metadata(
+            mac,
+            EniMetadata {
+                interface_id: interface_id.as_deref().unwrap_or_default(),
+                device_number: device_number.as_deref().unwrap_or_default(),
+                network_card: network_card.as_deref(),
+                vpc_id: vpc_id.as_deref().unwrap_or_default(),
+                subnet_ipv4_cidr_block: subnet4.as_deref(),
+                subnet_ipv6_cidr_blocks: subnet6.as_deref(),
+                local_ipv4s: ipv4s.as_deref(),
+                ipv6s: ipv6s.as_deref(),
+                ipv4_prefix: ipv4_prefix.as_deref(),
+                ipv6_prefix: ipv6_prefix.as_deref(),
+            },
+        )?)
+    }
+}
+
+impl NodeMetadata for Metadata {
     /// The node's instance, region, primary MAC and every ENI, read concurrently.
-    pub async fn node_facts(&self) -> Result<NodeFacts, MetadataError> {
+    async fn node_facts(&self) -> Result<NodeFacts, MetadataError> {
         let (instance_id, region, primary_mac, macs) = futures::try_join!(
             self.get_required("/latest/meta-data/instance-id".to_owned()),
             self.get_required("/latest/meta-data/placement/region".to_owned()),
@@ -167,79 +202,8 @@ impl Metadata {
         })
     }
 
-    async fn eni(&self, mac: MacAddr) -> Result<Eni, MetadataError> {
-        let field = |name: &str| self.get(format!("{MACS}{mac}/{name}"));
-        let (interface_id, device_number, network_card, vpc_id, subnet4, subnet6) = futures::try_join!(
-            field("interface-id"),
-            field("device-number"),
-            field("network-card"),
-            field("vpc-id"),
-            field("subnet-ipv4-cidr-block"),
-            field("subnet-ipv6-cidr-blocks"),
-        )?;
-        let (ipv4s, ipv6s, ipv4_prefix, ipv6_prefix) = futures::try_join!(
-            field("local-ipv4s"),
-            field("ipv6s"),
-            field("ipv4-prefix"),
-            field("ipv6-prefix"),
-        )?;
-        Ok(Eni::from_metadata(
-            mac,
-            EniMetadata {
-                interface_id: interface_id.as_deref().unwrap_or_default(),
-                device_number: device_number.as_deref().unwrap_or_default(),
-                network_card: network_card.as_deref(),
-                vpc_id: vpc_id.as_deref().unwrap_or_default(),
-                subnet_ipv4_cidr_block: subnet4.as_deref(),
-                subnet_ipv6_cidr_blocks: subnet6.as_deref(),
-                local_ipv4s: ipv4s.as_deref(),
-                ipv6s: ipv6s.as_deref(),
-                ipv4_prefix: ipv4_prefix.as_deref(),
-                ipv6_prefix: ipv6_prefix.as_deref(),
-            },
-        )?)
-    }
-
-    /// Polls the address lists of the ENIs of `expected` until they show it, within
-    /// `window`; what they never showed.
-    pub async fn wait_to_show(
-        &self,
-        node: &NodeFacts,
-        expected: &[Assignment],
-        window: Duration,
-    ) -> Result<Vec<Assignment>, MetadataError> {
-        let deadline = Instant::now() + window;
-        let enis: Vec<&str> = expected
-            .iter()
-            .map(|assignment| assignment.eni_id.as_str())
-            .collect();
-        let mut delay = Duration::from_millis(20);
-        let mut current = node.clone();
-        loop {
-            self.refresh(&mut current, &enis).await?;
-            let missing = unconfirmed(expected, &current);
-            if missing.is_empty() || Instant::now() + delay > deadline {
-                return Ok(missing);
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(500));
-        }
-    }
-
-    /// Re-reads the address lists of the ENIs `enis` of `node`.
-    pub async fn refresh(&self, node: &mut NodeFacts, enis: &[&str]) -> Result<(), MetadataError> {
-        for eni in node
-            .enis
-            .iter_mut()
-            .filter(|eni| enis.contains(&eni.id.as_str()))
-        {
-            (eni.ipv4, eni.ipv6) = self.addresses(eni.mac).await?;
-        }
-        Ok(())
-    }
-
     /// The addresses one ENI holds now (`local-ipv4s`, `ipv6s`).
-    pub async fn addresses(
+    async fn addresses(
         &self,
         mac: MacAddr,
     ) -> Result<(Vec<Ipv4Addr>, Vec<Ipv6Addr>), MetadataError> {

@@ -5,7 +5,9 @@
 pub mod ec2;
 pub mod metadata;
 
-use std::time::Duration;
+use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
 
 use aws_config::BehaviorVersion;
 use aws_config::meta::region::RegionProviderChain;
@@ -13,7 +15,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::Region;
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-use ipmgr_eni::NodeFacts;
+use ipmgr_eni::{Assignment, EniChange, EniRecord, ErrorClass, MacAddr, NodeFacts, unconfirmed};
 
 use crate::config::AwsSettings;
 pub use ec2::{Ec2, Ec2Failure, Unassigned};
@@ -46,4 +48,164 @@ pub async fn connect(settings: &AwsSettings) -> Result<(Metadata, Ec2, NodeFacts
         .await;
     let ec2 = Ec2::new(aws_sdk_ec2::Client::new(&sdk_config), settings.ec2_retry());
     Ok((metadata, ec2, node))
+}
+
+/// The EC2 calls the programs make: the seam between them and EC2 ([`Ec2`] calls it through
+/// the AWS SDK; tests put an in-memory EC2 behind it).
+pub trait Ec2Api: Sync {
+    /// AssignPrivateIpAddresses with AllowReassignment: one call for all `addresses`.
+    fn assign_ipv4(
+        &self,
+        eni_id: &str,
+        addresses: &[Ipv4Addr],
+    ) -> impl Future<Output = Result<(), Ec2Failure>> + Send;
+
+    /// AssignIpv6Addresses (the addresses must be free: see [`Ec2Api::holders`]).
+    fn assign_ipv6(
+        &self,
+        eni_id: &str,
+        addresses: &[Ipv6Addr],
+    ) -> impl Future<Output = Result<(), Ec2Failure>> + Send;
+
+    /// UnassignPrivateIpAddresses.
+    fn unassign_ipv4(
+        &self,
+        eni_id: &str,
+        addresses: &[Ipv4Addr],
+    ) -> impl Future<Output = Result<(), Ec2Failure>> + Send;
+
+    /// UnassignIpv6Addresses.
+    fn unassign_ipv6(
+        &self,
+        eni_id: &str,
+        addresses: &[Ipv6Addr],
+    ) -> impl Future<Output = Result<(), Ec2Failure>> + Send;
+
+    /// The ENIs attached to `instance_id`, with their tags (one DescribeNetworkInterfaces).
+    fn node_enis(
+        &self,
+        instance_id: &str,
+    ) -> impl Future<Output = Result<Vec<EniRecord>, Ec2Failure>> + Send;
+
+    /// The ENIs with these ids, as EC2 has them now (one DescribeNetworkInterfaces).
+    fn enis(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<EniRecord>, Ec2Failure>> + Send;
+
+    /// The ENIs of `vpc_id` that hold any of the addresses now: one DescribeNetworkInterfaces
+    /// per family that has addresses, both at once.
+    fn holders(
+        &self,
+        vpc_id: &str,
+        ipv4: &[Ipv4Addr],
+        ipv6: &[Ipv6Addr],
+    ) -> impl Future<Output = Result<Vec<EniRecord>, Ec2Failure>> + Send;
+
+    /// Gives back one ENI's addresses: an unassign call per family, and per address when EC2
+    /// refuses a batch for good (an address left the ENI between a lookup and the call):
+    /// each call with what became of its addresses. An address EC2 says is no longer on the
+    /// ENI is not a failure: it stays with its new holder. No call starts after
+    /// `fresh_until`, when given (the view that decided the release is too old by then).
+    fn unassign(
+        &self,
+        change: &EniChange,
+        fresh_until: Option<Instant>,
+    ) -> impl Future<Output = Vec<(EniChange, Unassigned)>> + Send {
+        async move {
+            let fresh = || fresh_until.is_none_or(|until| Instant::now() <= until);
+            let mut outcomes = Vec::new();
+            for call in change.calls() {
+                if !fresh() {
+                    outcomes.push((call, Unassigned::Stale));
+                    continue;
+                }
+                match unassign_call(self, &call).await {
+                    Err(failure) if call.len() > 1 && failure.class == ErrorClass::Persistent => {
+                        tracing::warn!(%failure, "EC2 refused the release batch; releasing the addresses one by one");
+                        for single in call.singles() {
+                            let outcome = if fresh() {
+                                Unassigned::from(unassign_call(self, &single).await)
+                            } else {
+                                Unassigned::Stale
+                            };
+                            outcomes.push((single, outcome));
+                        }
+                    }
+                    result => outcomes.push((call, Unassigned::from(result))),
+                }
+            }
+            outcomes
+        }
+    }
+}
+
+/// One unassign call (a change of one family).
+async fn unassign_call<E: Ec2Api + ?Sized>(ec2: &E, call: &EniChange) -> Result<(), Ec2Failure> {
+    if call.ipv6.is_empty() {
+        ec2.unassign_ipv4(&call.eni_id, &call.ipv4).await?;
+    } else {
+        ec2.unassign_ipv6(&call.eni_id, &call.ipv6).await?;
+    }
+    tracing::info!(eni = call.eni_id, ipv4 = ?call.ipv4, ipv6 = ?call.ipv6, "released");
+    Ok(())
+}
+
+/// What the programs read of instance metadata: the seam between them and the IMDS
+/// ([`Metadata`]; tests put a lagging in-memory node behind it).
+pub trait NodeMetadata: Clone + Send + Sync + 'static {
+    /// The node's instance, region, primary MAC and every ENI.
+    fn node_facts(&self) -> impl Future<Output = Result<NodeFacts, MetadataError>> + Send;
+
+    /// The addresses one ENI holds now (`local-ipv4s`, `ipv6s`).
+    fn addresses(
+        &self,
+        mac: MacAddr,
+    ) -> impl Future<Output = Result<(Vec<Ipv4Addr>, Vec<Ipv6Addr>), MetadataError>> + Send;
+
+    /// Re-reads the address lists of the ENIs `enis` of `node`.
+    fn refresh(
+        &self,
+        node: &mut NodeFacts,
+        enis: &[&str],
+    ) -> impl Future<Output = Result<(), MetadataError>> + Send {
+        async move {
+            for eni in node
+                .enis
+                .iter_mut()
+                .filter(|eni| enis.contains(&eni.id.as_str()))
+            {
+                (eni.ipv4, eni.ipv6) = self.addresses(eni.mac).await?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Polls the address lists of the ENIs of `expected` until they show it, within
+    /// `window`; what they never showed.
+    fn wait_to_show(
+        &self,
+        node: &NodeFacts,
+        expected: &[Assignment],
+        window: Duration,
+    ) -> impl Future<Output = Result<Vec<Assignment>, MetadataError>> + Send {
+        async move {
+            let deadline = tokio::time::Instant::now() + window;
+            let enis: Vec<&str> = expected
+                .iter()
+                .map(|assignment| assignment.eni_id.as_str())
+                .collect();
+            let mut delay = Duration::from_millis(20);
+            let mut current = node.clone();
+            loop {
+                self.refresh(&mut current, &enis).await?;
+                let missing = unconfirmed(expected, &current);
+                if missing.is_empty() || tokio::time::Instant::now() + delay > deadline {
+                    return Ok(missing);
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
 }

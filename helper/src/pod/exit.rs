@@ -8,8 +8,10 @@ use ipmgr_eni::{Assignment, still_assigned};
 use super::PodHelper;
 use super::error::PodError;
 use crate::aws::Unassigned;
+use crate::aws::{Ec2Api, NodeMetadata};
+use crate::netlink::PodAddresses;
 
-impl PodHelper {
+impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
     /// Unassigns what this helper assigned that the pod still carries and EC2 still has on
     /// its ENI: EC2 is asked, not metadata, which lags and may still show an address that
     /// moved away. A floating IP another pod or node took meanwhile stays with it. When EC2

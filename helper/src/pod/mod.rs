@@ -15,22 +15,23 @@ use ipmgr_eni::{
 };
 use tokio::time::Instant;
 
-use crate::aws::{self, Ec2, Metadata};
+use crate::aws::{self, Ec2, Ec2Api, Metadata, NodeMetadata};
 use crate::config::Settings;
-use crate::netlink::PodNetwork;
+use crate::netlink::{PodAddresses, PodNetwork};
 pub use error::{Failure, PodError};
 pub use pass::PassReport;
 use pass::{NodeEnis, confirm};
 
-/// The adapters and settings of one pod helper process.
+/// The settings of one pod helper process and its adapters: EC2 (`E`), instance metadata
+/// (`M`) and the pod's addresses (`N`); the real ones by default, fakes in tests.
 #[derive(Debug)]
-pub struct PodHelper {
+pub struct PodHelper<E = Ec2, M = Metadata, N = PodNetwork> {
     pub(crate) settings: Settings,
     pub(crate) options: PlanOptions,
     pub(crate) ownership: OwnershipPolicy,
-    pub(crate) metadata: Metadata,
-    pub(crate) ec2: Ec2,
-    pub(crate) network: PodNetwork,
+    pub(crate) metadata: M,
+    pub(crate) ec2: E,
+    pub(crate) network: N,
 }
 
 impl PodHelper {
@@ -38,21 +39,27 @@ impl PodHelper {
     pub async fn connect(settings: Settings) -> Result<(Self, NodeFacts), PodError> {
         let network = PodNetwork::connect()?;
         let (metadata, ec2, node) = aws::connect(&settings.aws).await?;
+        Ok((PodHelper::new(settings, ec2, metadata, network), node))
+    }
+}
+
+impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
+    /// A helper over these adapters.
+    pub fn new(settings: Settings, ec2: E, metadata: M, network: N) -> Self {
         let options = PlanOptions {
             primary_interface: settings.primary_interface.clone(),
             interfaces: settings.interfaces.clone(),
             allow_primary_eni: settings.allow_primary_eni,
             allowed: settings.allow_cidrs.clone(),
         };
-        let helper = PodHelper {
+        PodHelper {
             ownership: settings.aws.ownership(),
             ec2,
             settings,
             options,
             metadata,
             network,
-        };
-        Ok((helper, node))
+        }
     }
 
     /// Waits (bounded) until the pod's Multus interfaces carry enough addresses (the VPC

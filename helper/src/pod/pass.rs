@@ -14,7 +14,8 @@ use tokio::time::Instant;
 
 use super::PodHelper;
 use super::error::Failure;
-use crate::aws::{Ec2, Ec2Failure, Metadata};
+use crate::aws::{Ec2Api, Ec2Failure, NodeMetadata};
+use crate::netlink::PodAddresses;
 
 /// The node's ENIs as EC2 lists them (tags, attachments): read when a pass first needs
 /// them, kept by the sidecar until its periodic full check.
@@ -33,7 +34,7 @@ impl NodeEnis {
     /// since).
     async fn get(
         &mut self,
-        ec2: &Ec2,
+        ec2: &impl Ec2Api,
         node: &NodeFacts,
         enis: &[&str],
     ) -> Result<&[EniRecord], Ec2Failure> {
@@ -57,7 +58,7 @@ pub struct PassReport {
     pub failures: Vec<Failure>,
 }
 
-impl PodHelper {
+impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
     /// The plan for `addresses` on `node`, vetted against EC2: changes on ENIs that are not
     /// Multus ENIs and addresses another workload holds are refused, addresses EC2 already
     /// has on their ENI need no call. Read-only, and nothing at all when nothing needs to
@@ -216,7 +217,7 @@ impl PodHelper {
 /// they are assigned; metadata only tells when the node sees it), and says how that went:
 /// a warning per assignment metadata never showed. Metadata errors are warnings too.
 pub async fn confirm(
-    metadata: &Metadata,
+    metadata: &impl NodeMetadata,
     node: &NodeFacts,
     accepted: &[Assignment],
     window: Duration,

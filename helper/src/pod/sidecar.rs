@@ -17,6 +17,8 @@ use tokio::time::Instant;
 use super::PodHelper;
 use super::error::PodError;
 use super::pass::{NodeEnis, PassReport, confirm};
+use crate::aws::{Ec2Api, NodeMetadata};
+use crate::netlink::PodAddresses;
 
 /// How long metadata is not trusted about an address after it changed: the VPC CNI waits up
 /// to a minute for metadata to show an assignment.
@@ -57,7 +59,7 @@ impl Memory {
     }
 }
 
-impl PodHelper {
+impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
     /// `sidecar`: wait for the addresses, then pass after pass until SIGTERM or SIGINT;
     /// then release what it assigned (if enabled) and return.
     pub async fn sidecar(&mut self, mut node: NodeFacts) -> Result<(), PodError> {
