@@ -12,5 +12,7 @@
 pub mod agent;
 pub mod aws;
 pub mod config;
+#[cfg(test)]
+pub(crate) mod fakes;
 pub mod netlink;
 pub mod pod;

@@ -7,6 +7,8 @@ pub mod error;
 pub mod exit;
 pub mod pass;
 pub mod sidecar;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 

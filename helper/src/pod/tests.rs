@@ -1,0 +1,343 @@
+//! The pod helper's orchestration over in-memory adapters ([`crate::fakes`]): passes,
+//! refusals, IPv6 moves, `plan` and the give-back on exit, without root, namespaces or EC2.
+
+use ipmgr_eni::{
+    Assignment, EniChange, EniRecord, ErrorClass, NO_MANAGE_TAG, NodeFacts, PodAddress,
+};
+use pretty_assertions::assert_eq;
+
+use super::{PodError, PodHelper};
+use crate::aws::{Ec2Api as _, Unassigned};
+use crate::fakes::{
+    FakeEc2, FakeMetadata, FakeNetwork, INSTANCE, eni, node, pod_address, record, settings,
+};
+
+type Helper = PodHelper<FakeEc2, FakeMetadata, FakeNetwork>;
+
+/// EC2 with the node's primary ENI (untagged, the VPC CNI's) and its Multus ENI (tagged),
+/// plus `others`.
+fn ec2_with(others: Vec<EniRecord>) -> FakeEc2 {
+    let node = node();
+    let mut enis = vec![
+        record(&node.enis[0], INSTANCE, false),
+        record(&node.enis[1], INSTANCE, true),
+    ];
+    enis.extend(others);
+    FakeEc2::with(enis)
+}
+
+fn helper(ec2: &FakeEc2, metadata: NodeFacts, addresses: Vec<PodAddress>) -> Helper {
+    PodHelper::new(
+        settings(&["--wait-seconds", "0", "--confirm-seconds", "0"]),
+        ec2.clone(),
+        FakeMetadata::showing(metadata),
+        FakeNetwork::carrying(addresses),
+    )
+}
+
+/// Another node's Multus ENI holding `ipv4` and `ipv6`.
+fn other_nodes_multus_eni(ipv4: &[&str], ipv6: &[&str]) -> EniRecord {
+    let mut other = eni(7, "other-node");
+    other.ipv4.extend(
+        ipv4.iter()
+            .map(|a| a.parse::<std::net::Ipv4Addr>().expect("ip")),
+    );
+    other.ipv6 = ipv6.iter().map(|a| a.parse().expect("ip")).collect();
+    record(&other, "i-node2", true)
+}
+
+#[tokio::test]
+async fn init_assigns_an_address_to_the_eni_whose_mac_its_interface_carries() {
+    let ec2 = ec2_with(Vec::new());
+    let mut helper = helper(&ec2, node(), vec![pod_address("net1", 1, "10.0.1.50")]);
+    helper.init(&node()).await.expect("routable");
+    assert!(ec2.holds("eni-multus", "10.0.1.50"));
+    assert_eq!(ec2.mutating_calls(), vec!["AssignPrivateIpAddresses"]);
+}
+
+/// Today's rule: metadata showing the address in place is believed (issue 18 makes init
+/// confirm against EC2 with one Describe; then only the mutating calls stay at zero).
+#[tokio::test]
+async fn an_address_metadata_shows_in_place_needs_no_call() {
+    let ec2 = ec2_with(Vec::new());
+    let mut shown = node();
+    shown.enis[1].ipv4.push("10.0.1.50".parse().expect("ip"));
+    let mut helper = helper(
+        &ec2,
+        shown.clone(),
+        vec![pod_address("net1", 1, "10.0.1.50")],
+    );
+    helper.init(&shown).await.expect("routable");
+    assert_eq!(ec2.calls(), Vec::<&str>::new());
+}
+
+#[tokio::test]
+async fn an_untagged_eni_is_refused_naming_the_tag_to_set() {
+    let node = node();
+    let ec2 = FakeEc2::with(vec![
+        record(&node.enis[0], INSTANCE, false),
+        record(&node.enis[1], INSTANCE, false),
+    ]);
+    let mut helper = helper(
+        &ec2,
+        node.clone(),
+        vec![pod_address("net1", 1, "10.0.1.50")],
+    );
+    let error = helper.init(&node).await.expect_err("refused");
+    assert!(matches!(error, PodError::Unroutable(_)), "{error}");
+    assert!(error.to_string().contains(NO_MANAGE_TAG), "{error}");
+    assert_eq!(ec2.mutating_calls(), Vec::<&str>::new());
+}
+
+#[tokio::test]
+async fn an_address_a_vpc_cni_eni_holds_is_never_taken() {
+    let mut vpc_cni = eni(5, "vpc-cni");
+    vpc_cni.ipv4.push("10.0.1.50".parse().expect("ip"));
+    let mut vpc_cni = record(&vpc_cni, "i-node2", false);
+    vpc_cni.description = "aws-K8S-i-node2".to_owned();
+    let ec2 = ec2_with(vec![vpc_cni]);
+    let mut helper = helper(&ec2, node(), vec![pod_address("net1", 1, "10.0.1.50")]);
+    let error = helper.init(&node()).await.expect_err("refused");
+    assert!(error.to_string().contains("eni-vpc-cni"), "{error}");
+    assert!(
+        ec2.holds("eni-vpc-cni", "10.0.1.50"),
+        "left with its workload"
+    );
+    assert_eq!(ec2.mutating_calls(), Vec::<&str>::new());
+}
+
+#[tokio::test]
+async fn a_floating_ipv4_moves_from_another_nodes_multus_eni() {
+    let ec2 = ec2_with(vec![other_nodes_multus_eni(&["10.0.1.50"], &[])]);
+    let mut helper = helper(&ec2, node(), vec![pod_address("net1", 1, "10.0.1.50")]);
+    helper.init(&node()).await.expect("routable");
+    assert!(ec2.holds("eni-multus", "10.0.1.50"));
+    assert!(!ec2.holds("eni-other-node", "10.0.1.50"));
+}
+
+#[tokio::test]
+async fn a_floating_ipv6_leaves_its_previous_multus_holder_first() {
+    let ec2 = ec2_with(vec![other_nodes_multus_eni(&[], &["2600:1::50"])]);
+    let mut helper = helper(&ec2, node(), vec![pod_address("net1", 1, "2600:1::50")]);
+    helper.init(&node()).await.expect("routable");
+    assert_eq!(
+        ec2.mutating_calls(),
+        vec!["UnassignIpv6Addresses", "AssignIpv6Addresses"]
+    );
+    assert!(ec2.holds("eni-multus", "2600:1::50"));
+}
+
+#[tokio::test]
+async fn an_ipv6_that_cannot_leave_its_holder_is_not_assigned_and_stays_there() {
+    let ec2 = ec2_with(vec![other_nodes_multus_eni(&[], &["2600:1::50"])]);
+    ec2.fail_next(
+        "UnassignIpv6Addresses",
+        "UnauthorizedOperation",
+        ErrorClass::Persistent,
+    );
+    let mut helper = helper(
+        &ec2,
+        node(),
+        vec![
+            pod_address("net1", 1, "2600:1::50"),
+            pod_address("net1", 1, "10.0.1.50"),
+        ],
+    );
+    let error = helper.init(&node()).await.expect_err("unroutable");
+    let PodError::Unroutable(failures) = &error else {
+        panic!("{error}");
+    };
+    assert_eq!(failures.len(), 1, "{error}");
+    assert!(error.to_string().contains("2600:1::50"), "{error}");
+    assert!(
+        ec2.holds("eni-other-node", "2600:1::50"),
+        "on its old ENI, not on none"
+    );
+    assert!(
+        !ec2.calls().contains(&"AssignIpv6Addresses"),
+        "no assign of a stuck address"
+    );
+    assert!(
+        ec2.holds("eni-multus", "10.0.1.50"),
+        "the other address still goes"
+    );
+}
+
+#[tokio::test]
+async fn an_ec2_refusal_fails_init_naming_the_address_and_what_to_do() {
+    let ec2 = ec2_with(Vec::new());
+    ec2.fail_next(
+        "AssignPrivateIpAddresses",
+        "UnauthorizedOperation",
+        ErrorClass::Persistent,
+    );
+    let mut helper = helper(&ec2, node(), vec![pod_address("net1", 1, "10.0.1.50")]);
+    let error = helper
+        .init(&node())
+        .await
+        .expect_err("unroutable")
+        .to_string();
+    for part in [
+        "10.0.1.50",
+        "eni-multus",
+        "UnauthorizedOperation",
+        "iam-policy.json",
+    ] {
+        assert!(error.contains(part), "{part}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn the_vpc_cni_interfaces_and_foreign_macs_are_left_alone() {
+    let ec2 = ec2_with(Vec::new());
+    let mut foreign = pod_address("net2", 9, "10.0.9.5");
+    foreign.mac.0[0] = 6;
+    let addresses = vec![
+        pod_address("net1", 1, "10.0.1.50"),
+        foreign,
+        pod_address("v4if0", 9, "169.254.172.5"),
+    ];
+    let mut helper = helper(&ec2, node(), addresses);
+    helper.init(&node()).await.expect("routable");
+    assert_eq!(ec2.mutating_calls(), vec!["AssignPrivateIpAddresses"]);
+}
+
+#[tokio::test]
+async fn no_address_within_the_wait_is_an_error_naming_the_setting() {
+    let ec2 = ec2_with(Vec::new());
+    let mut helper = helper(&ec2, node(), Vec::new());
+    let error = helper.init(&node()).await.expect_err("no address");
+    assert!(matches!(error, PodError::NoAddresses { .. }), "{error}");
+    assert!(error.to_string().contains("--wait-seconds"), "{error}");
+    assert_eq!(ec2.calls(), Vec::<&str>::new());
+}
+
+#[tokio::test]
+async fn plan_says_what_init_would_do_and_changes_nothing() {
+    let ec2 = ec2_with(vec![other_nodes_multus_eni(&[], &["2600:1::50"])]);
+    let mut shown = node();
+    shown.enis[1].ipv4.push("10.0.1.51".parse().expect("ip"));
+    let mut helper = helper(
+        &ec2,
+        shown.clone(),
+        vec![
+            pod_address("net1", 1, "10.0.1.50"),
+            pod_address("net1", 1, "10.0.1.51"),
+            pod_address("net1", 1, "2600:1::50"),
+        ],
+    );
+    let lines = helper.plan_report(&shown).await.expect("plan");
+    assert_eq!(
+        lines,
+        vec![
+            "assign 10.0.1.50 (net1) on eni-multus [matched by Mac]",
+            "keep   10.0.1.51 (net1) on eni-multus [matched by Mac]",
+            "assign 2600:1::50 (net1) on eni-multus [matched by Mac, unassigned from eni-other-node first]",
+        ]
+    );
+    assert_eq!(ec2.mutating_calls(), Vec::<&str>::new());
+}
+
+#[tokio::test]
+async fn on_exit_only_what_is_still_on_the_pod_and_its_eni_is_given_back() {
+    let ec2 = ec2_with(vec![other_nodes_multus_eni(&["10.0.1.52"], &[])]);
+    let helper = helper(&ec2, node(), vec![pod_address("net1", 1, "10.0.1.50")]);
+    ec2.assign_ipv4(
+        "eni-multus",
+        &[
+            "10.0.1.50".parse().expect("ip"),
+            "10.0.1.51".parse().expect("ip"),
+        ],
+    )
+    .await
+    .expect("setup");
+    let assigned = ["10.0.1.50", "10.0.1.51", "10.0.1.52"]
+        .map(|address| Assignment {
+            eni_id: "eni-multus".to_owned(),
+            address: address.parse().expect("ip"),
+        })
+        .into();
+    helper
+        .give_back_on_exit(&assigned)
+        .await
+        .expect("given back");
+    assert!(
+        !ec2.holds("eni-multus", "10.0.1.50"),
+        "on the pod and on its ENI"
+    );
+    assert!(ec2.holds("eni-multus", "10.0.1.51"), "no longer on the pod");
+    assert!(
+        ec2.holds("eni-other-node", "10.0.1.52"),
+        "moved to another holder"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_ec2_refuses_for_good_goes_address_by_address() {
+    let mut multus = node().enis[1].clone();
+    multus.ipv4.push("10.0.1.50".parse().expect("ip"));
+    let ec2 = FakeEc2::with(vec![record(&multus, INSTANCE, true)]);
+    let change = EniChange {
+        eni_id: "eni-multus".to_owned(),
+        ipv4: vec![
+            "10.0.1.50".parse().expect("ip"),
+            "10.0.1.51".parse().expect("ip"),
+        ],
+        ipv6: Vec::new(),
+    };
+    let outcomes = ec2.unassign(&change, None).await;
+    let outcomes: Vec<(String, &str)> = outcomes
+        .iter()
+        .map(|(call, outcome)| {
+            let what = match outcome {
+                Unassigned::Released => "released",
+                Unassigned::NotOnEni => "not on the ENI",
+                Unassigned::Stale => "stale",
+                Unassigned::Failed(_) => "failed",
+            };
+            (call.ipv4[0].to_string(), what)
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("10.0.1.50".to_owned(), "released"),
+            ("10.0.1.51".to_owned(), "not on the ENI"),
+        ]
+    );
+    assert_eq!(ec2.calls().len(), 3, "the batch, then one call per address");
+}
+
+#[tokio::test]
+async fn a_throttled_batch_is_not_split_and_a_stale_view_makes_no_call() {
+    let mut multus = node().enis[1].clone();
+    multus.ipv4.push("10.0.1.50".parse().expect("ip"));
+    multus.ipv4.push("10.0.1.51".parse().expect("ip"));
+    let ec2 = FakeEc2::with(vec![record(&multus, INSTANCE, true)]);
+    let change = EniChange {
+        eni_id: "eni-multus".to_owned(),
+        ipv4: vec![
+            "10.0.1.50".parse().expect("ip"),
+            "10.0.1.51".parse().expect("ip"),
+        ],
+        ipv6: Vec::new(),
+    };
+    ec2.fail_next(
+        "UnassignPrivateIpAddresses",
+        "RequestLimitExceeded",
+        ErrorClass::Throttling,
+    );
+    let outcomes = ec2.unassign(&change, None).await;
+    assert!(
+        matches!(outcomes[..], [(_, Unassigned::Failed(_))]),
+        "{outcomes:?}"
+    );
+    let past = std::time::Instant::now() - std::time::Duration::from_secs(1);
+    let outcomes = ec2.unassign(&change, Some(past)).await;
+    assert!(
+        matches!(outcomes[..], [(_, Unassigned::Stale)]),
+        "{outcomes:?}"
+    );
+    assert_eq!(ec2.calls().len(), 1, "one throttled call, none stale");
+    assert!(ec2.holds("eni-multus", "10.0.1.50"));
+}
