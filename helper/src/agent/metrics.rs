@@ -150,7 +150,8 @@ impl AgentMetrics {
         self.ready.set(0);
     }
 
-    fn unready_reason(&self) -> Option<String> {
+    /// Why the agent is not ready; `None` when it is.
+    pub fn unready_reason(&self) -> Option<String> {
         self.unready
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -19,6 +19,8 @@
 pub mod error;
 pub mod metrics;
 pub mod netns;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -32,11 +34,11 @@ use ipmgr_eni::{
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::aws::{self, Ec2, Ec2Api as _, Metadata, NodeMetadata as _, Unassigned};
+use crate::aws::{self, Ec2, Ec2Api, Metadata, NodeMetadata, Unassigned};
 use crate::config::AgentSettings;
 pub use error::AgentError;
 use metrics::{AgentMetrics, ReasonLabel};
-use netns::{Scan, ScanError};
+use netns::{NetnsDirectory, PodScanner, Scan, ScanError};
 
 /// How long the netns directory must be quiet before a scan: a sandbox is created and
 /// mounted in a few steps.
@@ -63,15 +65,17 @@ const CONNECT_BACKOFF: Backoff = Backoff {
     max: Duration::from_secs(30),
 };
 
-/// The running agent.
+/// The running agent over its adapters: EC2 (`E`), instance metadata (`M`) and the pod
+/// namespaces (`S`); the real ones by default, fakes in tests.
 #[derive(Debug)]
-struct Agent {
+struct Agent<E = Ec2, M = Metadata, S = NetnsDirectory> {
     settings: AgentSettings,
-    metadata: Metadata,
+    metadata: M,
+    scanner: S,
     /// Reads of the node's ENIs, retried within the budget.
-    ec2: Ec2,
+    ec2: E,
     /// The release path: every call made once, so that each attempt is decided afresh.
-    release_ec2: Ec2,
+    release_ec2: E,
     node: NodeFacts,
     /// The node's ENIs as EC2 lists them; `None` until EC2 answered.
     records: Option<Vec<EniRecord>>,
@@ -110,21 +114,16 @@ pub async fn run(settings: AgentSettings) -> Result<(), AgentError> {
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
     let (metadata, ec2, node) = connected;
-    let mut agent = Agent {
-        metadata,
-        release_ec2: ec2.single_attempt(),
-        ec2,
-        node,
-        records: None,
-        multus: BTreeSet::new(),
-        reread_enis: None,
-        absences: Absences::default(),
-        trusted: false,
-        retry_soon: false,
-        incomplete: 0,
-        metrics,
+    let scanner = NetnsDirectory(settings.netns_dir.clone());
+    let release_ec2 = ec2.single_attempt();
+    let mut agent = Agent::new(
         settings,
-    };
+        (ec2, release_ec2),
+        metadata,
+        scanner,
+        node,
+        metrics,
+    );
     tracing::info!(
         instance = agent.node.instance_id,
         netns_dir = %agent.settings.netns_dir.display(),
@@ -176,7 +175,35 @@ async fn connect(settings: &AgentSettings, metrics: &AgentMetrics) -> (Metadata,
     }
 }
 
-impl Agent {
+impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
+    /// An agent over these adapters (`ec2`: the client for reads, and the one for the
+    /// release path), seeing `node` at first.
+    fn new(
+        settings: AgentSettings,
+        (ec2, release_ec2): (E, E),
+        metadata: M,
+        scanner: S,
+        node: NodeFacts,
+        metrics: Arc<AgentMetrics>,
+    ) -> Self {
+        Agent {
+            metadata,
+            scanner,
+            release_ec2,
+            ec2,
+            node,
+            records: None,
+            multus: BTreeSet::new(),
+            reread_enis: None,
+            absences: Absences::default(),
+            trusted: false,
+            retry_soon: false,
+            incomplete: 0,
+            metrics,
+            settings,
+        }
+    }
+
     /// One round: scan, read the node, and give back what is due, if the view allows.
     async fn round(&mut self) -> Result<(), AgentError> {
         self.trusted = false;
@@ -256,11 +283,7 @@ impl Agent {
     /// next one may not. Only a refused setns ends the agent.
     async fn scan_pods(&self) -> Result<Option<Scan>, AgentError> {
         let started = Instant::now();
-        let dir = self.settings.netns_dir.clone();
-        let scanned = tokio::task::spawn_blocking(move || netns::scan(&dir))
-            .await
-            .map_err(|error| ScanError::Thread(std::io::Error::other(error)))?;
-        match scanned {
+        match self.scanner.scan().await {
             Ok(scan) => {
                 self.metrics
                     .scan_seconds

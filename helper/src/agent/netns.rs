@@ -77,6 +77,26 @@ impl ScanError {
     }
 }
 
+/// Where the agent learns which addresses the node's pods carry: the seam between the
+/// agent and the kernel ([`NetnsDirectory`]; tests script the scans).
+pub trait PodScanner: Send + Sync {
+    /// One scan of every pod namespace and of the node's own.
+    fn scan(&self) -> impl std::future::Future<Output = Result<Scan, ScanError>> + Send;
+}
+
+/// The runtime's netns directory, scanned on a blocking thread.
+#[derive(Debug, Clone)]
+pub struct NetnsDirectory(pub PathBuf);
+
+impl PodScanner for NetnsDirectory {
+    async fn scan(&self) -> Result<Scan, ScanError> {
+        let dir = self.0.clone();
+        tokio::task::spawn_blocking(move || scan(&dir))
+            .await
+            .map_err(|error| ScanError::Thread(io::Error::other(error)))?
+    }
+}
+
 /// Checks at start-up that `dir` exists and can be listed.
 pub fn check_directory(dir: &Path) -> Result<(), ScanError> {
     std::fs::read_dir(dir)

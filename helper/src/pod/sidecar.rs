@@ -181,3 +181,191 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
         Ok(delay)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ipmgr_eni::ErrorClass;
+
+    use super::{Memory, Trigger};
+    use crate::aws::Ec2Failure;
+    use crate::fakes::{
+        FakeEc2, FakeMetadata, FakeNetwork, INSTANCE, node, pod_address, record, settings,
+    };
+    use crate::pod::{Failure, PassReport, PodError, PodHelper};
+
+    type Helper = PodHelper<FakeEc2, FakeMetadata, FakeNetwork>;
+
+    fn helper(args: &[&str], ec2: &FakeEc2, metadata: FakeMetadata) -> Helper {
+        let addresses = vec![pod_address("net1", 1, "10.0.1.50")];
+        PodHelper::new(
+            settings(args),
+            ec2.clone(),
+            metadata,
+            FakeNetwork::carrying(addresses),
+        )
+    }
+
+    fn ec2() -> FakeEc2 {
+        let node = node();
+        FakeEc2::with(vec![
+            record(&node.enis[0], INSTANCE, false),
+            record(&node.enis[1], INSTANCE, true),
+        ])
+    }
+
+    fn failing() -> Result<PassReport, PodError> {
+        Ok(PassReport {
+            assigned: Vec::new(),
+            failures: vec![Failure::Ec2(Ec2Failure {
+                action: "AssignPrivateIpAddresses",
+                target: "eni-multus".to_owned(),
+                addresses: vec!["10.0.1.50".to_owned()],
+                code: "RequestLimitExceeded".to_owned(),
+                message: "throttled".to_owned(),
+                class: ErrorClass::Throttling,
+                attempts: 3,
+            })],
+        })
+    }
+
+    #[tokio::test]
+    async fn failing_passes_back_off_doubling_up_to_the_cap_and_a_clean_one_resets() {
+        let helper = helper(
+            &["--error-backoff-max-seconds", "10"],
+            &ec2(),
+            FakeMetadata::showing(node()),
+        );
+        let mut memory = Memory::default();
+        let delays: Vec<u64> = (0..5)
+            .map(|_| {
+                helper
+                    .after(failing(), &node(), &mut memory)
+                    .expect("no ready file")
+                    .as_secs()
+            })
+            .collect();
+        assert_eq!(delays, vec![2, 4, 8, 10, 10]);
+        let clean = helper.after(Ok(PassReport::default()), &node(), &mut memory);
+        assert_eq!(
+            clean.expect("clean"),
+            Duration::from_secs(30),
+            "the recheck"
+        );
+        assert_eq!(memory.failing, 0);
+        let again = helper.after(failing(), &node(), &mut memory);
+        assert_eq!(again.expect("failing").as_secs(), 2, "from the start");
+    }
+
+    #[tokio::test]
+    async fn the_ready_file_comes_after_the_first_clean_pass_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("ready");
+        let path = file.to_str().expect("UTF-8");
+        let helper = helper(
+            &["--ready-file", path],
+            &ec2(),
+            FakeMetadata::showing(node()),
+        );
+        let mut memory = Memory::default();
+        let pass_error = Err(PodError::NoAddresses {
+            primary: "eth0".to_owned(),
+            waited: Duration::ZERO,
+            found: 0,
+            expected: 1,
+        });
+        helper
+            .after(pass_error, &node(), &mut memory)
+            .expect("not fatal");
+        helper
+            .after(failing(), &node(), &mut memory)
+            .expect("not fatal");
+        assert!(!file.exists(), "not after failing passes");
+        helper
+            .after(Ok(PassReport::default()), &node(), &mut memory)
+            .expect("written");
+        assert!(file.exists() && memory.ready);
+    }
+
+    #[tokio::test]
+    async fn a_new_address_is_checked_with_ec2_whatever_lagging_metadata_says() {
+        // Metadata still lists 10.0.1.50 on the Multus ENI; EC2 no longer has it there.
+        let mut lagging = node();
+        lagging.enis[1].ipv4.push("10.0.1.50".parse().expect("ip"));
+        let ec2 = ec2();
+        let helper = helper(&[], &ec2, FakeMetadata::showing(lagging.clone()));
+        let mut memory = Memory {
+            seen: vec![pod_address("net1", 1, "10.0.1.50")],
+            ..Memory::default()
+        };
+        memory.changed.insert(
+            "10.0.1.50".parse().expect("ip"),
+            tokio::time::Instant::now(),
+        );
+        let mut node = lagging;
+        let mut enis = super::NodeEnis::default();
+        let report = helper
+            .sidecar_pass(Trigger::Event, &mut node, &mut enis, &mut memory)
+            .await
+            .expect("pass");
+        assert!(report.failures.is_empty());
+        assert!(ec2.holds("eni-multus", "10.0.1.50"), "assigned again");
+    }
+
+    #[tokio::test]
+    async fn a_full_check_reads_the_node_again_and_finds_an_attached_eni() {
+        // The pod's interface sits on an ENI attached after the helper started.
+        let mut attached = node();
+        let mut eth2 = crate::fakes::eni(2, "attached");
+        eth2.subnet_ipv4 = Some("10.0.1.0/24".parse().expect("subnet"));
+        attached.enis.push(eth2.clone());
+        let ec2 = FakeEc2::with(vec![
+            record(&attached.enis[0], INSTANCE, false),
+            record(&attached.enis[1], INSTANCE, true),
+            record(&eth2, INSTANCE, true),
+        ]);
+        let helper = helper(&[], &ec2, FakeMetadata::showing(attached));
+        let mut memory = Memory {
+            seen: vec![pod_address("net1", 2, "10.0.1.60")],
+            ..Memory::default()
+        };
+        let mut stale = node();
+        let mut enis = super::NodeEnis::default();
+        let report = helper
+            .sidecar_pass(Trigger::FullCheck, &mut stale, &mut enis, &mut memory)
+            .await
+            .expect("pass");
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+        assert!(ec2.holds("eni-attached", "10.0.1.60"));
+        assert_eq!(stale.enis.len(), 3, "the node as metadata shows it now");
+    }
+
+    #[tokio::test]
+    async fn a_full_check_of_an_unchanged_pod_changes_nothing() {
+        let mut in_place = node();
+        in_place.enis[1].ipv4.push("10.0.1.50".parse().expect("ip"));
+        let multus = in_place.enis[1].clone();
+        let ec2 = FakeEc2::with(vec![
+            record(&in_place.enis[0], INSTANCE, false),
+            record(&multus, INSTANCE, true),
+        ]);
+        let helper = helper(&[], &ec2, FakeMetadata::showing(in_place.clone()));
+        let mut memory = Memory {
+            seen: vec![pod_address("net1", 1, "10.0.1.50")],
+            ..Memory::default()
+        };
+        let mut node = in_place;
+        let report = helper
+            .sidecar_pass(
+                Trigger::FullCheck,
+                &mut node,
+                &mut super::NodeEnis::default(),
+                &mut memory,
+            )
+            .await
+            .expect("pass");
+        assert!(report.failures.is_empty() && report.assigned.is_empty());
+        assert_eq!(ec2.mutating_calls(), Vec::<&str>::new());
+    }
+}
