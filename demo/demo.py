@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jsonpatch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,24 +170,7 @@ class Webhook:
         if status != 200 or not answer["allowed"]:
             raise RuntimeError(f"webhook refused the pod: {body!r}")
         patch = json.loads(base64.b64decode(answer["patch"])) if "patch" in answer else []
-        return apply_patch(pod, patch), patch
-
-
-def apply_patch(document: dict, patch: list) -> dict:
-    """RFC 6902 `add` operations, the only kind the webhook sends."""
-    document = json.loads(json.dumps(document))
-    for operation in patch:
-        if operation["op"] != "add":
-            raise ValueError(f"unexpected patch operation {operation}")
-        *parents, last = [part.replace("~1", "/").replace("~0", "~") for part in operation["path"].split("/")[1:]]
-        target = document
-        for part in parents:
-            target = target[int(part)] if isinstance(target, list) else target[part]
-        if isinstance(target, list):
-            target.insert(len(target) if last == "-" else int(last), operation["value"])
-        else:
-            target[last] = operation["value"]
-    return document
+        return jsonpatch.apply_patch(pod, patch), patch
 
 
 def sample_pod(mode: str) -> dict:

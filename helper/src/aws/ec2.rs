@@ -151,26 +151,20 @@ impl Ec2 {
         }
     }
 
-    /// DescribeNetworkInterfaces with `filter` (and the VPC when `scope` is one), as records.
+    /// DescribeNetworkInterfaces with `filters`, as records; `scope` names what was asked
+    /// about in logs and errors (an instance, ENIs, a VPC).
     async fn describe(
         &self,
         scope: &str,
         addresses: &[String],
-        filter: Filter,
+        filters: Vec<Filter>,
     ) -> Result<Vec<EniRecord>, Ec2Failure> {
         let output = self
             .call("DescribeNetworkInterfaces", scope, addresses, || {
-                let request = self
-                    .client
+                self.client
                     .describe_network_interfaces()
-                    .filters(filter.clone());
-                if scope.starts_with("vpc-") {
-                    request
-                        .filters(Filter::builder().name("vpc-id").values(scope).build())
-                        .send()
-                } else {
-                    request.send()
-                }
+                    .set_filters(Some(filters.clone()))
+                    .send()
             })
             .await?;
         Ok(output.network_interfaces().iter().map(record).collect())
@@ -249,15 +243,11 @@ impl Ec2Api for Ec2 {
 
     /// The ENIs attached to `instance_id`, with their tags (one DescribeNetworkInterfaces).
     async fn node_enis(&self, instance_id: &str) -> Result<Vec<EniRecord>, Ec2Failure> {
-        self.describe(
-            instance_id,
-            &[],
-            Filter::builder()
-                .name("attachment.instance-id")
-                .values(instance_id)
-                .build(),
-        )
-        .await
+        let attached = Filter::builder()
+            .name("attachment.instance-id")
+            .values(instance_id)
+            .build();
+        self.describe(instance_id, &[], vec![attached]).await
     }
 
     /// The ENIs with these ids, as EC2 has them now (one DescribeNetworkInterfaces).
@@ -266,7 +256,7 @@ impl Ec2Api for Ec2 {
             .name("network-interface-id")
             .set_values(Some(ids.to_vec()))
             .build();
-        self.describe(&ids.join(","), &[], by_id).await
+        self.describe(&ids.join(","), &[], vec![by_id]).await
     }
 
     /// The ENIs of `vpc_id` that hold any of the addresses now: one DescribeNetworkInterfaces
@@ -285,7 +275,9 @@ impl Ec2Api for Ec2 {
                 .name(filter)
                 .set_values(Some(addresses.clone()))
                 .build();
-            self.describe(vpc_id, &addresses, by_address).await
+            let in_vpc = Filter::builder().name("vpc-id").values(vpc_id).build();
+            self.describe(vpc_id, &addresses, vec![by_address, in_vpc])
+                .await
         };
         let (mut found, holders6) = futures::try_join!(
             lookup("addresses.private-ip-address", strings(ipv4)),
