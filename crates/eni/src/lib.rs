@@ -3,8 +3,8 @@
 //! Everything here is a function of plain data: the node's ENIs as instance metadata
 //! describes them ([`NodeFacts`]), the pod's addresses as netlink lists them
 //! ([`PodAddress`]), what EC2 says about ENIs ([`EniRecord`]), and the options. [`plan`]
-//! decides which address goes to which ENI; [`vet_enis`] and [`vet_holders`] keep the plan to
-//! Multus ENIs and off other workloads' addresses; [`unconfirmed`] tells which assignments
+//! decides which address goes to which ENI; [`vet`] keeps the plan to Multus ENIs and off
+//! other workloads' addresses; [`unconfirmed`] tells which assignments
 //! metadata does not show yet; [`still_assigned`] what to give back on exit; [`Absences`] and
 //! [`verify_reclaim`] what the node agent gives back; [`RetryPolicy`] when a failed call is
 //! tried again. The helper binary supplies the data and carries out the result against
@@ -23,7 +23,7 @@ pub use facts::{Eni, EniMetadata, FactsError, NodeFacts, PodAddress};
 pub use mac::{InvalidMac, MacAddr};
 pub use ownership::{
     EniRecord, Holder, NO_MANAGE_TAG, NotMultus, OwnershipPolicy, VPC_CNI_DESCRIPTION_PREFIX,
-    VPC_CNI_INSTANCE_TAG, Vetted, still_assigned, vet_enis, vet_holders,
+    VPC_CNI_INSTANCE_TAG, Vetted, still_assigned, vet,
 };
 pub use plan::{
     MatchedBy, Placement, Plan, PlanOptions, RejectReason, Rejection, VPC_CNI_INTERFACES, plan,

@@ -97,7 +97,7 @@ impl EniRecord {
         {
             return Err(NotMultus::CreatedByVpcCni);
         }
-        if self.attachment == Some((0, 0)) {
+        if self.is_primary_eni() {
             return Err(NotMultus::Primary);
         }
         if policy.allow_untagged {
@@ -105,6 +105,18 @@ impl EniRecord {
         } else {
             Err(NotMultus::Untagged)
         }
+    }
+
+    /// Whether this is its instance's primary ENI: device 0 of network card 0 (the VPC CNI
+    /// attaches its other ENIs at device 0 of cards 1..N on multi-card instances). The view
+    /// of EC2; instance metadata's is [`crate::NodeFacts::is_primary`].
+    pub fn is_primary_eni(&self) -> bool {
+        self.attachment == Some((0, 0))
+    }
+
+    /// Whether `address` is this ENI's primary private address, which never moves.
+    pub fn is_primary_address(&self, address: IpAddr) -> bool {
+        self.primary_ipv4.map(IpAddr::V4) == Some(address)
     }
 
     /// Whether EC2 has `address` on this ENI.
@@ -162,9 +174,26 @@ impl fmt::Display for Holder {
     }
 }
 
+/// The one vetting step of a pass, over what EC2 says (`records`: the target ENIs and every
+/// ENI holding one of the addresses, read for [`Plan::lookups`]): the `fresh` addresses are
+/// planned as changes whatever metadata says; only changes on ENIs EC2 lists as this
+/// instance's (`instance_id`) Multus ENIs stay; an address another workload holds is
+/// refused; an address already on its ENI needs no call (unless fresh and IPv4); an IPv6
+/// address on another Multus ENI is unassigned there first.
+pub fn vet(
+    plan: Plan,
+    records: &[EniRecord],
+    fresh: &[IpAddr],
+    instance_id: &str,
+    policy: OwnershipPolicy,
+) -> Vetted {
+    let plan = on_multus_enis(plan.distrusting(fresh), records, instance_id, policy);
+    off_other_workloads(plan, records, fresh, policy)
+}
+
 /// Keeps only the changes whose ENI EC2 lists (`records`) as attached to `instance_id` and
 /// as a Multus ENI; the addresses of the others become rejections.
-pub fn vet_enis(
+fn on_multus_enis(
     mut plan: Plan,
     records: &[EniRecord],
     instance_id: &str,
@@ -204,10 +233,15 @@ pub struct Vetted {
 
 /// Decides, for every planned change, whether the address may move: nobody holds it, or a
 /// Multus ENI does (a floating address coming back from another node); one another workload
-/// holds is refused. An address already on its ENI needs no call, unless it is a fresh IPv4
-/// address (see [`Plan::distrust`]): that one is assigned again, which AllowReassignment
-/// makes harmless, in case EC2's answer lags too.
-pub fn vet_holders(mut plan: Plan, holders: &[EniRecord], policy: OwnershipPolicy) -> Vetted {
+/// holds is refused. An address already on its ENI needs no call, unless it is a `fresh`
+/// IPv4 address: that one is assigned again, which AllowReassignment makes harmless, in case
+/// EC2's answer lags too.
+fn off_other_workloads(
+    mut plan: Plan,
+    holders: &[EniRecord],
+    fresh: &[IpAddr],
+    policy: OwnershipPolicy,
+) -> Vetted {
     let planned: Vec<Assignment> = plan
         .changes
         .iter()
@@ -221,13 +255,13 @@ pub fn vet_holders(mut plan: Plan, holders: &[EniRecord], policy: OwnershipPolic
             .filter(|record| record.holds(assignment.address))
         {
             if record.id == assignment.eni_id {
-                if !(assignment.address.is_ipv4() && plan.fresh.contains(&assignment.address)) {
+                if !(assignment.address.is_ipv4() && fresh.contains(&assignment.address)) {
                     plan.unchange(&assignment);
                 }
                 verdict = Ok(());
                 break;
             }
-            if record.primary_ipv4.map(IpAddr::V4) == Some(assignment.address) {
+            if record.is_primary_address(assignment.address) {
                 verdict = Err(Holder::of(record, None));
             } else if let Err(why) = record.multus(policy) {
                 verdict = Err(Holder::of(record, Some(why)));
@@ -264,7 +298,7 @@ pub fn still_assigned(assigned: &[Assignment], enis: &[EniRecord]) -> Vec<EniCha
         enis.iter().any(|record| {
             record.id == assignment.eni_id
                 && record.holds(assignment.address)
-                && record.primary_ipv4.map(IpAddr::V4) != Some(assignment.address)
+                && !record.is_primary_address(assignment.address)
         })
     });
     EniChange::group(ours.cloned())

@@ -192,8 +192,6 @@ pub struct Plan {
     pub changes: Vec<EniChange>,
     /// Addresses that will not be assigned.
     pub rejections: Vec<Rejection>,
-    /// Addresses whose metadata view is not trusted (see [`Plan::distrust`]).
-    pub fresh: Vec<IpAddr>,
 }
 
 impl Plan {
@@ -228,11 +226,17 @@ impl Plan {
         })
     }
 
-    /// Plans the `fresh` addresses (just added to the pod, or changed within the last
-    /// minute) as changes even where metadata shows them in place: metadata lags EC2, so
-    /// only EC2's answer (the holder lookup) may say they need no call. Addresses routed by
-    /// their ENI's prefix stay without a call.
-    pub fn distrust(&mut self, fresh: &[IpAddr]) {
+    /// The changes EC2 must be asked about before [`crate::vet`]: the plan's, and the
+    /// `fresh` addresses' (planned as changes whatever metadata says).
+    pub fn lookups(&self, fresh: &[IpAddr]) -> Vec<EniChange> {
+        self.clone().distrusting(fresh).changes
+    }
+
+    /// The plan with the `fresh` addresses (just added to the pod, or changed within the
+    /// last minute) as changes even where metadata shows them in place: metadata lags EC2,
+    /// so only EC2's answer (the holder lookup) may say they need no call. Addresses routed
+    /// by their ENI's prefix stay without a call.
+    pub(crate) fn distrusting(mut self, fresh: &[IpAddr]) -> Plan {
         let stale: Vec<Assignment> = self
             .placements
             .iter()
@@ -245,7 +249,7 @@ impl Plan {
             })
             .collect();
         if stale.is_empty() {
-            return;
+            return self;
         }
         let planned = self.changes.iter().flat_map(EniChange::assignments);
         let mut changes = EniChange::group(planned.chain(stale.iter().cloned()));
@@ -256,8 +260,21 @@ impl Plan {
         };
         changes.sort_by_key(|change| order(change).unwrap_or(usize::MAX));
         self.changes = changes;
-        self.fresh
-            .extend(stale.into_iter().map(|assignment| assignment.address));
+        self
+    }
+
+    /// The plan with its EC2 work worked out against `node`'s address lists as they are
+    /// now (the placements stay): the addresses their ENI does not route yet, one change
+    /// per ENI in device order.
+    pub fn against(mut self, node: &NodeFacts) -> Plan {
+        let routed = |assignment: &Assignment| {
+            node.eni(&assignment.eni_id)
+                .is_some_and(|eni| eni.routes(assignment.address))
+        };
+        self.changes = EniChange::group(self.assignments().filter(|a| !routed(a)));
+        self.changes
+            .sort_by_key(|change| node.eni(&change.eni_id).map(Eni::device_order));
+        self
     }
 
     /// Withdraws a planned assignment: its placement becomes a rejection for `reason`.
@@ -315,15 +332,7 @@ pub fn plan(node: &NodeFacts, addresses: &[PodAddress], options: &PlanOptions) -
             }),
         }
     }
-    let routed = |assignment: &Assignment| {
-        node.eni(&assignment.eni_id)
-            .is_some_and(|eni| eni.routes(assignment.address))
-    };
-    result.changes = EniChange::group(result.assignments().filter(|a| !routed(a)));
-    result
-        .changes
-        .sort_by_key(|change| node.eni(&change.eni_id).map(Eni::device_order));
-    result
+    result.against(node)
 }
 
 /// Whether the helper leaves `address` alone whatever the node looks like: `Some(reason)`.

@@ -307,8 +307,7 @@ pub fn verify_reclaim(
                 Err(Keep::OtherInstance)
             }
             Some(record)
-                if record.attachment == Some((0, 0))
-                    || record.primary_ipv4.map(IpAddr::V4) == Some(assignment.address) =>
+                if record.is_primary_eni() || record.is_primary_address(assignment.address) =>
             {
                 Err(Keep::Primary)
             }

@@ -6,8 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipmgr_eni::{
     Assignment, EniChange, EniRecord, MacAddr, MatchedBy, NO_MANAGE_TAG, NotMultus,
-    OwnershipPolicy, Placement, Plan, PodAddress, RejectReason, still_assigned, vet_enis,
-    vet_holders,
+    OwnershipPolicy, Placement, Plan, PodAddress, RejectReason, Vetted, still_assigned, vet,
 };
 use pretty_assertions::assert_eq;
 use rstest::rstest;
@@ -42,6 +41,19 @@ fn record(id: &str, tags: &[(&str, &str)], description: &str, held: &[&str]) -> 
 
 fn multus(id: &str, held: &[&str]) -> EniRecord {
     record(id, &[(NO_MANAGE_TAG, "true")], "", held)
+}
+
+/// The instance every record is attached to.
+const INSTANCE: &str = "i-other";
+
+/// [`vet`] with no fresh address, EC2 listing `holders` and the target ENI `eni-here` (a
+/// Multus ENI of the instance) when the holders do not include it.
+fn vet_against(plan: Plan, holders: &[EniRecord], policy: OwnershipPolicy) -> Vetted {
+    let mut records = holders.to_vec();
+    if !records.iter().any(|record| record.id == "eni-here") {
+        records.push(multus("eni-here", &["10.0.1.10"]));
+    }
+    vet(plan, &records, &[], INSTANCE, policy)
 }
 
 /// A plan that puts `addresses` on `eni` (none of them there yet).
@@ -101,12 +113,14 @@ fn a_primary_eni_is_never_multus_unless_tagged() {
 #[test]
 fn changes_on_an_untagged_eni_are_refused_naming_the_tag_and_the_setting() {
     let plan = planned("eni-u", &["10.0.1.50", "10.0.1.51"]);
-    let vetted = vet_enis(
+    let vetted = vet(
         plan,
         &[record("eni-u", &[], "", &["10.0.1.11"])],
-        "i-other",
+        &[],
+        INSTANCE,
         STRICT,
-    );
+    )
+    .plan;
     assert_eq!(vetted.changes, vec![]);
     assert_eq!(vetted.placements, vec![]);
     assert_eq!(vetted.rejections.len(), 2);
@@ -126,19 +140,22 @@ fn changes_on_an_untagged_eni_are_refused_naming_the_tag_and_the_setting() {
 #[test]
 fn changes_on_a_multus_eni_pass_and_one_ec2_does_not_list_here_is_refused() {
     let plan = planned("eni-m", &["10.0.1.50"]);
-    let vetted = vet_enis(
+    let vetted = vet(
         plan.clone(),
         &[multus("eni-m", &["10.0.1.10"])],
-        "i-other",
+        &[],
+        INSTANCE,
         STRICT,
     );
-    assert_eq!(vetted, plan);
-    let elsewhere = vet_enis(
+    assert_eq!(vetted.plan, plan);
+    let elsewhere = vet(
         plan.clone(),
         &[multus("eni-m", &["10.0.1.10"])],
+        &[],
         "i-this",
         STRICT,
-    );
+    )
+    .plan;
     assert_eq!(
         elsewhere.rejections[0].reason,
         RejectReason::NotMultusEni {
@@ -147,7 +164,7 @@ fn changes_on_a_multus_eni_pass_and_one_ec2_does_not_list_here_is_refused() {
         },
         "attached to another instance"
     );
-    let gone = vet_enis(plan, &[], "i-other", STRICT);
+    let gone = vet(plan, &[], &[], INSTANCE, STRICT).plan;
     assert_eq!(
         gone.rejections[0].reason,
         RejectReason::NotMultusEni {
@@ -161,7 +178,7 @@ fn changes_on_a_multus_eni_pass_and_one_ec2_does_not_list_here_is_refused() {
 fn nobody_holds_it_or_a_multus_eni_does_the_address_moves() {
     let plan = planned("eni-here", &["10.0.1.50", "10.0.1.51"]);
     let holders = [multus("eni-there", &["10.0.1.20", "10.0.1.51"])];
-    let vetted = vet_holders(plan.clone(), &holders, STRICT);
+    let vetted = vet_against(plan.clone(), &holders, STRICT);
     assert_eq!(
         vetted.plan, plan,
         "both still assigned, 10.0.1.51 moves back"
@@ -173,7 +190,7 @@ fn nobody_holds_it_or_a_multus_eni_does_the_address_moves() {
 fn an_ipv6_address_on_another_multus_eni_is_unassigned_there_first() {
     let plan = planned("eni-here", &["2600::50"]);
     let holders = [multus("eni-there", &["10.0.1.20", "2600::50"])];
-    let vetted = vet_holders(plan.clone(), &holders, STRICT);
+    let vetted = vet_against(plan.clone(), &holders, STRICT);
     assert_eq!(vetted.plan, plan);
     assert_eq!(
         vetted.ipv6_releases,
@@ -189,7 +206,7 @@ fn an_ipv6_address_on_another_multus_eni_is_unassigned_there_first() {
 fn an_address_already_on_its_eni_needs_no_call() {
     let plan = planned("eni-here", &["10.0.1.50", "10.0.1.51"]);
     let holders = [multus("eni-here", &["10.0.1.10", "10.0.1.51"])];
-    let vetted = vet_holders(plan, &holders, STRICT);
+    let vetted = vet_against(plan, &holders, STRICT);
     assert_eq!(vetted.plan.placements.len(), 2, "both placed");
     assert_eq!(
         vetted.plan.changes,
@@ -210,7 +227,7 @@ fn an_address_another_workload_holds_is_refused_the_rest_goes_through(
     #[case] why: &str,
 ) {
     let plan = planned("eni-here", &["10.0.1.50", "10.0.1.51"]);
-    let vetted = vet_holders(plan, std::slice::from_ref(&holder), STRICT);
+    let vetted = vet_against(plan, std::slice::from_ref(&holder), STRICT);
     assert_eq!(
         vetted.plan.changes,
         vec![EniChange {
@@ -241,7 +258,7 @@ fn relaxed_an_untagged_holder_gives_the_address_up_but_the_vpc_cnis_never() {
             &["10.0.1.21", "10.0.1.52"],
         ),
     ];
-    let vetted = vet_holders(plan, &holders, RELAXED);
+    let vetted = vet_against(plan, &holders, RELAXED);
     assert_eq!(
         vetted.plan.changes[0].ipv4,
         vec!["10.0.1.51".parse::<Ipv4Addr>().expect("ip")]
@@ -252,10 +269,10 @@ fn relaxed_an_untagged_holder_gives_the_address_up_but_the_vpc_cnis_never() {
 
 #[test]
 fn a_fresh_ipv4_address_ec2_has_on_its_eni_is_assigned_again_a_fresh_ipv6_not() {
-    let mut plan = planned("eni-here", &["10.0.1.50", "2600::50"]);
-    plan.fresh = vec![ip("10.0.1.50"), ip("2600::50")];
+    let plan = planned("eni-here", &["10.0.1.50", "2600::50"]);
     let holders = [multus("eni-here", &["10.0.1.10", "10.0.1.50", "2600::50"])];
-    let vetted = vet_holders(plan, &holders, STRICT);
+    let fresh = [ip("10.0.1.50"), ip("2600::50")];
+    let vetted = vet(plan, &holders, &fresh, INSTANCE, STRICT);
     assert_eq!(
         vetted.plan.changes,
         vec![EniChange {

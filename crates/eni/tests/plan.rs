@@ -397,17 +397,16 @@ fn the_primary_eni_is_the_one_whose_mac_is_meta_data_mac_not_device_0(mut node: 
 }
 
 #[rstest]
-fn fresh_addresses_are_changes_even_where_metadata_shows_them(node: NodeFacts) {
+fn fresh_addresses_are_looked_up_even_where_metadata_shows_them(node: NodeFacts) {
     let pod = [
         address("net1", 0x0b, "10.10.1.81"), // eni-b holds it, by metadata
         address("net1", 0x0b, "10.10.1.200"), // in eni-b's prefix
         address("net2", 0x0a, "10.10.1.83"), // not held: a change anyway
     ];
-    let mut result = plan(&node, &pod, &PlanOptions::default());
+    let result = plan(&node, &pod, &PlanOptions::default());
     assert_eq!(result.changes.len(), 1);
-    result.distrust(&[ip("10.10.1.81"), ip("10.10.1.200")]);
     assert_eq!(
-        result.changes,
+        result.lookups(&[ip("10.10.1.81"), ip("10.10.1.200")]),
         vec![
             EniChange {
                 eni_id: "eni-a".into(),
@@ -422,5 +421,23 @@ fn fresh_addresses_are_changes_even_where_metadata_shows_them(node: NodeFacts) {
         ],
         "the prefix routes 10.10.1.200 whatever metadata says"
     );
-    assert_eq!(result.fresh, vec![ip("10.10.1.81")]);
+    assert_eq!(result.changes.len(), 1, "the plan itself is unchanged");
+}
+
+#[rstest]
+fn a_plan_worked_out_again_against_newer_address_lists_keeps_its_placements(node: NodeFacts) {
+    let pod = [address("net2", 0x0a, "10.10.1.83")];
+    let before = plan(&node, &pod, &PlanOptions::default());
+    assert_eq!(before.changes.len(), 1);
+    let mut newer = node.clone();
+    let eni_a = newer
+        .enis
+        .iter_mut()
+        .find(|eni| eni.id == "eni-a")
+        .expect("eni-a");
+    eni_a.ipv4.push("10.10.1.83".parse().expect("ip"));
+    let after = before.clone().against(&newer);
+    assert_eq!(after.changes, vec![], "metadata shows it in place now");
+    assert_eq!(after.placements, before.placements);
+    assert_eq!(after, plan(&newer, &pod, &PlanOptions::default()));
 }

@@ -270,7 +270,7 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
         let policy = self.settings.aws.ownership();
         self.multus = records
             .iter()
-            .filter(|record| record.multus(policy).is_ok() && record.attachment != Some((0, 0)))
+            .filter(|record| record.multus(policy).is_ok() && !record.is_primary_eni())
             .map(|record| record.id.clone())
             .collect();
         tracing::info!(multus_enis = ?self.multus, "read the node's ENIs");

@@ -13,7 +13,7 @@ mod tests;
 use std::time::Duration;
 
 use ipmgr_eni::{
-    Assignment, EniChange, NodeFacts, OwnershipPolicy, PlanOptions, PodAddress, Vetted, plan,
+    Assignment, EniChange, NodeFacts, OwnershipPolicy, Plan, PlanOptions, PodAddress, Vetted, plan,
 };
 use tokio::time::Instant;
 
@@ -65,18 +65,20 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
     }
 
     /// Waits (bounded) until the pod's Multus interfaces carry enough addresses (the VPC
-    /// CNI's interfaces and link-local addresses do not count).
+    /// CNI's interfaces and link-local addresses do not count): the addresses, and their
+    /// plan on `node`.
     pub async fn wait_for_addresses(
         &mut self,
         node: &NodeFacts,
-    ) -> Result<Vec<PodAddress>, PodError> {
+    ) -> Result<(Vec<PodAddress>, Plan), PodError> {
         let expected = self.settings.expect_addresses.max(1);
         let deadline = Instant::now() + self.settings.wait();
         loop {
             let addresses = self.network.addresses().await?;
-            let found = plan(node, &addresses, &self.options).multus_addresses();
+            let planned = plan(node, &addresses, &self.options);
+            let found = planned.multus_addresses();
             if found >= expected {
-                return Ok(addresses);
+                return Ok((addresses, planned));
             }
             if Instant::now() >= deadline {
                 return Err(PodError::NoAddresses {
@@ -97,12 +99,12 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
     /// `plan`: what `init` would do, one line per address, changing nothing (it reads EC2
     /// as a pass would).
     pub async fn plan_report(&mut self, node: &NodeFacts) -> Result<Vec<String>, PodError> {
-        let addresses = self.wait_for_addresses(node).await?;
+        let (_, planned) = self.wait_for_addresses(node).await?;
         let Vetted {
             plan: planned,
             ipv6_releases,
         } = self
-            .vetted_plan(node, &addresses, &[], &mut NodeEnis::default())
+            .vetted_plan(node, planned, &[], &mut NodeEnis::default())
             .await?;
         let changing: Vec<Assignment> = planned
             .changes
@@ -146,9 +148,9 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
     /// `init`: wait for the addresses, one pass, then wait (bounded) for metadata to show
     /// what EC2 accepted; an error when any address stays unroutable.
     pub async fn init(&mut self, node: &NodeFacts) -> Result<(), PodError> {
-        let addresses = self.wait_for_addresses(node).await?;
+        let (_, planned) = self.wait_for_addresses(node).await?;
         let report = self
-            .pass(node, &addresses, &[], &mut NodeEnis::default())
+            .pass(node, planned, &[], &mut NodeEnis::default())
             .await;
         if !report.failures.is_empty() {
             return Err(PodError::Unroutable(report.failures));

@@ -6,10 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use ipmgr_eni::{
-    Assignment, Eni, EniChange, EniRecord, NodeFacts, Plan, PodAddress, Vetted, plan, vet_enis,
-    vet_holders,
-};
+use ipmgr_eni::{Assignment, Eni, EniChange, EniRecord, NodeFacts, Plan, Vetted, vet};
 use tokio::time::Instant;
 
 use super::PodHelper;
@@ -59,38 +56,52 @@ pub struct PassReport {
 }
 
 impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
-    /// The plan for `addresses` on `node`, vetted against EC2: changes on ENIs that are not
-    /// Multus ENIs and addresses another workload holds are refused, addresses EC2 already
-    /// has on their ENI need no call. Read-only, and nothing at all when nothing needs to
-    /// change. Otherwise one DescribeNetworkInterfaces per address family finds who holds the
-    /// addresses; the IPv4 one also asks for the target ENIs' primary addresses, so that the
-    /// answer lists those ENIs with their tags. (Only an ENI without an IPv4 address needs
-    /// the node's ENI list, `enis`, read once.)
+    /// `planned` (the pod's addresses planned on `node`), vetted against EC2 in one pure
+    /// step ([`vet`]): changes on ENIs that are not Multus ENIs and addresses another
+    /// workload holds are refused, addresses EC2 already has on their ENI need no call, and
+    /// the `fresh` addresses are checked whatever metadata says. Read-only, and nothing at
+    /// all when nothing needs to change. Otherwise one DescribeNetworkInterfaces per address
+    /// family finds who holds the addresses; the IPv4 one also asks for the target ENIs'
+    /// primary addresses, so that the answer lists those ENIs with their tags. (Only an ENI
+    /// without an IPv4 address needs the node's ENI list, `enis`, read once.)
     pub async fn vetted_plan(
         &self,
         node: &NodeFacts,
-        addresses: &[PodAddress],
+        planned: Plan,
         fresh: &[IpAddr],
         enis: &mut NodeEnis,
     ) -> Result<Vetted, Ec2Failure> {
-        let mut planned = plan(node, addresses, &self.options);
-        planned.distrust(fresh);
         for rejection in planned.rejections.iter().filter(|r| !r.is_failure()) {
             tracing::info!(%rejection, "address left alone");
         }
-        let Some(vpc_id) = planned
-            .changes
+        let records = self
+            .records_for(node, &planned.lookups(fresh), enis)
+            .await?;
+        Ok(vet(
+            planned,
+            &records,
+            fresh,
+            &node.instance_id,
+            self.ownership,
+        ))
+    }
+
+    /// What EC2 says about the ENIs and addresses of `lookups`: the holders of the addresses
+    /// and the target ENIs (nothing, and no call, when there is nothing to look up).
+    async fn records_for(
+        &self,
+        node: &NodeFacts,
+        lookups: &[EniChange],
+        enis: &mut NodeEnis,
+    ) -> Result<Vec<EniRecord>, Ec2Failure> {
+        let Some(vpc_id) = lookups
             .first()
             .and_then(|change| node.eni(&change.eni_id))
             .map(|eni| eni.vpc_id.clone())
         else {
-            return Ok(Vetted {
-                plan: planned,
-                ipv6_releases: Vec::new(),
-            });
+            return Ok(Vec::new());
         };
-        let targets: Vec<&str> = planned
-            .changes
+        let targets: Vec<&str> = lookups
             .iter()
             .map(|change| change.eni_id.as_str())
             .collect();
@@ -98,20 +109,12 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
             .iter()
             .map(|id| node.eni(id).and_then(Eni::primary_ipv4))
             .collect();
-        let mut ipv4: Vec<_> = planned
-            .changes
-            .iter()
-            .flat_map(|c| c.ipv4.clone())
-            .collect();
-        let ipv6: Vec<_> = planned
-            .changes
-            .iter()
-            .flat_map(|c| c.ipv6.clone())
-            .collect();
-        let records = match primaries {
+        let mut ipv4: Vec<_> = lookups.iter().flat_map(|c| c.ipv4.clone()).collect();
+        let ipv6: Vec<_> = lookups.iter().flat_map(|c| c.ipv6.clone()).collect();
+        match primaries {
             Some(primaries) => {
                 ipv4.extend(primaries);
-                self.ec2.holders(&vpc_id, &ipv4, &ipv6).await?
+                self.ec2.holders(&vpc_id, &ipv4, &ipv6).await
             }
             None => {
                 let (node_enis, mut holders) = futures::try_join!(
@@ -119,24 +122,23 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
                     self.ec2.holders(&vpc_id, &ipv4, &ipv6),
                 )?;
                 holders.extend(node_enis.iter().cloned());
-                holders
+                Ok(holders)
             }
-        };
-        let planned = vet_enis(planned, &records, &node.instance_id, self.ownership);
-        Ok(vet_holders(planned, &records, self.ownership))
+        }
     }
 
-    /// Plans against `node` (distrusting metadata for the `fresh` addresses), vets the plan
-    /// against EC2 and carries out the changes. What EC2 accepted is assigned.
+    /// Vets `planned` (the pod's addresses planned on `node`) against EC2 and carries out
+    /// the changes. What EC2 accepted is assigned.
     pub async fn pass(
         &self,
         node: &NodeFacts,
-        addresses: &[PodAddress],
+        planned: Plan,
         fresh: &[IpAddr],
         enis: &mut NodeEnis,
     ) -> PassReport {
+        let addresses = planned.placements.len() + planned.rejections.len();
         let (planned, releases, mut failures) =
-            match self.vetted_plan(node, addresses, fresh, enis).await {
+            match self.vetted_plan(node, planned, fresh, enis).await {
                 Ok(Vetted {
                     plan,
                     ipv6_releases,
@@ -150,7 +152,7 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
         failures.extend(call_failures.into_iter().map(Failure::from));
         failures.iter().for_each(Failure::log);
         tracing::info!(
-            addresses = addresses.len(),
+            addresses,
             placed = planned.placements.len(),
             assigned = assigned.len(),
             failures = failures.len(),

@@ -65,7 +65,7 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
     pub async fn sidecar(&mut self, mut node: NodeFacts) -> Result<(), PodError> {
         let mut terminate = signal(SignalKind::terminate()).map_err(PodError::Signal)?;
         let mut memory = Memory {
-            seen: self.wait_for_addresses(&node).await?,
+            seen: self.wait_for_addresses(&node).await?.0,
             ..Memory::default()
         };
         let mut enis = NodeEnis::default();
@@ -115,19 +115,27 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
         enis: &mut NodeEnis,
         memory: &mut Memory,
     ) -> Result<PassReport, PodError> {
-        match trigger {
+        let planned = match trigger {
             Trigger::FullCheck => {
                 enis.forget();
                 *node = self.metadata.node_facts().await?;
+                plan(node, &memory.seen, &self.options)
             }
             Trigger::Event => {
-                let targets = plan(node, &memory.seen, &self.options).placements;
-                let targets: Vec<&str> = targets.iter().map(|p| p.eni_id.as_str()).collect();
+                // Placements do not depend on the address lists: only the target ENIs' lists
+                // are read again, and the plan's changes worked out against them.
+                let planned = plan(node, &memory.seen, &self.options);
+                let targets: Vec<&str> = planned
+                    .placements
+                    .iter()
+                    .map(|p| p.eni_id.as_str())
+                    .collect();
                 self.metadata.refresh(node, &targets).await?;
+                planned.against(node)
             }
-        }
+        };
         let fresh = memory.fresh();
-        Ok(self.pass(node, &memory.seen, &fresh, enis).await)
+        Ok(self.pass(node, planned, &fresh, enis).await)
     }
 
     /// Takes in a pass's outcome: remembers what EC2 accepted, confirms it in the background,
