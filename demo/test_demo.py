@@ -1,5 +1,9 @@
-"""End-to-end: the demo's whole flow with every claim asserted (run as root, after the
-binaries and images are built; scripts/test does both).
+"""End-to-end: the demo's whole flow, asserting what only it shows (run as root, after the
+binaries and images are built; scripts/test does both): the containers the webhook's patch
+describes (init, sidecar, native sidecar with its startup probe) and the agent's DaemonSet run
+as the kubelet would run them and do their work, and, from the images, under their security
+context. How the helper and the agent decide, and how fast, is the Rust tests' and the
+benchmarks' (BENCHMARKS.md): nothing here is timed.
 
 The images test runs the containers from the images of scripts/images under podman with
 their security context; it skips, saying why, when podman or the images are missing,
@@ -20,19 +24,10 @@ def images_missing() -> str | None:
     return unavailable([f"{IMAGES}/ipmgr-helper:{tag}", f"{IMAGES}/ipmgr-webhook:{tag}"])
 
 
-def assert_timings(figures: dict) -> None:
-    assert figures["init_seconds"] < 10
-    assert set(figures["floating_ip"]) == {"appears on A", "fails over to B", "fails back to A"}
-    assert all(seconds < 2.0 for seconds in figures["floating_ip"].values())
-    assert figures["startup_probe_seconds"] < 10
-    assert figures["deleted_released"] < 4.0
-
-
 @needs_root
 def test_the_whole_system_from_the_binaries():
     figures = run(check_results=True, quiet=True, images=False)
     assert not figures["images"]
-    assert_timings(figures)
 
 
 @needs_root
@@ -46,7 +41,6 @@ def test_the_whole_system_from_the_images_under_the_injected_security_context():
     assert figures["images"]
     # EC2 by its real name: the static binary resolves it in scratch (glibc's built-in dns).
     assert ".amazonaws.com:" in figures["ec2_endpoint"]
-    assert_timings(figures)
     for mode in ("sidecar", "native_sidecar"):
         assert figures[mode]["uid"] == "65532"
         assert int(figures[mode]["capabilities"], 16) == 0
