@@ -181,8 +181,13 @@ async fn a_pod_that_took_the_address_before_the_call_keeps_it() {
     assert_eq!(kept(&agent, "in_use"), 1);
 }
 
-#[tokio::test]
-async fn a_throttled_unassign_is_decided_afresh_and_a_pod_that_took_the_address_keeps_it() {
+/// An agent whose unassign of 10.0.1.50 (in no pod) was just throttled, once the retry's
+/// delay (at most 1 ms here) has passed.
+async fn throttled_once() -> (
+    Agent<FakeEc2, FakeMetadata, FakeScanner>,
+    FakeEc2,
+    FakeScanner,
+) {
     let (mut agent, ec2, scanner) = agent(&[]);
     scanner.carrying(2, &["10.0.1.51"]);
     ec2.fail_next(
@@ -193,9 +198,15 @@ async fn a_throttled_unassign_is_decided_afresh_and_a_pod_that_took_the_address_
     agent.round().await.expect("round");
     assert_eq!(unassigns(&ec2), 1, "throttled");
     assert_eq!(agent.absences.waiting(), 1, "to be retried");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    (agent, ec2, scanner)
+}
+
+#[tokio::test]
+async fn a_throttled_unassign_is_decided_afresh_and_a_pod_that_took_the_address_keeps_it() {
+    let (mut agent, ec2, scanner) = throttled_once().await;
     // IPAM gave the address to a new pod while the agent waited.
     scanner.carrying(3, &["10.0.1.50", "10.0.1.51"]);
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     agent.round().await.expect("round");
     assert_eq!(unassigns(&ec2), 1, "no second attempt");
     assert!(ec2.holds("eni-multus", "10.0.1.50"));
@@ -204,15 +215,7 @@ async fn a_throttled_unassign_is_decided_afresh_and_a_pod_that_took_the_address_
 
 #[tokio::test]
 async fn a_throttled_unassign_is_retried_when_the_address_is_still_unused() {
-    let (mut agent, ec2, scanner) = agent(&[]);
-    scanner.carrying(2, &["10.0.1.51"]);
-    ec2.fail_next(
-        "UnassignPrivateIpAddresses",
-        "RequestLimitExceeded",
-        ErrorClass::Throttling,
-    );
-    agent.round().await.expect("round");
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let (mut agent, ec2, _scanner) = throttled_once().await;
     agent.round().await.expect("round");
     assert_eq!(unassigns(&ec2), 2);
     assert!(!ec2.holds("eni-multus", "10.0.1.50"));

@@ -272,19 +272,28 @@ async fn on_exit_only_what_is_still_on_the_pod_and_its_eni_is_given_back() {
     );
 }
 
-#[tokio::test]
-async fn a_batch_ec2_refuses_for_good_goes_address_by_address() {
+/// EC2 with the Multus ENI alone, holding `held`; and the release of 10.0.1.50 and
+/// 10.0.1.51 from it.
+fn multus_eni_holding(held: &[&str]) -> (FakeEc2, EniChange) {
     let mut multus = node().enis[1].clone();
-    multus.ipv4.push("10.0.1.50".parse().expect("ip"));
-    let ec2 = FakeEc2::with(vec![record(&multus, INSTANCE, true)]);
+    multus.ipv4.extend(
+        held.iter()
+            .map(|a| a.parse::<std::net::Ipv4Addr>().expect("ip")),
+    );
     let change = EniChange {
-        eni_id: "eni-multus".to_owned(),
+        eni_id: multus.id.clone(),
         ipv4: vec![
             "10.0.1.50".parse().expect("ip"),
             "10.0.1.51".parse().expect("ip"),
         ],
         ipv6: Vec::new(),
     };
+    (FakeEc2::with(vec![record(&multus, INSTANCE, true)]), change)
+}
+
+#[tokio::test]
+async fn a_batch_ec2_refuses_for_good_goes_address_by_address() {
+    let (ec2, change) = multus_eni_holding(&["10.0.1.50"]);
     let outcomes = ec2.unassign(&change, None).await;
     let outcomes: Vec<(String, &str)> = outcomes
         .iter()
@@ -310,18 +319,7 @@ async fn a_batch_ec2_refuses_for_good_goes_address_by_address() {
 
 #[tokio::test]
 async fn a_throttled_batch_is_not_split_and_a_stale_view_makes_no_call() {
-    let mut multus = node().enis[1].clone();
-    multus.ipv4.push("10.0.1.50".parse().expect("ip"));
-    multus.ipv4.push("10.0.1.51".parse().expect("ip"));
-    let ec2 = FakeEc2::with(vec![record(&multus, INSTANCE, true)]);
-    let change = EniChange {
-        eni_id: "eni-multus".to_owned(),
-        ipv4: vec![
-            "10.0.1.50".parse().expect("ip"),
-            "10.0.1.51".parse().expect("ip"),
-        ],
-        ipv6: Vec::new(),
-    };
+    let (ec2, change) = multus_eni_holding(&["10.0.1.50", "10.0.1.51"]);
     ec2.fail_next(
         "UnassignPrivateIpAddresses",
         "RequestLimitExceeded",
