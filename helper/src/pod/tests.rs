@@ -339,3 +339,32 @@ async fn a_throttled_batch_is_not_split_and_a_stale_view_makes_no_call() {
     assert_eq!(ec2.calls().len(), 1, "one throttled call, none stale");
     assert!(ec2.holds("eni-multus", "10.0.1.50"));
 }
+
+#[tokio::test]
+async fn confirmation_waits_for_lagging_metadata_and_says_what_it_never_showed() {
+    use crate::aws::NodeMetadata as _;
+    let assigned = Assignment {
+        eni_id: "eni-multus".to_owned(),
+        address: "10.0.1.50".parse().expect("ip"),
+    };
+    let window = std::time::Duration::from_millis(60);
+    let lagging = FakeMetadata::showing(node());
+    let missing = lagging
+        .wait_to_show(&node(), std::slice::from_ref(&assigned), window)
+        .await
+        .expect("metadata answers");
+    assert_eq!(
+        missing,
+        vec![assigned.clone()],
+        "never shown within the window"
+    );
+    let mut caught_up = node();
+    caught_up.enis[1]
+        .ipv4
+        .push("10.0.1.50".parse().expect("ip"));
+    let missing = FakeMetadata::showing(caught_up)
+        .wait_to_show(&node(), &[assigned], window)
+        .await
+        .expect("metadata answers");
+    assert_eq!(missing, vec![], "shown: confirmed");
+}
