@@ -29,17 +29,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(m|Ki|Mi|Gi|k|M|G)?$")
+from kubernetes.utils.quantity import parse_quantity
+
 # The kernel's interfaces every container has, mounted (and masked) by the runtime.
 KERNEL_TREES = ("/dev", "/proc", "/sys")
-BINARY_SUFFIX = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
 
 
 class ContainerError(RuntimeError):
@@ -47,12 +46,12 @@ class ContainerError(RuntimeError):
 
 
 def quantity(value: str) -> float:
-    """A Kubernetes resource quantity (`64Mi`, `200m`, `1`) as a number (bytes, cores)."""
-    match = QUANTITY.match(str(value))
-    if not match:
-        raise ContainerError(f"resource quantity {value!r} is not one this runner reads")
-    number, suffix = float(match.group(1)), match.group(2)
-    return number / 1000 if suffix == "m" else number * BINARY_SUFFIX[suffix]
+    """A Kubernetes resource quantity (`64Mi`, `200m`, `1`) as a number (bytes, cores), read
+    by the Kubernetes Python client's parser."""
+    try:
+        return float(parse_quantity(value))
+    except ValueError as error:
+        raise ContainerError(f"resource quantity {value!r} is not a Kubernetes quantity: {error}") from None
 
 
 def podman_command() -> list[str]:
