@@ -19,30 +19,25 @@
 pub mod error;
 pub mod metrics;
 pub mod netns;
+mod reclaim;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use inotify::{Inotify, WatchMask};
-use ipmgr_eni::{
-    Absences, AfterFailure, Assignment, Backoff, EniRecord, Keep, NodeFacts, ScanVerdict,
-    secondary_addresses, verify_reclaim,
-};
+use ipmgr_eni::{Absences, Backoff, EniRecord, NodeFacts, ScanVerdict, secondary_addresses};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::aws::{self, Ec2, Ec2Api, Metadata, NodeMetadata, Unassigned};
+use crate::aws::{self, Ec2, Ec2Api, Metadata, NodeMetadata};
 use crate::config::AgentSettings;
 pub use error::AgentError;
-use metrics::{AgentMetrics, ReasonLabel};
+use metrics::AgentMetrics;
 use netns::{NetnsDirectory, PodScanner, Scan, ScanError};
-
-/// How long the netns directory must be quiet before a scan: a sandbox is created and
-/// mounted in a few steps.
-const SETTLE: Duration = Duration::from_millis(200);
+use watch::{Changes, SETTLE, watch};
 
 /// The oldest view an unassign call may act on: the read of EC2 and the scan of the pods
 /// that decided it are at most this old when the call goes out.
@@ -351,213 +346,5 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
             .min()
             .map_or(resync, |due| due.max(now + SETTLE));
         tokio::time::Instant::from_std(due.min(resync))
-    }
-
-    /// Gives back `due`, decided afresh: the ENIs are read from EC2 and the pods scanned
-    /// again just before the calls, which go out only while that view is fresh. A decision
-    /// that cannot be refreshed is dropped, to be taken again by a later scan.
-    async fn reclaim(&mut self, due: &[Assignment]) -> Result<(), AgentError> {
-        let options = self.settings.reclaim();
-        let ids: BTreeSet<String> = due.iter().map(|a| a.eni_id.clone()).collect();
-        let enis = match self
-            .release_ec2
-            .enis(&ids.into_iter().collect::<Vec<_>>())
-            .await
-        {
-            Ok(enis) => enis,
-            Err(failure) => {
-                tracing::warn!(%failure, "cannot read the ENIs before giving addresses back; the decision is dropped and taken again later");
-                self.metrics.error("describe");
-                self.metrics.drop_decisions("describe", due.len());
-                for assignment in due {
-                    self.absences.failed(
-                        assignment,
-                        failure.class,
-                        &options,
-                        Instant::now(),
-                        fastrand::f64(),
-                    );
-                }
-                return Ok(());
-            }
-        };
-        let view = Instant::now();
-        let trusted = match self.scan_pods().await? {
-            Some(scan) if self.judge(&scan) == ScanVerdict::Trusted => Some(scan),
-            _ => None,
-        };
-        let Some(scan) = trusted else {
-            tracing::info!(
-                addresses = due.len(),
-                "the pods could not be scanned again just before giving addresses back; the decision is dropped and taken again later"
-            );
-            self.metrics.drop_decisions("scan", due.len());
-            (self.trusted, self.retry_soon) = (false, true);
-            return Ok(());
-        };
-        let (changes, kept) = verify_reclaim(
-            due,
-            &self.node.instance_id,
-            &enis,
-            &scan.in_use,
-            self.settings.aws.ownership(),
-        );
-        for (assignment, keep) in kept {
-            self.keep(&assignment, keep);
-        }
-        for change in changes {
-            if self.settings.dry_run {
-                for assignment in change.assignments() {
-                    self.absences.forget(&assignment);
-                    tracing::info!(address = %assignment.address, eni = assignment.eni_id, reason = "in no pod on the node for the grace period", "dry run: would give back");
-                }
-                continue;
-            }
-            if view.elapsed() > FRESH {
-                tracing::info!(
-                    eni = change.eni_id,
-                    addresses = change.len(),
-                    age_ms = view.elapsed().as_millis() as u64,
-                    "the view that decided the release is too old; the decision is dropped and taken again later"
-                );
-                self.metrics.drop_decisions("stale", change.len());
-                continue;
-            }
-            for (call, outcome) in self.release_ec2.unassign(&change, Some(view + FRESH)).await {
-                self.took_back(&call.assignments().collect::<Vec<_>>(), outcome, &options);
-            }
-        }
-        Ok(())
-    }
-
-    /// Takes in what became of one unassign call's addresses.
-    fn took_back(
-        &mut self,
-        assignments: &[Assignment],
-        outcome: Unassigned,
-        options: &ipmgr_eni::ReclaimOptions,
-    ) {
-        match outcome {
-            Unassigned::Released => {
-                for assignment in assignments {
-                    self.absences.forget(assignment);
-                    self.metrics.released.inc();
-                    tracing::info!(address = %assignment.address, eni = assignment.eni_id, reason = "in no pod on the node for the grace period", "address given back");
-                }
-            }
-            Unassigned::NotOnEni => {
-                for assignment in assignments {
-                    self.keep(assignment, Keep::Moved);
-                }
-            }
-            Unassigned::Stale => {
-                tracing::info!(
-                    addresses = assignments.len(),
-                    "the view that decided the release is too old; the decision is dropped and taken again later"
-                );
-                self.metrics.drop_decisions("stale", assignments.len());
-            }
-            Unassigned::Failed(failure) => {
-                self.metrics.error("unassign");
-                for assignment in assignments {
-                    match self.absences.failed(
-                        assignment,
-                        failure.class,
-                        options,
-                        Instant::now(),
-                        fastrand::f64(),
-                    ) {
-                        AfterFailure::RetryIn(delay) => tracing::warn!(
-                            %failure,
-                            address = %assignment.address,
-                            retry_in_ms = delay.as_millis() as u64,
-                            "cannot give the address back yet; the next attempt is decided afresh"
-                        ),
-                        AfterFailure::GraceAgain => tracing::error!(
-                            %failure,
-                            address = %assignment.address,
-                            "cannot give the address back; it is tried again after another grace period"
-                        ),
-                    }
-                }
-            }
-        }
-    }
-
-    /// An address due to be given back that EC2 or a fresh scan says to keep. An ENI that is
-    /// not (or no longer) this node's Multus ENI is left alone until the ENIs are read again
-    /// at the next resync.
-    fn keep(&mut self, assignment: &Assignment, keep: Keep) {
-        self.absences.forget(assignment);
-        self.metrics
-            .refused
-            .get_or_create(&ReasonLabel {
-                reason: keep.label(),
-            })
-            .inc();
-        match keep {
-            Keep::InUse | Keep::Moved => {
-                tracing::info!(address = %assignment.address, eni = assignment.eni_id, reason = %keep, "kept");
-            }
-            Keep::OtherInstance | Keep::NotMultus | Keep::Primary => {
-                self.multus.remove(&assignment.eni_id);
-                self.reread_enis = Some(Instant::now() + self.settings.resync());
-                tracing::warn!(address = %assignment.address, eni = assignment.eni_id, reason = %keep, "kept; the agent leaves this ENI alone until it reads the node's ENIs again");
-            }
-        }
-    }
-}
-
-/// Changes of the netns directory, or none when it cannot be watched.
-enum Changes {
-    /// inotify on the directory.
-    Watching(inotify::EventStream<Vec<u8>>),
-    /// No watch: only the periodic scans.
-    Closed,
-}
-
-fn watch(dir: &std::path::Path) -> Result<Changes, AgentError> {
-    let watch_error = |source| ScanError::directory(dir, source);
-    let inotify = Inotify::init().map_err(watch_error)?;
-    inotify
-        .watches()
-        .add(
-            dir,
-            WatchMask::CREATE | WatchMask::DELETE | WatchMask::MOVED_FROM | WatchMask::MOVED_TO,
-        )
-        .map_err(watch_error)?;
-    let stream = inotify
-        .into_event_stream(vec![0u8; 1024])
-        .map_err(watch_error)?;
-    Ok(Changes::Watching(stream))
-}
-
-impl Changes {
-    /// Waits for the next change; false when the watch ended.
-    async fn next_change(&mut self) -> bool {
-        use futures::StreamExt as _;
-        match self {
-            Changes::Watching(stream) => matches!(stream.next().await, Some(Ok(_))),
-            Changes::Closed => std::future::pending().await,
-        }
-    }
-
-    /// Waits until the directory has been quiet for [`SETTLE`], draining the burst.
-    async fn settle(&mut self) {
-        loop {
-            let quiet = tokio::time::timeout(SETTLE, self.next_change()).await;
-            if !matches!(quiet, Ok(true)) {
-                return;
-            }
-        }
-    }
-}
-
-impl std::fmt::Debug for Changes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Changes::Watching(_) => "Changes::Watching",
-            Changes::Closed => "Changes::Closed",
-        })
     }
 }

@@ -1,0 +1,168 @@
+//! Giving addresses back: every unassign decided afresh from a new read of EC2 and a new
+//! scan of the pods, and what becomes of each call's addresses.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use ipmgr_eni::{AfterFailure, Assignment, Keep, ReclaimOptions, ScanVerdict, verify_reclaim};
+
+use super::metrics::ReasonLabel;
+use super::netns::PodScanner;
+use super::{Agent, AgentError, FRESH};
+use crate::aws::{Ec2Api, NodeMetadata, Unassigned};
+
+impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
+    /// Gives back `due`, decided afresh: the ENIs are read from EC2 and the pods scanned
+    /// again just before the calls, which go out only while that view is fresh. A decision
+    /// that cannot be refreshed is dropped, to be taken again by a later scan.
+    pub(super) async fn reclaim(&mut self, due: &[Assignment]) -> Result<(), AgentError> {
+        let options = self.settings.reclaim();
+        let ids: BTreeSet<String> = due.iter().map(|a| a.eni_id.clone()).collect();
+        let enis = match self
+            .release_ec2
+            .enis(&ids.into_iter().collect::<Vec<_>>())
+            .await
+        {
+            Ok(enis) => enis,
+            Err(failure) => {
+                tracing::warn!(%failure, "cannot read the ENIs before giving addresses back; the decision is dropped and taken again later");
+                self.metrics.error("describe");
+                self.metrics.drop_decisions("describe", due.len());
+                for assignment in due {
+                    self.absences.failed(
+                        assignment,
+                        failure.class,
+                        &options,
+                        Instant::now(),
+                        fastrand::f64(),
+                    );
+                }
+                return Ok(());
+            }
+        };
+        let view = Instant::now();
+        let trusted = match self.scan_pods().await? {
+            Some(scan) if self.judge(&scan) == ScanVerdict::Trusted => Some(scan),
+            _ => None,
+        };
+        let Some(scan) = trusted else {
+            tracing::info!(
+                addresses = due.len(),
+                "the pods could not be scanned again just before giving addresses back; the decision is dropped and taken again later"
+            );
+            self.metrics.drop_decisions("scan", due.len());
+            (self.trusted, self.retry_soon) = (false, true);
+            return Ok(());
+        };
+        let (changes, kept) = verify_reclaim(
+            due,
+            &self.node.instance_id,
+            &enis,
+            &scan.in_use,
+            self.settings.aws.ownership(),
+        );
+        for (assignment, keep) in kept {
+            self.keep(&assignment, keep);
+        }
+        for change in changes {
+            if self.settings.dry_run {
+                for assignment in change.assignments() {
+                    self.absences.forget(&assignment);
+                    tracing::info!(address = %assignment.address, eni = assignment.eni_id, reason = "in no pod on the node for the grace period", "dry run: would give back");
+                }
+                continue;
+            }
+            if view.elapsed() > FRESH {
+                tracing::info!(
+                    eni = change.eni_id,
+                    addresses = change.len(),
+                    age_ms = view.elapsed().as_millis() as u64,
+                    "the view that decided the release is too old; the decision is dropped and taken again later"
+                );
+                self.metrics.drop_decisions("stale", change.len());
+                continue;
+            }
+            for (call, outcome) in self.release_ec2.unassign(&change, Some(view + FRESH)).await {
+                self.took_back(&call.assignments().collect::<Vec<_>>(), outcome, &options);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes in what became of one unassign call's addresses.
+    fn took_back(
+        &mut self,
+        assignments: &[Assignment],
+        outcome: Unassigned,
+        options: &ReclaimOptions,
+    ) {
+        match outcome {
+            Unassigned::Released => {
+                for assignment in assignments {
+                    self.absences.forget(assignment);
+                    self.metrics.released.inc();
+                    tracing::info!(address = %assignment.address, eni = assignment.eni_id, reason = "in no pod on the node for the grace period", "address given back");
+                }
+            }
+            Unassigned::NotOnEni => {
+                for assignment in assignments {
+                    self.keep(assignment, Keep::Moved);
+                }
+            }
+            Unassigned::Stale => {
+                tracing::info!(
+                    addresses = assignments.len(),
+                    "the view that decided the release is too old; the decision is dropped and taken again later"
+                );
+                self.metrics.drop_decisions("stale", assignments.len());
+            }
+            Unassigned::Failed(failure) => {
+                self.metrics.error("unassign");
+                for assignment in assignments {
+                    match self.absences.failed(
+                        assignment,
+                        failure.class,
+                        options,
+                        Instant::now(),
+                        fastrand::f64(),
+                    ) {
+                        AfterFailure::RetryIn(delay) => tracing::warn!(
+                            %failure,
+                            address = %assignment.address,
+                            retry_in_ms = delay.as_millis() as u64,
+                            "cannot give the address back yet; the next attempt is decided afresh"
+                        ),
+                        AfterFailure::GraceAgain => tracing::error!(
+                            %failure,
+                            address = %assignment.address,
+                            "cannot give the address back; it is tried again after another grace period"
+                        ),
+                    }
+                }
+            }
+        }
+    }
+
+    /// An address due to be given back that EC2 or a fresh scan says to keep. An ENI that is
+    /// not (or no longer) this node's Multus ENI is left alone until the ENIs are read again
+    /// at the next resync.
+    fn keep(&mut self, assignment: &Assignment, keep: Keep) {
+        self.absences.forget(assignment);
+        self.metrics
+            .refused
+            .get_or_create(&ReasonLabel {
+                reason: keep.label(),
+            })
+            .inc();
+        match keep {
+            Keep::InUse | Keep::Moved => {
+                tracing::info!(address = %assignment.address, eni = assignment.eni_id, reason = %keep, "kept");
+            }
+            Keep::OtherInstance | Keep::NotMultus | Keep::Primary => {
+                self.multus.remove(&assignment.eni_id);
+                self.reread_enis = Some(Instant::now() + self.settings.resync());
+                tracing::warn!(address = %assignment.address, eni = assignment.eni_id, reason = %keep, "kept; the agent leaves this ENI alone until it reads the node's ENIs again");
+            }
+        }
+    }
+}
