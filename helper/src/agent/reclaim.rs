@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use ipmgr_eni::{AfterFailure, Assignment, Keep, ReclaimOptions, ScanVerdict, verify_reclaim};
+use ipmgr_eni::{
+    AfterFailure, Assignment, ErrorClass, Keep, ReclaimOptions, ScanVerdict, verify_reclaim,
+};
 
 use super::metrics::ReasonLabel;
 use super::netns::PodScanner;
@@ -72,16 +74,6 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
                 }
                 continue;
             }
-            if view.elapsed() > FRESH {
-                tracing::info!(
-                    eni = change.eni_id,
-                    addresses = change.len(),
-                    age_ms = view.elapsed().as_millis() as u64,
-                    "the view that decided the release is too old; the decision is dropped and taken again later"
-                );
-                self.metrics.drop_decisions("stale", change.len());
-                continue;
-            }
             for (call, outcome) in self.release_ec2.unassign(&change, Some(view + FRESH)).await {
                 self.took_back(&call.assignments().collect::<Vec<_>>(), outcome, &options);
             }
@@ -115,6 +107,17 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
                     "the view that decided the release is too old; the decision is dropped and taken again later"
                 );
                 self.metrics.drop_decisions("stale", assignments.len());
+                // Spaced like a transient failure, so that a node whose scans are slow
+                // does not decide again and again at once.
+                for assignment in assignments {
+                    self.absences.failed(
+                        assignment,
+                        ErrorClass::Transient,
+                        options,
+                        Instant::now(),
+                        fastrand::f64(),
+                    );
+                }
             }
             Unassigned::Failed(failure) => {
                 self.metrics.error("unassign");

@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use clap::Parser as _;
 use ipmgr_eni::ErrorClass;
@@ -16,23 +17,36 @@ use super::netns::{PodScanner, Scan, ScanError};
 use crate::config::{Cli, Command};
 use crate::fakes::{FakeEc2, FakeMetadata, INSTANCE, eni, node, record};
 
-/// Scans as the test scripts them: the queued ones first, then the standing one.
+/// Scans as the test scripts them: the queued ones first (each after its delay), then the
+/// standing one.
 #[derive(Debug, Clone, Default)]
-struct FakeScanner(Arc<Mutex<(VecDeque<Scan>, Scan)>>);
+struct FakeScanner(Arc<Mutex<Scans>>);
+
+/// The scans of a [`FakeScanner`].
+#[derive(Debug, Default)]
+struct Scans {
+    queued: VecDeque<(Scan, Duration)>,
+    standing: Scan,
+}
 
 impl FakeScanner {
     /// From now on, pods (in `namespaces` namespaces) carry `in_use`.
     fn carrying(&self, namespaces: usize, in_use: &[&str]) {
-        self.0.lock().expect("scanner").1 = scan(namespaces, in_use);
+        self.0.lock().expect("scanner").standing = scan(namespaces, in_use);
     }
 
     /// The next scan only shows `in_use`.
     fn then(&self, namespaces: usize, in_use: &[&str]) {
+        self.then_after(Duration::ZERO, namespaces, in_use);
+    }
+
+    /// The next scan takes `delay`, then shows `in_use`.
+    fn then_after(&self, delay: Duration, namespaces: usize, in_use: &[&str]) {
         self.0
             .lock()
             .expect("scanner")
-            .0
-            .push_back(scan(namespaces, in_use));
+            .queued
+            .push_back((scan(namespaces, in_use), delay));
     }
 }
 
@@ -49,8 +63,13 @@ fn scan(namespaces: usize, in_use: &[&str]) -> Scan {
 
 impl PodScanner for FakeScanner {
     async fn scan(&self) -> Result<Scan, ScanError> {
-        let mut scans = self.0.lock().expect("scanner");
-        Ok(scans.0.pop_front().unwrap_or_else(|| scans.1.clone()))
+        let next = {
+            let mut scans = self.0.lock().expect("scanner");
+            let standing = (scans.standing.clone(), Duration::ZERO);
+            scans.queued.pop_front().unwrap_or(standing)
+        };
+        tokio::time::sleep(next.1).await;
+        Ok(next.0)
     }
 }
 
@@ -150,7 +169,7 @@ async fn incomplete_views_give_nothing_back_and_three_in_a_row_make_it_unready()
     let (mut agent, ec2, scanner) = agent(&[]);
     let mut incomplete = scan(2, &[]);
     incomplete.unreadable.push("/run/netns/cni-new".into());
-    scanner.0.lock().expect("scanner").1 = incomplete;
+    scanner.0.lock().expect("scanner").standing = incomplete;
     agent.round().await.expect("round");
     agent.round().await.expect("round");
     assert_eq!(
@@ -198,7 +217,7 @@ async fn throttled_once() -> (
     agent.round().await.expect("round");
     assert_eq!(unassigns(&ec2), 1, "throttled");
     assert_eq!(agent.absences.waiting(), 1, "to be retried");
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
     (agent, ec2, scanner)
 }
 
@@ -266,7 +285,7 @@ async fn a_failed_read_just_before_the_call_drops_the_decision() {
         .get_or_create(&ReasonLabel { reason: "describe" })
         .get();
     assert_eq!(dropped, 1);
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
     agent.round().await.expect("round");
     assert!(
         !ec2.holds("eni-multus", "10.0.1.50"),
@@ -310,4 +329,22 @@ async fn a_dry_run_changes_nothing() {
     agent.round().await.expect("round");
     assert_eq!(unassigns(&ec2), 0);
     assert!(ec2.holds("eni-multus", "10.0.1.50"));
+}
+
+#[tokio::test]
+async fn a_view_older_than_two_seconds_when_the_call_would_go_out_is_never_acted_on() {
+    let (mut agent, ec2, scanner) = agent(&[]);
+    scanner.carrying(2, &["10.0.1.51"]);
+    scanner.then(2, &["10.0.1.51"]);
+    // The scan just before the call takes longer than the view may age.
+    scanner.then_after(super::FRESH + Duration::from_millis(100), 2, &["10.0.1.51"]);
+    agent.round().await.expect("round");
+    assert_eq!(unassigns(&ec2), 0, "no call on a stale view");
+    let dropped = agent
+        .metrics
+        .dropped
+        .get_or_create(&ReasonLabel { reason: "stale" })
+        .get();
+    assert_eq!(dropped, 1);
+    assert_eq!(agent.absences.waiting(), 1, "decided again later");
 }
