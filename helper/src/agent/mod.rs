@@ -291,6 +291,7 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
             Err(error) => {
                 tracing::error!(%error, "scan failed; nothing is given back until one succeeds");
                 self.metrics.scanned("failed");
+                self.metrics.error("scan");
                 self.metrics.set_unready(format!("scan failed: {error}"));
                 Ok(None)
             }
