@@ -168,6 +168,25 @@ impl FakeEc2 {
     }
 }
 
+impl Ec2State {
+    /// ENI `id`, or EC2's error for an unknown one.
+    fn eni(&mut self, id: &str) -> Result<&mut EniRecord, &'static str> {
+        self.enis
+            .iter_mut()
+            .find(|record| record.id == id)
+            .ok_or("InvalidNetworkInterfaceID.NotFound")
+    }
+}
+
+/// An unassign, all or nothing: EC2 refuses the whole call when the ENI lacks one address.
+fn take_back<T: PartialEq>(held: &mut Vec<T>, addresses: &[T]) -> Result<(), &'static str> {
+    if !addresses.iter().all(|address| held.contains(address)) {
+        return Err("InvalidParameterValue");
+    }
+    held.retain(|address| !addresses.contains(address));
+    Ok(())
+}
+
 fn texts<T: ToString>(addresses: &[T]) -> Vec<String> {
     addresses.iter().map(ToString::to_string).collect()
 }
@@ -207,12 +226,7 @@ impl Ec2Api for FakeEc2 {
             if taken {
                 return Err("InvalidParameterValue");
             }
-            let record = state
-                .enis
-                .iter_mut()
-                .find(|record| record.id == eni_id)
-                .ok_or("InvalidNetworkInterfaceID.NotFound")?;
-            record.ipv6.extend(addresses);
+            state.eni(eni_id)?.ipv6.extend(addresses);
             Ok(())
         })
     }
@@ -222,33 +236,13 @@ impl Ec2Api for FakeEc2 {
             "UnassignPrivateIpAddresses",
             eni_id,
             texts(addresses),
-            |state| {
-                let record = state
-                    .enis
-                    .iter_mut()
-                    .find(|record| record.id == eni_id)
-                    .ok_or("InvalidNetworkInterfaceID.NotFound")?;
-                if !addresses.iter().all(|a| record.ipv4.contains(a)) {
-                    return Err("InvalidParameterValue");
-                }
-                record.ipv4.retain(|held| !addresses.contains(held));
-                Ok(())
-            },
+            |state| take_back(&mut state.eni(eni_id)?.ipv4, addresses),
         )
     }
 
     async fn unassign_ipv6(&self, eni_id: &str, addresses: &[Ipv6Addr]) -> Result<(), Ec2Failure> {
         self.call("UnassignIpv6Addresses", eni_id, texts(addresses), |state| {
-            let record = state
-                .enis
-                .iter_mut()
-                .find(|record| record.id == eni_id)
-                .ok_or("InvalidNetworkInterfaceID.NotFound")?;
-            if !addresses.iter().all(|a| record.ipv6.contains(a)) {
-                return Err("InvalidParameterValue");
-            }
-            record.ipv6.retain(|held| !addresses.contains(held));
-            Ok(())
+            take_back(&mut state.eni(eni_id)?.ipv6, addresses)
         })
     }
 
