@@ -2,6 +2,8 @@
 //!
 //! - [`aws`]: the AWS adapters (instance metadata and EC2 through the AWS SDK), and
 //!   [`netlink`]: the pod's addresses; they import neither program.
+//! - [`place`]: one pass over a pod's addresses (plan, vet against EC2, assign), which the
+//!   pod helper runs itself with the direct backend and the agent runs for its pods.
 //! - [`pod`]: the pod helper the webhook injects (`init`, `sidecar`, `plan`).
 //! - [`agent`]: the node agent (a DaemonSet), which gives back the addresses of pods that
 //!   are gone.
@@ -15,4 +17,5 @@ pub mod config;
 #[cfg(test)]
 pub(crate) mod fakes;
 pub mod netlink;
+pub mod place;
 pub mod pod;

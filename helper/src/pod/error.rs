@@ -1,38 +1,11 @@
-//! What can go wrong for the pod helper: per address ([`Failure`]) and for the whole run
-//! ([`PodError`]).
+//! What can go wrong for the pod helper: per address ([`Failure`], a pass's) and for the
+//! whole run ([`PodError`]).
 
 use std::time::Duration;
 
-use ipmgr_eni::Rejection;
-
 use crate::aws::{Ec2Failure, MetadataError};
 use crate::netlink::NetlinkError;
-
-/// Why one address (or one EC2 call's addresses) is not routable after a pass.
-#[derive(Debug, thiserror::Error)]
-pub enum Failure {
-    /// The planner refused the address (no ENI, ambiguous, primary ENI, outside the subnet).
-    #[error("{0}")]
-    Rejected(Rejection),
-    /// An EC2 call failed.
-    #[error(transparent)]
-    Ec2(#[from] Ec2Failure),
-}
-
-impl Failure {
-    /// A stable name of the variant, logged as `kind`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Failure::Rejected(_) => "rejected",
-            Failure::Ec2(_) => "ec2",
-        }
-    }
-
-    /// Logs the failure with its kind.
-    pub fn log(&self) {
-        tracing::error!(kind = self.kind(), failure = %self, "address not routable");
-    }
-}
+pub use crate::place::Failure;
 
 /// Why a mode ended unsuccessfully; each variant is one line for the pod's termination log.
 #[derive(Debug, thiserror::Error)]

@@ -38,13 +38,14 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
         }
         let ids: BTreeSet<String> = ours.iter().map(|a| a.eni_id.clone()).collect();
         let enis = self
+            .placer
             .ec2
             .enis(&ids.into_iter().collect::<Vec<_>>())
             .await
             .map_err(|failure| PodError::GiveBack(vec![failure]))?;
         let mut failures = Vec::new();
         for change in still_assigned(&ours, &enis) {
-            for (_, outcome) in self.ec2.unassign(&change, None).await {
+            for (_, outcome) in self.placer.ec2.unassign(&change, None).await {
                 if let Unassigned::Failed(failure) = outcome {
                     failures.push(failure);
                 }

@@ -3,36 +3,34 @@
 //! sidecar: [`sidecar`]), and on exit gives back what it assigned ([`exit`]). Each pass
 //! ([`pass`]) plans with `ipmgr_eni` and carries the plan out through the AWS adapters.
 
+pub mod confirm;
 pub mod error;
 pub mod exit;
-pub mod pass;
 pub mod sidecar;
 #[cfg(test)]
 mod tests;
 
 use std::time::Duration;
 
-use ipmgr_eni::{
-    Assignment, EniChange, NodeFacts, OwnershipPolicy, Plan, PlanOptions, PodAddress, Vetted, plan,
-};
+use ipmgr_eni::{Assignment, EniChange, NodeFacts, Plan, PlanOptions, PodAddress, Vetted, plan};
 use tokio::time::Instant;
 
 use crate::aws::{self, Ec2, Ec2Api, Metadata, NodeMetadata};
 use crate::config::Settings;
 use crate::netlink::{PodAddresses, PodNetwork};
+pub use crate::place::PassReport;
+use crate::place::{NodeEnis, Placer};
+use confirm::confirm;
 pub use error::{Failure, PodError};
-pub use pass::PassReport;
-use pass::{NodeEnis, confirm};
 
 /// The settings of one pod helper process and its adapters: EC2 (`E`), instance metadata
 /// (`M`) and the pod's addresses (`N`); the real ones by default, fakes in tests.
 #[derive(Debug)]
 pub struct PodHelper<E = Ec2, M = Metadata, N = PodNetwork> {
     pub(crate) settings: Settings,
-    pub(crate) options: PlanOptions,
-    pub(crate) ownership: OwnershipPolicy,
+    /// Plans and carries out passes through EC2.
+    pub(crate) placer: Placer<E>,
     pub(crate) metadata: M,
-    pub(crate) ec2: E,
     pub(crate) network: N,
 }
 
@@ -55,10 +53,12 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
             allowed: settings.allow_cidrs.clone(),
         };
         PodHelper {
-            ownership: settings.aws.ownership(),
-            ec2,
+            placer: Placer {
+                options,
+                ownership: settings.aws.ownership(),
+                ec2,
+            },
             settings,
-            options,
             metadata,
             network,
         }
@@ -75,7 +75,7 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
         let deadline = Instant::now() + self.settings.wait();
         loop {
             let addresses = self.network.addresses().await?;
-            let planned = plan(node, &addresses, &self.options);
+            let planned = plan(node, &addresses, &self.placer.options);
             let found = planned.multus_addresses();
             if found >= expected {
                 return Ok((addresses, planned));
@@ -104,6 +104,7 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
             plan: planned,
             ipv6_releases,
         } = self
+            .placer
             .vetted_plan(node, planned, &[], &mut NodeEnis::default())
             .await?;
         let changing: Vec<Assignment> = planned
@@ -150,6 +151,7 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
     pub async fn init(&mut self, node: &NodeFacts) -> Result<(), PodError> {
         let (_, planned) = self.wait_for_addresses(node).await?;
         let report = self
+            .placer
             .pass(node, planned, &[], &mut NodeEnis::default())
             .await;
         if !report.failures.is_empty() {

@@ -15,10 +15,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
 use super::PodHelper;
+use super::confirm::confirm;
 use super::error::PodError;
-use super::pass::{NodeEnis, PassReport, confirm};
 use crate::aws::{Ec2Api, NodeMetadata};
 use crate::netlink::PodAddresses;
+use crate::place::{NodeEnis, PassReport};
 
 /// How long metadata is not trusted about an address after it changed: the VPC CNI waits up
 /// to a minute for metadata to show an assignment.
@@ -119,12 +120,12 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
             Trigger::FullCheck => {
                 enis.forget();
                 *node = self.metadata.node_facts().await?;
-                plan(node, &memory.seen, &self.options)
+                plan(node, &memory.seen, &self.placer.options)
             }
             Trigger::Event => {
                 // Placements do not depend on the address lists: only the target ENIs' lists
                 // are read again, and the plan's changes worked out against them.
-                let planned = plan(node, &memory.seen, &self.options);
+                let planned = plan(node, &memory.seen, &self.placer.options);
                 let targets: Vec<&str> = planned
                     .placements
                     .iter()
@@ -135,7 +136,7 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
             }
         };
         let fresh = memory.fresh();
-        Ok(self.pass(node, planned, &fresh, enis).await)
+        Ok(self.placer.pass(node, planned, &fresh, enis).await)
     }
 
     /// Takes in a pass's outcome: remembers what EC2 accepted, confirms it in the background,
@@ -312,7 +313,7 @@ mod tests {
             tokio::time::Instant::now(),
         );
         let mut node = lagging;
-        let mut enis = super::NodeEnis::default();
+        let mut enis = crate::place::NodeEnis::default();
         let report = helper
             .sidecar_pass(Trigger::Event, &mut node, &mut enis, &mut memory)
             .await
@@ -339,7 +340,7 @@ mod tests {
             ..Memory::default()
         };
         let mut stale = node();
-        let mut enis = super::NodeEnis::default();
+        let mut enis = crate::place::NodeEnis::default();
         let report = helper
             .sidecar_pass(Trigger::FullCheck, &mut stale, &mut enis, &mut memory)
             .await
@@ -368,7 +369,7 @@ mod tests {
             .sidecar_pass(
                 Trigger::FullCheck,
                 &mut node,
-                &mut super::NodeEnis::default(),
+                &mut crate::place::NodeEnis::default(),
                 &mut memory,
             )
             .await

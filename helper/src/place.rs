@@ -1,18 +1,53 @@
-//! One assignment pass: plan the pod's addresses against the node (instance metadata),
-//! vet the plan against EC2 (only Multus ENIs, never another workload's address) and carry
-//! out the changes; EC2's answer is the truth. After it (bounded, advisory), [`confirm`]
-//! waits for metadata to show what EC2 accepted.
+//! One assignment pass, shared by the pod helper (direct backend) and the node agent (which
+//! serves pods): plan a pod's addresses against the node, vet the plan against EC2 (only
+//! Multus ENIs, never another workload's address) and carry out the changes; EC2's answer
+//! is the truth.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Duration;
 
-use ipmgr_eni::{Assignment, Eni, EniChange, EniRecord, NodeFacts, Plan, Vetted, vet};
-use tokio::time::Instant;
+use ipmgr_eni::{
+    Assignment, Eni, EniChange, EniRecord, NodeFacts, OwnershipPolicy, Plan, PlanOptions,
+    Rejection, Vetted, vet,
+};
 
-use super::PodHelper;
-use super::error::Failure;
-use crate::aws::{Ec2Api, Ec2Failure, NodeMetadata};
-use crate::netlink::PodAddresses;
+use crate::aws::{Ec2Api, Ec2Failure};
+
+/// Why one address (or one EC2 call's addresses) is not routable after a pass.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The planner refused the address (no ENI, ambiguous, primary ENI, outside the subnet).
+    #[error("{0}")]
+    Rejected(Rejection),
+    /// An EC2 call failed.
+    #[error(transparent)]
+    Ec2(#[from] Ec2Failure),
+}
+
+impl Failure {
+    /// A stable name of the variant, logged as `kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Rejected(_) => "rejected",
+            Failure::Ec2(_) => "ec2",
+        }
+    }
+
+    /// Logs the failure with its kind.
+    pub fn log(&self) {
+        tracing::error!(kind = self.kind(), failure = %self, "address not routable");
+    }
+}
+
+/// What a pass needs: how to plan, which ENIs count as Multus ENIs, and EC2 (`E`).
+#[derive(Debug, Clone)]
+pub struct Placer<E> {
+    /// How addresses are planned.
+    pub options: PlanOptions,
+    /// Which ENIs are Multus ENIs.
+    pub ownership: OwnershipPolicy,
+    /// The EC2 calls.
+    pub ec2: E,
+}
 
 /// The node's ENIs as EC2 lists them (tags, attachments): read when a pass first needs
 /// them, kept by the sidecar until its periodic full check.
@@ -55,7 +90,7 @@ pub struct PassReport {
     pub failures: Vec<Failure>,
 }
 
-impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
+impl<E: Ec2Api> Placer<E> {
     /// `planned` (the pod's addresses planned on `node`), vetted against EC2 in one pure
     /// step ([`vet`]): changes on ENIs that are not Multus ENIs and addresses another
     /// workload holds are refused, addresses EC2 already has on their ENI need no call, and
@@ -212,38 +247,5 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
             }
         }
         (accepted, failures)
-    }
-}
-
-/// Waits up to `window` for instance metadata to show `accepted` (EC2 accepted them, so
-/// they are assigned; metadata only tells when the node sees it), and says how that went:
-/// a warning per assignment metadata never showed. Metadata errors are warnings too.
-pub async fn confirm(
-    metadata: &impl NodeMetadata,
-    node: &NodeFacts,
-    accepted: &[Assignment],
-    window: Duration,
-) {
-    if accepted.is_empty() {
-        return;
-    }
-    let started = Instant::now();
-    match metadata.wait_to_show(node, accepted, window).await {
-        Ok(missing) if missing.is_empty() => tracing::info!(
-            addresses = accepted.len(),
-            after_ms = started.elapsed().as_millis() as u64,
-            "instance metadata shows the assignments: traffic flows"
-        ),
-        Ok(missing) => {
-            for assignment in missing {
-                tracing::warn!(
-                    address = %assignment.address,
-                    eni = assignment.eni_id,
-                    waited_ms = window.as_millis() as u64,
-                    "EC2 accepted the assignment, but instance metadata does not show it yet (it lags EC2); traffic should flow once it does"
-                );
-            }
-        }
-        Err(error) => tracing::warn!(%error, "cannot confirm the assignments in instance metadata"),
     }
 }
