@@ -6,11 +6,13 @@
 //! decides which address goes to which ENI; [`vet`] keeps the plan to Multus ENIs and off
 //! other workloads' addresses; [`unconfirmed`] tells which assignments
 //! metadata does not show yet; [`still_assigned`] what to give back on exit; [`Absences`] and
-//! [`verify_reclaim`] what the node agent gives back; [`RetryPolicy`] when a failed call is
+//! [`verify_reclaim`] what the node agent gives back; [`Claims`] which addresses a pod may
+//! have the agent assign; [`RetryPolicy`] when a failed call is
 //! tried again. The helper binary supplies the data and carries out the result against
 //! IMDS, EC2 and netlink.
 
 mod change;
+mod claims;
 mod facts;
 mod mac;
 mod ownership;
@@ -19,6 +21,7 @@ mod reclaim;
 mod retry;
 
 pub use change::{Assignment, EniChange};
+pub use claims::{Claims, ClaimsError, FLOATING_IPS_ANNOTATION, NETWORK_STATUS_ANNOTATION};
 pub use facts::{Eni, EniMetadata, FactsError, NodeFacts, PodAddress};
 pub use mac::{InvalidMac, MacAddr};
 pub use ownership::{
