@@ -26,6 +26,8 @@ pub struct Claims {
     pub recorded: Vec<IpAddr>,
     /// The floating addresses and CIDRs it declares.
     pub floating: Vec<IpNet>,
+    /// The interfaces of the pod's non-default networks, as Multus named them.
+    pub interfaces: Vec<String>,
 }
 
 /// A pod annotation that does not parse.
@@ -54,6 +56,8 @@ pub enum ClaimsError {
 #[derive(Deserialize)]
 struct NetworkStatus {
     #[serde(default)]
+    interface: Option<String>,
+    #[serde(default)]
     ips: Vec<String>,
     #[serde(default)]
     default: bool,
@@ -73,6 +77,7 @@ impl Claims {
                     reason: error.to_string(),
                 })?;
             for attachment in attachments.iter().filter(|a| !a.default) {
+                claims.interfaces.extend(attachment.interface.clone());
                 for ip in &attachment.ips {
                     // Multus writes bare addresses; a CIDR form names its address too.
                     let address = ip
@@ -163,6 +168,7 @@ mod tests {
         let claims = Claims::from_annotations(Some(RECORD), Some("10.0.1.100, 10.0.9.0/24"))
             .expect("claims");
         assert_eq!(claims.allows(ip(address)), allowed, "{claims}");
+        assert_eq!(claims.interfaces, vec!["net1".to_owned()]);
     }
 
     #[test]

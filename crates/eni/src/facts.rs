@@ -234,6 +234,19 @@ impl NodeFacts {
             None => eni.device_number == 0 && eni.network_card == 0,
         }
     }
+
+    /// The node with the address lists of the ENIs EC2 described (`records`, read just
+    /// now) in place of metadata's, which lag EC2; prefixes and the other ENIs as they were.
+    pub fn with_ec2(&self, records: &[crate::EniRecord]) -> NodeFacts {
+        let mut node = self.clone();
+        for eni in &mut node.enis {
+            if let Some(record) = records.iter().find(|record| record.id == eni.id) {
+                eni.ipv4.clone_from(&record.ipv4);
+                eni.ipv6.clone_from(&record.ipv6);
+            }
+        }
+        node
+    }
 }
 
 #[cfg(test)]
@@ -280,6 +293,42 @@ mod tests {
         assert!(eni.subnet_contains("2600:1f14:abc:100::5".parse().expect("ip")));
         assert!(!eni.subnet_contains("10.10.2.5".parse().expect("ip")));
         assert!(eni.ipv6.is_empty());
+    }
+
+    #[test]
+    fn ec2s_address_lists_replace_metadatas_for_the_enis_it_described() {
+        let eni = |id: &str, ipv4: &str| Eni {
+            mac: mac(),
+            id: id.to_owned(),
+            device_number: 1,
+            network_card: 0,
+            vpc_id: "vpc-1".to_owned(),
+            subnet_ipv4: None,
+            subnet_ipv6: Vec::new(),
+            ipv4: vec![ipv4.parse().expect("ip")],
+            ipv6: Vec::new(),
+            ipv4_prefixes: vec!["10.0.9.0/28".parse().expect("prefix")],
+            ipv6_prefixes: Vec::new(),
+        };
+        let node = NodeFacts {
+            enis: vec![eni("eni-a", "10.0.1.10"), eni("eni-b", "10.0.2.10")],
+            ..NodeFacts::default()
+        };
+        let described = crate::EniRecord {
+            id: "eni-a".to_owned(),
+            ipv4: vec![
+                "10.0.1.10".parse().expect("ip"),
+                "10.0.1.50".parse().expect("ip"),
+            ],
+            ipv6: vec!["2600:1f14::50".parse().expect("ip")],
+            ..crate::EniRecord::default()
+        };
+        let now = node.with_ec2(&[described]);
+        let a = now.eni("eni-a").expect("eni-a");
+        assert!(a.holds("10.0.1.50".parse().expect("ip")));
+        assert!(a.holds("2600:1f14::50".parse().expect("ip")));
+        assert_eq!(a.ipv4_prefixes, node.enis[0].ipv4_prefixes);
+        assert_eq!(now.eni("eni-b"), node.eni("eni-b"));
     }
 
     #[test]
