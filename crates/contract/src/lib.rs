@@ -28,7 +28,18 @@ pub mod env {
     /// The pod's Multus interfaces, comma-separated, from its networks annotation (the
     /// webhook sets it): the only interfaces the helper manages.
     pub const INTERFACES: &str = "IPMGR_INTERFACES";
+    /// The node's IP (downward API `status.hostIP`), set with the agent backend so that
+    /// [`AGENT_URL`] can name it.
+    pub const HOST_IP: &str = "HOST_IP";
+    /// The node agent's pod API, `http://$(HOST_IP):<port>` (the webhook sets it with the
+    /// agent backend; without it the helper calls EC2 itself). An IPv6 host IP comes
+    /// unbracketed (`http://fd00::1:9472`): the port is after the last colon.
+    pub const AGENT_URL: &str = "IPMGR_AGENT_URL";
 }
+
+/// The TCP port of the node agent's pod API on the node's IP: the agent's default listen
+/// port and the webhook's default `--agent-port`.
+pub const AGENT_PORT: u16 = 9472;
 
 /// Directory of the helper's in-memory emptyDir in native-sidecar mode.
 pub const RUN_DIR: &str = "/run/ipmgr-helper";
