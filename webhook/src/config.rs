@@ -1,7 +1,11 @@
 //! Command-line and environment configuration shared by `serve` and `inject`.
 
 use clap::Args;
-use ipmgr_injector::{HelperSettings, InvalidSettings, Mode, Quantity, ResourceSettings};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use ipmgr_injector::{
+    Backend, Choice, HelperSettings, InvalidSettings, MeshExclusions, Mode, Quantity,
+    ResourceSettings,
+};
 
 /// How the injected helper container looks. Every flag has an environment variable, so the
 /// webhook Deployment takes them from a ConfigMap with `envFrom`.
@@ -80,6 +84,27 @@ pub struct InjectionArgs {
         value_delimiter = ','
     )]
     pub allowed_image_prefixes: Vec<String>,
+
+    /// How the helper reaches EC2: agent (asks the node agent on its node's IP; no AWS
+    /// setting or credentials in the pod) or direct (calls EC2 itself).
+    #[arg(long, env = "IPMGR_HELPER_BACKEND", default_value = "agent", value_parser = choice::<Backend>())]
+    pub helper_backend: Backend,
+
+    /// TCP port of the node agent's pod API on the node's IP (agent backend).
+    #[arg(long, env = "IPMGR_AGENT_PORT", default_value_t = ipmgr_contract::AGENT_PORT)]
+    pub agent_port: u16,
+
+    /// Which pods get the service meshes' outbound exclusion of the agent port (agent
+    /// backend): auto (pods that show Istio or Linkerd injection), always (every pod, both
+    /// meshes), never.
+    #[arg(long, env = "IPMGR_MESH_EXCLUSIONS", default_value = "auto", value_parser = choice::<MeshExclusions>())]
+    pub mesh_exclusions: MeshExclusions,
+}
+
+/// Parses the names of a [`Choice`], listing them in `--help`.
+fn choice<T: Choice + Send + Sync>() -> impl TypedValueParser<Value = T> {
+    PossibleValuesParser::new(T::ALL.iter().map(|value| value.name()))
+        .try_map(|name| T::from_name(&name))
 }
 
 fn parse_mode(value: &str) -> Result<Mode, String> {
@@ -110,6 +135,9 @@ impl InjectionArgs {
             run_as_user: self.helper_run_as_user,
             allow_image_override: self.allow_image_override,
             allowed_image_prefixes: self.allowed_image_prefixes.clone(),
+            backend: self.helper_backend,
+            agent_port: self.agent_port,
+            mesh_exclusions: self.mesh_exclusions,
         };
         settings.validate()?;
         Ok(settings)

@@ -6,9 +6,14 @@ use std::io::Write as _;
 use std::process::{Command, Output, Stdio};
 
 fn run(args: &[&str], stdin: &str) -> Output {
+    run_with_env(args, &[], stdin)
+}
+
+fn run_with_env(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ipmgr-webhook"))
         .args(args)
         .env("IPMGR_LOG_FORMAT", "text")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -23,11 +28,14 @@ fn run(args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().expect("binary exits")
 }
 
-#[test]
-fn inject_reads_stdin_and_reports_each_object() {
+/// The default backend, and the direct one chosen through its environment variable.
+#[rstest::rstest]
+#[case::agent(&[], "agent")]
+#[case::direct(&[("IPMGR_HELPER_BACKEND", "direct")], "direct")]
+fn inject_reads_stdin_and_reports_each_object(#[case] env: &[(&str, &str)], #[case] backend: &str) {
     let input =
         std::fs::read_to_string(common::test_path("golden/input/workloads.yaml")).expect("input");
-    let output = run(
+    let output = run_with_env(
         &[
             "inject",
             "-f",
@@ -35,6 +43,7 @@ fn inject_reads_stdin_and_reports_each_object() {
             "--helper-image=registry.example.com/ipmgr-helper:0.1.0",
             "--helper-arg=--allow-cidr=10.10.1.0/24",
         ],
+        env,
         &input,
     );
     assert!(
@@ -42,8 +51,10 @@ fn inject_reads_stdin_and_reports_each_object() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let golden =
-        std::fs::read_to_string(common::test_path("golden/output/workloads.yaml")).expect("golden");
+    let golden = std::fs::read_to_string(common::test_path(&format!(
+        "golden/output/{backend}/workloads.yaml"
+    )))
+    .expect("golden");
     assert_eq!(String::from_utf8_lossy(&output.stdout), golden);
     let report = String::from_utf8_lossy(&output.stderr);
     for line in [

@@ -1,7 +1,8 @@
-//! Golden files: every input under `golden/input/` is injected offline and compared with
-//! `golden/output/`; the output injected again must not change; and every Pod input sent as
-//! an AdmissionReview through the webhook router must give a patch that turns it into the
-//! same output. Set `UPDATE_GOLDEN=1` to rewrite the outputs after an intended change.
+//! Golden files: for each helper backend, every input under `golden/input/` is injected
+//! offline and compared with `golden/output/<backend>/`; the output injected again must not
+//! change; and every Pod input sent as an AdmissionReview through the webhook router must
+//! give a patch that turns it into the same output. Set `UPDATE_GOLDEN=1` to rewrite the
+//! outputs after an intended change.
 
 mod common;
 
@@ -29,7 +30,7 @@ fn inputs() -> Vec<String> {
         .filter(|name| name.ends_with(".yaml"))
         .collect();
     names.sort();
-    assert!(names.len() >= 10, "golden inputs missing: {names:?}");
+    assert!(names.len() >= 14, "golden inputs missing: {names:?}");
     names
 }
 
@@ -40,16 +41,28 @@ fn documents(yaml: &str) -> Vec<Value> {
         .collect()
 }
 
+/// `golden/output/<backend>/<name>`.
+fn golden_path(backend: &str, name: &str) -> std::path::PathBuf {
+    common::test_path(&format!("golden/output/{backend}/{name}"))
+}
+
 #[test]
 fn offline_injection_matches_the_golden_files_and_is_idempotent() {
-    let settings = common::settings();
+    for (backend, flags) in common::BACKENDS {
+        offline_injection_matches(backend, &common::golden_settings(flags));
+    }
+}
+
+fn offline_injection_matches(backend: &str, settings: &ipmgr_injector::HelperSettings) {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     for name in inputs() {
         let input = fs::read_to_string(common::test_path(&format!("golden/input/{name}")))
             .expect("input readable");
-        let (output, _) = inject_yaml(&input, &settings).expect("input injects");
-        let golden_path = common::test_path(&format!("golden/output/{name}"));
+        let (output, _) = inject_yaml(&input, settings).expect("input injects");
+        let golden_path = golden_path(backend, &name);
         if update {
+            fs::create_dir_all(golden_path.parent().expect("a directory"))
+                .expect("golden directory");
             fs::write(&golden_path, &output).expect("golden writable");
         }
         let golden = fs::read_to_string(&golden_path).unwrap_or_else(|error| {
@@ -60,16 +73,19 @@ fn offline_injection_matches_the_golden_files_and_is_idempotent() {
         });
         assert_eq!(
             output, golden,
-            "{name}: output differs from its golden file"
+            "{backend}/{name}: output differs from its golden file"
         );
 
-        let (again, reports) = inject_yaml(&output, &settings).expect("output injects");
-        assert_eq!(again, output, "{name}: injecting the output changed it");
+        let (again, reports) = inject_yaml(&output, settings).expect("output injects");
+        assert_eq!(
+            again, output,
+            "{backend}/{name}: injecting the output changed it"
+        );
         assert!(
             reports
                 .iter()
                 .all(|report| !matches!(report.result, ReportResult::Injected(_))),
-            "{name}: second pass injected again: {reports:?}"
+            "{backend}/{name}: second pass injected again: {reports:?}"
         );
     }
 }
@@ -82,19 +98,33 @@ async fn mutate(app: &axum::Router, review: &Value) -> Value {
 
 #[tokio::test]
 async fn the_webhook_patch_turns_each_pod_into_its_golden_output() {
-    let app = router(common::state(1 << 20, None));
+    for (backend, flags) in common::BACKENDS {
+        let app = router(common::state_with(
+            common::golden_settings(flags),
+            1 << 20,
+            None,
+        ));
+        let pods_checked = webhook_matches(&app, backend).await;
+        assert!(
+            pods_checked >= 13,
+            "{backend}: only {pods_checked} pods went through the webhook"
+        );
+    }
+}
+
+/// Sends every Pod input through `app`; returns how many it checked.
+async fn webhook_matches(app: &axum::Router, backend: &str) -> usize {
     let mut pods_checked = 0;
     for name in inputs() {
         let input =
             fs::read_to_string(common::test_path(&format!("golden/input/{name}"))).expect("input");
-        let golden = fs::read_to_string(common::test_path(&format!("golden/output/{name}")))
-            .expect("golden");
+        let golden = fs::read_to_string(golden_path(backend, &name)).expect("golden");
         let pods = documents(&input)
             .into_iter()
             .filter(|document| document["kind"] == "Pod");
         for (pod, expected) in pods.zip(documents(&golden)) {
             let uid = format!("uid-{name}");
-            let answer = mutate(&app, &common::admission_review(&uid, &pod, false)).await;
+            let answer = mutate(app, &common::admission_review(&uid, &pod, false)).await;
             let response = &answer["response"];
             assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
             assert_eq!(answer["kind"], "AdmissionReview");
@@ -114,22 +144,22 @@ async fn the_webhook_patch_turns_each_pod_into_its_golden_output() {
             }
             assert_eq!(
                 patched, expected,
-                "{name}: webhook and offline injection disagree"
+                "{backend}/{name}: webhook and offline injection disagree"
             );
 
-            let dry_run = mutate(&app, &common::admission_review(&uid, &pod, true)).await;
-            assert_eq!(dry_run, answer, "{name}: dryRun must get the same answer");
+            let dry_run = mutate(app, &common::admission_review(&uid, &pod, true)).await;
+            assert_eq!(
+                dry_run, answer,
+                "{backend}/{name}: dryRun must get the same answer"
+            );
 
-            let reinvoked = mutate(&app, &common::admission_review(&uid, &patched, false)).await;
+            let reinvoked = mutate(app, &common::admission_review(&uid, &patched, false)).await;
             assert!(
                 reinvoked["response"].get("patch").is_none(),
-                "{name}: reinvocation patched again: {reinvoked}"
+                "{backend}/{name}: reinvocation patched again: {reinvoked}"
             );
             pods_checked += 1;
         }
     }
-    assert!(
-        pods_checked >= 9,
-        "only {pods_checked} pods went through the webhook"
-    );
+    pods_checked
 }

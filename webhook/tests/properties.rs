@@ -1,14 +1,16 @@
-//! Property test of `/mutate`'s review over well-typed pods with hostile annotations: every
-//! answer is a valid AdmissionReview with the request's uid; an injection's patch applies,
-//! adds exactly one restricted helper where its mode puts it, and is not repeated on
-//! reinvocation; a denial's message is short; and the decision is the one the README's
-//! rules give, computed here independently of the injector.
+//! Property test of `/mutate`'s review over well-typed pods with hostile annotations, with
+//! either helper backend: every answer is a valid AdmissionReview with the request's uid; an
+//! injection's patch applies, adds exactly one restricted helper where its mode puts it (with
+//! the agent's address only with the agent backend) and the agent port to the exclusions of
+//! the meshes the pod shows, nothing else, and is not repeated on reinvocation; a denial's
+//! message is short; and the decision is the one the README's rules give, computed here
+//! independently of the injector.
 
 mod common;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use ipmgr_injector::{HelperSettings, multus_interfaces};
+use ipmgr_injector::{Backend, HelperSettings, multus_interfaces};
 use ipmgr_webhook::admission::review;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -108,6 +110,24 @@ fn pod() -> impl Strategy<Value = Value> {
         ],
     );
     let status = optional(0.1, hostile());
+    let meshes = (
+        optional(
+            0.3,
+            prop::sample::select(vec!["true", "TRUE", "on", "false", ""]).prop_map(str::to_owned),
+        ),
+        optional(
+            0.3,
+            prop::sample::select(vec!["enabled", "ingress", "disabled"]).prop_map(str::to_owned),
+        ),
+        prop::array::uniform2(optional(
+            0.3,
+            prop_oneof![
+                prop::sample::select(vec!["8080", "9472", "15020, 9472", "9000-9999", "1-9471,"])
+                    .prop_map(str::to_owned),
+                hostile(),
+            ],
+        )),
+    );
     let resources = prop::array::uniform4(optional(0.5, quantity()));
     let others = prop::collection::btree_map(hostile(), hostile(), 0..4);
     let names = || {
@@ -115,6 +135,8 @@ fn pod() -> impl Strategy<Value = Value> {
             prop_oneof![
                 8 => Just("app".to_owned()),
                 1 => Just("aws-ip-mgmt".to_owned()),
+                1 => Just("istio-proxy".to_owned()),
+                1 => Just("linkerd-proxy".to_owned()),
                 2 => Just("aws-ip-mgmt-run".to_owned()),
                 4 => hostile(),
             ],
@@ -135,12 +157,14 @@ fn pod() -> impl Strategy<Value = Value> {
         (networks, mode, image, status, resources, others),
         lists,
         host_network,
+        meshes,
     )
         .prop_map(
             |(
                 (networks, mode, image, status, resources, others),
                 (containers, init_containers, volumes),
                 host_network,
+                (istio, linkerd, [istio_ports, linkerd_ports]),
             )| {
                 let mut annotations: Map<String, Value> = others
                     .into_iter()
@@ -158,6 +182,10 @@ fn pod() -> impl Strategy<Value = Value> {
                 for (key, quantity) in RESOURCE_KEYS.iter().zip(resources) {
                     set(key, quantity.map(|(text, _)| text));
                 }
+                set(ISTIO_INJECT, istio);
+                set("linkerd.io/inject", linkerd);
+                set(ISTIO_PORTS, istio_ports);
+                set(LINKERD_PORTS, linkerd_ports);
                 let named = |names: Vec<String>| {
                     Value::Array(
                         names
@@ -192,6 +220,10 @@ fn pod() -> impl Strategy<Value = Value> {
             },
         )
 }
+
+const ISTIO_INJECT: &str = "sidecar.istio.io/inject";
+const ISTIO_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
+const LINKERD_PORTS: &str = "config.linkerd.io/skip-outbound-ports";
 
 const RESOURCE_KEYS: [&str; 4] = [
     "multus-ipmgr.io/cpu-request",
@@ -383,12 +415,19 @@ fn check_injected(pod: &Value, patched: &Value, mode: &str, settings: &HelperSet
             annotation(key).unwrap_or(default)
         );
     }
+    check_agent(pod, patched, helper, settings);
     // Everything else is untouched: remove what the patch added and compare.
     let mut unpatched = patched.clone();
-    unpatched["metadata"]["annotations"]
+    let annotations = unpatched["metadata"]["annotations"]
         .as_object_mut()
-        .expect("annotations")
-        .remove("multus-ipmgr.io/status");
+        .expect("annotations");
+    annotations.remove("multus-ipmgr.io/status");
+    for key in [ISTIO_PORTS, LINKERD_PORTS] {
+        match pod["metadata"]["annotations"].get(key) {
+            Some(original) => annotations.insert(key.to_owned(), original.clone()),
+            None => annotations.remove(key),
+        };
+    }
     let list = |document: &mut Value, name: &str| {
         document["spec"][name]
             .as_array_mut()
@@ -421,6 +460,67 @@ fn check_injected(pod: &Value, patched: &Value, mode: &str, settings: &HelperSet
     assert_eq!(unpatched["metadata"], original["metadata"]);
 }
 
+/// The agent backend's part: the helper's address of its agent, and the agent port in the
+/// exclusions of the meshes the pod shows, appended once; nothing of it with the direct one.
+fn check_agent(pod: &Value, patched: &Value, helper: &Value, settings: &HelperSettings) {
+    let agent = settings.backend == Backend::Agent;
+    let env: Vec<&Value> = helper["env"].as_array().expect("env").iter().collect();
+    let position = |name: &str| env.iter().position(|var| var["name"] == name);
+    match (position("HOST_IP"), position("IPMGR_AGENT_URL")) {
+        (Some(host), Some(url)) if agent => {
+            assert!(host < url, "HOST_IP is defined before it is used");
+            assert_eq!(
+                env[host]["valueFrom"]["fieldRef"]["fieldPath"],
+                "status.hostIP"
+            );
+            assert_eq!(env[url]["value"], "http://$(HOST_IP):9472");
+        }
+        (None, None) if !agent => {}
+        found => panic!("agent backend {agent}: HOST_IP and IPMGR_AGENT_URL at {found:?}"),
+    }
+    let annotation = |key: &str| pod["metadata"]["annotations"][key].as_str();
+    let holds = |name: &str| {
+        ["containers", "initContainers"]
+            .iter()
+            .filter_map(|list| pod["spec"][list].as_array())
+            .flatten()
+            .any(|item| item["name"] == name)
+    };
+    let istio = annotation(ISTIO_INJECT).is_some_and(|value| {
+        ["true", "yes", "y", "on"].contains(&value.trim().to_ascii_lowercase().as_str())
+    }) || holds("istio-proxy");
+    let linkerd = annotation("linkerd.io/inject")
+        .is_some_and(|value| ["enabled", "ingress"].contains(&value.trim()))
+        || holds("linkerd-proxy");
+    for (key, meshed) in [(ISTIO_PORTS, istio), (LINKERD_PORTS, linkerd)] {
+        let before = annotation(key);
+        let after = patched["metadata"]["annotations"][key].as_str();
+        if !(agent && meshed) {
+            assert_eq!(after, before, "{key} changed");
+            continue;
+        }
+        let list = before
+            .unwrap_or_default()
+            .trim()
+            .trim_end_matches(',')
+            .trim_end();
+        let covered = list.split(',').any(|item| {
+            let item = item.trim();
+            item == "9472"
+                || item.split_once('-').is_some_and(|(low, high)| {
+                    matches!((low.trim().parse::<u16>(), high.trim().parse::<u16>()),
+                        (Ok(low), Ok(high)) if low <= 9472 && 9472 <= high)
+                })
+        });
+        let expected = match list {
+            "" => "9472".to_owned(),
+            _ if covered => before.expect("a list").to_owned(),
+            _ => format!("{list},9472"),
+        };
+        assert_eq!(after, Some(expected.as_str()), "{key}");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -429,11 +529,14 @@ proptest! {
         pod in pod(),
         uid in "[a-f0-9-]{1,36}",
         overrides in any::<bool>(),
+        direct in any::<bool>(),
     ) {
+        let backend: &[&str] = if direct { &["--helper-backend=direct"] } else { &[] };
         let settings = if overrides {
-            common::settings()
+            common::golden_settings(backend)
         } else {
-            common::settings_from(&["--helper-image=registry.example.com/ipmgr-helper:0.1.0"])
+            let flags = ["--helper-image=registry.example.com/ipmgr-helper:0.1.0"];
+            common::settings_from(&[&flags[..], backend].concat())
         };
         check(&pod, &uid, &settings, overrides);
     }

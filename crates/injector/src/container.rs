@@ -28,6 +28,8 @@ pub(crate) struct ContainerSpec<'a> {
     pub(crate) interfaces: &'a [String],
     pub(crate) resources: &'a ResourceSettings,
     pub(crate) run_as_user: i64,
+    /// The node agent's port with the agent backend; `None`: the helper calls EC2 itself.
+    pub(crate) agent_port: Option<u16>,
 }
 
 impl ContainerSpec<'_> {
@@ -42,6 +44,14 @@ impl ContainerSpec<'_> {
             value_env(vars::LOG, self.log_filter),
             value_env(vars::INTERFACES, &self.interfaces.join(",")),
         ];
+        if let Some(port) = self.agent_port {
+            // Kubernetes expands $(HOST_IP) because it is defined earlier in the list.
+            env.push(field_env(vars::HOST_IP, "status.hostIP"));
+            env.push(value_env(
+                vars::AGENT_URL,
+                &format!("http://$({}):{port}", vars::HOST_IP),
+            ));
+        }
         if native {
             env.push(value_env(vars::READY_FILE, READY_FILE));
         }

@@ -9,7 +9,7 @@ use crate::container::{ContainerSpec, run_volume};
 use crate::networks::multus_interfaces;
 use crate::settings::is_image_reference;
 use crate::{
-    HELPER_CONTAINER_NAME, HelperSettings, Mode, PodTemplate, Quantity, QuantityError,
+    Backend, HELPER_CONTAINER_NAME, HelperSettings, Mode, PodTemplate, Quantity, QuantityError,
     RUN_VOLUME_NAME, UnknownMode, annotations, excerpt,
 };
 
@@ -225,6 +225,7 @@ fn build_patch(
     resources
         .validate()
         .map_err(DenyReason::RequestAboveLimit)?;
+    let agent_port = (settings.backend == Backend::Agent).then_some(settings.agent_port);
     let container = ContainerSpec {
         mode,
         image,
@@ -235,10 +236,11 @@ fn build_patch(
         interfaces: &interfaces,
         resources: &resources,
         run_as_user: settings.run_as_user,
+        agent_port,
     }
     .container();
 
-    let mut operations = Vec::with_capacity(3);
+    let mut operations = Vec::with_capacity(5);
     let spec_path = child(template, "spec");
     match mode {
         Mode::Init | Mode::NativeSidecar => operations.push(add_to_list(
@@ -269,7 +271,18 @@ fn build_patch(
             &run_volume(),
         ));
     }
-    operations.push(status_annotation(template, mode));
+    if let Some(port) = agent_port {
+        for mesh in settings.mesh_exclusions.meshes(pod) {
+            if let Some(ports) = mesh.excluding(pod, port) {
+                operations.push(add_annotation(template, mesh.exclusion_annotation(), ports));
+            }
+        }
+    }
+    operations.push(add_annotation(
+        template,
+        annotations::STATUS,
+        mode.as_str().to_owned(),
+    ));
     Ok(Patch(operations))
 }
 
@@ -314,10 +327,11 @@ fn add_to_list(
     add(child(&list, index), to_value(item))
 }
 
-/// Marks the template as injected. The annotations map exists: the networks annotation is
-/// in it, or there would be no injection.
-fn status_annotation(template: &Pointer, mode: Mode) -> PatchOperation {
+/// Sets annotation `key` of the template (the status that marks it injected, a mesh's
+/// exclusions). The annotations map exists: the networks annotation is in it, or there would
+/// be no injection.
+fn add_annotation(template: &Pointer, key: &str, value: String) -> PatchOperation {
     let mut path = child(&child(template, "metadata"), "annotations");
-    path.push_back(annotations::STATUS);
-    add(path, Value::String(mode.as_str().to_owned()))
+    path.push_back(key);
+    add(path, Value::String(value))
 }

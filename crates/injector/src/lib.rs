@@ -5,22 +5,27 @@
 //! Patch that adds it. There is no IO here: the admission webhook and the offline `inject`
 //! command both call [`plan`] and differ only in what they do with the patch.
 
+mod backend;
 mod container;
 mod decision;
+mod mesh;
 mod mode;
 mod networks;
 mod quantity;
 mod settings;
 mod template;
 
+pub use backend::Backend;
 pub use container::{HELPER_CONTAINER_NAME, RUN_VOLUME_NAME};
 pub use decision::{Decision, DenyReason, Injection, SkipReason, plan};
+pub use mesh::{Mesh, MeshExclusions};
 pub use mode::{Mode, UnknownMode};
 pub use networks::{InvalidNetworks, multus_interfaces};
 pub use quantity::{Quantity, QuantityError};
-pub use settings::{HelperSettings, InvalidSettings, ResourceSettings};
+pub use settings::{Choice, HelperSettings, InvalidSettings, ResourceSettings, UnknownChoice};
 pub use template::{
-    Annotations, MAX_ANNOTATION_BYTES, NameList, PodTemplate, TemplateMetadata, TemplateSpec,
+    Annotations, Kept, Labels, MAX_ANNOTATION_BYTES, NameList, PodTemplate, TemplateMetadata,
+    TemplateSpec,
 };
 
 use std::borrow::Cow;
@@ -60,9 +65,19 @@ pub mod annotations {
     pub const MEMORY_REQUEST: &str = "multus-ipmgr.io/memory-request";
     /// Per-pod override of the helper's memory limit.
     pub const MEMORY_LIMIT: &str = "multus-ipmgr.io/memory-limit";
+    /// Istio injects its proxy when this (or the label of the same name) is `true`.
+    pub const ISTIO_INJECT: &str = "sidecar.istio.io/inject";
+    /// Outbound ports Istio's proxy leaves alone (comma-separated); written with the agent
+    /// backend.
+    pub const ISTIO_EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
+    /// Linkerd injects its proxy when this is `enabled` or `ingress`.
+    pub const LINKERD_INJECT: &str = "linkerd.io/inject";
+    /// Outbound ports Linkerd's proxy leaves alone (comma-separated ports and ranges);
+    /// written with the agent backend.
+    pub const LINKERD_SKIP_OUTBOUND_PORTS: &str = "config.linkerd.io/skip-outbound-ports";
 
     /// Every annotation the injector reads; a pod's other annotations are skipped unread.
-    pub const READ: [&str; 8] = [
+    pub const READ: [&str; 12] = [
         NETWORKS,
         MODE,
         STATUS,
@@ -71,7 +86,20 @@ pub mod annotations {
         CPU_LIMIT,
         MEMORY_REQUEST,
         MEMORY_LIMIT,
+        ISTIO_INJECT,
+        ISTIO_EXCLUDE_OUTBOUND_PORTS,
+        LINKERD_INJECT,
+        LINKERD_SKIP_OUTBOUND_PORTS,
     ];
+}
+
+/// Pod labels the injector reads.
+pub mod labels {
+    /// Istio injects its proxy when this (or the annotation of the same name) is `true`.
+    pub const ISTIO_INJECT: &str = super::annotations::ISTIO_INJECT;
+
+    /// Every label the injector reads; a pod's other labels are skipped unread.
+    pub const READ: [&str; 1] = [ISTIO_INJECT];
 }
 
 #[cfg(test)]

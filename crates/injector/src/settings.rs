@@ -1,7 +1,7 @@
 use std::cmp::Ordering;
 
 use crate::annotations;
-use crate::{Mode, Quantity};
+use crate::{Backend, MeshExclusions, Mode, Quantity};
 
 /// CPU and memory requests and limits of the injected container.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,6 +40,49 @@ pub struct HelperSettings {
     /// When not empty, an overriding image must start with one of these prefixes (see
     /// [`HelperSettings::image_allowed`]).
     pub allowed_image_prefixes: Vec<String>,
+    /// How the helper reaches EC2: through its node's agent, or itself.
+    pub backend: Backend,
+    /// TCP port of the node agent's pod API on the node's IP (agent backend).
+    pub agent_port: u16,
+    /// Which pods get the service meshes' outbound exclusion of the agent port (agent
+    /// backend).
+    pub mesh_exclusions: MeshExclusions,
+}
+
+/// A setting with a fixed set of values, each with a name (flags, environment variables).
+pub trait Choice: Copy + 'static {
+    /// What the setting is, for messages.
+    const SETTING: &'static str;
+    /// Every value, in the order the documentation lists them.
+    const ALL: &'static [Self];
+
+    /// The value's name.
+    fn name(self) -> &'static str;
+
+    /// The value named `name` (surrounding whitespace ignored).
+    fn from_name(name: &str) -> Result<Self, UnknownChoice> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|value| value.name() == name.trim())
+            .ok_or_else(|| UnknownChoice {
+                setting: Self::SETTING,
+                value: crate::excerpt(name).into_owned(),
+                valid: Self::ALL.iter().map(|value| value.name()).collect(),
+            })
+    }
+}
+
+/// A name that is none of a [`Choice`]'s values.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{setting} has unknown value {value:?}; valid values are {}", valid.join(", "))]
+pub struct UnknownChoice {
+    /// The setting.
+    pub setting: &'static str,
+    /// The rejected value, shortened to an [`excerpt`](crate::excerpt).
+    pub value: String,
+    /// The valid names.
+    pub valid: Vec<&'static str>,
 }
 
 /// A combination of settings that would give pods the API server rejects.
@@ -75,6 +118,11 @@ pub enum InvalidSettings {
         "--allowed-image-prefix (IPMGR_ALLOWED_IMAGE_PREFIXES) is set but --allow-image-override is off; turn the override on or remove the prefixes"
     )]
     PrefixesWithoutOverride,
+    /// The agent port is 0.
+    #[error(
+        "--agent-port (IPMGR_AGENT_PORT) must be the TCP port the node agent listens on (1-65535, default 9472), got 0"
+    )]
+    ZeroAgentPort,
 }
 
 impl ResourceSettings {
@@ -130,6 +178,9 @@ impl HelperSettings {
         if !self.allowed_image_prefixes.is_empty() && !self.allow_image_override {
             return Err(InvalidSettings::PrefixesWithoutOverride);
         }
+        if self.agent_port == 0 {
+            return Err(InvalidSettings::ZeroAgentPort);
+        }
         self.resources.validate()
     }
 
@@ -173,6 +224,9 @@ mod tests {
             run_as_user: 65532,
             allow_image_override: allow,
             allowed_image_prefixes: prefixes.iter().map(|p| (*p).to_owned()).collect(),
+            backend: Backend::Agent,
+            agent_port: 9472,
+            mesh_exclusions: MeshExclusions::Auto,
         }
     }
 
@@ -203,10 +257,29 @@ mod tests {
     #[rstest]
     #[case(settings(false, &["mirror.example.com/"]), InvalidSettings::PrefixesWithoutOverride)]
     #[case(settings(true, &[""]), InvalidSettings::InvalidImagePrefix(String::new()))]
-    fn refuses_prefixes_that_cannot_work(
+    #[case(HelperSettings { agent_port: 0, ..settings(false, &[]) }, InvalidSettings::ZeroAgentPort)]
+    fn refuses_settings_that_cannot_work(
         #[case] settings: HelperSettings,
         #[case] error: InvalidSettings,
     ) {
         assert_eq!(settings.validate(), Err(error));
+    }
+
+    fn round_trip<T: Choice + PartialEq + std::fmt::Debug>() {
+        for value in T::ALL {
+            assert_eq!(T::from_name(&format!(" {} ", value.name())), Ok(*value));
+        }
+    }
+
+    #[test]
+    fn choices_parse_their_names() {
+        round_trip::<Backend>();
+        round_trip::<MeshExclusions>();
+        assert_eq!(
+            MeshExclusions::from_name("sometimes")
+                .expect_err("unknown")
+                .to_string(),
+            "mesh exclusions has unknown value \"sometimes\"; valid values are auto, always, never"
+        );
     }
 }

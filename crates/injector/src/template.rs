@@ -3,16 +3,17 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::{HELPER_CONTAINER_NAME, RUN_VOLUME_NAME, annotations};
+use crate::mesh::Mesh;
+use crate::{HELPER_CONTAINER_NAME, RUN_VOLUME_NAME, annotations, labels};
 
 /// The parts of a pod template the injector reads, as plain data.
 ///
 /// It deserializes from a Pod, or from the `template` of a workload, and keeps only what the
-/// decision needs: the annotations of [`annotations::READ`], `hostNetwork`, and of each
-/// container, initContainer and volume list its length and whether it holds a name the
-/// injector adds. Everything else is skipped unread, so reading a pod costs memory in
-/// proportion to those few values, never to the size or shape of the rest of the pod.
-/// `null` is accepted wherever Kubernetes accepts it.
+/// decision needs: the annotations of [`annotations::READ`], the labels of [`labels::READ`],
+/// `hostNetwork`, and of each container, initContainer and volume list its length and which
+/// of the names the injector adds or looks for it holds. Everything else is skipped unread,
+/// so reading a pod costs memory in proportion to those few values, never to the size or
+/// shape of the rest of the pod. `null` is accepted wherever Kubernetes accepts it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct PodTemplate {
     /// `metadata` of the template.
@@ -23,12 +24,15 @@ pub struct PodTemplate {
     pub spec: Option<TemplateSpec>,
 }
 
-/// `metadata` of a pod template: only the annotations matter.
+/// `metadata` of a pod template: only the annotations and labels the injector reads matter.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct TemplateMetadata {
     /// `metadata.annotations`, the ones the injector reads.
     #[serde(default)]
     pub annotations: Option<Annotations>,
+    /// `metadata.labels`, the ones the injector reads.
+    #[serde(default)]
+    pub labels: Option<Labels>,
 }
 
 /// `spec` of a pod template: what decides the injection and where the patch goes.
@@ -49,32 +53,76 @@ pub struct TemplateSpec {
     pub volumes: Option<NameList>,
 }
 
-/// The values of the annotations in [`annotations::READ`]; other keys are skipped.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Annotations {
-    values: [Option<String>; annotations::READ.len()],
-}
+// The `SET` of a [`Kept`] map or of a [`Matched`] string: the fixed set of names it compares
+// strings with as it reads them, never storing the others.
 
-impl Annotations {
-    /// The value of `key`, if it is one of [`annotations::READ`] and present.
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.values[read_index(key)?].as_deref()
+/// [`annotations::READ`].
+const ANNOTATION_KEYS: u8 = 0;
+/// [`labels::READ`].
+const LABEL_KEYS: u8 = 1;
+/// [`LOOKED_FOR`].
+const CONTAINER_AND_VOLUME_NAMES: u8 = 2;
+
+/// Names of containers and volumes the injector adds or looks for; a [`NameList`] remembers
+/// which of them it holds.
+const LOOKED_FOR: [&str; 4] = [
+    HELPER_CONTAINER_NAME,
+    RUN_VOLUME_NAME,
+    Mesh::Istio.proxy_container(),
+    Mesh::Linkerd.proxy_container(),
+];
+
+/// The names of `SET`.
+fn names(set: u8) -> &'static [&'static str] {
+    match set {
+        ANNOTATION_KEYS => &annotations::READ,
+        LABEL_KEYS => &labels::READ,
+        _ => &LOOKED_FOR,
     }
 }
 
-fn read_index(key: &str) -> Option<usize> {
-    annotations::READ.iter().position(|read| *read == key)
+/// Which item of `SET` is `name`, if any.
+fn position(set: u8, name: &str) -> Option<usize> {
+    names(set).iter().position(|known| *known == name)
 }
 
-/// Names the injector adds to a pod; a [`NameList`] remembers which of them it holds.
-const ADDED_NAMES: [&str; 2] = [HELPER_CONTAINER_NAME, RUN_VOLUME_NAME];
+/// Room for the values of the largest set of keys a [`Kept`] map reads.
+const KEPT_ROOM: usize = annotations::READ.len();
+
+/// The values of the keys of one fixed set in a string map (annotations or labels); other
+/// keys are skipped unread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kept<const SET: u8> {
+    values: [Option<String>; KEPT_ROOM],
+}
+
+/// The values of the annotations in [`annotations::READ`].
+pub type Annotations = Kept<ANNOTATION_KEYS>;
+/// The values of the labels in [`labels::READ`].
+pub type Labels = Kept<LABEL_KEYS>;
+
+impl<const SET: u8> Default for Kept<SET> {
+    fn default() -> Self {
+        Kept {
+            values: Default::default(),
+        }
+    }
+}
+
+impl<const SET: u8> Kept<SET> {
+    /// The value of `key`, if it is one of the keys this map reads and present.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values[position(SET, key)?].as_deref()
+    }
+}
 
 /// A list of containers or volumes, read as its length and which of the names the injector
-/// adds ([`HELPER_CONTAINER_NAME`], [`RUN_VOLUME_NAME`]) it holds.
+/// adds ([`HELPER_CONTAINER_NAME`], [`RUN_VOLUME_NAME`]) or looks for (the service meshes'
+/// proxy containers) it holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NameList {
     len: usize,
-    holds: [bool; ADDED_NAMES.len()],
+    holds: [bool; LOOKED_FOR.len()],
 }
 
 impl NameList {
@@ -88,36 +136,27 @@ impl NameList {
         self.len == 0
     }
 
-    /// Whether an item is named `name`, one of the names the injector adds (always `false`
-    /// for other names, which are not kept).
+    /// Whether an item is named `name`, one of the names the injector adds or looks for
+    /// (always `false` for other names, which are not kept).
     pub fn holds(&self, name: &str) -> bool {
-        ADDED_NAMES
+        LOOKED_FOR
             .iter()
             .zip(self.holds)
-            .any(|(added, held)| held && *added == name)
+            .any(|(known, held)| held && *known == name)
     }
 }
 
 impl NameList {
-    fn add(&mut self, added: Option<usize>) {
+    fn add(&mut self, known: Option<usize>) {
         self.len += 1;
-        if let Some(index) = added {
+        if let Some(index) = known {
             self.holds[index] = true;
         }
     }
 }
 
-fn added_index(name: &str) -> Option<usize> {
-    ADDED_NAMES.iter().position(|added| *added == name)
-}
-
-/// A string compared with a fixed set of names as it is read, never stored.
+/// A string compared with the names of `SET` as it is read, never stored.
 struct Matched<const SET: u8>(Option<usize>);
-
-/// [`Matched`] against [`annotations::READ`].
-const READ_KEYS: u8 = 0;
-/// [`Matched`] against [`ADDED_NAMES`].
-const ADDED: u8 = 1;
 
 impl<'de, const SET: u8> Deserialize<'de> for Matched<SET> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -128,33 +167,30 @@ impl<'de, const SET: u8> Deserialize<'de> for Matched<SET> {
                 f.write_str("a string")
             }
             fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
-                Ok(Matched(if SET == READ_KEYS {
-                    read_index(value)
-                } else {
-                    added_index(value)
-                }))
+                Ok(Matched(position(SET, value)))
             }
         }
         deserializer.deserialize_str(MatchVisitor::<SET>)
     }
 }
 
-impl<'de> Deserialize<'de> for Annotations {
+impl<'de, const SET: u8> Deserialize<'de> for Kept<SET> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct AnnotationsVisitor;
-        impl<'de> Visitor<'de> for AnnotationsVisitor {
-            type Value = Annotations;
+        struct KeptVisitor<const SET: u8>;
+        impl<'de, const SET: u8> Visitor<'de> for KeptVisitor<SET> {
+            type Value = Kept<SET>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map of annotations")
+                f.write_str("a map of strings")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut kept = Annotations::default();
-                while let Some(Matched::<READ_KEYS>(key)) = map.next_key()? {
+                let mut kept = Kept::default();
+                while let Some(Matched::<SET>(key)) = map.next_key()? {
                     match key {
                         Some(index) => {
-                            kept.values[index] = Some(
-                                map.next_value_seed(AnnotationValue(annotations::READ[index]))?,
-                            );
+                            kept.values[index] = Some(map.next_value_seed(KeptValue {
+                                set: SET,
+                                key: names(SET)[index],
+                            })?);
                         }
                         None => {
                             map.next_value::<IgnoredAny>()?;
@@ -164,7 +200,7 @@ impl<'de> Deserialize<'de> for Annotations {
                 Ok(kept)
             }
         }
-        deserializer.deserialize_map(AnnotationsVisitor)
+        deserializer.deserialize_map(KeptVisitor::<SET>)
     }
 }
 
@@ -172,10 +208,36 @@ impl<'de> Deserialize<'de> for Annotations {
 /// values together, exceed 256 KiB, so a longer value never comes from it, and is not copied.
 pub const MAX_ANNOTATION_BYTES: usize = 256 * 1024;
 
-/// Reads the value of the annotation it names, refusing one over [`MAX_ANNOTATION_BYTES`].
-struct AnnotationValue(&'static str);
+/// Longest label value read: Kubernetes allows 63 characters.
+const MAX_LABEL_BYTES: usize = 63;
 
-impl<'de> DeserializeSeed<'de> for AnnotationValue {
+/// Reads the value of the annotation or label it names, refusing one longer than Kubernetes
+/// allows.
+struct KeptValue {
+    set: u8,
+    key: &'static str,
+}
+
+impl KeptValue {
+    /// `annotation` or `label`, its longest value, and the rule behind it.
+    fn limit(&self) -> (&'static str, usize, &'static str) {
+        if self.set == LABEL_KEYS {
+            (
+                "label",
+                MAX_LABEL_BYTES,
+                "the 63 characters Kubernetes allows for a label value",
+            )
+        } else {
+            (
+                "annotation",
+                MAX_ANNOTATION_BYTES,
+                "the 256 KiB Kubernetes allows for all annotations together",
+            )
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for KeptValue {
     type Value = String;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
@@ -183,16 +245,22 @@ impl<'de> DeserializeSeed<'de> for AnnotationValue {
     }
 }
 
-impl Visitor<'_> for AnnotationValue {
+impl Visitor<'_> for KeptValue {
     type Value = String;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the value of annotation {} as a string", self.0)
+        write!(
+            f,
+            "the value of {} {} as a string",
+            self.limit().0,
+            self.key
+        )
     }
     fn visit_str<E: de::Error>(self, value: &str) -> Result<String, E> {
-        if value.len() > MAX_ANNOTATION_BYTES {
+        let (what, max, rule) = self.limit();
+        if value.len() > max {
             return Err(E::custom(format!(
-                "annotation {} is {} bytes long, more than the 256 KiB Kubernetes allows for all annotations together",
-                self.0,
+                "{what} {} is {} bytes long, more than {rule}",
+                self.key,
                 value.len()
             )));
         }
@@ -206,7 +274,7 @@ impl<'de> Deserialize<'de> for NameList {
         #[derive(Deserialize)]
         struct Item {
             #[serde(default)]
-            name: Option<Matched<ADDED>>,
+            name: Option<Matched<CONTAINER_AND_VOLUME_NAMES>>,
         }
         struct ListVisitor;
         impl<'de> Visitor<'de> for ListVisitor {
@@ -232,6 +300,11 @@ impl PodTemplate {
         self.metadata.as_ref()?.annotations.as_ref()?.get(key)
     }
 
+    /// The value of label `key`, if it is one the injector reads and it is present.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.metadata.as_ref()?.labels.as_ref()?.get(key)
+    }
+
     /// Whether the pod shares the node's network namespace.
     pub fn host_network(&self) -> bool {
         self.spec.as_ref().and_then(|spec| spec.host_network) == Some(true)
@@ -255,7 +328,7 @@ impl PodTemplate {
     fn list(&self, field: impl Fn(&TemplateSpec) -> &Option<NameList>) -> &NameList {
         static EMPTY: NameList = NameList {
             len: 0,
-            holds: [false; ADDED_NAMES.len()],
+            holds: [false; LOOKED_FOR.len()],
         };
         self.spec
             .as_ref()

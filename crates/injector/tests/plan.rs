@@ -2,8 +2,8 @@
 //! json-patch crate to real pod documents.
 
 use ipmgr_injector::{
-    Decision, DenyReason, HelperSettings, Mode, PodTemplate, ResourceSettings, SkipReason,
-    annotations, plan,
+    Backend, Decision, DenyReason, HelperSettings, MeshExclusions, Mode, PodTemplate,
+    ResourceSettings, SkipReason, annotations, plan,
 };
 use json_patch::jsonptr::{Pointer, PointerBuf};
 use pretty_assertions::assert_eq;
@@ -29,6 +29,9 @@ fn settings() -> HelperSettings {
         run_as_user: 65532,
         allow_image_override: true,
         allowed_image_prefixes: Vec::new(),
+        backend: Backend::Agent,
+        agent_port: 9472,
+        mesh_exclusions: MeshExclusions::Auto,
     }
 }
 
@@ -382,6 +385,8 @@ fn builds_a_restricted_container_with_overrides(settings: HelperSettings) {
             "IPMGR_MODE",
             "IPMGR_LOG",
             "IPMGR_INTERFACES",
+            "HOST_IP",
+            "IPMGR_AGENT_URL",
             "IPMGR_READY_FILE"
         ]
     );
@@ -427,4 +432,212 @@ fn template_view_keeps_only_what_the_decision_reads() {
     assert!(pod.init_containers().is_empty());
     assert!(pod.volumes().holds("aws-ip-mgmt-run"));
     assert!(!pod.volumes().holds("aws-ip-mgmt"));
+}
+
+fn env_of_helper(document: &Value) -> Vec<Value> {
+    document["spec"]["initContainers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .clone()
+}
+
+#[rstest]
+fn the_agent_backend_gives_the_helper_its_agents_address_and_nothing_of_aws(
+    mut settings: HelperSettings,
+) {
+    settings.agent_port = 9999;
+    let env = env_of_helper(&inject(&pod(json!({}), json!({})), &settings));
+    assert_eq!(
+        env[6..],
+        [
+            json!({"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}}),
+            json!({"name": "IPMGR_AGENT_URL", "value": "http://$(HOST_IP):9999"}),
+        ]
+    );
+    let names: Vec<&str> = env.iter().filter_map(|var| var["name"].as_str()).collect();
+    assert!(
+        names
+            .iter()
+            .all(|name| !name.starts_with("AWS_") && !name.contains("EC2")),
+        "{names:?}"
+    );
+}
+
+#[rstest]
+fn the_direct_backend_injects_what_it_always_did(mut settings: HelperSettings) {
+    settings.backend = Backend::Direct;
+    settings.mesh_exclusions = MeshExclusions::Always;
+    let document = pod(json!({"sidecar.istio.io/inject": "true"}), json!({}));
+    let injected = inject(&document, &settings);
+    let names: Vec<String> = env_of_helper(&injected)
+        .iter()
+        .filter_map(|var| var["name"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "NODE_NAME",
+            "POD_NAME",
+            "POD_NAMESPACE",
+            "IPMGR_MODE",
+            "IPMGR_LOG",
+            "IPMGR_INTERFACES"
+        ]
+    );
+    assert_eq!(
+        injected["metadata"]["annotations"]
+            .as_object()
+            .expect("annotations")
+            .len(),
+        3,
+        "no mesh annotation with the direct backend: {injected}"
+    );
+}
+
+/// A Multus pod with these annotations, labels and spec fields.
+fn labelled_pod(annotations: Value, labels: Value, spec: Value) -> Value {
+    let mut document = pod(annotations, spec);
+    document["metadata"]["labels"] = labels;
+    document
+}
+
+const ISTIO: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
+const LINKERD: &str = "config.linkerd.io/skip-outbound-ports";
+
+#[rstest]
+#[case::no_mesh(MeshExclusions::Auto, json!({}), json!({}), json!({}), None, None)]
+#[case::istio_annotation(MeshExclusions::Auto, json!({"sidecar.istio.io/inject": "true"}), json!({}), json!({}), Some("9472"), None)]
+#[case::istio_annotation_as_istio_reads_it(MeshExclusions::Auto, json!({"sidecar.istio.io/inject": "Yes"}), json!({}), json!({}), Some("9472"), None)]
+#[case::istio_turned_off(MeshExclusions::Auto, json!({"sidecar.istio.io/inject": "false"}), json!({}), json!({}), None, None)]
+#[case::istio_label(MeshExclusions::Auto, json!({}), json!({"sidecar.istio.io/inject": "true"}), json!({}), Some("9472"), None)]
+#[case::istio_existing_ports(MeshExclusions::Auto, json!({"sidecar.istio.io/inject": "true", ISTIO: "15020,8080"}), json!({}), json!({}), Some("15020,8080,9472"), None)]
+#[case::istio_port_there(MeshExclusions::Auto, json!({"sidecar.istio.io/inject": "true", ISTIO: "9472"}), json!({}), json!({}), Some("9472"), None)]
+#[case::istio_proxy(MeshExclusions::Auto, json!({}), json!({}), json!({"containers": [{"name": "app"}, {"name": "istio-proxy"}]}), Some("9472"), None)]
+#[case::istio_native_proxy(MeshExclusions::Auto, json!({}), json!({}), json!({"initContainers": [{"name": "istio-init"}, {"name": "istio-proxy"}]}), Some("9472"), None)]
+#[case::linkerd_enabled(MeshExclusions::Auto, json!({"linkerd.io/inject": "enabled"}), json!({}), json!({}), None, Some("9472"))]
+#[case::linkerd_ingress(MeshExclusions::Auto, json!({"linkerd.io/inject": "ingress", LINKERD: "25,443"}), json!({}), json!({}), None, Some("25,443,9472"))]
+#[case::linkerd_disabled(MeshExclusions::Auto, json!({"linkerd.io/inject": "disabled"}), json!({}), json!({}), None, None)]
+#[case::linkerd_range_covers_it(MeshExclusions::Auto, json!({"linkerd.io/inject": "enabled", LINKERD: "9000-9999"}), json!({}), json!({}), None, Some("9000-9999"))]
+#[case::linkerd_proxy(MeshExclusions::Auto, json!({}), json!({}), json!({"containers": [{"name": "app"}, {"name": "linkerd-proxy"}]}), None, Some("9472"))]
+#[case::both(MeshExclusions::Auto, json!({"linkerd.io/inject": "enabled"}), json!({"sidecar.istio.io/inject": "true"}), json!({}), Some("9472"), Some("9472"))]
+#[case::always(MeshExclusions::Always, json!({}), json!({}), json!({}), Some("9472"), Some("9472"))]
+#[case::always_keeps_existing(MeshExclusions::Always, json!({ISTIO: "8080"}), json!({}), json!({}), Some("8080,9472"), Some("9472"))]
+#[case::never(MeshExclusions::Never, json!({"sidecar.istio.io/inject": "true", "linkerd.io/inject": "enabled"}), json!({}), json!({}), None, None)]
+fn excludes_the_agent_port_from_the_meshes(
+    mut settings: HelperSettings,
+    #[case] exclusions: MeshExclusions,
+    #[case] annotations: Value,
+    #[case] labels: Value,
+    #[case] spec: Value,
+    #[case] istio: Option<&str>,
+    #[case] linkerd: Option<&str>,
+) {
+    settings.mesh_exclusions = exclusions;
+    let document = labelled_pod(annotations, labels, spec);
+    let injected = inject(&document, &settings);
+    let value = |key: &str| injected["metadata"]["annotations"][key].as_str();
+    assert_eq!((value(ISTIO), value(LINKERD)), (istio, linkerd));
+    // Nothing else of the pod's metadata changes but the status annotation.
+    let mut metadata = injected["metadata"].clone();
+    let annotations = metadata["annotations"]
+        .as_object_mut()
+        .expect("annotations");
+    annotations.remove(annotations::STATUS);
+    for key in [ISTIO, LINKERD] {
+        match document["metadata"]["annotations"].get(key) {
+            Some(original) => annotations.insert(key.to_owned(), original.clone()),
+            None => annotations.remove(key),
+        };
+    }
+    assert_eq!(metadata, document["metadata"]);
+}
+
+#[rstest]
+fn a_port_excluded_already_costs_no_patch_operation(settings: HelperSettings) {
+    let document = pod(
+        json!({"sidecar.istio.io/inject": "true", ISTIO: "9472", "linkerd.io/inject": "enabled", LINKERD: "1-65535"}),
+        json!({}),
+    );
+    let Decision::Inject(injection) = decide(&document, &settings) else {
+        panic!("expected an injection");
+    };
+    let paths: Vec<String> = injection
+        .patch
+        .0
+        .iter()
+        .map(|op| op.path().to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/spec/initContainers",
+            "/metadata/annotations/multus-ipmgr.io~1status"
+        ]
+    );
+}
+
+#[rstest]
+#[case::istio_annotation(json!({"sidecar.istio.io/inject": "true", ISTIO: "8080"}), json!({}))]
+#[case::linkerd_annotation(json!({"linkerd.io/inject": "enabled"}), json!({}))]
+#[case::istio_proxy(json!({"multus-ipmgr.io/mode": "sidecar"}), json!({"containers": [{"name": "app"}, {"name": "istio-proxy"}]}))]
+fn injecting_a_meshed_pod_twice_changes_nothing(
+    settings: HelperSettings,
+    #[case] annotations: Value,
+    #[case] spec: Value,
+) {
+    let injected = inject(&pod(annotations, spec), &settings);
+    assert_eq!(
+        decide(&injected, &settings),
+        Decision::Skip(SkipReason::AlreadyInjected)
+    );
+    // The mesh's webhook after ours adds its proxy: ours, reinvoked, still changes nothing.
+    let mut meshed = injected.clone();
+    meshed["spec"]["containers"]
+        .as_array_mut()
+        .expect("containers")
+        .push(json!({"name": "linkerd-proxy"}));
+    assert_eq!(
+        decide(&meshed, &settings),
+        Decision::Skip(SkipReason::AlreadyInjected)
+    );
+    // Without the status annotation the helper's name is seen, and the exclusions are kept
+    // as they are: never a second copy of the port.
+    let mut stripped = injected.clone();
+    stripped["metadata"]["annotations"]
+        .as_object_mut()
+        .expect("annotations")
+        .remove(annotations::STATUS);
+    assert_eq!(
+        decide(&stripped, &settings),
+        Decision::Skip(SkipReason::HelperPresent)
+    );
+    let mut helper_removed = stripped.clone();
+    for list in ["initContainers", "containers"] {
+        if let Some(items) = helper_removed["spec"][list].as_array_mut() {
+            items.retain(|item| item["name"] != "aws-ip-mgmt");
+        }
+    }
+    let again = inject(&helper_removed, &settings);
+    assert_eq!(again["metadata"], injected["metadata"]);
+}
+
+#[test]
+fn template_view_reads_the_mesh_label_and_proxies() {
+    let pod: PodTemplate = serde_json::from_value(json!({
+        "metadata": {"labels": {"sidecar.istio.io/inject": "true", "app": "web"}},
+        "spec": {"containers": [{"name": "istio-proxy"}], "initContainers": [{"name": "linkerd-proxy"}]},
+    }))
+    .expect("parses");
+    assert_eq!(pod.label("sidecar.istio.io/inject"), Some("true"));
+    assert_eq!(pod.label("app"), None, "not a label the injector reads");
+    assert!(pod.containers().holds("istio-proxy"));
+    assert!(pod.init_containers().holds("linkerd-proxy"));
+    let long = json!({"metadata": {"labels": {"sidecar.istio.io/inject": "y".repeat(64)}}});
+    let error = PodTemplate::deserialize(&long).expect_err("longer than Kubernetes allows");
+    assert!(
+        error
+            .to_string()
+            .starts_with("label sidecar.istio.io/inject is 64 bytes long"),
+        "{error}"
+    );
 }

@@ -32,16 +32,31 @@ struct TestCli {
     injection: InjectionArgs,
 }
 
-/// The settings the golden files were made with, parsed through the real flags. Image
-/// overrides are off by default; these settings turn them on for one registry, so that
-/// `golden/input/pod-overrides.yaml` exercises an allowed override.
+/// The flags the golden files were made with. Image overrides are off by default; these
+/// turn them on for one registry, so that `golden/input/pod-overrides.yaml` exercises an
+/// allowed override.
+const GOLDEN_FLAGS: [&str; 4] = [
+    "--helper-image=registry.example.com/ipmgr-helper:0.1.0",
+    "--helper-arg=--allow-cidr=10.10.1.0/24",
+    "--allow-image-override",
+    "--allowed-image-prefix=mirror.example.com/",
+];
+
+/// Each helper backend with the flags that select it: the golden outputs of a backend are
+/// in `golden/output/<backend>/`.
+pub const BACKENDS: [(&str, &[&str]); 2] =
+    [("agent", &[]), ("direct", &["--helper-backend=direct"])];
+
+/// The settings the golden files were made with (the default, agent backend), parsed
+/// through the real flags.
 pub fn settings() -> HelperSettings {
-    settings_from(&[
-        "--helper-image=registry.example.com/ipmgr-helper:0.1.0",
-        "--helper-arg=--allow-cidr=10.10.1.0/24",
-        "--allow-image-override",
-        "--allowed-image-prefix=mirror.example.com/",
-    ])
+    golden_settings(&[])
+}
+
+/// The golden settings with these extra flags.
+pub fn golden_settings(extra: &[&str]) -> HelperSettings {
+    let flags: Vec<&str> = GOLDEN_FLAGS.iter().chain(extra).copied().collect();
+    settings_from(&flags)
 }
 
 /// Settings from these injection flags (the defaults for the others).
