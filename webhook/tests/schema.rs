@@ -1,7 +1,7 @@
 //! Offline validation against the Kubernetes OpenAPI schema (PyPI `kubernetes-validate
 //! --strict`, pinned in `tests/requirements.txt` and installed by `scripts/test`): the
-//! kustomize builds of `manifests/`, `certs/cert-manager/` and `manifests/agent/`, every
-//! manifest file, and every golden output. Kinds from CRDs (NetworkAttachmentDefinition,
+//! kustomize builds of `manifests/` (the webhook and the agent), `certs/cert-manager/` and
+//! `manifests/agent/`, every manifest file, and every golden output of both backends. Kinds from CRDs (NetworkAttachmentDefinition,
 //! cert-manager, the Prometheus Operator's PrometheusRule) have no schema there and are the
 //! only warnings allowed.
 //!
@@ -206,10 +206,20 @@ fn kustomize_builds_validate_and_carry_the_generated_certificate() {
         "MutatingWebhookConfiguration",
         "NetworkPolicy",
         "PriorityClass",
+        "DaemonSet",
+        "ClusterRole",
+        "ClusterRoleBinding",
     ] {
         assert!(
             default_build.contains(&format!("\nkind: {kind}\n")),
             "{kind} missing from the build"
+        );
+    }
+    let (_, agent_build, _) = &rendered[2];
+    for object in agent_build.split("---\n") {
+        assert!(
+            default_build.contains(object),
+            "manifests/ installs the agent as manifests/agent/ does; missing:\n{object}"
         );
     }
     use base64::Engine as _;
@@ -233,12 +243,16 @@ fn kustomize_builds_validate_and_carry_the_generated_certificate() {
         cert_manager_build.contains("cert-manager.io/inject-ca-from: multus-ipmgr/ipmgr-webhook")
     );
     assert!(cert_manager_build.contains("secretName: ipmgr-webhook-tls\n"));
-    let (_, agent_build, _) = &rendered[2];
     for part in [
         "kind: DaemonSet\n",
         "hostNetwork: true\n",
         "mountPropagation: HostToContainer\n",
         "pod-security.kubernetes.io/enforce: privileged\n",
+        // The pod API, on the port the webhook's agent backend gives the helper.
+        "- containerPort: 9472\n          name: pod-api\n",
+        "automountServiceAccountToken: true\n",
+        // Least privilege: pods, read-only, nothing else.
+        "rules:\n- apiGroups:\n  - \"\"\n  resources:\n  - pods\n  verbs:\n  - get\n  - list\n  - watch\n---",
     ] {
         assert!(
             agent_build.contains(part),
