@@ -135,6 +135,12 @@ pub struct Settings {
     #[arg(long, env = env::READY_FILE)]
     pub ready_file: Option<PathBuf>,
 
+    /// The node agent's pod API (agent backend, e.g. http://10.0.0.10:9472; the webhook
+    /// sets it from status.hostIP): the helper then asks the agent and calls neither
+    /// instance metadata nor EC2. Unset: the helper calls them itself (direct backend).
+    #[arg(long, env = env::AGENT_URL)]
+    pub agent_url: Option<String>,
+
     /// How to talk to AWS.
     #[command(flatten)]
     pub aws: AwsSettings,
@@ -216,9 +222,59 @@ pub struct AgentSettings {
     #[arg(long, env = "IPMGR_METRICS_LISTEN", default_value = "0.0.0.0:9471")]
     pub metrics_listen: SocketAddr,
 
+    /// Where to serve the node's pods (the agent backend's pod API, plain HTTP on the host
+    /// network), or `off`.
+    #[arg(long, env = "IPMGR_POD_LISTEN", default_value = "0.0.0.0:9472", value_parser = pod_listen)]
+    pub pod_listen: PodListen,
+
+    /// Milliseconds the pod API gathers pods' EC2 calls into one batch (calls that arrive
+    /// while a batch is in flight join the next one anyway).
+    #[arg(long, env = "IPMGR_BATCH_WINDOW_MS", default_value_t = 20)]
+    pub batch_window_ms: u64,
+
+    /// Which addresses a pod may have the agent assign: `recorded` (those Multus recorded in
+    /// the pod's k8s.v1.cni.cncf.io/network-status annotation, and those it declares in
+    /// multus-ipmgr.io/floating-ips) or `any` (whatever the pod configures: any container
+    /// of any Multus pod can then pull any address of the VPC onto this node).
+    #[arg(long, env = "IPMGR_CLAIMS", value_enum, default_value_t = ClaimsMode::Recorded)]
+    pub claims: ClaimsMode,
+
+    /// The pods' primary interface (the VPC CNI's): the pod API finds a pod's namespace by
+    /// its pod IP on it, and never touches it.
+    #[arg(long, env = "IPMGR_PRIMARY_INTERFACE", default_value = "eth0")]
+    pub primary_interface: String,
+
     /// How to talk to AWS.
     #[command(flatten)]
     pub aws: AwsSettings,
+}
+
+/// Where the pod API listens, if anywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodListen {
+    /// On this address.
+    On(SocketAddr),
+    /// Not at all: no pod of the node uses the agent backend.
+    Off,
+}
+
+fn pod_listen(value: &str) -> Result<PodListen, String> {
+    if value == "off" {
+        return Ok(PodListen::Off);
+    }
+    value
+        .parse()
+        .map(PodListen::On)
+        .map_err(|error| format!("{error}: expected ADDRESS:PORT (e.g. 0.0.0.0:9472) or off"))
+}
+
+/// Which addresses a pod may claim through the pod API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClaimsMode {
+    /// What Multus recorded for the pod, and the floating addresses it declares.
+    Recorded,
+    /// Whatever the pod configures (documented risk).
+    Any,
 }
 
 impl Settings {
@@ -291,5 +347,10 @@ impl AgentSettings {
     /// Interval of the full scans.
     pub fn resync(&self) -> Duration {
         Duration::from_secs(self.resync_seconds.max(1))
+    }
+
+    /// How long the pod API gathers a batch.
+    pub fn batch_window(&self) -> Duration {
+        Duration::from_millis(self.batch_window_ms)
     }
 }

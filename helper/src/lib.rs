@@ -19,3 +19,4 @@ pub(crate) mod fakes;
 pub mod netlink;
 pub mod place;
 pub mod pod;
+pub mod pod_api;

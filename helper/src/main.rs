@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use ipmgr_helper::agent;
 use ipmgr_helper::config::{AgentSettings, Cli, Command, Settings};
-use ipmgr_helper::pod::PodHelper;
+use ipmgr_helper::pod::{PodError, PodHelper, RemoteHelper};
 use tracing::Instrument as _;
 
 /// The modes that talk to instance metadata, netlink and EC2.
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         }
     };
     let span = pod.span();
-    match runtime.block_on(run(work).instrument(span.clone())) {
+    match runtime.block_on(run(work, pod.node_name.clone()).instrument(span.clone())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             span.in_scope(|| tracing::error!(%error, "ipmgr-helper failed"));
@@ -66,15 +66,28 @@ fn ready(ready_file: &Path) -> ExitCode {
 }
 
 /// Runs the mode; its error as the one line for the termination log.
-async fn run(work: Work) -> Result<(), String> {
+async fn run(work: Work, node_name: Option<String>) -> Result<(), String> {
     match work {
-        Work::Agent(settings) => agent::run(settings)
+        Work::Agent(settings) => agent::run(settings, node_name)
             .await
             .map_err(|error| error.to_string()),
         Work::Init(settings) => pod(settings, PodMode::Init).await,
         Work::Sidecar(settings) => pod(settings, PodMode::Sidecar).await,
         Work::Plan(settings) => pod(settings, PodMode::Plan).await,
     }
+}
+
+/// The pod helper with the agent backend: no AWS, its node's agent does the work.
+async fn agent_backend(settings: Settings, url: &str, mode: PodMode) -> Result<(), String> {
+    let run = async {
+        let mut helper = RemoteHelper::connect(settings, url)?;
+        match mode {
+            PodMode::Init => helper.init().await,
+            PodMode::Sidecar => helper.sidecar().await,
+            PodMode::Plan => Err(PodError::PlanNeedsDirect),
+        }
+    };
+    run.await.map_err(|error: PodError| error.to_string())
 }
 
 /// What the pod helper does.
@@ -86,6 +99,9 @@ enum PodMode {
 }
 
 async fn pod(settings: Settings, mode: PodMode) -> Result<(), String> {
+    if let Some(url) = settings.agent_url.clone() {
+        return agent_backend(settings, &url, mode).await;
+    }
     let run = async {
         let (mut helper, node) = PodHelper::connect(settings).await?;
         match mode {
@@ -99,6 +115,5 @@ async fn pod(settings: Settings, mode: PodMode) -> Result<(), String> {
             }
         }
     };
-    run.await
-        .map_err(|error: ipmgr_helper::pod::PodError| error.to_string())
+    run.await.map_err(|error: PodError| error.to_string())
 }

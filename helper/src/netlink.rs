@@ -66,57 +66,7 @@ impl PodNetwork {
 
 impl PodAddresses for PodNetwork {
     async fn addresses(&self) -> Result<Vec<PodAddress>, NetlinkError> {
-        let links: Vec<_> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| NetlinkError::Dump {
-                what: "links",
-                source,
-            })?;
-        let mut interfaces = HashMap::new();
-        for link in links {
-            let mut name = None;
-            let mut mac = None;
-            for attribute in link.attributes {
-                match attribute {
-                    LinkAttribute::IfName(value) => name = Some(value),
-                    LinkAttribute::Address(bytes) => {
-                        mac = <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr)
-                    }
-                    _ => {}
-                }
-            }
-            if let (Some(name), Some(mac)) = (name, mac)
-                && name != "lo"
-            {
-                interfaces.insert(link.header.index, (name, mac));
-            }
-        }
-        let messages = dump_addresses(&self.handle).await?;
-        let mut addresses = Vec::new();
-        for message in messages {
-            if message.header.scope != AddressScope::Universe {
-                continue;
-            }
-            let Some((interface, mac)) = interfaces.get(&message.header.index) else {
-                continue;
-            };
-            let Some(ip) = address_of(&message.attributes) else {
-                continue;
-            };
-            addresses.push(PodAddress {
-                interface: interface.clone(),
-                mac: *mac,
-                address: ip,
-                prefix_len: message.header.prefix_len,
-            });
-        }
-        addresses.sort();
-        Ok(addresses)
+        interface_addresses(&self.handle).await
     }
 
     async fn changed(&mut self) -> Option<Vec<IpAddr>> {
@@ -149,6 +99,70 @@ pub async fn addresses_in_this_namespace() -> Result<Vec<IpAddr>, NetlinkError> 
         .filter(|message| message.header.scope == AddressScope::Universe)
         .filter_map(|message| address_of(&message.attributes))
         .collect())
+}
+
+/// Every global-scope address on the interfaces of the network namespace the calling thread
+/// is in, with the interface's name and MAC: the agent reads a pod's addresses this way.
+/// Needs a tokio runtime on the thread.
+pub async fn interface_addresses_in_this_namespace() -> Result<Vec<PodAddress>, NetlinkError> {
+    let (connection, handle, _) = rtnetlink::new_connection()?;
+    tokio::spawn(connection);
+    interface_addresses(&handle).await
+}
+
+/// Every global-scope address on the interfaces of the namespace `handle` is in (loopback
+/// aside), with the interface's name and MAC.
+async fn interface_addresses(handle: &Handle) -> Result<Vec<PodAddress>, NetlinkError> {
+    let links: Vec<_> = handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|source| NetlinkError::Dump {
+            what: "links",
+            source,
+        })?;
+    let mut interfaces = HashMap::new();
+    for link in links {
+        let mut name = None;
+        let mut mac = None;
+        for attribute in link.attributes {
+            match attribute {
+                LinkAttribute::IfName(value) => name = Some(value),
+                LinkAttribute::Address(bytes) => {
+                    mac = <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr)
+                }
+                _ => {}
+            }
+        }
+        if let (Some(name), Some(mac)) = (name, mac)
+            && name != "lo"
+        {
+            interfaces.insert(link.header.index, (name, mac));
+        }
+    }
+    let messages = dump_addresses(handle).await?;
+    let mut addresses = Vec::new();
+    for message in messages {
+        if message.header.scope != AddressScope::Universe {
+            continue;
+        }
+        let Some((interface, mac)) = interfaces.get(&message.header.index) else {
+            continue;
+        };
+        let Some(ip) = address_of(&message.attributes) else {
+            continue;
+        };
+        addresses.push(PodAddress {
+            interface: interface.clone(),
+            mac: *mac,
+            address: ip,
+            prefix_len: message.header.prefix_len,
+        });
+    }
+    addresses.sort();
+    Ok(addresses)
 }
 
 async fn dump_addresses(handle: &Handle) -> Result<Vec<AddressMessage>, NetlinkError> {

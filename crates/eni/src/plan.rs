@@ -345,6 +345,16 @@ pub fn plan(node: &NodeFacts, addresses: &[PodAddress], options: &PlanOptions) -
     result.against(node)
 }
 
+/// How many of `addresses` are on the pod's Multus interfaces (not the primary one, not the
+/// VPC CNI's, not link-local): what a helper that has no view of the node (the agent
+/// backend's) waits for before it asks.
+pub fn multus_candidates(addresses: &[PodAddress], options: &PlanOptions) -> usize {
+    addresses
+        .iter()
+        .filter(|address| unmanaged(address, options).is_none())
+        .count()
+}
+
 /// Whether the helper leaves `address` alone whatever the node looks like: `Some(reason)`.
 fn unmanaged(address: &PodAddress, options: &PlanOptions) -> Option<RejectReason> {
     let interface = address.interface.as_str();

@@ -257,6 +257,9 @@ pub enum Keep {
     NotMultus,
     /// The ENI's primary address, or an address of a primary ENI.
     Primary,
+    /// A live pod of the node claims it (Multus' record of the pod, or its floating-IP
+    /// declaration), whether or not its namespace shows it.
+    Claimed,
 }
 
 impl Keep {
@@ -268,6 +271,7 @@ impl Keep {
             Keep::OtherInstance => "other_instance",
             Keep::NotMultus => "not_multus",
             Keep::Primary => "primary",
+            Keep::Claimed => "claimed",
         }
     }
 }
@@ -282,6 +286,9 @@ impl fmt::Display for Keep {
                 "the ENI is not a Multus ENI (tag node.k8s.amazonaws.com/no_manage=true)"
             }
             Keep::Primary => "a primary address, or an address of the primary ENI",
+            Keep::Claimed => {
+                "a live pod of the node claims it (k8s.v1.cni.cncf.io/network-status or multus-ipmgr.io/floating-ips)"
+            }
         })
     }
 }

@@ -19,6 +19,21 @@ pub enum AgentError {
     /// setns refused).
     #[error(transparent)]
     Scan(#[from] ScanError),
+    /// The pod API is on, but the agent does not know its node's name.
+    #[error(
+        "the pod API needs the node's name to list the node's pods: set NODE_NAME (the DaemonSet sets it from spec.nodeName through the downward API), or turn the pod API off with --pod-listen off (IPMGR_POD_LISTEN=off)"
+    )]
+    NodeName,
+    /// The pod API could not listen.
+    #[error(
+        "cannot serve the pod API on {address}: {source}; set --pod-listen (IPMGR_POD_LISTEN) to a free address"
+    )]
+    PodListen {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The termination signal handler could not be installed.
     #[error("cannot install the SIGTERM handler: {0}")]
     Signal(std::io::Error),

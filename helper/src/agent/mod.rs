@@ -16,10 +16,15 @@
 //! the agent says so in `/readyz` and its metrics and tries again. Nothing is called while
 //! nothing changes.
 
+mod batch;
+pub mod cluster;
 pub mod error;
 pub mod metrics;
 pub mod netns;
 mod reclaim;
+pub mod serve;
+#[cfg(test)]
+mod serve_tests;
 #[cfg(test)]
 mod tests;
 mod watch;
@@ -28,15 +33,22 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipmgr_eni::{Absences, Backoff, EniRecord, NodeFacts, ScanVerdict, secondary_addresses};
+use ipmgr_eni::{
+    Absences, Backoff, EniRecord, NodeFacts, PlanOptions, ReclaimOptions, ScanVerdict,
+    secondary_addresses,
+};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::aws::{self, Ec2, Ec2Api, Metadata, NodeMetadata};
-use crate::config::AgentSettings;
+use crate::config::{AgentSettings, PodListen};
+use crate::place::Placer;
+use batch::BatchedEc2;
+use cluster::NodePods;
 pub use error::AgentError;
 use metrics::AgentMetrics;
 use netns::{NetnsDirectory, PodScanner, Scan, ScanError};
+use serve::{NodeShare, PodService};
 use watch::{Changes, SETTLE, watch};
 
 /// The oldest view an unassign call may act on: the read of EC2 and the scan of the pods
@@ -86,14 +98,29 @@ struct Agent<E = Ec2, M = Metadata, S = NetnsDirectory> {
     /// Incomplete scans in a row.
     incomplete: u32,
     metrics: Arc<AgentMetrics>,
+    /// The node's pods as the API server has them (empty without the pod API): what they
+    /// claim is never given back.
+    pods: NodePods,
+    /// The node as the pod API sees it, kept current by the rounds.
+    share: Arc<NodeShare>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT. Only what the agent cannot get past by waiting
 /// ends it: a netns directory that is missing or unreadable at start-up, a metrics address
 /// it cannot listen on, and namespaces it may not enter.
-pub async fn run(settings: AgentSettings) -> Result<(), AgentError> {
+pub async fn run(settings: AgentSettings, node_name: Option<String>) -> Result<(), AgentError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     netns::check_directory(&settings.netns_dir)?;
+    let pod_api = match settings.pod_listen {
+        PodListen::Off => None,
+        PodListen::On(address) => {
+            let node_name = node_name.ok_or(AgentError::NodeName)?;
+            let listener = TcpListener::bind(address)
+                .await
+                .map_err(|source| AgentError::PodListen { address, source })?;
+            Some((listener, node_name))
+        }
+    };
     let metrics = Arc::new(AgentMetrics::default());
     let listener = TcpListener::bind(settings.metrics_listen)
         .await
@@ -111,6 +138,29 @@ pub async fn run(settings: AgentSettings) -> Result<(), AgentError> {
     let (metadata, ec2, node) = connected;
     let scanner = NetnsDirectory(settings.netns_dir.clone());
     let release_ec2 = ec2.single_attempt();
+    let pods = NodePods::default();
+    let share = Arc::new(NodeShare::default());
+    if let Some((listener, node_name)) = pod_api {
+        tokio::spawn(cluster::follow(pods.clone(), node_name.clone()));
+        let service = PodService {
+            node_name,
+            pods: pods.clone(),
+            scanner: scanner.clone(),
+            claims: settings.claims,
+            share: Arc::clone(&share),
+            placer: Placer {
+                options: PlanOptions {
+                    primary_interface: settings.primary_interface.clone(),
+                    interfaces: None,
+                    allow_primary_eni: false,
+                    allowed: settings.allow_cidrs.clone(),
+                },
+                ownership: settings.aws.ownership(),
+                ec2: BatchedEc2::start(ec2.clone(), settings.batch_window()),
+            },
+        };
+        tokio::spawn(serve::serve(listener, Arc::new(service)));
+    }
     let mut agent = Agent::new(
         settings,
         (ec2, release_ec2),
@@ -119,6 +169,8 @@ pub async fn run(settings: AgentSettings) -> Result<(), AgentError> {
         node,
         metrics,
     );
+    agent.pods = pods;
+    agent.share = share;
     tracing::info!(
         instance = agent.node.instance_id,
         netns_dir = %agent.settings.netns_dir.display(),
@@ -196,6 +248,8 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
             incomplete: 0,
             metrics,
             settings,
+            pods: NodePods::default(),
+            share: Arc::default(),
         }
     }
 
@@ -219,6 +273,8 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
         if !self.enis_current() && !self.read_enis().await {
             return Ok(());
         }
+        self.share
+            .set_node(self.node.clone(), self.multus.iter().cloned().collect());
         let verdict = self.judge(&scan);
         self.retry_soon = matches!(verdict, ScanVerdict::Incomplete { .. });
         if verdict == ScanVerdict::Trusted {
@@ -228,7 +284,7 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
                 &self.node,
                 &self.multus,
                 &scan.in_use,
-                &self.settings.reclaim(),
+                &self.reclaim_options(),
                 Instant::now(),
             );
             if !due.is_empty() {
@@ -237,6 +293,14 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
         }
         self.metrics.waiting.set(self.absences.waiting() as i64);
         Ok(())
+    }
+
+    /// When an unused address may be given back: the settings, and never what a live pod
+    /// of the node claims (the API server's view), whether or not its namespace shows it.
+    fn reclaim_options(&self) -> ReclaimOptions {
+        let mut options = self.settings.reclaim();
+        options.kept.extend(self.pods.claimed());
+        options
     }
 
     /// Whether the ENI records cover every ENI metadata shows and no re-read is due.
@@ -335,7 +399,7 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
         let now = Instant::now();
         let resync = now + self.settings.resync();
         let soonest = if self.trusted {
-            self.absences.next_due(&self.settings.reclaim())
+            self.absences.next_due(&self.reclaim_options())
         } else if self.retry_soon {
             Some(now + RETRY_ROUND)
         } else {

@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::sched::{CloneFlags, setns};
 
-use crate::netlink::{NetlinkError, addresses_in_this_namespace};
+use ipmgr_eni::PodAddress;
+
+use crate::netlink::{
+    NetlinkError, addresses_in_this_namespace, interface_addresses_in_this_namespace,
+};
 
 /// What one scan found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -77,11 +81,27 @@ impl ScanError {
     }
 }
 
+/// A pod's network namespace, found by the address of its primary interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodNamespace {
+    /// The namespace file in the netns directory.
+    pub path: PathBuf,
+    /// Every global-scope address on its interfaces.
+    pub addresses: Vec<PodAddress>,
+}
+
 /// Where the agent learns which addresses the node's pods carry: the seam between the
 /// agent and the kernel ([`NetnsDirectory`]; tests script the scans).
 pub trait PodScanner: Send + Sync {
     /// One scan of every pod namespace and of the node's own.
     fn scan(&self) -> impl std::future::Future<Output = Result<Scan, ScanError>> + Send;
+
+    /// The pod namespace whose interface `primary` carries `pod_ip`, if any.
+    fn find(
+        &self,
+        pod_ip: IpAddr,
+        primary: &str,
+    ) -> impl std::future::Future<Output = Result<Option<PodNamespace>, ScanError>> + Send;
 }
 
 /// The runtime's netns directory, scanned on a blocking thread.
@@ -92,6 +112,13 @@ impl PodScanner for NetnsDirectory {
     async fn scan(&self) -> Result<Scan, ScanError> {
         let dir = self.0.clone();
         tokio::task::spawn_blocking(move || scan(&dir))
+            .await
+            .map_err(|error| ScanError::Thread(io::Error::other(error)))?
+    }
+
+    async fn find(&self, pod_ip: IpAddr, primary: &str) -> Result<Option<PodNamespace>, ScanError> {
+        let (dir, primary) = (self.0.clone(), primary.to_owned());
+        tokio::task::spawn_blocking(move || find(&dir, pod_ip, &primary))
             .await
             .map_err(|error| ScanError::Thread(io::Error::other(error)))?
     }
@@ -107,16 +134,61 @@ pub fn check_directory(dir: &Path) -> Result<(), ScanError> {
 /// Reads the addresses of the node and of every pod namespace in `dir`. Blocks: call it
 /// from a blocking task.
 pub fn scan(dir: &Path) -> Result<Scan, ScanError> {
-    let entries: Vec<PathBuf> = std::fs::read_dir(dir)
+    let entries = entries(dir)?;
+    on_a_thread_of_its_own(move |runtime| scan_entries(runtime, entries))
+}
+
+/// The pod namespace in `dir` whose interface `primary` carries `pod_ip`, with its
+/// addresses. Blocks: call it from a blocking task.
+pub fn find(dir: &Path, pod_ip: IpAddr, primary: &str) -> Result<Option<PodNamespace>, ScanError> {
+    let entries = entries(dir)?;
+    let primary = primary.to_owned();
+    on_a_thread_of_its_own(move |runtime| {
+        for entry in entries {
+            match enter(&entry) {
+                Entered::Yes => {}
+                Entered::Gone | Entered::NotYet(_) => continue,
+                Entered::Refused => return Err(ScanError::Permission { entry }),
+            }
+            let Ok(addresses) = runtime.block_on(interface_addresses_in_this_namespace()) else {
+                continue;
+            };
+            let carries = |a: &PodAddress| a.interface == primary && a.address == pod_ip;
+            if addresses.iter().any(carries) {
+                return Ok(Some(PodNamespace {
+                    path: entry,
+                    addresses,
+                }));
+            }
+        }
+        Ok(None)
+    })
+}
+
+/// The entries of the netns directory (namespace files; directories are not).
+fn entries(dir: &Path) -> Result<Vec<PathBuf>, ScanError> {
+    Ok(std::fs::read_dir(dir)
         .map_err(|source| ScanError::directory(dir, source))?
         .filter_map(Result::ok)
         .filter(|entry| entry.file_type().is_ok_and(|kind| !kind.is_dir()))
         .map(|entry| entry.path())
-        .collect();
-    // setns changes the calling thread's namespace: a thread of its own, which then ends.
+        .collect())
+}
+
+/// Runs `work` on a thread of its own with a runtime for netlink: setns changes the calling
+/// thread's namespace, and that thread then ends.
+fn on_a_thread_of_its_own<T: Send + 'static>(
+    work: impl FnOnce(&tokio::runtime::Runtime) -> Result<T, ScanError> + Send + 'static,
+) -> Result<T, ScanError> {
     std::thread::Builder::new()
         .name("netns-scan".to_owned())
-        .spawn(move || scan_entries(entries))
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(ScanError::Thread)?;
+            work(&runtime)
+        })
         .map_err(ScanError::Thread)?
         .join()
         .unwrap_or_else(|_| {
@@ -126,25 +198,43 @@ pub fn scan(dir: &Path) -> Result<Scan, ScanError> {
         })
 }
 
-fn scan_entries(entries: Vec<PathBuf>) -> Result<Scan, ScanError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(ScanError::Thread)?;
+/// What entering a namespace file came to.
+enum Entered {
+    Yes,
+    /// The file went with its pod between the listing and now.
+    Gone,
+    /// setns was refused: the agent lacks CAP_SYS_ADMIN.
+    Refused,
+    /// Not (yet) a namespace: a sandbox being made.
+    NotYet(Errno),
+}
+
+/// Enters the network namespace of `entry` on the calling thread.
+fn enter(entry: &Path) -> Entered {
+    let entered = File::open(entry)
+        .map_err(|error| Errno::from_raw(error.raw_os_error().unwrap_or(0)))
+        .and_then(|file| setns(&file, CloneFlags::CLONE_NEWNET));
+    match entered {
+        Ok(()) => Entered::Yes,
+        Err(Errno::ENOENT) => Entered::Gone,
+        Err(Errno::EPERM) => Entered::Refused,
+        Err(error) => Entered::NotYet(error),
+    }
+}
+
+fn scan_entries(
+    runtime: &tokio::runtime::Runtime,
+    entries: Vec<PathBuf>,
+) -> Result<Scan, ScanError> {
     let mut scan = Scan::default();
     scan.in_use
         .extend(runtime.block_on(addresses_in_this_namespace())?);
     for entry in entries {
-        let entered = File::open(&entry)
-            .map_err(|error| Errno::from_raw(error.raw_os_error().unwrap_or(0)))
-            .and_then(|file| setns(&file, CloneFlags::CLONE_NEWNET));
-        match entered {
-            Ok(()) => {}
-            // The file went with its pod between the listing and now.
-            Err(Errno::ENOENT) => continue,
-            Err(Errno::EPERM) => return Err(ScanError::Permission { entry }),
-            // Not (yet) a namespace: a sandbox being made.
-            Err(error) => {
+        match enter(&entry) {
+            Entered::Yes => {}
+            Entered::Gone => continue,
+            Entered::Refused => return Err(ScanError::Permission { entry }),
+            Entered::NotYet(error) => {
                 tracing::debug!(entry = %entry.display(), %error, "cannot enter; skipped this scan");
                 scan.unreadable.push(entry);
                 continue;

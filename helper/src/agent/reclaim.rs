@@ -18,7 +18,29 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
     /// again just before the calls, which go out only while that view is fresh. A decision
     /// that cannot be refreshed is dropped, to be taken again by a later scan.
     pub(super) async fn reclaim(&mut self, due: &[Assignment]) -> Result<(), AgentError> {
-        let options = self.settings.reclaim();
+        let options = self.reclaim_options();
+        let claimed: Vec<Assignment> = due
+            .iter()
+            .filter(|assignment| {
+                options
+                    .kept
+                    .iter()
+                    .any(|net| net.contains(&assignment.address))
+            })
+            .cloned()
+            .collect();
+        for assignment in &claimed {
+            self.keep(assignment, Keep::Claimed);
+        }
+        let due: Vec<Assignment> = due
+            .iter()
+            .filter(|assignment| !claimed.contains(assignment))
+            .cloned()
+            .collect();
+        let due = due.as_slice();
+        if due.is_empty() {
+            return Ok(());
+        }
         let ids: BTreeSet<String> = due.iter().map(|a| a.eni_id.clone()).collect();
         let enis = match self
             .release_ec2
@@ -158,7 +180,7 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
             })
             .inc();
         match keep {
-            Keep::InUse | Keep::Moved => {
+            Keep::InUse | Keep::Moved | Keep::Claimed => {
                 tracing::info!(address = %assignment.address, eni = assignment.eni_id, reason = %keep, "kept");
             }
             Keep::OtherInstance | Keep::NotMultus | Keep::Primary => {

@@ -13,23 +13,30 @@ use pretty_assertions::assert_eq;
 
 use super::Agent;
 use super::metrics::{AgentMetrics, ReasonLabel};
-use super::netns::{PodScanner, Scan, ScanError};
+use super::netns::{PodNamespace, PodScanner, Scan, ScanError};
 use crate::config::{Cli, Command};
 use crate::fakes::{FakeEc2, FakeMetadata, INSTANCE, eni, node, record};
 
 /// Scans as the test scripts them: the queued ones first (each after its delay), then the
 /// standing one.
 #[derive(Debug, Clone, Default)]
-struct FakeScanner(Arc<Mutex<Scans>>);
+pub(super) struct FakeScanner(Arc<Mutex<Scans>>);
 
 /// The scans of a [`FakeScanner`].
 #[derive(Debug, Default)]
 struct Scans {
     queued: VecDeque<(Scan, Duration)>,
     standing: Scan,
+    /// The pod namespaces `find` looks through.
+    namespaces: Vec<PodNamespace>,
 }
 
 impl FakeScanner {
+    /// From now on, `find` sees these pod namespaces.
+    pub(super) fn with_namespaces(&self, namespaces: Vec<PodNamespace>) {
+        self.0.lock().expect("scanner").namespaces = namespaces;
+    }
+
     /// From now on, pods (in `namespaces` namespaces) carry `in_use`.
     fn carrying(&self, namespaces: usize, in_use: &[&str]) {
         self.0.lock().expect("scanner").standing = scan(namespaces, in_use);
@@ -70,6 +77,20 @@ impl PodScanner for FakeScanner {
         };
         tokio::time::sleep(next.1).await;
         Ok(next.0)
+    }
+
+    async fn find(&self, pod_ip: IpAddr, primary: &str) -> Result<Option<PodNamespace>, ScanError> {
+        let scans = self.0.lock().expect("scanner");
+        Ok(scans
+            .namespaces
+            .iter()
+            .find(|namespace| {
+                namespace
+                    .addresses
+                    .iter()
+                    .any(|address| address.interface == primary && address.address == pod_ip)
+            })
+            .cloned())
     }
 }
 
@@ -347,4 +368,24 @@ async fn a_view_older_than_two_seconds_when_the_call_would_go_out_is_never_acted
         .get();
     assert_eq!(dropped, 1);
     assert_eq!(agent.absences.waiting(), 1, "decided again later");
+}
+
+#[tokio::test]
+async fn an_address_a_live_pod_claims_is_never_given_back_even_when_no_namespace_shows_it() {
+    let (mut agent, ec2, _scanner) = agent(&[]);
+    agent.pods.replace(&[super::serve_tests::pod(
+        "default/vrrp",
+        "192.168.0.5",
+        Some(r#"[{"interface": "net1", "ips": ["10.0.1.60"]}]"#),
+        Some("10.0.1.50"),
+    )]);
+    agent.round().await.expect("round");
+    assert!(
+        ec2.holds("eni-multus", "10.0.1.50"),
+        "claimed as floating: kept"
+    );
+    assert!(
+        !ec2.holds("eni-multus", "10.0.1.51"),
+        "claimed by no pod: given back"
+    );
 }

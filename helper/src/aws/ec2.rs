@@ -16,7 +16,7 @@ use ipmgr_eni::{EniRecord, ErrorClass, RetryPolicy};
 use super::Ec2Api;
 
 /// A failed EC2 call: what, on which ENI and addresses, and EC2's error code.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub struct Ec2Failure {
     /// The EC2 action.
     pub action: &'static str,

@@ -33,6 +33,20 @@ pub enum PodError {
         /// How many it waited for.
         expected: usize,
     },
+    /// The agent backend: the agent could not be asked, or refused.
+    #[error(transparent)]
+    Agent(#[from] super::agent_client::AskError),
+    /// The agent backend: the agent's URL does not parse.
+    #[error(transparent)]
+    AgentUrl(#[from] super::agent_client::InvalidAgentUrl),
+    /// The agent backend: the agent says some addresses are not routable.
+    #[error("the node agent says {} address(es) are not routable: {}", .0.len(), .0.join("; "))]
+    AgentUnroutable(Vec<String>),
+    /// `plan` asked of the agent backend.
+    #[error(
+        "plan reads EC2 itself: run it with the direct backend (unset IPMGR_AGENT_URL, with AWS credentials), or look at the node agent's log"
+    )]
+    PlanNeedsDirect,
     /// Some addresses could not be made routable.
     #[error("{} address(es) not routable: {}", .0.len(), join(.0))]
     Unroutable(Vec<Failure>),

@@ -3,9 +3,11 @@
 //! sidecar: [`sidecar`]), and on exit gives back what it assigned ([`exit`]). Each pass
 //! ([`pass`]) plans with `ipmgr_eni` and carries the plan out through the AWS adapters.
 
+pub mod agent_client;
 pub mod confirm;
 pub mod error;
 pub mod exit;
+pub mod remote;
 pub mod sidecar;
 #[cfg(test)]
 mod tests;
@@ -22,6 +24,7 @@ pub use crate::place::PassReport;
 use crate::place::{NodeEnis, Placer};
 use confirm::confirm;
 pub use error::{Failure, PodError};
+pub use remote::RemoteHelper;
 
 /// The settings of one pod helper process and its adapters: EC2 (`E`), instance metadata
 /// (`M`) and the pod's addresses (`N`); the real ones by default, fakes in tests.
@@ -32,6 +35,16 @@ pub struct PodHelper<E = Ec2, M = Metadata, N = PodNetwork> {
     pub(crate) placer: Placer<E>,
     pub(crate) metadata: M,
     pub(crate) network: N,
+}
+
+/// Creates the ready file (native-sidecar readiness) after the first successful pass.
+pub(crate) fn write_ready_file(path: &std::path::Path) -> Result<(), PodError> {
+    std::fs::write(path, b"ready\n").map_err(|source| PodError::ReadyFile {
+        path: path.display().to_string(),
+        source,
+    })?;
+    tracing::info!(file = %path.display(), "first pass done; ready");
+    Ok(())
 }
 
 impl PodHelper {

@@ -171,11 +171,7 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
             if !memory.ready
                 && let Some(path) = &self.settings.ready_file
             {
-                std::fs::write(path, b"ready\n").map_err(|source| PodError::ReadyFile {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                tracing::info!(file = %path.display(), "first pass done; ready");
+                super::write_ready_file(path)?;
             }
             memory.ready = true;
             return Ok(self.settings.recheck());

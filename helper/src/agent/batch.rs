@@ -1,0 +1,298 @@
+//! The node's EC2 calls, batched: the pod passes the agent runs for its pods call EC2
+//! through [`BatchedEc2`], which hands each call to one worker. The worker takes what
+//! arrived within `--batch-window-ms` of the first call, or while its previous batch was in
+//! flight, and makes one DescribeNetworkInterfaces for all the lookups and one assign per
+//! ENI and address family for all the pods. When EC2 refuses a merged assign for good, each
+//! pod's part is tried on its own, so that every pod gets its own answer and one bad
+//! address does not fail its neighbours.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use ipmgr_eni::{EniRecord, ErrorClass};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::aws::{Ec2Api, Ec2Failure};
+
+/// A pass's view of EC2 through the agent's batching worker (clone it per pod).
+#[derive(Debug, Clone)]
+pub struct BatchedEc2<E> {
+    calls: mpsc::UnboundedSender<Call>,
+    /// For the calls that are not batched (unassigning an IPv6 address that moves, the ENI
+    /// list of the node): rare, and each pod's own.
+    direct: E,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, Ec2Failure>>;
+
+/// One pod's holder lookup: its addresses, and where its answer goes.
+type HolderLookup = (Vec<Ipv4Addr>, Vec<Ipv6Addr>, Reply<Vec<EniRecord>>);
+
+/// One call waiting for its batch.
+#[derive(Debug)]
+enum Call {
+    Assign(Assign),
+    Enis {
+        ids: Vec<String>,
+        reply: Reply<Vec<EniRecord>>,
+    },
+    Holders {
+        vpc_id: String,
+        ipv4: Vec<Ipv4Addr>,
+        ipv6: Vec<Ipv6Addr>,
+        reply: Reply<Vec<EniRecord>>,
+    },
+}
+
+/// One pod's assign of one family on one ENI.
+#[derive(Debug)]
+struct Assign {
+    eni_id: String,
+    addresses: Addresses,
+    reply: Reply<()>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Addresses {
+    V4(Vec<Ipv4Addr>),
+    V6(Vec<Ipv6Addr>),
+}
+
+impl Addresses {
+    fn family(&self) -> u8 {
+        match self {
+            Addresses::V4(_) => 4,
+            Addresses::V6(_) => 6,
+        }
+    }
+
+    /// Adds `other`'s addresses (same family) that are not there yet.
+    fn merge(&mut self, other: &Addresses) {
+        match (self, other) {
+            (Addresses::V4(mine), Addresses::V4(theirs)) => merge_new(mine, theirs),
+            (Addresses::V6(mine), Addresses::V6(theirs)) => merge_new(mine, theirs),
+            _ => {}
+        }
+    }
+}
+
+fn merge_new<T: PartialEq + Clone>(mine: &mut Vec<T>, theirs: &[T]) {
+    for address in theirs {
+        if !mine.contains(address) {
+            mine.push(address.clone());
+        }
+    }
+}
+
+impl<E: Ec2Api + Clone + Send + 'static> BatchedEc2<E> {
+    /// Starts the worker over `ec2` (the client that retries within the budget); batches
+    /// gather for `window` after their first call.
+    pub fn start(ec2: E, window: Duration) -> Self {
+        let (calls, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(work(ec2.clone(), window, receiver));
+        BatchedEc2 { calls, direct: ec2 }
+    }
+}
+
+impl<E: Sync> BatchedEc2<E> {
+    async fn send<T>(
+        &self,
+        call: Call,
+        answer: oneshot::Receiver<Result<T, Ec2Failure>>,
+    ) -> Result<T, Ec2Failure> {
+        let gone = || Ec2Failure {
+            action: "batch",
+            target: "the agent's EC2 worker".to_owned(),
+            addresses: Vec::new(),
+            code: "WorkerStopped".to_owned(),
+            message: "the agent is stopping".to_owned(),
+            class: ErrorClass::Transient,
+            attempts: 0,
+        };
+        self.calls.send(call).map_err(|_| gone())?;
+        answer.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    fn assign(
+        &self,
+        eni_id: &str,
+        addresses: Addresses,
+    ) -> impl Future<Output = Result<(), Ec2Failure>> + Send + '_ {
+        let (reply, answer) = oneshot::channel();
+        let call = Call::Assign(Assign {
+            eni_id: eni_id.to_owned(),
+            addresses,
+            reply,
+        });
+        self.send(call, answer)
+    }
+}
+
+impl<E: Ec2Api + Send> Ec2Api for BatchedEc2<E> {
+    fn assign_ipv4(
+        &self,
+        eni_id: &str,
+        addresses: &[Ipv4Addr],
+    ) -> impl Future<Output = Result<(), Ec2Failure>> + Send {
+        self.assign(eni_id, Addresses::V4(addresses.to_vec()))
+    }
+
+    fn assign_ipv6(
+        &self,
+        eni_id: &str,
+        addresses: &[Ipv6Addr],
+    ) -> impl Future<Output = Result<(), Ec2Failure>> + Send {
+        self.assign(eni_id, Addresses::V6(addresses.to_vec()))
+    }
+
+    fn unassign_ipv4(
+        &self,
+        eni_id: &str,
+        addresses: &[Ipv4Addr],
+    ) -> impl Future<Output = Result<(), Ec2Failure>> + Send {
+        self.direct.unassign_ipv4(eni_id, addresses)
+    }
+
+    fn unassign_ipv6(
+        &self,
+        eni_id: &str,
+        addresses: &[Ipv6Addr],
+    ) -> impl Future<Output = Result<(), Ec2Failure>> + Send {
+        self.direct.unassign_ipv6(eni_id, addresses)
+    }
+
+    fn node_enis(
+        &self,
+        instance_id: &str,
+    ) -> impl Future<Output = Result<Vec<EniRecord>, Ec2Failure>> + Send {
+        self.direct.node_enis(instance_id)
+    }
+
+    async fn enis(&self, ids: &[String]) -> Result<Vec<EniRecord>, Ec2Failure> {
+        let (reply, answer) = oneshot::channel();
+        let call = Call::Enis {
+            ids: ids.to_vec(),
+            reply,
+        };
+        self.send(call, answer).await
+    }
+
+    async fn holders(
+        &self,
+        vpc_id: &str,
+        ipv4: &[Ipv4Addr],
+        ipv6: &[Ipv6Addr],
+    ) -> Result<Vec<EniRecord>, Ec2Failure> {
+        let (reply, answer) = oneshot::channel();
+        let call = Call::Holders {
+            vpc_id: vpc_id.to_owned(),
+            ipv4: ipv4.to_vec(),
+            ipv6: ipv6.to_vec(),
+            reply,
+        };
+        self.send(call, answer).await
+    }
+}
+
+/// The worker: batch after batch until every [`BatchedEc2`] is gone.
+async fn work<E: Ec2Api>(ec2: E, window: Duration, mut receiver: mpsc::UnboundedReceiver<Call>) {
+    while let Some(first) = receiver.recv().await {
+        tokio::time::sleep(window).await;
+        let mut batch = vec![first];
+        while let Ok(call) = receiver.try_recv() {
+            batch.push(call);
+        }
+        carry_out(&ec2, batch).await;
+    }
+}
+
+/// One batch: every lookup in one DescribeNetworkInterfaces per kind (ENIs by id; holders
+/// per VPC), every assign in one call per ENI and family; all at once.
+async fn carry_out<E: Ec2Api>(ec2: &E, batch: Vec<Call>) {
+    let mut enis: Vec<(Vec<String>, Reply<Vec<EniRecord>>)> = Vec::new();
+    let mut holders: BTreeMap<String, Vec<HolderLookup>> = BTreeMap::new();
+    let mut assigns: BTreeMap<(String, u8), Vec<Assign>> = BTreeMap::new();
+    for call in batch {
+        match call {
+            Call::Enis { ids, reply } => enis.push((ids, reply)),
+            Call::Holders {
+                vpc_id,
+                ipv4,
+                ipv6,
+                reply,
+            } => holders.entry(vpc_id).or_default().push((ipv4, ipv6, reply)),
+            Call::Assign(assign) => assigns
+                .entry((assign.eni_id.clone(), assign.addresses.family()))
+                .or_default()
+                .push(assign),
+        }
+    }
+    let lookups = async {
+        if enis.is_empty() {
+            return;
+        }
+        let mut ids: Vec<String> = Vec::new();
+        for (wanted, _) in &enis {
+            merge_new(&mut ids, wanted);
+        }
+        let answer = ec2.enis(&ids).await;
+        for (wanted, reply) in enis {
+            let mine = answer.clone().map(|records| {
+                records
+                    .into_iter()
+                    .filter(|record| wanted.contains(&record.id))
+                    .collect()
+            });
+            let _ = reply.send(mine);
+        }
+    };
+    let holder_lookups =
+        futures::future::join_all(holders.into_iter().map(|(vpc_id, asks)| async move {
+            let (mut ipv4, mut ipv6) = (Vec::new(), Vec::new());
+            for (v4, v6, _) in &asks {
+                merge_new(&mut ipv4, v4);
+                merge_new(&mut ipv6, v6);
+            }
+            // The union's holders: a superset of each pod's, which vetting filters by address.
+            let answer = ec2.holders(&vpc_id, &ipv4, &ipv6).await;
+            for (_, _, reply) in asks {
+                let _ = reply.send(answer.clone());
+            }
+        }));
+    let assigned =
+        futures::future::join_all(assigns.into_values().map(|group| assign_group(ec2, group)));
+    futures::join!(lookups, holder_lookups, assigned);
+}
+
+/// One assign call for every pod's addresses of one family on one ENI; when EC2 refuses it
+/// for good and several pods share it, each pod's part on its own.
+async fn assign_group<E: Ec2Api>(ec2: &E, group: Vec<Assign>) {
+    let mut merged = group[0].addresses.clone();
+    for assign in &group[1..] {
+        merged.merge(&assign.addresses);
+    }
+    let eni_id = group[0].eni_id.clone();
+    match call(ec2, &eni_id, &merged).await {
+        Err(failure) if group.len() > 1 && failure.class == ErrorClass::Persistent => {
+            tracing::warn!(%failure, pods = group.len(), "EC2 refused a batched assign; trying each pod's addresses on their own");
+            for assign in group {
+                let answer = call(ec2, &assign.eni_id, &assign.addresses).await;
+                let _ = assign.reply.send(answer);
+            }
+        }
+        answer => {
+            for assign in group {
+                let _ = assign.reply.send(answer.clone());
+            }
+        }
+    }
+}
+
+async fn call<E: Ec2Api>(ec2: &E, eni_id: &str, addresses: &Addresses) -> Result<(), Ec2Failure> {
+    match addresses {
+        Addresses::V4(v4) => ec2.assign_ipv4(eni_id, v4).await,
+        Addresses::V6(v6) => ec2.assign_ipv6(eni_id, v6).await,
+    }
+}

@@ -1,0 +1,361 @@
+//! The pod API over in-memory adapters: who may ask, what a pod may claim, and how the
+//! node's pods share EC2 calls.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::StatusCode;
+use ipmgr_eni::{ErrorClass, PlanOptions};
+use k8s_openapi::api::core::v1::Pod;
+use pretty_assertions::assert_eq;
+use serde_json::json;
+
+use super::batch::BatchedEc2;
+use super::cluster::NodePods;
+use super::netns::PodNamespace;
+use super::serve::{NodeShare, PodService};
+use super::tests::FakeScanner;
+use crate::config::ClaimsMode;
+use crate::fakes::{FakeEc2, INSTANCE, node, pod_address, record};
+use crate::place::Placer;
+use crate::pod_api::{Reason, RoutableAnswer, RoutableRequest};
+
+/// A running pod `namespace/name` with pod IP `ip` and these annotations.
+pub(super) fn pod(
+    key: &str,
+    ip: &str,
+    network_status: Option<&str>,
+    floating: Option<&str>,
+) -> Pod {
+    let (namespace, name) = key.split_once('/').expect("namespace/name");
+    let mut annotations = serde_json::Map::new();
+    if let Some(record) = network_status {
+        annotations.insert("k8s.v1.cni.cncf.io/network-status".into(), record.into());
+    }
+    if let Some(floating) = floating {
+        annotations.insert("multus-ipmgr.io/floating-ips".into(), floating.into());
+    }
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
+        "spec": {"nodeName": "node1", "containers": [{"name": "app"}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+    }))
+    .expect("pod")
+}
+
+/// Multus' record of a pod with `addresses` on net1.
+fn recorded(addresses: &[&str]) -> String {
+    json!([
+        {"name": "aws-cni", "interface": "eth0", "ips": ["192.168.0.99"], "default": true},
+        {"name": "default/ipvlan-eth1", "interface": "net1", "ips": addresses},
+    ])
+    .to_string()
+}
+
+/// The namespace of a pod with pod IP `ip` on eth0 and `addresses` on net1 (eth1's MAC).
+fn namespace(ip: &str, addresses: &[&str]) -> PodNamespace {
+    let mut all = vec![pod_address("eth0", 9, ip)];
+    all.extend(
+        addresses
+            .iter()
+            .map(|address| pod_address("net1", 1, address)),
+    );
+    PodNamespace {
+        path: format!("/run/netns/cni-{ip}").into(),
+        addresses: all,
+    }
+}
+
+struct Bed {
+    service: PodService<FakeEc2, FakeScanner>,
+    ec2: FakeEc2,
+}
+
+/// The fakes' node with these pods (API server) and namespaces (kernel).
+fn bed(pods: Vec<Pod>, namespaces: Vec<PodNamespace>, claims: ClaimsMode) -> Bed {
+    let node = node();
+    let ec2 = FakeEc2::with(vec![
+        record(&node.enis[0], INSTANCE, false),
+        record(&node.enis[1], INSTANCE, true),
+    ]);
+    let known = NodePods::default();
+    known.replace(&pods);
+    let scanner = FakeScanner::default();
+    scanner.with_namespaces(namespaces);
+    let share = Arc::new(NodeShare::default());
+    share.set_node(node, vec!["eni-multus".to_owned()]);
+    let service = PodService {
+        node_name: "node1".to_owned(),
+        pods: known,
+        scanner,
+        claims,
+        share,
+        placer: Placer {
+            options: PlanOptions {
+                primary_interface: "eth0".to_owned(),
+                interfaces: None,
+                allow_primary_eni: false,
+                allowed: Vec::new(),
+            },
+            ownership: ipmgr_eni::OwnershipPolicy::default(),
+            ec2: BatchedEc2::start(ec2.clone(), Duration::from_millis(10)),
+        },
+    };
+    Bed { service, ec2 }
+}
+
+async fn ask(bed: &Bed, peer: &str, reason: Reason) -> (StatusCode, serde_json::Value) {
+    let peer: IpAddr = peer.parse().expect("ip");
+    let (status, body) = bed.service.answer(peer, RoutableRequest { reason }).await;
+    (status, serde_json::from_str(&body).expect("JSON"))
+}
+
+fn answer(body: serde_json::Value) -> RoutableAnswer {
+    serde_json::from_value(body).expect("answer")
+}
+
+#[tokio::test]
+async fn a_pod_gets_the_addresses_multus_recorded_for_it_assigned() {
+    let bed = bed(
+        vec![pod(
+            "default/a",
+            "192.168.0.5",
+            Some(&recorded(&["10.0.1.50"])),
+            None,
+        )],
+        vec![namespace("192.168.0.5", &["10.0.1.50"])],
+        ClaimsMode::Recorded,
+    );
+    let (status, body) = ask(&bed, "192.168.0.5", Reason::Start).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer = answer(body);
+    assert_eq!(answer.pod, "default/a");
+    assert_eq!(answer.failures, Vec::<String>::new());
+    let routed: Vec<_> = answer
+        .routable
+        .iter()
+        .map(|r| (r.address.to_string(), r.eni.clone()))
+        .collect();
+    assert_eq!(
+        routed,
+        vec![("10.0.1.50".to_owned(), "eni-multus".to_owned())]
+    );
+    assert!(bed.ec2.holds("eni-multus", "10.0.1.50"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_address_the_pod_did_not_claim_is_refused_naming_the_annotation() {
+    let bed = bed(
+        vec![pod(
+            "default/a",
+            "192.168.0.5",
+            Some(&recorded(&["10.0.1.50"])),
+            None,
+        )],
+        vec![namespace("192.168.0.5", &["10.0.1.50", "10.0.1.60"])],
+        ClaimsMode::Recorded,
+    );
+    let (status, body) = ask(&bed, "192.168.0.5", Reason::Start).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer = answer(body);
+    assert_eq!(answer.failures.len(), 1, "{answer:?}");
+    let failure = &answer.failures[0];
+    assert!(
+        failure.contains("10.0.1.60") && failure.contains("multus-ipmgr.io/floating-ips"),
+        "{failure}"
+    );
+    assert!(
+        bed.ec2.holds("eni-multus", "10.0.1.50"),
+        "the claimed one is assigned"
+    );
+    assert!(
+        !bed.ec2.holds("eni-multus", "10.0.1.60"),
+        "the unclaimed one is not"
+    );
+}
+
+#[tokio::test]
+async fn a_floating_address_the_pod_declares_is_assigned_and_claims_any_takes_anything() {
+    let pods = vec![pod(
+        "default/a",
+        "192.168.0.5",
+        Some(&recorded(&["10.0.1.50"])),
+        Some("10.0.1.96/28"),
+    )];
+    let bed = bed(
+        pods,
+        vec![namespace("192.168.0.5", &["10.0.1.50", "10.0.1.100"])],
+        ClaimsMode::Recorded,
+    );
+    let (_, body) = ask(&bed, "192.168.0.5", Reason::Start).await;
+    assert_eq!(answer(body).failures, Vec::<String>::new());
+    assert!(bed.ec2.holds("eni-multus", "10.0.1.100"));
+
+    let unrecorded = vec![pod("default/b", "192.168.0.6", None, None)];
+    let bed = self::bed(
+        unrecorded,
+        vec![namespace("192.168.0.6", &["10.0.1.70"])],
+        ClaimsMode::Any,
+    );
+    let (_, body) = ask(&bed, "192.168.0.6", Reason::Start).await;
+    assert_eq!(answer(body).failures, Vec::<String>::new());
+    assert!(bed.ec2.holds("eni-multus", "10.0.1.70"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_from_no_pod_of_the_node_is_forbidden() {
+    let bed = bed(
+        vec![pod(
+            "default/a",
+            "192.168.0.5",
+            Some(&recorded(&["10.0.1.50"])),
+            None,
+        )],
+        vec![namespace("192.168.0.5", &["10.0.1.50"])],
+        ClaimsMode::Recorded,
+    );
+    let (status, body) = ask(&bed, "192.168.0.77", Reason::Start).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let error = body["error"].as_str().expect("error");
+    assert!(
+        error.contains("192.168.0.77") && error.contains("no live pod on node node1"),
+        "{error}"
+    );
+    assert_eq!(bed.ec2.calls(), Vec::<&str>::new());
+}
+
+#[tokio::test]
+async fn a_pod_ip_no_namespace_carries_is_forbidden() {
+    // The API server lists the pod, but no namespace on the node has its IP on eth0: the
+    // connection comes from somewhere else (a host-network process, a spoofing neighbour).
+    let bed = bed(
+        vec![pod(
+            "default/a",
+            "192.168.0.5",
+            Some(&recorded(&["10.0.1.50"])),
+            None,
+        )],
+        vec![namespace("192.168.0.8", &["10.0.1.50"])],
+        ClaimsMode::Recorded,
+    );
+    let (status, body) = ask(&bed, "192.168.0.5", Reason::Start).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let error = body["error"].as_str().expect("error");
+    assert!(
+        error.contains("default/a") && error.contains("no pod network namespace"),
+        "{error}"
+    );
+    assert!(!bed.ec2.holds("eni-multus", "10.0.1.50"));
+}
+
+#[tokio::test]
+async fn an_unparsable_network_status_is_unprocessable_naming_the_annotation() {
+    let bed = bed(
+        vec![pod("default/a", "192.168.0.5", Some("net1"), None)],
+        vec![namespace("192.168.0.5", &["10.0.1.50"])],
+        ClaimsMode::Recorded,
+    );
+    let (status, body) = ask(&bed, "192.168.0.5", Reason::Start).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("error")
+            .contains("k8s.v1.cni.cncf.io/network-status")
+    );
+}
+
+/// Three pods of the node, each with one address.
+fn three_pods() -> Bed {
+    let pods = (1..=3)
+        .map(|n| {
+            pod(
+                &format!("default/p{n}"),
+                &format!("192.168.0.{n}"),
+                Some(&recorded(&[&format!("10.0.1.{}", 50 + n)])),
+                None,
+            )
+        })
+        .collect();
+    let namespaces = (1..=3)
+        .map(|n| namespace(&format!("192.168.0.{n}"), &[&format!("10.0.1.{}", 50 + n)]))
+        .collect();
+    bed(pods, namespaces, ClaimsMode::Recorded)
+}
+
+#[tokio::test]
+async fn pods_asking_together_share_one_describe_per_lookup_and_one_assign() {
+    let bed = three_pods();
+    let answers = futures::future::join_all((1..=3).map(|n| {
+        let peer = format!("192.168.0.{n}");
+        let bed = &bed;
+        async move { ask(bed, &peer, Reason::Start).await }
+    }))
+    .await;
+    for (status, body) in answers {
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(answer(body).failures, Vec::<String>::new());
+    }
+    assert_eq!(
+        bed.ec2.calls(),
+        vec![
+            "DescribeNetworkInterfaces",
+            "DescribeNetworkInterfaces",
+            "AssignPrivateIpAddresses"
+        ],
+        "the ENIs, the holders, one assign for the three pods"
+    );
+    for n in 1..=3 {
+        assert!(bed.ec2.holds("eni-multus", &format!("10.0.1.{}", 50 + n)));
+    }
+}
+
+#[tokio::test]
+async fn a_batch_ec2_refuses_is_split_so_that_each_pod_gets_its_own_answer() {
+    let bed = three_pods();
+    bed.ec2.fail_next(
+        "AssignPrivateIpAddresses",
+        "InvalidParameterValue",
+        ErrorClass::Persistent,
+    );
+    let answers = futures::future::join_all((1..=3).map(|n| {
+        let peer = format!("192.168.0.{n}");
+        let bed = &bed;
+        async move { ask(bed, &peer, Reason::Start).await }
+    }))
+    .await;
+    for (_, body) in answers {
+        assert_eq!(answer(body).failures, Vec::<String>::new());
+    }
+    let assigns = bed
+        .ec2
+        .calls()
+        .into_iter()
+        .filter(|call| call.starts_with("Assign"))
+        .count();
+    assert_eq!(assigns, 4, "the refused batch, then one per pod");
+}
+
+#[tokio::test]
+async fn a_recheck_is_answered_from_the_agents_view_without_a_call() {
+    let bed = three_pods();
+    ask(&bed, "192.168.0.1", Reason::Start).await;
+    ask(&bed, "192.168.0.1", Reason::Change).await;
+    let before = bed.ec2.calls().len();
+    for n in 1..=3 {
+        ask(&bed, &format!("192.168.0.{n}"), Reason::Recheck).await;
+    }
+    let after = bed.ec2.calls();
+    // Pods 2 and 3 were never assigned: their recheck assigns them, the view costs nothing.
+    let describes = after[before..]
+        .iter()
+        .filter(|call| call.starts_with("Describe"))
+        .count();
+    assert_eq!(
+        describes, 2,
+        "holders for p2 and p3, never the ENIs: {after:?}"
+    );
+    let (_, body) = ask(&bed, "192.168.0.1", Reason::Recheck).await;
+    assert_eq!(answer(body).failures, Vec::<String>::new());
+}
