@@ -8,6 +8,8 @@ pub mod confirm;
 pub mod error;
 pub mod exit;
 pub mod remote;
+#[cfg(test)]
+mod remote_tests;
 pub mod sidecar;
 #[cfg(test)]
 mod tests;
