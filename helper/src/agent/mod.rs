@@ -279,7 +279,7 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
         self.retry_soon = matches!(verdict, ScanVerdict::Incomplete { .. });
         if verdict == ScanVerdict::Trusted {
             self.trusted = true;
-            self.metrics.set_ready();
+            self.say_ready();
             let due = self.absences.observe(
                 &self.node,
                 &self.multus,
@@ -293,6 +293,17 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
         }
         self.metrics.waiting.set(self.absences.waiting() as i64);
         Ok(())
+    }
+
+    /// Ready: the view can be trusted, and the pod API (when on) has listed the node's pods.
+    fn say_ready(&self) {
+        if self.settings.pod_listen != PodListen::Off && !self.pods.synced() {
+            self.metrics.set_unready(
+                "the pod API has not listed the node's pods from the API server yet (KUBECONFIG or the in-cluster service account; RBAC get, list, watch pods)".to_owned(),
+            );
+        } else {
+            self.metrics.set_ready();
+        }
     }
 
     /// When an unused address may be given back: the settings, and never what a live pod

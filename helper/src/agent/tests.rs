@@ -124,6 +124,8 @@ fn agent(
         "1",
         "--ec2-backoff-max-seconds",
         "1",
+        "--pod-listen",
+        "off",
     ];
     let cli = Cli::try_parse_from(args.iter().chain(extra)).expect("arguments");
     let Command::Agent(settings) = cli.command else {
@@ -368,6 +370,18 @@ async fn a_view_older_than_two_seconds_when_the_call_would_go_out_is_never_acted
         .get();
     assert_eq!(dropped, 1);
     assert_eq!(agent.absences.waiting(), 1, "decided again later");
+}
+
+#[tokio::test]
+async fn with_the_pod_api_on_the_agent_is_ready_only_once_it_listed_the_nodes_pods() {
+    let (mut agent, _ec2, _scanner) = agent(&[]);
+    agent.settings.pod_listen = crate::config::PodListen::On(([127, 0, 0, 1], 0).into());
+    agent.round().await.expect("round");
+    let reason = agent.metrics.unready_reason().expect("not ready");
+    assert!(reason.contains("has not listed the node's pods"), "{reason}");
+    agent.pods.replace(&[]);
+    agent.round().await.expect("round");
+    assert_eq!(agent.metrics.unready_reason(), None);
 }
 
 #[tokio::test]
