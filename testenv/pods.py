@@ -95,30 +95,34 @@ class Pods:
             subprocess.run(command, check=True, capture_output=True)
         batch([f"netns add {netns}", f"link add {host_side} type veth peer name eth0 netns {netns}",
                f"link set {host_side} master br0 up"])
-        batch(["link set lo up", f"addr add {MANAGEMENT.network_address + 1 + number}/{MANAGEMENT.prefixlen} dev eth0",
-               "link set eth0 up"], netns)
-        node = {"name": name, "netns": netns, "netns_dir": str(netns_dir), "env": env}
+        address = str(MANAGEMENT.network_address + 1 + number)
+        batch(["link set lo up", f"addr add {address}/{MANAGEMENT.prefixlen} dev eth0", "link set eth0 up"], netns)
+        node = {"name": name, "netns": netns, "netns_dir": str(netns_dir), "env": env, "address": address}
         with self.lock:
             self.nodes[name] = node
         return node
 
     def create(self, spec: dict, env: dict[str, str]) -> dict:
-        """A pod: `{"name", "node", "interfaces": [{"name", "eni" | "mac", "addresses"}]}`."""
+        """A pod: `{"name", "node", "namespace", "interfaces": [{"name", "eni" | "mac", "addresses"}]}`
+        (namespace: the Kubernetes one, "default" when not given). Like a sandbox, it carries
+        the pod's name, namespace and uid (CRI PodSandboxMetadata), and its eth0 address is
+        the pod IP (on EKS, the VPC CNI's)."""
         name, node = spec["name"], spec["node"]
         runtime_dir = Path(self.node(node, env)["netns_dir"])
+        number = self.next_number()
         with self.lock:
             if name in self.pods:
                 raise PodError(f"pod {name} exists already")
-            self.pods[name] = {"name": name, "node": node, "netns": f"{self.bed}-{name}", "interfaces": [],
-                               "links": [], "env": env, "runtime_netns": str(runtime_dir / f"cni-{uuid.uuid4()}")}
+            self.pods[name] = {"name": name, "node": node, "namespace": spec.get("namespace", "default"),
+                               "uid": str(uuid.uuid4()), "netns": f"{self.bed}-{name}", "interfaces": [],
+                               "pod_ip": str(MANAGEMENT.network_address + 1 + number), "links": [], "env": env,
+                               "runtime_netns": str(runtime_dir / f"cni-{uuid.uuid4()}")}
         pod = self.pods[name]
-        number = self.next_number()
         host_side = f"e{number}"
         outside = [f"netns add {pod['netns']}",
                    f"link add {host_side} type veth peer name eth0 netns {pod['netns']}",
                    f"link set {host_side} master br0 up"]
-        inside = ["link set lo up", f"addr add {MANAGEMENT.network_address + 1 + number}/{MANAGEMENT.prefixlen} dev eth0",
-                  "link set eth0 up"]
+        inside = ["link set lo up", f"addr add {pod['pod_ip']}/{MANAGEMENT.prefixlen} dev eth0", "link set eth0 up"]
         pod["links"].append(host_side)
         try:
             for interface in spec.get("interfaces", []):
@@ -182,6 +186,11 @@ class Pods:
         subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"link del {link}\n" for link in pod["links"]),
                        capture_output=True, text=True)
 
+    def node_address(self, name: str) -> str | None:
+        """The eth0 address of node `name`'s own namespace, None before it is made."""
+        with self.lock:
+            return self.nodes[name]["address"] if name in self.nodes else None
+
     def get(self, name: str) -> dict:
         with self.lock:
             if name not in self.pods:
@@ -194,7 +203,8 @@ class Pods:
 
     @staticmethod
     def describe(pod: dict) -> dict:
-        return {key: pod[key] for key in ("name", "node", "netns", "interfaces", "env", "runtime_netns")} | {
+        return {key: pod[key] for key in ("name", "node", "namespace", "uid", "pod_ip", "netns", "interfaces", "env",
+                                          "runtime_netns")} | {
             "netns_path": f"/var/run/netns/{pod['netns']}"}
 
     def cleanup(self) -> None:
