@@ -9,6 +9,9 @@ One process serves:
   server it is reach the stand-in by EC2's real name, `ec2.<region>.amazonaws.com`;
 * with `--bed NAME` (root): pods as network namespaces (testenv/pods.py) on the bed's bridge,
   the stand-in itself running in namespace NAME;
+* with `--bed`, a minimal Kubernetes API server (testenv/kube.py) on the bed's gateway, its
+  own port, plain HTTP: the bed's pods as `v1` Pods (list, get, watch), with the Multus
+  network-status annotation; a kubeconfig for it, written under /run/ipmgr-testenv/NAME/;
 * a JSON control API, under /_ctl/ on the EC2 port or one object a line on standard input
   (`--control stdio`; end of input stops the bed). testenv/client.py is its Python client;
   crates/testbed its Rust one.
@@ -21,14 +24,28 @@ Control calls (method, path, body -> answer):
 
     POST topology         a topology description (testenv/topology.py) or {"file": name}
                           -> the VPC, subnets and nodes with ENI ids, MACs and IMDS endpoints;
-                          with --bed also "resolver" (the pods' DNS server) and
-                          "ec2_endpoint_by_name" (the EC2 endpoint through that resolver)
-    POST pods             {"name", "node", "interfaces": [{"name", "eni" | "mac", "addresses"}]}
-                          -> the pod: netns, interface MACs, the environment that reaches AWS
-    POST pods/NAME/addresses  {"interface", "add": [...], "remove": [...]}
+                          with --bed also "resolver" (the pods' DNS server),
+                          "ec2_endpoint_by_name" (the EC2 endpoint through that resolver),
+                          "kube_endpoint" (the API server, http://gateway:port) and
+                          "kubeconfig" (the path of a kubeconfig for it, no credentials)
+    POST pods             {"name", "node", "namespace" ("default"), "labels", "annotations",
+                           "network_status" (true), "interfaces": [{"name", "eni" | "mac",
+                           "addresses", "network" ("multus-net")}]}
+                          -> the pod: netns, namespace, uid, pod_ip (eth0's address), interface
+                          MACs, the environment that reaches AWS. Its Pod object (ADDED) carries
+                          the network-status Multus writes at CNI ADD (eth0 on "aws-cni", then
+                          each interface as "<namespace>/<network>" with its addresses and
+                          MAC) unless "network_status" is false; "annotations" are merged over it
+    POST pods/NAME/addresses  {"interface", "add": [...], "remove": [...]} (the Pod object and
+                          its network-status stay as they are)
     POST pods/NAME/interfaces {"name", "eni" | "mac", "addresses"}
-    DELETE pods/NAME      GET pods
-    GET nodes/NAME        -> the node's own namespace (host network), its runtime netns
+    POST pods/NAME/annotations {"set": {name: value}, "remove": [name]} -> the Pod object
+                          (MODIFIED, unless nothing changed)
+    DELETE pods/NAME      the Pod object gets a deletionTimestamp (MODIFIED), the namespace
+                          goes, then the object (DELETED)
+    GET pods              every pod, as POST pods answers it
+    GET nodes/NAME        -> the node's own namespace (host network), its eth0 "address" (the
+                          pods' status.hostIP, where a node agent listens), its runtime netns
                           directory (bind mounts of its pods' namespaces) and environment
     GET eni/ID            -> {"ipv4": [...], "ipv6": [...]} as EC2 holds them now
     POST assign           {"eni", "ipv4", "ipv6"}: put addresses on an ENI directly
@@ -39,7 +56,9 @@ Control calls (method, path, body -> answer):
     GET released          {"released": [[unix time, ENI, address], ...]}: every address an
                           unassign call took off an ENI, since the start
     POST config           {"eni_ipv4_limit", "eni_ipv6_limit", "imds_delay_ms", "imds_down_ms",
-                           "buckets": {name | "*": [size, refill per second] | null}}
+                           "buckets": {name | "*": [size, refill per second] | null},
+                           "kube_event_history" (1000 events a watch can resume from),
+                           "kube_bookmark_seconds" (60)}
 """
 
 from __future__ import annotations
@@ -53,7 +72,7 @@ import sys
 import threading
 import time
 
-from testenv.pods import GATEWAY, PodError, Pods, enter_bed
+from testenv.pods import GATEWAY, RUNTIME_DIRS, PodError, Pods, enter_bed
 
 if __name__ == "__main__" and "--bed" in sys.argv and "--entered" not in sys.argv:
     # Re-executed inside the bed's namespace before the slow imports below (moto: ~1 s).
@@ -62,7 +81,7 @@ if __name__ == "__main__" and "--bed" in sys.argv and "--entered" not in sys.arg
 from moto.moto_server.werkzeug_app import create_backend_app  # noqa: E402
 from werkzeug.serving import WSGIRequestHandler, make_server  # noqa: E402
 
-from testenv import dns, imds, topology  # noqa: E402
+from testenv import dns, imds, kube, topology  # noqa: E402
 from testenv.ec2 import Ec2Error, Ec2Layer, State  # noqa: E402
 
 
@@ -72,9 +91,12 @@ class Bed:
     def __init__(self, state: State, host: str, bed: str | None):
         self.state, self.host, self.bed = state, host, bed
         self.topology: dict = {}
-        # With a bed: the resolver's address and the EC2 endpoint by name (main sets them).
+        # With a bed: the resolver's address, the EC2 endpoint by name, the Kubernetes API
+        # server's endpoint and kubeconfig (main sets them).
         self.names: dict[str, str] = {}
         self.pods = Pods(bed, self.eni_mac) if bed else None
+        self.kube = kube.Cluster() if bed else None
+        self.kubeconfig = RUNTIME_DIRS / bed / "kubeconfig" if bed else None
 
     def eni_mac(self, node: str, eni_name: str) -> str:
         try:
@@ -119,6 +141,10 @@ class Bed:
             raise PodError("pods need a bed namespace: start with --bed NAME (as root)")
         return self.pods
 
+    def require_kube(self) -> kube.Cluster:
+        self.require_pods()
+        return self.kube
+
     def control(self, method: str, path: str, request: dict) -> tuple[int, dict]:
         """One control call: (status, JSON answer)."""
         state = self.state
@@ -156,6 +182,9 @@ class Bed:
                     state.throttled.clear()
                 return 200, {}
             if method == "POST" and path == "config":
+                if "kube_event_history" in request or "kube_bookmark_seconds" in request:
+                    self.require_kube().configure(request.get("kube_event_history"),
+                                                  request.get("kube_bookmark_seconds"))
                 with state.lock:
                     state.eni_ipv4_limit = request.get("eni_ipv4_limit", state.eni_ipv4_limit)
                     state.eni_ipv6_limit = request.get("eni_ipv6_limit", state.eni_ipv6_limit)
@@ -180,19 +209,42 @@ class Bed:
         if parts == [] and method == "GET":
             return {"pods": pods.list()}
         if parts == [] and method == "POST":
-            return pods.create(request, self.pod_environment(request["node"]))
+            return self.create_pod(request)
         if len(parts) == 1 and method == "DELETE":
+            pods.get(parts[0])
+            self.kube.start_deletion(parts[0])
             pods.delete(parts[0])
+            self.kube.delete(parts[0])
             return {}
+        if len(parts) == 2 and method == "POST" and parts[1] == "annotations":
+            pods.get(parts[0])
+            try:
+                return self.kube.annotate(parts[0], request)
+            except ValueError as error:
+                raise PodError(str(error)) from None
         if len(parts) == 2 and method == "POST" and parts[1] == "addresses":
             return pods.change_addresses(parts[0], request)
         if len(parts) == 2 and method == "POST" and parts[1] == "interfaces":
             return pods.add_interface(parts[0], request)
         raise PodError(f"unknown pod call {method} pods/{'/'.join(parts)}")
 
+    def create_pod(self, request: dict) -> dict:
+        """The pod's namespace, then its object in the API server (ADDED)."""
+        pods = self.require_pods()
+        pod = pods.create(request, self.pod_environment(request["node"]))
+        try:
+            self.kube.add(pod["name"], kube.pod_object(request, pod, pods.node_address(pod["node"])))
+        except ValueError as error:
+            pods.delete(pod["name"])
+            raise PodError(str(error)) from None
+        return pod
+
     def close(self) -> None:
-        """Removes the pods and the bed's namespace; the listeners end with the process."""
+        """Ends the API server's watches, removes the kubeconfig, the pods and the bed's
+        namespace; the listeners end with the process."""
         if self.pods:
+            self.kube.close()
+            self.kubeconfig.unlink(missing_ok=True)
             self.pods.cleanup()
             subprocess.run(["ip", "netns", "del", self.bed], capture_output=True)
 
@@ -249,7 +301,10 @@ def main() -> None:
     if arguments.bed:
         ec2_name = f"ec2.{state.region}.amazonaws.com"
         dns.start(host, {ec2_name: host})
-        bed.names = {"resolver": host, "ec2_endpoint_by_name": f"http://{ec2_name}:{server.server_port}"}
+        kube_endpoint = f"http://{host}:{kube.start(host, bed.kube).server_port}"
+        kube.write_kubeconfig(bed.kubeconfig, kube_endpoint, arguments.bed)
+        bed.names = {"resolver": host, "ec2_endpoint_by_name": f"http://{ec2_name}:{server.server_port}",
+                     "kube_endpoint": kube_endpoint, "kubeconfig": str(bed.kubeconfig)}
     print(json.dumps({"ec2_endpoint": state.endpoint, "region": state.region}), flush=True)
     if arguments.control == "stdio":
         threading.Thread(target=control_stdio, args=(bed, stop), daemon=True).start()

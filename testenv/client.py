@@ -36,18 +36,23 @@ class Place:
 
 @dataclass
 class Pod(Place):
-    """A pod of the bed."""
+    """A pod of the bed: its Kubernetes namespace and uid, and its pod IP (eth0's address)."""
 
     name: str = ""
     node: str = ""
+    namespace: str = "default"
+    uid: str = ""
+    pod_ip: str = ""
 
 
 @dataclass
 class Node(Place):
-    """A node's own network namespace (its host network) and runtime netns directory."""
+    """A node's own network namespace (its host network), its eth0 address (where a node
+    agent listens, the pods' status.hostIP) and runtime netns directory."""
 
     name: str = ""
     netns_dir: str = ""
+    address: str = ""
 
 
 class Bed:
@@ -111,15 +116,38 @@ class Bed:
             time.sleep(0.01)
         raise AssertionError(f"{address} {'did not reach' if held else 'stayed on'} {eni_id} within {limit} s")
 
-    def pod(self, node: str, name: str, interfaces: list[dict]) -> Pod:
-        """A pod on `node` with `interfaces`: `{"name", "eni": "eth1" | "mac", "addresses"}`."""
-        answer = self.control("POST", "pods", {"name": name, "node": node, "interfaces": interfaces})
-        return Pod(answer["netns"], answer["env"], name=name, node=node)
+    def pod(self, node: str, name: str, interfaces: list[dict], *, namespace: str = "default",
+            labels: dict | None = None, annotations: dict | None = None, network_status: bool = True) -> Pod:
+        """A pod on `node` with `interfaces`: `{"name", "eni": "eth1" | "mac", "addresses",
+        "network"}`. Its Pod object carries `labels`, and the network-status annotation Multus
+        writes (unless `network_status` is false) with `annotations` merged over it."""
+        answer = self.control("POST", "pods", {"name": name, "node": node, "namespace": namespace,
+                                               "labels": labels or {}, "annotations": annotations or {},
+                                               "network_status": network_status, "interfaces": interfaces})
+        return Pod(answer["netns"], answer["env"], name=name, node=node, namespace=answer["namespace"],
+                   uid=answer["uid"], pod_ip=answer["pod_ip"])
 
     def node(self, name: str) -> Node:
         """The host network of node `name`, where a node agent runs."""
         answer = self.control("GET", f"nodes/{name}")
-        return Node(answer["netns"], answer["env"], name=name, netns_dir=answer["netns_dir"])
+        return Node(answer["netns"], answer["env"], name=name, netns_dir=answer["netns_dir"],
+                    address=answer["address"])
+
+    @property
+    def kube_endpoint(self) -> str:
+        """The bed's Kubernetes API server (http://gateway:port), reachable from its namespaces."""
+        return self.topology["kube_endpoint"]
+
+    @property
+    def kubeconfig(self) -> str:
+        """The path of a kubeconfig for the bed's API server (for KUBECONFIG)."""
+        return self.topology["kubeconfig"]
+
+    def annotate(self, pod: Pod, values: dict | None = None, remove: list | None = None) -> dict:
+        """Sets `values` and removes the annotations named in `remove` on the pod's object;
+        the object after the change."""
+        return self.control("POST", f"pods/{pod.name}/annotations", {"set": values or {}, "remove": remove or []})
+
 
     def add_address(self, pod: Pod, interface: str, address: str) -> None:
         self.control("POST", f"pods/{pod.name}/addresses", {"interface": interface, "add": [address]})
