@@ -55,8 +55,14 @@ Control calls (method, path, body -> answer):
                           throttled ones; GET calls/log; POST calls/reset (all three)
     GET released          {"released": [[unix time, ENI, address], ...]}: every address an
                           unassign call took off an ENI, since the start
+    GET metadata_requests {"by_source": {address: n}}: metadata requests by source address
+                          since the start (each answered request, each refused connection)
+    GET metadata_refused  {"refused": n, "by_source": {address: n}}: connections metadata
+                          closed unanswered because pods do not reach it
     POST config           {"eni_ipv4_limit", "eni_ipv6_limit", "imds_delay_ms", "imds_down_ms",
                            "buckets": {name | "*": [size, refill per second] | null},
+                           "pods_reach_metadata" (true; false: each node's metadata answers
+                           only its own namespace, as with hop limit 1 on EKS; --bed),
                            "kube_event_history" (1000 events a watch can resume from),
                            "kube_bookmark_seconds" (60)}
 """
@@ -97,6 +103,7 @@ class Bed:
         self.pods = Pods(bed, self.eni_mac) if bed else None
         self.kube = kube.Cluster() if bed else None
         self.kubeconfig = RUNTIME_DIRS / bed / "kubeconfig" if bed else None
+        self.pods_reach_metadata = True
 
     def eni_mac(self, node: str, eni_name: str) -> str:
         try:
@@ -117,8 +124,9 @@ class Bed:
             built = topology.Builder(self.state).build(description)
         finally:
             self.state.building = False
-        for node in built["nodes"].values():
-            server = imds.start(self.state, self.host, node["instance_id"])
+        for name, node in built["nodes"].items():
+            server = imds.start(self.state, self.host, node["instance_id"],
+                                lambda source, name=name: self.metadata_admits(name, source))
             node["imds_endpoint"] = f"http://{self.host}:{server.server_address[1]}"
         built["ec2_endpoint"] = self.state.endpoint
         built |= self.names
@@ -127,6 +135,11 @@ class Bed:
             self.state.call_log.clear()
         self.topology = built
         return built
+
+    def metadata_admits(self, node: str, source: str) -> bool:
+        """Whether `node`'s metadata answers a request from `source`: any while pods reach
+        metadata, else only the node's own namespace (its host network)."""
+        return self.pods_reach_metadata or (self.pods is not None and self.pods.node_address(node) == source)
 
     def pod_environment(self, node: str) -> dict[str, str]:
         """What a process in a pod of `node` needs to reach AWS: the standard variables only
@@ -156,6 +169,13 @@ class Bed:
             if method == "GET" and path.startswith("nodes/"):
                 node = path[len("nodes/"):]
                 return 200, self.require_pods().node(node, self.pod_environment(node))
+            if method == "GET" and path == "metadata_requests":
+                with state.lock:
+                    return 200, {"by_source": dict(state.metadata_requests)}
+            if method == "GET" and path == "metadata_refused":
+                with state.lock:
+                    return 200, {"refused": sum(state.metadata_refused.values()),
+                                 "by_source": dict(state.metadata_refused)}
             if method == "POST" and path == "faults":
                 fault = dict(request, count=request.get("count", 1))
                 if "seconds" in request:  # every call for that long, however many
@@ -182,6 +202,9 @@ class Bed:
                     state.throttled.clear()
                 return 200, {}
             if method == "POST" and path == "config":
+                if "pods_reach_metadata" in request:
+                    self.require_pods()  # without a bed there is no node address to admit
+                    self.pods_reach_metadata = bool(request["pods_reach_metadata"])
                 if "kube_event_history" in request or "kube_bookmark_seconds" in request:
                     self.require_kube().configure(request.get("kube_event_history"),
                                                   request.get("kube_bookmark_seconds"))

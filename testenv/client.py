@@ -148,6 +148,17 @@ class Bed:
         the object after the change."""
         return self.control("POST", f"pods/{pod.name}/annotations", {"set": values or {}, "remove": remove or []})
 
+    def pods_reach_metadata(self, reach: bool) -> None:
+        """Whether pods reach their node's metadata (false: only the node's own namespace does)."""
+        self.control("POST", "config", {"pods_reach_metadata": reach})
+
+    def metadata_requests(self) -> dict[str, int]:
+        """Metadata requests by source address since the start (refused connections included)."""
+        return self.control("GET", "metadata_requests")["by_source"]
+
+    def metadata_refused(self) -> dict[str, int]:
+        """Metadata connections refused, by source address, since the start."""
+        return self.control("GET", "metadata_refused")["by_source"]
 
     def add_address(self, pod: Pod, interface: str, address: str) -> None:
         self.control("POST", f"pods/{pod.name}/addresses", {"interface": interface, "add": [address]})

@@ -133,6 +133,10 @@ class State:
         self.eni_ipv6_limit = 10
         self.imds_delay = 0.0
         self.imds_down_until = 0.0  # monotonic time until which metadata answers 503
+        # Metadata by source address: each request answered, and each connection refused
+        # (an attempt that got no answer).
+        self.metadata_requests: Counter[str] = Counter()
+        self.metadata_refused: Counter[str] = Counter()
         # (ENI, address) -> [(when it came or went, whether the ENI holds it since), ...]
         self.changed_at: dict[tuple[str, str], list[tuple[float, bool]]] = {}
         self.buckets = {name: TokenBucket(*size) for name, size in DEFAULT_BUCKETS.items()}

@@ -6,6 +6,12 @@ Paths and formats follow the EC2 user guide, "Instance metadata categories": a t
 metadata it lags EC2 by `State.imds_delay`: an address that came to an ENI shows only after
 the delay, one that left it still shows until then (EC2 API reference,
 AssignPrivateIpAddresses: the remap is asynchronous; check `local-ipv4s` to confirm it).
+
+A listener can admit only some sources, as a node whose pods cannot reach metadata (EKS best
+practices, "Restrict access to the instance profile assigned to the worker node": hop limit
+1, or 169.254.169.254 blocked for pods): it closes a refused connection without an answer,
+as a dropped packet would leave the client without one, but at once. It counts requests
+and refusals by source (`State.metadata_requests`, `State.metadata_refused`).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import secrets
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 
 from testenv.ec2 import State, ipv4_of, prefixes_of, subnet_ipv6_networks
 
@@ -38,6 +45,13 @@ def handler(state: State, instance_id: str):
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        def parse_request(self) -> bool:
+            parsed = super().parse_request()
+            if parsed:
+                with state.lock:
+                    state.metadata_requests[self.client_address[0]] += 1
+            return parsed
 
         def do_PUT(self):
             if time.monotonic() < state.imds_down_until:
@@ -142,9 +156,27 @@ def metadata(state: State, instance_id: str, path: str) -> str | None:
     return fields.get(field)
 
 
-def start(state: State, host: str, instance_id: str) -> ThreadingHTTPServer:
-    """Serves the instance's metadata on `host`, on a port of its own."""
-    server = ThreadingHTTPServer((host, 0), handler(state, instance_id))
-    server.daemon_threads = True
+class MetadataServer(ThreadingHTTPServer):
+    """A metadata listener that closes, unanswered, each connection `admits` refuses."""
+
+    daemon_threads = True
+
+    def __init__(self, host: str, state: State, instance_id: str, admits: Callable[[str], bool]):
+        super().__init__((host, 0), handler(state, instance_id))
+        self.state, self.admits = state, admits
+
+    def verify_request(self, request, client_address) -> bool:
+        if self.admits(client_address[0]):
+            return True
+        with self.state.lock:
+            self.state.metadata_requests[client_address[0]] += 1
+            self.state.metadata_refused[client_address[0]] += 1
+        return False
+
+
+def start(state: State, host: str, instance_id: str, admits: Callable[[str], bool]) -> ThreadingHTTPServer:
+    """Serves the instance's metadata on `host`, on a port of its own, to the sources `admits`
+    lets in."""
+    server = MetadataServer(host, state, instance_id, admits)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

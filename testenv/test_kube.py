@@ -1,5 +1,5 @@
 """The bed's Kubernetes API server (testenv/kube.py), asked from a node's namespace as a node
-agent asks it. Needs root (skipped otherwise)."""
+agent asks it, and metadata closed to pods. Needs root (skipped otherwise)."""
 
 from __future__ import annotations
 
@@ -332,3 +332,34 @@ def test_the_kubeconfig_names_the_server_and_goes_with_the_bed(watches):
     assert watch.ended(5) and time.monotonic() - closed < 5
     assert not Path(bed.kubeconfig).exists()
 
+
+def test_pods_that_cannot_reach_metadata_are_refused_and_counted(bed):
+    node = bed.node("node1")
+    pod = bed.pod("node1", "no-metadata", [])
+    script = ("import os, urllib.request as u; e = os.environ['AWS_EC2_METADATA_SERVICE_ENDPOINT'];"
+              "t = u.urlopen(u.Request(e + '/latest/api/token', method='PUT',"
+              " headers={'X-aws-ec2-metadata-token-ttl-seconds': '60'}), timeout=10).read().decode();"
+              "print(u.urlopen(u.Request(e + '/latest/meta-data/instance-id',"
+              " headers={'X-aws-ec2-metadata-token': t}), timeout=10).read().decode())")
+    instance_id = bed.topology["nodes"]["node1"]["instance_id"]
+    assert bed.metadata_requests().get(pod.pod_ip, 0) == 0
+    bed.pods_reach_metadata(False)
+    try:
+        started = time.monotonic()
+        refused = subprocess.run(pod.exec_argv([sys.executable, "-c", script]), capture_output=True, text=True,
+                                 timeout=30)
+        assert refused.returncode != 0 and refused.stdout == ""
+        assert "RemoteDisconnected" in refused.stderr or "ConnectionResetError" in refused.stderr, refused.stderr
+        assert time.monotonic() - started < 5  # refused at once, not left to time out
+        answered = subprocess.run(node.exec_argv([sys.executable, "-c", script]), capture_output=True, text=True,
+                                  timeout=30)
+        assert answered.stdout.strip() == instance_id, answered.stderr
+    finally:
+        bed.pods_reach_metadata(True)
+    assert bed.metadata_refused() == {pod.pod_ip: 1}
+    requests = bed.metadata_requests()
+    assert requests[pod.pod_ip] == 1 and requests[node.address] >= 2
+    answered = subprocess.run(pod.exec_argv([sys.executable, "-c", script]), capture_output=True, text=True,
+                              timeout=30)
+    assert answered.stdout.strip() == instance_id, answered.stderr
+    assert bed.metadata_requests()[pod.pod_ip] == 3
