@@ -1,8 +1,9 @@
 //! Rust client of the emulated cluster in `testenv/` (the Python one is
 //! `testenv/client.py`): it starts the stand-in, builds a topology from
 //! `testenv/topologies/`, makes and deletes pods, and runs programs inside them. Every piece
-//! of the bed itself (EC2 rules, instance metadata, pods as network namespaces) lives in the
-//! stand-in; this crate only speaks its control protocol.
+//! of the bed itself (EC2 rules, instance metadata, pods as network namespaces, the
+//! Kubernetes API server that shows them as Pod objects) lives in the stand-in; this crate
+//! only speaks its control protocol.
 //!
 //! Test helpers: failures panic with the reason. Pods need root; tests that use them carry
 //! `#[ignore = "needs root ..."]` so that a normal `cargo test` reports them as skipped and
@@ -16,13 +17,27 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 static NEXT_BED: AtomicU32 = AtomicU32::new(0);
 
 /// The repository's root directory.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The Python that runs the stand-in (with the tools of `tests/requirements.txt`):
+/// `$IPMGR_TESTENV_PYTHON`, else the repository's `.venv`.
+pub fn testenv_python() -> PathBuf {
+    let python = std::env::var_os("IPMGR_TESTENV_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/python"));
+    assert!(
+        python.exists(),
+        "{} missing: run scripts/test (it installs tests/requirements.txt in .venv), or set IPMGR_TESTENV_PYTHON",
+        python.display()
+    );
+    python
 }
 
 /// One emulated cluster: the stand-in process, its topology and its pods.
@@ -37,15 +52,27 @@ pub struct TestBed {
     pub ec2_endpoint: String,
     /// What the stand-in answered to the topology: VPC, subnets, nodes with ENIs.
     pub topology: Value,
+    /// The bed's Kubernetes API server (`http://gateway:port`, no TLS), reachable from its
+    /// pods and nodes.
+    pub kube_endpoint: String,
+    /// A kubeconfig for that server (no credentials), for `KUBECONFIG`: what
+    /// `kube::Config::infer()` reads.
+    pub kubeconfig: PathBuf,
 }
 
-/// A pod of the bed: a network namespace on a node.
+/// A pod of the bed: a network namespace on a node, and its Kubernetes object.
 #[derive(Clone, Debug)]
 pub struct Pod {
-    /// Its name in the bed.
+    /// Its name in the bed, and its object's `metadata.name`.
     pub name: String,
     /// The node it runs on.
     pub node: String,
+    /// Its object's `metadata.namespace`.
+    pub namespace: String,
+    /// Its object's `metadata.uid`.
+    pub uid: String,
+    /// Its pod IP (`status.podIP`): the address of its `eth0`, as the VPC CNI's is on EKS.
+    pub ip: String,
     /// Its network namespace (`ip netns` name).
     pub netns: String,
     /// The variables that reach AWS from it (IMDS and EC2 endpoints).
@@ -59,6 +86,8 @@ pub struct Node {
     pub name: String,
     /// Its network namespace (`ip netns` name).
     pub netns: String,
+    /// The address of its `eth0`, where a node agent listens: its pods' `status.hostIP`.
+    pub address: String,
     /// Its runtime netns directory: a `cni-<uuid>` bind mount per pod of the node.
     pub netns_dir: PathBuf,
     /// The variables that reach AWS from it (IMDS and EC2 endpoints).
@@ -110,6 +139,7 @@ pub struct Interface {
     eni: Option<String>,
     mac: Option<String>,
     addresses: Vec<String>,
+    network: Option<String>,
 }
 
 impl Interface {
@@ -140,7 +170,15 @@ impl Interface {
                 .iter()
                 .map(|&address| address.to_owned())
                 .collect(),
+            network: None,
         }
+    }
+
+    /// The same interface from NetworkAttachmentDefinition `network` (its name in the pod's
+    /// network-status annotation is `<namespace>/<network>`; `multus-net` when not given).
+    pub fn network(mut self, network: &str) -> Self {
+        self.network = Some(network.to_owned());
+        self
     }
 
     fn to_json(&self) -> Value {
@@ -151,7 +189,82 @@ impl Interface {
         if let Some(mac) = &self.mac {
             value["mac"] = json!(mac);
         }
+        if let Some(network) = &self.network {
+            value["network"] = json!(network);
+        }
         value
+    }
+}
+
+/// A pod to make with [`TestBed::create_pod`]: where it runs, its interfaces, and what its
+/// Kubernetes object carries besides the network-status annotation Multus writes.
+#[derive(Clone, Debug)]
+pub struct PodSpec {
+    node: String,
+    name: String,
+    namespace: String,
+    interfaces: Vec<Interface>,
+    labels: Map<String, Value>,
+    annotations: Map<String, Value>,
+    network_status: bool,
+}
+
+impl PodSpec {
+    /// A pod named `name` on `node`, in namespace `default`, with only its `eth0`.
+    pub fn new(node: &str, name: &str) -> Self {
+        PodSpec {
+            node: node.to_owned(),
+            name: name.to_owned(),
+            namespace: "default".to_owned(),
+            interfaces: Vec::new(),
+            labels: Map::new(),
+            annotations: Map::new(),
+            network_status: true,
+        }
+    }
+
+    /// With `interfaces` besides `eth0` (in the network-status annotation too).
+    pub fn interfaces(mut self, interfaces: &[Interface]) -> Self {
+        self.interfaces = interfaces.to_vec();
+        self
+    }
+
+    /// In Kubernetes namespace `namespace`.
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.namespace = namespace.to_owned();
+        self
+    }
+
+    /// With label `key: value` on its object.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.to_owned(), json!(value));
+        self
+    }
+
+    /// With annotation `key: value` on its object; it replaces the network-status annotation
+    /// when `key` is `k8s.v1.cni.cncf.io/network-status`.
+    pub fn annotation(mut self, key: &str, value: &str) -> Self {
+        self.annotations.insert(key.to_owned(), json!(value));
+        self
+    }
+
+    /// Without the network-status annotation (a pod Multus did not record).
+    pub fn without_network_status(mut self) -> Self {
+        self.network_status = false;
+        self
+    }
+
+    fn to_json(&self) -> Value {
+        let interfaces: Vec<Value> = self.interfaces.iter().map(Interface::to_json).collect();
+        json!({
+            "name": self.name,
+            "node": self.node,
+            "namespace": self.namespace,
+            "interfaces": interfaces,
+            "labels": self.labels,
+            "annotations": self.annotations,
+            "network_status": self.network_status,
+        })
     }
 }
 
@@ -169,15 +282,7 @@ impl TestBed {
     pub fn start(topology: Topology) -> TestBed {
         let number = NEXT_BED.fetch_add(1, Ordering::SeqCst);
         let name = format!("ipmgr-{:x}{number:x}", std::process::id() % 0xfffff);
-        let python = std::env::var_os("IPMGR_TESTENV_PYTHON")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join(".venv/bin/python"));
-        assert!(
-            python.exists(),
-            "{} missing: run scripts/test (it installs tests/requirements.txt in .venv), or set IPMGR_TESTENV_PYTHON",
-            python.display()
-        );
-        let mut process = Command::new(&python)
+        let mut process = Command::new(testenv_python())
             .args(["-m", "testenv.awsenv", "--control", "stdio", "--bed", &name])
             .current_dir(repo_root())
             .stdin(Stdio::piped())
@@ -200,12 +305,16 @@ impl TestBed {
             name,
             ec2_endpoint: ready["ec2_endpoint"].as_str().expect("endpoint").to_owned(),
             topology: Value::Null,
+            kube_endpoint: String::new(),
+            kubeconfig: PathBuf::new(),
         };
         let description = match topology {
             Topology::File(file) => json!({ "file": file }),
             Topology::Inline(value) => value,
         };
         bed.topology = bed.control("POST", "topology", description);
+        bed.kube_endpoint = text(&bed.topology["kube_endpoint"]);
+        bed.kubeconfig = PathBuf::from(text(&bed.topology["kubeconfig"]));
         bed
     }
 
@@ -316,18 +425,58 @@ impl TestBed {
 
     /// A pod named `name` on `node` with `interfaces` besides its `eth0`.
     pub fn pod(&mut self, node: &str, name: &str, interfaces: &[Interface]) -> Pod {
-        let interfaces: Vec<Value> = interfaces.iter().map(Interface::to_json).collect();
-        let answer = self.control(
-            "POST",
-            "pods",
-            json!({"name": name, "node": node, "interfaces": interfaces}),
-        );
+        self.create_pod(&PodSpec::new(node, name).interfaces(interfaces))
+    }
+
+    /// The pod `spec` describes: its namespace, then its object in the API server (ADDED).
+    pub fn create_pod(&mut self, spec: &PodSpec) -> Pod {
+        let answer = self.control("POST", "pods", spec.to_json());
         Pod {
-            name: name.to_owned(),
-            node: node.to_owned(),
-            netns: answer["netns"].as_str().expect("netns").to_owned(),
+            name: spec.name.clone(),
+            node: spec.node.clone(),
+            namespace: text(&answer["namespace"]),
+            uid: text(&answer["uid"]),
+            ip: text(&answer["pod_ip"]),
+            netns: text(&answer["netns"]),
             env: json_env(&answer["env"]),
         }
+    }
+
+    /// Sets `annotations` (a JSON object of strings) on the pod's object: a MODIFIED event,
+    /// none when nothing changes. The object after the change.
+    pub fn set_annotations(&mut self, pod: &Pod, annotations: Value) -> Value {
+        self.control(
+            "POST",
+            &format!("pods/{}/annotations", pod.name),
+            json!({ "set": annotations }),
+        )
+    }
+
+    /// Removes the annotations named `keys` from the pod's object; the object after it.
+    pub fn remove_annotations(&mut self, pod: &Pod, keys: &[&str]) -> Value {
+        self.control(
+            "POST",
+            &format!("pods/{}/annotations", pod.name),
+            json!({ "remove": keys }),
+        )
+    }
+
+    /// Whether pods reach their node's instance metadata (the default). With `false` each
+    /// node's metadata answers only the node's own namespace and closes other connections
+    /// unanswered, as on EKS with hop limit 1.
+    pub fn pods_reach_metadata(&mut self, reach: bool) {
+        self.control("POST", "config", json!({ "pods_reach_metadata": reach }));
+    }
+
+    /// Metadata requests by source address since the start, refused connections included:
+    /// `{"198.18.0.3": 2, ...}` (compare with [`Pod::ip`] and [`Node::address`]).
+    pub fn metadata_requests(&mut self) -> Value {
+        self.control("GET", "metadata_requests", Value::Null)["by_source"].take()
+    }
+
+    /// Metadata connections refused by source address since the start.
+    pub fn metadata_refused(&mut self) -> Value {
+        self.control("GET", "metadata_refused", Value::Null)["by_source"].take()
     }
 
     /// Adds `interface` to a running pod.
@@ -367,8 +516,9 @@ impl TestBed {
         let answer = self.control("GET", &format!("nodes/{node}"), Value::Null);
         Node {
             name: node.to_owned(),
-            netns: answer["netns"].as_str().expect("netns").to_owned(),
-            netns_dir: PathBuf::from(answer["netns_dir"].as_str().expect("netns_dir")),
+            netns: text(&answer["netns"]),
+            address: text(&answer["address"]),
+            netns_dir: PathBuf::from(text(&answer["netns_dir"])),
             env: json_env(&answer["env"]),
         }
     }
@@ -397,6 +547,14 @@ impl Drop for TestBed {
         drop(self.control_in.take()); // end of input stops the stand-in, which cleans up
         stop_within(&mut self.process, Duration::from_secs(10));
     }
+}
+
+/// A string of a control answer; panics when it is missing.
+fn text(value: &Value) -> String {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("expected text, the stand-in answered {value}"))
+        .to_owned()
 }
 
 fn json_env(env: &Value) -> Vec<(String, String)> {

@@ -1,0 +1,84 @@
+//! The client's view of what the bed adds for a node agent: pods as Kubernetes objects, the
+//! kubeconfig, node addresses, and metadata closed to pods. Root: pods are network namespaces.
+
+use ipmgr_testbed::{Interface, PodSpec, TestBed, Topology, finish, testenv_python};
+use serde_json::{Value, json};
+
+const NETWORK_STATUS: &str = "k8s.v1.cni.cncf.io/network-status";
+
+#[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it as root)"]
+fn a_pod_carries_its_object_and_a_node_its_address() {
+    let mut bed = TestBed::start(Topology::File("how-to"));
+    let node = bed.node("node1");
+    let spec = PodSpec::new("node1", "web")
+        .namespace("multus")
+        .label("app", "web")
+        .interfaces(&[Interface::on_eni("net1", "eth1", &["10.0.1.50/24"]).network("ipvlan-wb")]);
+    let pod = bed.create_pod(&spec);
+    assert_eq!(pod.namespace, "multus");
+    assert!(
+        pod.ip.starts_with("198.18.")
+            && pod.ip != node.address
+            && node.address.starts_with("198.18.")
+    );
+
+    let object = bed.set_annotations(&pod, json!({"team": "blue"}));
+    assert_eq!(object["metadata"]["uid"], pod.uid.as_str());
+    assert_eq!(object["metadata"]["labels"], json!({"app": "web"}));
+    assert_eq!(object["metadata"]["annotations"]["team"], "blue");
+    assert_eq!(object["status"]["podIP"], pod.ip.as_str());
+    assert_eq!(object["status"]["hostIP"], node.address.as_str());
+    let recorded = object["metadata"]["annotations"][NETWORK_STATUS]
+        .as_str()
+        .expect("network-status");
+    let recorded: Value = serde_json::from_str(recorded).expect("JSON");
+    assert_eq!(
+        recorded,
+        json!([
+            {"name": "aws-cni", "interface": "eth0", "ips": [pod.ip], "default": true, "dns": {}},
+            {"name": "multus/ipvlan-wb", "interface": "net1", "ips": ["10.0.1.50"],
+             "mac": bed.eni_mac("node1", "eth1"), "dns": {}},
+        ])
+    );
+    let object = bed.remove_annotations(&pod, &["team"]);
+    assert!(object["metadata"]["annotations"].get("team").is_none());
+
+    let unrecorded = bed.create_pod(&PodSpec::new("node1", "plain").without_network_status());
+    let object = bed.set_annotations(&unrecorded, json!({"a": "b"}));
+    assert_eq!(object["metadata"]["annotations"], json!({"a": "b"}));
+
+    let kubeconfig = std::fs::read_to_string(&bed.kubeconfig).expect("kubeconfig");
+    assert!(bed.kube_endpoint.starts_with("http://198.18.0.1:"));
+    assert!(kubeconfig.contains(&format!("server: {}\n", bed.kube_endpoint)));
+}
+
+#[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it as root)"]
+fn pods_that_cannot_reach_metadata_are_refused_and_counted() {
+    let mut bed = TestBed::start(Topology::File("how-to"));
+    let node = bed.node("node1");
+    let pod = bed.pod("node1", "pod", &[]);
+    let script = "import os, urllib.request as u; e = os.environ['AWS_EC2_METADATA_SERVICE_ENDPOINT'];\
+                  print(u.urlopen(u.Request(e + '/latest/api/token', method='PUT',\
+                  headers={'X-aws-ec2-metadata-token-ttl-seconds': '60'}), timeout=10).status)";
+    bed.pods_reach_metadata(false);
+    let (refused, stderr, _) = finish(bed.command(&pod, &testenv_python(), &["-c", script]));
+    assert!(
+        !refused.status.success()
+            && (stderr.contains("RemoteDisconnected") || stderr.contains("ConnectionResetError")),
+        "{stderr}"
+    );
+    let (answered, stderr, _) = finish(bed.command(&node, &testenv_python(), &["-c", script]));
+    assert_eq!(
+        String::from_utf8_lossy(&answered.stdout).trim(),
+        "200",
+        "{stderr}"
+    );
+    assert_eq!(bed.metadata_refused(), json!({ pod.ip.as_str(): 1 }));
+    let requests = bed.metadata_requests();
+    assert_eq!(
+        (requests[&pod.ip].as_u64(), requests[&node.address].as_u64()),
+        (Some(1), Some(1))
+    );
+}
