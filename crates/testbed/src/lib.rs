@@ -90,7 +90,8 @@ pub struct Node {
     pub address: String,
     /// Its runtime netns directory: a `cni-<uuid>` bind mount per pod of the node.
     pub netns_dir: PathBuf,
-    /// The variables that reach AWS from it (IMDS and EC2 endpoints).
+    /// The variables that reach AWS from it (IMDS and EC2 endpoints), and the node agent's
+    /// `NODE_NAME` and `KUBECONFIG`.
     pub env: Vec<(String, String)>,
 }
 
@@ -514,12 +515,18 @@ impl TestBed {
     /// The host network of `node` (made on first use).
     pub fn node(&mut self, node: &str) -> Node {
         let answer = self.control("GET", &format!("nodes/{node}"), Value::Null);
+        // What the agent's DaemonSet gives it besides AWS: its node's name (downward API)
+        // and the API server (the in-cluster service account there, a kubeconfig here).
+        let mut env = json_env(&answer["env"]);
+        env.push(("NODE_NAME".to_owned(), node.to_owned()));
+        let kubeconfig = self.kubeconfig.to_string_lossy().into_owned();
+        env.push(("KUBECONFIG".to_owned(), kubeconfig));
         Node {
             name: node.to_owned(),
             netns: text(&answer["netns"]),
             address: text(&answer["address"]),
             netns_dir: PathBuf::from(text(&answer["netns_dir"])),
-            env: json_env(&answer["env"]),
+            env,
         }
     }
 

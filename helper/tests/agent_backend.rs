@@ -1,0 +1,260 @@
+//! The agent backend on the emulated cluster: the real `ipmgr-helper agent` in each node's
+//! host network, reading its node's pods from the bed's Kubernetes API (kube, KUBECONFIG)
+//! and their namespaces, and the real helper in pods that have no AWS variable and no route
+//! to instance metadata, asking their node's agent. Every test needs root.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::how_to_bed;
+use ipmgr_testbed::{Background, Interface, Node, Pod, PodSpec, TestBed, finish};
+use serde_json::Value;
+
+const FLOATING: &str = "multus-ipmgr.io/floating-ips";
+
+fn binary() -> PathBuf {
+    ipmgr_testbed::program("IPMGR_HELPER_BIN", env!("CARGO_BIN_EXE_ipmgr-helper"))
+}
+
+/// The agent on `node` with the pod API, as the DaemonSet runs it, logging to a file.
+fn agent(bed: &mut TestBed, node: &str) -> (Background, Node, PathBuf) {
+    let place = bed.node(node);
+    let dir = place.netns_dir.to_str().expect("UTF-8 path").to_owned();
+    let log = std::env::temp_dir().join(format!("{}-pod-api.log", place.netns));
+    let child = bed
+        .command(
+            &place,
+            &binary(),
+            &[
+                "agent",
+                "--netns-dir",
+                &dir,
+                "--release-grace-seconds",
+                "2",
+                "--metrics-listen",
+                "127.0.0.1:9471",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("agent starts");
+    let agent = Background(child);
+    wait_ready(&place, &log);
+    (agent, place, log)
+}
+
+/// Waits until the agent's /readyz says 200 (it has read the node and listed its pods).
+fn wait_ready(node: &Node, log: &Path) {
+    let script = "import urllib.request\ntry:\n    print(urllib.request.urlopen('http://127.0.0.1:9471/readyz', timeout=2).status)\nexcept Exception as e:\n    print(e)";
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &node.netns, "python3", "-c", script])
+            .output()
+            .expect("python3 runs");
+        if String::from_utf8_lossy(&output.stdout).starts_with("200") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "the agent never became ready: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// A bystander pod (nodes always run some), so that the agent's view is never empty.
+fn bystander(bed: &mut TestBed, node: &str) {
+    bed.pod(node, &format!("bystander-{node}"), &[]);
+}
+
+/// `pod` as the agent backend's helper runs: no AWS variable, only its node's agent.
+fn without_aws(pod: &Pod, node: &Node) -> Pod {
+    let mut pod = pod.clone();
+    pod.env = vec![(
+        "IPMGR_AGENT_URL".to_owned(),
+        format!("http://{}:9472", node.address),
+    )];
+    pod
+}
+
+fn helper(bed: &TestBed, pod: &Pod, node: &Node, args: &[&str]) -> Command {
+    bed.command(&without_aws(pod, node), &binary(), args)
+}
+
+/// A bed whose pods cannot reach instance metadata, with an agent on node1.
+fn bed_with_agent() -> (TestBed, Background, Node) {
+    let mut bed = how_to_bed();
+    bed.pods_reach_metadata(false);
+    bystander(&mut bed, "node1");
+    let (agent, node, _) = agent(&mut bed, "node1");
+    (bed, agent, node)
+}
+
+/// Metadata requests made from the pods' addresses (not the nodes').
+fn metadata_requests_from(bed: &mut TestBed, pods: &[&Pod]) -> u64 {
+    let by_source = bed.metadata_requests();
+    pods.iter()
+        .map(|pod| by_source.get(&pod.ip).and_then(Value::as_u64).unwrap_or(0))
+        .sum()
+}
+
+#[test]
+#[ignore = "needs root: pods are network namespaces"]
+fn init_through_the_agent_needs_no_aws_variable_and_no_metadata() {
+    let (mut bed, _agent, node) = bed_with_agent();
+    let pod = bed.pod(
+        "node1",
+        "a",
+        &[Interface::on_eni("net1", "eth1", &["10.0.1.50/24"])],
+    );
+    let eni = bed.eni_id("node1", "eth1");
+    let (output, stderr, took) = finish(helper(&bed, &pod, &node, &["init"]));
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        bed.holds(&eni, "10.0.1.50"),
+        "EC2 has the address on eth1 when init exits 0"
+    );
+    assert!(stderr.contains("routable"), "{stderr}");
+    assert_eq!(
+        metadata_requests_from(&mut bed, &[&pod]),
+        0,
+        "the pod never asked instance metadata"
+    );
+    eprintln!("init through the agent took {took:?}");
+    // Again, unchanged: no mutating call.
+    bed.reset_calls();
+    let (output, stderr, _) = finish(helper(&bed, &pod, &node, &["init"]));
+    assert!(output.status.success(), "{stderr}");
+    let calls = bed.calls();
+    let mutating: Vec<_> = calls
+        .as_object()
+        .expect("calls")
+        .keys()
+        .filter(|action| !action.starts_with("Describe"))
+        .collect();
+    assert!(mutating.is_empty(), "{calls}");
+}
+
+#[test]
+#[ignore = "needs root: pods are network namespaces"]
+fn an_address_multus_did_not_record_is_refused_naming_the_annotation() {
+    let (mut bed, _agent, node) = bed_with_agent();
+    let pod = bed.pod(
+        "node1",
+        "a",
+        &[Interface::on_eni("net1", "eth1", &["10.0.1.50/24"])],
+    );
+    // Configured after Multus wrote its record, and not declared floating.
+    bed.add_address(&pod, "net1", "10.0.1.60/24");
+    let eni = bed.eni_id("node1", "eth1");
+    let (output, stderr, _) = finish(helper(&bed, &pod, &node, &["init"]));
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("10.0.1.60") && stderr.contains(FLOATING),
+        "{stderr}"
+    );
+    assert!(
+        !bed.holds(&eni, "10.0.1.60"),
+        "the unclaimed address is not assigned"
+    );
+    assert!(bed.holds(&eni, "10.0.1.50"), "the recorded one is");
+}
+
+#[test]
+#[ignore = "needs root: pods are network namespaces"]
+fn a_connection_from_no_pod_of_the_node_is_forbidden() {
+    let (mut bed, _agent, node1) = bed_with_agent();
+    // A pod of node2 asks node1's agent.
+    let stranger = bed.pod(
+        "node2",
+        "stranger",
+        &[Interface::on_eni("net1", "eth1", &["10.0.1.61/24"])],
+    );
+    let (output, stderr, took) = finish(helper(&bed, &stranger, &node1, &["init"]));
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("HTTP 403") && stderr.contains(&stranger.ip),
+        "{stderr}"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "a refusal is final: {took:?}"
+    );
+    assert!(!bed.holds(&bed.eni_id("node1", "eth1"), "10.0.1.61"));
+}
+
+#[test]
+#[ignore = "needs root: pods are network namespaces"]
+fn sidecars_follow_a_floating_ip_through_their_agents_and_keep_it_on_sigterm() {
+    let mut bed = how_to_bed();
+    bed.pods_reach_metadata(false);
+    bystander(&mut bed, "node1");
+    bystander(&mut bed, "node2");
+    let (_agent1, node1, _) = agent(&mut bed, "node1");
+    let (_agent2, node2, _) = agent(&mut bed, "node2");
+    let vip = "10.0.1.100";
+    let spec = |node: &str, name: &str, own: &str| {
+        PodSpec::new(node, name)
+            .interfaces(&[Interface::on_eni("net1", "eth1", &[own])])
+            .annotation(FLOATING, vip)
+    };
+    let a = bed.create_pod(&spec("node1", "a", "10.0.1.51/24"));
+    let b = bed.create_pod(&spec("node2", "b", "10.0.1.52/24"));
+    let (eni1, eni2) = (bed.eni_id("node1", "eth1"), bed.eni_id("node2", "eth1"));
+    let ready = tempfile::tempdir().expect("dir");
+    let ready_file = ready.path().join("ready");
+    let ready_arg = ready_file.to_str().expect("UTF-8").to_owned();
+    let run = |pod: &Pod, node: &Node, extra: &[&str]| {
+        let args: Vec<&str> = ["sidecar", "--recheck-seconds", "60"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        Background(
+            helper(&bed, pod, node, &args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("sidecar"),
+        )
+    };
+    let mut sidecar_a = run(&a, &node1, &["--ready-file", &ready_arg]);
+    let _sidecar_b = run(&b, &node2, &[]);
+    let limit = Duration::from_secs(5);
+    assert!(bed.wait_until(&eni1, "10.0.1.51", true, limit).is_some());
+    assert!(bed.wait_until(&eni2, "10.0.1.52", true, limit).is_some());
+    let started = Instant::now();
+    while !ready_file.exists() && started.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        ready_file.exists(),
+        "the ready file after the first routable answer"
+    );
+
+    // Failover: the VIP comes up on b (keepalived), then failback to a.
+    bed.add_address(&b, "net1", &format!("{vip}/24"));
+    assert!(
+        bed.wait_until(&eni2, vip, true, limit).is_some(),
+        "the VIP follows b to node2"
+    );
+    bed.remove_address(&b, "net1", &format!("{vip}/24"));
+    bed.add_address(&a, "net1", &format!("{vip}/24"));
+    assert!(
+        bed.wait_until(&eni1, vip, true, limit).is_some(),
+        "and back to node1"
+    );
+
+    // SIGTERM: the sidecar gives nothing back; the pod keeps its addresses while it drains.
+    assert!(
+        sidecar_a.terminate(Duration::from_secs(5)),
+        "the sidecar exits on SIGTERM"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(bed.holds(&eni1, "10.0.1.51") && bed.holds(&eni1, vip));
+    assert_eq!(metadata_requests_from(&mut bed, &[&a, &b]), 0);
+}
