@@ -25,6 +25,9 @@ use crate::place::{NodeEnis, PassReport};
 /// to a minute for metadata to show an assignment.
 const METADATA_LAG: Duration = Duration::from_secs(60);
 
+/// How long a pass under way may finish after SIGTERM before the release.
+const FINISH_ON_STOP: Duration = Duration::from_secs(3);
+
 /// What starts a pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Trigger {
@@ -74,13 +77,24 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
         let mut next_check = Instant::now() + self.settings.recheck();
         loop {
             if let Some(why) = trigger.take() {
-                let pass = self.sidecar_pass(why, &mut node, &mut enis, &mut memory);
-                let report = tokio::select! {
-                    report = pass => report,
-                    _ = terminate.recv() => break,
-                    _ = tokio::signal::ctrl_c() => break,
+                let (report, stopping) = {
+                    let pass = self.sidecar_pass(why, &mut node, &mut enis, &mut memory);
+                    tokio::pin!(pass);
+                    // Stopping mid-pass: what EC2 accepts in the next moments is still
+                    // noted, so that the release gives it back.
+                    let finish = async |pass| tokio::time::timeout(FINISH_ON_STOP, pass).await.ok();
+                    tokio::select! {
+                        report = &mut pass => (Some(report), false),
+                        _ = terminate.recv() => (finish(&mut pass).await, true),
+                        _ = tokio::signal::ctrl_c() => (finish(&mut pass).await, true),
+                    }
                 };
-                next_check = Instant::now() + self.after(report, &node, &mut memory)?;
+                if let Some(report) = report {
+                    next_check = Instant::now() + self.after(report, &node, &mut memory)?;
+                }
+                if stopping {
+                    break;
+                }
             }
             tokio::select! {
                 change = self.network.changed() => {
