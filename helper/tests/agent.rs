@@ -45,14 +45,7 @@ fn agent(bed: &TestBed, node: &Node, extra: &[&str]) -> (Background, std::path::
 
 /// `GET path` on the agent's metrics endpoint (inside the node's namespace).
 fn get(node: &Node, path: &str) -> String {
-    let script = format!(
-        "import urllib.request, urllib.error\ntry:\n    r = urllib.request.urlopen('http://127.0.0.1:9471{path}', timeout=5)\n    print(r.status); print(r.read().decode())\nexcept urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())"
-    );
-    let output = Command::new("ip")
-        .args(["netns", "exec", &node.netns, "python3", "-c", &script])
-        .output()
-        .expect("python3 runs");
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    ipmgr_testbed::http_get(node, &format!("http://127.0.0.1:9471{path}"))
 }
 
 /// A pod on `node` without Multus interfaces: nodes always run some, and an agent that
@@ -89,14 +82,11 @@ fn assert_alerts_use_exported_metrics(metrics: &str) {
 }
 
 fn wait_ready(node: &Node) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if get(node, "/readyz").starts_with("200") {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    if let Err(last) =
+        ipmgr_testbed::wait_agent_ready(node, "127.0.0.1:9471", Duration::from_secs(10))
+    {
+        panic!("the agent never became ready: {last}");
     }
-    panic!("the agent never became ready");
 }
 
 #[test]

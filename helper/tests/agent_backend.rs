@@ -49,22 +49,14 @@ fn agent(bed: &mut TestBed, node: &str) -> (Background, Node, PathBuf) {
 
 /// Waits until the agent's /readyz says 200 (it has read the node and listed its pods).
 fn wait_ready(node: &Node, log: &Path) {
-    let script = "import urllib.request\ntry:\n    print(urllib.request.urlopen('http://127.0.0.1:9471/readyz', timeout=2).status)\nexcept Exception as e:\n    print(e)";
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(20) {
-        let output = Command::new("ip")
-            .args(["netns", "exec", &node.netns, "python3", "-c", script])
-            .output()
-            .expect("python3 runs");
-        if String::from_utf8_lossy(&output.stdout).starts_with("200") {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    if let Err(last) =
+        ipmgr_testbed::wait_agent_ready(node, "127.0.0.1:9471", Duration::from_secs(20))
+    {
+        panic!(
+            "the agent never became ready ({last}): {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
     }
-    panic!(
-        "the agent never became ready: {}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
 }
 
 /// A bystander pod (nodes always run some), so that the agent's view is never empty.

@@ -607,6 +607,35 @@ pub fn stop_within(child: &mut Child, limit: Duration) {
     let _ = child.wait();
 }
 
+/// `GET url` from inside `place`'s network namespace (an agent's endpoints listen there):
+/// the status code, a newline, and the body; the error's text when there is no answer.
+pub fn http_get(place: &impl Place, url: &str) -> String {
+    let script = format!(
+        "import urllib.request, urllib.error\ntry:\n    r = urllib.request.urlopen({url:?}, timeout=5)\n    print(r.status); print(r.read().decode())\nexcept urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\nexcept Exception as e:\n    print(e)"
+    );
+    let output = Command::new("ip")
+        .args(["netns", "exec", place.netns(), "python3", "-c", &script])
+        .output()
+        .expect("python3 runs");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Waits up to `limit` for the agent in `node` whose metrics listen on `metrics` (e.g.
+/// `127.0.0.1:9471`) to say ready; its last /readyz answer when it does not.
+pub fn wait_agent_ready(node: &Node, metrics: &str, limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let ready = http_get(node, &format!("http://{metrics}/readyz"));
+        if ready.starts_with("200") {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(ready);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Runs `command` to the end: its output, standard error as text, and how long it took.
 pub fn finish(mut command: Command) -> (Output, String, Duration) {
     let started = Instant::now();
