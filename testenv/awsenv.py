@@ -52,7 +52,8 @@ Control calls (method, path, body -> answer):
     POST faults           {"action" | "*", "code", "status", "message", "count" | "seconds",
                            "delay_ms"}: the next `count` calls (1), or every call for `seconds`
     GET calls             per-action counts (throttled calls included); GET throttled: the
-                          throttled ones; GET calls/log; POST calls/reset (all three)
+                          throttled ones; GET calls/log ([action, unix time, ENI or ""] per call);
+                          POST calls/reset (all three)
     GET released          {"released": [[unix time, ENI, address], ...]}: every address an
                           unassign call took off an ENI, since the start
     GET metadata_requests {"by_source": {address: n}}: metadata requests by source address
@@ -191,7 +192,7 @@ class Bed:
                     return 200, dict(state.throttled)
             if method == "GET" and path == "calls/log":
                 with state.lock:
-                    return 200, {"calls": [[action, at] for action, at in state.call_log]}
+                    return 200, {"calls": [list(entry) for entry in state.call_log]}
             if method == "GET" and path == "released":
                 with state.lock:
                     return 200, {"released": [list(entry) for entry in state.released]}

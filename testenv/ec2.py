@@ -127,7 +127,8 @@ class State:
         self.endpoint = ""
         self.lock = threading.RLock()
         self.calls: Counter[str] = Counter()
-        self.call_log: list[tuple[str, float]] = []
+        # (action, unix time, the call's NetworkInterfaceId or "")
+        self.call_log: list[tuple[str, float, str]] = []
         self.faults: dict[str, list[dict]] = {}
         self.eni_ipv4_limit = 10
         self.eni_ipv6_limit = 10
@@ -321,7 +322,7 @@ class Ec2Layer:
         action = params.get("Action", [""])[0]
         with self.state.lock:
             self.state.calls[action] += 1
-            self.state.call_log.append((action, time.time()))
+            self.state.call_log.append((action, time.time(), params.get("NetworkInterfaceId", [""])[0]))
         if self.state.throttle(action, params):
             return self.respond(start_response, *error_response(
                 Ec2Error("RequestLimitExceeded", "Request limit exceeded.", 503)))

@@ -1,24 +1,28 @@
 //! Fleet benchmark: a node failure reschedules many Multus pods at once. N pods on M
 //! emulated nodes, each pod a network namespace with its own `ipmgr-helper init`, all
 //! started together against the account's token buckets scaled down (root; the release
-//! helper and the stand-in of `testenv/`).
+//! helper and the stand-in of `testenv/`). Each backend on a fresh bed: `agent` (a node
+//! agent per node, started and ready before the pods; the inits have no AWS variable and
+//! ask their node's agent) and `direct` (every init calls metadata and EC2 itself).
 //!
 //! `cargo bench -p ipmgr-helper --bench fleet`; knobs: `BENCH_PODS` (50), `BENCH_NODES`
 //! (pods / 10), `BENCH_BUCKET` (`10,2`: the Assign bucket's size and refill per second;
-//! Describe gets the same size and 4x the refill, as AWS's 100/5 and 100/20), and the
-//! helper's own settings through `IPMGR_*` variables.
+//! Describe gets the same size and 4x the refill, as AWS's 100/5 and 100/20),
+//! `BENCH_BACKEND` (`agent`, `direct` or `both`, the default), and the helper's own settings
+//! through `IPMGR_*` variables.
 //!
-//! It prints one table row: pods that exited 0, the time to the last success against the
-//! floor (N - burst) / refill, throttled calls per successful call (all actions, then Assign
-//! alone), and EC2 calls per pod.
+//! It prints a table row per backend: pods that exited 0, the time from the first start to
+//! the last success against the floor ((Assign calls - burst) / refill), Assign calls in all
+//! and at most on one node, throttled calls (Assign alone), Describes, EC2 calls per pod.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{env_or, helper_binary};
-use ipmgr_testbed::{Interface, TestBed, Topology};
+use ipmgr_testbed::{Background, Interface, TestBed, Topology, wait_agent_ready};
 use serde_json::{Value, json};
 
 /// M nodes, each with its primary ENI and one Multus ENI in a /20 Multus subnet.
@@ -39,15 +43,56 @@ fn count(calls: &Value, action: Option<&str>) -> u64 {
     }
 }
 
+/// Who calls EC2 for the pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Agent,
+    Direct,
+}
+
+/// The fleet's shape and the account's bucket.
+struct Fleet {
+    pods: usize,
+    nodes: usize,
+    burst: f64,
+    refill: f64,
+}
+
 fn main() {
     let pods: usize = env_or("BENCH_PODS", 50);
-    let nodes: usize = env_or("BENCH_NODES", (pods / 10).max(1));
     let bucket: String = env_or("BENCH_BUCKET", "10,2".to_owned());
     let (burst, refill) = bucket
         .split_once(',')
         .and_then(|(size, rate)| Some((size.parse::<f64>().ok()?, rate.parse::<f64>().ok()?)))
         .expect("BENCH_BUCKET is size,refill");
+    let fleet = Fleet {
+        pods,
+        nodes: env_or("BENCH_NODES", (pods / 10).max(1)),
+        burst,
+        refill,
+    };
+    let backends = match env_or("BENCH_BACKEND", "both".to_owned()).as_str() {
+        "agent" => vec![Backend::Agent],
+        "direct" => vec![Backend::Direct],
+        _ => vec![Backend::Agent, Backend::Direct],
+    };
+    println!(
+        "| backend | pods | nodes | Assign bucket | exited 0 | last success | floor | Assign calls (most on a node) | throttled (Assign) | Describes | EC2 calls per pod |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for backend in backends {
+        println!("{}", run(&fleet, backend));
+    }
+}
 
+/// One backend on a fresh bed: its table row.
+fn run(fleet: &Fleet, backend: Backend) -> String {
+    let Fleet {
+        pods,
+        nodes,
+        burst,
+        refill,
+    } = *fleet;
     let mut bed = TestBed::start(Topology::Inline(topology(nodes)));
     bed.control(
         "POST",
@@ -61,20 +106,52 @@ fn main() {
             },
         }),
     );
+    let binary = helper_binary();
+    let mut agents = Vec::new();
+    let mut agent_urls = BTreeMap::new();
+    if backend == Backend::Agent {
+        bed.pods_reach_metadata(false);
+        for index in 1..=nodes {
+            let node = bed.node(&format!("node{index}"));
+            let dir = node.netns_dir.to_str().expect("UTF-8 path").to_owned();
+            let args = [
+                "agent",
+                "--netns-dir",
+                &dir,
+                "--metrics-listen",
+                "127.0.0.1:9471",
+            ];
+            let child = bed
+                .command(&node, &binary, &args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("agent starts");
+            agents.push(Background(child));
+            if let Err(last) = wait_agent_ready(&node, "127.0.0.1:9471", Duration::from_secs(30)) {
+                panic!("the agent on {} never became ready: {last}", node.name);
+            }
+            agent_urls.insert(node.name.clone(), format!("http://{}:9472", node.address));
+        }
+    }
     let members: Vec<_> = (0..pods)
         .map(|index| {
             // From 10.0.17.4: clear of the ENIs' primary addresses (10.0.16.10 up).
             let address = format!("10.0.{}.{}/20", 17 + index / 250, 4 + index % 250);
-            bed.pod(
-                &format!("node{}", index % nodes + 1),
+            let node = format!("node{}", index % nodes + 1);
+            let mut pod = bed.pod(
+                &node,
                 &format!("p{index}"),
                 &[Interface::on_eni("net1", "eth1", &[&address])],
-            )
+            );
+            if let Some(url) = agent_urls.get(&node) {
+                pod.env = vec![("IPMGR_AGENT_URL".to_owned(), url.clone())];
+            }
+            pod
         })
         .collect();
     bed.reset_calls();
 
-    let binary = helper_binary();
     let started = Instant::now();
     let mut running: Vec<_> = members
         .iter()
@@ -104,22 +181,30 @@ fn main() {
 
     let calls = bed.calls();
     let throttled = bed.control("GET", "throttled", Value::Null);
-    let (all, all_throttled) = (count(&calls, None), count(&throttled, None));
+    let log = bed.control("GET", "calls/log", Value::Null);
+    let eni_node: BTreeMap<String, usize> = (1..=nodes)
+        .map(|index| (bed.eni_id(&format!("node{index}"), "eth1"), index))
+        .collect();
+    let mut per_node: BTreeMap<usize, u64> = BTreeMap::new();
+    for entry in log["calls"].as_array().expect("log") {
+        if entry[0] == "AssignPrivateIpAddresses"
+            && let Some(node) = entry[2].as_str().and_then(|eni| eni_node.get(eni))
+        {
+            *per_node.entry(*node).or_default() += 1;
+        }
+    }
+    drop(agents);
+    let all = count(&calls, None);
     let assign = count(&calls, Some("AssignPrivateIpAddresses"));
     let assign_throttled = count(&throttled, Some("AssignPrivateIpAddresses"));
-    let floor = (pods as f64 - burst).max(0.0) / refill;
-    let ratio = |throttled: u64, total: u64| throttled as f64 / (total - throttled).max(1) as f64;
-    eprintln!("EC2 calls {calls}, of which throttled {throttled}");
-    println!(
-        "| pods | nodes | Assign bucket | exited 0 | last success | floor | last / floor | throttled per success (Assign alone) | EC2 calls per pod |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    println!(
-        "| {pods} | {nodes} | {burst} + {refill}/s | {succeeded}/{pods} | {:.1} s | {floor:.1} s | {:.2} | {:.2} ({:.2}) | {:.2} |",
+    let floor = (assign as f64 - burst).max(0.0) / refill;
+    eprintln!("{backend:?}: EC2 calls {calls}, of which throttled {throttled}");
+    format!(
+        "| {backend:?} | {pods} | {nodes} | {burst} + {refill}/s | {succeeded}/{pods} | {:.2} s | {floor:.1} s | {assign} ({}) | {} ({assign_throttled}) | {} | {:.2} |",
         last_success.as_secs_f64(),
-        last_success.as_secs_f64() / floor.max(f64::EPSILON),
-        ratio(all_throttled, all),
-        ratio(assign_throttled, assign),
+        per_node.values().max().copied().unwrap_or(0),
+        count(&throttled, None),
+        count(&calls, Some("DescribeNetworkInterfaces")),
         all as f64 / pods as f64,
-    );
+    )
 }
