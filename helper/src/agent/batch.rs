@@ -3,8 +3,9 @@
 //! arrived within `--batch-window-ms` of the first call, or while its previous batch was in
 //! flight, and makes one DescribeNetworkInterfaces for all the lookups and one assign per
 //! ENI and address family for all the pods. When EC2 refuses a merged assign for good, each
-//! pod's part is tried on its own, so that every pod gets its own answer and one bad
-//! address does not fail its neighbours.
+//! pod's part is tried on its own, and a refused part address by address, so that every pod
+//! gets its own answer and one bad address fails neither its neighbours nor its pod's other
+//! addresses.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -65,6 +66,21 @@ impl Addresses {
         match self {
             Addresses::V4(_) => 4,
             Addresses::V6(_) => 6,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Addresses::V4(v4) => v4.len(),
+            Addresses::V6(v6) => v6.len(),
+        }
+    }
+
+    /// Each address on its own.
+    fn singles(&self) -> Vec<Addresses> {
+        match self {
+            Addresses::V4(v4) => v4.iter().map(|&a| Addresses::V4(vec![a])).collect(),
+            Addresses::V6(v6) => v6.iter().map(|&a| Addresses::V6(vec![a])).collect(),
         }
     }
 
@@ -278,7 +294,7 @@ async fn assign_group<E: Ec2Api>(ec2: &E, group: Vec<Assign>) {
         Err(failure) if group.len() > 1 && failure.class == ErrorClass::Persistent => {
             tracing::warn!(%failure, pods = group.len(), "EC2 refused a batched assign; trying each pod's addresses on their own");
             for assign in group {
-                let answer = call(ec2, &assign.eni_id, &assign.addresses).await;
+                let answer = isolated(ec2, &assign.eni_id, &assign.addresses).await;
                 let _ = assign.reply.send(answer);
             }
         }
@@ -287,6 +303,30 @@ async fn assign_group<E: Ec2Api>(ec2: &E, group: Vec<Assign>) {
                 let _ = assign.reply.send(answer.clone());
             }
         }
+    }
+}
+
+/// One pod's addresses in one call, and address by address when EC2 refuses that for good:
+/// the failure then names only the addresses EC2 refused.
+async fn isolated<E: Ec2Api>(
+    ec2: &E,
+    eni_id: &str,
+    addresses: &Addresses,
+) -> Result<(), Ec2Failure> {
+    match call(ec2, eni_id, addresses).await {
+        Err(failure) if addresses.len() > 1 && failure.class == ErrorClass::Persistent => {
+            let mut refused: Option<Ec2Failure> = None;
+            for single in addresses.singles() {
+                if let Err(failure) = call(ec2, eni_id, &single).await {
+                    match &mut refused {
+                        Some(refused) => refused.addresses.extend(failure.addresses),
+                        None => refused = Some(failure),
+                    }
+                }
+            }
+            refused.map_or(Ok(()), Err)
+        }
+        answer => answer,
     }
 }
 

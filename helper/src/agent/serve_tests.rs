@@ -359,3 +359,39 @@ async fn a_recheck_is_answered_from_the_agents_view_without_a_call() {
     let (_, body) = ask(&bed, "192.168.0.1", Reason::Recheck).await;
     assert_eq!(answer(body).failures, Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn a_pod_ec2_refuses_on_its_own_fails_alone() {
+    let bed = three_pods();
+    for _ in 0..2 {
+        bed.ec2.fail_next(
+            "AssignPrivateIpAddresses",
+            "InvalidParameterValue",
+            ErrorClass::Persistent,
+        );
+    }
+    let answers = futures::future::join_all((1..=3).map(|n| {
+        let peer = format!("192.168.0.{n}");
+        let bed = &bed;
+        async move { answer(ask(bed, &peer, Reason::Start).await.1) }
+    }))
+    .await;
+    let failed: Vec<&str> = answers
+        .iter()
+        .filter(|a| !a.failures.is_empty())
+        .map(|a| a.pod.as_str())
+        .collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "the batch, then one pod's own call refused: {answers:?}"
+    );
+    let refused = answers
+        .iter()
+        .find(|a| !a.failures.is_empty())
+        .expect("one");
+    assert!(
+        refused.routable.is_empty() && refused.failures[0].contains("InvalidParameterValue"),
+        "{refused:?}"
+    );
+}

@@ -378,7 +378,10 @@ async fn with_the_pod_api_on_the_agent_is_ready_only_once_it_listed_the_nodes_po
     agent.settings.pod_listen = crate::config::PodListen::On(([127, 0, 0, 1], 0).into());
     agent.round().await.expect("round");
     let reason = agent.metrics.unready_reason().expect("not ready");
-    assert!(reason.contains("has not listed the node's pods"), "{reason}");
+    assert!(
+        reason.contains("has not listed the node's pods"),
+        "{reason}"
+    );
     agent.pods.replace(&[]);
     agent.round().await.expect("round");
     assert_eq!(agent.metrics.unready_reason(), None);

@@ -1,0 +1,174 @@
+//! Benchmark of the agent backend (root; the release helper and the stand-in of
+//! `testenv/`): one node whose pods cannot reach instance metadata, its agent serving
+//! BENCH_PODS pods, each with a Multus address and the helper asking the agent.
+//!
+//! `cargo bench -p ipmgr-helper --bench agent_backend`; knobs: `BENCH_PODS` (110, the
+//! kubelet's default pod limit), `BENCH_SIDECARS` (20), `BENCH_SECONDS` (120: how long the
+//! sidecars run; 600 for the 10-minute figure), `BENCH_RECHECK` (30 s, the sidecars'
+//! `--recheck-seconds`).
+//!
+//! It reports `init` from start to exit with an idle agent and the address in place (20
+//! runs), the helper's peak RSS (a sidecar's VmHWM), the agent's RSS with every pod served,
+//! and, over the sidecars' run, the agent's CPU, the Describes per recheck interval and the
+//! metadata requests from the pods.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{env_or, helper_binary, proc_cpu_ticks};
+use ipmgr_testbed::{Background, Interface, Pod, TestBed, Topology, finish, wait_agent_ready};
+use serde_json::{Value, json};
+
+/// `name` from /proc/PID/status, in KiB.
+fn status_kib(pid: u32, name: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|line| line.strip_prefix(name))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("field")
+}
+
+fn main() {
+    let pods: usize = env_or("BENCH_PODS", 110);
+    let sidecars: usize = env_or("BENCH_SIDECARS", 20).min(pods);
+    let seconds: u64 = env_or("BENCH_SECONDS", 120);
+    let recheck: u64 = env_or("BENCH_RECHECK", 30);
+    let mut bed = TestBed::start(Topology::Inline(json!({
+        "vpc_cidr": "10.0.0.0/16",
+        "subnets": {"node": {"cidr": "10.0.0.0/24"}, "multus": {"cidr": "10.0.16.0/20"}},
+        "nodes": {"node1": {"enis": [{"subnet": "node"}, {"subnet": "multus", "multus": true}]}},
+    })));
+    bed.control("POST", "config", json!({"eni_ipv4_limit": pods + 10}));
+    bed.pods_reach_metadata(false);
+    let node = bed.node("node1");
+    let dir = node.netns_dir.to_str().expect("UTF-8 path").to_owned();
+    let binary = helper_binary();
+    let args = [
+        "agent",
+        "--netns-dir",
+        &dir,
+        "--metrics-listen",
+        "127.0.0.1:9471",
+    ];
+    let agent = Background(
+        bed.command(&node, &binary, &args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("agent"),
+    );
+    let agent_pid = agent.0.id();
+    wait_agent_ready(&node, "127.0.0.1:9471", Duration::from_secs(30)).expect("agent ready");
+    let url = format!("http://{}:9472", node.address);
+    let members: Vec<Pod> = (0..pods)
+        .map(|index| {
+            let address = format!("10.0.{}.{}/20", 17 + index / 250, 4 + index % 250);
+            let mut pod = bed.pod(
+                "node1",
+                &format!("p{index}"),
+                &[Interface::on_eni("net1", "eth1", &[&address])],
+            );
+            pod.env = vec![("IPMGR_AGENT_URL".to_owned(), url.clone())];
+            pod
+        })
+        .collect();
+
+    // Every pod's init, 22 at a time.
+    let started = Instant::now();
+    for chunk in members.chunks(22) {
+        let children: Vec<_> = chunk
+            .iter()
+            .map(|pod| {
+                bed.command(pod, &binary, &["init"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("init")
+            })
+            .collect();
+        for mut child in children {
+            assert!(child.wait().expect("wait").success(), "an init failed");
+        }
+    }
+    let all_inits = started.elapsed();
+    let agent_rss = status_kib(agent_pid, "VmRSS:");
+
+    // init with the address in place and an idle agent.
+    let mut runs: Vec<Duration> = (0..20)
+        .map(|_| {
+            let (output, stderr, took) = finish(bed.command(&members[0], &binary, &["init"]));
+            assert!(output.status.success(), "{stderr}");
+            took
+        })
+        .collect();
+    runs.sort();
+
+    // Sidecars for a while: Describes per interval, agent CPU, metadata from pods.
+    bed.reset_calls();
+    let ready_dir = tempfile::tempdir().expect("dir");
+    let recheck_arg = recheck.to_string();
+    let running: Vec<Background> = members[..sidecars]
+        .iter()
+        .enumerate()
+        .map(|(index, pod)| {
+            let ready = ready_dir.path().join(format!("ready-{index}"));
+            let ready = ready.to_str().expect("UTF-8").to_owned();
+            let args = [
+                "sidecar",
+                "--recheck-seconds",
+                &recheck_arg,
+                "--ready-file",
+                &ready,
+            ];
+            Background(
+                bed.command(pod, &binary, &args)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("sidecar"),
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (0..sidecars).any(|index| !ready_dir.path().join(format!("ready-{index}")).exists()) {
+        assert!(Instant::now() < deadline, "the sidecars never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let helper_peak = status_kib(running[0].0.id(), "VmHWM:");
+    let helper_rss = status_kib(running[0].0.id(), "VmRSS:");
+    let (cpu_before, window) = (proc_cpu_ticks(agent_pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(seconds));
+    let agent_cpu = proc_cpu_ticks(agent_pid) - cpu_before;
+    let elapsed = window.elapsed().as_secs_f64();
+    let calls = bed.calls();
+    let describes = calls["DescribeNetworkInterfaces"].as_u64().unwrap_or(0);
+    let by_source = bed.metadata_requests();
+    let from_pods: u64 = members
+        .iter()
+        .map(|pod| by_source.get(&pod.ip).and_then(Value::as_u64).unwrap_or(0))
+        .sum();
+    drop(running);
+    drop(agent);
+
+    let ms = |duration: Duration| duration.as_secs_f64() * 1e3;
+    println!(
+        "| pods | every init (22 at a time) | init, address in place (median / p90 / max) | helper RSS (peak) | agent RSS, {pods} pods | sidecars, run | agent CPU | Describes per recheck interval | metadata requests from pods |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {pods} | {:.2} s | {:.0} / {:.0} / {:.0} ms | {:.1} MiB ({:.1} MiB) | {:.1} MiB | {sidecars}, {seconds} s | {:.2}% | {:.2} | {from_pods} |",
+        all_inits.as_secs_f64(),
+        ms(runs[runs.len() / 2]),
+        ms(runs[runs.len() * 9 / 10]),
+        ms(runs[runs.len() - 1]),
+        helper_rss as f64 / 1024.0,
+        helper_peak as f64 / 1024.0,
+        agent_rss as f64 / 1024.0,
+        agent_cpu as f64 / (elapsed * 100.0) * 100.0,
+        describes as f64 / (elapsed / recheck as f64),
+    );
+    eprintln!("calls during the sidecars' run: {calls}");
+}
