@@ -17,10 +17,30 @@ What is mapped, and how (the kubelet's and CRI's meaning on the left):
            secret, hostPath         a bind mount of a directory the caller names
            mountPropagation         HostToContainer -> rslave
   command / args                    --entrypoint / arguments (no command: the image's entrypoint)
-  env: value, fieldRef              the value; fieldRef from the `fields` given
+  env: value, fieldRef              the value; fieldRef from the `fields` given (the downward
+                                    API: spec.nodeName, metadata.name, metadata.namespace,
+                                    status.hostIP, the node's address, where its agent listens)
+       $(VAR) in a value            expanded as the kubelet does, from the variables before
+                                    it (`$$` escapes a `$`; an unknown name stays as written)
   envFrom: configMapRef             the ConfigMap's data, from the `config_maps` given
+  automountServiceAccountToken      (only for a pod given a `kubeconfig`: the agent's
+                                    DaemonSet, whose pod watch needs the API server) the
+                                    kubelet mounts the service account's token, CA and
+                                    namespace at SERVICE_ACCOUNT_DIR and sets
+                                    KUBERNETES_SERVICE_HOST/PORT, which kube's in-cluster
+                                    config reads. The emulated cluster's API server has no
+                                    Service and checks no token, so the bed's kubeconfig
+                                    stands in for that volume: the file mounted read-only at
+                                    SERVICE_ACCOUNT_DIR/kubeconfig and KUBECONFIG naming it
+                                    (kube's Config::infer() reads KUBECONFIG before the
+                                    in-cluster config); the binaries get the host's path.
+                                    Other pods' tokens are not emulated (nothing else in
+                                    them calls the API server)
   the pod's DNS server              --dns (resolv.conf, as the kubelet writes it)
   startupProbe exec                 `podman exec` every periodSeconds, failureThreshold times
+  readinessProbe httpGet            GET http://POD_IP:PORT/PATH from the node's network
+                                    namespace, where the kubelet runs (for a hostNetwork pod
+                                    POD_IP is the node's address); polled until it passes
 
 `$PODMAN` is the command with this machine's global flags (scripts/podman.sh sets it).
 """
@@ -29,8 +49,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +61,12 @@ from kubernetes.utils.quantity import parse_quantity
 
 # The kernel's interfaces every container has, mounted (and masked) by the runtime.
 KERNEL_TREES = ("/dev", "/proc", "/sys")
+# Where the kubelet mounts a pod's service account token, and where the bed's kubeconfig
+# goes in its place.
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+KUBECONFIG_PATH = f"{SERVICE_ACCOUNT_DIR}/kubeconfig"
+# `$$` or `$(NAME)` in an env value (Kubernetes' expansion syntax).
+REFERENCE = re.compile(r"\$(\$|\(([^)]*)\))")
 
 
 class ContainerError(RuntimeError):
@@ -142,11 +170,30 @@ class PodSpec:
     config_maps: dict[str, dict[str, str]] = field(default_factory=dict)
     # The nameserver the kubelet writes into the pod's resolv.conf (CoreDNS for ClusterFirst).
     dns: str | None = None
+    # The kubeconfig of the API server, standing in for the service account token (see the
+    # module's mappings): for the pods that need the API server.
+    kubeconfig: str | None = None
+
+    def mounts_api_access(self) -> bool:
+        """Whether its containers get the kubeconfig in place of the service account token."""
+        return self.kubeconfig is not None and self.spec.get("automountServiceAccountToken", True)
+
+
+def expand(value: str, defined: dict[str, str]) -> str:
+    """`$(NAME)` references in an env value, expanded as the kubelet does
+    (k8s.io/kubernetes third_party/forked/golang/expansion): from the variables defined
+    before it, `$$` for a literal `$`, an unknown name left as written."""
+    def replace(match: re.Match) -> str:
+        if match.group(1) == "$":
+            return "$"
+        return defined.get(match.group(2), match.group(0))
+    return REFERENCE.sub(replace, value)
 
 
 def environment(container: dict, pod: PodSpec, extra: dict[str, str]) -> dict[str, str]:
     """The container's envFrom ConfigMaps, then its env with the downward API fields filled
-    in, then `extra`."""
+    in and `$(NAME)` expanded, then KUBECONFIG when the pod gets the API server's kubeconfig,
+    then `extra`."""
     values: dict[str, str] = {}
     for source in container.get("envFrom", []):
         name = source.get("configMapRef", {}).get("name")
@@ -155,12 +202,14 @@ def environment(container: dict, pod: PodSpec, extra: dict[str, str]) -> dict[st
         values |= pod.config_maps[name]
     for variable in container.get("env", []):
         if "value" in variable:
-            values[variable["name"]] = variable["value"]
+            values[variable["name"]] = expand(variable["value"], values)
         else:
             path = variable["valueFrom"]["fieldRef"]["fieldPath"]
             if path not in pod.fields:
                 raise ContainerError(f"env {variable['name']}: no value for the field {path}")
             values[variable["name"]] = pod.fields[path]
+    if pod.mounts_api_access():
+        values["KUBECONFIG"] = KUBECONFIG_PATH
     return values | extra
 
 
@@ -180,6 +229,8 @@ def run_argv(container: dict, pod: PodSpec, *, name: str, network: str, extra_en
     if pod.dns:
         argv += ["--dns", pod.dns]
     argv += volume_options(container, pod.spec.get("volumes", []), sources or {})
+    if pod.mounts_api_access():
+        argv += ["--mount", f"type=bind,source={pod.kubeconfig},destination={KUBECONFIG_PATH},ro=true"]
     for key, value in environment(container, pod, extra_env or {}).items():
         argv += ["--env", f"{key}={value}"]
     command = container.get("command", [])
@@ -219,6 +270,11 @@ class Started:
         VmRSS ...), read from the host."""
         lines = Path(f"/proc/{self.pid()}/status").read_text().splitlines()
         return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+    def environ(self) -> dict[str, str]:
+        """The environment of the first process (/proc/PID/environ), read from the host."""
+        raw = Path(f"/proc/{self.pid()}/environ").read_bytes().decode(errors="replace")
+        return dict(entry.split("=", 1) for entry in raw.split("\0") if "=" in entry)
 
     def writable_mounts(self) -> list[str]:
         """Mount points the first process sees read-write, from /proc/PID/mountinfo, leaving
@@ -262,6 +318,37 @@ class Running(Started):
 
     def remove(self) -> None:
         subprocess.run(podman_command() + ["rm", "--force", "--time", "0", self.name], capture_output=True)
+
+
+def http_get(netns: str, url: str, timeout: float = 2.0) -> int | None:
+    """The status of GET `url` from network namespace `netns`, None when nothing answers."""
+    script = ("import sys, urllib.request, urllib.error\n"
+              "try:\n    print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).status)\n"
+              "except urllib.error.HTTPError as error:\n    print(error.code)\n"
+              "except Exception:\n    print(0)\n")
+    result = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", script, url, str(timeout)],
+                            capture_output=True, text=True)
+    code = int(result.stdout.strip() or 0)
+    return code or None
+
+
+def readiness_probe(container: dict, netns: str, pod_ip: str, limit: float, every: float = 0.1) -> float:
+    """Polls the container's httpGet readinessProbe as the kubelet sends it (to the pod's IP,
+    from the node's network namespace `netns`) until it answers 200-399; the seconds it
+    took. Every `every` s rather than every periodSeconds, not to wait out a period."""
+    probe = container["readinessProbe"]["httpGet"]
+    port = probe["port"]
+    if isinstance(port, str):
+        port = next(entry["containerPort"] for entry in container.get("ports", []) if entry.get("name") == port)
+    url = f"http://{pod_ip}:{port}{probe.get('path', '/')}"
+    started = time.monotonic()
+    while True:
+        status = http_get(netns, url)
+        if status is not None and 200 <= status < 400:
+            return time.monotonic() - started
+        if time.monotonic() - started > limit:
+            raise ContainerError(f"{url} answered {status or 'nothing'} for {limit} s")
+        time.sleep(every)
 
 
 def start(argv: list[str], name: str) -> Running:

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from demo.containers import ContainerError, PodSpec, Running, Started, environment, run_argv, start
+from demo.containers import (KUBECONFIG_PATH, ContainerError, PodSpec, Running, Started, environment, run_argv,
+                             start)
 from testenv.client import Place
 
 
@@ -104,7 +105,7 @@ class Images(Launcher):
 class Binaries(Launcher):
     """The built binaries as root processes. A path under one of the container's volume
     mounts, in its environment, becomes the host directory standing in for that volume (a
-    fresh one under `workdir` for an emptyDir)."""
+    fresh one under `workdir` for an emptyDir), and KUBECONFIG the bed's kubeconfig."""
 
     programs: dict[str, Path] = field(default_factory=dict)
     workdir: Path = Path("/tmp")
@@ -171,5 +172,8 @@ class Binaries(Launcher):
                 directories[mount["mountPath"]] = volume["hostPath"]["path"]
             else:
                 raise ContainerError(f"volume {mount['name']}: give the host directory that stands in for it")
+        if pod.mounts_api_access():
+            # The file podman would mount there (containers.py: automountServiceAccountToken).
+            directories[KUBECONFIG_PATH] = pod.kubeconfig
         return directories
 
