@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""multus-ipmgr on one machine: the webhook admits Multus pods, the helper it injects makes
-the pods' IPs routable on the emulated node's ENIs in each mode, a floating IP moves between
-pods, and the node agent returns the addresses of pods that are gone.
+"""multus-ipmgr on one machine: the node agents start on every node, the webhook admits
+Multus pods, the helper it injects asks its node's agent to make the pods' IPs routable on
+the emulated nodes' ENIs in each mode (the agent backend: no AWS credentials in the pods,
+which cannot reach instance metadata), a floating IP moves between pods on two nodes, and
+the agents give back the addresses of pods that are gone. `--backend direct` runs the
+helpers of the direct backend instead, which call EC2 themselves.
 
 The containers run from the images of scripts/images under podman, with the security
 context from the manifests and the webhook's patch, when those images are built (or
@@ -13,6 +16,7 @@ tests/requirements.txt (for the AWS stand-in). `scripts/demo` provides all of th
 
 from __future__ import annotations
 
+import argparse
 import base64
 import http.client
 import json
@@ -25,7 +29,7 @@ import ssl
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import jsonpatch
@@ -33,13 +37,19 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from demo.containers import PodSpec, Started, unavailable  # noqa: E402
+from demo.containers import ContainerError, PodSpec, Started, environment, readiness_probe, unavailable  # noqa: E402
 from demo.launchers import Binaries, Images, Launcher  # noqa: E402
 from testenv.client import Bed, Pod  # noqa: E402
 
 SERVICE_NAME = "ipmgr-webhook.multus-ipmgr.svc"
 FLOATING_IP = "10.0.1.100"
+# Where a pod declares the addresses it may float (not in Multus' record).
+FLOATING_IPS = "multus-ipmgr.io/floating-ips"
 AGENT_GRACE_SECONDS = 2
+BACKENDS = ("agent", "direct")
+# What would give a helper AWS access or settings: every AWS_* variable, and the helper's
+# own EC2 and instance metadata settings (IPMGR_EC2_*, IPMGR_METADATA_*).
+AWS_SETTING = re.compile(r"^(AWS_|IPMGR_(EC2|METADATA)_)")
 # Where scripts/images puts the images (no registry).
 IMAGES = "localhost"
 CAP_SYS_ADMIN = 1 << 21
@@ -93,20 +103,21 @@ def manifest(path: str, kind: str) -> dict:
                 if document and document["kind"] == kind)
 
 
-def workload_pod(path: str, kind: str, image: str) -> tuple[dict, PodSpec]:
-    """The container and pod of a Deployment or DaemonSet in manifests/, with our image (as a
-    kustomize `images:` entry would set it)."""
+def workload_pod(path: str, kind: str, image: str) -> tuple[dict, dict]:
+    """The container and pod spec of a Deployment or DaemonSet in manifests/, with our image
+    (as a kustomize `images:` entry would set it)."""
     template = manifest(path, kind)["spec"]["template"]
     container = dict(template["spec"]["containers"][0], image=image)
-    return container, PodSpec(template["spec"], {"spec.nodeName": "node1"})
+    return container, template["spec"]
 
 
 class Webhook:
     """The webhook Deployment's container on loopback (the Service), with a certificate from
     `ipmgr-webhook certs` in the directory that stands in for its Secret."""
 
-    def __init__(self, world: World, image: str, helper_image: str):
-        container, pod = workload_pod("base/deployment.yaml", "Deployment", image)
+    def __init__(self, world: World, image: str, helper_image: str, settings: dict[str, str]):
+        container, template = workload_pod("base/deployment.yaml", "Deployment", image)
+        pod = PodSpec(template, {"spec.nodeName": "node1"})
         pod.config_maps["ipmgr-webhook-config"] = manifest("base/configmap.yaml", "ConfigMap")["data"]
         secret = world.workdir / "tls"
         secret.mkdir()
@@ -128,7 +139,8 @@ class Webhook:
             self.port = probe.getsockname()[1]
         self.container = world.launcher.start(
             container, pod, None, f"{world.workdir.name}-webhook", sources={"tls": str(secret)},
-            extra_env={"IPMGR_LISTEN": f"127.0.0.1:{self.port}", "IPMGR_HELPER_IMAGE": helper_image, "IPMGR_LOG": "warn"})
+            extra_env={"IPMGR_LISTEN": f"127.0.0.1:{self.port}", "IPMGR_HELPER_IMAGE": helper_image,
+                       "IPMGR_LOG": "warn"} | settings)
         self.context = ssl.create_default_context(cafile=str(secret / "ca.crt"))
         deadline = time.monotonic() + 30
         while True:
@@ -227,10 +239,12 @@ def launcher_for(images: bool | None, workdir: Path) -> tuple[Launcher, str]:
     return Binaries(programs=binaries, workdir=workdir), f"the built binaries as root processes{reason}"
 
 
-def pod_spec(admitted: dict, pod: Pod, dns: str | None) -> PodSpec:
-    """An admitted pod as scheduled on `pod.node`, `dns` its DNS server."""
+def pod_spec(admitted: dict, pod: Pod, dns: str | None, host_ip: str) -> PodSpec:
+    """An admitted pod as scheduled on `pod.node` (whose address is `host_ip`), `dns` its
+    DNS server."""
     return PodSpec(admitted["spec"], {"spec.nodeName": pod.node, "metadata.name": pod.name,
-                                      "metadata.namespace": admitted["metadata"]["namespace"]}, dns=dns)
+                                      "metadata.namespace": admitted["metadata"]["namespace"],
+                                      "status.hostIP": host_ip}, dns=dns)
 
 
 def confinement(started: Started, out: Output, check_results: bool, what: str) -> dict:
@@ -251,30 +265,51 @@ def confinement(started: Started, out: Output, check_results: bool, what: str) -
     return facts
 
 
-def run(check_results: bool = False, quiet: bool = False, images: bool | None = None) -> dict:
+def run(check_results: bool = False, quiet: bool = False, images: bool | None = None, backend: str = "agent") -> dict:
     """The whole demo; with `check_results`, every claim it prints is asserted too. `images`:
     run the containers from their images (True), the binaries (False), or the images when
-    they are built and podman runs (None). Returns the measured figures."""
+    they are built and podman runs (None). `backend`: the webhook's helper backend, `agent`
+    (the default: the node agents call EC2, pods hold no credentials and cannot reach
+    instance metadata) or `direct` (each helper calls EC2 itself, pods reach metadata).
+    Returns the measured figures."""
     out = Output(quiet)
     if os.geteuid() != 0:
         raise SystemExit("the demo creates network namespaces: run it as root (sudo scripts/demo)")
+    if backend not in BACKENDS:
+        raise SystemExit(f"unknown backend {backend!r}: {' or '.join(BACKENDS)}")
+    agent_backend = backend == "agent"
     workdir = Path(tempfile.mkdtemp(prefix="ipmgr-demo-"))
     launcher, how = launcher_for(images, workdir)
     world = World(launcher, workdir=workdir)
     in_images = isinstance(launcher, Images)
     tag = os.environ.get("IPMGR_IMAGE_TAG", workspace_version())
-    figures: dict = {"images": in_images}
+    figures: dict = {"images": in_images, "backend": backend}
     try:
-        out.step("The emulated cluster: EC2 (moto + our rules), IMDSv2 per node, pods as network namespaces")
+        out.step("The emulated cluster: EC2 (moto + our rules), IMDSv2 per node, an API server, "
+                 "pods as network namespaces")
         bed = Bed("how-to")
         world.beds.append(bed)
         node1, node2 = bed.topology["nodes"]["node1"]["enis"], bed.topology["nodes"]["node2"]["enis"]
         eth1_node1, eth1_node2 = node1[1]["id"], node2[1]["id"]
         ipv6 = f"{bed.ipv6_prefix()}80"
-        # node2 already holds one of the pod's addresses (a pod that ran there before).
-        bed.control("POST", "assign", {"eni": eth1_node2, "ipv4": ["10.0.1.80"]})
         out.line(f"  testenv/topologies/how-to.json: node1 has {len(node1)} ENIs, node2 {len(node2)}; "
-                 "node2 holds 10.0.1.80")
+                 f"the API server at {bed.kube_endpoint}")
+        if agent_backend:
+            # As on a hardened EKS node (IMDSv2 hop limit 1): only the node itself is answered.
+            bed.pods_reach_metadata(False)
+            out.line("  instance metadata answers the nodes only, not their pods (as with hop limit 1 on EKS)")
+        else:
+            out.line("  instance metadata answers the pods too (hop limit 2, as the direct backend needs)")
+        nodes = {name: bed.node(name) for name in bed.topology["nodes"]}
+        # Every node runs some pod with a namespace of its own (the agent reads an empty view
+        # as a wrong netns directory): here one without Multus networks on each.
+        pod_names = {}  # by pod IP, for the metadata requests' sources
+        for name in nodes:
+            pod_names[bed.pod(name, f"web-{name}", []).pod_ip] = f"web-{name}"
+        leaked = "10.0.1.90"
+        bed.control("POST", "assign", {"eni": eth1_node1, "ipv4": [leaked]})
+        out.line(f"  an ordinary pod on each node; {leaked} is on node1's eth1 and in no pod: "
+                 "a pod force-deleted before the agents ran left it")
         out.line(f"  containers run as {how}")
         # From the images, pods reach EC2 by its real name through the VPC's resolver, as
         # the static binary in a scratch image must (no NSS modules there: glibc's built-in
@@ -282,16 +317,53 @@ def run(check_results: bool = False, quiet: bool = False, images: bool | None = 
         dns = bed.topology["resolver"] if in_images else None
         by_name = {"AWS_ENDPOINT_URL_EC2": bed.topology["ec2_endpoint_by_name"]} if in_images else {}
         figures["ec2_endpoint"] = by_name.get("AWS_ENDPOINT_URL_EC2", bed.topology["ec2_endpoint"])
-        out.line(f"  EC2 for the helpers: {figures['ec2_endpoint']}")
+        out.line(f"  EC2 for the {'agents' if agent_backend else 'agents and the helpers'}: {figures['ec2_endpoint']}")
+
+        out.step(f"The node agent's DaemonSet container (manifests/agent) on every node, grace {AGENT_GRACE_SECONDS} s")
+        agent_container, agent_template = workload_pod("agent/daemonset.yaml", "DaemonSet",
+                                                       f"{IMAGES}/ipmgr-helper:{tag}")
+        pod_api_port = next(port["containerPort"] for port in agent_container["ports"] if port["name"] == "pod-api")
+        agents = {}
+        for name, node in nodes.items():
+            # The node's namespace (hostNetwork), its netns directory mounted HostToContainer,
+            # NODE_NAME from the downward API and the bed's kubeconfig for the pod watch.
+            spec = PodSpec(agent_template, {"spec.nodeName": name}, dns=dns, kubeconfig=bed.kubeconfig)
+            agents[name] = launcher.start(agent_container, spec, node, f"{bed.name}-agent-{name}",
+                                          sources={"netns": node.netns_dir},
+                                          extra_env=by_name | {"IPMGR_RELEASE_GRACE_SECONDS": str(AGENT_GRACE_SECONDS)})
+        for name, node in nodes.items():
+            try:
+                seconds = readiness_probe(agent_container, node.netns, node.address, limit=30)
+            except ContainerError as error:
+                raise RuntimeError(f"the agent on {name} never became ready ({error}): {agents[name].logs()[-2000:]}") \
+                    from None
+            out.line(f"  {name}: NODE_NAME={name}, KUBECONFIG (the API server, for its pod watch), "
+                     f"pod API on {node.address}:{pod_api_port}; /readyz 200 after {seconds:.1f} s")
+        figures["leak_reclaimed"] = bed.wait_held(eth1_node1, leaked, held=False, limit=30)
+        out.line(f"  {leaked} given back by node1's agent after {figures['leak_reclaimed']:.1f} s")
+        if in_images:
+            capabilities = {name: int(agent.status()["CapEff"], 16) for name, agent in agents.items()}
+            out.line("  the agents' capabilities: "
+                     + ", ".join(f"{name} {value:#x}" for name, value in capabilities.items())
+                     + f" (CAP_SYS_ADMIN is {CAP_SYS_ADMIN:#x})")
+            if check_results:
+                check(set(capabilities.values()) == {CAP_SYS_ADMIN},
+                      "the agents enter pod namespaces with CAP_SYS_ADMIN alone", out)
 
         out.step("The webhook Deployment's container (manifests/base), certificate from ipmgr-webhook certs")
-        webhook = Webhook(world, f"{IMAGES}/ipmgr-webhook:{tag}", f"{IMAGES}/ipmgr-helper:{tag}")
-        out.line(f"  https://127.0.0.1:{webhook.port} as {SERVICE_NAME}, ready")
+        webhook = Webhook(world, f"{IMAGES}/ipmgr-webhook:{tag}", f"{IMAGES}/ipmgr-helper:{tag}",
+                          {} if agent_backend else {"IPMGR_HELPER_BACKEND": "direct"})
+        out.line(f"  https://127.0.0.1:{webhook.port} as {SERVICE_NAME}, ready; helper backend: {backend}")
 
         out.step("Admitting the sample busybox pods as the API server would")
         admitted = {}
         for mode in ("init", "sidecar", "native-sidecar"):
-            patched, patch = webhook.admit(sample_pod(mode))
+            sample = sample_pod(mode)
+            if mode == "sidecar":
+                # keepalived's VIP comes up after Multus recorded the pod's addresses: the
+                # pods declare it, or their agent would refuse it (agent backend).
+                sample["metadata"]["annotations"][FLOATING_IPS] = FLOATING_IP
+            patched, patch = webhook.admit(sample)
             admitted[mode] = patched
             helper = injected(patched)
             where = "initContainers" if helper in patched["spec"].get("initContainers", []) else "containers"
@@ -299,22 +371,60 @@ def run(check_results: bool = False, quiet: bool = False, images: bool | None = 
             out.line(f"  {mode:<15} {len(patch)} patch ops: {where} aws-ip-mgmt {' '.join(helper['args'])}{extra}")
         again, patch = webhook.admit(admitted["init"])
         out.line(f"  admitting the injected init-mode pod again: {len(patch)} patch ops")
+        patch_env = {variable["name"]: variable for variable in injected(admitted["init"])["env"]}
+        if agent_backend:
+            host_ip = patch_env["HOST_IP"]["valueFrom"]["fieldRef"]["fieldPath"]
+            out.line(f"  the helper asks its node's agent: HOST_IP from {host_ip}, "
+                     f"IPMGR_AGENT_URL={patch_env['IPMGR_AGENT_URL']['value']}; nothing of AWS")
+        else:
+            out.line("  the helper calls EC2 itself, with the node role through instance metadata")
 
-        out.step("ENIs before")
+        def helper_place(pod: Pod) -> Pod:
+            """Where a pod's helper runs. The bed gives every pod the AWS variables that lead
+            to its stand-ins (its node's metadata, EC2) in place of AWS's real addresses: only
+            the direct backend's helper calls them; with the agent backend it gets nothing
+            but what the webhook's patch sets."""
+            return pod if not agent_backend else replace(pod, env={})
+
+        helper_extra = {} if agent_backend else by_name
+
+        def scheduled(mode: str, node: str, name: str, interfaces: list[dict]) -> Pod:
+            """The admitted pod of `mode` on `node`: its namespace, and its Pod object in the
+            API server with the admitted pod's annotations (Multus adds its network-status)."""
+            metadata = admitted[mode]["metadata"]
+            scheduled_pod = bed.pod(node, name, interfaces, namespace=metadata["namespace"],
+                                    annotations=metadata.get("annotations", {}))
+            pod_names[scheduled_pod.pod_ip] = name
+            return scheduled_pod
+
+        def spec_of(mode: str, pod: Pod) -> PodSpec:
+            return pod_spec(admitted[mode], pod, dns, nodes[pod.node].address)
+
+        # 10.0.1.80 was left on node2's eth1 by a pod that ran there: the init pod's address
+        # moves from it (AllowReassignment).
+        bed.control("POST", "assign", {"eni": eth1_node2, "ipv4": ["10.0.1.80"]})
+        out.step("ENIs before (node2's eth1 holds 10.0.1.80, left there by a pod that ran on node2)")
         for row in eni_table(bed):
             out.line(row)
 
         out.step("The init-mode pod: net1 (ipvlan on eth1 -> macvlan with eth1's MAC), 10.0.1.80 + " + ipv6)
-        pod = bed.pod("node1", "busybox-init-1", [{"name": "net1", "eni": "eth1", "addresses": ["10.0.1.80/24", f"{ipv6}/64"]}])
+        pod = scheduled("init", "node1", "busybox-init-1",
+                        [{"name": "net1", "eni": "eth1", "addresses": ["10.0.1.80/24", f"{ipv6}/64"]}])
         container = injected(admitted["init"])
+        # What each helper was given (the init container's) or holds (the running ones'),
+        # for the credentials step.
+        given = environment(container, spec_of("init", pod), helper_place(pod).env | helper_extra)
+        helpers_env = {f"init container {pod.name} (the environment it was started with)": given}
         bed.control("POST", "calls/reset")
         started = time.monotonic()
-        result = launcher.run(container, pod_spec(admitted["init"], pod, dns), pod, f"{bed.name}-{pod.name}", by_name)
+        result = launcher.run(container, spec_of("init", pod), helper_place(pod), f"{bed.name}-{pod.name}",
+                              helper_extra)
         figures["init_seconds"] = time.monotonic() - started
         if result.returncode != 0:
             raise RuntimeError(f"the injected init container failed: {result.stderr.strip().splitlines()[-3:]}")
         calls = bed.control("GET", "calls")
-        out.line(f"  init container exited 0 in {figures['init_seconds'] * 1000:.0f} ms; EC2 calls: "
+        caller = "node1's agent" if agent_backend else "the helper"
+        out.line(f"  init container exited 0 in {figures['init_seconds'] * 1000:.0f} ms; EC2 calls by {caller}: "
                  + ", ".join(f"{action} {count}" for action, count in sorted(calls.items())))
 
         out.step("ENIs after")
@@ -325,19 +435,29 @@ def run(check_results: bool = False, quiet: bool = False, images: bool | None = 
                   "the init container the webhook's patch describes makes the pod's addresses routable", out)
 
         bed.control("POST", "calls/reset")
-        result = launcher.run(container, pod_spec(admitted["init"], pod, dns), pod, f"{bed.name}-{pod.name}", by_name)
+        result = launcher.run(container, spec_of("init", pod), helper_place(pod), f"{bed.name}-{pod.name}",
+                              helper_extra)
         second_calls = bed.control("GET", "calls")
-        out.line(f"  restarted pod: init exited {result.returncode}, EC2 calls: {sum(second_calls.values())}")
+        mutating = sum(count for action, count in second_calls.items() if not action.startswith("Describe"))
+        out.line(f"  restarted pod: init exited {result.returncode}, EC2 calls: {sum(second_calls.values())} "
+                 f"({mutating} changing anything)")
 
         out.step(f"Sidecar mode: floating IP {FLOATING_IP} between pod A (node1) and pod B (node2)")
+        if agent_backend:
+            out.line(f"  Multus' network-status records the addresses net1 had when the pod started; the VIP comes "
+                     f"later, so both pods declare it: {FLOATING_IPS}: {FLOATING_IP}")
         sidecar_container = injected(admitted["sidecar"])
-        pod_a = bed.pod("node1", "busybox-sidecar-a", [{"name": "net1", "eni": "eth1", "addresses": ["10.0.1.81/24"]}])
-        pod_b = bed.pod("node2", "busybox-sidecar-b", [{"name": "net1", "eni": "eth1", "addresses": ["10.0.1.82/24"]}])
-        sidecars = {member.name: launcher.start(sidecar_container, pod_spec(admitted["sidecar"], member, dns), member,
-                                                f"{bed.name}-{member.name}", extra_env=by_name)
+        pod_a = scheduled("sidecar", "node1", "busybox-sidecar-a",
+                          [{"name": "net1", "eni": "eth1", "addresses": ["10.0.1.81/24"]}])
+        pod_b = scheduled("sidecar", "node2", "busybox-sidecar-b",
+                          [{"name": "net1", "eni": "eth1", "addresses": ["10.0.1.82/24"]}])
+        sidecars = {member.name: launcher.start(sidecar_container, spec_of("sidecar", member), helper_place(member),
+                                                f"{bed.name}-{member.name}", extra_env=helper_extra)
                     for member in (pod_a, pod_b)}
         bed.wait_held(eth1_node1, "10.0.1.81", limit=15)
         bed.wait_held(eth1_node2, "10.0.1.82", limit=15)
+        for member in (pod_a, pod_b):
+            helpers_env[f"sidecar {member.name} (/proc/PID/environ)"] = sidecars[member.name].environ()
         timeline = []
         bed.add_address(pod_a, "net1", f"{FLOATING_IP}/24")
         timeline.append(("appears on A", bed.wait_held(eth1_node1, FLOATING_IP)))
@@ -354,61 +474,140 @@ def run(check_results: bool = False, quiet: bool = False, images: bool | None = 
             figures["sidecar"] = confinement(sidecars[pod_a.name], out, check_results, "sidecar A")
         grace = admitted["sidecar"]["spec"].get("terminationGracePeriodSeconds", 30)
         exit_code = sidecars[pod_b.name].stop(grace)
-        still_held = "10.0.1.82" in bed.addresses(eth1_node2)
-        out.line(f"  pod B deleted: its sidecar exited {exit_code} on SIGTERM, 10.0.1.82 "
-                 + ("still on node2's eth1" if still_held else "released from node2's eth1"))
+        held_after_exit = "10.0.1.82" in bed.addresses(eth1_node2)
+        sigterm = figures["sigterm"] = {"exit_code": exit_code, "held_after_exit": held_after_exit}
+        if agent_backend:
+            out.line(f"  pod B deleted (terminating): its sidecar exited {exit_code} on SIGTERM and gave nothing back; "
+                     "10.0.1.82 " + ("stays on node2's eth1 while the pod's namespace is there" if held_after_exit
+                                     else "LEFT node2's eth1"))
+            if check_results:
+                check(exit_code == 0 and held_after_exit,
+                      "the sidecar exits 0 on SIGTERM and its pod keeps its address while it terminates", out)
+            bed.delete_pod(pod_b)
+            released = sigterm["released_after_deletion"] = gone_within(bed, eth1_node2, ["10.0.1.82"])
+            out.line("  its namespace gone, node2's agent " + (
+                f"gave 10.0.1.82 back after {released:.1f} s (grace {AGENT_GRACE_SECONDS} s)" if released is not None
+                else "DID NOT give 10.0.1.82 back"))
+            if check_results:
+                check(released is not None, "once the pod's namespace is gone, its node's agent gives the address back",
+                      out)
+        else:
+            out.line(f"  pod B deleted (terminating): its sidecar exited {exit_code} on SIGTERM, 10.0.1.82 "
+                     + ("still on node2's eth1" if held_after_exit else "released from node2's eth1"))
+            if check_results:
+                check(exit_code == 0 and not held_after_exit,
+                      "the direct backend's sidecar exits 0 on SIGTERM and gives its pod's address back", out)
+            bed.delete_pod(pod_b)
 
         out.step("Native-sidecar mode: the startup probe passes once the pod's address is routable")
-        native = bed.pod("node1", "busybox-native-1", [{"name": "net1", "eni": "eth1", "addresses": ["10.0.1.83/24"]}])
+        native = scheduled("native-sidecar", "node1", "busybox-native-1",
+                           [{"name": "net1", "eni": "eth1", "addresses": ["10.0.1.83/24"]}])
         native_container = injected(admitted["native-sidecar"])
-        native_sidecar = launcher.start(native_container, pod_spec(admitted["native-sidecar"], native, dns), native,
-                                        f"{bed.name}-{native.name}", extra_env=by_name)
+        native_sidecar = launcher.start(native_container, spec_of("native-sidecar", native), helper_place(native),
+                                        f"{bed.name}-{native.name}", extra_env=helper_extra)
         figures["startup_probe_seconds"] = native_sidecar.startup_probe(native_container["startupProbe"])
         held = "10.0.1.83" in bed.addresses(eth1_node1)
         out.line(f"  `{' '.join(native_container['startupProbe']['exec']['command'])}` passed after "
                  f"{figures['startup_probe_seconds']:.1f} s; 10.0.1.83 {'is' if held else 'is not'} on eth1")
         if check_results:
             check(held, "the startup probe the webhook's patch describes passes only once the address is on the ENI", out)
+        helpers_env[f"native sidecar {native.name} (/proc/PID/environ)"] = native_sidecar.environ()
         if in_images:
             figures["native_sidecar"] = confinement(native_sidecar, out, check_results, "native sidecar")
 
-        out.step(f"The node agent's DaemonSet container on node1 (grace {AGENT_GRACE_SECONDS} s): "
-                 "addresses of pods that are gone go back")
-        leaked = "10.0.1.90"
-        bed.control("POST", "assign", {"eni": eth1_node1, "ipv4": [leaked]})
-        out.line(f"  {leaked} is on eth1 and in no pod: a pod force-deleted before the agent ran left it")
-        node = bed.node("node1")
-        agent_container, agent_pod = workload_pod("agent/daemonset.yaml", "DaemonSet", f"{IMAGES}/ipmgr-helper:{tag}")
-        agent_pod.dns = dns
-        agent = launcher.start(agent_container, agent_pod, node, f"{bed.name}-agent", sources={"netns": node.netns_dir},
-                               extra_env=by_name | {"IPMGR_RELEASE_GRACE_SECONDS": str(AGENT_GRACE_SECONDS)})
-        figures["leak_reclaimed"] = bed.wait_held(eth1_node1, leaked, held=False, limit=30)
-        out.line(f"  reclaimed after {figures['leak_reclaimed']:.1f} s")
-        if in_images:
-            capabilities = int(agent.status()["CapEff"], 16)
-            out.line(f"  the agent's capabilities: {capabilities:#x} (CAP_SYS_ADMIN is {CAP_SYS_ADMIN:#x})")
-            if check_results:
-                check(capabilities == CAP_SYS_ADMIN, "the agent enters pod namespaces with CAP_SYS_ADMIN alone", out)
-        started = time.monotonic()
+        credentials(bed, nodes, pod_names, helpers_env, agent_backend, figures, out, check_results)
+
+        out.step(f"The node agents give back what pods left (grace {AGENT_GRACE_SECONDS} s), "
+                 "never what live pods carry")
         bed.delete_pod(pod)
         out.line(f"  deleted the init-mode pod {pod.name} (10.0.1.80, {ipv6})")
-        for address in ("10.0.1.80", ipv6):
-            bed.wait_held(eth1_node1, address, held=False, limit=15)
-        figures["deleted_released"] = time.monotonic() - started
-        out.line(f"  its addresses went back {figures['deleted_released']:.1f} s after the deletion")
+        released = figures["deleted_released"] = gone_within(bed, eth1_node1, ["10.0.1.80", ipv6])
+        out.line(f"  its addresses went back {released:.1f} s after the deletion" if released is not None
+                 else "  its addresses DID NOT go back")
         live = {"10.0.1.81", "10.0.1.83", FLOATING_IP} <= set(bed.addresses(eth1_node1))
-        out.line(f"  the running pods' addresses {'stay' if live else 'DID NOT stay'} on eth1")
+        out.line(f"  the running pods' addresses {'stay' if live else 'DID NOT stay'} on node1's eth1 "
+                 f"(10.0.1.81, 10.0.1.83, {FLOATING_IP})")
+        if check_results:
+            check(released is not None and live,
+                  "the agent gives back what a deleted pod left and keeps what running pods carry", out)
         out.step("Done; cleaning up")
         return figures
     finally:
         world.cleanup()
 
 
-def main() -> None:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    images = True if "--images" in sys.argv else False if "--binaries" in sys.argv else None
+def gone_within(bed: Bed, eni_id: str, addresses: list[str], limit: float = 30) -> float | None:
+    """Seconds until `eni_id` holds none of `addresses`, None if some stay for `limit` s."""
+    started = time.monotonic()
     try:
-        run(check_results="--check" in sys.argv, images=images)
+        for address in addresses:
+            bed.wait_held(eni_id, address, held=False, limit=max(0.0, limit - (time.monotonic() - started)))
+    except AssertionError:
+        return None
+    return time.monotonic() - started
+
+
+def aws_settings(variables: dict[str, str]) -> list[str]:
+    """The variables of `variables` that would give a program AWS access or AWS settings:
+    every AWS_* (region, endpoints, keys, IRSA's web identity, Pod Identity's credentials
+    URI, the metadata endpoint) and the helper's EC2 and instance metadata settings."""
+    return [name for name in variables if AWS_SETTING.match(name)]
+
+
+def credentials(bed: Bed, nodes: dict, pod_names: dict[str, str], helpers_env: dict[str, dict[str, str]],
+                agent_backend: bool, figures: dict, out: Output, check_results: bool) -> None:
+    """What the pods' helpers hold (their environment) and who asked instance metadata
+    (`pod_names`: the pods by IP)."""
+    if agent_backend:
+        out.step("No AWS credentials in the pods: the helpers' environment, and who asked instance metadata")
+    else:
+        out.step("The direct backend: each helper reaches AWS itself, credentials from instance metadata")
+    found = {}
+    for what, variables in helpers_env.items():
+        found[what] = aws_settings(variables)
+        out.line(f"  {what}: {' '.join(sorted(variables))}")
+    figures["helper_env"] = {what: list(variables) for what, variables in helpers_env.items()}
+    figures["helper_aws_settings"] = found
+    by_address = {node.address: name for name, node in nodes.items()}
+    if agent_backend:
+        urls = sorted({variables["IPMGR_AGENT_URL"] for variables in helpers_env.values()})
+        out.line("  their agent: " + ", ".join(
+            f"{url} ({by_address.get(url.split('//')[1].rsplit(':', 1)[0], '?')}'s address)" for url in urls))
+    else:
+        out.line("  (AWS_*: the bed's stand-ins for AWS's own addresses, which a cluster's helper reaches by default)")
+    by_source = bed.metadata_requests()
+    from_nodes = {name: by_source.get(node.address, 0) for name, node in nodes.items()}
+    from_pods = {pod_names.get(source, source): count
+                 for source, count in by_source.items() if source not in by_address}
+    figures["metadata_requests"] = {"nodes": from_nodes, "pods": sum(from_pods.values())}
+    out.line("  instance metadata requests by source address (the bed counts them): "
+             + ", ".join(f"{name} ({nodes[name].address}) {count}" for name, count in from_nodes.items())
+             + f"; from pods {sum(from_pods.values())}"
+             + (f" ({', '.join(f'{pod} {count}' for pod, count in sorted(from_pods.items()))})" if from_pods else ""))
+    if not check_results:
+        return
+    if agent_backend:
+        check(not any(found.values()),
+              "no helper has an AWS_* variable or an IPMGR_EC2_*/IPMGR_METADATA_* setting", out)
+        check(not from_pods and all(from_nodes.values()),
+              "no pod asked instance metadata; the agents did, from their nodes' addresses", out)
+    else:
+        check(bool(from_pods), "the direct backend's helpers asked instance metadata from their pods", out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--images", action="store_true", help="run the containers from the images (podman)")
+    source.add_argument("--binaries", action="store_true", help="run the built binaries as root processes")
+    parser.add_argument("--backend", choices=BACKENDS, default="agent",
+                        help="the webhook's helper backend (IPMGR_HELPER_BACKEND; default: agent)")
+    parser.add_argument("--check", action="store_true", help="assert every claim the demo prints")
+    arguments = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    images = True if arguments.images else False if arguments.binaries else None
+    try:
+        run(check_results=arguments.check, images=images, backend=arguments.backend)
     except KeyboardInterrupt:
         sys.exit(130)
 
