@@ -414,7 +414,7 @@ def run(check_results: bool = False, quiet: bool = False, images: bool | None = 
         # What each helper was given (the init container's) or holds (the running ones'),
         # for the credentials step.
         given = environment(container, spec_of("init", pod), helper_place(pod).env | helper_extra)
-        helpers_env = {f"init container {pod.name} (the environment it was started with)": given}
+        helpers_env = {f"init container {pod.name} (as started)": given}
         bed.control("POST", "calls/reset")
         started = time.monotonic()
         result = launcher.run(container, spec_of("init", pod), helper_place(pod), f"{bed.name}-{pod.name}",
@@ -568,13 +568,14 @@ def credentials(bed: Bed, nodes: dict, pod_names: dict[str, str], helpers_env: d
         out.line(f"  {what}: {' '.join(sorted(variables))}")
     figures["helper_env"] = {what: list(variables) for what, variables in helpers_env.items()}
     figures["helper_aws_settings"] = found
+    settings = sorted({name for names in found.values() for name in names})
+    out.line(f"  AWS settings among them (AWS_*, IPMGR_EC2_*, IPMGR_METADATA_*): {' '.join(settings) or 'none'}"
+             + ("" if agent_backend else " (the bed's stand-ins for AWS's own addresses)"))
     by_address = {node.address: name for name, node in nodes.items()}
     if agent_backend:
         urls = sorted({variables["IPMGR_AGENT_URL"] for variables in helpers_env.values()})
         out.line("  their agent: " + ", ".join(
             f"{url} ({by_address.get(url.split('//')[1].rsplit(':', 1)[0], '?')}'s address)" for url in urls))
-    else:
-        out.line("  (AWS_*: the bed's stand-ins for AWS's own addresses, which a cluster's helper reaches by default)")
     by_source = bed.metadata_requests()
     from_nodes = {name: by_source.get(node.address, 0) for name, node in nodes.items()}
     from_pods = {pod_names.get(source, source): count
