@@ -31,8 +31,12 @@ pub struct PodRecord {
 
 impl PodRecord {
     /// The record of `pod`; `None` for a pod that no longer runs (Succeeded, Failed): its
-    /// pod IP may already be another pod's.
+    /// pod IP may already be another pod's; and for a host-network pod, whose pod IP is the
+    /// node's and which has no network of its own to claim.
     pub fn of(pod: &Pod) -> Option<PodRecord> {
+        if pod.spec.as_ref().and_then(|spec| spec.host_network) == Some(true) {
+            return None;
+        }
         let status = pod.status.as_ref();
         if status
             .and_then(|status| status.phase.as_deref())
