@@ -235,6 +235,18 @@ impl NodeFacts {
         }
     }
 
+    /// The node with the secondary addresses of the ENIs `ids` unknown (each keeps its
+    /// primary address): a plan against it looks every address on them up in EC2, whatever
+    /// metadata shows, and [`crate::vet`] drops what EC2 has in place already.
+    pub fn without_secondaries(&self, ids: &[String]) -> NodeFacts {
+        let mut node = self.clone();
+        for eni in node.enis.iter_mut().filter(|eni| ids.contains(&eni.id)) {
+            eni.ipv4.truncate(1);
+            eni.ipv6.clear();
+        }
+        node
+    }
+
     /// The node with the address lists of the ENIs EC2 described (`records`, read just
     /// now) in place of metadata's, which lag EC2; prefixes and the other ENIs as they were.
     pub fn with_ec2(&self, records: &[crate::EniRecord]) -> NodeFacts {
@@ -329,6 +341,11 @@ mod tests {
         assert!(a.holds("2600:1f14::50".parse().expect("ip")));
         assert_eq!(a.ipv4_prefixes, node.enis[0].ipv4_prefixes);
         assert_eq!(now.eni("eni-b"), node.eni("eni-b"));
+        let asking = now.without_secondaries(&["eni-a".to_owned()]);
+        let a = asking.eni("eni-a").expect("eni-a");
+        assert_eq!(a.ipv4, vec!["10.0.1.10".parse::<Ipv4Addr>().expect("ip")]);
+        assert!(a.ipv6.is_empty());
+        assert_eq!(asking.eni("eni-b"), node.eni("eni-b"));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! through [`BatchedEc2`], which hands each call to one worker. The worker takes what
 //! arrived within `--batch-window-ms` of the first call, or while its previous batch was in
 //! flight, and makes one DescribeNetworkInterfaces for all the lookups and one assign per
-//! ENI and address family for all the pods. When EC2 refuses a merged assign for good, each
+//! ENI and address family for all the pods; assigns wait while other pods' lookups are
+//! under way (boundedly), so that a crowd of pods shares one assign per ENI. When EC2 refuses a merged assign for good, each
 //! pod's part is tried on its own, and a refused part address by address, so that every pod
 //! gets its own answer and one bad address fails neither its neighbours nor its pod's other
 //! addresses.
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use ipmgr_eni::{EniRecord, ErrorClass};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::aws::{Ec2Api, Ec2Failure};
 
@@ -212,16 +214,52 @@ impl<E: Ec2Api + Send> Ec2Api for BatchedEc2<E> {
     }
 }
 
-/// The worker: batch after batch until every [`BatchedEc2`] is gone.
+/// The worker: batch after batch until every [`BatchedEc2`] is gone. Assigns are held
+/// while a batch carries lookups (the pods asking them will assign next, and join the same
+/// call), for at most [`hold_limit`] after the first one; a batch of assigns alone, or a
+/// hold that ran out, sends every held assign.
 async fn work<E: Ec2Api>(ec2: E, window: Duration, mut receiver: mpsc::UnboundedReceiver<Call>) {
-    while let Some(first) = receiver.recv().await {
-        tokio::time::sleep(window).await;
-        let mut batch = vec![first];
+    let limit = hold_limit(window);
+    let mut held: Vec<Call> = Vec::new();
+    let mut since: Option<Instant> = None;
+    loop {
+        let next = match since {
+            None => receiver.recv().await,
+            Some(at) => tokio::select! {
+                call = receiver.recv() => call,
+                () = tokio::time::sleep_until(at + limit) => None,
+            },
+        };
+        let mut batch = Vec::new();
+        if let Some(call) = next {
+            tokio::time::sleep(window).await;
+            batch.push(call);
+        } else if since.is_none() {
+            return; // every sender is gone and nothing is held
+        }
         while let Ok(call) = receiver.try_recv() {
             batch.push(call);
         }
-        carry_out(&ec2, batch).await;
+        let (assigns, mut lookups): (Vec<Call>, Vec<Call>) = batch
+            .into_iter()
+            .partition(|call| matches!(call, Call::Assign(_)));
+        if !assigns.is_empty() {
+            since.get_or_insert_with(Instant::now);
+            held.extend(assigns);
+        }
+        let overdue = since.is_some_and(|at| at + limit <= Instant::now());
+        if lookups.is_empty() || overdue {
+            lookups.append(&mut held);
+            since = None;
+        }
+        carry_out(&ec2, lookups).await;
     }
+}
+
+/// How long assigns may wait for the lookups of other pods to finish: ten batch windows,
+/// at least 100 ms.
+fn hold_limit(window: Duration) -> Duration {
+    (window * 10).max(Duration::from_millis(100))
 }
 
 /// One batch: every lookup in one DescribeNetworkInterfaces per kind (ENIs by id; holders

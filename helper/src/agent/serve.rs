@@ -4,11 +4,12 @@
 //! Who asks is the connection's source address: the live pod of this node whose pod IP it
 //! is (the API server's view, [`NodePods`]) and whose network namespace carries it on its
 //! primary interface (the kernel's view); both must agree, else 403. The agent reads the
-//! pod's addresses from that namespace itself, plans them against the node as EC2 has it
-//! now (one DescribeNetworkInterfaces per batch; a sidecar's periodic recheck uses the
-//! agent's view of the node, at most [`RECHECK_VIEW_AGE`] old), keeps only what the pod may
-//! claim ([`Claims`]), and carries the pass out through the batched EC2 calls
-//! ([`BatchedEc2`]).
+//! pod's addresses from that namespace itself, keeps only what the pod may claim
+//! ([`Claims`]), and carries a pass out through the batched EC2 calls ([`BatchedEc2`]):
+//! every address is looked up in EC2 (one DescribeNetworkInterfaces per batch, never
+//! metadata, which lags), and only what EC2 does not have in place is assigned. A sidecar's
+//! periodic recheck is planned against the agent's view of the node's ENIs, at most
+//! [`RECHECK_VIEW_AGE`] old, and costs nothing while nothing drifted.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -102,6 +103,15 @@ impl NodeShare {
         }
     }
 
+    /// Forgets the view: the next recheck reads the node's ENIs again.
+    #[cfg(test)]
+    pub fn forget_view(&self) {
+        *self
+            .view
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
     fn set_view(&self, records: Vec<EniRecord>) {
         *self
             .view
@@ -168,10 +178,16 @@ impl<E: Ec2Api + Clone + Send + 'static, S: PodScanner> PodService<E, S> {
                 self.node_name
             )));
         };
-        let records = self.node_view(&multus, reason).await.map_err(|failure| {
-            unavailable(format!("cannot read the node's ENIs from EC2: {failure}"))
-        })?;
-        let node = node.with_ec2(&records);
+        let node = match reason {
+            // Every address looked up in EC2 by the pass itself (one Describe per batch).
+            Reason::Start | Reason::Change => node.without_secondaries(&multus),
+            Reason::Recheck => {
+                let records = self.recheck_view(&multus).await.map_err(|failure| {
+                    unavailable(format!("cannot read the node's ENIs from EC2: {failure}"))
+                })?;
+                node.with_ec2(&records)
+            }
+        };
         let (claims, planned) = self.claimed_plan(&pod, &namespace, &node).await?;
         tracing::debug!(pod = pod.key, %claims, "planned");
         Ok(self.carry_out(&pod, &node, planned).await)
@@ -208,16 +224,13 @@ impl<E: Ec2Api + Clone + Send + 'static, S: PodScanner> PodService<E, S> {
         }
     }
 
-    /// The node's Multus ENIs as EC2 has them: read now (one call per batch), or, for a
-    /// periodic recheck, the agent's view when recent enough.
-    async fn node_view(
+    /// The node's Multus ENIs as EC2 has them, for a periodic recheck: the agent's view when
+    /// at most [`RECHECK_VIEW_AGE`] old, else read now (one call per batch).
+    async fn recheck_view(
         &self,
         multus: &[String],
-        reason: Reason,
     ) -> Result<Vec<EniRecord>, crate::aws::Ec2Failure> {
-        if reason == Reason::Recheck
-            && let Some(records) = self.share.view(RECHECK_VIEW_AGE)
-        {
+        if let Some(records) = self.share.view(RECHECK_VIEW_AGE) {
             return Ok(records);
         }
         let records = self.placer.ec2.enis(multus).await?;

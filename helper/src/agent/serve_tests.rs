@@ -16,6 +16,7 @@ use super::cluster::NodePods;
 use super::netns::PodNamespace;
 use super::serve::{NodeShare, PodService};
 use super::tests::FakeScanner;
+use crate::aws::Ec2Api as _;
 use crate::config::ClaimsMode;
 use crate::fakes::{FakeEc2, INSTANCE, node, pod_address, record};
 use crate::place::Placer;
@@ -284,27 +285,26 @@ fn three_pods() -> Bed {
     bed(pods, namespaces, ClaimsMode::Recorded)
 }
 
+/// The three pods of [`three_pods`] ask together; their answers.
+async fn ask_all(bed: &Bed, reason: Reason) -> Vec<RoutableAnswer> {
+    let asks = (1..=3).map(|n| async move {
+        let (status, body) = ask(bed, &format!("192.168.0.{n}"), reason).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        answer(body)
+    });
+    futures::future::join_all(asks).await
+}
+
 #[tokio::test]
-async fn pods_asking_together_share_one_describe_per_lookup_and_one_assign() {
+async fn pods_asking_together_share_one_describe_and_one_assign() {
     let bed = three_pods();
-    let answers = futures::future::join_all((1..=3).map(|n| {
-        let peer = format!("192.168.0.{n}");
-        let bed = &bed;
-        async move { ask(bed, &peer, Reason::Start).await }
-    }))
-    .await;
-    for (status, body) in answers {
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(answer(body).failures, Vec::<String>::new());
+    for answer in ask_all(&bed, Reason::Start).await {
+        assert_eq!(answer.failures, Vec::<String>::new());
     }
     assert_eq!(
         bed.ec2.calls(),
-        vec![
-            "DescribeNetworkInterfaces",
-            "DescribeNetworkInterfaces",
-            "AssignPrivateIpAddresses"
-        ],
-        "the ENIs, the holders, one assign for the three pods"
+        vec!["DescribeNetworkInterfaces", "AssignPrivateIpAddresses"],
+        "one lookup of every address, one assign, for the three pods"
     );
     for n in 1..=3 {
         assert!(bed.ec2.holds("eni-multus", &format!("10.0.1.{}", 50 + n)));
@@ -338,26 +338,38 @@ async fn a_batch_ec2_refuses_is_split_so_that_each_pod_gets_its_own_answer() {
 }
 
 #[tokio::test]
-async fn a_recheck_is_answered_from_the_agents_view_without_a_call() {
+async fn rechecks_of_every_pod_cost_one_describe_of_the_node_and_nothing_more() {
+    let bed = three_pods();
+    for answer in ask_all(&bed, Reason::Start).await {
+        assert_eq!(answer.failures, Vec::<String>::new());
+    }
+    let before = bed.ec2.calls().len();
+    for _ in 0..3 {
+        for answer in ask_all(&bed, Reason::Recheck).await {
+            assert_eq!(answer.failures, Vec::<String>::new());
+        }
+    }
+    assert_eq!(
+        bed.ec2.calls()[before..].to_vec(),
+        vec!["DescribeNetworkInterfaces"],
+        "three rounds of rechecks of three pods: one read of the node's ENIs"
+    );
+}
+
+#[tokio::test]
+async fn a_recheck_puts_back_an_address_that_left_its_eni() {
     let bed = three_pods();
     ask(&bed, "192.168.0.1", Reason::Start).await;
-    ask(&bed, "192.168.0.1", Reason::Change).await;
-    let before = bed.ec2.calls().len();
-    for n in 1..=3 {
-        ask(&bed, &format!("192.168.0.{n}"), Reason::Recheck).await;
-    }
-    let after = bed.ec2.calls();
-    // Pods 2 and 3 were never assigned: their recheck assigns them, the view costs nothing.
-    let describes = after[before..]
-        .iter()
-        .filter(|call| call.starts_with("Describe"))
-        .count();
-    assert_eq!(
-        describes, 2,
-        "holders for p2 and p3, never the ENIs: {after:?}"
-    );
+    ask(&bed, "192.168.0.1", Reason::Recheck).await;
+    // Something else took it off the ENI; the view is refreshed at the next interval.
+    bed.ec2
+        .unassign_ipv4("eni-multus", &["10.0.1.51".parse().expect("ip")])
+        .await
+        .expect("unassign");
+    bed.service.share.forget_view();
     let (_, body) = ask(&bed, "192.168.0.1", Reason::Recheck).await;
     assert_eq!(answer(body).failures, Vec::<String>::new());
+    assert!(bed.ec2.holds("eni-multus", "10.0.1.51"), "assigned again");
 }
 
 #[tokio::test]
@@ -370,12 +382,7 @@ async fn a_pod_ec2_refuses_on_its_own_fails_alone() {
             ErrorClass::Persistent,
         );
     }
-    let answers = futures::future::join_all((1..=3).map(|n| {
-        let peer = format!("192.168.0.{n}");
-        let bed = &bed;
-        async move { answer(ask(bed, &peer, Reason::Start).await.1) }
-    }))
-    .await;
+    let answers = ask_all(&bed, Reason::Start).await;
     let failed: Vec<&str> = answers
         .iter()
         .filter(|a| !a.failures.is_empty())
