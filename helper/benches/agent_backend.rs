@@ -107,7 +107,6 @@ fn main() {
     runs.sort();
 
     // Sidecars for a while: Describes per interval, agent CPU, metadata from pods.
-    bed.reset_calls();
     let ready_dir = tempfile::tempdir().expect("dir");
     let recheck_arg = recheck.to_string();
     let running: Vec<Background> = members[..sidecars]
@@ -139,6 +138,12 @@ fn main() {
     }
     let helper_peak = status_kib(running[0].0.id(), "VmHWM:");
     let helper_rss = status_kib(running[0].0.id(), "VmRSS:");
+    let (anon, file) = (
+        status_kib(running[0].0.id(), "RssAnon:"),
+        status_kib(running[0].0.id(), "RssFile:"),
+    );
+    eprintln!("helper RSS: {anon} KiB anonymous, {file} KiB file-backed");
+    bed.reset_calls();
     let (cpu_before, window) = (proc_cpu_ticks(agent_pid), Instant::now());
     std::thread::sleep(Duration::from_secs(seconds));
     let agent_cpu = proc_cpu_ticks(agent_pid) - cpu_before;

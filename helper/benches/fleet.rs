@@ -8,7 +8,8 @@
 //! `cargo bench -p ipmgr-helper --bench fleet`; knobs: `BENCH_PODS` (50), `BENCH_NODES`
 //! (pods / 10), `BENCH_BUCKET` (`10,2`: the Assign bucket's size and refill per second;
 //! Describe gets the same size and 4x the refill, as AWS's 100/5 and 100/20),
-//! `BENCH_BACKEND` (`agent`, `direct` or `both`, the default), and the helper's own settings
+//! `BENCH_BACKEND` (`agent`, `direct` or `both`, the default), `BENCH_WINDOW_MS` (the
+//! agents' `--batch-window-ms`, 20), and the helper's own settings
 //! through `IPMGR_*` variables.
 //!
 //! It prints a table row per backend: pods that exited 0, the time from the first start to

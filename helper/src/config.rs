@@ -232,6 +232,16 @@ pub struct AgentSettings {
     #[arg(long, env = "IPMGR_BATCH_WINDOW_MS", default_value_t = 20)]
     pub batch_window_ms: u64,
 
+    /// The pod API's batches after a throttle: smallest ceiling of a retry delay in
+    /// milliseconds (full jitter). One agent's batch stands for all its node's pods, so it
+    /// need not spread out like a crowd of helpers (--ec2-throttle-backoff-min-ms).
+    #[arg(
+        long,
+        env = "IPMGR_POD_API_THROTTLE_BACKOFF_MIN_MS",
+        default_value_t = 1000
+    )]
+    pub pod_api_throttle_backoff_min_ms: u64,
+
     /// Which addresses a pod may have the agent assign: `recorded` (those Multus recorded in
     /// the pod's k8s.v1.cni.cncf.io/network-status annotation, and those it declares in
     /// multus-ipmgr.io/floating-ips) or `any` (whatever the pod configures: any container

@@ -156,7 +156,12 @@ pub async fn run(settings: AgentSettings, node_name: Option<String>) -> Result<(
                     allowed: settings.allow_cidrs.clone(),
                 },
                 ownership: settings.aws.ownership(),
-                ec2: BatchedEc2::start(ec2.clone(), settings.batch_window()),
+                ec2: BatchedEc2::start(
+                    ec2.throttle_min(Duration::from_millis(
+                        settings.pod_api_throttle_backoff_min_ms.max(1),
+                    )),
+                    settings.batch_window(),
+                ),
             },
         };
         tokio::spawn(serve::serve(listener, Arc::new(service)));

@@ -183,6 +183,21 @@ impl Ec2 {
     }
 }
 
+impl Ec2 {
+    /// The same client, retrying throttled calls from a smaller ceiling: for one client
+    /// whose calls stand for many pods (the node agent's batches), which need not spread
+    /// out like a crowd of helpers.
+    pub fn throttle_min(&self, throttle_min: Duration) -> Ec2 {
+        Ec2 {
+            client: self.client.clone(),
+            retry: RetryPolicy {
+                throttle_min,
+                ..self.retry
+            },
+        }
+    }
+}
+
 impl Ec2Api for Ec2 {
     /// AssignPrivateIpAddresses with AllowReassignment: one call for all `addresses`.
     async fn assign_ipv4(&self, eni_id: &str, addresses: &[Ipv4Addr]) -> Result<(), Ec2Failure> {
