@@ -14,11 +14,10 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{env_or, helper_binary, proc_cpu_ticks};
-use ipmgr_testbed::{Background, Interface, Pod, TestBed, Topology, finish, wait_agent_ready};
+use ipmgr_testbed::{Background, Interface, Pod, TestBed, Topology, finish};
 use serde_json::{Value, json};
 
 /// `name` from /proc/PID/status, in KiB.
@@ -44,24 +43,9 @@ fn main() {
     bed.control("POST", "config", json!({"eni_ipv4_limit": pods + 10}));
     bed.pods_reach_metadata(false);
     let node = bed.node("node1");
-    let dir = node.netns_dir.to_str().expect("UTF-8 path").to_owned();
     let binary = helper_binary();
-    let args = [
-        "agent",
-        "--netns-dir",
-        &dir,
-        "--metrics-listen",
-        "127.0.0.1:9471",
-    ];
-    let agent = Background(
-        bed.command(&node, &binary, &args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("agent"),
-    );
+    let agent = bed.start_agent(&node, &binary, &[]);
     let agent_pid = agent.0.id();
-    wait_agent_ready(&node, "127.0.0.1:9471", Duration::from_secs(30)).expect("agent ready");
     let url = format!("http://{}:9472", node.address);
     let members: Vec<Pod> = (0..pods)
         .map(|index| {
@@ -81,13 +65,7 @@ fn main() {
     for chunk in members.chunks(22) {
         let children: Vec<_> = chunk
             .iter()
-            .map(|pod| {
-                bed.command(pod, &binary, &["init"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("init")
-            })
+            .map(|pod| bed.spawn_quiet(pod, &binary, &["init"]))
             .collect();
         for mut child in children {
             assert!(child.wait().expect("wait").success(), "an init failed");
@@ -122,13 +100,7 @@ fn main() {
                 "--ready-file",
                 &ready,
             ];
-            Background(
-                bed.command(pod, &binary, &args)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("sidecar"),
-            )
+            Background(bed.spawn_quiet(pod, &binary, &args))
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -19,11 +19,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{env_or, helper_binary};
-use ipmgr_testbed::{Background, Interface, TestBed, Topology, wait_agent_ready};
+use ipmgr_testbed::{Interface, TestBed, Topology};
 use serde_json::{Value, json};
 
 /// M nodes, each with its primary ENI and one Multus ENI in a /20 Multus subnet.
@@ -114,24 +113,8 @@ fn run(fleet: &Fleet, backend: Backend) -> String {
         bed.pods_reach_metadata(false);
         for index in 1..=nodes {
             let node = bed.node(&format!("node{index}"));
-            let dir = node.netns_dir.to_str().expect("UTF-8 path").to_owned();
-            let args = [
-                "agent",
-                "--netns-dir",
-                &dir,
-                "--metrics-listen",
-                "127.0.0.1:9471",
-            ];
-            let child = bed
-                .command(&node, &binary, &args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("agent starts");
-            agents.push(Background(child));
-            if let Err(last) = wait_agent_ready(&node, "127.0.0.1:9471", Duration::from_secs(30)) {
-                panic!("the agent on {} never became ready: {last}", node.name);
-            }
+            let window = env_or("BENCH_WINDOW_MS", 20u64).to_string();
+            agents.push(bed.start_agent(&node, &binary, &["--batch-window-ms", &window]));
             agent_urls.insert(node.name.clone(), format!("http://{}:9472", node.address));
         }
     }
@@ -156,13 +139,7 @@ fn run(fleet: &Fleet, backend: Backend) -> String {
     let started = Instant::now();
     let mut running: Vec<_> = members
         .iter()
-        .map(|pod| {
-            bed.command(pod, &binary, &["init"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("init starts")
-        })
+        .map(|pod| bed.spawn_quiet(pod, &binary, &["init"]))
         .collect();
     let mut succeeded = 0;
     let mut last_success = Duration::ZERO;

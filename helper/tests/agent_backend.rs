@@ -206,13 +206,7 @@ fn sidecars_follow_a_floating_ip_through_their_agents_and_keep_it_on_sigterm() {
             .into_iter()
             .chain(extra.iter().copied())
             .collect();
-        Background(
-            helper(&bed, pod, node, &args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("sidecar"),
-        )
+        Background(bed.spawn_quiet(&without_aws(pod, node), &binary(), &args))
     };
     let mut sidecar_a = run(&a, &node1, &["--ready-file", &ready_arg]);
     let _sidecar_b = run(&b, &node2, &[]);

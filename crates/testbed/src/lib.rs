@@ -549,6 +549,42 @@ impl TestBed {
     }
 }
 
+impl TestBed {
+    /// `program args...` started in `place` as [`TestBed::command`] makes it, its output
+    /// discarded.
+    pub fn spawn_quiet(&self, place: &impl Place, program: &Path, args: &[&str]) -> Child {
+        self.command(place, program, args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("{} does not start: {error}", program.display()))
+    }
+}
+
+impl TestBed {
+    /// `program agent` in `node` as the DaemonSet runs it (the node's netns directory,
+    /// metrics on 127.0.0.1:9471, then `extra`), its output discarded, once it says ready.
+    pub fn start_agent(&self, node: &Node, program: &Path, extra: &[&str]) -> Background {
+        let dir = node.netns_dir.to_str().expect("UTF-8 path").to_owned();
+        let mut args = vec![
+            "agent",
+            "--netns-dir",
+            &dir,
+            "--metrics-listen",
+            AGENT_METRICS,
+        ];
+        args.extend_from_slice(extra);
+        let agent = Background(self.spawn_quiet(node, program, &args));
+        if let Err(last) = wait_agent_ready(node, AGENT_METRICS, Duration::from_secs(30)) {
+            panic!("the agent on {} never became ready: {last}", node.name);
+        }
+        agent
+    }
+}
+
+/// Where [`TestBed::start_agent`]'s agents serve their metrics, inside their node.
+pub const AGENT_METRICS: &str = "127.0.0.1:9471";
+
 impl Drop for TestBed {
     fn drop(&mut self) {
         drop(self.control_in.take()); // end of input stops the stand-in, which cleans up

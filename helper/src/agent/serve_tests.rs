@@ -68,6 +68,23 @@ fn namespace(ip: &str, addresses: &[&str]) -> PodNamespace {
     }
 }
 
+/// Pod default/a, pod IP 192.168.0.5, for which Multus recorded 10.0.1.50, and `namespace`.
+fn pod_a(namespace: PodNamespace) -> Bed {
+    let record = recorded(&["10.0.1.50"]);
+    bed(
+        vec![pod("default/a", "192.168.0.5", Some(&record), None)],
+        vec![namespace],
+        ClaimsMode::Recorded,
+    )
+}
+
+/// The error of a 403 answer.
+async fn forbidden(bed: &Bed, peer: &str) -> String {
+    let (status, body) = ask(bed, peer, Reason::Start).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    body["error"].as_str().expect("error").to_owned()
+}
+
 struct Bed {
     service: PodService<FakeEc2, FakeScanner>,
     ec2: FakeEc2,
@@ -118,16 +135,7 @@ fn answer(body: serde_json::Value) -> RoutableAnswer {
 
 #[tokio::test]
 async fn a_pod_gets_the_addresses_multus_recorded_for_it_assigned() {
-    let bed = bed(
-        vec![pod(
-            "default/a",
-            "192.168.0.5",
-            Some(&recorded(&["10.0.1.50"])),
-            None,
-        )],
-        vec![namespace("192.168.0.5", &["10.0.1.50"])],
-        ClaimsMode::Recorded,
-    );
+    let bed = pod_a(namespace("192.168.0.5", &["10.0.1.50"]));
     let (status, body) = ask(&bed, "192.168.0.5", Reason::Start).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let answer = answer(body);
@@ -147,16 +155,7 @@ async fn a_pod_gets_the_addresses_multus_recorded_for_it_assigned() {
 
 #[tokio::test(start_paused = true)]
 async fn an_address_the_pod_did_not_claim_is_refused_naming_the_annotation() {
-    let bed = bed(
-        vec![pod(
-            "default/a",
-            "192.168.0.5",
-            Some(&recorded(&["10.0.1.50"])),
-            None,
-        )],
-        vec![namespace("192.168.0.5", &["10.0.1.50", "10.0.1.60"])],
-        ClaimsMode::Recorded,
-    );
+    let bed = pod_a(namespace("192.168.0.5", &["10.0.1.50", "10.0.1.60"]));
     let (status, body) = ask(&bed, "192.168.0.5", Reason::Start).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let answer = answer(body);
@@ -206,19 +205,8 @@ async fn a_floating_address_the_pod_declares_is_assigned_and_claims_any_takes_an
 
 #[tokio::test(start_paused = true)]
 async fn a_connection_from_no_pod_of_the_node_is_forbidden() {
-    let bed = bed(
-        vec![pod(
-            "default/a",
-            "192.168.0.5",
-            Some(&recorded(&["10.0.1.50"])),
-            None,
-        )],
-        vec![namespace("192.168.0.5", &["10.0.1.50"])],
-        ClaimsMode::Recorded,
-    );
-    let (status, body) = ask(&bed, "192.168.0.77", Reason::Start).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    let error = body["error"].as_str().expect("error");
+    let bed = pod_a(namespace("192.168.0.5", &["10.0.1.50"]));
+    let error = forbidden(&bed, "192.168.0.77").await;
     assert!(
         error.contains("192.168.0.77") && error.contains("no live pod on node node1"),
         "{error}"
@@ -230,19 +218,8 @@ async fn a_connection_from_no_pod_of_the_node_is_forbidden() {
 async fn a_pod_ip_no_namespace_carries_is_forbidden() {
     // The API server lists the pod, but no namespace on the node has its IP on eth0: the
     // connection comes from somewhere else (a host-network process, a spoofing neighbour).
-    let bed = bed(
-        vec![pod(
-            "default/a",
-            "192.168.0.5",
-            Some(&recorded(&["10.0.1.50"])),
-            None,
-        )],
-        vec![namespace("192.168.0.8", &["10.0.1.50"])],
-        ClaimsMode::Recorded,
-    );
-    let (status, body) = ask(&bed, "192.168.0.5", Reason::Start).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    let error = body["error"].as_str().expect("error");
+    let bed = pod_a(namespace("192.168.0.8", &["10.0.1.50"]));
+    let error = forbidden(&bed, "192.168.0.5").await;
     assert!(
         error.contains("default/a") && error.contains("no pod network namespace"),
         "{error}"

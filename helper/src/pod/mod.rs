@@ -49,6 +49,38 @@ pub(crate) fn write_ready_file(path: &std::path::Path) -> Result<(), PodError> {
     Ok(())
 }
 
+/// Waits (bounded by `--wait-seconds`) until `count` finds at least `--expect-addresses`
+/// (at least one) Multus addresses among the pod's: the addresses, and what `count` made
+/// of them besides the number.
+pub(crate) async fn wait_for_multus_addresses<N: PodAddresses, T>(
+    network: &mut N,
+    settings: &Settings,
+    count: impl Fn(&[PodAddress]) -> (usize, T),
+) -> Result<(Vec<PodAddress>, T), PodError> {
+    let expected = settings.expect_addresses.max(1);
+    let deadline = Instant::now() + settings.wait();
+    loop {
+        let addresses = network.addresses().await?;
+        let (found, made) = count(&addresses);
+        if found >= expected {
+            return Ok((addresses, made));
+        }
+        if Instant::now() >= deadline {
+            return Err(PodError::NoAddresses {
+                primary: settings.primary_interface.clone(),
+                waited: settings.wait(),
+                found,
+                expected,
+            });
+        }
+        let recheck = (Instant::now() + Duration::from_secs(1)).min(deadline);
+        tokio::select! {
+            _ = network.changed() => {}
+            () = tokio::time::sleep_until(recheck) => {}
+        }
+    }
+}
+
 impl PodHelper {
     /// Opens netlink and connects to AWS ([`aws::connect`]).
     pub async fn connect(settings: Settings) -> Result<(Self, NodeFacts), PodError> {
@@ -86,29 +118,12 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
         &mut self,
         node: &NodeFacts,
     ) -> Result<(Vec<PodAddress>, Plan), PodError> {
-        let expected = self.settings.expect_addresses.max(1);
-        let deadline = Instant::now() + self.settings.wait();
-        loop {
-            let addresses = self.network.addresses().await?;
-            let planned = plan(node, &addresses, &self.placer.options);
-            let found = planned.multus_addresses();
-            if found >= expected {
-                return Ok((addresses, planned));
-            }
-            if Instant::now() >= deadline {
-                return Err(PodError::NoAddresses {
-                    primary: self.settings.primary_interface.clone(),
-                    waited: self.settings.wait(),
-                    found,
-                    expected,
-                });
-            }
-            let recheck = (Instant::now() + Duration::from_secs(1)).min(deadline);
-            tokio::select! {
-                _ = self.network.changed() => {}
-                () = tokio::time::sleep_until(recheck) => {}
-            }
-        }
+        let options = &self.placer.options;
+        wait_for_multus_addresses(&mut self.network, &self.settings, |addresses| {
+            let planned = plan(node, addresses, options);
+            (planned.multus_addresses(), planned)
+        })
+        .await
     }
 
     /// `plan`: what `init` would do, one line per address, changing nothing (it reads EC2

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::agent_client::{AgentApi, AgentClient};
 use super::error::PodError;
-use super::write_ready_file;
+use super::{wait_for_multus_addresses, write_ready_file};
 use crate::config::Settings;
 use crate::netlink::{PodAddresses, PodNetwork};
 use crate::pod_api::{Reason, RoutableAnswer};
@@ -128,28 +128,12 @@ impl<N: PodAddresses, A: AgentApi> RemoteHelper<N, A> {
             allow_primary_eni: false,
             allowed: Vec::new(),
         };
-        let expected = self.settings.expect_addresses.max(1);
-        let deadline = Instant::now() + self.settings.wait();
-        loop {
-            let addresses = self.network.addresses().await?;
-            let found = multus_candidates(&addresses, &options);
-            if found >= expected {
-                return Ok(addresses);
-            }
-            if Instant::now() >= deadline {
-                return Err(PodError::NoAddresses {
-                    primary: self.settings.primary_interface.clone(),
-                    waited: self.settings.wait(),
-                    found,
-                    expected,
-                });
-            }
-            let recheck = (Instant::now() + Duration::from_secs(1)).min(deadline);
-            tokio::select! {
-                _ = self.network.changed() => {}
-                () = tokio::time::sleep_until(recheck) => {}
-            }
-        }
+        let (addresses, ()) =
+            wait_for_multus_addresses(&mut self.network, &self.settings, |addresses| {
+                (multus_candidates(addresses, &options), ())
+            })
+            .await?;
+        Ok(addresses)
     }
 
     /// Asks the agent, again while it cannot be reached or cannot answer yet, within
