@@ -281,19 +281,23 @@ fn injecting_twice_changes_nothing(
     );
 }
 
-#[rstest]
-fn escapes_the_status_annotation_key(settings: HelperSettings) {
-    let Decision::Inject(injection) = decide(&pod(json!({}), json!({})), &settings) else {
+/// The paths the injection's patch touches, in order.
+fn patched_paths(document: &serde_json::Value, settings: &HelperSettings) -> Vec<String> {
+    let Decision::Inject(injection) = decide(document, settings) else {
         panic!("expected an injection");
     };
-    let paths: Vec<String> = injection
+    injection
         .patch
         .0
         .iter()
         .map(|op| op.path().to_string())
-        .collect();
+        .collect()
+}
+
+#[rstest]
+fn escapes_the_status_annotation_key(settings: HelperSettings) {
     assert_eq!(
-        paths,
+        patched_paths(&pod(json!({}), json!({})), &settings),
         [
             "/spec/initContainers",
             "/metadata/annotations/multus-ipmgr.io~1status"
@@ -558,17 +562,8 @@ fn a_port_excluded_already_costs_no_patch_operation(settings: HelperSettings) {
         json!({"sidecar.istio.io/inject": "true", ISTIO: "9472", "linkerd.io/inject": "enabled", LINKERD: "1-65535"}),
         json!({}),
     );
-    let Decision::Inject(injection) = decide(&document, &settings) else {
-        panic!("expected an injection");
-    };
-    let paths: Vec<String> = injection
-        .patch
-        .0
-        .iter()
-        .map(|op| op.path().to_string())
-        .collect();
     assert_eq!(
-        paths,
+        patched_paths(&document, &settings),
         [
             "/spec/initContainers",
             "/metadata/annotations/multus-ipmgr.io~1status"
