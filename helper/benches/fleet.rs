@@ -13,7 +13,8 @@
 //! through `IPMGR_*` variables.
 //!
 //! It prints a table row per backend: pods that exited 0, the time from the first start to
-//! the last success against the floor ((Assign calls - burst) / refill), Assign calls in all
+//! the last success against the floor ((Assign calls that went through - burst) / refill),
+//! Assign calls in all
 //! and at most on one node, throttled calls (Assign alone), Describes, EC2 calls per pod.
 
 mod common;
@@ -175,7 +176,8 @@ fn run(fleet: &Fleet, backend: Backend) -> String {
     let all = count(&calls, None);
     let assign = count(&calls, Some("AssignPrivateIpAddresses"));
     let assign_throttled = count(&throttled, Some("AssignPrivateIpAddresses"));
-    let floor = (assign as f64 - burst).max(0.0) / refill;
+    // The Assign bucket lets the calls that went through pass at best burst + refill * t.
+    let floor = ((assign - assign_throttled) as f64 - burst).max(0.0) / refill;
     eprintln!("{backend:?}: EC2 calls {calls}, of which throttled {throttled}");
     format!(
         "| {backend:?} | {pods} | {nodes} | {burst} + {refill}/s | {succeeded}/{pods} | {:.2} s | {floor:.1} s | {assign} ({}) | {} ({assign_throttled}) | {} | {:.2} |",

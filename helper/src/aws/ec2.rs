@@ -39,13 +39,13 @@ impl Ec2Failure {
     pub fn hint(&self) -> &'static str {
         match self.code.as_str() {
             "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" => {
-                "give the helper the EC2 permissions of manifests/samples/iam-policy.json (node role, IRSA or Pod Identity)"
+                "give the caller the EC2 permissions it needs: the node agent's role manifests/samples/iam-policy-agent.json (agent backend), or the helper's manifests/samples/iam-policy.json (direct backend: node role, IRSA or Pod Identity)"
             }
             "AuthFailure"
             | "InvalidClientTokenId"
             | "ExpiredToken"
             | "MissingAuthenticationToken" => {
-                "the helper has no valid AWS credentials: check IRSA or Pod Identity, or the node role and HttpPutResponseHopLimit 2"
+                "no valid AWS credentials: check the node agent's IRSA or Pod Identity (agent backend), or the helper's IRSA, Pod Identity, or the node role with HttpPutResponseHopLimit 2 (direct backend)"
             }
             "PrivateIpAddressLimitExceeded" | "Ipv6AddressLimitExceeded" => {
                 "the ENI holds as many addresses as its instance type allows: run the node agent to give back dead pods' addresses, or use another ENI"
