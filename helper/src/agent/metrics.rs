@@ -24,7 +24,8 @@ pub struct ReasonLabel {
 /// Label `result` of the scans counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
-    /// `complete`, `incomplete`, `empty` or `failed`.
+    /// Scans: `complete`, `incomplete`, `empty` or `failed`; pod API answers: `routable`,
+    /// `unroutable`, `forbidden`, `invalid` or `unavailable`.
     pub result: &'static str,
 }
 
@@ -60,6 +61,8 @@ pub struct AgentMetrics {
     pub ready: Gauge,
     /// How long scans take.
     pub scan_seconds: Histogram,
+    /// Pod API answers, by result.
+    pub pod_requests: Family<ResultLabel, Counter>,
     /// Why the agent is not ready; `None` when it is.
     unready: Mutex<Option<String>>,
 }
@@ -78,6 +81,7 @@ impl Default for AgentMetrics {
             dropped: Family::default(),
             ready: Gauge::default(),
             scan_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            pod_requests: Family::default(),
             unready: Mutex::new(Some("the first scan is not done".to_owned())),
         };
         let registry = &mut metrics.registry;
@@ -127,6 +131,11 @@ impl Default for AgentMetrics {
             "How long a scan of the pod namespaces takes",
             metrics.scan_seconds.clone(),
         );
+        registry.register(
+            "pod_requests",
+            "Pod API answers, by result (routable, unroutable, forbidden: no pod of the node, invalid: a pod annotation that does not parse or a bad request, unavailable: not ready yet or EC2 unreadable)",
+            metrics.pod_requests.clone(),
+        );
         metrics
     }
 }
@@ -168,6 +177,13 @@ impl AgentMetrics {
         self.scans.get_or_create(&ResultLabel { result }).inc();
     }
 
+    /// Counts a pod API answer.
+    pub fn answered(&self, result: &'static str) {
+        self.pod_requests
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
     /// Counts release decisions dropped for `reason`.
     pub fn drop_decisions(&self, reason: &'static str, count: usize) {
         self.dropped
@@ -175,7 +191,7 @@ impl AgentMetrics {
             .inc_by(count as u64);
     }
 
-    fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .unwrap_or_else(|error| text = format!("# cannot encode the metrics: {error}\n"));

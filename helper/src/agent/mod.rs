@@ -143,6 +143,7 @@ pub async fn run(settings: AgentSettings, node_name: Option<String>) -> Result<(
     if let Some((listener, node_name)) = pod_api {
         tokio::spawn(cluster::follow(pods.clone(), node_name.clone()));
         let service = PodService {
+            metrics: Arc::clone(&metrics),
             node_name,
             pods: pods.clone(),
             scanner: scanner.clone(),

@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 
 use super::batch::BatchedEc2;
 use super::cluster::{NodePods, PodRecord};
+use super::metrics::AgentMetrics;
 use super::netns::{PodNamespace, PodScanner};
 use crate::aws::Ec2Api;
 use crate::config::ClaimsMode;
@@ -136,6 +137,8 @@ pub struct PodService<E, S> {
     /// Passes through the batched EC2 calls; its plan options are the agent's (the pod's
     /// Multus interfaces are set per pod).
     pub placer: Placer<BatchedEc2<E>>,
+    /// The agent's metrics: answers are counted.
+    pub metrics: Arc<AgentMetrics>,
 }
 
 /// An answer: status and JSON body.
@@ -146,15 +149,20 @@ impl<E: Ec2Api + Clone + Send + 'static, S: PodScanner> PodService<E, S> {
     pub async fn answer(&self, peer: IpAddr, request: RoutableRequest) -> Answer {
         match self.routable(peer, request.reason).await {
             Ok(answer) => {
-                let status = StatusCode::OK;
-                (status, serde_json::to_string(&answer).unwrap_or_default())
+                let result = if answer.failures.is_empty() {
+                    "routable"
+                } else {
+                    "unroutable"
+                };
+                self.metrics.answered(result);
+                let body = serde_json::to_string(&answer).unwrap_or_default();
+                (StatusCode::OK, body)
             }
             Err((status, error)) => {
                 tracing::warn!(%peer, status = status.as_u16(), error, "pod API request refused");
-                (
-                    status,
-                    serde_json::to_string(&Refusal { error }).unwrap_or_default(),
-                )
+                self.metrics.answered(refusal_label(status));
+                let body = serde_json::to_string(&Refusal { error }).unwrap_or_default();
+                (status, body)
             }
         }
     }
@@ -404,6 +412,7 @@ where
     S: PodScanner,
 {
     let refuse = |status: StatusCode, error: String| {
+        service.metrics.answered(refusal_label(status));
         respond(
             status,
             serde_json::to_string(&Refusal { error }).unwrap_or_default(),
@@ -446,6 +455,15 @@ where
     };
     let (status, body) = service.answer(peer.ip().to_canonical(), asked).await;
     respond(status, body)
+}
+
+/// The metric label of a refusal.
+fn refusal_label(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        _ => "invalid",
+    }
 }
 
 fn respond(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -104,6 +104,7 @@ fn bed(pods: Vec<Pod>, namespaces: Vec<PodNamespace>, claims: ClaimsMode) -> Bed
     let share = Arc::new(NodeShare::default());
     share.set_node(node, vec!["eni-multus".to_owned()]);
     let service = PodService {
+        metrics: Arc::default(),
         node_name: "node1".to_owned(),
         pods: known,
         scanner,
@@ -207,6 +208,11 @@ async fn a_floating_address_the_pod_declares_is_assigned_and_claims_any_takes_an
 async fn a_connection_from_no_pod_of_the_node_is_forbidden() {
     let bed = pod_a(namespace("192.168.0.5", &["10.0.1.50"]));
     let error = forbidden(&bed, "192.168.0.77").await;
+    let metrics = bed.service.metrics.text();
+    assert!(
+        metrics.contains(r#"ipmgr_agent_pod_requests_total{result="forbidden"} 1"#),
+        "{metrics}"
+    );
     assert!(
         error.contains("192.168.0.77") && error.contains("no live pod on node node1"),
         "{error}"
