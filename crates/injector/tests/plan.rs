@@ -270,15 +270,21 @@ fn injecting_twice_changes_nothing(
         Decision::Skip(SkipReason::AlreadyInjected)
     );
     // Even without the status annotation (stripped by some tool), the container name is seen.
-    let mut stripped = injected.clone();
-    stripped["metadata"]["annotations"]
-        .as_object_mut()
-        .expect("annotations")
-        .remove(annotations::STATUS);
+    let stripped = without_status(&injected);
     assert_eq!(
         decide(&stripped, &settings),
         Decision::Skip(SkipReason::HelperPresent)
     );
+}
+
+/// `document` without the status annotation (as some tools strip it).
+fn without_status(document: &serde_json::Value) -> serde_json::Value {
+    let mut stripped = document.clone();
+    stripped["metadata"]["annotations"]
+        .as_object_mut()
+        .expect("annotations")
+        .remove(annotations::STATUS);
+    stripped
 }
 
 /// The paths the injection's patch touches, in order.
@@ -597,11 +603,7 @@ fn injecting_a_meshed_pod_twice_changes_nothing(
     );
     // Without the status annotation the helper's name is seen, and the exclusions are kept
     // as they are: never a second copy of the port.
-    let mut stripped = injected.clone();
-    stripped["metadata"]["annotations"]
-        .as_object_mut()
-        .expect("annotations")
-        .remove(annotations::STATUS);
+    let stripped = without_status(&injected);
     assert_eq!(
         decide(&stripped, &settings),
         Decision::Skip(SkipReason::HelperPresent)
