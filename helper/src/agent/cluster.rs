@@ -64,11 +64,7 @@ impl PodRecord {
                 .map(String::as_str)
         };
         Some(PodRecord {
-            key: format!(
-                "{}/{}",
-                pod.metadata.namespace.as_deref().unwrap_or_default(),
-                pod.metadata.name.as_deref().unwrap_or_default()
-            ),
+            key: key_of(pod),
             ips,
             claims: Claims::from_annotations(
                 annotation(NETWORK_STATUS_ANNOTATION),
@@ -168,7 +164,8 @@ impl NodePods {
     pub fn replace(&self, pods: &[Pod]) {
         let records: BTreeMap<String, PodRecord> = pods
             .iter()
-            .filter_map(|pod| PodRecord::of(pod).map(|record| (key_of(pod), record)))
+            .filter_map(PodRecord::of)
+            .map(|record| (record.key.clone(), record))
             .collect();
         self.write(|view| {
             view.pods = records;
@@ -196,6 +193,7 @@ impl NodePods {
     }
 }
 
+/// `namespace/name`.
 fn key_of(pod: &Pod) -> String {
     format!(
         "{}/{}",

@@ -173,27 +173,26 @@ impl Ec2 {
     /// The same client, making every call once: the node agent decides again, from a
     /// fresh scan and a fresh read of EC2, before it tries a failed unassign again.
     pub fn single_attempt(&self) -> Ec2 {
-        Ec2 {
-            client: self.client.clone(),
-            retry: RetryPolicy {
-                budget: Duration::ZERO,
-                ..self.retry
-            },
-        }
+        self.retrying(RetryPolicy {
+            budget: Duration::ZERO,
+            ..self.retry
+        })
     }
-}
 
-impl Ec2 {
     /// The same client, retrying throttled calls from a smaller ceiling: for one client
     /// whose calls stand for many pods (the node agent's batches), which need not spread
     /// out like a crowd of helpers.
     pub fn throttle_min(&self, throttle_min: Duration) -> Ec2 {
+        self.retrying(RetryPolicy {
+            throttle_min,
+            ..self.retry
+        })
+    }
+
+    fn retrying(&self, retry: RetryPolicy) -> Ec2 {
         Ec2 {
             client: self.client.clone(),
-            retry: RetryPolicy {
-                throttle_min,
-                ..self.retry
-            },
+            retry,
         }
     }
 }
