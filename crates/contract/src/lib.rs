@@ -28,6 +28,11 @@ pub mod env {
     /// The pod's Multus interfaces, comma-separated, from its networks annotation (the
     /// webhook sets it): the only interfaces the helper manages.
     pub const INTERFACES: &str = "IPMGR_INTERFACES";
+    /// `true` when some of the pod's Multus networks name no interface: Multus numbers those
+    /// `net<idx>` counting the cluster's default networks too, which the webhook cannot
+    /// see, so the helper also manages the interfaces that carry the MAC of one of the
+    /// node's Multus ENIs (besides the names in [`INTERFACES`]).
+    pub const INTERFACES_BY_MAC: &str = "IPMGR_INTERFACES_BY_MAC";
     /// The node's IP (downward API `status.hostIP`), set with the agent backend so that
     /// [`AGENT_URL`] can name it.
     pub const HOST_IP: &str = "HOST_IP";
