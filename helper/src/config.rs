@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ipmgr_contract::{LogArgs, env};
-use ipmgr_eni::{Backoff, OwnershipPolicy, ReclaimOptions, RetryPolicy};
+use ipmgr_eni::{Backoff, OwnershipPolicy, PlanOptions, ReclaimOptions, RetryPolicy};
 use ipnet::IpNet;
 
 /// `ipmgr-helper`: makes a Multus pod's secondary IPs routable on the node's ENIs.
@@ -288,6 +288,16 @@ pub enum ClaimsMode {
 }
 
 impl Settings {
+    /// What the planner may do for this pod.
+    pub fn plan_options(&self) -> PlanOptions {
+        PlanOptions {
+            primary_interface: self.primary_interface.clone(),
+            interfaces: self.interfaces.clone(),
+            allow_primary_eni: self.allow_primary_eni,
+            allowed: self.allow_cidrs.clone(),
+        }
+    }
+
     /// Bounded wait for the pod's addresses.
     pub fn wait(&self) -> Duration {
         Duration::from_secs(self.wait_seconds)

@@ -16,7 +16,7 @@ mod tests;
 
 use std::time::Duration;
 
-use ipmgr_eni::{Assignment, EniChange, NodeFacts, Plan, PlanOptions, PodAddress, Vetted, plan};
+use ipmgr_eni::{Assignment, EniChange, NodeFacts, Plan, PodAddress, Vetted, plan};
 use tokio::time::Instant;
 
 use crate::aws::{self, Ec2, Ec2Api, Metadata, NodeMetadata};
@@ -93,12 +93,7 @@ impl PodHelper {
 impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
     /// A helper over these adapters.
     pub fn new(settings: Settings, ec2: E, metadata: M, network: N) -> Self {
-        let options = PlanOptions {
-            primary_interface: settings.primary_interface.clone(),
-            interfaces: settings.interfaces.clone(),
-            allow_primary_eni: settings.allow_primary_eni,
-            allowed: settings.allow_cidrs.clone(),
-        };
+        let options = settings.plan_options();
         PodHelper {
             placer: Placer {
                 options,

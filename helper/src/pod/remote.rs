@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use ipmgr_eni::{Backoff, PlanOptions, PodAddress, multus_candidates};
+use ipmgr_eni::{Backoff, PodAddress, multus_candidates};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
@@ -122,12 +122,7 @@ impl<N: PodAddresses, A: AgentApi> RemoteHelper<N, A> {
 
     /// Waits (bounded) until the pod's Multus interfaces carry enough addresses.
     async fn wait_for_addresses(&mut self) -> Result<Vec<PodAddress>, PodError> {
-        let options = PlanOptions {
-            primary_interface: self.settings.primary_interface.clone(),
-            interfaces: self.settings.interfaces.clone(),
-            allow_primary_eni: false,
-            allowed: Vec::new(),
-        };
+        let options = self.settings.plan_options();
         let (addresses, ()) =
             wait_for_multus_addresses(&mut self.network, &self.settings, |addresses| {
                 (multus_candidates(addresses, &options), ())
