@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ipmgr_contract::{LogArgs, env};
-use ipmgr_eni::{Backoff, OwnershipPolicy, PlanOptions, ReclaimOptions, RetryPolicy};
+use ipmgr_eni::{
+    Backoff, MultusInterfaces, OwnershipPolicy, PlanOptions, ReclaimOptions, RetryPolicy,
+};
 use ipnet::IpNet;
 
 /// `ipmgr-helper`: makes a Multus pod's secondary IPs routable on the node's ENIs.
@@ -91,11 +93,21 @@ pub struct Settings {
     #[arg(long, env = "IPMGR_PRIMARY_INTERFACE", default_value = "eth0")]
     pub primary_interface: String,
 
-    /// The pod's Multus interfaces (comma-separated in the env var; the webhook sets it from
-    /// the pod's networks annotation): only these are managed. Without it, every interface
-    /// but the primary one and the VPC CNI's v4if0/v6if0.
+    /// The pod's Multus interfaces (comma-separated in the env var; the webhook sets it to
+    /// the names the pod's networks annotation gives): only these are managed, and with
+    /// --interfaces-by-mac also the interfaces on a Multus ENI's MAC. Without either, every
+    /// interface but the primary one and the VPC CNI's v4if0/v6if0.
     #[arg(long, env = env::INTERFACES, value_delimiter = ',')]
     pub interfaces: Option<Vec<String>>,
+
+    /// Also manage every interface that carries the MAC of one of the node's Multus ENIs
+    /// (an ipvlan child of it); other interfaces not named in --interfaces are left alone.
+    /// The webhook sets it when some of the pod's networks name no interface: Multus numbers
+    /// those net<idx> counting the cluster's defaultNetworks, which the webhook cannot see.
+    /// With the agent backend the helper cannot see the node's ENIs and waits for an address
+    /// on any interface but the primary one and v4if0/v6if0.
+    #[arg(long, env = env::INTERFACES_BY_MAC)]
+    pub interfaces_by_mac: bool,
 
     /// Only ever assign addresses inside these CIDRs (repeatable; comma-separated in the env var).
     #[arg(long = "allow-cidr", env = "IPMGR_ALLOW_CIDRS", value_delimiter = ',')]
@@ -292,7 +304,11 @@ impl Settings {
     pub fn plan_options(&self) -> PlanOptions {
         PlanOptions {
             primary_interface: self.primary_interface.clone(),
-            interfaces: self.interfaces.clone(),
+            interfaces: match (&self.interfaces, self.interfaces_by_mac) {
+                (names, true) => MultusInterfaces::NamedOrByMac(names.clone().unwrap_or_default()),
+                (Some(names), false) => MultusInterfaces::Named(names.clone()),
+                (None, false) => MultusInterfaces::Any,
+            },
             allow_primary_eni: self.allow_primary_eni,
             allowed: self.allow_cidrs.clone(),
         }
@@ -372,5 +388,43 @@ impl AgentSettings {
     /// How long the pod API gathers a batch.
     pub fn batch_window(&self) -> Duration {
         Duration::from_millis(self.batch_window_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ipmgr_eni::MultusInterfaces;
+    use pretty_assertions::assert_eq;
+
+    use crate::fakes::settings;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|&name| name.to_owned()).collect()
+    }
+
+    #[test]
+    fn the_interface_flags_make_the_multus_interfaces() {
+        let table = [
+            (&[][..], MultusInterfaces::Any),
+            (
+                &["--interfaces", "net1,data0"][..],
+                MultusInterfaces::Named(names(&["net1", "data0"])),
+            ),
+            (
+                &["--interfaces-by-mac"][..],
+                MultusInterfaces::NamedOrByMac(Vec::new()),
+            ),
+            (
+                &["--interfaces", "data0", "--interfaces-by-mac"][..],
+                MultusInterfaces::NamedOrByMac(names(&["data0"])),
+            ),
+        ];
+        for (args, expected) in table {
+            assert_eq!(
+                settings(args).plan_options().interfaces,
+                expected,
+                "{args:?}"
+            );
+        }
     }
 }

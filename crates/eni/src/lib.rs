@@ -29,8 +29,8 @@ pub use ownership::{
     VPC_CNI_INSTANCE_TAG, Vetted, still_assigned, vet,
 };
 pub use plan::{
-    MatchedBy, Placement, Plan, PlanOptions, RejectReason, Rejection, VPC_CNI_INTERFACES,
-    multus_candidates, plan, unconfirmed,
+    MatchedBy, MultusInterfaces, Placement, Plan, PlanOptions, RejectReason, Rejection,
+    VPC_CNI_INTERFACES, multus_candidates, plan, unconfirmed,
 };
 pub use reclaim::{
     Absences, AfterFailure, Keep, ReclaimOptions, ScanVerdict, secondary_addresses, verify_reclaim,

@@ -9,14 +9,34 @@ use crate::{Assignment, Eni, EniChange, Holder, NodeFacts, NotMultus, PodAddress
 /// of 169.254.172.0/22) and `v6if0` (IPv6 egress on IPv4 clusters, fd00::ac:0/118).
 pub const VPC_CNI_INTERFACES: [&str; 2] = ["v4if0", "v6if0"];
 
+/// Which of the pod's interfaces are its Multus interfaces, the ones the helper manages
+/// (the primary interface never is).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum MultusInterfaces {
+    /// Unknown (no word from the webhook): every interface but the VPC CNI's `v4if0`/`v6if0`.
+    #[default]
+    Any,
+    /// Only these (every Multus network of the pod names its interface, or Multus recorded
+    /// the names).
+    Named(Vec<String>),
+    /// These, and any other interface that carries the MAC of an ENI of the node the helper
+    /// may use (a Multus ENI, or the primary one with
+    /// [`allow_primary_eni`](PlanOptions::allow_primary_eni)): an ipvlan child shares its
+    /// ENI's MAC. For pods with networks that name no interface, which Multus numbers
+    /// `net<idx>` counting the cluster's `defaultNetworks` too, so their names cannot be
+    /// known in advance. Another interface (a bridge, a macvlan with a MAC of its own) is
+    /// left alone; an interface admitted by its MAC only goes to that MAC's ENI, never to an
+    /// ENI found by subnet.
+    NamedOrByMac(Vec<String>),
+}
+
 /// What the planner may do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlanOptions {
     /// The pod's primary interface, the VPC CNI's: never managed.
     pub primary_interface: String,
-    /// The pod's Multus interfaces, as the webhook read them from the pod's networks
-    /// annotation: when known, only these are managed.
-    pub interfaces: Option<Vec<String>>,
+    /// The pod's Multus interfaces: the only ones managed.
+    pub interfaces: MultusInterfaces,
     /// Allow assigning to the primary ENI, which the VPC CNI owns.
     pub allow_primary_eni: bool,
     /// When not empty, only addresses inside one of these networks are ever assigned;
@@ -28,7 +48,7 @@ impl Default for PlanOptions {
     fn default() -> Self {
         PlanOptions {
             primary_interface: "eth0".to_owned(),
-            interfaces: None,
+            interfaces: MultusInterfaces::Any,
             allow_primary_eni: false,
             allowed: Vec::new(),
         }
@@ -154,7 +174,7 @@ impl fmt::Display for Rejection {
                 f.write_str("an egress interface of the VPC CNI: left alone")
             }
             RejectReason::NotMultusInterface => f.write_str(
-                "not one of the pod's Multus interfaces (IPMGR_INTERFACES): left alone",
+                "not one of the pod's Multus interfaces (not named in IPMGR_INTERFACES, nor on the MAC of a Multus ENI with IPMGR_INTERFACES_BY_MAC): left alone",
             ),
             RejectReason::LinkLocal => f.write_str("a link-local address: left alone"),
             RejectReason::NotVpc => f.write_str(
@@ -320,12 +340,12 @@ impl Plan {
 /// Decides, for every pod address, whether it is the helper's to manage, the ENI it
 /// belongs on, and the EC2 calls needed.
 ///
-/// Left alone: the primary interface, the VPC CNI's `v4if0`/`v6if0`, interfaces that are
-/// not the pod's Multus interfaces (when known), link-local addresses, and addresses that
-/// are not VPC addresses. An address goes to the ENI whose MAC its interface carries;
-/// failing that, to the one ENI whose subnet contains it. The primary ENI is used only when
-/// allowed. Addresses their ENI already routes (held, or inside its delegated prefix) cost
-/// nothing.
+/// Left alone: the primary interface, interfaces that are not the pod's Multus interfaces
+/// ([`MultusInterfaces`]; when unknown, the VPC CNI's `v4if0`/`v6if0`), link-local
+/// addresses, and addresses that are not VPC addresses. An address goes to the ENI whose MAC
+/// its interface carries; failing that, to the one ENI whose subnet contains it. The
+/// primary ENI is used only when allowed. Addresses their ENI already routes (held, or
+/// inside its delegated prefix) cost nothing.
 pub fn plan(node: &NodeFacts, addresses: &[PodAddress], options: &PlanOptions) -> Plan {
     let mut result = Plan::default();
     let mut seen = Vec::new();
@@ -347,32 +367,55 @@ pub fn plan(node: &NodeFacts, addresses: &[PodAddress], options: &PlanOptions) -
 
 /// How many of `addresses` are on the pod's Multus interfaces (not the primary one, not the
 /// VPC CNI's, not link-local): what a helper that has no view of the node (the agent
-/// backend's) waits for before it asks.
+/// backend's) waits for before it asks. Without the node's ENIs it cannot tell which MACs
+/// are Multus ENIs', so with [`MultusInterfaces::NamedOrByMac`] every interface but the
+/// primary one and the VPC CNI's `v4if0`/`v6if0` counts.
 pub fn multus_candidates(addresses: &[PodAddress], options: &PlanOptions) -> usize {
     addresses
         .iter()
-        .filter(|address| unmanaged(address, options).is_none())
+        .filter(|address| unmanaged(address, options, None).is_none())
         .count()
 }
 
-/// Whether the helper leaves `address` alone whatever the node looks like: `Some(reason)`.
-fn unmanaged(address: &PodAddress, options: &PlanOptions) -> Option<RejectReason> {
+/// Whether the helper leaves `address` alone: `Some(reason)`. Without `node` (no view of
+/// the node's ENIs), an interface that only its MAC could admit counts as managed.
+fn unmanaged(
+    address: &PodAddress,
+    options: &PlanOptions,
+    node: Option<&NodeFacts>,
+) -> Option<RejectReason> {
     let interface = address.interface.as_str();
     if interface == options.primary_interface {
         return Some(RejectReason::PrimaryInterface);
     }
-    if let Some(interfaces) = &options.interfaces {
-        if !interfaces.iter().any(|name| name == interface) {
-            return Some(RejectReason::NotMultusInterface);
-        }
-    } else if VPC_CNI_INTERFACES.contains(&interface) {
-        return Some(RejectReason::VpcCniInterface);
-    }
-    let link_local = match address.address {
-        IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    let vpc_cni = || {
+        VPC_CNI_INTERFACES
+            .contains(&interface)
+            .then_some(RejectReason::VpcCniInterface)
     };
-    link_local.then_some(RejectReason::LinkLocal)
+    let named = |names: &[String]| names.iter().any(|name| name == interface);
+    let on_multus_eni = |node: &NodeFacts| {
+        node.enis.iter().any(|eni| {
+            eni.mac == address.mac && (options.allow_primary_eni || !node.is_primary(eni))
+        })
+    };
+    let outside = match &options.interfaces {
+        MultusInterfaces::Any => vpc_cni(),
+        MultusInterfaces::Named(names) => {
+            (!named(names)).then_some(RejectReason::NotMultusInterface)
+        }
+        MultusInterfaces::NamedOrByMac(names) if named(names) => None,
+        MultusInterfaces::NamedOrByMac(_) => vpc_cni().or_else(|| {
+            (!node.is_none_or(on_multus_eni)).then_some(RejectReason::NotMultusInterface)
+        }),
+    };
+    outside.or_else(|| {
+        let link_local = match address.address {
+            IpAddr::V4(v4) => v4.is_link_local(),
+            IpAddr::V6(v6) => v6.is_unicast_link_local(),
+        };
+        link_local.then_some(RejectReason::LinkLocal)
+    })
 }
 
 fn place(
@@ -380,7 +423,7 @@ fn place(
     address: &PodAddress,
     options: &PlanOptions,
 ) -> Result<Placement, RejectReason> {
-    if let Some(reason) = unmanaged(address, options) {
+    if let Some(reason) = unmanaged(address, options, Some(node)) {
         return Err(reason);
     }
     let ip = address.address;

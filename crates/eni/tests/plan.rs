@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 
 use ipmgr_eni::{
-    Assignment, Eni, EniChange, MacAddr, MatchedBy, NodeFacts, PlanOptions, PodAddress,
-    RejectReason, plan, unconfirmed,
+    Assignment, Eni, EniChange, MacAddr, MatchedBy, MultusInterfaces, NodeFacts, PlanOptions,
+    PodAddress, RejectReason, multus_candidates, plan, unconfirmed,
 };
 use pretty_assertions::assert_eq;
 use rstest::{fixture, rstest};
@@ -309,10 +309,191 @@ fn leaves_alone_what_is_not_a_multus_vpc_address(
     assert!(result.rejections[0].to_string().contains("left alone"));
 }
 
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|&name| name.to_owned()).collect()
+}
+
+/// A pod on a cluster with a `defaultNetworks` bridge: Multus named the bridge's interface
+/// `net1` (its MAC is no ENI's, its address lies in eni-c's subnet) and the annotated network
+/// `net2`, an ipvlan child of eni-a; the VPC CNI gave `eth0` and `v4if0`.
+fn bridge_then_ipvlan() -> Vec<PodAddress> {
+    vec![
+        address("eth0", UNKNOWN_MAC, "10.0.0.50"),
+        address("v4if0", UNKNOWN_MAC, "169.254.172.9"),
+        address("net1", UNKNOWN_MAC, "10.10.2.50"),
+        address("net2", 0x0a, "10.10.1.80"),
+    ]
+}
+
+/// A pod whose `defaultNetworks` attachment is an ipvlan child of eni-b (`net1`) and whose
+/// annotated network one of eni-a (`net2`).
+fn ipvlan_then_ipvlan() -> Vec<PodAddress> {
+    vec![
+        address("net1", 0x0b, "10.10.1.90"),
+        address("net2", 0x0a, "10.10.1.80"),
+    ]
+}
+
+/// Where each address of `pod` went: its ENI, or why not.
+fn outcomes(
+    node: &NodeFacts,
+    pod: &[PodAddress],
+    options: &PlanOptions,
+) -> Vec<(String, Result<String, RejectReason>)> {
+    let result = plan(node, pod, options);
+    pod.iter()
+        .map(|address| {
+            let placed = result
+                .placements
+                .iter()
+                .find(|placement| placement.address == *address)
+                .map(|placement| placement.eni_id.clone());
+            let rejected = result
+                .rejections
+                .iter()
+                .find(|rejection| rejection.address == *address)
+                .map(|rejection| rejection.reason.clone());
+            let outcome = match (placed, rejected) {
+                (Some(eni), None) => Ok(eni),
+                (None, Some(reason)) => Err(reason),
+                other => panic!("{address:?} is both placed and rejected, or neither: {other:?}"),
+            };
+            (address.interface.clone(), outcome)
+        })
+        .collect()
+}
+
+const PRIMARY: Result<&str, RejectReason> = Err(RejectReason::PrimaryInterface);
+const VPC_CNI: Result<&str, RejectReason> = Err(RejectReason::VpcCniInterface);
+const NOT_MULTUS: Result<&str, RejectReason> = Err(RejectReason::NotMultusInterface);
+
+#[rstest]
+#[case::unknown_every_interface_but_the_vpc_cnis(
+    bridge_then_ipvlan(),
+    MultusInterfaces::Any,
+    [PRIMARY, VPC_CNI, Ok("eni-c"), Ok("eni-a")]
+)]
+#[case::the_old_webhooks_guess_net1_manages_the_bridge_and_leaves_the_multus_interface_alone(
+    bridge_then_ipvlan(),
+    MultusInterfaces::Named(names(&["net1"])),
+    [PRIMARY, NOT_MULTUS, Ok("eni-c"), NOT_MULTUS]
+)]
+#[case::named_only_those(
+    bridge_then_ipvlan(),
+    MultusInterfaces::Named(names(&["net2"])),
+    [PRIMARY, NOT_MULTUS, NOT_MULTUS, Ok("eni-a")]
+)]
+#[case::by_mac_the_multus_enis_child_not_the_bridge_nor_by_subnet(
+    bridge_then_ipvlan(),
+    MultusInterfaces::NamedOrByMac(Vec::new()),
+    [PRIMARY, VPC_CNI, NOT_MULTUS, Ok("eni-a")]
+)]
+#[case::by_mac_a_named_interface_whatever_its_mac(
+    bridge_then_ipvlan(),
+    MultusInterfaces::NamedOrByMac(names(&["net1"])),
+    [PRIMARY, VPC_CNI, Ok("eni-c"), Ok("eni-a")]
+)]
+#[case::by_mac_the_primary_interface_even_named(
+    bridge_then_ipvlan(),
+    MultusInterfaces::NamedOrByMac(names(&["eth0"])),
+    [PRIMARY, VPC_CNI, NOT_MULTUS, Ok("eni-a")]
+)]
+#[case::default_networks_on_multus_enis_by_mac_both(
+    ipvlan_then_ipvlan(),
+    MultusInterfaces::NamedOrByMac(Vec::new()),
+    [Ok("eni-b"), Ok("eni-a")]
+)]
+#[case::default_networks_on_multus_enis_the_old_guess_only_the_first(
+    ipvlan_then_ipvlan(),
+    MultusInterfaces::Named(names(&["net1"])),
+    [Ok("eni-b"), NOT_MULTUS]
+)]
+fn manages_the_pods_multus_interfaces<const N: usize>(
+    node: NodeFacts,
+    #[case] pod: Vec<PodAddress>,
+    #[case] interfaces: MultusInterfaces,
+    #[case] expected: [Result<&str, RejectReason>; N],
+) {
+    let options = PlanOptions {
+        interfaces,
+        ..PlanOptions::default()
+    };
+    let expected: Vec<(String, Result<String, RejectReason>)> = pod
+        .iter()
+        .zip(expected)
+        .map(|(address, outcome)| (address.interface.clone(), outcome.map(str::to_owned)))
+        .collect();
+    assert_eq!(outcomes(&node, &pod, &options), expected);
+    assert_eq!(
+        plan(&node, &pod, &options).failures().count(),
+        0,
+        "what is not a Multus interface is left alone, not a failure"
+    );
+}
+
+#[rstest]
+#[case::not_allowed_left_alone(false, NOT_MULTUS)]
+#[case::allowed_placed(true, Ok("eni-primary"))]
+fn by_mac_the_primary_enis_mac_counts_only_where_the_primary_eni_may_be_used(
+    node: NodeFacts,
+    #[case] allow_primary_eni: bool,
+    #[case] expected: Result<&str, RejectReason>,
+) {
+    let pod = [address("net1", 0x00, "10.0.0.60")];
+    let options = PlanOptions {
+        interfaces: MultusInterfaces::NamedOrByMac(Vec::new()),
+        allow_primary_eni,
+        ..PlanOptions::default()
+    };
+    assert_eq!(
+        outcomes(&node, &pod, &options),
+        vec![("net1".to_owned(), expected.map(str::to_owned))]
+    );
+}
+
+#[test]
+fn by_mac_a_rejection_names_both_settings() {
+    let rejection = plan(
+        &node(),
+        &[address("net1", UNKNOWN_MAC, "10.10.2.50")],
+        &PlanOptions {
+            interfaces: MultusInterfaces::NamedOrByMac(Vec::new()),
+            ..PlanOptions::default()
+        },
+    )
+    .rejections
+    .remove(0)
+    .to_string();
+    for part in ["IPMGR_INTERFACES", "IPMGR_INTERFACES_BY_MAC", "left alone"] {
+        assert!(rejection.contains(part), "{part}: {rejection}");
+    }
+}
+
+#[rstest]
+#[case::unknown(MultusInterfaces::Any, 2)]
+#[case::named(MultusInterfaces::Named(names(&["net2"])), 1)]
+#[case::named_missing(MultusInterfaces::Named(names(&["net3"])), 0)]
+#[case::by_mac_without_the_nodes_macs_every_candidate(
+    MultusInterfaces::NamedOrByMac(Vec::new()),
+    2
+)]
+fn without_a_view_of_the_node_the_candidates_are_counted_by_name_alone(
+    #[case] interfaces: MultusInterfaces,
+    #[case] expected: usize,
+) {
+    let mut pod = bridge_then_ipvlan();
+    pod.push(address("net2", 0x0a, "fe80::1"));
+    let options = PlanOptions {
+        interfaces,
+        ..PlanOptions::default()
+    };
+    assert_eq!(multus_candidates(&pod, &options), expected);
+}
+
 #[rstest]
 fn with_the_webhooks_interface_list_only_those_interfaces_are_managed(node: NodeFacts) {
     let options = PlanOptions {
-        interfaces: Some(vec!["net1".to_owned(), "v4if0".to_owned()]),
+        interfaces: MultusInterfaces::Named(vec!["net1".to_owned(), "v4if0".to_owned()]),
         ..PlanOptions::default()
     };
     let pod = [

@@ -34,8 +34,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipmgr_eni::{
-    Absences, Backoff, EniRecord, NodeFacts, PlanOptions, ReclaimOptions, ScanVerdict,
-    secondary_addresses,
+    Absences, Backoff, EniRecord, MultusInterfaces, NodeFacts, PlanOptions, ReclaimOptions,
+    ScanVerdict, secondary_addresses,
 };
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -152,7 +152,7 @@ pub async fn run(settings: AgentSettings, node_name: Option<String>) -> Result<(
             placer: Placer {
                 options: PlanOptions {
                     primary_interface: settings.primary_interface.clone(),
-                    interfaces: None,
+                    interfaces: MultusInterfaces::Any,
                     allow_primary_eni: false,
                     allowed: settings.allow_cidrs.clone(),
                 },

@@ -20,7 +20,9 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use ipmgr_eni::{Assignment, Claims, EniRecord, NodeFacts, Plan, PlanOptions, plan};
+use ipmgr_eni::{
+    Assignment, Claims, EniRecord, MultusInterfaces, NodeFacts, Plan, PlanOptions, plan,
+};
 use tokio::net::TcpListener;
 
 use super::batch::BatchedEc2;
@@ -289,7 +291,10 @@ impl<E: Ec2Api + Clone + Send + 'static, S: PodScanner> PodService<E, S> {
             }
         };
         let options = PlanOptions {
-            interfaces: (self.claims == ClaimsMode::Recorded).then(|| claims.interfaces.clone()),
+            interfaces: match self.claims {
+                ClaimsMode::Recorded => MultusInterfaces::Named(claims.interfaces.clone()),
+                ClaimsMode::Any => MultusInterfaces::Any,
+            },
             ..self.placer.options.clone()
         };
         let planned = plan(node, &namespace.addresses, &options);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::StatusCode;
-use ipmgr_eni::{ErrorClass, PlanOptions};
+use ipmgr_eni::{ErrorClass, MultusInterfaces, PlanOptions};
 use k8s_openapi::api::core::v1::Pod;
 use pretty_assertions::assert_eq;
 use serde_json::json;
@@ -113,7 +113,7 @@ fn bed(pods: Vec<Pod>, namespaces: Vec<PodNamespace>, claims: ClaimsMode) -> Bed
         placer: Placer {
             options: PlanOptions {
                 primary_interface: "eth0".to_owned(),
-                interfaces: None,
+                interfaces: MultusInterfaces::Any,
                 allow_primary_eni: false,
                 allowed: Vec::new(),
             },
