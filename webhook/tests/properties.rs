@@ -10,7 +10,7 @@ mod common;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use ipmgr_injector::{Backend, HelperSettings, multus_interfaces};
+use ipmgr_injector::{Backend, HelperSettings, managed_interfaces};
 use ipmgr_webhook::admission::review;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -288,8 +288,12 @@ fn expected(pod: &Value, overrides: bool) -> Expected {
     };
     // The selection's own grammar is tested by the injector's tables; here only that a
     // selection Multus could not read is refused.
-    if multus_interfaces(annotation("k8s.v1.cni.cncf.io/networks").unwrap_or_default()).is_err() {
-        return Expected::Denied;
+    match managed_interfaces(annotation("k8s.v1.cni.cncf.io/networks").unwrap_or_default()) {
+        Err(_) => return Expected::Denied,
+        Ok(interfaces) if interfaces.names.is_empty() && !interfaces.by_mac => {
+            return Expected::Unchanged;
+        }
+        Ok(_) => {}
     }
     if let Some(image) = annotation("multus-ipmgr.io/image").map(str::trim) {
         let reference = !image.is_empty() && !image.chars().any(char::is_whitespace);
@@ -390,14 +394,25 @@ fn check_injected(pod: &Value, patched: &Value, mode: &str, settings: &HelperSet
         })
     );
     let annotation = |key: &str| pod["metadata"]["annotations"][key].as_str().map(str::trim);
-    let interfaces = helper["env"]
-        .as_array()
-        .and_then(|env| env.iter().find(|var| var["name"] == "IPMGR_INTERFACES"))
-        .and_then(|var| var["value"].as_str())
-        .expect("the pod's Multus interfaces are passed on");
-    let selected = multus_interfaces(annotation("k8s.v1.cni.cncf.io/networks").unwrap_or_default())
-        .expect("a valid selection");
-    assert_eq!(interfaces, selected.join(","));
+    let env = |name: &str| {
+        helper["env"]
+            .as_array()
+            .and_then(|env| env.iter().find(|var| var["name"] == name))
+            .and_then(|var| var["value"].as_str())
+    };
+    let selected =
+        managed_interfaces(annotation("k8s.v1.cni.cncf.io/networks").unwrap_or_default())
+            .expect("a valid selection");
+    assert_eq!(
+        (env("IPMGR_INTERFACES"), env("IPMGR_INTERFACES_BY_MAC")),
+        (
+            (!selected.names.is_empty())
+                .then(|| selected.names.join(","))
+                .as_deref(),
+            selected.by_mac.then_some("true")
+        ),
+        "the pod's Multus interfaces are passed on"
+    );
     assert_eq!(
         helper["image"],
         annotation("multus-ipmgr.io/image").unwrap_or(&settings.image)

@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 
 use ipmgr_contract::{READY_FILE, RUN_DIR, env as vars};
 
-use crate::{Mode, ResourceSettings};
+use crate::{ManagedInterfaces, Mode, ResourceSettings};
 
 /// Name of the injected container (the name the original how-to used, so hand-added helpers
 /// are recognised).
@@ -25,7 +25,7 @@ pub(crate) struct ContainerSpec<'a> {
     pub(crate) command: &'a str,
     pub(crate) extra_args: &'a [String],
     pub(crate) log_filter: &'a str,
-    pub(crate) interfaces: &'a [String],
+    pub(crate) interfaces: &'a ManagedInterfaces,
     pub(crate) resources: &'a ResourceSettings,
     pub(crate) run_as_user: i64,
     /// The node agent's port with the agent backend; `None`: the helper calls EC2 itself.
@@ -42,8 +42,16 @@ impl ContainerSpec<'_> {
             field_env(vars::POD_NAMESPACE, "metadata.namespace"),
             value_env(vars::MODE, self.mode.as_str()),
             value_env(vars::LOG, self.log_filter),
-            value_env(vars::INTERFACES, &self.interfaces.join(",")),
         ];
+        if !self.interfaces.names.is_empty() {
+            env.push(value_env(
+                vars::INTERFACES,
+                &self.interfaces.names.join(","),
+            ));
+        }
+        if self.interfaces.by_mac {
+            env.push(value_env(vars::INTERFACES_BY_MAC, "true"));
+        }
         if let Some(port) = self.agent_port {
             // Kubernetes expands $(HOST_IP) because it is defined earlier in the list.
             env.push(field_env(vars::HOST_IP, "status.hostIP"));

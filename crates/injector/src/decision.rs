@@ -6,11 +6,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::container::{ContainerSpec, run_volume};
-use crate::networks::multus_interfaces;
+use crate::networks::{ManagedInterfaces, parse_networks};
 use crate::settings::is_image_reference;
 use crate::{
-    Backend, HELPER_CONTAINER_NAME, HelperSettings, Mode, PodTemplate, Quantity, QuantityError,
-    RUN_VOLUME_NAME, UnknownMode, annotations, excerpt,
+    Backend, HELPER_CONTAINER_NAME, HelperSettings, InvalidNetworks, Mode, PodTemplate, Quantity,
+    QuantityError, RUN_VOLUME_NAME, UnknownMode, annotations, excerpt,
 };
 
 /// What the injector does with one pod template.
@@ -120,7 +120,7 @@ pub enum DenyReason {
         /// The rejected value, shortened.
         value: String,
         /// What is wrong with it.
-        reason: String,
+        reason: InvalidNetworks,
     },
     /// The pod already has a volume with the name the helper needs.
     #[error(
@@ -135,8 +135,8 @@ pub enum DenyReason {
 /// the root for a Pod, `/spec/template` for a Deployment. The result depends only on the
 /// arguments.
 pub fn plan(template: &Pointer, pod: &PodTemplate, settings: &HelperSettings) -> Decision {
-    match decide_mode(pod, settings) {
-        Ok(mode) => match build_patch(template, mode, pod, settings) {
+    match candidate(pod, settings) {
+        Ok((mode, interfaces)) => match build_patch(template, mode, &interfaces, pod, settings) {
             Ok(patch) => Decision::Inject(Injection { mode, patch }),
             Err(reason) => Decision::Deny(reason),
         },
@@ -150,11 +150,13 @@ enum ModeDecision {
     Deny(DenyReason),
 }
 
-fn decide_mode(pod: &PodTemplate, settings: &HelperSettings) -> Result<Mode, ModeDecision> {
-    if pod
-        .annotation(annotations::NETWORKS)
-        .is_none_or(|value| value.trim().is_empty())
-    {
+/// The mode of a pod that gets the helper, and the interfaces it manages.
+fn candidate(
+    pod: &PodTemplate,
+    settings: &HelperSettings,
+) -> Result<(Mode, ManagedInterfaces), ModeDecision> {
+    let networks = pod.annotation(annotations::NETWORKS).unwrap_or_default();
+    if networks.trim().is_empty() {
         return Err(ModeDecision::Skip(SkipReason::NoMultusNetworks));
     }
     if pod.host_network() {
@@ -177,12 +179,23 @@ fn decide_mode(pod: &PodTemplate, settings: &HelperSettings) -> Result<Mode, Mod
     if mode == Mode::Disabled {
         return Err(ModeDecision::Skip(SkipReason::Disabled));
     }
-    Ok(mode)
+    let selections = parse_networks(networks).map_err(|reason| {
+        ModeDecision::Deny(DenyReason::InvalidNetworks {
+            value: excerpt(networks).into_owned(),
+            reason,
+        })
+    })?;
+    if selections.is_empty() {
+        // `[]`: Multus attaches nothing.
+        return Err(ModeDecision::Skip(SkipReason::NoMultusNetworks));
+    }
+    Ok((mode, ManagedInterfaces::of(&selections)))
 }
 
 fn build_patch(
     template: &Pointer,
     mode: Mode,
+    interfaces: &ManagedInterfaces,
     pod: &PodTemplate,
     settings: &HelperSettings,
 ) -> Result<Patch, DenyReason> {
@@ -204,11 +217,6 @@ fn build_patch(
         Some(value) => value.trim(),
         None => settings.image.as_str(),
     };
-    let networks = pod.annotation(annotations::NETWORKS).unwrap_or_default();
-    let interfaces = multus_interfaces(networks).map_err(|reason| DenyReason::InvalidNetworks {
-        value: excerpt(networks).into_owned(),
-        reason: reason.0,
-    })?;
     let mut resources = settings.resources.clone();
     for (key, field) in resources.overridable() {
         if let Some(value) = pod.annotation(key) {
@@ -233,7 +241,7 @@ fn build_patch(
         command: &settings.command,
         extra_args: &settings.extra_args,
         log_filter: &settings.log_filter,
-        interfaces: &interfaces,
+        interfaces,
         resources: &resources,
         run_as_user: settings.run_as_user,
         agent_port,

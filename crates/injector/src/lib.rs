@@ -20,7 +20,10 @@ pub use container::{HELPER_CONTAINER_NAME, RUN_VOLUME_NAME};
 pub use decision::{Decision, DenyReason, Injection, SkipReason, plan};
 pub use mesh::{Mesh, MeshExclusions};
 pub use mode::{Mode, UnknownMode};
-pub use networks::{InvalidNetworks, multus_interfaces};
+pub use networks::{
+    InvalidNetworks, ManagedInterfaces, NetworkSelection, SelectionProblem, managed_interfaces,
+    parse_networks,
+};
 pub use quantity::{Quantity, QuantityError};
 pub use settings::{Choice, HelperSettings, InvalidSettings, ResourceSettings, UnknownChoice};
 pub use template::{

@@ -112,26 +112,78 @@ fn denies_with_a_message_naming_the_annotation(
 }
 
 #[rstest]
-#[case::short_form("a, ns/b@storage, c", "net1,storage,net3")]
+#[case::unnamed("a, ns/b", None, Some("true"))]
+#[case::all_named("a@data0, ns/b@storage", Some("data0,storage"), None)]
+#[case::mixed("a, ns/b@storage, c", Some("storage"), Some("true"))]
+#[case::short_form_with_spaces_around_the_at("a @ data0", Some("data0"), None)]
 #[case::json_form(
     r#"[{"name": "a", "interface": "data0"}, {"name": "b"}]"#,
-    "data0,net2"
+    Some("data0"),
+    Some("true")
 )]
-fn the_helper_learns_the_pods_multus_interfaces(
+fn the_helper_learns_the_pods_multus_interfaces_without_guessing_their_names(
     settings: HelperSettings,
     #[case] networks: &str,
-    #[case] interfaces: &str,
+    #[case] interfaces: Option<&str>,
+    #[case] by_mac: Option<&str>,
 ) {
     let injected = inject(
         &pod(json!({"k8s.v1.cni.cncf.io/networks": networks}), json!({})),
         &settings,
     );
-    let env = &injected["spec"]["initContainers"][0]["env"];
-    let value = env
-        .as_array()
-        .and_then(|env| env.iter().find(|var| var["name"] == "IPMGR_INTERFACES"))
-        .map(|var| var["value"].clone());
-    assert_eq!(value, Some(json!(interfaces)));
+    let env = env_of_helper(&injected);
+    let value = |name: &str| {
+        env.iter()
+            .find(|var| var["name"] == name)
+            .map(|var| var["value"].as_str().expect("a value").to_owned())
+    };
+    assert_eq!(
+        (
+            value("IPMGR_INTERFACES").as_deref(),
+            value("IPMGR_INTERFACES_BY_MAC").as_deref()
+        ),
+        (interfaces, by_mac)
+    );
+}
+
+#[rstest]
+#[case::two_ats("a@b@c", "selection 1 (\"a@b@c\") has more than one '@'")]
+#[case::two_slashes("a, x/y/z", "selection 2 (\"x/y/z\") has more than one '/'")]
+#[case::not_a_label(
+    "Net1",
+    "selection 1 (\"Net1\") has network name \"Net1\", which is not a DNS-1123 label"
+)]
+#[case::empty_item("a,,b", "selection 2 (\"\") names no network")]
+fn denies_a_selection_multus_refuses_naming_it(
+    settings: HelperSettings,
+    #[case] networks: &str,
+    #[case] problem: &str,
+) {
+    let Decision::Deny(reason) = decide(
+        &pod(json!({"k8s.v1.cni.cncf.io/networks": networks}), json!({})),
+        &settings,
+    ) else {
+        panic!("expected a denial of {networks}");
+    };
+    let message = reason.to_string();
+    assert!(
+        message.starts_with("annotation k8s.v1.cni.cncf.io/networks has value"),
+        "{message}"
+    );
+    assert!(message.contains(problem), "{message}");
+    assert!(
+        message.ends_with("; fix the network selection"),
+        "{message}"
+    );
+}
+
+#[rstest]
+fn an_empty_json_list_selects_no_network(settings: HelperSettings) {
+    let document = pod(json!({"k8s.v1.cni.cncf.io/networks": "[]"}), json!({}));
+    assert_eq!(
+        decide(&document, &settings),
+        Decision::Skip(SkipReason::NoMultusNetworks)
+    );
 }
 
 #[rstest]
@@ -394,7 +446,7 @@ fn builds_a_restricted_container_with_overrides(settings: HelperSettings) {
             "POD_NAMESPACE",
             "IPMGR_MODE",
             "IPMGR_LOG",
-            "IPMGR_INTERFACES",
+            "IPMGR_INTERFACES_BY_MAC",
             "HOST_IP",
             "IPMGR_AGENT_URL",
             "IPMGR_READY_FILE"
@@ -491,7 +543,7 @@ fn the_direct_backend_injects_what_it_always_did(mut settings: HelperSettings) {
             "POD_NAMESPACE",
             "IPMGR_MODE",
             "IPMGR_LOG",
-            "IPMGR_INTERFACES"
+            "IPMGR_INTERFACES_BY_MAC"
         ]
     );
     assert_eq!(
