@@ -3,7 +3,7 @@
 //! Multus ENIs, never another workload's address) and carry out the changes; EC2's answer
 //! is the truth.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipmgr_eni::{
     Assignment, Eni, EniChange, EniRecord, NodeFacts, OwnershipPolicy, Plan, PlanOptions,
@@ -197,20 +197,26 @@ impl<E: Ec2Api> Placer<E> {
     }
 
     /// The EC2 calls of a vetted plan: IPv6 addresses leave their Multus holders first, then
-    /// one IPv4 and one IPv6 assign per ENI. What EC2 accepted, and the calls that failed.
+    /// one IPv4 and one IPv6 assign per ENI; an IPv6 assign that fails puts the addresses it
+    /// moved back where they were ([`Placer::put_back`]). What EC2 accepted, and the calls
+    /// that failed.
     async fn apply(
         &self,
         planned: &Plan,
         releases: &[EniChange],
     ) -> (Vec<Assignment>, Vec<Ec2Failure>) {
-        let (mut accepted, mut failures, mut stuck) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut accepted, mut failures) = (Vec::new(), Vec::new());
+        let (mut stuck, mut moved) = (Vec::new(), Vec::new());
         for release in releases {
             match self.ec2.unassign_ipv6(&release.eni_id, &release.ipv6).await {
-                Ok(()) => tracing::info!(
-                    from = release.eni_id,
-                    addresses = ?release.ipv6,
-                    "IPv6 unassigned from its previous holder"
-                ),
+                Ok(()) => {
+                    tracing::info!(
+                        from = release.eni_id,
+                        addresses = ?release.ipv6,
+                        "IPv6 unassigned from its previous holder"
+                    );
+                    moved.push(release);
+                }
                 Err(failure) => {
                     stuck.extend(release.ipv6.iter().copied());
                     failures.push(failure);
@@ -242,10 +248,56 @@ impl<E: Ec2Api> Placer<E> {
                             address: address.into(),
                         }));
                     }
-                    Err(failure) => failures.push(failure),
+                    Err(failure) => {
+                        failures.push(failure);
+                        failures.extend(self.put_back(&moved, &change.eni_id, &ipv6).await);
+                    }
                 }
             }
         }
         (accepted, failures)
+    }
+
+    /// After a failed IPv6 assign to `target`: the addresses of `failed` that left a holder
+    /// in this pass (`moved`) are assigned back to it (one call per holder), so a move either
+    /// completes or leaves the address where it was. IPv6 has no AllowReassignment, so the
+    /// move cannot be one call. A way back that fails too is logged as an address on no ENI.
+    async fn put_back(
+        &self,
+        moved: &[&EniChange],
+        target: &str,
+        failed: &[Ipv6Addr],
+    ) -> Vec<Ec2Failure> {
+        let mut failures = Vec::new();
+        for release in moved {
+            let back: Vec<Ipv6Addr> = release
+                .ipv6
+                .iter()
+                .copied()
+                .filter(|address| failed.contains(address))
+                .collect();
+            if back.is_empty() {
+                continue;
+            }
+            match self.ec2.assign_ipv6(&release.eni_id, &back).await {
+                Ok(()) => tracing::warn!(
+                    eni = release.eni_id,
+                    failed_target = target,
+                    addresses = ?back,
+                    "the IPv6 move failed: the addresses are back on their previous ENI"
+                ),
+                Err(failure) => {
+                    tracing::error!(
+                        previous = release.eni_id,
+                        failed_target = target,
+                        addresses = ?back,
+                        %failure,
+                        "the IPv6 move failed and so did the way back: the addresses are on no ENI until the next pass assigns them"
+                    );
+                    failures.push(failure);
+                }
+            }
+        }
+        failures
     }
 }

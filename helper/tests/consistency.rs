@@ -37,6 +37,37 @@ fn init_exits_0_once_ec2_accepted_even_when_metadata_lags_past_the_confirm_windo
 
 #[test]
 #[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
+fn init_assigns_an_address_lagging_metadata_still_lists_here_but_ec2_moved_away() {
+    let mut bed = how_to_bed();
+    bed.control("POST", "config", json!({"imds_delay_ms": 5000}));
+    let (here, there) = (bed.eni_id("node1", "eth1"), bed.eni_id("node2", "eth1"));
+    let address = "10.0.1.57";
+    bed.control("POST", "assign", json!({"eni": here, "ipv4": [address]}));
+    std::thread::sleep(Duration::from_millis(5500)); // node1's metadata lists it by now
+    // Another node takes it in EC2; for 5 s node1's metadata still lists it on eth1.
+    bed.control("POST", "assign", json!({"eni": there, "ipv4": [address]}));
+    let moved = Instant::now();
+    let pod = bed.pod(
+        "node1",
+        "lagging",
+        &[Interface::on_eni("net1", "eth1", &["10.0.1.57/24"])],
+    );
+    let (output, stderr, _) = finish(helper(&bed, &pod, &["init", "--confirm-seconds", "1"]));
+    assert!(
+        moved.elapsed() < Duration::from_secs(5),
+        "init ran inside the metadata lag: {:?}",
+        moved.elapsed()
+    );
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        bed.holds(&here, address),
+        "assigned before exit 0: {stderr}"
+    );
+    assert!(!bed.holds(&there, address));
+}
+
+#[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn failback_inside_the_metadata_lag_is_reassigned_in_under_a_second() {
     let mut bed = how_to_bed();
     bed.control("POST", "config", json!({"imds_delay_ms": 3000}));

@@ -130,7 +130,12 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
             ipv6_releases,
         } = self
             .placer
-            .vetted_plan(node, planned, &[], &mut NodeEnis::default())
+            .vetted_plan(
+                node,
+                checked_in_ec2(planned, node),
+                &[],
+                &mut NodeEnis::default(),
+            )
             .await?;
         let changing: Vec<Assignment> = planned
             .changes
@@ -171,13 +176,19 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
         Ok(placements.chain(rejections).collect())
     }
 
-    /// `init`: wait for the addresses, one pass, then wait (bounded) for metadata to show
-    /// what EC2 accepted; an error when any address stays unroutable.
+    /// `init`: wait for the addresses, one pass that checks every address in EC2, then wait
+    /// (bounded) for metadata to show what EC2 accepted; an error when any address stays
+    /// unroutable.
     pub async fn init(&mut self, node: &NodeFacts) -> Result<(), PodError> {
         let (_, planned) = self.wait_for_addresses(node).await?;
         let report = self
             .placer
-            .pass(node, planned, &[], &mut NodeEnis::default())
+            .pass(
+                node,
+                checked_in_ec2(planned, node),
+                &[],
+                &mut NodeEnis::default(),
+            )
             .await;
         if !report.failures.is_empty() {
             return Err(PodError::Unroutable(report.failures));
@@ -191,4 +202,19 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
         .await;
         Ok(())
     }
+}
+
+/// `planned` worked out as if metadata listed no secondary address on its target ENIs, so
+/// that the pass looks every address up in EC2 (one DescribeNetworkInterfaces per address
+/// family) before the pod is called routable. Metadata lags EC2 (AWS documents the remap of
+/// an address as asynchronous): it may still list here an address that left this node's
+/// ENI. EC2's answer then drops what is in place already, so an unchanged pod costs no
+/// mutating call.
+fn checked_in_ec2(planned: Plan, node: &NodeFacts) -> Plan {
+    let targets: Vec<String> = planned
+        .placements
+        .iter()
+        .map(|placement| placement.eni_id.clone())
+        .collect();
+    planned.against(&node.without_secondaries(&targets))
 }

@@ -1,7 +1,8 @@
 //! The sidecar: a first pass, then follow the pod's address changes (netlink events, no
 //! polling) and re-check the whole node periodically; on SIGTERM, release.
 //!
-//! EC2's answer is the truth and instance metadata lags it: an address the pod just gained,
+//! EC2's answer is the truth and instance metadata lags it: until a pass has called the pod
+//! routable, every address is looked up in EC2; after that, an address the pod just gained,
 //! or one that changed within the last minute, is planned as a change whatever metadata
 //! says, and the holder lookup (EC2) decides. A pass that leaves an address unroutable is
 //! tried again after 2 s, then twice as long each time, up to `--error-backoff-max-seconds`.
@@ -149,6 +150,12 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
                 planned.against(node)
             }
         };
+        // Until a pass has called the pod routable, EC2 says what is in place, not metadata.
+        let planned = if memory.ready {
+            planned
+        } else {
+            super::checked_in_ec2(planned, node)
+        };
         let fresh = memory.fresh();
         Ok(self.placer.pass(node, planned, &fresh, enis).await)
     }
@@ -208,7 +215,7 @@ mod tests {
     use ipmgr_eni::ErrorClass;
 
     use super::{Memory, Trigger};
-    use crate::aws::Ec2Failure;
+    use crate::aws::{Ec2Api as _, Ec2Failure};
     use crate::fakes::{
         FakeEc2, FakeMetadata, FakeNetwork, INSTANCE, node, pod_address, record, settings,
     };
@@ -386,5 +393,49 @@ mod tests {
             .expect("pass");
         assert!(report.failures.is_empty() && report.assigned.is_empty());
         assert_eq!(ec2.mutating_calls(), Vec::<&str>::new());
+    }
+
+    #[tokio::test]
+    async fn until_the_pod_is_routable_every_address_is_checked_with_ec2() {
+        // Metadata still lists 10.0.1.50 on the Multus ENI; EC2 moved it away; nothing is
+        // fresh (the pod had the address before the helper started).
+        let mut lagging = node();
+        lagging.enis[1].ipv4.push("10.0.1.50".parse().expect("ip"));
+        let ec2 = ec2();
+        let helper = helper(&[], &ec2, FakeMetadata::showing(lagging.clone()));
+        let mut memory = Memory {
+            seen: vec![pod_address("net1", 1, "10.0.1.50")],
+            ..Memory::default()
+        };
+        let (mut node, mut enis) = (lagging, crate::place::NodeEnis::default());
+        for trigger in [Trigger::Event, Trigger::FullCheck] {
+            let report = helper
+                .sidecar_pass(trigger, &mut node, &mut enis, &mut memory)
+                .await
+                .expect("pass");
+            assert!(report.failures.is_empty(), "{:?}", report.failures);
+            assert!(
+                ec2.holds("eni-multus", "10.0.1.50"),
+                "{trigger:?}: assigned"
+            );
+            ec2.unassign_ipv4("eni-multus", &["10.0.1.50".parse().expect("ip")])
+                .await
+                .expect("moved away again");
+        }
+        assert_eq!(
+            ec2.mutating_calls()
+                .iter()
+                .filter(|call| **call == "AssignPrivateIpAddresses")
+                .count(),
+            2
+        );
+
+        // Once routable, a full check believes metadata for what it shows in place.
+        memory.ready = true;
+        let report = helper
+            .sidecar_pass(Trigger::FullCheck, &mut node, &mut enis, &mut memory)
+            .await
+            .expect("pass");
+        assert!(report.assigned.is_empty());
     }
 }

@@ -55,20 +55,37 @@ async fn init_assigns_an_address_to_the_eni_whose_mac_its_interface_carries() {
     assert_eq!(ec2.mutating_calls(), vec!["AssignPrivateIpAddresses"]);
 }
 
-/// Today's rule: metadata showing the address in place is believed (issue 18 makes init
-/// confirm against EC2 with one Describe; then only the mutating calls stay at zero).
 #[tokio::test]
-async fn an_address_metadata_shows_in_place_needs_no_call() {
-    let ec2 = ec2_with(Vec::new());
+async fn an_address_metadata_and_ec2_show_in_place_costs_one_describe_and_no_change() {
     let mut shown = node();
     shown.enis[1].ipv4.push("10.0.1.50".parse().expect("ip"));
+    let ec2 = FakeEc2::with(vec![
+        record(&shown.enis[0], INSTANCE, false),
+        record(&shown.enis[1], INSTANCE, true),
+    ]);
     let mut helper = helper(
         &ec2,
         shown.clone(),
         vec![pod_address("net1", 1, "10.0.1.50")],
     );
     helper.init(&shown).await.expect("routable");
-    assert_eq!(ec2.calls(), Vec::<&str>::new());
+    assert_eq!(ec2.calls(), vec!["DescribeNetworkInterfaces"]);
+}
+
+#[tokio::test]
+async fn init_assigns_an_address_lagging_metadata_still_lists_but_ec2_moved_away() {
+    // Another node took 10.0.1.50 in EC2; this node's metadata still lists it here.
+    let ec2 = ec2_with(vec![other_nodes_multus_eni(&["10.0.1.50"], &[])]);
+    let mut lagging = node();
+    lagging.enis[1].ipv4.push("10.0.1.50".parse().expect("ip"));
+    let mut helper = helper(
+        &ec2,
+        lagging.clone(),
+        vec![pod_address("net1", 1, "10.0.1.50")],
+    );
+    helper.init(&lagging).await.expect("routable");
+    assert!(ec2.holds("eni-multus", "10.0.1.50"));
+    assert!(!ec2.holds("eni-other-node", "10.0.1.50"));
 }
 
 #[tokio::test]
@@ -125,6 +142,52 @@ async fn a_floating_ipv6_leaves_its_previous_multus_holder_first() {
         vec!["UnassignIpv6Addresses", "AssignIpv6Addresses"]
     );
     assert!(ec2.holds("eni-multus", "2600:1::50"));
+}
+
+/// A floating IPv6 on another node's Multus ENI, moved here by `init` while the next
+/// `failing_assigns` AssignIpv6Addresses fail: EC2 afterwards, and the error.
+async fn failed_ipv6_move(failing_assigns: usize) -> (FakeEc2, PodError) {
+    let ec2 = ec2_with(vec![other_nodes_multus_eni(&[], &["2600:1::50"])]);
+    for _ in 0..failing_assigns {
+        ec2.fail_next(
+            "AssignIpv6Addresses",
+            "InvalidParameterValue",
+            ErrorClass::Persistent,
+        );
+    }
+    let mut helper = helper(&ec2, node(), vec![pod_address("net1", 1, "2600:1::50")]);
+    let error = helper.init(&node()).await.expect_err("unroutable");
+    assert!(error.to_string().contains("2600:1::50"), "{error}");
+    assert_eq!(
+        ec2.mutating_calls(),
+        vec![
+            "UnassignIpv6Addresses",
+            "AssignIpv6Addresses",
+            "AssignIpv6Addresses"
+        ],
+        "the move, then the way back"
+    );
+    assert!(!ec2.holds("eni-multus", "2600:1::50"));
+    (ec2, error)
+}
+
+#[tokio::test]
+async fn a_failed_ipv6_move_puts_the_address_back_where_it_was() {
+    let (ec2, error) = failed_ipv6_move(1).await;
+    assert!(ec2.holds("eni-other-node", "2600:1::50"), "{error}");
+}
+
+#[tokio::test]
+async fn a_failed_ipv6_move_whose_way_back_fails_too_names_both_enis() {
+    let (ec2, error) = failed_ipv6_move(2).await;
+    assert!(!ec2.holds("eni-other-node", "2600:1::50"));
+    let PodError::Unroutable(failures) = &error else {
+        panic!("{error}");
+    };
+    assert_eq!(failures.len(), 2, "{error}");
+    for eni in ["eni-multus", "eni-other-node"] {
+        assert!(error.to_string().contains(eni), "{eni}: {error}");
+    }
 }
 
 #[tokio::test]
@@ -214,15 +277,22 @@ async fn no_address_within_the_wait_is_an_error_naming_the_setting() {
 
 #[tokio::test]
 async fn plan_says_what_init_would_do_and_changes_nothing() {
-    let ec2 = ec2_with(vec![other_nodes_multus_eni(&[], &["2600:1::50"])]);
+    // 10.0.1.51 is in place in EC2; metadata still lists 10.0.1.52, which left.
     let mut shown = node();
     shown.enis[1].ipv4.push("10.0.1.51".parse().expect("ip"));
+    let ec2 = FakeEc2::with(vec![
+        record(&shown.enis[0], INSTANCE, false),
+        record(&shown.enis[1], INSTANCE, true),
+        other_nodes_multus_eni(&[], &["2600:1::50"]),
+    ]);
+    shown.enis[1].ipv4.push("10.0.1.52".parse().expect("ip"));
     let mut helper = helper(
         &ec2,
         shown.clone(),
         vec![
             pod_address("net1", 1, "10.0.1.50"),
             pod_address("net1", 1, "10.0.1.51"),
+            pod_address("net1", 1, "10.0.1.52"),
             pod_address("net1", 1, "2600:1::50"),
         ],
     );
@@ -232,6 +302,7 @@ async fn plan_says_what_init_would_do_and_changes_nothing() {
         vec![
             "assign 10.0.1.50 (net1) on eni-multus [matched by Mac]",
             "keep   10.0.1.51 (net1) on eni-multus [matched by Mac]",
+            "assign 10.0.1.52 (net1) on eni-multus [matched by Mac]",
             "assign 2600:1::50 (net1) on eni-multus [matched by Mac, unassigned from eni-other-node first]",
         ]
     );
