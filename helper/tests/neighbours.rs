@@ -110,7 +110,11 @@ fn the_vpc_cnis_egress_interfaces_are_left_alone_and_an_ipv4_pass_makes_one_desc
     bed.reset_calls();
     let (output, stderr, _) = finish(helper(&bed, &pod, &["init"]));
     assert!(output.status.success(), "{stderr}");
-    assert_eq!(bed.calls(), json!({}), "in place: no call of any kind");
+    assert_eq!(
+        bed.calls(),
+        json!({"DescribeNetworkInterfaces": 1}),
+        "in place: checked in EC2, no mutating call"
+    );
 }
 
 #[test]
