@@ -12,9 +12,12 @@ use ipmgr_eni::{Backoff, Eni, EniMetadata, FactsError, MacAddr, NodeFacts};
 
 use super::NodeMetadata;
 
-/// Reading instance metadata failed.
+/// Reading instance metadata failed, or (before it is read) the proxy settings for AWS.
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
+    /// A proxy variable is malformed.
+    #[error(transparent)]
+    Proxy(#[from] super::ProxyError),
     /// The IMDS did not answer or refused, within the retry budget.
     #[error(
         "instance metadata {path} unavailable (tried for {waited:?}): {source}; check that the node's metadata options allow IMDSv2 from pods (HttpPutResponseHopLimit 2: aws ec2 modify-instance-metadata-options --http-put-response-hop-limit 2), or set AWS_EC2_METADATA_SERVICE_ENDPOINT; pods need no instance metadata with the agent backend (the webhook's IPMGR_HELPER_BACKEND=agent, the default)"
@@ -65,7 +68,7 @@ const METADATA_BACKOFF: Backoff = Backoff {
 const MACS: &str = "/latest/meta-data/network/interfaces/macs/";
 
 impl Metadata {
-    /// A client sharing `http_client` with the EC2 client; honours
+    /// A client over `http_client` (one without a proxy: metadata is the node's own); honours
     /// `AWS_EC2_METADATA_SERVICE_ENDPOINT`. A value that cannot be read is retried for
     /// `retry` (metadata that is briefly unreachable must not fail a pod).
     pub fn new(http_client: SharedHttpClient, retry: Duration) -> Self {

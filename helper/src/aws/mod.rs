@@ -1,9 +1,11 @@
 //! The AWS adapters, shared by the pod helper and the node agent and importing neither:
-//! one rustls/ring HTTPS client for instance metadata ([`metadata`]) and EC2 ([`ec2`]), the
-//! SDK configured from the standard AWS environment.
+//! rustls/ring HTTPS clients for instance metadata ([`metadata`], never through a proxy) and
+//! EC2 ([`ec2`], through the environment's proxies: [`proxy`]), the SDK configured from the
+//! standard AWS environment.
 
 pub mod ec2;
 pub mod metadata;
+pub mod proxy;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -14,28 +16,30 @@ use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::Region;
-use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use ipmgr_eni::{Assignment, EniChange, EniRecord, ErrorClass, MacAddr, NodeFacts, unconfirmed};
 
 use crate::config::AwsSettings;
 pub use ec2::{Ec2, Ec2Failure, Unassigned};
 pub use metadata::{Metadata, MetadataError};
+pub use proxy::{Proxies, ProxyError};
 
 /// Reads the node from instance metadata and builds the EC2 client (standard AWS
 /// environment: AWS_REGION, AWS_ENDPOINT_URL(_EC2), the default credential chain; the region
 /// from metadata otherwise) with the SDK's own retries off: ours count, bound and log them.
+/// Every AWS client the SDK makes (EC2, and STS or SSO for credentials) goes through the
+/// environment's proxies ([`Proxies`]), read first: a malformed one fails at once.
 pub async fn connect(settings: &AwsSettings) -> Result<(Metadata, Ec2, NodeFacts), MetadataError> {
-    let http_client = aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https();
-    let metadata = Metadata::new(http_client.clone(), settings.metadata_retry());
+    let proxies = Proxies::from_env()?;
+    let direct = proxy::direct();
+    let metadata = Metadata::new(direct.clone(), settings.metadata_retry());
     let node = metadata.node_facts().await?;
+    proxies.log();
     let region = RegionProviderChain::first_try(
         aws_config::environment::EnvironmentVariableRegionProvider::new(),
     )
     .or_else(Region::new(node.region.clone()));
     let sdk_config = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(http_client)
+        .http_client(proxies.client(&direct))
         .region(region)
         .retry_config(RetryConfig::disabled())
         .timeout_config(
