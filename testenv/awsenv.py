@@ -12,6 +12,7 @@ One process serves:
 * with `--bed`, a minimal Kubernetes API server (testenv/kube.py) on the bed's gateway, its
   own port, plain HTTP: the bed's pods as `v1` Pods (list, get, watch), with the Multus
   network-status annotation; a kubeconfig for it, written under /run/ipmgr-testenv/NAME/;
+* with `--bed`, on request, an HTTP proxy and EC2 over HTTPS behind it (testenv/proxy.py);
 * a JSON control API, under /_ctl/ on the EC2 port or one object a line on standard input
   (`--control stdio`; end of input stops the bed). testenv/client.py is its Python client;
   crates/testbed its Rust one.
@@ -60,6 +61,11 @@ Control calls (method, path, body -> answer):
                           since the start (each answered request, each refused connection)
     GET metadata_refused  {"refused": n, "by_source": {address: n}}: connections metadata
                           closed unanswered because pods do not reach it
+    POST proxy            (--bed) starts, once, the proxy and EC2 over HTTPS -> "proxy_url",
+                          "ec2_https_endpoint" (by the gateway's address), "ec2_https_endpoint_by_name"
+                          (a name only the proxy resolves), "ca_file" (the certificate's CA, PEM)
+    GET proxy             {"connect": {host:port: n}, "forward": {host:port: n}}: what the proxy was
+                          asked, CONNECTs and absolute-form requests, by target
     POST config           {"eni_ipv4_limit", "eni_ipv6_limit", "imds_delay_ms", "imds_down_ms",
                            "buckets": {name | "*": [size, refill per second] | null},
                            "pods_reach_metadata" (true; false: each node's metadata answers
@@ -78,6 +84,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from testenv.pods import GATEWAY, RUNTIME_DIRS, PodError, Pods, enter_bed
 
@@ -88,7 +95,7 @@ if __name__ == "__main__" and "--bed" in sys.argv and "--entered" not in sys.arg
 from moto.moto_server.werkzeug_app import create_backend_app  # noqa: E402
 from werkzeug.serving import WSGIRequestHandler, make_server  # noqa: E402
 
-from testenv import dns, imds, kube, topology  # noqa: E402
+from testenv import dns, imds, kube, proxy, topology  # noqa: E402
 from testenv.ec2 import Ec2Error, Ec2Layer, State  # noqa: E402
 
 
@@ -105,6 +112,7 @@ class Bed:
         self.kube = kube.Cluster() if bed else None
         self.kubeconfig = RUNTIME_DIRS / bed / "kubeconfig" if bed else None
         self.pods_reach_metadata = True
+        self.proxy: tuple[proxy.Proxy, dict] | None = None
 
     def eni_mac(self, node: str, eni_name: str) -> str:
         try:
@@ -177,6 +185,8 @@ class Bed:
                 with state.lock:
                     return 200, {"refused": sum(state.metadata_refused.values()),
                                  "by_source": dict(state.metadata_refused)}
+            if path == "proxy":
+                return 200, self.proxy_call(method)
             if method == "POST" and path == "faults":
                 fault = dict(request, count=request.get("count", 1))
                 if "seconds" in request:  # every call for that long, however many
@@ -228,6 +238,14 @@ class Bed:
         except Exception as error:  # the test sees the reason
             return 500, {"error": repr(error)}
 
+    def proxy_call(self, method: str) -> dict:
+        """POST: the proxy's URLs (started on first use); GET: what it was asked."""
+        self.require_pods()  # the proxy's point: pods that reach EC2 through it alone
+        if self.proxy is None:
+            ec2_port = int(self.state.endpoint.rsplit(":", 1)[1])
+            self.proxy = proxy.start(self.host, self.state.region, ec2_port, RUNTIME_DIRS / self.bed / "aws-ca.pem")
+        return self.proxy[1] if method == "POST" else self.proxy[0].counts()
+
     def pod_call(self, method: str, parts: list[str], request: dict) -> dict:
         pods = self.require_pods()
         if parts == [] and method == "GET":
@@ -269,6 +287,8 @@ class Bed:
         if self.pods:
             self.kube.close()
             self.kubeconfig.unlink(missing_ok=True)
+            if self.proxy:
+                Path(self.proxy[1]["ca_file"]).unlink(missing_ok=True)
             self.pods.cleanup()
             subprocess.run(["ip", "netns", "del", self.bed], capture_output=True)
 
