@@ -582,6 +582,39 @@ impl TestBed {
     }
 }
 
+/// The bed's HTTP proxy, and EC2 over HTTPS behind it (testenv/proxy.py).
+#[derive(Clone, Debug)]
+pub struct BedProxy {
+    /// The proxy, `http://gateway:port`, reachable from the pods.
+    pub url: String,
+    /// EC2 over HTTPS by the gateway's address: reachable from the pods directly.
+    pub ec2_https: String,
+    /// EC2 over HTTPS by its real name, which only the proxy resolves: reachable from the
+    /// pods through the proxy alone.
+    pub ec2_https_by_name: String,
+    /// The CA of EC2's certificate, PEM (for `SSL_CERT_FILE`).
+    pub ca_file: PathBuf,
+}
+
+impl TestBed {
+    /// Starts (once) the bed's proxy and EC2 over HTTPS.
+    pub fn proxy(&mut self) -> BedProxy {
+        let answer = self.control("POST", "proxy", Value::Null);
+        BedProxy {
+            url: text(&answer["proxy_url"]),
+            ec2_https: text(&answer["ec2_https_endpoint"]),
+            ec2_https_by_name: text(&answer["ec2_https_endpoint_by_name"]),
+            ca_file: PathBuf::from(text(&answer["ca_file"])),
+        }
+    }
+
+    /// What the proxy was asked since it started, by target `host:port`:
+    /// `{"connect": {...}, "forward": {...}}` (CONNECTs, absolute-form requests).
+    pub fn proxy_requests(&mut self) -> Value {
+        self.control("GET", "proxy", Value::Null)
+    }
+}
+
 /// Where [`TestBed::start_agent`]'s agents serve their metrics, inside their node.
 pub const AGENT_METRICS: &str = "127.0.0.1:9471";
 
