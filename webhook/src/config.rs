@@ -2,9 +2,10 @@
 
 use clap::Args;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
+use ipmgr_contract::budget;
 use ipmgr_injector::{
-    Backend, Choice, HelperSettings, InvalidSettings, MeshExclusions, Mode, Quantity,
-    ResourceSettings,
+    Backend, Choice, FirstPassBudget, HelperSettings, InvalidSettings, MeshExclusions, Mode,
+    Quantity, ResourceSettings,
 };
 
 /// How the injected helper container looks. Every flag has an environment variable, so the
@@ -94,11 +95,28 @@ pub struct InjectionArgs {
     #[arg(long, env = "IPMGR_AGENT_PORT", default_value_t = ipmgr_contract::AGENT_PORT)]
     pub agent_port: u16,
 
-    /// Which pods get the service meshes' outbound exclusion of the agent port (agent
-    /// backend): auto (pods that show Istio or Linkerd injection), always (every pod, both
-    /// meshes), never.
+    /// Which service mesh a pod is taken to be in, so that the helper's own traffic bypasses
+    /// its redirect (the helper runs as the mesh proxy's UID; with the agent backend the
+    /// agent port joins the mesh's outbound exclusions): auto (the mesh the pod shows),
+    /// istio or linkerd (that mesh for every pod, for namespace-level injection, besides the
+    /// one the pod shows), never.
     #[arg(long, env = "IPMGR_MESH_EXCLUSIONS", default_value = "auto", value_parser = choice::<MeshExclusions>())]
     pub mesh_exclusions: MeshExclusions,
+
+    /// Seconds the helper waits for the pod's Multus addresses (its IPMGR_WAIT_SECONDS; part
+    /// of the native-sidecar startup probe's budget).
+    #[arg(long, env = "IPMGR_HELPER_WAIT_SECONDS", default_value_t = budget::WAIT_SECONDS)]
+    pub helper_wait_seconds: u64,
+
+    /// Seconds the helper retries one EC2 call, or its questions to the node agent (its
+    /// IPMGR_EC2_RETRY_SECONDS; part of the startup probe's budget).
+    #[arg(long, env = "IPMGR_HELPER_EC2_RETRY_SECONDS", default_value_t = budget::EC2_RETRY_SECONDS)]
+    pub helper_ec2_retry_seconds: u64,
+
+    /// Direct backend: seconds instance metadata may be unreachable before the helper gives
+    /// up (its IPMGR_METADATA_RETRY_SECONDS; part of the startup probe's budget).
+    #[arg(long, env = "IPMGR_HELPER_METADATA_RETRY_SECONDS", default_value_t = budget::METADATA_RETRY_SECONDS)]
+    pub helper_metadata_retry_seconds: u64,
 }
 
 /// Parses the names of a [`Choice`], listing them in `--help`.
@@ -138,6 +156,11 @@ impl InjectionArgs {
             backend: self.helper_backend,
             agent_port: self.agent_port,
             mesh_exclusions: self.mesh_exclusions,
+            first_pass: FirstPassBudget {
+                wait_seconds: self.helper_wait_seconds,
+                ec2_retry_seconds: self.helper_ec2_retry_seconds,
+                metadata_retry_seconds: self.helper_metadata_retry_seconds,
+            },
         };
         settings.validate()?;
         Ok(settings)

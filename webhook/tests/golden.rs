@@ -30,7 +30,7 @@ fn inputs() -> Vec<String> {
         .filter(|name| name.ends_with(".yaml"))
         .collect();
     names.sort();
-    assert!(names.len() >= 18, "golden inputs missing: {names:?}");
+    assert!(names.len() >= 21, "golden inputs missing: {names:?}");
     names
 }
 
@@ -106,7 +106,7 @@ async fn the_webhook_patch_turns_each_pod_into_its_golden_output() {
         ));
         let pods_checked = webhook_matches(&app, backend).await;
         assert!(
-            pods_checked >= 17,
+            pods_checked >= 20,
             "{backend}: only {pods_checked} pods went through the webhook"
         );
     }

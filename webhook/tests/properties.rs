@@ -1,8 +1,9 @@
 //! Property test of `/mutate`'s review over well-typed pods with hostile annotations, with
 //! either helper backend: every answer is a valid AdmissionReview with the request's uid; an
 //! injection's patch applies, adds exactly one restricted helper where its mode puts it (with
-//! the agent's address only with the agent backend) and the agent port to the exclusions of
-//! the meshes the pod shows, nothing else, and is not repeated on reinvocation; a denial's
+//! the agent's address only with the agent backend, the mesh proxy's UID in a mesh, behind a
+//! mesh's native proxy) and the agent port to the exclusions of the meshes the pod shows,
+//! nothing else, and is not repeated on reinvocation; a denial's
 //! message is short; and the decision is the one the README's rules give, computed here
 //! independently of the injector.
 
@@ -359,17 +360,55 @@ fn check(pod: &Value, uid: &str, settings: &HelperSettings, overrides: bool) {
     }
 }
 
+/// Where the helper goes in its list: a sidecar last, an init first, a native sidecar
+/// behind the mesh proxies among the initContainers (else first).
+fn helper_index(pod: &Value, mode: &str) -> usize {
+    let list = |name: &str| pod["spec"][name].as_array().cloned().unwrap_or_default();
+    match mode {
+        "sidecar" => list("containers").len(),
+        "native-sidecar" => ["istio-proxy", "linkerd-proxy"]
+            .iter()
+            .filter_map(|proxy| {
+                list("initContainers")
+                    .iter()
+                    .position(|item| item["name"] == *proxy)
+            })
+            .map(|first| first + 1)
+            .max()
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The meshes the pod shows, as the README says they are detected: Istio, Linkerd.
+fn meshes_shown(pod: &Value) -> (bool, bool) {
+    let annotation = |key: &str| pod["metadata"]["annotations"][key].as_str();
+    let holds = |name: &str| {
+        ["containers", "initContainers"]
+            .iter()
+            .filter_map(|list| pod["spec"][list].as_array())
+            .flatten()
+            .any(|item| item["name"] == name)
+    };
+    let istio = annotation(ISTIO_INJECT).is_some_and(|value| {
+        ["true", "yes", "y", "on"].contains(&value.trim().to_ascii_lowercase().as_str())
+    }) || holds("istio-proxy");
+    let linkerd = annotation("linkerd.io/inject")
+        .is_some_and(|value| ["enabled", "ingress"].contains(&value.trim()))
+        || holds("linkerd-proxy");
+    (istio, linkerd)
+}
+
 fn check_injected(pod: &Value, patched: &Value, mode: &str, settings: &HelperSettings) {
     assert_eq!(
         patched["metadata"]["annotations"]["multus-ipmgr.io/status"],
         mode
     );
+    let index = helper_index(pod, mode);
     let helper = if mode == "sidecar" {
-        patched["spec"]["containers"]
-            .as_array()
-            .and_then(|list| list.last())
+        patched["spec"]["containers"].get(index)
     } else {
-        patched["spec"]["initContainers"].get(0)
+        patched["spec"]["initContainers"].get(index)
     }
     .expect("the helper where its mode puts it");
     assert_eq!(helper["name"], "aws-ip-mgmt");
@@ -380,6 +419,13 @@ fn check_injected(pod: &Value, patched: &Value, mode: &str, settings: &HelperSet
         .filter(|container| container["name"] == "aws-ip-mgmt")
         .count();
     assert_eq!(helpers, 1, "exactly one helper");
+    // In a mesh, the helper runs as its proxy's UID (Istio's first), so that the mesh's
+    // redirect lets its own traffic through.
+    let uid = match meshes_shown(pod) {
+        (true, _) => 1337,
+        (false, true) => 2102,
+        (false, false) => 65532,
+    };
     assert_eq!(
         helper["securityContext"],
         json!({
@@ -387,9 +433,9 @@ fn check_injected(pod: &Value, patched: &Value, mode: &str, settings: &HelperSet
             "capabilities": {"drop": ["ALL"]},
             "privileged": false,
             "readOnlyRootFilesystem": true,
-            "runAsGroup": 65532,
+            "runAsGroup": uid,
             "runAsNonRoot": true,
-            "runAsUser": 65532,
+            "runAsUser": uid,
             "seccompProfile": {"type": "RuntimeDefault"},
         })
     );
@@ -453,9 +499,9 @@ fn check_injected(pod: &Value, patched: &Value, mode: &str, settings: &HelperSet
     let mut containers = list(&mut unpatched, "containers");
     let mut volumes = list(&mut unpatched, "volumes");
     if mode == "sidecar" {
-        containers.pop();
+        containers.remove(index);
     } else {
-        init_containers.remove(0);
+        init_containers.remove(index);
     }
     if mode == "native-sidecar" {
         assert_eq!(
@@ -494,19 +540,7 @@ fn check_agent(pod: &Value, patched: &Value, helper: &Value, settings: &HelperSe
         found => panic!("agent backend {agent}: HOST_IP and IPMGR_AGENT_URL at {found:?}"),
     }
     let annotation = |key: &str| pod["metadata"]["annotations"][key].as_str();
-    let holds = |name: &str| {
-        ["containers", "initContainers"]
-            .iter()
-            .filter_map(|list| pod["spec"][list].as_array())
-            .flatten()
-            .any(|item| item["name"] == name)
-    };
-    let istio = annotation(ISTIO_INJECT).is_some_and(|value| {
-        ["true", "yes", "y", "on"].contains(&value.trim().to_ascii_lowercase().as_str())
-    }) || holds("istio-proxy");
-    let linkerd = annotation("linkerd.io/inject")
-        .is_some_and(|value| ["enabled", "ingress"].contains(&value.trim()))
-        || holds("linkerd-proxy");
+    let (istio, linkerd) = meshes_shown(pod);
     for (key, meshed) in [(ISTIO_PORTS, istio), (LINKERD_PORTS, linkerd)] {
         let before = annotation(key);
         let after = patched["metadata"]["annotations"][key].as_str();

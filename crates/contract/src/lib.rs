@@ -33,6 +33,16 @@ pub mod env {
     /// see, so the helper also manages the interfaces that carry the MAC of one of the
     /// node's Multus ENIs (besides the names in [`INTERFACES`]).
     pub const INTERFACES_BY_MAC: &str = "IPMGR_INTERFACES_BY_MAC";
+    /// Seconds the helper waits for the pod's Multus addresses (the webhook sets it; the
+    /// native-sidecar startup probe is derived from it).
+    pub const WAIT_SECONDS: &str = "IPMGR_WAIT_SECONDS";
+    /// Seconds a throttled or transiently failing EC2 call (direct backend), or a question
+    /// to the node agent (agent backend), keeps being retried (the webhook sets it; the
+    /// startup probe is derived from it).
+    pub const EC2_RETRY_SECONDS: &str = "IPMGR_EC2_RETRY_SECONDS";
+    /// Seconds instance metadata may be unreachable before the helper gives up (the webhook
+    /// sets it with the direct backend; the startup probe is derived from it).
+    pub const METADATA_RETRY_SECONDS: &str = "IPMGR_METADATA_RETRY_SECONDS";
     /// The node's IP (downward API `status.hostIP`), set with the agent backend so that
     /// [`AGENT_URL`] can name it.
     pub const HOST_IP: &str = "HOST_IP";
@@ -40,6 +50,20 @@ pub mod env {
     /// agent backend; without it the helper calls EC2 itself). An IPv6 host IP comes
     /// unbracketed (`http://fd00::1:9472`): the port is after the last colon.
     pub const AGENT_URL: &str = "IPMGR_AGENT_URL";
+}
+
+/// The helper's first-pass budgets: the defaults of the variables of the same names in
+/// [`env`], and how they bound a first pass.
+pub mod budget {
+    /// Default of [`super::env::WAIT_SECONDS`].
+    pub const WAIT_SECONDS: u64 = 60;
+    /// Default of [`super::env::EC2_RETRY_SECONDS`].
+    pub const EC2_RETRY_SECONDS: u64 = 300;
+    /// Default of [`super::env::METADATA_RETRY_SECONDS`].
+    pub const METADATA_RETRY_SECONDS: u64 = 30;
+    /// How much longer than its EC2 retry budget the helper waits for one answer of the
+    /// node agent (whose own EC2 calls take up to that budget).
+    pub const AGENT_ANSWER_MARGIN_SECONDS: u64 = 30;
 }
 
 /// The TCP port of the node agent's pod API on the node's IP: the agent's default listen

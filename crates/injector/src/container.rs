@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 
 use ipmgr_contract::{READY_FILE, RUN_DIR, env as vars};
 
-use crate::{ManagedInterfaces, Mode, ResourceSettings};
+use crate::{Backend, FirstPassBudget, ManagedInterfaces, Mode, ResourceSettings};
 
 /// Name of the injected container (the name the original how-to used, so hand-added helpers
 /// are recognised).
@@ -27,9 +27,11 @@ pub(crate) struct ContainerSpec<'a> {
     pub(crate) log_filter: &'a str,
     pub(crate) interfaces: &'a ManagedInterfaces,
     pub(crate) resources: &'a ResourceSettings,
+    /// UID and GID: the webhook's, or the proxy's of the mesh the pod is in.
     pub(crate) run_as_user: i64,
     /// The node agent's port with the agent backend; `None`: the helper calls EC2 itself.
     pub(crate) agent_port: Option<u16>,
+    pub(crate) first_pass: FirstPassBudget,
 }
 
 impl ContainerSpec<'_> {
@@ -51,6 +53,21 @@ impl ContainerSpec<'_> {
         }
         if self.interfaces.by_mac {
             env.push(value_env(vars::INTERFACES_BY_MAC, "true"));
+        }
+        let budget = self.first_pass;
+        env.push(value_env(
+            vars::WAIT_SECONDS,
+            &budget.wait_seconds.to_string(),
+        ));
+        env.push(value_env(
+            vars::EC2_RETRY_SECONDS,
+            &budget.ec2_retry_seconds.to_string(),
+        ));
+        if self.agent_port.is_none() {
+            env.push(value_env(
+                vars::METADATA_RETRY_SECONDS,
+                &budget.metadata_retry_seconds.to_string(),
+            ));
         }
         if let Some(port) = self.agent_port {
             // Kubernetes expands $(HOST_IP) because it is defined earlier in the list.
@@ -126,14 +143,22 @@ impl ContainerSpec<'_> {
         }
     }
 
-    /// Holds the app containers back until the helper's first pass wrote its ready file.
+    /// Holds the app containers back until the helper's first pass wrote its ready file,
+    /// checking every second for as long as that first pass may take
+    /// ([`FirstPassBudget::startup_seconds`]), so the kubelet never restarts a helper that
+    /// is still within its budgets.
     fn startup_probe(&self) -> Probe {
+        let backend = match self.agent_port {
+            Some(_) => Backend::Agent,
+            None => Backend::Direct,
+        };
+        let seconds = self.first_pass.startup_seconds(backend);
         Probe {
             exec: Some(ExecAction {
                 command: Some(vec![self.command.to_owned(), "ready".to_owned()]),
             }),
             period_seconds: Some(1),
-            failure_threshold: Some(300),
+            failure_threshold: Some(i32::try_from(seconds).unwrap_or(i32::MAX)),
             timeout_seconds: Some(1),
             ..Probe::default()
         }

@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::container::{ContainerSpec, run_volume};
+use crate::mesh::Mesh;
 use crate::networks::{ManagedInterfaces, parse_networks};
 use crate::settings::is_image_reference;
 use crate::{
@@ -119,8 +120,8 @@ pub enum DenyReason {
     InvalidNetworks {
         /// The rejected value, shortened.
         value: String,
-        /// What is wrong with it.
-        reason: InvalidNetworks,
+        /// What is wrong with it (boxed: denials stay small).
+        reason: Box<InvalidNetworks>,
     },
     /// The pod already has a volume with the name the helper needs.
     #[error(
@@ -182,7 +183,7 @@ fn candidate(
     let selections = parse_networks(networks).map_err(|reason| {
         ModeDecision::Deny(DenyReason::InvalidNetworks {
             value: excerpt(networks).into_owned(),
-            reason,
+            reason: Box::new(reason),
         })
     })?;
     if selections.is_empty() {
@@ -234,6 +235,7 @@ fn build_patch(
         .validate()
         .map_err(DenyReason::RequestAboveLimit)?;
     let agent_port = (settings.backend == Backend::Agent).then_some(settings.agent_port);
+    let meshes: Vec<Mesh> = settings.mesh_exclusions.meshes(pod).collect();
     let container = ContainerSpec {
         mode,
         image,
@@ -243,26 +245,47 @@ fn build_patch(
         log_filter: &settings.log_filter,
         interfaces,
         resources: &resources,
-        run_as_user: settings.run_as_user,
+        run_as_user: meshes
+            .first()
+            .map_or(settings.run_as_user, |mesh| mesh.proxy_uid()),
         agent_port,
+        first_pass: settings.first_pass,
     }
     .container();
 
     let mut operations = Vec::with_capacity(5);
     let spec_path = child(template, "spec");
     match mode {
-        Mode::Init | Mode::NativeSidecar => operations.push(add_to_list(
+        Mode::Init => operations.push(add_to_list(
             &spec_path,
             "initContainers",
             pod.init_containers().len(),
-            ListEnd::Front,
+            At::Index(0),
             &container,
         )),
+        // A native sidecar stops after those behind it: behind a mesh's native proxy, the
+        // helper's release runs before the proxy stops.
+        Mode::NativeSidecar => {
+            let init_containers = pod.init_containers();
+            let after_proxies = Mesh::ALL
+                .iter()
+                .filter_map(|mesh| init_containers.position(mesh.proxy_container()))
+                .map(|position| position + 1)
+                .max()
+                .unwrap_or(0);
+            operations.push(add_to_list(
+                &spec_path,
+                "initContainers",
+                init_containers.len(),
+                At::Index(after_proxies),
+                &container,
+            ));
+        }
         Mode::Sidecar | Mode::Disabled => operations.push(add_to_list(
             &spec_path,
             "containers",
             pod.containers().len(),
-            ListEnd::Back,
+            At::End,
             &container,
         )),
     }
@@ -275,12 +298,12 @@ fn build_patch(
             &spec_path,
             "volumes",
             volumes.len(),
-            ListEnd::Back,
+            At::End,
             &run_volume(),
         ));
     }
     if let Some(port) = agent_port {
-        for mesh in settings.mesh_exclusions.meshes(pod) {
+        for mesh in meshes {
             if let Some(ports) = mesh.excluding(pod, port) {
                 operations.push(add_annotation(template, mesh.exclusion_annotation(), ports));
             }
@@ -310,29 +333,31 @@ fn add(path: PointerBuf, value: Value) -> PatchOperation {
 
 /// Where [`add_to_list`] puts the new item.
 #[derive(Clone, Copy)]
-enum ListEnd {
-    Front,
-    Back,
+enum At {
+    /// At this index (the items from there on move back by one).
+    Index(usize),
+    /// After the last item.
+    End,
 }
 
-/// Adds `item` to the array `parent/field` at `end`; when the array is absent or empty it is
-/// (re)created holding just `item`, so the patch applies to any valid pod.
+/// Adds `item` to the array `parent/field` `at` a place; when the array is absent or empty
+/// it is (re)created holding just `item`, so the patch applies to any valid pod.
 fn add_to_list(
     parent: &Pointer,
     field: &str,
     existing_len: usize,
-    end: ListEnd,
+    at: At,
     item: &impl Serialize,
 ) -> PatchOperation {
     let list = child(parent, field);
     if existing_len == 0 {
         return add(list, Value::Array(vec![to_value(item)]));
     }
-    let index = match end {
-        ListEnd::Front => "0",
-        ListEnd::Back => "-",
+    let index = match at {
+        At::Index(index) if index < existing_len => index.to_string(),
+        At::Index(_) | At::End => "-".to_owned(),
     };
-    add(child(&list, index), to_value(item))
+    add(child(&list, &index), to_value(item))
 }
 
 /// Sets annotation `key` of the template (the status that marks it injected, a mesh's

@@ -25,7 +25,10 @@ pub use networks::{
     parse_networks,
 };
 pub use quantity::{Quantity, QuantityError};
-pub use settings::{Choice, HelperSettings, InvalidSettings, ResourceSettings, UnknownChoice};
+pub use settings::{
+    Choice, FirstPassBudget, HelperSettings, InvalidSettings, ResourceSettings,
+    STARTUP_MARGIN_SECONDS, UnknownChoice,
+};
 pub use template::{
     Annotations, Kept, Labels, MAX_ANNOTATION_BYTES, NameList, PodTemplate, TemplateMetadata,
     TemplateSpec,

@@ -1,9 +1,12 @@
-//! Service meshes whose proxies capture a pod's outbound traffic, and the annotations that
-//! keep the helper's connection to its node's agent out of them.
+//! Service meshes whose proxies capture a pod's outbound traffic, and how the helper's own
+//! traffic stays out of them: it runs as the UID whose traffic the mesh's redirect lets
+//! through (its proxy's), and with the agent backend the agent port joins the mesh's
+//! outbound exclusions.
 
 use crate::{Choice, PodTemplate, annotations, labels};
 
-/// A service mesh whose proxy would capture the helper's connection to the agent.
+/// A service mesh whose proxy would capture the helper's traffic (EC2 and instance metadata,
+/// or its node's agent).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mesh {
     /// Istio (sidecar mode).
@@ -21,6 +24,22 @@ impl Mesh {
         match self {
             Mesh::Istio => "istio-proxy",
             Mesh::Linkerd => "linkerd-proxy",
+        }
+    }
+
+    /// The UID of the mesh's proxy, whose outbound traffic the mesh's redirect returns
+    /// before any other rule: the helper runs as it, so its own traffic is never
+    /// redirected, while the app's containers keep theirs. Istio documents it for init
+    /// containers under the Istio CNI (istio.io, "Install Istio with the Istio CNI plugin",
+    /// "Compatibility with application init containers": `runAsUser: 1337`); Linkerd's
+    /// redirect, from linkerd-init or linkerd-cni alike, starts its output chain with
+    /// `-m owner --uid-owner <proxy UID> -j RETURN` ("ignore-proxy-user-id";
+    /// linkerd2-proxy-init, iptables.go `addOutgoingTrafficRules`), the proxy UID being 2102
+    /// unless the mesh is installed with another `proxy.uid`.
+    pub const fn proxy_uid(self) -> i64 {
+        match self {
+            Mesh::Istio => 1337,
+            Mesh::Linkerd => 2102,
         }
     }
 
@@ -83,16 +102,19 @@ impl Mesh {
     }
 }
 
-/// Which injected pods get the meshes' exclusion annotations for the agent port (agent
-/// backend only).
+/// Which service meshes an injected pod is taken to be in: its helper runs as the first
+/// one's proxy UID ([`Mesh::proxy_uid`]) and, with the agent backend, the agent port joins
+/// each one's outbound exclusions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MeshExclusions {
-    /// The pods that show a mesh's injection ([`Mesh::injects`]), that mesh's annotation.
+    /// The meshes the pod shows ([`Mesh::injects`]).
     Auto,
-    /// Every injected pod, both annotations (harmless without a mesh): for meshes a
-    /// namespace turns on.
-    Always,
-    /// None.
+    /// Istio, and the meshes the pod shows: for namespaces where Istio injects every pod
+    /// (label `istio-injection=enabled`), which the pod does not show.
+    Istio,
+    /// Linkerd, and the meshes the pod shows: for namespaces Linkerd injects.
+    Linkerd,
+    /// None: the helper keeps its UID and no exclusion is written.
     Never,
 }
 
@@ -100,26 +122,29 @@ impl Choice for MeshExclusions {
     const SETTING: &'static str = "mesh exclusions";
     const ALL: &'static [Self] = &[
         MeshExclusions::Auto,
-        MeshExclusions::Always,
+        MeshExclusions::Istio,
+        MeshExclusions::Linkerd,
         MeshExclusions::Never,
     ];
 
     fn name(self) -> &'static str {
         match self {
             MeshExclusions::Auto => "auto",
-            MeshExclusions::Always => "always",
+            MeshExclusions::Istio => "istio",
+            MeshExclusions::Linkerd => "linkerd",
             MeshExclusions::Never => "never",
         }
     }
 }
 
 impl MeshExclusions {
-    /// The meshes whose exclusion annotation `pod` gets.
+    /// The meshes `pod` is taken to be in, Istio first.
     pub fn meshes(self, pod: &PodTemplate) -> impl Iterator<Item = Mesh> + '_ {
         Mesh::ALL.into_iter().filter(move |mesh| match self {
-            MeshExclusions::Auto => mesh.injects(pod),
-            MeshExclusions::Always => true,
             MeshExclusions::Never => false,
+            MeshExclusions::Istio if *mesh == Mesh::Istio => true,
+            MeshExclusions::Linkerd if *mesh == Mesh::Linkerd => true,
+            _ => mesh.injects(pod),
         })
     }
 }
@@ -149,5 +174,22 @@ mod tests {
             Mesh::Istio.excluding(&pod(annotations), 9472).as_deref(),
             value
         );
+    }
+
+    #[rstest]
+    #[case::auto_nothing_shown(MeshExclusions::Auto, json!({}), &[])]
+    #[case::auto_istio_shown(MeshExclusions::Auto, json!({"sidecar.istio.io/inject": "true"}), &[Mesh::Istio])]
+    #[case::auto_both_shown(MeshExclusions::Auto, json!({"sidecar.istio.io/inject": "true", "linkerd.io/inject": "enabled"}), &[Mesh::Istio, Mesh::Linkerd])]
+    #[case::istio_named(MeshExclusions::Istio, json!({}), &[Mesh::Istio])]
+    #[case::istio_named_linkerd_shown(MeshExclusions::Istio, json!({"linkerd.io/inject": "enabled"}), &[Mesh::Istio, Mesh::Linkerd])]
+    #[case::linkerd_named(MeshExclusions::Linkerd, json!({}), &[Mesh::Linkerd])]
+    #[case::never(MeshExclusions::Never, json!({"sidecar.istio.io/inject": "true"}), &[])]
+    fn takes_the_pod_to_be_in_the_meshes_it_shows_or_the_one_named(
+        #[case] setting: MeshExclusions,
+        #[case] annotations: serde_json::Value,
+        #[case] meshes: &[Mesh],
+    ) {
+        let pod = pod(annotations);
+        assert_eq!(setting.meshes(&pod).collect::<Vec<_>>(), meshes);
     }
 }

@@ -1,5 +1,7 @@
 use std::cmp::Ordering;
 
+use ipmgr_contract::budget;
+
 use crate::annotations;
 use crate::{Backend, MeshExclusions, Mode, Quantity};
 
@@ -14,6 +16,62 @@ pub struct ResourceSettings {
     pub memory_request: Quantity,
     /// Memory limit, e.g. `64Mi`.
     pub memory_limit: Quantity,
+}
+
+/// The helper's first-pass budgets, in seconds: set in its environment, and the source of
+/// its native-sidecar startup probe ([`FirstPassBudget::startup_seconds`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FirstPassBudget {
+    /// How long it waits for the pod's Multus addresses (`IPMGR_WAIT_SECONDS`).
+    pub wait_seconds: u64,
+    /// How long one EC2 call, or one question to the agent, is retried
+    /// (`IPMGR_EC2_RETRY_SECONDS`).
+    pub ec2_retry_seconds: u64,
+    /// How long instance metadata may be unreachable, direct backend
+    /// (`IPMGR_METADATA_RETRY_SECONDS`).
+    pub metadata_retry_seconds: u64,
+}
+
+/// Added to the first pass's budget for the startup probe: the process's start, its probe
+/// runs and a retry's last attempt.
+pub const STARTUP_MARGIN_SECONDS: u64 = 30;
+
+/// The helper's flags that set a [`FirstPassBudget`], which `--helper-arg` must not set.
+const BUDGET_FLAGS: [&str; 3] = [
+    "--wait-seconds",
+    "--ec2-retry-seconds",
+    "--metadata-retry-seconds",
+];
+
+impl FirstPassBudget {
+    /// The longest first pass with `backend`. Direct: the address wait, then instance
+    /// metadata's budget, then an EC2 call's retry budget. Agent: the address wait, then
+    /// questions retried within the EC2 retry budget, the last of which may wait that
+    /// budget plus [`budget::AGENT_ANSWER_MARGIN_SECONDS`] for its answer.
+    pub fn first_pass_seconds(&self, backend: Backend) -> u64 {
+        let ec2 = self.ec2_retry_seconds;
+        match backend {
+            Backend::Direct => self.wait_seconds + self.metadata_retry_seconds + ec2,
+            Backend::Agent => self.wait_seconds + ec2 + ec2 + budget::AGENT_ANSWER_MARGIN_SECONDS,
+        }
+    }
+
+    /// How long the startup probe lets the helper's first pass take:
+    /// [`FirstPassBudget::first_pass_seconds`] plus [`STARTUP_MARGIN_SECONDS`].
+    pub fn startup_seconds(&self, backend: Backend) -> u64 {
+        self.first_pass_seconds(backend) + STARTUP_MARGIN_SECONDS
+    }
+}
+
+impl Default for FirstPassBudget {
+    /// The helper's own defaults.
+    fn default() -> Self {
+        FirstPassBudget {
+            wait_seconds: budget::WAIT_SECONDS,
+            ec2_retry_seconds: budget::EC2_RETRY_SECONDS,
+            metadata_retry_seconds: budget::METADATA_RETRY_SECONDS,
+        }
+    }
 }
 
 /// Everything the injector needs to know to build the helper container.
@@ -44,9 +102,11 @@ pub struct HelperSettings {
     pub backend: Backend,
     /// TCP port of the node agent's pod API on the node's IP (agent backend).
     pub agent_port: u16,
-    /// Which pods get the service meshes' outbound exclusion of the agent port (agent
-    /// backend).
+    /// Which service meshes a pod is taken to be in (the helper's UID, and with the agent
+    /// backend the agent port in the meshes' outbound exclusions).
     pub mesh_exclusions: MeshExclusions,
+    /// The helper's first-pass budgets.
+    pub first_pass: FirstPassBudget,
 }
 
 /// A setting with a fixed set of values, each with a name (flags, environment variables).
@@ -118,6 +178,11 @@ pub enum InvalidSettings {
         "--allowed-image-prefix (IPMGR_ALLOWED_IMAGE_PREFIXES) is set but --allow-image-override is off; turn the override on or remove the prefixes"
     )]
     PrefixesWithoutOverride,
+    /// A helper argument sets a first-pass budget the startup probe would not know.
+    #[error(
+        "--helper-arg {0:?} sets a first-pass budget of the helper, from which the webhook derives the startup probe; remove it and use --helper-wait-seconds, --helper-ec2-retry-seconds or --helper-metadata-retry-seconds"
+    )]
+    BudgetInHelperArgs(String),
     /// The agent port is 0.
     #[error(
         "--agent-port (IPMGR_AGENT_PORT) must be the TCP port the node agent listens on (1-65535, default 9472), got 0"
@@ -181,6 +246,14 @@ impl HelperSettings {
         if self.agent_port == 0 {
             return Err(InvalidSettings::ZeroAgentPort);
         }
+        if let Some(arg) = self.extra_args.iter().find(|arg| {
+            BUDGET_FLAGS.iter().any(|flag| {
+                arg.strip_prefix(flag)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+            })
+        }) {
+            return Err(InvalidSettings::BudgetInHelperArgs(arg.clone()));
+        }
         self.resources.validate()
     }
 
@@ -227,6 +300,7 @@ mod tests {
             backend: Backend::Agent,
             agent_port: 9472,
             mesh_exclusions: MeshExclusions::Auto,
+            first_pass: FirstPassBudget::default(),
         }
     }
 
@@ -258,11 +332,45 @@ mod tests {
     #[case(settings(false, &["mirror.example.com/"]), InvalidSettings::PrefixesWithoutOverride)]
     #[case(settings(true, &[""]), InvalidSettings::InvalidImagePrefix(String::new()))]
     #[case(HelperSettings { agent_port: 0, ..settings(false, &[]) }, InvalidSettings::ZeroAgentPort)]
+    #[case(HelperSettings { extra_args: vec!["--wait-seconds=90".to_owned()], ..settings(false, &[]) }, InvalidSettings::BudgetInHelperArgs("--wait-seconds=90".to_owned()))]
+    #[case(HelperSettings { extra_args: vec!["--ec2-retry-seconds".to_owned(), "600".to_owned()], ..settings(false, &[]) }, InvalidSettings::BudgetInHelperArgs("--ec2-retry-seconds".to_owned()))]
     fn refuses_settings_that_cannot_work(
         #[case] settings: HelperSettings,
         #[case] error: InvalidSettings,
     ) {
         assert_eq!(settings.validate(), Err(error));
+    }
+
+    #[test]
+    fn helper_args_that_set_no_budget_are_kept() {
+        let settings = HelperSettings {
+            extra_args: vec![
+                "--wait-seconds-extra=1".to_owned(),
+                "--confirm-seconds=5".to_owned(),
+            ],
+            ..settings(false, &[])
+        };
+        assert_eq!(settings.validate(), Ok(()));
+    }
+
+    /// The probe outlasts the worst first pass the helper's budgets allow (helper/src: the
+    /// address wait, then metadata and one EC2 call's retries, or the agent's questions).
+    #[rstest]
+    #[case::direct_defaults(Backend::Direct, FirstPassBudget::default(), 390, 420)]
+    #[case::agent_defaults(Backend::Agent, FirstPassBudget::default(), 690, 720)]
+    #[case::direct_longer_wait(Backend::Direct, FirstPassBudget { wait_seconds: 120, ..FirstPassBudget::default() }, 450, 480)]
+    #[case::direct_shorter_ec2(Backend::Direct, FirstPassBudget { ec2_retry_seconds: 60, ..FirstPassBudget::default() }, 150, 180)]
+    #[case::agent_ignores_metadata(Backend::Agent, FirstPassBudget { metadata_retry_seconds: 999, ..FirstPassBudget::default() }, 690, 720)]
+    #[case::agent_shorter_ec2(Backend::Agent, FirstPassBudget { ec2_retry_seconds: 60, ..FirstPassBudget::default() }, 210, 240)]
+    #[case::all_zero(Backend::Direct, FirstPassBudget { wait_seconds: 0, ec2_retry_seconds: 0, metadata_retry_seconds: 0 }, 0, 30)]
+    fn the_startup_probe_outlasts_the_first_pass(
+        #[case] backend: Backend,
+        #[case] budget: FirstPassBudget,
+        #[case] first_pass: u64,
+        #[case] startup: u64,
+    ) {
+        assert_eq!(budget.first_pass_seconds(backend), first_pass);
+        assert_eq!(budget.startup_seconds(backend), startup);
     }
 
     fn round_trip<T: Choice + PartialEq + std::fmt::Debug>() {
@@ -279,7 +387,7 @@ mod tests {
             MeshExclusions::from_name("sometimes")
                 .expect_err("unknown")
                 .to_string(),
-            "mesh exclusions has unknown value \"sometimes\"; valid values are auto, always, never"
+            "mesh exclusions has unknown value \"sometimes\"; valid values are auto, istio, linkerd, never"
         );
     }
 }

@@ -116,13 +116,14 @@ impl<const SET: u8> Kept<SET> {
     }
 }
 
-/// A list of containers or volumes, read as its length and which of the names the injector
-/// adds ([`HELPER_CONTAINER_NAME`], [`RUN_VOLUME_NAME`]) or looks for (the service meshes'
-/// proxy containers) it holds.
+/// A list of containers or volumes, read as its length and where it holds the names the
+/// injector adds ([`HELPER_CONTAINER_NAME`], [`RUN_VOLUME_NAME`]) or looks for (the service
+/// meshes' proxy containers).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NameList {
     len: usize,
-    holds: [bool; LOOKED_FOR.len()],
+    /// The position of the first item of each name of [`LOOKED_FOR`].
+    at: [Option<usize>; LOOKED_FOR.len()],
 }
 
 impl NameList {
@@ -139,19 +140,22 @@ impl NameList {
     /// Whether an item is named `name`, one of the names the injector adds or looks for
     /// (always `false` for other names, which are not kept).
     pub fn holds(&self, name: &str) -> bool {
-        LOOKED_FOR
-            .iter()
-            .zip(self.holds)
-            .any(|(known, held)| held && *known == name)
+        self.position(name).is_some()
+    }
+
+    /// The position of the first item named `name`, one of the names the injector adds or
+    /// looks for (always `None` for other names, which are not kept).
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.at[position(CONTAINER_AND_VOLUME_NAMES, name)?]
     }
 }
 
 impl NameList {
     fn add(&mut self, known: Option<usize>) {
-        self.len += 1;
         if let Some(index) = known {
-            self.holds[index] = true;
+            self.at[index].get_or_insert(self.len);
         }
+        self.len += 1;
     }
 }
 
@@ -328,7 +332,7 @@ impl PodTemplate {
     fn list(&self, field: impl Fn(&TemplateSpec) -> &Option<NameList>) -> &NameList {
         static EMPTY: NameList = NameList {
             len: 0,
-            holds: [false; LOOKED_FOR.len()],
+            at: [None; LOOKED_FOR.len()],
         };
         self.spec
             .as_ref()

@@ -2,8 +2,8 @@
 //! json-patch crate to real pod documents.
 
 use ipmgr_injector::{
-    Backend, Decision, DenyReason, HelperSettings, MeshExclusions, Mode, PodTemplate,
-    ResourceSettings, SkipReason, annotations, plan,
+    Backend, Decision, DenyReason, FirstPassBudget, HelperSettings, MeshExclusions, Mode,
+    PodTemplate, ResourceSettings, SkipReason, annotations, plan,
 };
 use json_patch::jsonptr::{Pointer, PointerBuf};
 use pretty_assertions::assert_eq;
@@ -32,6 +32,7 @@ fn settings() -> HelperSettings {
         backend: Backend::Agent,
         agent_port: 9472,
         mesh_exclusions: MeshExclusions::Auto,
+        first_pass: FirstPassBudget::default(),
     }
 }
 
@@ -447,6 +448,8 @@ fn builds_a_restricted_container_with_overrides(settings: HelperSettings) {
             "IPMGR_MODE",
             "IPMGR_LOG",
             "IPMGR_INTERFACES_BY_MAC",
+            "IPMGR_WAIT_SECONDS",
+            "IPMGR_EC2_RETRY_SECONDS",
             "HOST_IP",
             "IPMGR_AGENT_URL",
             "IPMGR_READY_FILE"
@@ -510,7 +513,7 @@ fn the_agent_backend_gives_the_helper_its_agents_address_and_nothing_of_aws(
     settings.agent_port = 9999;
     let env = env_of_helper(&inject(&pod(json!({}), json!({})), &settings));
     assert_eq!(
-        env[6..],
+        env[8..],
         [
             json!({"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}}),
             json!({"name": "IPMGR_AGENT_URL", "value": "http://$(HOST_IP):9999"}),
@@ -520,16 +523,16 @@ fn the_agent_backend_gives_the_helper_its_agents_address_and_nothing_of_aws(
     assert!(
         names
             .iter()
-            .all(|name| !name.starts_with("AWS_") && !name.contains("EC2")),
+            .all(|name| !name.starts_with("AWS_") && !name.contains("METADATA")),
         "{names:?}"
     );
 }
 
 #[rstest]
-fn the_direct_backend_injects_what_it_always_did(mut settings: HelperSettings) {
+fn the_direct_backend_writes_no_mesh_annotation(mut settings: HelperSettings) {
     settings.backend = Backend::Direct;
-    settings.mesh_exclusions = MeshExclusions::Always;
-    let document = pod(json!({"sidecar.istio.io/inject": "true"}), json!({}));
+    settings.mesh_exclusions = MeshExclusions::Istio;
+    let document = pod(json!({"linkerd.io/inject": "enabled"}), json!({}));
     let injected = inject(&document, &settings);
     let names: Vec<String> = env_of_helper(&injected)
         .iter()
@@ -543,7 +546,10 @@ fn the_direct_backend_injects_what_it_always_did(mut settings: HelperSettings) {
             "POD_NAMESPACE",
             "IPMGR_MODE",
             "IPMGR_LOG",
-            "IPMGR_INTERFACES_BY_MAC"
+            "IPMGR_INTERFACES_BY_MAC",
+            "IPMGR_WAIT_SECONDS",
+            "IPMGR_EC2_RETRY_SECONDS",
+            "IPMGR_METADATA_RETRY_SECONDS"
         ]
     );
     assert_eq!(
@@ -582,8 +588,9 @@ const LINKERD: &str = "config.linkerd.io/skip-outbound-ports";
 #[case::linkerd_range_covers_it(MeshExclusions::Auto, json!({"linkerd.io/inject": "enabled", LINKERD: "9000-9999"}), json!({}), json!({}), None, Some("9000-9999"))]
 #[case::linkerd_proxy(MeshExclusions::Auto, json!({}), json!({}), json!({"containers": [{"name": "app"}, {"name": "linkerd-proxy"}]}), None, Some("9472"))]
 #[case::both(MeshExclusions::Auto, json!({"linkerd.io/inject": "enabled"}), json!({"sidecar.istio.io/inject": "true"}), json!({}), Some("9472"), Some("9472"))]
-#[case::always(MeshExclusions::Always, json!({}), json!({}), json!({}), Some("9472"), Some("9472"))]
-#[case::always_keeps_existing(MeshExclusions::Always, json!({ISTIO: "8080"}), json!({}), json!({}), Some("8080,9472"), Some("9472"))]
+#[case::istio_named(MeshExclusions::Istio, json!({}), json!({}), json!({}), Some("9472"), None)]
+#[case::istio_named_keeps_existing(MeshExclusions::Istio, json!({ISTIO: "8080"}), json!({}), json!({}), Some("8080,9472"), None)]
+#[case::linkerd_named(MeshExclusions::Linkerd, json!({}), json!({}), json!({}), None, Some("9472"))]
 #[case::never(MeshExclusions::Never, json!({"sidecar.istio.io/inject": "true", "linkerd.io/inject": "enabled"}), json!({}), json!({}), None, None)]
 fn excludes_the_agent_port_from_the_meshes(
     mut settings: HelperSettings,
@@ -633,6 +640,7 @@ fn a_port_excluded_already_costs_no_patch_operation(settings: HelperSettings) {
 #[case::istio_annotation(json!({"sidecar.istio.io/inject": "true", ISTIO: "8080"}), json!({}))]
 #[case::linkerd_annotation(json!({"linkerd.io/inject": "enabled"}), json!({}))]
 #[case::istio_proxy(json!({"multus-ipmgr.io/mode": "sidecar"}), json!({"containers": [{"name": "app"}, {"name": "istio-proxy"}]}))]
+#[case::istio_native_proxy(json!({"multus-ipmgr.io/mode": "native-sidecar"}), json!({"initContainers": [{"name": "istio-init"}, {"name": "istio-proxy", "restartPolicy": "Always"}]}))]
 fn injecting_a_meshed_pod_twice_changes_nothing(
     settings: HelperSettings,
     #[case] annotations: Value,
@@ -661,9 +669,12 @@ fn injecting_a_meshed_pod_twice_changes_nothing(
         Decision::Skip(SkipReason::HelperPresent)
     );
     let mut helper_removed = stripped.clone();
-    for list in ["initContainers", "containers"] {
+    for list in ["initContainers", "containers", "volumes"] {
         if let Some(items) = helper_removed["spec"][list].as_array_mut() {
-            items.retain(|item| item["name"] != "aws-ip-mgmt");
+            items.retain(|item| {
+                !["aws-ip-mgmt", "aws-ip-mgmt-run"]
+                    .contains(&item["name"].as_str().unwrap_or_default())
+            });
         }
     }
     let again = inject(&helper_removed, &settings);
@@ -688,5 +699,127 @@ fn template_view_reads_the_mesh_label_and_proxies() {
             .to_string()
             .starts_with("label sidecar.istio.io/inject is 64 bytes long"),
         "{error}"
+    );
+}
+
+/// The helper's own traffic bypasses a mesh's redirect as the mesh proxy's UID, in every
+/// mode and with both backends; the app's containers are not touched.
+#[rstest]
+#[case::no_mesh(MeshExclusions::Auto, json!({}), json!({}), 65532)]
+#[case::istio_annotation(MeshExclusions::Auto, json!({"sidecar.istio.io/inject": "true"}), json!({}), 1337)]
+#[case::istio_proxy(MeshExclusions::Auto, json!({}), json!({"containers": [{"name": "app"}, {"name": "istio-proxy"}]}), 1337)]
+#[case::istio_native_proxy(MeshExclusions::Auto, json!({}), json!({"initContainers": [{"name": "istio-proxy", "restartPolicy": "Always"}]}), 1337)]
+#[case::istio_turned_off(MeshExclusions::Auto, json!({"sidecar.istio.io/inject": "false"}), json!({}), 65532)]
+#[case::linkerd_annotation(MeshExclusions::Auto, json!({"linkerd.io/inject": "enabled"}), json!({}), 2102)]
+#[case::linkerd_proxy(MeshExclusions::Auto, json!({}), json!({"containers": [{"name": "app"}, {"name": "linkerd-proxy"}]}), 2102)]
+#[case::both_istio_first(MeshExclusions::Auto, json!({"sidecar.istio.io/inject": "true", "linkerd.io/inject": "enabled"}), json!({}), 1337)]
+#[case::istio_named(MeshExclusions::Istio, json!({}), json!({}), 1337)]
+#[case::linkerd_named(MeshExclusions::Linkerd, json!({}), json!({}), 2102)]
+#[case::never(MeshExclusions::Never, json!({"sidecar.istio.io/inject": "true"}), json!({}), 65532)]
+fn runs_the_helper_as_the_mesh_proxys_uid(
+    mut settings: HelperSettings,
+    #[values(Backend::Agent, Backend::Direct)] backend: Backend,
+    #[values("init", "sidecar", "native-sidecar")] mode: &str,
+    #[case] exclusions: MeshExclusions,
+    #[case] annotations: Value,
+    #[case] spec: Value,
+    #[case] uid: i64,
+) {
+    settings.backend = backend;
+    settings.mesh_exclusions = exclusions;
+    let mut annotations = annotations;
+    annotations["multus-ipmgr.io/mode"] = json!(mode);
+    let document = pod(annotations, spec);
+    let injected = inject(&document, &settings);
+    let list = if mode == "sidecar" {
+        "containers"
+    } else {
+        "initContainers"
+    };
+    let helper = injected["spec"][list]
+        .as_array()
+        .expect("the helper's list")
+        .iter()
+        .find(|container| container["name"] == "aws-ip-mgmt")
+        .expect("the helper");
+    let context = &helper["securityContext"];
+    assert_eq!(
+        (&context["runAsUser"], &context["runAsGroup"]),
+        (&json!(uid), &json!(uid))
+    );
+    assert_eq!(context["runAsNonRoot"], json!(true));
+    assert_eq!(context["capabilities"], json!({"drop": ["ALL"]}));
+    for container in injected["spec"]["containers"]
+        .as_array()
+        .expect("containers")
+    {
+        if container["name"] != "aws-ip-mgmt" {
+            assert!(container.get("securityContext").is_none(), "{container}");
+        }
+    }
+}
+
+/// A native-sidecar helper goes behind a mesh's native proxy (the kubelet stops native
+/// sidecars in reverse order: the helper's release runs before the proxy stops), and in
+/// front of everything else; init mode always goes first.
+#[rstest]
+#[case::nothing_before("native-sidecar", json!([{"name": "setup"}]), &["aws-ip-mgmt", "setup"])]
+#[case::istio_with_its_init("native-sidecar", json!([{"name": "istio-init"}, {"name": "istio-proxy", "restartPolicy": "Always"}, {"name": "setup"}]), &["istio-init", "istio-proxy", "aws-ip-mgmt", "setup"])]
+#[case::istio_with_cni("native-sidecar", json!([{"name": "istio-validation"}, {"name": "istio-proxy", "restartPolicy": "Always"}]), &["istio-validation", "istio-proxy", "aws-ip-mgmt"])]
+#[case::linkerd("native-sidecar", json!([{"name": "linkerd-init"}, {"name": "linkerd-proxy", "restartPolicy": "Always"}, {"name": "setup"}]), &["linkerd-init", "linkerd-proxy", "aws-ip-mgmt", "setup"])]
+#[case::init_mode_goes_first("init", json!([{"name": "istio-init"}, {"name": "istio-proxy", "restartPolicy": "Always"}]), &["aws-ip-mgmt", "istio-init", "istio-proxy"])]
+fn a_native_sidecar_helper_stops_before_the_mesh_proxy(
+    settings: HelperSettings,
+    #[case] mode: &str,
+    #[case] init_containers: Value,
+    #[case] order: &[&str],
+) {
+    let document = pod(
+        json!({"multus-ipmgr.io/mode": mode}),
+        json!({"initContainers": init_containers}),
+    );
+    let injected = inject(&document, &settings);
+    assert_eq!(container_names(&injected, "initContainers"), order);
+}
+
+/// The native-sidecar startup probe lasts as long as the first pass the budgets the helper
+/// gets allow, with a margin; the same values are in its environment.
+#[rstest]
+#[case::agent(Backend::Agent, FirstPassBudget::default(), 720)]
+#[case::direct(Backend::Direct, FirstPassBudget::default(), 420)]
+#[case::direct_longer_wait(Backend::Direct, FirstPassBudget { wait_seconds: 120, ..FirstPassBudget::default() }, 480)]
+fn the_startup_probe_and_the_helpers_budgets_agree(
+    mut settings: HelperSettings,
+    #[case] backend: Backend,
+    #[case] first_pass: FirstPassBudget,
+    #[case] failure_threshold: i64,
+) {
+    settings.backend = backend;
+    settings.first_pass = first_pass;
+    let document = pod(json!({"multus-ipmgr.io/mode": "native-sidecar"}), json!({}));
+    let injected = inject(&document, &settings);
+    let helper = &injected["spec"]["initContainers"][0];
+    let probe = &helper["startupProbe"];
+    assert_eq!(
+        (&probe["periodSeconds"], &probe["failureThreshold"]),
+        (&json!(1), &json!(failure_threshold))
+    );
+    let env = env_of_helper(&injected);
+    let value = |name: &str| {
+        env.iter()
+            .find(|var| var["name"] == name)
+            .map(|var| var["value"].clone())
+    };
+    assert_eq!(
+        value("IPMGR_WAIT_SECONDS"),
+        Some(json!(first_pass.wait_seconds.to_string()))
+    );
+    assert_eq!(
+        value("IPMGR_EC2_RETRY_SECONDS"),
+        Some(json!(first_pass.ec2_retry_seconds.to_string()))
+    );
+    assert_eq!(
+        value("IPMGR_METADATA_RETRY_SECONDS"),
+        (backend == Backend::Direct).then(|| json!(first_pass.metadata_retry_seconds.to_string()))
     );
 }
