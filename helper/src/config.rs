@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use ipmgr_contract::{LogArgs, env};
+use ipmgr_contract::{LogArgs, budget, env};
 use ipmgr_eni::{
     Backoff, MultusInterfaces, OwnershipPolicy, PlanOptions, ReclaimOptions, RetryPolicy,
 };
@@ -118,7 +118,7 @@ pub struct Settings {
     pub allow_primary_eni: bool,
 
     /// Seconds to wait for the pod's secondary interfaces to have addresses.
-    #[arg(long, env = "IPMGR_WAIT_SECONDS", default_value_t = 60)]
+    #[arg(long, env = env::WAIT_SECONDS, default_value_t = budget::WAIT_SECONDS)]
     pub wait_seconds: u64,
 
     /// Number of addresses to wait for (0: any one).
@@ -169,7 +169,7 @@ pub struct AwsSettings {
 
     /// Seconds a throttled or transiently failing EC2 call keeps being retried: long enough
     /// for a reschedule of hundreds of pods to get through the account's token buckets.
-    #[arg(long, env = "IPMGR_EC2_RETRY_SECONDS", default_value_t = 300)]
+    #[arg(long, env = env::EC2_RETRY_SECONDS, default_value_t = budget::EC2_RETRY_SECONDS)]
     pub ec2_retry_seconds: u64,
 
     /// Transient errors: ceiling of the first retry delay in milliseconds (full jitter; the
@@ -191,7 +191,7 @@ pub struct AwsSettings {
     pub ec2_backoff_max_seconds: u64,
 
     /// Seconds instance metadata may be unreachable before the helper gives up.
-    #[arg(long, env = "IPMGR_METADATA_RETRY_SECONDS", default_value_t = 30)]
+    #[arg(long, env = env::METADATA_RETRY_SECONDS, default_value_t = budget::METADATA_RETRY_SECONDS)]
     pub metadata_retry_seconds: u64,
 }
 

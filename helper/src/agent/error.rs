@@ -1,6 +1,7 @@
 //! What ends the node agent: only what waiting cannot fix.
 
 use crate::agent::netns::ScanError;
+use crate::aws::ProxyError;
 
 /// Why the agent stopped; one line for the pod's termination log.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,9 @@ pub enum AgentError {
         /// Why.
         source: std::io::Error,
     },
+    /// A proxy variable is malformed.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
     /// The termination signal handler could not be installed.
     #[error("cannot install the SIGTERM handler: {0}")]
     Signal(std::io::Error),

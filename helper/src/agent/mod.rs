@@ -106,10 +106,11 @@ struct Agent<E = Ec2, M = Metadata, S = NetnsDirectory> {
 }
 
 /// Runs the agent until SIGTERM or SIGINT. Only what the agent cannot get past by waiting
-/// ends it: a netns directory that is missing or unreadable at start-up, a metrics address
-/// it cannot listen on, and namespaces it may not enter.
+/// ends it: a malformed proxy variable, a netns directory that is missing or unreadable at
+/// start-up, a metrics address it cannot listen on, and namespaces it may not enter.
 pub async fn run(settings: AgentSettings, node_name: Option<String>) -> Result<(), AgentError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
+    let proxies = aws::Proxies::from_env()?;
     netns::check_directory(&settings.netns_dir)?;
     let pod_api = match settings.pod_listen {
         PodListen::Off => None,
@@ -131,7 +132,7 @@ pub async fn run(settings: AgentSettings, node_name: Option<String>) -> Result<(
     tokio::spawn(metrics::serve(listener, Arc::clone(&metrics)));
     let mut events = watch(&settings.netns_dir)?;
     let connected = tokio::select! {
-        connected = connect(&settings, &metrics) => connected,
+        connected = connect(&settings, &proxies, &metrics) => connected,
         _ = terminate.recv() => return Ok(()),
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
@@ -212,10 +213,14 @@ pub async fn run(settings: AgentSettings, node_name: Option<String>) -> Result<(
 
 /// Reaches instance metadata and builds the EC2 client, trying again until it works: an
 /// agent that cannot reach metadata yet waits, not ready, rather than restart.
-async fn connect(settings: &AgentSettings, metrics: &AgentMetrics) -> (Metadata, Ec2, NodeFacts) {
+async fn connect(
+    settings: &AgentSettings,
+    proxies: &aws::Proxies,
+    metrics: &AgentMetrics,
+) -> (Metadata, Ec2, NodeFacts) {
     let mut failures = 0;
     loop {
-        match aws::connect(&settings.aws).await {
+        match aws::connect(&settings.aws, proxies).await {
             Ok(connected) => return connected,
             Err(error) => {
                 failures += 1;

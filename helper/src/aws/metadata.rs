@@ -12,12 +12,9 @@ use ipmgr_eni::{Backoff, Eni, EniMetadata, FactsError, MacAddr, NodeFacts};
 
 use super::NodeMetadata;
 
-/// Reading instance metadata failed, or (before it is read) the proxy settings for AWS.
+/// Reading instance metadata failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
-    /// A proxy variable is malformed.
-    #[error(transparent)]
-    Proxy(#[from] super::ProxyError),
     /// The IMDS did not answer or refused, within the retry budget.
     #[error(
         "instance metadata {path} unavailable (tried for {waited:?}): {source}; check that the node's metadata options allow IMDSv2 from pods (HttpPutResponseHopLimit 2: aws ec2 modify-instance-metadata-options --http-put-response-hop-limit 2), or set AWS_EC2_METADATA_SERVICE_ENDPOINT; pods need no instance metadata with the agent backend (the webhook's IPMGR_HELPER_BACKEND=agent, the default)"

@@ -26,10 +26,13 @@ pub use proxy::{Proxies, ProxyError};
 /// Reads the node from instance metadata and builds the EC2 client (standard AWS
 /// environment: AWS_REGION, AWS_ENDPOINT_URL(_EC2), the default credential chain; the region
 /// from metadata otherwise) with the SDK's own retries off: ours count, bound and log them.
-/// Every AWS client the SDK makes (EC2, and STS or SSO for credentials) goes through the
-/// environment's proxies ([`Proxies`]), read first: a malformed one fails at once.
-pub async fn connect(settings: &AwsSettings) -> Result<(Metadata, Ec2, NodeFacts), MetadataError> {
-    let proxies = Proxies::from_env()?;
+/// Every AWS client the SDK makes (EC2, and STS or SSO for credentials) goes through
+/// `proxies` (the caller reads them first, [`Proxies::from_env`], so that a malformed one
+/// fails at once rather than being waited out).
+pub async fn connect(
+    settings: &AwsSettings,
+    proxies: &Proxies,
+) -> Result<(Metadata, Ec2, NodeFacts), MetadataError> {
     let direct = proxy::direct();
     let metadata = Metadata::new(direct.clone(), settings.metadata_retry());
     let node = metadata.node_facts().await?;

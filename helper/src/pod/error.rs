@@ -3,13 +3,16 @@
 
 use std::time::Duration;
 
-use crate::aws::{Ec2Failure, MetadataError};
+use crate::aws::{Ec2Failure, MetadataError, ProxyError};
 use crate::netlink::NetlinkError;
 pub use crate::place::Failure;
 
 /// Why a mode ended unsuccessfully; each variant is one line for the pod's termination log.
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
+    /// A proxy variable is malformed.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
     /// Instance metadata failed.
     #[error(transparent)]
     Metadata(#[from] MetadataError),

@@ -84,8 +84,9 @@ pub(crate) async fn wait_for_multus_addresses<N: PodAddresses, T>(
 impl PodHelper {
     /// Opens netlink and connects to AWS ([`aws::connect`]).
     pub async fn connect(settings: Settings) -> Result<(Self, NodeFacts), PodError> {
+        let proxies = aws::Proxies::from_env()?;
         let network = PodNetwork::connect()?;
-        let (metadata, ec2, node) = aws::connect(&settings.aws).await?;
+        let (metadata, ec2, node) = aws::connect(&settings.aws, &proxies).await?;
         Ok((PodHelper::new(settings, ec2, metadata, network), node))
     }
 }

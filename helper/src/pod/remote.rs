@@ -24,8 +24,10 @@ const ASK_AGAIN: Backoff = Backoff {
     max: Duration::from_secs(5),
 };
 
-/// How much longer than the agent's EC2 retry budget one question may wait for its answer.
-const ANSWER_MARGIN: Duration = Duration::from_secs(30);
+/// How much longer than the agent's EC2 retry budget one question may wait for its answer
+/// (the webhook's startup probe counts it too).
+const ANSWER_MARGIN: Duration =
+    Duration::from_secs(ipmgr_contract::budget::AGENT_ANSWER_MARGIN_SECONDS);
 
 /// The pod helper over the pod's addresses (`N`) and its node's agent (`A`).
 #[derive(Debug)]
