@@ -48,8 +48,10 @@ FLOATING_IPS = "multus-ipmgr.io/floating-ips"
 AGENT_GRACE_SECONDS = 2
 BACKENDS = ("agent", "direct")
 # What would give a helper AWS access or settings: every AWS_* variable, and the helper's
-# own EC2 and instance metadata settings (IPMGR_EC2_*, IPMGR_METADATA_*).
-AWS_SETTING = re.compile(r"^(AWS_|IPMGR_(EC2|METADATA)_)")
+# own EC2 and instance metadata settings (IPMGR_EC2_*, IPMGR_METADATA_*) but their retry
+# budgets: only a number of seconds, which the webhook sets so that the startup probe lasts
+# the first pass (the agent backend's helper bounds its questions by IPMGR_EC2_RETRY_SECONDS).
+AWS_SETTING = re.compile(r"^(AWS_|IPMGR_(EC2|METADATA)_(?!RETRY_SECONDS$))")
 # Where scripts/images puts the images (no registry).
 IMAGES = "localhost"
 CAP_SYS_ADMIN = 1 << 21
