@@ -17,7 +17,7 @@ use super::NodeMetadata;
 pub enum MetadataError {
     /// The IMDS did not answer or refused, within the retry budget.
     #[error(
-        "instance metadata {path} unavailable (tried for {waited:?}): {source}; check that the node's metadata options allow IMDSv2 from pods (HttpPutResponseHopLimit 2: aws ec2 modify-instance-metadata-options --http-put-response-hop-limit 2), or set AWS_EC2_METADATA_SERVICE_ENDPOINT; pods need no instance metadata with the agent backend (the webhook's IPMGR_HELPER_BACKEND=agent, the default)"
+        "instance metadata {path} unavailable (tried for {waited:?}): {source}; check that the node's metadata options allow IMDSv2 from pods (HttpPutResponseHopLimit 2: aws ec2 modify-instance-metadata-options --http-put-response-hop-limit 2), or set AWS_EC2_METADATA_SERVICE_ENDPOINT; in a service mesh that redirects from the pod's start (Istio CNI, Linkerd CNI) the helper must run as the proxy's UID, which the webhook sets when it sees the mesh on the pod (IPMGR_MESH_EXCLUSIONS=istio|linkerd for namespace-level injection); pods need no instance metadata with the agent backend (the webhook's IPMGR_HELPER_BACKEND=agent, the default)"
     )]
     Unavailable {
         /// The metadata path.

@@ -24,7 +24,7 @@ const ANSWER_LIMIT: usize = 1 << 20;
 pub enum AskError {
     /// The agent could not be reached, or did not answer in time: tried again.
     #[error(
-        "cannot reach the node agent at {url}: {reason}; check that the multus-ipmgr agent DaemonSet runs on this node and that NetworkPolicies let the pod reach its node on the agent's port"
+        "cannot reach the node agent at {url}: {reason}; check that the multus-ipmgr agent DaemonSet runs on this node, that NetworkPolicies let the pod reach its node on the agent's port, and, in a service mesh that redirects from the pod's start (Istio CNI, Linkerd CNI), that the helper runs as the proxy's UID (the webhook sets it when it sees the mesh on the pod; IPMGR_MESH_EXCLUSIONS=istio|linkerd for namespace-level injection)"
     )]
     Unreachable {
         /// The agent's URL.
