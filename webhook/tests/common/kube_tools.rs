@@ -1,0 +1,121 @@
+//! The external tools of the manifest tests (`kubectl` for kustomize, PyPI
+//! `kubernetes-validate`, helm from `scripts/helm.sh`): found or skipped with a note, or a
+//! failure when `IPMGR_REQUIRE_TOOLS` is set (as `scripts/test` does).
+
+#![allow(dead_code, unreachable_pub)] // each test binary uses its own subset
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Oldest version with native sidecars on by default, and the newest the validator knows.
+pub const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.37.0"];
+/// Kinds from CRDs: no schema in the validator, the only warnings allowed.
+pub const CRD_KINDS: [&str; 4] = [
+    "NetworkAttachmentDefinition",
+    "Issuer",
+    "Certificate",
+    "PrometheusRule",
+];
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+/// The program `variable` names, else the first of `candidates` that runs; `None` (with a
+/// note) when none does, or a panic when `IPMGR_REQUIRE_TOOLS` is set.
+pub fn tool(variable: &str, candidates: &[String], install: &str) -> Option<String> {
+    let name = candidates.last().cloned().unwrap_or_default();
+    let candidates = std::env::var(variable)
+        .map(|program| vec![program])
+        .unwrap_or_else(|_| candidates.to_vec());
+    let found = candidates.into_iter().find(|program| {
+        Command::new(program)
+            .arg("--help")
+            .output()
+            .is_ok_and(|output| output.status.success())
+    });
+    if found.is_none() {
+        let note = format!("{name} not found: {install} (or set {variable})");
+        assert!(std::env::var_os("IPMGR_REQUIRE_TOOLS").is_none(), "{note}");
+        eprintln!("skipped: {note}");
+    }
+    found
+}
+
+pub fn kubernetes_validate() -> Option<String> {
+    let venv = repo_root().join(".venv/bin/kubernetes-validate");
+    tool(
+        "KUBERNETES_VALIDATE",
+        &[venv.display().to_string(), "kubernetes-validate".to_owned()],
+        "run scripts/test, or pip install -r tests/requirements.txt",
+    )
+}
+
+pub fn kubectl() -> Option<String> {
+    tool(
+        "KUBECTL",
+        &["kubectl".to_owned()],
+        "install kubectl (it carries kustomize)",
+    )
+}
+
+pub fn helm() -> Option<String> {
+    let venv = repo_root().join(".venv/bin/helm");
+    tool(
+        "HELM",
+        &[venv.display().to_string(), "helm".to_owned()],
+        "run scripts/test, or scripts/helm.sh after scripts/venv.sh",
+    )
+}
+
+/// Validates `files` for every version with `validator`; an error for failures and for
+/// warnings other than CRDs.
+pub fn validate(validator: &str, files: &[PathBuf]) -> Result<(), String> {
+    for version in KUBERNETES_VERSIONS {
+        let output = Command::new(validator)
+            .args(["--strict", "-k", version])
+            .args(files)
+            .output()
+            .expect("kubernetes-validate runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let unexpected: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.starts_with("INFO "))
+            .filter(|line| {
+                !(line.starts_with("WARN ")
+                    && CRD_KINDS
+                        .iter()
+                        .any(|kind| line.contains(&format!("kind {kind} "))))
+            })
+            .filter(|line| !line.trim().is_empty())
+            .collect();
+        if !output.status.success() || !unexpected.is_empty() {
+            return Err(format!("Kubernetes {version}:\n{}", unexpected.join("\n")));
+        }
+    }
+    Ok(())
+}
+
+/// Copies the tree `from` to `to`, leaving out `tls/` directories (generated certificates).
+pub fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("create dir");
+    for entry in fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            if entry.file_name() != "tls" {
+                copy_tree(&entry.path(), &target);
+            }
+        } else {
+            fs::copy(entry.path(), target).expect("copy file");
+        }
+    }
+}
