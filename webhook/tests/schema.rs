@@ -10,105 +10,17 @@
 //! missing tool into a failure.
 
 mod common;
+#[path = "common/kube_tools.rs"]
+mod kube_tools;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ipmgr_webhook::certs::{ServiceIdentity, write_for_kustomize};
+use kube_tools::{copy_tree, kubectl, kubernetes_validate, repo_root, validate};
 
-/// Oldest version with native sidecars on by default, and the newest the validator knows.
-const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.37.0"];
-const CRD_KINDS: [&str; 4] = [
-    "NetworkAttachmentDefinition",
-    "Issuer",
-    "Certificate",
-    "PrometheusRule",
-];
-
-fn repo_root() -> PathBuf {
-    common::test_path("../..")
-        .canonicalize()
-        .expect("repository root")
-}
-
-/// The program `variable` names, else the first of `candidates` that runs; `None` (with a
-/// note) when none does, or a panic when `IPMGR_REQUIRE_TOOLS` is set.
-fn tool(variable: &str, candidates: &[String], install: &str) -> Option<String> {
-    let name = candidates.last().cloned().unwrap_or_default();
-    let candidates = std::env::var(variable)
-        .map(|program| vec![program])
-        .unwrap_or_else(|_| candidates.to_vec());
-    let found = candidates.into_iter().find(|program| {
-        Command::new(program)
-            .arg("--help")
-            .output()
-            .is_ok_and(|output| output.status.success())
-    });
-    if found.is_none() {
-        let note = format!("{name} not found: {install} (or set {variable})");
-        assert!(std::env::var_os("IPMGR_REQUIRE_TOOLS").is_none(), "{note}");
-        eprintln!("skipped: {note}");
-    }
-    found
-}
-
-fn kubernetes_validate() -> Option<String> {
-    let venv = repo_root().join(".venv/bin/kubernetes-validate");
-    tool(
-        "KUBERNETES_VALIDATE",
-        &[venv.display().to_string(), "kubernetes-validate".to_owned()],
-        "run scripts/test, or pip install -r tests/requirements.txt",
-    )
-}
-
-/// Validates `files` for every version with `validator`; an error for failures and for
-/// warnings other than CRDs.
-fn validate(validator: &str, files: &[PathBuf]) -> Result<(), String> {
-    for version in KUBERNETES_VERSIONS {
-        let output = Command::new(validator)
-            .args(["--strict", "-k", version])
-            .args(files)
-            .output()
-            .expect("kubernetes-validate runs");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let unexpected: Vec<&str> = text
-            .lines()
-            .filter(|line| !line.starts_with("INFO "))
-            .filter(|line| {
-                !(line.starts_with("WARN ")
-                    && CRD_KINDS
-                        .iter()
-                        .any(|kind| line.contains(&format!("kind {kind} "))))
-            })
-            .filter(|line| !line.trim().is_empty())
-            .collect();
-        if !output.status.success() || !unexpected.is_empty() {
-            return Err(format!("Kubernetes {version}:\n{}", unexpected.join("\n")));
-        }
-    }
-    Ok(())
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).expect("create dir");
-    for entry in fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            if entry.file_name() != "tls" {
-                copy_tree(&entry.path(), &target);
-            }
-        } else {
-            fs::copy(entry.path(), target).expect("copy file");
-        }
-    }
-}
-
+/// The YAML files below `dir` (not kustomizations, not generated `tls/`).
 fn yaml_files(dir: &Path, files: &mut Vec<PathBuf>) {
     for entry in fs::read_dir(dir).expect("read dir") {
         let path = entry.expect("entry").path();
@@ -146,14 +58,7 @@ fn the_validator_rejects_an_invalid_pod() {
 
 #[test]
 fn kustomize_builds_validate_and_carry_the_generated_certificate() {
-    let (Some(kubectl), Some(validator)) = (
-        tool(
-            "KUBECTL",
-            &["kubectl".to_owned()],
-            "install kubectl (it carries kustomize)",
-        ),
-        kubernetes_validate(),
-    ) else {
+    let (Some(kubectl), Some(validator)) = (kubectl(), kubernetes_validate()) else {
         return;
     };
     let root = repo_root();
