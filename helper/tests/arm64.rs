@@ -12,9 +12,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::how_to_bed;
-use ipmgr_testbed::{Interface, finish};
-use serde_json::json;
+use common::dual_stack_init_twice;
 
 /// ELF `e_machine` of AArch64.
 const EM_AARCH64: u16 = 183;
@@ -114,36 +112,6 @@ fn the_arm64_helper_assigns_a_pods_addresses_under_emulation() {
         "the arm64 helper is this version: {version:?}"
     );
 
-    let mut bed = how_to_bed();
-    let v6 = format!("{}50", bed.ipv6_prefix("multus1"));
-    // eth1 and eth2 of node1 share subnet multus1; the interface carries eth2's MAC.
-    let pod = bed.pod(
-        "node1",
-        "pod",
-        &[Interface::on_eni(
-            "net1",
-            "eth2",
-            &["10.0.1.50/24", &format!("{v6}/64")],
-        )],
-    );
-    let (output, stderr, _) = finish(arm64(&bed, &pod, &qemu, &binary, &["init"]));
-    assert!(output.status.success(), "{stderr}");
-    let (second, first) = (bed.eni_id("node1", "eth2"), bed.eni_id("node1", "eth1"));
-    assert!(bed.holds(&second, "10.0.1.50"), "{stderr}");
-    assert!(bed.holds(&second, &v6), "{stderr}");
-    assert!(!bed.holds(&first, "10.0.1.50"));
-    assert_eq!(
-        bed.calls(),
-        json!({"AssignPrivateIpAddresses": 1, "AssignIpv6Addresses": 1, "DescribeNetworkInterfaces": 2}),
-        "the same calls as the native helper's (helper.rs)"
-    );
-
-    bed.reset_calls();
-    let (output, stderr, _) = finish(arm64(&bed, &pod, &qemu, &binary, &["init"]));
-    assert!(output.status.success(), "{stderr}");
-    assert_eq!(
-        bed.calls(),
-        json!({"DescribeNetworkInterfaces": 2}),
-        "already assigned: no mutating call"
-    );
+    // The same pod, calls and second run as the native helper's (helper.rs).
+    dual_stack_init_twice(|bed, pod| arm64(bed, pod, &qemu, &binary, &["init"]));
 }

@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    HELPER_POLICIES, assert_allowed_by_iam_policies, failure_kinds, helper, how_to_bed, log_lines,
-    move_address, reason, sidecar, sidecar_pair,
+    HELPER_POLICIES, assert_allowed_by_iam_policies, dual_stack_init_twice, failure_kinds, helper,
+    how_to_bed, log_lines, move_address, reason, sidecar, sidecar_pair,
 };
 use ipmgr_testbed::{Interface, finish};
 use serde_json::json;
@@ -15,38 +15,7 @@ use serde_json::json;
 #[test]
 #[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
 fn two_enis_in_one_subnet_the_mac_decides_and_a_second_run_costs_nothing() {
-    let mut bed = how_to_bed();
-    let v6 = format!("{}50", bed.ipv6_prefix("multus1"));
-    // eth1 and eth2 of node1 share subnet multus1; the interface carries eth2's MAC.
-    let pod = bed.pod(
-        "node1",
-        "pod",
-        &[Interface::on_eni(
-            "net1",
-            "eth2",
-            &["10.0.1.50/24", &format!("{v6}/64")],
-        )],
-    );
-    let (output, stderr, _) = finish(helper(&bed, &pod, &["init"]));
-    assert!(output.status.success(), "{stderr}");
-    let (second, first) = (bed.eni_id("node1", "eth2"), bed.eni_id("node1", "eth1"));
-    assert!(bed.holds(&second, "10.0.1.50"));
-    assert!(bed.holds(&second, &v6));
-    assert!(!bed.holds(&first, "10.0.1.50"));
-    assert_eq!(
-        bed.calls(),
-        json!({"AssignPrivateIpAddresses": 1, "AssignIpv6Addresses": 1, "DescribeNetworkInterfaces": 2}),
-        "one assign per ENI and family; one Describe per family for the holders (the IPv4 one lists the target ENI and its tags too)"
-    );
-
-    bed.reset_calls();
-    let (output, stderr, _) = finish(helper(&bed, &pod, &["init"]));
-    assert!(output.status.success(), "{stderr}");
-    assert_eq!(
-        bed.calls(),
-        json!({"DescribeNetworkInterfaces": 2}),
-        "already assigned: checked in EC2 (one Describe per family), no mutating call"
-    );
+    dual_stack_init_twice(|bed, pod| helper(bed, pod, &["init"]));
 }
 
 #[test]

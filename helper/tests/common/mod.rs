@@ -6,8 +6,8 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ipmgr_testbed::{Background, Interface, Pod, TestBed, Topology};
-use serde_json::Value;
+use ipmgr_testbed::{Background, Interface, Pod, TestBed, Topology, finish};
+use serde_json::{Value, json};
 
 /// A bed with the how-to's topology (testenv/topologies/how-to.json).
 pub(crate) fn how_to_bed() -> TestBed {
@@ -18,6 +18,44 @@ pub(crate) fn how_to_bed() -> TestBed {
 pub(crate) fn helper(bed: &TestBed, pod: &Pod, args: &[&str]) -> Command {
     let binary = ipmgr_testbed::program("IPMGR_HELPER_BIN", env!("CARGO_BIN_EXE_ipmgr-helper"));
     bed.command(pod, &binary, args)
+}
+
+/// The how-to's dual-stack pod on a shared subnet, `init` run twice by `init` (a helper
+/// command in a pod): the interface's MAC picks eth2 over eth1, one assign per family and one
+/// Describe per family, then a second run that only checks EC2.
+pub(crate) fn dual_stack_init_twice(init: impl Fn(&TestBed, &Pod) -> Command) {
+    let mut bed = how_to_bed();
+    let v6 = format!("{}50", bed.ipv6_prefix("multus1"));
+    // eth1 and eth2 of node1 share subnet multus1; the interface carries eth2's MAC.
+    let pod = bed.pod(
+        "node1",
+        "pod",
+        &[Interface::on_eni(
+            "net1",
+            "eth2",
+            &["10.0.1.50/24", &format!("{v6}/64")],
+        )],
+    );
+    let (output, stderr, _) = finish(init(&bed, &pod));
+    assert!(output.status.success(), "{stderr}");
+    let (second, first) = (bed.eni_id("node1", "eth2"), bed.eni_id("node1", "eth1"));
+    assert!(bed.holds(&second, "10.0.1.50"), "{stderr}");
+    assert!(bed.holds(&second, &v6), "{stderr}");
+    assert!(!bed.holds(&first, "10.0.1.50"));
+    assert_eq!(
+        bed.calls(),
+        json!({"AssignPrivateIpAddresses": 1, "AssignIpv6Addresses": 1, "DescribeNetworkInterfaces": 2}),
+        "one assign per ENI and family; one Describe per family for the holders (the IPv4 one lists the target ENI and its tags too)"
+    );
+
+    bed.reset_calls();
+    let (output, stderr, _) = finish(init(&bed, &pod));
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        bed.calls(),
+        json!({"DescribeNetworkInterfaces": 2}),
+        "already assigned: checked in EC2 (one Describe per family), no mutating call"
+    );
 }
 
 /// `ipmgr-helper sidecar args...` in `pod`, its output discarded; killed if the test ends
