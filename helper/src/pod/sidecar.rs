@@ -314,17 +314,26 @@ mod tests {
         assert!(file.exists() && memory.ready);
     }
 
-    #[tokio::test]
-    async fn a_new_address_is_checked_with_ec2_whatever_lagging_metadata_says() {
-        // Metadata still lists 10.0.1.50 on the Multus ENI; EC2 no longer has it there.
+    /// A pod carrying 10.0.1.50, whose helper's metadata still lists it on the Multus ENI
+    /// while EC2 no longer has it there: the helper, EC2, the node as metadata shows it, and
+    /// the helper's memory of the pod.
+    fn lagging_metadata() -> (Helper, FakeEc2, ipmgr_eni::NodeFacts, Memory) {
         let mut lagging = node();
         lagging.enis[1].ipv4.push("10.0.1.50".parse().expect("ip"));
         let ec2 = ec2();
         let helper = helper(&[], &ec2, FakeMetadata::showing(lagging.clone()));
-        let mut memory = Memory {
+        let memory = Memory {
             seen: vec![pod_address("net1", 1, "10.0.1.50")],
             ..Memory::default()
         };
+        (helper, ec2, lagging, memory)
+    }
+
+    #[tokio::test]
+    async fn a_new_address_is_checked_with_ec2_whatever_lagging_metadata_says() {
+        // The pod is routable already; it gains 10.0.1.50 just now.
+        let (helper, ec2, lagging, mut memory) = lagging_metadata();
+        memory.ready = true;
         memory.changed.insert(
             "10.0.1.50".parse().expect("ip"),
             tokio::time::Instant::now(),
@@ -397,16 +406,8 @@ mod tests {
 
     #[tokio::test]
     async fn until_the_pod_is_routable_every_address_is_checked_with_ec2() {
-        // Metadata still lists 10.0.1.50 on the Multus ENI; EC2 moved it away; nothing is
-        // fresh (the pod had the address before the helper started).
-        let mut lagging = node();
-        lagging.enis[1].ipv4.push("10.0.1.50".parse().expect("ip"));
-        let ec2 = ec2();
-        let helper = helper(&[], &ec2, FakeMetadata::showing(lagging.clone()));
-        let mut memory = Memory {
-            seen: vec![pod_address("net1", 1, "10.0.1.50")],
-            ..Memory::default()
-        };
+        // Nothing is fresh: the pod had the address before the helper started.
+        let (helper, ec2, lagging, mut memory) = lagging_metadata();
         let (mut node, mut enis) = (lagging, crate::place::NodeEnis::default());
         for trigger in [Trigger::Event, Trigger::FullCheck] {
             let report = helper
