@@ -18,11 +18,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use ipmgr_webhook::certs::{ServiceIdentity, write_for_kustomize};
+use ipmgr_webhook::certs::ServiceIdentity;
 use serde::Deserialize as _;
 use serde_json::Value;
 
-use kube_tools::{copy_tree, helm, kubectl, kubernetes_validate, repo_root, validate};
+use kube_tools::{
+    helm, kubectl, kubernetes_validate, kustomize_with_test_certificate, repo_root, validate,
+};
 
 const NAMESPACE: &str = "multus-ipmgr";
 
@@ -158,39 +160,6 @@ fn sorted(value: Value) -> Value {
     }
 }
 
-/// The kustomize builds `builds` (relative to the repository) with a test certificate in
-/// manifests/tls, as `schema.rs` makes them.
-fn kustomize(kubectl: &str, builds: &[&str]) -> Vec<String> {
-    let root = repo_root();
-    let work = tempfile::tempdir().expect("tempdir");
-    copy_tree(&root.join("manifests"), &work.path().join("manifests"));
-    copy_tree(&root.join("certs"), &work.path().join("certs"));
-    let certificates = ServiceIdentity {
-        service: "ipmgr-webhook".to_owned(),
-        namespace: NAMESPACE.to_owned(),
-        valid_days: 30,
-    }
-    .generate()
-    .expect("certificates");
-    write_for_kustomize(&work.path().join("manifests/tls"), &certificates).expect("written");
-    builds
-        .iter()
-        .map(|build| {
-            let output = Command::new(kubectl)
-                .arg("kustomize")
-                .arg(work.path().join(build))
-                .output()
-                .expect("kubectl kustomize runs");
-            assert!(
-                output.status.success(),
-                "kustomize {build}: {}",
-                text(&output)
-            );
-            String::from_utf8(output.stdout).expect("UTF-8")
-        })
-        .collect()
-}
-
 /// Compares two normalised renderings, naming every object that differs.
 fn assert_same_objects(kustomize: &BTreeMap<String, Value>, chart: &BTreeMap<String, Value>) {
     let only_kustomize: Vec<&String> = kustomize
@@ -320,7 +289,8 @@ fn default_values_render_the_kustomize_build() {
         return;
     };
     let home = tempfile::tempdir().expect("tempdir");
-    let builds = kustomize(&kubectl, &["manifests", "certs/cert-manager"]);
+    let (builds, _) =
+        kustomize_with_test_certificate(&kubectl, &["manifests", "certs/cert-manager"]);
     let mut expected = normalise(&builds[0]);
 
     // Helm installs into the release namespace, created by `--create-namespace`: the chart

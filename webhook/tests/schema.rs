@@ -15,10 +15,10 @@ mod kube_tools;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use ipmgr_webhook::certs::{ServiceIdentity, write_for_kustomize};
-use kube_tools::{copy_tree, kubectl, kubernetes_validate, repo_root, validate};
+use kube_tools::{
+    kubectl, kubernetes_validate, kustomize_with_test_certificate, repo_root, validate,
+};
 
 /// The YAML files below `dir` (not kustomizations, not generated `tls/`).
 fn yaml_files(dir: &Path, files: &mut Vec<PathBuf>) {
@@ -61,40 +61,16 @@ fn kustomize_builds_validate_and_carry_the_generated_certificate() {
     let (Some(kubectl), Some(validator)) = (kubectl(), kubernetes_validate()) else {
         return;
     };
-    let root = repo_root();
+    let builds = ["manifests", "certs/cert-manager", "manifests/agent"];
+    let (texts, certificates) = kustomize_with_test_certificate(&kubectl, &builds);
     let work = tempfile::tempdir().expect("tempdir");
-    copy_tree(&root.join("manifests"), &work.path().join("manifests"));
-    copy_tree(&root.join("certs"), &work.path().join("certs"));
-    let certificates = ServiceIdentity {
-        service: "ipmgr-webhook".to_owned(),
-        namespace: "multus-ipmgr".to_owned(),
-        valid_days: 30,
-    }
-    .generate()
-    .expect("certificates");
-    write_for_kustomize(&work.path().join("manifests/tls"), &certificates).expect("written");
-
     let mut rendered = Vec::new();
-    for build in ["manifests", "certs/cert-manager", "manifests/agent"] {
-        let output = Command::new(&kubectl)
-            .arg("kustomize")
-            .arg(work.path().join(build))
-            .output()
-            .expect("kubectl kustomize runs");
-        assert!(
-            output.status.success(),
-            "kustomize {build}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+    for (build, text) in builds.into_iter().zip(texts) {
         let file = work
             .path()
             .join(format!("{}.rendered.yaml", build.replace('/', "-")));
-        fs::write(&file, &output.stdout).expect("write rendered");
-        rendered.push((
-            build,
-            String::from_utf8(output.stdout).expect("UTF-8"),
-            file,
-        ));
+        fs::write(&file, &text).expect("write rendered");
+        rendered.push((build, text, file));
     }
     let files: Vec<PathBuf> = rendered.iter().map(|(_, _, file)| file.clone()).collect();
     validate(&validator, &files).unwrap_or_else(|error| panic!("{error}"));

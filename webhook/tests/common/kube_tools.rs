@@ -8,6 +8,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use ipmgr_webhook::certs::{GeneratedCertificates, ServiceIdentity, write_for_kustomize};
+
 /// Oldest version with native sidecars on by default, and the newest the validator knows.
 pub const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.37.0"];
 /// Kinds from CRDs: no schema in the validator, the only warnings allowed.
@@ -118,4 +120,42 @@ pub fn copy_tree(from: &Path, to: &Path) {
             fs::copy(entry.path(), target).expect("copy file");
         }
     }
+}
+
+/// The kustomize builds `builds` (directories relative to the repository) of a copy of
+/// manifests/ and certs/ with a fresh test certificate in manifests/tls, as
+/// `certs/generate` writes it: each build's YAML, and the certificate.
+pub fn kustomize_with_test_certificate(
+    kubectl: &str,
+    builds: &[&str],
+) -> (Vec<String>, GeneratedCertificates) {
+    let root = repo_root();
+    let work = tempfile::tempdir().expect("tempdir");
+    copy_tree(&root.join("manifests"), &work.path().join("manifests"));
+    copy_tree(&root.join("certs"), &work.path().join("certs"));
+    let certificates = ServiceIdentity {
+        service: "ipmgr-webhook".to_owned(),
+        namespace: "multus-ipmgr".to_owned(),
+        valid_days: 30,
+    }
+    .generate()
+    .expect("certificates");
+    write_for_kustomize(&work.path().join("manifests/tls"), &certificates).expect("written");
+    let rendered = builds
+        .iter()
+        .map(|build| {
+            let output = Command::new(kubectl)
+                .arg("kustomize")
+                .arg(work.path().join(build))
+                .output()
+                .expect("kubectl kustomize runs");
+            assert!(
+                output.status.success(),
+                "kustomize {build}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8(output.stdout).expect("UTF-8")
+        })
+        .collect();
+    (rendered, certificates)
 }
