@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::grants::{FLOATING_IP_CIDRS_ANNOTATION, Grants};
 use crate::{Assignment, Plan, RejectReason};
 
 /// The annotation in which Multus records each attachment's interface and addresses.
@@ -107,20 +108,196 @@ impl Claims {
         Ok(claims)
     }
 
-    /// Whether the pod may claim `address`.
-    pub fn allows(&self, address: IpAddr) -> bool {
-        self.recorded.contains(&address) || self.floating.iter().any(|net| net.contains(&address))
+    /// Whether the pod's annotations mention `address`: recorded, or declared floating.
+    pub fn mentions(&self, address: IpAddr) -> bool {
+        self.recorded.contains(&address) || self.declares(address)
     }
 
-    /// The plan without the placements the pod may not claim: each becomes a rejection
-    /// naming the annotations.
-    pub fn restrict(&self, mut plan: Plan) -> Plan {
-        let unclaimed: Vec<Assignment> = plan
+    /// Whether the pod declares `address` floating (inside one of its floating CIDRs).
+    pub fn declares(&self, address: IpAddr) -> bool {
+        self.floating.iter().any(|net| net.contains(&address))
+    }
+}
+
+/// A live pod whose claims are judged: `namespace/name`, its namespace, and its claims.
+#[derive(Clone, Copy, Debug)]
+pub struct Claimant<'a> {
+    /// `namespace/name`.
+    pub pod: &'a str,
+    /// Its namespace.
+    pub namespace: &'a str,
+    /// What its annotations claim.
+    pub claims: &'a Claims,
+}
+
+/// Why a pod may not have an address: the node agent's rules (invariant I1 of the README's
+/// security model: no pod gets an address a live pod of another namespace holds or claims,
+/// unless a cluster admin granted that address to the pod's namespace).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimRefusal {
+    /// Neither Multus' record of the pod nor its floating declaration has the address.
+    Unclaimed,
+    /// The pod declares it floating, but its namespace's grant does not cover it.
+    NotGranted {
+        /// The pod's namespace.
+        namespace: String,
+        /// What the namespace is granted, as text.
+        grant: String,
+    },
+    /// Inside the floating addresses an admin granted to other namespaces.
+    GrantedElsewhere {
+        /// The pod's namespace.
+        namespace: String,
+        /// The namespaces whose grant covers it.
+        namespaces: Vec<String>,
+    },
+    /// A live pod of another namespace claims it.
+    OtherNamespace {
+        /// The pod's namespace.
+        namespace: String,
+        /// That pod, `namespace/name`.
+        pod: String,
+    },
+    /// Another node's Multus ENI holds it, and that node's pods could not be read: whether
+    /// a pod of another namespace claims it is unknown, so it is not taken.
+    Unverified {
+        /// The ENI holding it, and its instance.
+        holder: String,
+        /// Why the holder's pods could not be read.
+        error: String,
+    },
+}
+
+impl ClaimRefusal {
+    /// The metric label: `unclaimed`, `not_granted`, `granted_elsewhere`, `other_namespace`,
+    /// `unverified`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ClaimRefusal::Unclaimed => "unclaimed",
+            ClaimRefusal::NotGranted { .. } => "not_granted",
+            ClaimRefusal::GrantedElsewhere { .. } => "granted_elsewhere",
+            ClaimRefusal::OtherNamespace { .. } => "other_namespace",
+            ClaimRefusal::Unverified { .. } => "unverified",
+        }
+    }
+}
+
+impl fmt::Display for ClaimRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClaimRefusal::Unclaimed => write!(
+                f,
+                "not an address Multus recorded for the pod ({NETWORK_STATUS_ANNOTATION}) nor one it declares in {FLOATING_IPS_ANNOTATION}; the node agent assigns only those: if the pod floats it, declare it in the pod's {FLOATING_IPS_ANNOTATION} annotation, inside its namespace's {FLOATING_IP_CIDRS_ANNOTATION} grant"
+            ),
+            ClaimRefusal::NotGranted { namespace, grant } => write!(
+                f,
+                "the pod declares it in {FLOATING_IPS_ANNOTATION}, but namespace {namespace} has {grant} in its {FLOATING_IP_CIDRS_ANNOTATION} annotation, which does not cover it; floating addresses are a cluster admin's to grant: kubectl annotate --overwrite namespace {namespace} {FLOATING_IP_CIDRS_ANNOTATION}=CIDR[,CIDR...]"
+            ),
+            ClaimRefusal::GrantedElsewhere {
+                namespace,
+                namespaces,
+            } => write!(
+                f,
+                "it lies in the floating addresses a cluster admin granted to namespace {} ({FLOATING_IP_CIDRS_ANNOTATION}), not to {namespace}: keep that range out of this network's IPAM, or have an admin grant it to {namespace}",
+                namespaces.join(", ")
+            ),
+            ClaimRefusal::OtherNamespace { namespace, pod } => write!(
+                f,
+                "pod {pod}, of another namespace, claims it (Multus recorded it for that pod, or it floats it under its namespace's grant): an address of another namespace's pod is never taken unless a cluster admin grants it to namespace {namespace} ({FLOATING_IP_CIDRS_ANNOTATION}); check the IPAM ranges of both namespaces' networks"
+            ),
+            ClaimRefusal::Unverified { holder, error } => write!(
+                f,
+                "{holder} holds it, and the agent cannot tell whether a pod of another namespace claims it ({error}); it is not taken until the agent can read that node's pods (RBAC list on nodes and pods); the next pass tries again"
+            ),
+        }
+    }
+}
+
+impl Claimant<'_> {
+    /// Whether the agent honours this pod's claim on `address`: Multus recorded it, or the
+    /// pod declares it floating inside its namespace's grant.
+    pub fn claims(&self, address: IpAddr, grants: &Grants) -> bool {
+        self.claims.recorded.contains(&address)
+            || (self.claims.declares(address) && grants.of(self.namespace).covers(address))
+    }
+
+    /// What this pod's claims keep from being given back: its record, and its floating
+    /// declarations inside its namespace's grant (`0.0.0.0/0` in a pod annotation protects
+    /// nothing of its own).
+    pub fn protected(&self, grants: &Grants) -> Vec<IpNet> {
+        let grant = grants.of(self.namespace);
+        let recorded = self
+            .claims
+            .recorded
+            .iter()
+            .map(|&address| IpNet::from(address));
+        recorded
+            .chain(
+                self.claims
+                    .floating
+                    .iter()
+                    .flat_map(|&declared| grant.within(declared)),
+            )
+            .collect()
+    }
+
+    /// Whether the pod may have `address`, given the grants and the `neighbours` whose
+    /// claims count (the live pods of its node, or of the node whose ENI holds the address;
+    /// the pod itself among them is ignored): claimed by the pod, and either inside its
+    /// namespace's grant or recorded for it and neither granted to nor claimed by another
+    /// namespace.
+    pub fn entitled(
+        &self,
+        address: IpAddr,
+        grants: &Grants,
+        neighbours: &[Claimant<'_>],
+    ) -> Result<(), ClaimRefusal> {
+        let recorded = self.claims.recorded.contains(&address);
+        if !recorded && !self.claims.declares(address) {
+            return Err(ClaimRefusal::Unclaimed);
+        }
+        let grant = grants.of(self.namespace);
+        if grant.covers(address) {
+            return Ok(());
+        }
+        if !recorded {
+            return Err(ClaimRefusal::NotGranted {
+                namespace: self.namespace.to_owned(),
+                grant: grant.to_string(),
+            });
+        }
+        let elsewhere = grants.others_covering(self.namespace, address);
+        if !elsewhere.is_empty() {
+            return Err(ClaimRefusal::GrantedElsewhere {
+                namespace: self.namespace.to_owned(),
+                namespaces: elsewhere.into_iter().map(str::to_owned).collect(),
+            });
+        }
+        match neighbours.iter().find(|neighbour| {
+            neighbour.namespace != self.namespace && neighbour.claims(address, grants)
+        }) {
+            Some(other) => Err(ClaimRefusal::OtherNamespace {
+                namespace: self.namespace.to_owned(),
+                pod: other.pod.to_owned(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The plan without the placements the pod is not entitled to ([`Claimant::entitled`]):
+    /// each becomes a rejection saying why.
+    pub fn restrict(&self, mut plan: Plan, grants: &Grants, neighbours: &[Claimant<'_>]) -> Plan {
+        let refused: Vec<(Assignment, ClaimRefusal)> = plan
             .assignments()
-            .filter(|assignment| !self.allows(assignment.address))
+            .filter_map(|assignment| {
+                let refusal = self
+                    .entitled(assignment.address, grants, neighbours)
+                    .err()?;
+                Some((assignment, refusal))
+            })
             .collect();
-        for assignment in &unclaimed {
-            plan.reject(assignment, RejectReason::Unclaimed);
+        for (assignment, refusal) in refused {
+            plan.reject(&assignment, RejectReason::Claim(refusal));
         }
         plan
     }
@@ -161,13 +338,13 @@ mod tests {
     #[case::inside_a_floating_cidr("10.0.9.7", true)]
     #[case::a_floating_address("10.0.1.100", true)]
     #[case::anything_else("10.0.1.51", false)]
-    fn a_pod_claims_what_multus_recorded_and_what_it_declares_floating(
+    fn a_pod_mentions_what_multus_recorded_and_what_it_declares_floating(
         #[case] address: &str,
         #[case] allowed: bool,
     ) {
         let claims = Claims::from_annotations(Some(RECORD), Some("10.0.1.100, 10.0.9.0/24"))
             .expect("claims");
-        assert_eq!(claims.allows(ip(address)), allowed, "{claims}");
+        assert_eq!(claims.mentions(ip(address)), allowed, "{claims}");
         assert_eq!(claims.interfaces, vec!["net1".to_owned()]);
     }
 
@@ -175,7 +352,7 @@ mod tests {
     fn without_annotations_a_pod_claims_nothing() {
         let claims = Claims::from_annotations(None, None).expect("claims");
         assert_eq!(claims, Claims::default());
-        assert!(!claims.allows(ip("10.0.1.50")));
+        assert!(!claims.mentions(ip("10.0.1.50")));
     }
 
     #[rstest]
@@ -193,5 +370,189 @@ mod tests {
     ) {
         let error = Claims::from_annotations(record, floating).expect_err("invalid");
         assert!(error.to_string().contains(named), "{error}");
+    }
+
+    /// A tenant-b pod on the node whose record has 10.0.1.60 and which floats 10.0.2.0/24
+    /// (granted to tenant-b).
+    fn neighbour_claims() -> Claims {
+        Claims::from_annotations(
+            Some(r#"[{"interface": "net1", "ips": ["10.0.1.60"]}]"#),
+            Some("10.0.2.0/24"),
+        )
+        .expect("claims")
+    }
+
+    fn grants() -> Grants {
+        let mut grants = Grants::default();
+        grants.set("tenant-a", Some("10.0.9.0/24"));
+        grants.set("tenant-b", Some("10.0.2.0/24"));
+        grants
+    }
+
+    #[rstest]
+    #[case::recorded("10.0.1.50", None)]
+    #[case::floating_inside_the_grant("10.0.9.7", None)]
+    #[case::recorded_and_granted("10.0.1.100", None)]
+    #[case::not_claimed_at_all("10.0.1.51", Some("unclaimed"))]
+    #[case::declared_outside_the_grant("10.0.8.1", Some("not_granted"))]
+    #[case::declared_inside_another_namespaces_grant("10.0.2.5", Some("not_granted"))]
+    #[case::recorded_but_claimed_by_another_namespaces_pod("10.0.1.60", Some("other_namespace"))]
+    fn a_pod_is_entitled_to_its_record_and_its_granted_floating_addresses(
+        #[case] address: &str,
+        #[case] refused: Option<&str>,
+    ) {
+        let ours = Claims::from_annotations(
+            Some(r#"[{"interface": "net1", "ips": ["10.0.1.50", "10.0.1.60", "10.0.1.100"]}]"#),
+            // A pod author may declare anything: only the grant counts.
+            Some("10.0.8.0/24,10.0.2.0/24,10.0.9.0/24"),
+        )
+        .expect("claims");
+        let mut grants = grants();
+        grants.set("tenant-a", Some("10.0.9.0/24,10.0.1.100"));
+        let pod = Claimant {
+            pod: "tenant-a/a",
+            namespace: "tenant-a",
+            claims: &ours,
+        };
+        let theirs = neighbour_claims();
+        let neighbours = [
+            pod,
+            Claimant {
+                pod: "tenant-b/b",
+                namespace: "tenant-b",
+                claims: &theirs,
+            },
+        ];
+        let verdict = pod.entitled(ip(address), &grants, &neighbours);
+        assert_eq!(
+            verdict.as_ref().err().map(ClaimRefusal::label),
+            refused,
+            "{verdict:?}"
+        );
+    }
+
+    #[test]
+    fn an_address_granted_to_another_namespace_is_refused_even_when_recorded() {
+        let ours = Claims::from_annotations(
+            Some(r#"[{"interface": "net1", "ips": ["10.0.2.5"]}]"#),
+            None,
+        )
+        .expect("claims");
+        let pod = Claimant {
+            pod: "tenant-a/a",
+            namespace: "tenant-a",
+            claims: &ours,
+        };
+        let refusal = pod
+            .entitled(ip("10.0.2.5"), &grants(), &[])
+            .expect_err("refused");
+        assert_eq!(refusal.label(), "granted_elsewhere");
+        let message = refusal.to_string();
+        assert!(
+            message.contains("tenant-b") && message.contains(FLOATING_IP_CIDRS_ANNOTATION),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_pod_of_the_same_namespace_does_not_block_a_recorded_address() {
+        let ours = neighbour_claims();
+        let theirs = neighbour_claims();
+        let pod = Claimant {
+            pod: "tenant-b/new",
+            namespace: "tenant-b",
+            claims: &ours,
+        };
+        let same = Claimant {
+            pod: "tenant-b/old",
+            namespace: "tenant-b",
+            claims: &theirs,
+        };
+        assert_eq!(pod.entitled(ip("10.0.1.60"), &grants(), &[same]), Ok(()));
+    }
+
+    #[test]
+    fn a_refusal_for_an_ungranted_floating_address_names_both_annotations_and_the_fix() {
+        let ours = Claims::from_annotations(None, Some("10.0.1.60")).expect("claims");
+        let pod = Claimant {
+            pod: "tenant-c/a",
+            namespace: "tenant-c",
+            claims: &ours,
+        };
+        let message = pod
+            .entitled(ip("10.0.1.60"), &grants(), &[])
+            .expect_err("no grant")
+            .to_string();
+        for named in [
+            FLOATING_IPS_ANNOTATION,
+            FLOATING_IP_CIDRS_ANNOTATION,
+            "no grant",
+            "kubectl annotate --overwrite namespace tenant-c",
+        ] {
+            assert!(message.contains(named), "{message} names {named}");
+        }
+    }
+
+    #[rstest]
+    #[case::the_record_and_the_grant("tenant-b", &["10.0.1.60/32", "10.0.2.0/24"])]
+    #[case::the_record_only_without_a_grant("tenant-c", &["10.0.1.60/32"])]
+    fn a_pod_protects_its_record_and_its_declarations_inside_the_grant(
+        #[case] namespace: &str,
+        #[case] protected: &[&str],
+    ) {
+        let claims = Claims::from_annotations(
+            Some(r#"[{"interface": "net1", "ips": ["10.0.1.60"]}]"#),
+            Some("0.0.0.0/0,::/0"),
+        )
+        .expect("claims");
+        let pod = Claimant {
+            pod: "x/p",
+            namespace,
+            claims: &claims,
+        };
+        let expected: Vec<IpNet> = protected
+            .iter()
+            .map(|text| text.parse().expect("CIDR"))
+            .collect();
+        assert_eq!(pod.protected(&grants()), expected);
+    }
+
+    #[test]
+    fn restrict_rejects_each_placement_the_pod_is_not_entitled_to() {
+        use crate::{MacAddr, MatchedBy, Placement, PodAddress, Rejection};
+        let placement = |address: &str| Placement {
+            address: PodAddress {
+                interface: "net1".to_owned(),
+                mac: MacAddr([2, 0, 0, 0, 0, 1]),
+                address: ip(address),
+                prefix_len: 24,
+            },
+            eni_id: "eni-1".to_owned(),
+            matched_by: MatchedBy::Mac,
+            prefix: None,
+        };
+        let planned = Plan {
+            placements: vec![placement("10.0.1.50"), placement("10.0.1.51")],
+            ..Plan::default()
+        };
+        let claims = Claims::from_annotations(
+            Some(r#"[{"interface": "net1", "ips": ["10.0.1.50"]}]"#),
+            None,
+        )
+        .expect("claims");
+        let pod = Claimant {
+            pod: "tenant-a/a",
+            namespace: "tenant-a",
+            claims: &claims,
+        };
+        let restricted = pod.restrict(planned, &grants(), &[]);
+        assert_eq!(restricted.placements, vec![placement("10.0.1.50")]);
+        assert_eq!(
+            restricted.rejections,
+            vec![Rejection {
+                address: placement("10.0.1.51").address,
+                reason: RejectReason::Claim(ClaimRefusal::Unclaimed),
+            }]
+        );
     }
 }

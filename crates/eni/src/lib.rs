@@ -6,14 +6,15 @@
 //! decides which address goes to which ENI; [`vet`] keeps the plan to Multus ENIs and off
 //! other workloads' addresses; [`unconfirmed`] tells which assignments
 //! metadata does not show yet; [`still_assigned`] what to give back on exit; [`Absences`] and
-//! [`verify_reclaim`] what the node agent gives back; [`Claims`] which addresses a pod may
-//! have the agent assign; [`RetryPolicy`] when a failed call is
+//! [`verify_reclaim`] what the node agent gives back; [`Claims`] and [`Grants`] which addresses a pod
+//! may have the agent assign ([`Claimant::entitled`]); [`RetryPolicy`] when a failed call is
 //! tried again. The helper binary supplies the data and carries out the result against
 //! IMDS, EC2 and netlink.
 
 mod change;
 mod claims;
 mod facts;
+mod grants;
 mod mac;
 mod ownership;
 mod plan;
@@ -21,11 +22,14 @@ mod reclaim;
 mod retry;
 
 pub use change::{Assignment, EniChange};
-pub use claims::{Claims, ClaimsError, FLOATING_IPS_ANNOTATION, NETWORK_STATUS_ANNOTATION};
+pub use claims::{
+    ClaimRefusal, Claimant, Claims, ClaimsError, FLOATING_IPS_ANNOTATION, NETWORK_STATUS_ANNOTATION,
+};
 pub use facts::{Eni, EniMetadata, FactsError, NodeFacts, PodAddress};
+pub use grants::{FLOATING_IP_CIDRS_ANNOTATION, Grant, GrantError, Grants, Overlap};
 pub use mac::{InvalidMac, MacAddr};
 pub use ownership::{
-    EniRecord, Holder, NO_MANAGE_TAG, NotMultus, OwnershipPolicy, VPC_CNI_DESCRIPTION_PREFIX,
+    EniRecord, Holder, Move, NO_MANAGE_TAG, NotMultus, OwnershipPolicy, VPC_CNI_DESCRIPTION_PREFIX,
     VPC_CNI_INSTANCE_TAG, Vetted, still_assigned, vet,
 };
 pub use plan::{

@@ -229,6 +229,36 @@ pub struct Vetted {
     pub plan: Plan,
     /// Per holder ENI, the IPv6 addresses to unassign before assigning them.
     pub ipv6_releases: Vec<EniChange>,
+    /// The planned addresses that another Multus ENI holds now: the call takes them from
+    /// it (a floating address coming back, or the address of a pod on another node).
+    pub moves: Vec<Move>,
+}
+
+/// A planned address that EC2 has on another Multus ENI, which the assignment takes it from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Move {
+    /// The assignment that takes it.
+    pub assignment: Assignment,
+    /// The Multus ENI that holds it now.
+    pub from_eni: String,
+    /// That ENI's instance, when attached.
+    pub from_instance: Option<String>,
+}
+
+impl Vetted {
+    /// Withdraws a planned assignment after vetting: a rejection for `reason`, and neither
+    /// its IPv6 release nor its move go ahead.
+    pub fn refuse(&mut self, assignment: &Assignment, reason: RejectReason) {
+        self.plan.reject(assignment, reason);
+        for release in &mut self.ipv6_releases {
+            if let IpAddr::V6(v6) = assignment.address {
+                release.ipv6.retain(|&held| held != v6);
+            }
+        }
+        self.ipv6_releases
+            .retain(|release| !release.ipv6.is_empty());
+        self.moves.retain(|taken| &taken.assignment != assignment);
+    }
 }
 
 /// Decides, for every planned change, whether the address may move: nobody holds it, or a
@@ -248,6 +278,7 @@ fn off_other_workloads(
         .flat_map(EniChange::assignments)
         .collect();
     let mut releases = Vec::new();
+    let mut moves = Vec::new();
     for assignment in planned {
         let mut verdict = Ok(());
         for record in holders
@@ -265,15 +296,23 @@ fn off_other_workloads(
                 verdict = Err(Holder::of(record, None));
             } else if let Err(why) = record.multus(policy) {
                 verdict = Err(Holder::of(record, Some(why)));
-            } else if assignment.address.is_ipv6() {
-                releases.push(Assignment {
-                    eni_id: record.id.clone(),
-                    address: assignment.address,
+            } else {
+                moves.push(Move {
+                    assignment: assignment.clone(),
+                    from_eni: record.id.clone(),
+                    from_instance: record.instance_id.clone(),
                 });
+                if assignment.address.is_ipv6() {
+                    releases.push(Assignment {
+                        eni_id: record.id.clone(),
+                        address: assignment.address,
+                    });
+                }
             }
         }
         if let Err(holder) = verdict {
             releases.retain(|release| release.address != assignment.address);
+            moves.retain(|taken| taken.assignment != assignment);
             plan.reject(&assignment, RejectReason::HeldByOther { holder });
         }
     }
@@ -284,9 +323,11 @@ fn off_other_workloads(
         .map(|assignment| assignment.address)
         .collect();
     releases.retain(|release| still_planned.contains(&release.address));
+    moves.retain(|taken| still_planned.contains(&taken.assignment.address));
     Vetted {
         plan,
         ipv6_releases: EniChange::group(releases),
+        moves,
     }
 }
 

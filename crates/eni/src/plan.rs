@@ -127,9 +127,9 @@ pub enum RejectReason {
         /// The ENI that holds it.
         holder: Holder,
     },
-    /// Neither Multus' record of the pod nor its floating-IP declaration has the address
-    /// (the node agent assigns only what a pod may claim: [`crate::Claims`]).
-    Unclaimed,
+    /// The pod may not have the address: the node agent assigns only what a pod is
+    /// entitled to ([`crate::Claimant::entitled`]).
+    Claim(crate::ClaimRefusal),
 }
 
 /// An address that will not be assigned, and why.
@@ -200,13 +200,7 @@ impl fmt::Display for Rejection {
             ),
             RejectReason::NotMultusEni { eni, why } => write!(f, "ENI {eni} {why}"),
             RejectReason::HeldByOther { holder } => write!(f, "{holder}"),
-            RejectReason::Unclaimed => write!(
-                f,
-                "not an address Multus recorded for the pod ({}) nor one it declares in {}; the node agent assigns only those: add it to the pod's {} annotation if the pod floats it",
-                crate::NETWORK_STATUS_ANNOTATION,
-                crate::FLOATING_IPS_ANNOTATION,
-                crate::FLOATING_IPS_ANNOTATION
-            ),
+            RejectReason::Claim(refusal) => write!(f, "{refusal}"),
         }
     }
 }

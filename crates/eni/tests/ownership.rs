@@ -310,3 +310,59 @@ fn on_exit_only_what_ec2_says_is_still_ours_is_given_back() {
         }]
     );
 }
+
+#[test]
+fn an_address_another_multus_eni_holds_is_a_move_the_agent_can_refuse() {
+    let mut elsewhere = multus("eni-there", &["10.0.1.20", "10.0.1.50", "2600:1f14::50"]);
+    elsewhere.instance_id = Some("i-node2".to_owned());
+    let here = multus("eni-here", &["10.0.1.10", "10.0.1.51"]);
+    let plan = planned(
+        "eni-here",
+        &["10.0.1.50", "10.0.1.51", "10.0.1.52", "2600:1f14::50"],
+    );
+    let mut vetted = vet_against(plan, &[elsewhere, here], STRICT);
+    let moved = |vetted: &Vetted| -> Vec<(String, String, Option<String>)> {
+        vetted
+            .moves
+            .iter()
+            .map(|taken| {
+                (
+                    taken.assignment.address.to_string(),
+                    taken.from_eni.clone(),
+                    taken.from_instance.clone(),
+                )
+            })
+            .collect()
+    };
+    let there = || ("eni-there".to_owned(), Some("i-node2".to_owned()));
+    // 10.0.1.51 is in place already and 10.0.1.52 held by nobody: neither is a move.
+    assert_eq!(
+        moved(&vetted),
+        vec![
+            ("10.0.1.50".to_owned(), there().0, there().1),
+            ("2600:1f14::50".to_owned(), there().0, there().1),
+        ]
+    );
+    assert_eq!(vetted.ipv6_releases.len(), 1);
+
+    let ipv6 = Assignment {
+        eni_id: "eni-here".to_owned(),
+        address: ip("2600:1f14::50"),
+    };
+    vetted.refuse(&ipv6, RejectReason::LinkLocal);
+    assert_eq!(
+        vetted.ipv6_releases,
+        vec![],
+        "a refused move releases nothing"
+    );
+    assert_eq!(moved(&vetted).len(), 1);
+    assert!(
+        vetted
+            .plan
+            .changes
+            .iter()
+            .all(|change| change.ipv6.is_empty()),
+        "{:?}",
+        vetted.plan.changes
+    );
+}
