@@ -5,9 +5,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use std::future::Future;
+
 use ipmgr_eni::{
-    Assignment, Eni, EniChange, EniRecord, NodeFacts, OwnershipPolicy, Plan, PlanOptions,
-    Rejection, Vetted, vet,
+    Assignment, Eni, EniChange, EniRecord, Move, NodeFacts, OwnershipPolicy, Plan, PlanOptions,
+    RejectReason, Rejection, Vetted, vet,
 };
 
 use crate::aws::{Ec2Api, Ec2Failure};
@@ -78,6 +80,27 @@ impl NodeEnis {
             self.records = Some(ec2.node_enis(&node.instance_id).await?);
         }
         Ok(self.records.as_deref().unwrap_or_default())
+    }
+}
+
+/// The last look at the addresses a pass would take from other Multus ENIs, before any
+/// call: the node agent's check that nothing is taken from another namespace's pod.
+pub trait MoveCheck: Sync {
+    /// The moves that must not happen, each with the reason it is refused.
+    fn refused(
+        &self,
+        moves: &[Move],
+    ) -> impl Future<Output = Vec<(Assignment, RejectReason)>> + Send;
+}
+
+/// Lets every move through: the direct backend's helper holds EC2 power itself, so a check
+/// in it would protect nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct TakeAnything;
+
+impl MoveCheck for TakeAnything {
+    async fn refused(&self, _moves: &[Move]) -> Vec<(Assignment, RejectReason)> {
+        Vec::new()
     }
 }
 
@@ -171,18 +194,41 @@ impl<E: Ec2Api> Placer<E> {
         fresh: &[IpAddr],
         enis: &mut NodeEnis,
     ) -> PassReport {
+        self.checked_pass(node, planned, fresh, enis, &TakeAnything)
+            .await
+    }
+
+    /// [`Placer::pass`], with `moves` judging the addresses the pass would take from other
+    /// Multus ENIs before any call is made.
+    pub async fn checked_pass(
+        &self,
+        node: &NodeFacts,
+        planned: Plan,
+        fresh: &[IpAddr],
+        enis: &mut NodeEnis,
+        moves: &impl MoveCheck,
+    ) -> PassReport {
         let addresses = planned.placements.len() + planned.rejections.len();
-        let (planned, releases, mut failures) =
-            match self.vetted_plan(node, planned, fresh, enis).await {
-                Ok(Vetted {
-                    plan,
-                    ipv6_releases,
-                }) => {
-                    let rejected = plan.failures().cloned().map(Failure::Rejected).collect();
-                    (plan, ipv6_releases, rejected)
+        let vetted = match self.vetted_plan(node, planned, fresh, enis).await {
+            Ok(mut vetted) => {
+                for (assignment, reason) in moves.refused(&vetted.moves).await {
+                    vetted.refuse(&assignment, reason);
                 }
-                Err(failure) => (Plan::default(), Vec::new(), vec![failure.into()]),
-            };
+                Ok(vetted)
+            }
+            Err(failure) => Err(failure),
+        };
+        let (planned, releases, mut failures) = match vetted {
+            Ok(Vetted {
+                plan,
+                ipv6_releases,
+                ..
+            }) => {
+                let rejected = plan.failures().cloned().map(Failure::Rejected).collect();
+                (plan, ipv6_releases, rejected)
+            }
+            Err(failure) => (Plan::default(), Vec::new(), vec![failure.into()]),
+        };
         let (assigned, call_failures) = self.apply(&planned, &releases).await;
         failures.extend(call_failures.into_iter().map(Failure::from));
         failures.iter().for_each(Failure::log);

@@ -129,6 +129,7 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
         let Vetted {
             plan: planned,
             ipv6_releases,
+            ..
         } = self
             .placer
             .vetted_plan(
