@@ -230,14 +230,22 @@ pub struct AgentSettings {
     #[arg(long, env = "IPMGR_DRY_RUN")]
     pub dry_run: bool,
 
-    /// Where to serve /metrics, /healthz and /readyz (plain HTTP).
-    #[arg(long, env = "IPMGR_METRICS_LISTEN", default_value = "0.0.0.0:9471")]
+    /// Where to serve /metrics, /healthz and /readyz (plain HTTP); `[::]` takes IPv4 and
+    /// IPv6 (IPv4 only where the kernel has IPv6 off).
+    #[arg(long, env = "IPMGR_METRICS_LISTEN", default_value = "[::]:9471")]
     pub metrics_listen: SocketAddr,
 
     /// Where to serve the node's pods (the agent backend's pod API, plain HTTP on the host
-    /// network), or `off`.
-    #[arg(long, env = "IPMGR_POD_LISTEN", default_value = "0.0.0.0:9472", value_parser = pod_listen)]
+    /// network), or `off`; `[::]` takes IPv4 and IPv6 callers.
+    #[arg(long, env = "IPMGR_POD_LISTEN", default_value = "[::]:9472", value_parser = pod_listen)]
     pub pod_listen: PodListen,
+
+    /// Seconds the API server's view of the node's pods and the namespaces may go without a
+    /// confirmation that it is current (a list, an event, or a bookmark, which the API server
+    /// sends about every minute): past it /readyz is 503, nothing is given back, and the
+    /// agent lists again. Each watch asks for a deadline of two thirds of it.
+    #[arg(long, env = "IPMGR_POD_WATCH_STALE_SECONDS", default_value_t = 90)]
+    pub pod_watch_stale_seconds: u64,
 
     /// Milliseconds the pod API gathers pods' EC2 calls into one batch (calls that arrive
     /// while a batch is in flight join the next one anyway).
@@ -284,10 +292,9 @@ fn pod_listen(value: &str) -> Result<PodListen, String> {
     if value == "off" {
         return Ok(PodListen::Off);
     }
-    value
-        .parse()
-        .map(PodListen::On)
-        .map_err(|error| format!("{error}: expected ADDRESS:PORT (e.g. 0.0.0.0:9472) or off"))
+    value.parse().map(PodListen::On).map_err(|error| {
+        format!("{error}: expected ADDRESS:PORT (e.g. [::]:9472 or 0.0.0.0:9472) or off")
+    })
 }
 
 /// Which addresses a pod may claim through the pod API.
@@ -383,6 +390,11 @@ impl AgentSettings {
     /// Interval of the full scans.
     pub fn resync(&self) -> Duration {
         Duration::from_secs(self.resync_seconds.max(1))
+    }
+
+    /// How long the API server's view may go unconfirmed.
+    pub fn pod_watch_stale(&self) -> Duration {
+        Duration::from_secs(self.pod_watch_stale_seconds.max(2))
     }
 
     /// How long the pod API gathers a batch.

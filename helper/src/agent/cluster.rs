@@ -1,19 +1,23 @@
-//! The node's pods as the API server has them: a `kube` watcher of the pods with
-//! `spec.nodeName` = this node (list, then watch), kept as what the pod API and the reclaim
-//! need of each pod: its pod IPs and its [`Claims`].
+//! What the API server says about the node: its pods (a mirror of the pods with
+//! `spec.nodeName` = this node) and every namespace's floating-IP grant (a mirror of the
+//! namespaces), kept as what the pod API and the reclaim need: each pod's IPs and
+//! [`Claims`], each namespace's grant ([`Grants`]), and when each mirror last confirmed it
+//! is current.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
-use ipmgr_eni::{Claims, ClaimsError, FLOATING_IPS_ANNOTATION, NETWORK_STATUS_ANNOTATION};
+use ipmgr_eni::{
+    Claimant, Claims, ClaimsError, FLOATING_IP_CIDRS_ANNOTATION, FLOATING_IPS_ANNOTATION, Grants,
+    NETWORK_STATUS_ANNOTATION,
+};
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::WatchStreamExt as _;
-use kube::runtime::watcher::{self, Event};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use tokio::sync::watch;
+
+use super::mirror::{Sink, mirror};
 
 /// How long to wait before building the Kubernetes client again after it failed.
 const CLIENT_RETRY: Duration = Duration::from_secs(10);
@@ -23,6 +27,8 @@ const CLIENT_RETRY: Duration = Duration::from_secs(10);
 pub struct PodRecord {
     /// `namespace/name`.
     pub key: String,
+    /// `metadata.namespace`.
+    pub namespace: String,
     /// `status.podIPs` (or `status.podIP`).
     pub ips: Vec<IpAddr>,
     /// What it may claim, or why its annotations do not parse.
@@ -57,14 +63,10 @@ impl PodRecord {
         {
             ips.push(ip);
         }
-        let annotations = pod.metadata.annotations.as_ref();
-        let annotation = |name: &str| {
-            annotations
-                .and_then(|all| all.get(name))
-                .map(String::as_str)
-        };
+        let annotation = |name: &str| annotation(&pod.metadata, name);
         Some(PodRecord {
             key: key_of(pod),
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
             ips,
             claims: Claims::from_annotations(
                 annotation(NETWORK_STATUS_ANNOTATION),
@@ -72,10 +74,31 @@ impl PodRecord {
             ),
         })
     }
+
+    /// The pod as a claimant, when its annotations parse.
+    pub fn claimant(&self) -> Option<Claimant<'_>> {
+        Some(Claimant {
+            pod: &self.key,
+            namespace: &self.namespace,
+            claims: self.claims.as_ref().ok()?,
+        })
+    }
 }
 
-/// The node's pods, shared by the watcher (which writes) and the pod API and the reclaim
-/// (which read). Clones share one view.
+/// The pods of the node with a given pod IP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ByIp {
+    /// None (not seen yet, or not a pod of this node).
+    None,
+    /// One.
+    One(PodRecord),
+    /// Several live pod records share it (a pod IP reused while the API server's view
+    /// lags): whose request it is cannot be told; their `namespace/name`s.
+    Several(Vec<String>),
+}
+
+/// The node's pods and the namespaces' grants, shared by the mirrors (which write) and the
+/// pod API and the reclaim (which read). Clones share one view.
 #[derive(Debug, Clone)]
 pub struct NodePods {
     view: Arc<RwLock<View>>,
@@ -84,10 +107,13 @@ pub struct NodePods {
 
 #[derive(Debug, Default)]
 struct View {
-    /// Whether a complete list has been seen.
-    synced: bool,
+    /// When the pods were last listed, or their watch delivered (`None`: never listed).
+    pods_confirmed: Option<Instant>,
+    /// The same for the namespaces.
+    namespaces_confirmed: Option<Instant>,
     /// By `namespace/name`.
     pods: BTreeMap<String, PodRecord>,
+    grants: Grants,
 }
 
 impl Default for NodePods {
@@ -100,18 +126,45 @@ impl Default for NodePods {
 }
 
 impl NodePods {
-    /// Whether the pods have been listed since the agent started.
+    /// Whether the pods and the namespaces have both been listed since the agent started.
     pub fn synced(&self) -> bool {
-        self.read(|view| view.synced)
+        self.read(|view| view.pods_confirmed.is_some() && view.namespaces_confirmed.is_some())
     }
 
-    /// The live pod whose pod IP is `ip`.
-    pub fn by_ip(&self, ip: IpAddr) -> Option<PodRecord> {
+    /// Why the view cannot be taken as current, when it cannot: not listed yet, or a
+    /// mirror that has not confirmed it is current within `bound`.
+    pub fn staleness(&self, bound: Duration) -> Option<String> {
         self.read(|view| {
-            view.pods
+            [
+                ("the node's pods", view.pods_confirmed),
+                ("the namespaces", view.namespaces_confirmed),
+            ]
+            .into_iter()
+            .find_map(|(what, confirmed)| match confirmed {
+                None => Some(format!("{what} have not been listed from the API server yet (KUBECONFIG or the in-cluster service account; RBAC get, list, watch on pods and namespaces)")),
+                Some(at) if at.elapsed() > bound => Some(format!(
+                    "the API server has not confirmed the agent's view of {what} for {}s (no event or bookmark; --pod-watch-stale-seconds {}): relisting",
+                    at.elapsed().as_secs(),
+                    bound.as_secs()
+                )),
+                Some(_) => None,
+            })
+        })
+    }
+
+    /// The live pods of the node whose pod IP is `ip`.
+    pub fn by_ip(&self, ip: IpAddr) -> ByIp {
+        self.read(|view| {
+            let mut found: Vec<&PodRecord> = view
+                .pods
                 .values()
-                .find(|pod| pod.ips.contains(&ip))
-                .cloned()
+                .filter(|pod| pod.ips.contains(&ip))
+                .collect();
+            match found.len() {
+                0 => ByIp::None,
+                1 => ByIp::One(found.remove(0).clone()),
+                _ => ByIp::Several(found.iter().map(|pod| pod.key.clone()).collect()),
+            }
         })
     }
 
@@ -120,16 +173,23 @@ impl NodePods {
         self.read(|view| view.pods.get(key).cloned())
     }
 
-    /// Every address or CIDR a live pod of the node claims: never given back.
-    pub fn claimed(&self) -> Vec<IpNet> {
+    /// `judge` over the node's live pods (as claimants) and the grants.
+    pub fn judge<T>(&self, judge: impl FnOnce(&[Claimant<'_>], &Grants) -> T) -> T {
         self.read(|view| {
-            view.pods
-                .values()
-                .filter_map(|pod| pod.claims.as_ref().ok())
-                .flat_map(|claims| {
-                    let recorded = claims.recorded.iter().map(|&address| IpNet::from(address));
-                    recorded.chain(claims.floating.iter().copied())
-                })
+            let claimants: Vec<Claimant<'_>> =
+                view.pods.values().filter_map(PodRecord::claimant).collect();
+            judge(&claimants, &view.grants)
+        })
+    }
+
+    /// Every address or CIDR a live pod of the node has a claim on that protects it from
+    /// being given back: its record, and its floating declarations inside its namespace's
+    /// grant ([`Claimant::protected`]).
+    pub fn protected(&self) -> Vec<IpNet> {
+        self.judge(|claimants, grants| {
+            claimants
+                .iter()
+                .flat_map(|claimant| claimant.protected(grants))
                 .collect()
         })
     }
@@ -169,7 +229,76 @@ impl NodePods {
             .collect();
         self.write(|view| {
             view.pods = records;
-            view.synced = true;
+            view.pods_confirmed = Some(Instant::now());
+        });
+    }
+
+    /// Takes in the grant of `namespace`, added or changed.
+    pub fn apply_namespace(&self, namespace: &Namespace) {
+        let name = namespace.metadata.name.clone().unwrap_or_default();
+        let grant = annotation(&namespace.metadata, FLOATING_IP_CIDRS_ANNOTATION);
+        let mut changed = false;
+        self.write(|view| changed = view.grants.set(&name, grant));
+        if changed {
+            self.warn_about_grants();
+        }
+    }
+
+    /// Forgets the grant of `namespace`, deleted.
+    pub fn delete_namespace(&self, namespace: &Namespace) {
+        let name = namespace.metadata.name.clone().unwrap_or_default();
+        self.write(|view| {
+            view.grants.remove(&name);
+        });
+    }
+
+    /// Replaces every grant with a complete list of the namespaces.
+    pub fn replace_namespaces(&self, namespaces: &[Namespace]) {
+        let mut grants = Grants::default();
+        for namespace in namespaces {
+            let name = namespace.metadata.name.as_deref().unwrap_or_default();
+            grants.set(
+                name,
+                annotation(&namespace.metadata, FLOATING_IP_CIDRS_ANNOTATION),
+            );
+        }
+        self.write(|view| {
+            view.grants = grants;
+            view.namespaces_confirmed = Some(Instant::now());
+        });
+        self.warn_about_grants();
+    }
+
+    /// Notes that the pods' mirror is current as of now.
+    pub fn confirm_pods(&self) {
+        self.write_quietly(|view| view.pods_confirmed = Some(Instant::now()));
+    }
+
+    /// Notes that the namespaces' mirror is current as of now.
+    pub fn confirm_namespaces(&self) {
+        self.write_quietly(|view| view.namespaces_confirmed = Some(Instant::now()));
+    }
+
+    /// Makes both confirmations `by` older, as if the mirrors had been quiet that long.
+    #[cfg(test)]
+    pub fn age_confirmations(&self, by: Duration) {
+        self.write_quietly(|view| {
+            for confirmed in [&mut view.pods_confirmed, &mut view.namespaces_confirmed] {
+                *confirmed = confirmed.and_then(|at| at.checked_sub(by));
+            }
+        });
+    }
+
+    /// Logs what an admin should fix in the grants: annotations that do not parse, and
+    /// namespaces granted overlapping addresses.
+    fn warn_about_grants(&self) {
+        self.read(|view| {
+            for error in view.grants.invalid() {
+                tracing::warn!(%error, "invalid floating-IP grant");
+            }
+            for overlap in view.grants.overlaps() {
+                tracing::warn!(%overlap, "overlapping floating-IP grants");
+            }
         });
     }
 
@@ -182,15 +311,31 @@ impl NodePods {
         )
     }
 
-    fn write(&self, change: impl FnOnce(&mut View)) {
+    fn write_quietly(&self, change: impl FnOnce(&mut View)) {
         change(
             &mut self
                 .view
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
+    }
+
+    fn write(&self, change: impl FnOnce(&mut View)) {
+        self.write_quietly(change);
         self.changes.send_modify(|version| *version += 1);
     }
+}
+
+/// The value of annotation `name`.
+fn annotation<'a>(
+    metadata: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    name: &str,
+) -> Option<&'a str> {
+    metadata
+        .annotations
+        .as_ref()
+        .and_then(|all| all.get(name))
+        .map(String::as_str)
 }
 
 /// `namespace/name`.
@@ -202,11 +347,52 @@ fn key_of(pod: &Pod) -> String {
     )
 }
 
-/// Follows the pods of `node_name` into `pods` for the agent's lifetime: the API server found
-/// as kube's `Config::infer` finds it (KUBECONFIG, else the in-cluster service account),
-/// relisting after errors with kube's default backoff. Never returns.
-pub async fn follow(pods: NodePods, node_name: String) {
-    let client = loop {
+/// The pods' mirror writes into the view.
+struct PodSink(NodePods);
+
+impl Sink<Pod> for PodSink {
+    fn replace(&self, objects: Vec<Pod>) {
+        self.0.replace(&objects);
+    }
+    fn apply(&self, object: Pod) {
+        self.0.apply(&object);
+    }
+    fn delete(&self, object: Pod) {
+        self.0.delete(&object);
+    }
+    fn confirm(&self) {
+        self.0.confirm_pods();
+    }
+}
+
+/// The namespaces' mirror writes the grants into the view.
+struct NamespaceSink(NodePods);
+
+impl Sink<Namespace> for NamespaceSink {
+    fn replace(&self, objects: Vec<Namespace>) {
+        self.0.replace_namespaces(&objects);
+    }
+    fn apply(&self, object: Namespace) {
+        self.0.apply_namespace(&object);
+    }
+    fn delete(&self, object: Namespace) {
+        self.0.delete_namespace(&object);
+    }
+    fn confirm(&self) {
+        self.0.confirm_namespaces();
+    }
+}
+
+/// The Kubernetes client, built once it can be (KUBECONFIG, else the in-cluster service
+/// account, as kube's `Config::infer` finds them), shared by the mirrors and the lookups
+/// of other nodes' pods.
+pub type SharedClient = Arc<tokio::sync::OnceCell<kube::Client>>;
+
+/// Follows the pods of `node_name` and every namespace's grant into `pods` for the agent's
+/// lifetime, relisting when a watch fails or stays quiet for longer than `stale`; sets
+/// `client` once built. Never returns.
+pub async fn follow(pods: NodePods, node_name: String, stale: Duration, client: SharedClient) {
+    let built = loop {
         match kube::Client::try_default().await {
             Ok(client) => break client,
             Err(error) => {
@@ -215,28 +401,20 @@ pub async fn follow(pods: NodePods, node_name: String) {
             }
         }
     };
-    let api: kube::Api<Pod> = kube::Api::all(client);
-    let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
-    let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
-    let mut listing: Vec<Pod> = Vec::new();
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(Event::Init) => listing.clear(),
-            Ok(Event::InitApply(pod)) => listing.push(pod),
-            Ok(Event::InitDone) => {
-                pods.replace(&listing);
-                tracing::info!(
-                    node = node_name,
-                    pods = listing.len(),
-                    "listed the node's pods"
-                );
-                listing.clear();
-            }
-            Ok(Event::Apply(pod)) => pods.apply(&pod),
-            Ok(Event::Delete(pod)) => pods.delete(&pod),
-            Err(error) => {
-                tracing::warn!(%error, "watching the node's pods failed; listing them again (the pod API keeps answering from what it knows)");
-            }
-        }
-    }
+    let built = client.get_or_init(|| async { built }).await.clone();
+    let node_pods = mirror(
+        kube::Api::<Pod>::all(built.clone()),
+        Some(format!("spec.nodeName={node_name}")),
+        stale,
+        PodSink(pods.clone()),
+        "the node's pods",
+    );
+    let namespaces = mirror(
+        kube::Api::<Namespace>::all(built),
+        None,
+        stale,
+        NamespaceSink(pods),
+        "the namespaces",
+    );
+    futures::future::join(node_pods, namespaces).await;
 }

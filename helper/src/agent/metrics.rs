@@ -2,7 +2,7 @@
 //! with `/healthz` and `/readyz` (ready while the agent sees the node's pods and EC2: see
 //! [`AgentMetrics::set_unready`]).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -63,8 +63,23 @@ pub struct AgentMetrics {
     pub scan_seconds: Histogram,
     /// Pod API answers, by result.
     pub pod_requests: Family<ResultLabel, Counter>,
+    /// Addresses a pod asked for and was not entitled to, by reason.
+    pub claims_refused: Family<ReasonLabel, Counter>,
+    /// Requests whose caller could not be told from another, by reason.
+    pub identity_conflicts: Family<ReasonLabel, Counter>,
     /// Why the agent is not ready; `None` when it is.
     unready: Mutex<Option<String>>,
+    /// A further condition of readiness, checked whenever readiness is asked.
+    also: OnceLock<Condition>,
+}
+
+/// A condition of readiness: why the agent is not ready, or `None`.
+struct Condition(Box<dyn Fn() -> Option<String> + Send + Sync>);
+
+impl std::fmt::Debug for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Condition")
+    }
 }
 
 impl Default for AgentMetrics {
@@ -82,7 +97,10 @@ impl Default for AgentMetrics {
             ready: Gauge::default(),
             scan_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             pod_requests: Family::default(),
+            claims_refused: Family::default(),
+            identity_conflicts: Family::default(),
             unready: Mutex::new(Some("the first scan is not done".to_owned())),
+            also: OnceLock::new(),
         };
         let registry = &mut metrics.registry;
         registry.register(
@@ -136,18 +154,29 @@ impl Default for AgentMetrics {
             "Pod API answers, by result (routable, unroutable, forbidden: no pod of the node, invalid: a pod annotation that does not parse or a bad request, unavailable: not ready yet or EC2 unreadable)",
             metrics.pod_requests.clone(),
         );
+        registry.register(
+            "claims_refused",
+            "Addresses a pod asked for and may not have, by reason (unclaimed, not_granted: a floating address outside its namespace's grant, granted_elsewhere, other_namespace: claimed by a pod of another namespace, unverified: another node's pods unreadable)",
+            metrics.claims_refused.clone(),
+        );
+        registry.register(
+            "identity_conflicts",
+            "Pod API requests refused because their caller could not be told from another (duplicate_pod_ip: several live pod records with the pod IP, duplicate_on_primary: several namespaces carry it on the primary interface)",
+            metrics.identity_conflicts.clone(),
+        );
         metrics
     }
 }
 
 impl AgentMetrics {
-    /// Marks the agent ready: it sees the node's pods and EC2.
+    /// Marks the round's view good: the agent is ready unless a condition of
+    /// [`AgentMetrics::also_require`] says otherwise.
     pub fn set_ready(&self) {
         *self
             .unready
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
-        self.ready.set(1);
+        self.unready_reason();
     }
 
     /// Marks the agent not ready, saying why (the `/readyz` body).
@@ -159,12 +188,22 @@ impl AgentMetrics {
         self.ready.set(0);
     }
 
+    /// Makes readiness also depend on `condition` (why the agent is not ready, or `None`),
+    /// checked whenever readiness is asked; only the first call counts.
+    pub fn also_require(&self, condition: impl Fn() -> Option<String> + Send + Sync + 'static) {
+        let _ = self.also.set(Condition(Box::new(condition)));
+    }
+
     /// Why the agent is not ready; `None` when it is.
     pub fn unready_reason(&self) -> Option<String> {
-        self.unready
+        let reason = self
+            .unready
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+            .clone();
+        let reason = reason.or_else(|| self.also.get().and_then(|condition| (condition.0)()));
+        self.ready.set(i64::from(reason.is_none()));
+        reason
     }
 
     /// Counts one failure of `action`.
@@ -184,6 +223,20 @@ impl AgentMetrics {
             .inc();
     }
 
+    /// Counts an address a pod was refused, for `reason`.
+    pub fn claim_refused(&self, reason: &'static str) {
+        self.claims_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Counts a request whose caller was ambiguous, for `reason`.
+    pub fn identity_conflict(&self, reason: &'static str) {
+        self.identity_conflicts
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
     /// Counts release decisions dropped for `reason`.
     pub fn drop_decisions(&self, reason: &'static str, count: usize) {
         self.dropped
@@ -192,6 +245,7 @@ impl AgentMetrics {
     }
 
     pub(super) fn text(&self) -> String {
+        self.unready_reason();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .unwrap_or_else(|error| text = format!("# cannot encode the metrics: {error}\n"));

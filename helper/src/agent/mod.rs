@@ -19,12 +19,16 @@
 mod batch;
 pub mod cluster;
 pub mod error;
+pub mod holders;
+mod listen;
 pub mod metrics;
+mod mirror;
 pub mod netns;
 mod reclaim;
 pub mod serve;
 #[cfg(test)]
 mod serve_tests;
+pub mod share;
 #[cfg(test)]
 mod tests;
 mod watch;
@@ -37,7 +41,6 @@ use ipmgr_eni::{
     Absences, Backoff, EniRecord, MultusInterfaces, NodeFacts, PlanOptions, ReclaimOptions,
     ScanVerdict, secondary_addresses,
 };
-use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::aws::{self, Ec2, Ec2Api, Metadata, NodeMetadata};
@@ -46,9 +49,11 @@ use crate::place::Placer;
 use batch::BatchedEc2;
 use cluster::NodePods;
 pub use error::AgentError;
+use holders::KubeHolders;
 use metrics::AgentMetrics;
 use netns::{NetnsDirectory, PodScanner, Scan, ScanError};
-use serve::{NodeShare, PodService};
+use serve::PodService;
+use share::NodeShare;
 use watch::{Changes, SETTLE, watch};
 
 /// The oldest view an unassign call may act on: the read of EC2 and the scan of the pods
@@ -116,19 +121,16 @@ pub async fn run(settings: AgentSettings, node_name: Option<String>) -> Result<(
         PodListen::Off => None,
         PodListen::On(address) => {
             let node_name = node_name.ok_or(AgentError::NodeName)?;
-            let listener = TcpListener::bind(address)
-                .await
+            let listener = listen::bind(address)
                 .map_err(|source| AgentError::PodListen { address, source })?;
             Some((listener, node_name))
         }
     };
     let metrics = Arc::new(AgentMetrics::default());
-    let listener = TcpListener::bind(settings.metrics_listen)
-        .await
-        .map_err(|source| AgentError::Metrics {
-            address: settings.metrics_listen,
-            source,
-        })?;
+    let listener = listen::bind(settings.metrics_listen).map_err(|source| AgentError::Metrics {
+        address: settings.metrics_listen,
+        source,
+    })?;
     tokio::spawn(metrics::serve(listener, Arc::clone(&metrics)));
     let mut events = watch(&settings.netns_dir)?;
     let connected = tokio::select! {
@@ -142,12 +144,19 @@ pub async fn run(settings: AgentSettings, node_name: Option<String>) -> Result<(
     let pods = NodePods::default();
     let share = Arc::new(NodeShare::default());
     if let Some((listener, node_name)) = pod_api {
-        tokio::spawn(cluster::follow(pods.clone(), node_name.clone()));
+        let client = cluster::SharedClient::default();
+        tokio::spawn(cluster::follow(
+            pods.clone(),
+            node_name.clone(),
+            settings.pod_watch_stale(),
+            Arc::clone(&client),
+        ));
         let service = PodService {
             metrics: Arc::clone(&metrics),
             node_name,
             pods: pods.clone(),
             scanner: scanner.clone(),
+            holders: KubeHolders::new(client),
             claims: settings.claims,
             share: Arc::clone(&share),
             placer: Placer {
@@ -178,6 +187,7 @@ pub async fn run(settings: AgentSettings, node_name: Option<String>) -> Result<(
     );
     agent.pods = pods;
     agent.share = share;
+    agent.require_current_view();
     tracing::info!(
         instance = agent.node.instance_id,
         netns_dir = %agent.settings.netns_dir.display(),
@@ -290,7 +300,14 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
         self.retry_soon = matches!(verdict, ScanVerdict::Incomplete { .. });
         if verdict == ScanVerdict::Trusted {
             self.trusted = true;
-            self.say_ready();
+            self.metrics.set_ready();
+            if let Some(reason) = self.blind_to_claims() {
+                tracing::info!(
+                    reason,
+                    "nothing is given back while the agent cannot see what the node's pods claim"
+                );
+                return Ok(());
+            }
             let due = self.absences.observe(
                 &self.node,
                 &self.multus,
@@ -306,22 +323,31 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
         Ok(())
     }
 
-    /// Ready: the view can be trusted, and the pod API (when on) has listed the node's pods.
-    fn say_ready(&self) {
-        if self.settings.pod_listen != PodListen::Off && !self.pods.synced() {
-            self.metrics.set_unready(
-                "the pod API has not listed the node's pods from the API server yet (KUBECONFIG or the in-cluster service account; RBAC get, list, watch pods)".to_owned(),
-            );
-        } else {
-            self.metrics.set_ready();
+    /// With the pod API on, readiness also requires the API server's view to be listed and
+    /// confirmed current (`--pod-watch-stale-seconds`), checked whenever it is asked.
+    fn require_current_view(&self) {
+        if self.settings.pod_listen != PodListen::Off {
+            let (view, bound) = (self.pods.clone(), self.settings.pod_watch_stale());
+            self.metrics.also_require(move || view.staleness(bound));
         }
     }
 
+    /// Why the agent cannot see what the node's pods claim, when the pod API is on and the
+    /// API server's view is not listed yet or not confirmed current: nothing is given back
+    /// then (a floating address a pod claims may be on no interface for a while).
+    fn blind_to_claims(&self) -> Option<String> {
+        if self.settings.pod_listen == PodListen::Off {
+            return None;
+        }
+        self.pods.staleness(self.settings.pod_watch_stale())
+    }
+
     /// When an unused address may be given back: the settings, and never what a live pod
-    /// of the node claims (the API server's view), whether or not its namespace shows it.
+    /// of the node has a claim on (the API server's view: its record, and its floating
+    /// addresses inside its namespace's grant), whether or not its namespace shows it.
     fn reclaim_options(&self) -> ReclaimOptions {
         let mut options = self.settings.reclaim();
-        options.kept.extend(self.pods.claimed());
+        options.kept.extend(self.pods.protected());
         options
     }
 

@@ -14,7 +14,8 @@ use nix::sched::{CloneFlags, setns};
 use ipmgr_eni::PodAddress;
 
 use crate::netlink::{
-    NetlinkError, addresses_in_this_namespace, interface_addresses_in_this_namespace,
+    NamespaceIds, NetlinkError, addresses_in_this_namespace, interface_addresses_in_this_namespace,
+    routed_namespace,
 };
 
 /// What one scan found.
@@ -90,18 +91,33 @@ pub struct PodNamespace {
     pub addresses: Vec<PodAddress>,
 }
 
+/// Which pod namespace a connection from a pod IP comes from, by the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// This one: the namespace the node routes the pod IP to (its veth's other end), which
+    /// carries it on its primary interface; or, where the node's routes do not lead to a
+    /// pod namespace, the only namespace that carries it there.
+    Found(PodNamespace),
+    /// No pod namespace of the node.
+    Absent,
+    /// Several pod namespaces carry it on their primary interface (a pod with NET_ADMIN
+    /// added a neighbour's pod IP to its own) and the node's routes do not tell them apart.
+    Ambiguous(Vec<PathBuf>),
+}
+
 /// Where the agent learns which addresses the node's pods carry: the seam between the
 /// agent and the kernel ([`NetnsDirectory`]; tests script the scans).
 pub trait PodScanner: Send + Sync {
     /// One scan of every pod namespace and of the node's own.
     fn scan(&self) -> impl std::future::Future<Output = Result<Scan, ScanError>> + Send;
 
-    /// The pod namespace whose interface `primary` carries `pod_ip`, if any.
+    /// The pod namespace a connection from `pod_ip` comes from, whose interface `primary`
+    /// carries it.
     fn find(
         &self,
         pod_ip: IpAddr,
         primary: &str,
-    ) -> impl std::future::Future<Output = Result<Option<PodNamespace>, ScanError>> + Send;
+    ) -> impl std::future::Future<Output = Result<Caller, ScanError>> + Send;
 }
 
 /// The runtime's netns directory, scanned on a blocking thread.
@@ -116,9 +132,10 @@ impl PodScanner for NetnsDirectory {
             .map_err(|error| ScanError::Thread(io::Error::other(error)))?
     }
 
-    async fn find(&self, pod_ip: IpAddr, primary: &str) -> Result<Option<PodNamespace>, ScanError> {
+    async fn find(&self, pod_ip: IpAddr, primary: &str) -> Result<Caller, ScanError> {
+        let routed = routed_entry(&self.0, pod_ip).await;
         let (dir, primary) = (self.0.clone(), primary.to_owned());
-        tokio::task::spawn_blocking(move || find(&dir, pod_ip, &primary))
+        tokio::task::spawn_blocking(move || find(&dir, pod_ip, &primary, routed))
             .await
             .map_err(|error| ScanError::Thread(io::Error::other(error)))?
     }
@@ -138,13 +155,49 @@ pub fn scan(dir: &Path) -> Result<Scan, ScanError> {
     on_a_thread_of_its_own(move |runtime| scan_entries(runtime, entries))
 }
 
-/// The pod namespace in `dir` whose interface `primary` carries `pod_ip`, with its
-/// addresses. Blocks: call it from a blocking task.
-pub fn find(dir: &Path, pod_ip: IpAddr, primary: &str) -> Result<Option<PodNamespace>, ScanError> {
-    let entries = entries(dir)?;
+/// The entry of `dir` that the node (the calling thread's namespace, the agent's) routes
+/// `pod_ip` to, when its route's interface leads into one of them; `None` otherwise (no
+/// such route, another CNI's plumbing, or netlink failed: logged, and the caller is then
+/// found by its address alone).
+async fn routed_entry(dir: &Path, pod_ip: IpAddr) -> Option<PathBuf> {
+    let routed = async {
+        let Some(id) = routed_namespace(pod_ip).await? else {
+            return Ok(None);
+        };
+        let ids = NamespaceIds::connect()?;
+        for entry in entries(dir).unwrap_or_default() {
+            let Ok(file) = File::open(&entry) else {
+                continue;
+            };
+            if ids.of(&file).await? == Some(id) {
+                return Ok(Some(entry));
+            }
+        }
+        Ok::<_, NetlinkError>(None)
+    };
+    routed.await.unwrap_or_else(|error| {
+        tracing::warn!(%pod_ip, %error, "cannot look up the node's route to a pod IP; finding its namespace by address");
+        None
+    })
+}
+
+/// The pod namespace in `dir` a connection from `pod_ip` comes from: `routed` (the one the
+/// node routes it to) when it carries `pod_ip` on `primary`; without `routed`, the one
+/// namespace that carries it there. Blocks: call it from a blocking task.
+pub fn find(
+    dir: &Path,
+    pod_ip: IpAddr,
+    primary: &str,
+    routed: Option<PathBuf>,
+) -> Result<Caller, ScanError> {
+    let candidates = match routed {
+        Some(entry) => vec![entry],
+        None => entries(dir)?,
+    };
     let primary = primary.to_owned();
-    on_a_thread_of_its_own(move |runtime| {
-        for entry in entries {
+    let mut carriers = on_a_thread_of_its_own(move |runtime| {
+        let mut carriers = Vec::new();
+        for entry in candidates {
             match enter(&entry) {
                 Entered::Yes => {}
                 Entered::Gone | Entered::NotYet(_) => continue,
@@ -155,13 +208,23 @@ pub fn find(dir: &Path, pod_ip: IpAddr, primary: &str) -> Result<Option<PodNames
             };
             let carries = |a: &PodAddress| a.interface == primary && a.address == pod_ip;
             if addresses.iter().any(carries) {
-                return Ok(Some(PodNamespace {
+                carriers.push(PodNamespace {
                     path: entry,
                     addresses,
-                }));
+                });
             }
         }
-        Ok(None)
+        Ok(carriers)
+    })?;
+    Ok(match carriers.len() {
+        0 => Caller::Absent,
+        1 => Caller::Found(carriers.remove(0)),
+        _ => Caller::Ambiguous(
+            carriers
+                .into_iter()
+                .map(|namespace| namespace.path)
+                .collect(),
+        ),
     })
 }
 

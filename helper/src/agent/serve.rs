@@ -2,36 +2,43 @@
 //! routable, and the agent alone holds AWS credentials and calls EC2.
 //!
 //! Who asks is the connection's source address: the live pod of this node whose pod IP it
-//! is (the API server's view, [`NodePods`]) and whose network namespace carries it on its
-//! primary interface (the kernel's view); both must agree, else 403. The agent reads the
-//! pod's addresses from that namespace itself, keeps only what the pod may claim
-//! ([`Claims`]), and carries a pass out through the batched EC2 calls ([`BatchedEc2`]):
-//! every address is looked up in EC2 (one DescribeNetworkInterfaces per batch, never
-//! metadata, which lags), and only what EC2 does not have in place is assigned. A sidecar's
-//! periodic recheck is planned against the agent's view of the node's ENIs, at most
-//! [`RECHECK_VIEW_AGE`] old, and costs nothing while nothing drifted.
+//! is (the API server's view, [`NodePods`]) and the network namespace the kernel says it
+//! comes from ([`Caller`]: the one the node routes the pod IP to, which no pod can fake);
+//! both must agree and be unambiguous, else 403 (no such pod) or 503 (not seen yet, or two
+//! candidates: the helper asks again). The agent reads the pod's addresses from that
+//! namespace itself, keeps only what the pod is entitled to ([`Claimant::entitled`]: its
+//! record, and floating addresses inside its namespace's grant, never another namespace's
+//! pod's), checks again before taking an address from another node's Multus ENI
+//! ([`HolderCheck`]), and carries a pass out through the batched EC2 calls
+//! ([`BatchedEc2`]): every address is looked up in EC2 (one DescribeNetworkInterfaces per
+//! batch, never metadata, which lags), and only what EC2 does not have in place is
+//! assigned. A sidecar's periodic recheck is planned against the agent's view of the
+//! node's ENIs, at most [`RECHECK_VIEW_AGE`] old, and costs nothing while nothing drifted.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use ipmgr_eni::{
-    Assignment, Claims, EniRecord, MultusInterfaces, NodeFacts, Plan, PlanOptions, plan,
+    Assignment, Claimant, Claims, EniRecord, Grants, Move, MultusInterfaces, NodeFacts, Plan,
+    PlanOptions, RejectReason, plan,
 };
 use tokio::net::TcpListener;
 
 use super::batch::BatchedEc2;
-use super::cluster::{NodePods, PodRecord};
+use super::cluster::{ByIp, NodePods, PodRecord};
+use super::holders::HolderPods;
 use super::metrics::AgentMetrics;
-use super::netns::{PodNamespace, PodScanner};
+use super::netns::{Caller, PodNamespace, PodScanner};
+use super::share::NodeShare;
 use crate::aws::Ec2Api;
 use crate::config::ClaimsMode;
-use crate::place::{Failure, NodeEnis, Placer};
+use crate::place::{Failure, MoveCheck, NodeEnis, Placer};
 use crate::pod_api::{ROUTABLE_PATH, Reason, Refusal, RoutableAnswer, RoutableRequest, Routed};
 
 /// The oldest view of the node's ENIs a periodic recheck is answered from: one
@@ -45,93 +52,18 @@ const CATCH_UP: Duration = Duration::from_secs(5);
 /// The largest request body taken.
 const BODY_LIMIT: usize = 4096;
 
-/// What the agent knows of its node, shared by its rounds (which write) and the pod API.
-#[derive(Debug, Default)]
-pub struct NodeShare {
-    /// The node as instance metadata shows it, and the ids of its Multus ENIs.
-    node: RwLock<Option<(NodeFacts, Vec<String>)>>,
-    /// The last read of the Multus ENIs from EC2, and when.
-    view: Mutex<Option<(Instant, Vec<EniRecord>)>>,
-}
-
-impl NodeShare {
-    /// Takes in the node as the agent's round read it.
-    pub fn set_node(&self, node: NodeFacts, multus: Vec<String>) {
-        *self
-            .node
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((node, multus));
-    }
-
-    fn node(&self) -> Option<(NodeFacts, Vec<String>)> {
-        self.node
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    fn view(&self, max_age: Duration) -> Option<Vec<EniRecord>> {
-        let view = self
-            .view
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        view.as_ref()
-            .filter(|(at, _)| at.elapsed() <= max_age)
-            .map(|(_, records)| records.clone())
-    }
-
-    /// Notes in the view what EC2 just accepted (an IPv4 assign with AllowReassignment
-    /// may have taken an address off another of the node's ENIs).
-    fn note_assigned(&self, assigned: &[Assignment]) {
-        let mut view = self
-            .view
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some((_, records)) = view.as_mut() else {
-            return;
-        };
-        for assignment in assigned {
-            for record in records.iter_mut() {
-                match assignment.address {
-                    IpAddr::V4(v4) => record.ipv4.retain(|held| *held != v4),
-                    IpAddr::V6(v6) => record.ipv6.retain(|held| *held != v6),
-                }
-                if record.id == assignment.eni_id {
-                    match assignment.address {
-                        IpAddr::V4(v4) => record.ipv4.push(v4),
-                        IpAddr::V6(v6) => record.ipv6.push(v6),
-                    }
-                }
-            }
-        }
-    }
-
-    /// Forgets the view: the next recheck reads the node's ENIs again.
-    #[cfg(test)]
-    pub fn forget_view(&self) {
-        *self
-            .view
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-    }
-
-    fn set_view(&self, records: Vec<EniRecord>) {
-        *self
-            .view
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((Instant::now(), records));
-    }
-}
-
-/// The pod API over EC2 (`E`, batched) and the pod namespaces (`S`).
+/// The pod API over EC2 (`E`, batched), the pod namespaces (`S`) and the pods of other
+/// nodes (`H`).
 #[derive(Debug)]
-pub struct PodService<E, S> {
+pub struct PodService<E, S, H> {
     /// This node's name (for the messages).
     pub node_name: String,
-    /// The node's pods, from the API server.
+    /// The node's pods and the namespaces' grants, from the API server.
     pub pods: NodePods,
     /// The pod namespaces.
     pub scanner: S,
+    /// The pods of the node an instance is, for moves from other nodes.
+    pub holders: H,
     /// Which addresses a pod may claim.
     pub claims: ClaimsMode,
     /// The node, shared with the agent's rounds.
@@ -146,7 +78,15 @@ pub struct PodService<E, S> {
 /// An answer: status and JSON body.
 type Answer = (StatusCode, String);
 
-impl<E: Ec2Api + Clone + Send + 'static, S: PodScanner> PodService<E, S> {
+/// A refusal: status and error.
+type Refused = (StatusCode, String);
+
+impl<E, S, H> PodService<E, S, H>
+where
+    E: Ec2Api + Clone + Send + 'static,
+    S: PodScanner,
+    H: HolderPods,
+{
     /// The answer to `request` from `peer`.
     pub async fn answer(&self, peer: IpAddr, request: RoutableRequest) -> Answer {
         match self.routable(peer, request.reason).await {
@@ -169,15 +109,11 @@ impl<E: Ec2Api + Clone + Send + 'static, S: PodScanner> PodService<E, S> {
         }
     }
 
-    async fn routable(
-        &self,
-        peer: IpAddr,
-        reason: Reason,
-    ) -> Result<RoutableAnswer, (StatusCode, String)> {
+    async fn routable(&self, peer: IpAddr, reason: Reason) -> Result<RoutableAnswer, Refused> {
         let unavailable = |error: String| (StatusCode::SERVICE_UNAVAILABLE, error);
         if !self.pods.synced() {
             return Err(unavailable(format!(
-                "the node agent on {} has not listed the node's pods from the API server yet; the helper tries again (check the agent's log and its RBAC: get, list, watch pods)",
+                "the node agent on {} has not listed the node's pods and the namespaces from the API server yet; the helper tries again (check the agent's log and its RBAC: get, list, watch on pods and namespaces)",
                 self.node_name
             )));
         }
@@ -200,36 +136,71 @@ impl<E: Ec2Api + Clone + Send + 'static, S: PodScanner> PodService<E, S> {
         };
         let (claims, planned) = self.claimed_plan(&pod, &namespace, &node).await?;
         tracing::debug!(pod = pod.key, %claims, "planned");
-        Ok(self.carry_out(&pod, &node, planned).await)
+        Ok(self.carry_out(&pod, &claims, &node, planned).await)
     }
 
-    /// The pod `peer` is, by the API server and by the kernel; 403 unless both agree.
-    async fn identify(
-        &self,
-        peer: IpAddr,
-    ) -> Result<(PodRecord, PodNamespace), (StatusCode, String)> {
-        let Some(pod) = self.caught_up(|| self.pods.by_ip(peer)).await else {
-            return Err((
-                StatusCode::FORBIDDEN,
-                format!(
-                    "{peer} is the pod IP of no live pod on node {} (the API server lists none): the pod API serves only this node's pods, from their own network namespace",
-                    self.node_name
-                ),
-            ));
-        };
+    /// The pod `peer` is, by the API server and by the kernel: 403 when it is no pod of
+    /// this node, 503 (asked again) while the API server's view has not caught up or the
+    /// caller cannot be told from another.
+    async fn identify(&self, peer: IpAddr) -> Result<(PodRecord, PodNamespace), Refused> {
+        let listed = self
+            .caught_up(|| match self.pods.by_ip(peer) {
+                ByIp::None => None,
+                found => Some(found),
+            })
+            .await
+            .unwrap_or(ByIp::None);
         let primary = &self.placer.options.primary_interface;
-        match self.scanner.find(peer, primary).await {
-            Ok(Some(namespace)) => Ok((pod, namespace)),
-            Ok(None) => Err((
-                StatusCode::FORBIDDEN,
-                format!(
-                    "pod {} has pod IP {peer}, but no pod network namespace on node {} carries it on {primary}: the request did not come from that pod",
-                    pod.key, self.node_name
-                ),
-            )),
-            Err(error) => Err((
+        let kernel = self.scanner.find(peer, primary).await.map_err(|error| {
+            (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("cannot read the pod network namespaces: {error}"),
+            )
+        })?;
+        let node = &self.node_name;
+        let conflict = |reason: &'static str, error: String| {
+            self.metrics.identity_conflict(reason);
+            (StatusCode::SERVICE_UNAVAILABLE, error)
+        };
+        match (listed, kernel) {
+            (ByIp::Several(pods), _) => Err(conflict(
+                "duplicate_pod_ip",
+                format!(
+                    "the API server lists several live pods of node {node} with pod IP {peer} ({}): a pod IP reused while the agent's view lags; nothing is done until only one is left, and the helper asks again",
+                    pods.join(", ")
+                ),
+            )),
+            (_, Caller::Ambiguous(paths)) => Err(conflict(
+                "duplicate_on_primary",
+                format!(
+                    "several pod network namespaces of node {node} carry {peer} on {primary} ({}) and the node's routes do not say which one it is: a pod with NET_ADMIN may have added a neighbour's pod IP to its own {primary}; nothing is done for either until one is left, and the helper asks again",
+                    paths
+                        .iter()
+                        .map(|path| path.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+            (ByIp::One(pod), Caller::Found(namespace)) => Ok((pod, namespace)),
+            (ByIp::One(pod), Caller::Absent) => Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "pod {} has pod IP {peer}, but no pod network namespace on node {node} carries it on {primary}: the request did not come from that pod",
+                    pod.key
+                ),
+            )),
+            (ByIp::None, Caller::Found(namespace)) => Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "a pod network namespace of node {node} ({}) carries {peer}, but the API server's view lists no live pod of the node with that pod IP yet (a pod just created, or a watch that lags); the helper asks again",
+                    namespace.path.display()
+                ),
+            )),
+            (ByIp::None, Caller::Absent) => Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{peer} is the pod IP of no live pod on node {node} (the API server lists none, and no pod network namespace of the node carries it): the pod API serves only this node's pods, from their own network namespace"
+                ),
             )),
         }
     }
@@ -248,7 +219,7 @@ impl<E: Ec2Api + Clone + Send + 'static, S: PodScanner> PodService<E, S> {
         Ok(records)
     }
 
-    /// The pod's addresses planned on `node`, less what it may not claim. When Multus'
+    /// The pod's addresses planned on `node`, less what it is not entitled to. When Multus'
     /// record does not cover the namespace's addresses yet (the watch lags the API server),
     /// a newer record is waited for, within [`CATCH_UP`].
     async fn claimed_plan(
@@ -256,39 +227,10 @@ impl<E: Ec2Api + Clone + Send + 'static, S: PodScanner> PodService<E, S> {
         pod: &PodRecord,
         namespace: &PodNamespace,
         node: &NodeFacts,
-    ) -> Result<(Claims, Plan), (StatusCode, String)> {
+    ) -> Result<(Claims, Plan), Refused> {
         let claims = match self.claims {
             ClaimsMode::Any => Claims::default(),
-            ClaimsMode::Recorded => {
-                let covers = |claims: &Claims| {
-                    !claims.interfaces.is_empty()
-                        && namespace
-                            .addresses
-                            .iter()
-                            .filter(|address| claims.interfaces.contains(&address.interface))
-                            .all(|address| claims.allows(address.address))
-                };
-                let newer = || {
-                    let record = self.pods.by_key(&pod.key)?;
-                    record.claims.ok().filter(covers)
-                };
-                match pod.claims.clone() {
-                    Ok(claims) if covers(&claims) => claims,
-                    _ => match self.caught_up(newer).await {
-                        Some(claims) => claims,
-                        None => self
-                            .pods
-                            .by_key(&pod.key)
-                            .map_or_else(|| pod.claims.clone(), |record| record.claims)
-                            .map_err(|error| {
-                                (
-                                    StatusCode::UNPROCESSABLE_ENTITY,
-                                    format!("pod {}: {error}", pod.key),
-                                )
-                            })?,
-                    },
-                }
-            }
+            ClaimsMode::Recorded => self.current_claims(pod, namespace).await?,
         };
         let options = PlanOptions {
             interfaces: match self.claims {
@@ -299,10 +241,50 @@ impl<E: Ec2Api + Clone + Send + 'static, S: PodScanner> PodService<E, S> {
         };
         let planned = plan(node, &namespace.addresses, &options);
         let planned = match self.claims {
-            ClaimsMode::Recorded => claims.restrict(planned),
+            ClaimsMode::Recorded => self.pods.judge(|neighbours, grants| {
+                claimant(pod, &claims).restrict(planned, grants, neighbours)
+            }),
             ClaimsMode::Any => planned,
         };
         Ok((claims, planned))
+    }
+
+    /// The pod's claims, once its record covers what its namespace shows (or
+    /// [`CATCH_UP`] has passed); 422 when its annotations do not parse.
+    async fn current_claims(
+        &self,
+        pod: &PodRecord,
+        namespace: &PodNamespace,
+    ) -> Result<Claims, Refused> {
+        let covers = |claims: &Claims| {
+            !claims.interfaces.is_empty()
+                && namespace
+                    .addresses
+                    .iter()
+                    .filter(|address| claims.interfaces.contains(&address.interface))
+                    .all(|address| claims.mentions(address.address))
+        };
+        if let Ok(claims) = &pod.claims
+            && covers(claims)
+        {
+            return Ok(claims.clone());
+        }
+        let newer = || {
+            let record = self.pods.by_key(&pod.key)?;
+            record.claims.ok().filter(covers)
+        };
+        if let Some(claims) = self.caught_up(newer).await {
+            return Ok(claims);
+        }
+        self.pods
+            .by_key(&pod.key)
+            .map_or_else(|| pod.claims.clone(), |record| record.claims)
+            .map_err(|error| {
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("pod {}: {error}", pod.key),
+                )
+            })
     }
 
     /// `found()` now, or after the API server's view changed, within [`CATCH_UP`].
@@ -321,7 +303,13 @@ impl<E: Ec2Api + Clone + Send + 'static, S: PodScanner> PodService<E, S> {
     }
 
     /// One pass for the pod, and the answer it makes.
-    async fn carry_out(&self, pod: &PodRecord, node: &NodeFacts, planned: Plan) -> RoutableAnswer {
+    async fn carry_out(
+        &self,
+        pod: &PodRecord,
+        claims: &Claims,
+        node: &NodeFacts,
+        planned: Plan,
+    ) -> RoutableAnswer {
         let managed = planned.multus_addresses();
         let placements = planned.placements.clone();
         let left_alone = planned
@@ -344,11 +332,27 @@ impl<E: Ec2Api + Clone + Send + 'static, S: PodScanner> PodService<E, S> {
                 ..RoutableAnswer::default()
             };
         }
+        let check = HolderCheck {
+            pod,
+            claims,
+            grants: self.pods.judge(|_, grants| grants.clone()),
+            instance_id: &node.instance_id,
+            holders: &self.holders,
+            enforced: self.claims == ClaimsMode::Recorded,
+        };
         let report = self
             .placer
-            .pass(node, planned, &[], &mut NodeEnis::default())
+            .checked_pass(node, planned, &[], &mut NodeEnis::default(), &check)
             .await;
         self.share.note_assigned(&report.assigned);
+        for failure in &report.failures {
+            if let Failure::Rejected(rejection) = failure
+                && let RejectReason::Claim(refusal) = &rejection.reason
+            {
+                self.metrics.claim_refused(refusal.label());
+                tracing::warn!(pod = pod.key, %rejection, "claim refused");
+            }
+        }
         let failed = |address: IpAddr| {
             report.failures.iter().any(|failure| match failure {
                 Failure::Rejected(rejection) => rejection.address.address == address,
@@ -380,11 +384,71 @@ impl<E: Ec2Api + Clone + Send + 'static, S: PodScanner> PodService<E, S> {
     }
 }
 
+/// `pod` as a claimant with `claims` (its current ones).
+fn claimant<'a>(pod: &'a PodRecord, claims: &'a Claims) -> Claimant<'a> {
+    Claimant {
+        pod: &pod.key,
+        namespace: &pod.namespace,
+        claims,
+    }
+}
+
+/// The check of a pass's moves from other nodes' Multus ENIs: an address the pod's
+/// namespace is not granted moves only when no live pod of another namespace on the
+/// holder's node claims it (invariant I1). Moves between this node's own ENIs were judged
+/// against this node's pods already.
+struct HolderCheck<'a, H> {
+    pod: &'a PodRecord,
+    claims: &'a Claims,
+    grants: Grants,
+    instance_id: &'a str,
+    holders: &'a H,
+    /// Off with `--claims any`: then every pod is trusted.
+    enforced: bool,
+}
+
+impl<H: HolderPods> MoveCheck for HolderCheck<'_, H> {
+    async fn refused(&self, moves: &[Move]) -> Vec<(Assignment, RejectReason)> {
+        let mut refused = Vec::new();
+        if !self.enforced {
+            return refused;
+        }
+        let claimant = claimant(self.pod, self.claims);
+        for taken in moves {
+            let Some(instance) = taken.from_instance.as_deref() else {
+                continue;
+            };
+            let address = taken.assignment.address;
+            if instance == self.instance_id || self.grants.of(&self.pod.namespace).covers(address) {
+                continue;
+            }
+            let verdict = match self.holders.pods_of_instance(instance).await {
+                Ok(pods) => {
+                    let neighbours: Vec<Claimant<'_>> =
+                        pods.iter().filter_map(PodRecord::claimant).collect();
+                    claimant
+                        .entitled(address, &self.grants, &neighbours)
+                        .map_err(RejectReason::Claim)
+                }
+                Err(error) => Err(RejectReason::Claim(ipmgr_eni::ClaimRefusal::Unverified {
+                    holder: format!("ENI {} of instance {instance}", taken.from_eni),
+                    error,
+                })),
+            };
+            if let Err(reason) = verdict {
+                refused.push((taken.assignment.clone(), reason));
+            }
+        }
+        refused
+    }
+}
+
 /// Serves the pod API on `listener` until the agent stops.
-pub async fn serve<E, S>(listener: TcpListener, service: Arc<PodService<E, S>>)
+pub async fn serve<E, S, H>(listener: TcpListener, service: Arc<PodService<E, S, H>>)
 where
     E: Ec2Api + Clone + Send + Sync + 'static,
     S: PodScanner + 'static,
+    H: HolderPods + 'static,
 {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
@@ -407,14 +471,15 @@ where
     }
 }
 
-async fn route<E, S>(
-    service: &PodService<E, S>,
+async fn route<E, S, H>(
+    service: &PodService<E, S, H>,
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>>
 where
     E: Ec2Api + Clone + Send + 'static,
     S: PodScanner,
+    H: HolderPods,
 {
     let refuse = |status: StatusCode, error: String| {
         service.metrics.answered(refusal_label(status));

@@ -1,8 +1,9 @@
 //! The pod API over in-memory adapters: who may ask, what a pod may claim, and how the
 //! node's pods share EC2 calls.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::StatusCode;
@@ -12,13 +13,15 @@ use pretty_assertions::assert_eq;
 use serde_json::json;
 
 use super::batch::BatchedEc2;
-use super::cluster::NodePods;
+use super::cluster::{NodePods, PodRecord};
+use super::holders::HolderPods;
 use super::netns::PodNamespace;
-use super::serve::{NodeShare, PodService};
-use super::tests::FakeScanner;
+use super::serve::PodService;
+use super::share::NodeShare;
+use super::tests::{FakeScanner, namespace_object};
 use crate::aws::Ec2Api as _;
 use crate::config::ClaimsMode;
-use crate::fakes::{FakeEc2, INSTANCE, node, pod_address, record};
+use crate::fakes::{FakeEc2, INSTANCE, eni, node, pod_address, record};
 use crate::place::Placer;
 use crate::pod_api::{Reason, RoutableAnswer, RoutableRequest};
 
@@ -85,20 +88,76 @@ async fn forbidden(bed: &Bed, peer: &str) -> String {
     body["error"].as_str().expect("error").to_owned()
 }
 
+/// The pods of other nodes, by instance (an error: that node's pods cannot be read).
+#[derive(Debug, Default)]
+struct FakeHolders(Mutex<BTreeMap<String, Result<Vec<PodRecord>, String>>>);
+
+impl HolderPods for FakeHolders {
+    async fn pods_of_instance(&self, instance_id: &str) -> Result<Vec<PodRecord>, String> {
+        let holders = self.0.lock().expect("holders");
+        holders.get(instance_id).cloned().unwrap_or(Ok(Vec::new()))
+    }
+}
+
 struct Bed {
-    service: PodService<FakeEc2, FakeScanner>,
+    service: PodService<FakeEc2, FakeScanner, FakeHolders>,
     ec2: FakeEc2,
 }
 
-/// The fakes' node with these pods (API server) and namespaces (kernel).
+impl Bed {
+    /// The pods the API server lists on the node of `instance`.
+    fn on_instance(&self, instance: &str, pods: Result<Vec<Pod>, &str>) {
+        let records = pods
+            .map(|pods| pods.iter().filter_map(PodRecord::of).collect())
+            .map_err(str::to_owned);
+        self.service
+            .holders
+            .0
+            .lock()
+            .expect("holders")
+            .insert(instance.to_owned(), records);
+    }
+
+    /// The namespaces the API server lists, with their grants.
+    fn granting(&self, grants: &[(&str, &str)]) {
+        let namespaces: Vec<_> = grants
+            .iter()
+            .map(|&(name, cidrs)| {
+                namespace_object(name, &[(ipmgr_eni::FLOATING_IP_CIDRS_ANNOTATION, cidrs)])
+            })
+            .collect();
+        self.service.pods.replace_namespaces(&namespaces);
+    }
+
+    /// The count of claims refused for `reason`.
+    fn refused(&self, reason: &'static str) -> u64 {
+        self.service
+            .metrics
+            .claims_refused
+            .get_or_create(&super::metrics::ReasonLabel { reason })
+            .get()
+    }
+}
+
+/// The fakes' node with these pods (API server) and namespaces (kernel); every namespace
+/// is listed, none has a grant.
 fn bed(pods: Vec<Pod>, namespaces: Vec<PodNamespace>, claims: ClaimsMode) -> Bed {
     let node = node();
+    // Another node's Multus ENI in the same subnet, holding 10.0.1.70.
+    let mut other = eni(1, "multus-node2");
+    other.ipv4 = vec![
+        "10.0.1.11".parse().expect("ip"),
+        "10.0.1.70".parse().expect("ip"),
+    ];
+    let elsewhere = record(&other, "i-node2", true);
     let ec2 = FakeEc2::with(vec![
         record(&node.enis[0], INSTANCE, false),
         record(&node.enis[1], INSTANCE, true),
+        elsewhere,
     ]);
     let known = NodePods::default();
     known.replace(&pods);
+    known.replace_namespaces(&[]);
     let scanner = FakeScanner::default();
     scanner.with_namespaces(namespaces);
     let share = Arc::new(NodeShare::default());
@@ -108,6 +167,7 @@ fn bed(pods: Vec<Pod>, namespaces: Vec<PodNamespace>, claims: ClaimsMode) -> Bed
         node_name: "node1".to_owned(),
         pods: known,
         scanner,
+        holders: FakeHolders::default(),
         claims,
         share,
         placer: Placer {
@@ -177,7 +237,8 @@ async fn an_address_the_pod_did_not_claim_is_refused_naming_the_annotation() {
 }
 
 #[tokio::test]
-async fn a_floating_address_the_pod_declares_is_assigned_and_claims_any_takes_anything() {
+async fn a_floating_address_the_pod_declares_inside_its_grant_is_assigned_and_claims_any_takes_anything()
+ {
     let pods = vec![pod(
         "default/a",
         "192.168.0.5",
@@ -189,6 +250,7 @@ async fn a_floating_address_the_pod_declares_is_assigned_and_claims_any_takes_an
         vec![namespace("192.168.0.5", &["10.0.1.50", "10.0.1.100"])],
         ClaimsMode::Recorded,
     );
+    bed.granting(&[("default", "10.0.1.96/27")]);
     let (_, body) = ask(&bed, "192.168.0.5", Reason::Start).await;
     assert_eq!(answer(body).failures, Vec::<String>::new());
     assert!(bed.ec2.holds("eni-multus", "10.0.1.100"));
@@ -384,4 +446,312 @@ async fn a_pod_ec2_refuses_on_its_own_fails_alone() {
         refused.routable.is_empty() && refused.failures[0].contains("InvalidParameterValue"),
         "{refused:?}"
     );
+}
+
+/// The error of a 503 answer.
+async fn unavailable(bed: &Bed, peer: &str) -> String {
+    let (status, body) = ask(bed, peer, Reason::Start).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    body["error"].as_str().expect("error").to_owned()
+}
+
+/// The one failure of an answer of 200.
+async fn the_failure(bed: &Bed, peer: &str) -> String {
+    let (status, body) = ask(bed, peer, Reason::Start).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer = answer(body);
+    assert_eq!(answer.failures.len(), 1, "{answer:?}");
+    answer.failures[0].clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_floating_address_outside_the_namespaces_grant_is_refused_naming_both_annotations() {
+    // A tenant declares the whole IPv4 space and carries a victim's address (NET_ADMIN).
+    let pods = vec![pod(
+        "tenant-a/thief",
+        "192.168.0.5",
+        Some(&recorded(&["10.0.1.50"])),
+        Some("0.0.0.0/0,::/0"),
+    )];
+    let bed = bed(
+        pods,
+        vec![namespace("192.168.0.5", &["10.0.1.50", "10.0.1.70"])],
+        ClaimsMode::Recorded,
+    );
+    bed.granting(&[("tenant-b", "10.0.1.64/27")]);
+    let failure = the_failure(&bed, "192.168.0.5").await;
+    for named in [
+        "10.0.1.70",
+        "multus-ipmgr.io/floating-ips",
+        "multus-ipmgr.io/floating-ip-cidrs",
+        "namespace tenant-a has no grant",
+    ] {
+        assert!(failure.contains(named), "{failure} names {named}");
+    }
+    assert!(
+        bed.ec2.holds("eni-multus-node2", "10.0.1.70"),
+        "not taken from node2"
+    );
+    assert!(
+        bed.ec2.holds("eni-multus", "10.0.1.50"),
+        "its own address is assigned"
+    );
+    assert_eq!(bed.refused("not_granted"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_address_a_pod_of_another_namespace_on_another_node_claims_is_not_taken() {
+    // Multus recorded the victim's address for the thief (a static-IPAM network of its own).
+    let pods = vec![pod(
+        "tenant-a/thief",
+        "192.168.0.5",
+        Some(&recorded(&["10.0.1.70"])),
+        None,
+    )];
+    let bed = bed(
+        pods,
+        vec![namespace("192.168.0.5", &["10.0.1.70"])],
+        ClaimsMode::Recorded,
+    );
+    let victim = pod(
+        "tenant-b/victim",
+        "192.168.7.7",
+        Some(&recorded(&["10.0.1.70"])),
+        None,
+    );
+    bed.on_instance("i-node2", Ok(vec![victim]));
+    let failure = the_failure(&bed, "192.168.0.5").await;
+    assert!(
+        failure.contains("tenant-b/victim") && failure.contains("another namespace"),
+        "{failure}"
+    );
+    assert!(
+        bed.ec2.holds("eni-multus-node2", "10.0.1.70"),
+        "left with its holder"
+    );
+    assert_eq!(bed.ec2.mutating_calls(), Vec::<&str>::new());
+    assert_eq!(bed.refused("other_namespace"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_address_left_on_another_node_by_a_pod_that_is_gone_follows_its_new_pod() {
+    let pods = vec![pod(
+        "tenant-a/moved",
+        "192.168.0.5",
+        Some(&recorded(&["10.0.1.70"])),
+        None,
+    )];
+    let bed = bed(
+        pods,
+        vec![namespace("192.168.0.5", &["10.0.1.70"])],
+        ClaimsMode::Recorded,
+    );
+    // node2's pods: only one of the same namespace, and one of another that claims nothing.
+    let same = pod(
+        "tenant-a/old",
+        "192.168.7.6",
+        Some(&recorded(&["10.0.1.70"])),
+        None,
+    );
+    let other = pod(
+        "tenant-b/other",
+        "192.168.7.7",
+        Some(&recorded(&["10.0.1.71"])),
+        None,
+    );
+    bed.on_instance("i-node2", Ok(vec![same, other]));
+    let (_, body) = ask(&bed, "192.168.0.5", Reason::Start).await;
+    assert_eq!(answer(body).failures, Vec::<String>::new());
+    assert!(
+        bed.ec2.holds("eni-multus", "10.0.1.70"),
+        "moved to this node"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_address_on_another_node_whose_pods_cannot_be_read_is_not_taken() {
+    let pods = vec![pod(
+        "tenant-a/a",
+        "192.168.0.5",
+        Some(&recorded(&["10.0.1.70"])),
+        None,
+    )];
+    let bed = bed(
+        pods,
+        vec![namespace("192.168.0.5", &["10.0.1.70"])],
+        ClaimsMode::Recorded,
+    );
+    bed.on_instance("i-node2", Err("the API server answered 503"));
+    let failure = the_failure(&bed, "192.168.0.5").await;
+    assert!(
+        failure.contains("eni-multus-node2") && failure.contains("503"),
+        "{failure}"
+    );
+    assert!(bed.ec2.holds("eni-multus-node2", "10.0.1.70"));
+    assert_eq!(bed.refused("unverified"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_granted_floating_address_moves_from_another_node_and_a_grant_takes_effect_when_edited() {
+    let pods = vec![pod(
+        "tenant-b/b",
+        "192.168.0.5",
+        Some(&recorded(&["10.0.1.50"])),
+        Some("10.0.1.70"),
+    )];
+    let bed = bed(
+        pods,
+        vec![namespace("192.168.0.5", &["10.0.1.50", "10.0.1.70"])],
+        ClaimsMode::Recorded,
+    );
+    // Not granted yet: refused, and node2 is never even asked about.
+    let failure = the_failure(&bed, "192.168.0.5").await;
+    assert!(failure.contains("no grant"), "{failure}");
+    assert!(bed.ec2.holds("eni-multus-node2", "10.0.1.70"));
+    // An admin grants it: the next request moves it, whoever node2 runs.
+    bed.on_instance("i-node2", Err("not asked"));
+    bed.granting(&[("tenant-b", "10.0.1.64/27")]);
+    let (_, body) = ask(&bed, "192.168.0.5", Reason::Change).await;
+    assert_eq!(answer(body).failures, Vec::<String>::new());
+    assert!(bed.ec2.holds("eni-multus", "10.0.1.70"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_recorded_address_a_pod_of_another_namespace_on_this_node_claims_is_refused() {
+    let record = recorded(&["10.0.1.60"]);
+    let pods = vec![
+        pod("tenant-a/thief", "192.168.0.5", Some(&record), None),
+        pod("tenant-b/victim", "192.168.0.6", Some(&record), None),
+    ];
+    let bed = bed(
+        pods,
+        vec![namespace("192.168.0.5", &["10.0.1.60"])],
+        ClaimsMode::Recorded,
+    );
+    let failure = the_failure(&bed, "192.168.0.5").await;
+    assert!(failure.contains("tenant-b/victim"), "{failure}");
+    assert_eq!(bed.ec2.mutating_calls(), Vec::<&str>::new());
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_live_pod_records_with_one_pod_ip_are_refused_for_now_naming_both() {
+    let record = recorded(&["10.0.1.50"]);
+    let pods = vec![
+        pod(
+            "tenant-a/old",
+            "192.168.0.5",
+            Some(&record),
+            Some("10.0.1.96/28"),
+        ),
+        pod("tenant-b/new", "192.168.0.5", Some(&record), None),
+    ];
+    let bed = bed(
+        pods,
+        vec![namespace("192.168.0.5", &["10.0.1.50"])],
+        ClaimsMode::Recorded,
+    );
+    let error = unavailable(&bed, "192.168.0.5").await;
+    assert!(
+        error.contains("tenant-a/old") && error.contains("tenant-b/new"),
+        "{error}"
+    );
+    assert_eq!(bed.ec2.calls(), Vec::<&str>::new());
+    let conflicts = bed
+        .service
+        .metrics
+        .identity_conflicts
+        .get_or_create(&super::metrics::ReasonLabel {
+            reason: "duplicate_pod_ip",
+        })
+        .get();
+    assert_eq!(conflicts, 1);
+    // The old record goes: the new pod is served.
+    bed.service
+        .pods
+        .delete(&pod("tenant-a/old", "192.168.0.5", None, None));
+    let (status, body) = ask(&bed, "192.168.0.5", Reason::Start).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(answer(body).pod, "tenant-b/new");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_neighbour_carrying_the_pod_ip_on_eth0_makes_it_ambiguous_unless_the_node_routes_it() {
+    let mut victim = namespace("192.168.0.5", &["10.0.1.50"]);
+    victim.path = "/run/netns/cni-victim".into();
+    // The attacker (NET_ADMIN) added the victim's pod IP to its own eth0.
+    let mut attacker = namespace("192.168.0.5", &["10.0.1.99"]);
+    attacker.path = "/run/netns/cni-attacker".into();
+    let bed = pod_a(victim.clone());
+    bed.service.scanner.with_namespaces(vec![victim, attacker]);
+    let error = unavailable(&bed, "192.168.0.5").await;
+    assert!(
+        error.contains("cni-victim") && error.contains("cni-attacker"),
+        "{error}"
+    );
+    assert_eq!(
+        bed.ec2.calls(),
+        Vec::<&str>::new(),
+        "nothing planned against either"
+    );
+    // The node's route to the pod IP leads to the victim's veth: no pod can fake that.
+    bed.service
+        .scanner
+        .routing("192.168.0.5", "/run/netns/cni-victim");
+    let (status, body) = ask(&bed, "192.168.0.5", Reason::Start).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer = answer(body);
+    assert_eq!(answer.failures, Vec::<String>::new());
+    assert!(bed.ec2.holds("eni-multus", "10.0.1.50"));
+    assert!(
+        !bed.ec2.holds("eni-multus", "10.0.1.99"),
+        "nothing of the attacker's"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_the_api_server_has_not_shown_yet_is_asked_to_try_again_not_refused() {
+    let bed = bed(
+        Vec::new(),
+        vec![namespace("192.168.0.5", &["10.0.1.50"])],
+        ClaimsMode::Recorded,
+    );
+    let error = unavailable(&bed, "192.168.0.5").await;
+    assert!(
+        error.contains("lists no live pod") && error.contains("asks again"),
+        "{error}"
+    );
+    // Then the watch delivers it.
+    bed.service.pods.apply(&pod(
+        "default/a",
+        "192.168.0.5",
+        Some(&recorded(&["10.0.1.50"])),
+        None,
+    ));
+    let (status, body) = ask(&bed, "192.168.0.5", Reason::Start).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn before_the_namespaces_are_listed_the_pod_api_answers_503() {
+    let bed = pod_a(namespace("192.168.0.5", &["10.0.1.50"]));
+    let fresh = NodePods::default();
+    fresh.replace(&[pod(
+        "default/a",
+        "192.168.0.5",
+        Some(&recorded(&["10.0.1.50"])),
+        None,
+    )]);
+    let service = PodService {
+        pods: fresh,
+        ..bed.service
+    };
+    let (status, _) = service
+        .answer(
+            "192.168.0.5".parse().expect("ip"),
+            RoutableRequest {
+                reason: Reason::Start,
+            },
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }

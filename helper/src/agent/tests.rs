@@ -2,8 +2,9 @@
 //! what it gives back, what it keeps, and what it does with a view it cannot trust or a
 //! call that fails, without root, namespaces or EC2.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use pretty_assertions::assert_eq;
 
 use super::Agent;
 use super::metrics::{AgentMetrics, ReasonLabel};
-use super::netns::{PodNamespace, PodScanner, Scan, ScanError};
+use super::netns::{Caller, PodNamespace, PodScanner, Scan, ScanError};
 use crate::config::{Cli, Command};
 use crate::fakes::{FakeEc2, FakeMetadata, INSTANCE, eni, node, record};
 
@@ -29,12 +30,23 @@ struct Scans {
     standing: Scan,
     /// The pod namespaces `find` looks through.
     namespaces: Vec<PodNamespace>,
+    /// The namespace the node routes a pod IP to, where it does.
+    routes: BTreeMap<IpAddr, PathBuf>,
 }
 
 impl FakeScanner {
     /// From now on, `find` sees these pod namespaces.
     pub(super) fn with_namespaces(&self, namespaces: Vec<PodNamespace>) {
         self.0.lock().expect("scanner").namespaces = namespaces;
+    }
+
+    /// From now on, the node routes `pod_ip` to the namespace at `path`.
+    pub(super) fn routing(&self, pod_ip: &str, path: &str) {
+        self.0
+            .lock()
+            .expect("scanner")
+            .routes
+            .insert(pod_ip.parse().expect("ip"), path.into());
     }
 
     /// From now on, pods (in `namespaces` namespaces) carry `in_use`.
@@ -79,18 +91,33 @@ impl PodScanner for FakeScanner {
         Ok(next.0)
     }
 
-    async fn find(&self, pod_ip: IpAddr, primary: &str) -> Result<Option<PodNamespace>, ScanError> {
+    /// As the kernel answers: the routed namespace when there is one, else every
+    /// namespace carrying `pod_ip` on `primary`.
+    async fn find(&self, pod_ip: IpAddr, primary: &str) -> Result<Caller, ScanError> {
         let scans = self.0.lock().expect("scanner");
-        Ok(scans
+        let routed = scans.routes.get(&pod_ip);
+        let mut carriers: Vec<PodNamespace> = scans
             .namespaces
             .iter()
-            .find(|namespace| {
+            .filter(|namespace| routed.is_none_or(|path| &namespace.path == path))
+            .filter(|namespace| {
                 namespace
                     .addresses
                     .iter()
                     .any(|address| address.interface == primary && address.address == pod_ip)
             })
-            .cloned())
+            .cloned()
+            .collect();
+        Ok(match carriers.len() {
+            0 => Caller::Absent,
+            1 => Caller::Found(carriers.remove(0)),
+            _ => Caller::Ambiguous(
+                carriers
+                    .into_iter()
+                    .map(|namespace| namespace.path)
+                    .collect(),
+            ),
+        })
     }
 }
 
@@ -372,24 +399,95 @@ async fn a_view_older_than_two_seconds_when_the_call_would_go_out_is_never_acted
     assert_eq!(agent.absences.waiting(), 1, "decided again later");
 }
 
-#[tokio::test]
-async fn with_the_pod_api_on_the_agent_is_ready_only_once_it_listed_the_nodes_pods() {
-    let (mut agent, _ec2, _scanner) = agent(&[]);
+/// A namespace object `name` with these annotations.
+pub(super) fn namespace_object(
+    name: &str,
+    annotations: &[(&str, &str)],
+) -> k8s_openapi::api::core::v1::Namespace {
+    let annotations: serde_json::Map<String, serde_json::Value> = annotations
+        .iter()
+        .map(|&(key, value)| (key.to_owned(), value.into()))
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "annotations": annotations},
+    }))
+    .expect("namespace")
+}
+
+/// `agent` with the pod API on (its readiness and its reclaim then depend on the API
+/// server's view).
+fn with_the_pod_api(agent: &mut Agent<FakeEc2, FakeMetadata, FakeScanner>) {
     agent.settings.pod_listen = crate::config::PodListen::On(([127, 0, 0, 1], 0).into());
+    agent.require_current_view();
+}
+
+#[tokio::test]
+async fn with_the_pod_api_on_the_agent_is_ready_only_once_it_listed_the_pods_and_the_namespaces() {
+    let (mut agent, _ec2, _scanner) = agent(&[]);
+    with_the_pod_api(&mut agent);
     agent.round().await.expect("round");
     let reason = agent.metrics.unready_reason().expect("not ready");
-    assert!(
-        reason.contains("has not listed the node's pods"),
-        "{reason}"
-    );
+    assert!(reason.contains("have not been listed"), "{reason}");
     agent.pods.replace(&[]);
+    agent.round().await.expect("round");
+    let reason = agent
+        .metrics
+        .unready_reason()
+        .expect("namespaces not listed");
+    assert!(reason.contains("the namespaces"), "{reason}");
+    agent.pods.replace_namespaces(&[]);
     agent.round().await.expect("round");
     assert_eq!(agent.metrics.unready_reason(), None);
 }
 
 #[tokio::test]
+async fn a_view_the_api_server_stopped_confirming_turns_readyz_503_and_gives_nothing_back() {
+    let (mut agent, ec2, _scanner) = agent(&["--pod-watch-stale-seconds", "10"]);
+    with_the_pod_api(&mut agent);
+    agent.pods.replace(&[]);
+    agent.pods.replace_namespaces(&[]);
+    agent.pods.age_confirmations(Duration::from_secs(11));
+    agent.round().await.expect("round");
+    let reason = agent.metrics.unready_reason().expect("stale");
+    assert!(
+        reason.contains("has not confirmed") && reason.contains("--pod-watch-stale-seconds 10"),
+        "{reason}"
+    );
+    assert_eq!(unassigns(&ec2), 0, "nothing given back on a stale view");
+    agent.pods.confirm_pods();
+    agent.pods.confirm_namespaces();
+    agent.round().await.expect("round");
+    assert_eq!(agent.metrics.unready_reason(), None);
+    assert_eq!(
+        unassigns(&ec2),
+        1,
+        "the leaked addresses go back once it is current"
+    );
+}
+
+#[tokio::test]
+async fn before_the_first_list_of_pods_and_namespaces_nothing_is_given_back() {
+    let (mut agent, ec2, _scanner) = agent(&[]);
+    with_the_pod_api(&mut agent);
+    agent.pods.replace(&[]);
+    agent.round().await.expect("round");
+    assert_eq!(
+        unassigns(&ec2),
+        0,
+        "the namespaces (grants) are not listed yet"
+    );
+    agent.pods.replace_namespaces(&[]);
+    agent.round().await.expect("round");
+    assert!(!ec2.holds("eni-multus", "10.0.1.50") && !ec2.holds("eni-multus", "10.0.1.51"));
+}
+
+#[tokio::test]
 async fn an_address_a_live_pod_claims_is_never_given_back_even_when_no_namespace_shows_it() {
     let (mut agent, ec2, _scanner) = agent(&[]);
+    agent.pods.replace_namespaces(&[namespace_object(
+        "default",
+        &[(ipmgr_eni::FLOATING_IP_CIDRS_ANNOTATION, "10.0.1.48/30")],
+    )]);
     agent.pods.replace(&[super::serve_tests::pod(
         "default/vrrp",
         "192.168.0.5",
@@ -399,10 +497,30 @@ async fn an_address_a_live_pod_claims_is_never_given_back_even_when_no_namespace
     agent.round().await.expect("round");
     assert!(
         ec2.holds("eni-multus", "10.0.1.50"),
-        "claimed as floating: kept"
+        "claimed as floating inside the namespace's grant: kept"
     );
     assert!(
         !ec2.holds("eni-multus", "10.0.1.51"),
         "claimed by no pod: given back"
+    );
+}
+
+#[tokio::test]
+async fn a_floating_claim_outside_the_namespaces_grant_protects_nothing() {
+    let (mut agent, ec2, _scanner) = agent(&[]);
+    agent
+        .pods
+        .replace_namespaces(&[namespace_object("tenant-a", &[])]);
+    // A pod with no Multus network and no capability, declaring every address floating.
+    agent.pods.replace(&[super::serve_tests::pod(
+        "tenant-a/everything",
+        "192.168.0.5",
+        None,
+        Some("0.0.0.0/0,::/0"),
+    )]);
+    agent.round().await.expect("round");
+    assert!(
+        !ec2.holds("eni-multus", "10.0.1.50") && !ec2.holds("eni-multus", "10.0.1.51"),
+        "leaks are given back whatever a pod declares"
     );
 }
