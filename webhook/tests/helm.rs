@@ -15,77 +15,15 @@ mod kube_tools;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use ipmgr_webhook::certs::ServiceIdentity;
-use serde::Deserialize as _;
 use serde_json::Value;
 
 use kube_tools::{
-    helm, kubectl, kubernetes_validate, kustomize_with_test_certificate, repo_root, validate,
+    NAMESPACE, chart, documents, helm, kubectl, kubernetes_validate,
+    kustomize_with_test_certificate, repo_root, run_helm, template, text, validate, values_file,
 };
-
-const NAMESPACE: &str = "multus-ipmgr";
-
-fn chart() -> PathBuf {
-    repo_root().join("charts/multus-ipmgr")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// Runs helm with its cache, configuration and data in `home` (nothing of the user's).
-fn run_helm(helm: &str, home: &Path, args: &[&str]) -> Output {
-    Command::new(helm)
-        .args(args)
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .output()
-        .expect("helm runs")
-}
-
-/// `helm template multus-ipmgr charts/multus-ipmgr -n multus-ipmgr` with `values` files.
-fn template(helm: &str, home: &Path, values: &[&Path]) -> Result<String, String> {
-    let chart = chart();
-    let mut args = vec![
-        "template".to_owned(),
-        "multus-ipmgr".to_owned(),
-        chart.display().to_string(),
-        "--namespace".to_owned(),
-        NAMESPACE.to_owned(),
-    ];
-    for file in values {
-        args.push("--values".to_owned());
-        args.push(file.display().to_string());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let output = run_helm(helm, home, &args);
-    if output.status.success() {
-        Ok(String::from_utf8(output.stdout).expect("UTF-8"))
-    } else {
-        Err(text(&output))
-    }
-}
-
-fn values_file(dir: &Path, name: &str, yaml: &str) -> PathBuf {
-    let file = dir.join(name);
-    fs::write(&file, yaml).expect("write values");
-    file
-}
-
-fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|document| Value::deserialize(document).expect("YAML"))
-        .filter(|document| !document.is_null())
-        .collect()
-}
 
 /// kustomize's secretGenerator suffix: `ipmgr-webhook-tls-k75gmkgh8m` is `ipmgr-webhook-tls`.
 fn without_hash(name: &str) -> String {

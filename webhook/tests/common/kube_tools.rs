@@ -6,7 +6,10 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
+
+use serde::Deserialize as _;
+use serde_json::Value;
 
 use ipmgr_webhook::certs::{GeneratedCertificates, ServiceIdentity, write_for_kustomize};
 
@@ -25,6 +28,72 @@ pub fn repo_root() -> PathBuf {
         .join("..")
         .canonicalize()
         .expect("repository root")
+}
+
+/// The release namespace of the chart tests' renderings.
+pub const NAMESPACE: &str = "multus-ipmgr";
+
+/// `charts/multus-ipmgr`.
+pub fn chart() -> PathBuf {
+    repo_root().join("charts/multus-ipmgr")
+}
+
+/// A program's stdout and stderr.
+pub fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Runs helm with its cache, configuration and data in `home` (nothing of the user's).
+pub fn run_helm(helm: &str, home: &Path, args: &[&str]) -> Output {
+    Command::new(helm)
+        .args(args)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .output()
+        .expect("helm runs")
+}
+
+/// `helm template multus-ipmgr charts/multus-ipmgr -n multus-ipmgr` with `values` files.
+pub fn template(helm: &str, home: &Path, values: &[&Path]) -> Result<String, String> {
+    let chart = chart();
+    let mut args = vec![
+        "template".to_owned(),
+        "multus-ipmgr".to_owned(),
+        chart.display().to_string(),
+        "--namespace".to_owned(),
+        NAMESPACE.to_owned(),
+    ];
+    for file in values {
+        args.push("--values".to_owned());
+        args.push(file.display().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = run_helm(helm, home, &args);
+    if output.status.success() {
+        Ok(String::from_utf8(output.stdout).expect("UTF-8"))
+    } else {
+        Err(text(&output))
+    }
+}
+
+/// Writes `yaml` to `dir/name`, for `--values`.
+pub fn values_file(dir: &Path, name: &str, yaml: &str) -> PathBuf {
+    let file = dir.join(name);
+    fs::write(&file, yaml).expect("write values");
+    file
+}
+
+/// The documents of a YAML stream (empty ones left out).
+pub fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|document| Value::deserialize(document).expect("YAML"))
+        .filter(|document| !document.is_null())
+        .collect()
 }
 
 /// The program `variable` names, else the first of `candidates` that runs; `None` (with a
