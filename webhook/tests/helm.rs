@@ -172,6 +172,11 @@ agent:
   ec2: {retrySeconds: 600, backoffInitialMs: 500, throttleBackoffMinMs: 6000, backoffMaxSeconds: 30, metadataRetrySeconds: 60}
   extraEnv: [{name: HTTPS_PROXY, value: "http://proxy.example.com:3128"}]
   maxUnavailable: 1
+policy:
+  networkStatusWriters:
+    usernames: [system:serviceaccount:multus-system:multus]
+    groups: [multus-writers]
+    nodeUsernamePrefixes: ["system:multus:", "system:node:"]
 "#;
 
 #[test]
@@ -358,6 +363,7 @@ fn every_certificate_mode_renders_and_validates() {
             "no-agent.yaml",
             "agent: {enabled: false}\nwebhook: {networkPolicy: {enabled: false}}\n".to_owned(),
         ),
+        ("no-policy.yaml", "policy: {enabled: false}\n".to_owned()),
     ];
     let mut files = Vec::new();
     for (name, values) in &cases {
@@ -388,7 +394,22 @@ fn every_certificate_mode_renders_and_validates() {
             "no-agent.yaml" => {
                 assert!(!kinds.contains("DaemonSet") && !kinds.contains("NetworkPolicy"));
             }
-            _ => {}
+            "no-policy.yaml" => {
+                assert!(
+                    kinds
+                        .iter()
+                        .all(|kind| !kind.starts_with("ValidatingAdmissionPolicy")),
+                    "{kinds:?}"
+                );
+            }
+            _ => {
+                for kind in [
+                    "ValidatingAdmissionPolicy",
+                    "ValidatingAdmissionPolicyBinding",
+                ] {
+                    assert!(kinds.contains(kind), "{name}: {kind} missing");
+                }
+            }
         }
         if *name == "every-setting.yaml" {
             for part in [
@@ -400,6 +421,9 @@ fn every_certificate_mode_renders_and_validates() {
                 "path: /run/netns\n",
                 "- \"monitoring\"\n",
                 "eks.amazonaws.com/role-arn:",
+                "expression: \"[\\\"system:serviceaccount:multus-system:multus\\\"]\"\n",
+                "expression: \"[\\\"multus-writers\\\"]\"\n",
+                "expression: \"[\\\"system:multus:\\\",\\\"system:node:\\\"]\"\n",
             ] {
                 assert!(rendered.contains(part), "{part} missing:\n{rendered}");
             }
@@ -469,6 +493,10 @@ fn bad_values_fail_with_the_schema_message() {
         (
             "webhook: {networkPolicy: {apiServerCIDRs: [10.0.0.0]}}\n",
             "webhook.networkPolicy.apiServerCIDRs.0: Does not match pattern",
+        ),
+        (
+            "policy: {networkStatusWriters: {usernames: [\"\"]}}\n",
+            "policy.networkStatusWriters.usernames.0: String length must be greater than or equal to 1",
         ),
     ] {
         let file = values_file(home.path(), "bad.yaml", values);
