@@ -15,77 +15,15 @@ mod kube_tools;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use ipmgr_webhook::certs::ServiceIdentity;
-use serde::Deserialize as _;
 use serde_json::Value;
 
 use kube_tools::{
-    helm, kubectl, kubernetes_validate, kustomize_with_test_certificate, repo_root, validate,
+    NAMESPACE, chart, documents, helm, kubectl, kubernetes_validate,
+    kustomize_with_test_certificate, repo_root, run_helm, template, text, validate, values_file,
 };
-
-const NAMESPACE: &str = "multus-ipmgr";
-
-fn chart() -> PathBuf {
-    repo_root().join("charts/multus-ipmgr")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// Runs helm with its cache, configuration and data in `home` (nothing of the user's).
-fn run_helm(helm: &str, home: &Path, args: &[&str]) -> Output {
-    Command::new(helm)
-        .args(args)
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .output()
-        .expect("helm runs")
-}
-
-/// `helm template multus-ipmgr charts/multus-ipmgr -n multus-ipmgr` with `values` files.
-fn template(helm: &str, home: &Path, values: &[&Path]) -> Result<String, String> {
-    let chart = chart();
-    let mut args = vec![
-        "template".to_owned(),
-        "multus-ipmgr".to_owned(),
-        chart.display().to_string(),
-        "--namespace".to_owned(),
-        NAMESPACE.to_owned(),
-    ];
-    for file in values {
-        args.push("--values".to_owned());
-        args.push(file.display().to_string());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let output = run_helm(helm, home, &args);
-    if output.status.success() {
-        Ok(String::from_utf8(output.stdout).expect("UTF-8"))
-    } else {
-        Err(text(&output))
-    }
-}
-
-fn values_file(dir: &Path, name: &str, yaml: &str) -> PathBuf {
-    let file = dir.join(name);
-    fs::write(&file, yaml).expect("write values");
-    file
-}
-
-fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|document| Value::deserialize(document).expect("YAML"))
-        .filter(|document| !document.is_null())
-        .collect()
-}
 
 /// kustomize's secretGenerator suffix: `ipmgr-webhook-tls-k75gmkgh8m` is `ipmgr-webhook-tls`.
 fn without_hash(name: &str) -> String {
@@ -234,6 +172,11 @@ agent:
   ec2: {retrySeconds: 600, backoffInitialMs: 500, throttleBackoffMinMs: 6000, backoffMaxSeconds: 30, metadataRetrySeconds: 60}
   extraEnv: [{name: HTTPS_PROXY, value: "http://proxy.example.com:3128"}]
   maxUnavailable: 1
+policy:
+  networkStatusWriters:
+    usernames: [system:serviceaccount:multus-system:multus]
+    groups: [multus-writers]
+    nodeUsernamePrefixes: ["system:multus:", "system:node:"]
 "#;
 
 #[test]
@@ -420,6 +363,7 @@ fn every_certificate_mode_renders_and_validates() {
             "no-agent.yaml",
             "agent: {enabled: false}\nwebhook: {networkPolicy: {enabled: false}}\n".to_owned(),
         ),
+        ("no-policy.yaml", "policy: {enabled: false}\n".to_owned()),
     ];
     let mut files = Vec::new();
     for (name, values) in &cases {
@@ -450,7 +394,22 @@ fn every_certificate_mode_renders_and_validates() {
             "no-agent.yaml" => {
                 assert!(!kinds.contains("DaemonSet") && !kinds.contains("NetworkPolicy"));
             }
-            _ => {}
+            "no-policy.yaml" => {
+                assert!(
+                    kinds
+                        .iter()
+                        .all(|kind| !kind.starts_with("ValidatingAdmissionPolicy")),
+                    "{kinds:?}"
+                );
+            }
+            _ => {
+                for kind in [
+                    "ValidatingAdmissionPolicy",
+                    "ValidatingAdmissionPolicyBinding",
+                ] {
+                    assert!(kinds.contains(kind), "{name}: {kind} missing");
+                }
+            }
         }
         if *name == "every-setting.yaml" {
             for part in [
@@ -462,6 +421,9 @@ fn every_certificate_mode_renders_and_validates() {
                 "path: /run/netns\n",
                 "- \"monitoring\"\n",
                 "eks.amazonaws.com/role-arn:",
+                "expression: \"[\\\"system:serviceaccount:multus-system:multus\\\"]\"\n",
+                "expression: \"[\\\"multus-writers\\\"]\"\n",
+                "expression: \"[\\\"system:multus:\\\",\\\"system:node:\\\"]\"\n",
             ] {
                 assert!(rendered.contains(part), "{part} missing:\n{rendered}");
             }
@@ -531,6 +493,10 @@ fn bad_values_fail_with_the_schema_message() {
         (
             "webhook: {networkPolicy: {apiServerCIDRs: [10.0.0.0]}}\n",
             "webhook.networkPolicy.apiServerCIDRs.0: Does not match pattern",
+        ),
+        (
+            "policy: {networkStatusWriters: {usernames: [\"\"]}}\n",
+            "policy.networkStatusWriters.usernames.0: String length must be greater than or equal to 1",
         ),
     ] {
         let file = values_file(home.path(), "bad.yaml", values);

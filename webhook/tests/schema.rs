@@ -1,7 +1,9 @@
 //! Offline validation against the Kubernetes OpenAPI schema (PyPI `kubernetes-validate
 //! --strict`, pinned in `tests/requirements.txt` and installed by `scripts/test`): the
-//! kustomize builds of `manifests/` (the webhook and the agent), `certs/cert-manager/` and
-//! `manifests/agent/`, every manifest file, and every golden output of both backends. Kinds from CRDs (NetworkAttachmentDefinition,
+//! kustomize builds of `manifests/` (the webhook, the agent and the admission policy),
+//! `certs/cert-manager/`, `manifests/agent/` and `manifests/policy/`, every manifest file,
+//! and every golden output of both backends, each object for the Kubernetes versions its
+//! kind has (the admission policy from 1.31). Kinds from CRDs (NetworkAttachmentDefinition,
 //! cert-manager, the Prometheus Operator's PrometheusRule) have no schema there and are the
 //! only warnings allowed.
 //!
@@ -56,12 +58,44 @@ fn the_validator_rejects_an_invalid_pod() {
     );
 }
 
+/// The admission policy is validated too, for the versions that have it: a wrong field fails,
+/// and the policy as shipped passes although Kubernetes 1.29 has no such kind.
+#[test]
+fn the_validator_checks_the_admission_policy_from_its_version() {
+    let Some(validator) = kubernetes_validate() else {
+        return;
+    };
+    let policy = repo_root().join("manifests/policy/validatingadmissionpolicy.yaml");
+    validate(&validator, std::slice::from_ref(&policy)).unwrap_or_else(|error| panic!("{error}"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.yaml");
+    let text = fs::read_to_string(&policy).expect("policy");
+    fs::write(
+        &bad,
+        text.replace(
+            "  failurePolicy: Fail\n",
+            "  failurePolicy: Fail\n  bogusField: 1\n",
+        ),
+    )
+    .expect("write");
+    let error = validate(&validator, &[bad]).expect_err("an unknown field must fail");
+    assert!(
+        error.contains("Kubernetes 1.31.0") && error.contains("bogusField"),
+        "{error}"
+    );
+}
+
 #[test]
 fn kustomize_builds_validate_and_carry_the_generated_certificate() {
     let (Some(kubectl), Some(validator)) = (kubectl(), kubernetes_validate()) else {
         return;
     };
-    let builds = ["manifests", "certs/cert-manager", "manifests/agent"];
+    let builds = [
+        "manifests",
+        "certs/cert-manager",
+        "manifests/agent",
+        "manifests/policy",
+    ];
     let (texts, certificates) = kustomize_with_test_certificate(&kubectl, &builds);
     let work = tempfile::tempdir().expect("tempdir");
     let mut rendered = Vec::new();
@@ -90,6 +124,8 @@ fn kustomize_builds_validate_and_carry_the_generated_certificate() {
         "DaemonSet",
         "ClusterRole",
         "ClusterRoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ] {
         assert!(
             default_build.contains(&format!("\nkind: {kind}\n")),
@@ -97,11 +133,19 @@ fn kustomize_builds_validate_and_carry_the_generated_certificate() {
         );
     }
     let (_, agent_build, _) = &rendered[2];
-    for object in agent_build.split("---\n") {
-        assert!(
-            default_build.contains(object),
-            "manifests/ installs the agent as manifests/agent/ does; missing:\n{object}"
-        );
+    let (_, policy_build, _) = &rendered[3];
+    for (part, build) in [("agent", agent_build), ("policy", policy_build)] {
+        for object in build.split("---\n") {
+            for (installer, installed) in [
+                ("manifests/", default_build),
+                ("certs/cert-manager/", &rendered[1].1),
+            ] {
+                assert!(
+                    installed.contains(object),
+                    "{installer} installs the {part} as manifests/{part}/ does; missing:\n{object}"
+                );
+            }
+        }
     }
     use base64::Engine as _;
     let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&certificates.ca_pem);

@@ -14,6 +14,11 @@ app.kubernetes.io/name: ipmgr-agent
 app.kubernetes.io/part-of: multus-ipmgr
 {{- end }}
 
+{{- define "multus-ipmgr.policyLabels" -}}
+app.kubernetes.io/name: ipmgr-policy
+app.kubernetes.io/part-of: multus-ipmgr
+{{- end }}
+
 {{/* repository:tag, the tag defaulting to the chart's appVersion. */}}
 {{- define "multus-ipmgr.image" -}}
 {{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) -}}

@@ -6,7 +6,10 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
+
+use serde::Deserialize as _;
+use serde_json::Value;
 
 use ipmgr_webhook::certs::{GeneratedCertificates, ServiceIdentity, write_for_kustomize};
 
@@ -25,6 +28,72 @@ pub fn repo_root() -> PathBuf {
         .join("..")
         .canonicalize()
         .expect("repository root")
+}
+
+/// The release namespace of the chart tests' renderings.
+pub const NAMESPACE: &str = "multus-ipmgr";
+
+/// `charts/multus-ipmgr`.
+pub fn chart() -> PathBuf {
+    repo_root().join("charts/multus-ipmgr")
+}
+
+/// A program's stdout and stderr.
+pub fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Runs helm with its cache, configuration and data in `home` (nothing of the user's).
+pub fn run_helm(helm: &str, home: &Path, args: &[&str]) -> Output {
+    Command::new(helm)
+        .args(args)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .output()
+        .expect("helm runs")
+}
+
+/// `helm template multus-ipmgr charts/multus-ipmgr -n multus-ipmgr` with `values` files.
+pub fn template(helm: &str, home: &Path, values: &[&Path]) -> Result<String, String> {
+    let chart = chart();
+    let mut args = vec![
+        "template".to_owned(),
+        "multus-ipmgr".to_owned(),
+        chart.display().to_string(),
+        "--namespace".to_owned(),
+        NAMESPACE.to_owned(),
+    ];
+    for file in values {
+        args.push("--values".to_owned());
+        args.push(file.display().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = run_helm(helm, home, &args);
+    if output.status.success() {
+        Ok(String::from_utf8(output.stdout).expect("UTF-8"))
+    } else {
+        Err(text(&output))
+    }
+}
+
+/// Writes `yaml` to `dir/name`, for `--values`.
+pub fn values_file(dir: &Path, name: &str, yaml: &str) -> PathBuf {
+    let file = dir.join(name);
+    fs::write(&file, yaml).expect("write values");
+    file
+}
+
+/// The documents of a YAML stream (empty ones left out).
+pub fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|document| Value::deserialize(document).expect("YAML"))
+        .filter(|document| !document.is_null())
+        .collect()
 }
 
 /// The program `variable` names, else the first of `candidates` that runs; `None` (with a
@@ -74,34 +143,94 @@ pub fn helm() -> Option<String> {
     )
 }
 
-/// Validates `files` for every version with `validator`; an error for failures and for
-/// warnings other than CRDs.
+/// Kinds the oldest of [`KUBERNETES_VERSIONS`] lacks, with the version each is validated
+/// from (and for the newest): the admission policy needs 1.31 for its CEL IP and CIDR
+/// functions (ValidatingAdmissionPolicy v1 itself is GA in 1.30).
+pub const NEWER_KINDS: [(&str, &str); 2] = [
+    ("ValidatingAdmissionPolicy", "1.31.0"),
+    ("ValidatingAdmissionPolicyBinding", "1.31.0"),
+];
+
+/// `major.minor.patch` as numbers, to compare versions.
+fn version_number(version: &str) -> Vec<u32> {
+    version
+        .split('.')
+        .map(|part| part.parse().expect("a numeric version"))
+        .collect()
+}
+
+/// Whether a document of `kind` is validated for Kubernetes `version`: a kind of
+/// [`NEWER_KINDS`] from its version on, any other for [`KUBERNETES_VERSIONS`].
+fn validated_for(kind: &str, version: &str) -> bool {
+    match NEWER_KINDS.iter().find(|(newer, _)| *newer == kind) {
+        Some((_, since)) => version_number(version) >= version_number(since),
+        None => KUBERNETES_VERSIONS.contains(&version),
+    }
+}
+
+/// Validates `files` with `validator` for every version each document's kind has (see
+/// [`validated_for`]); an error for failures and for warnings other than CRDs.
 pub fn validate(validator: &str, files: &[PathBuf]) -> Result<(), String> {
-    for version in KUBERNETES_VERSIONS {
-        let output = Command::new(validator)
-            .args(["--strict", "-k", version])
-            .args(files)
-            .output()
-            .expect("kubernetes-validate runs");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let unexpected: Vec<&str> = text
-            .lines()
-            .filter(|line| !line.starts_with("INFO "))
-            .filter(|line| {
-                !(line.starts_with("WARN ")
-                    && CRD_KINDS
-                        .iter()
-                        .any(|kind| line.contains(&format!("kind {kind} "))))
-            })
-            .filter(|line| !line.trim().is_empty())
-            .collect();
-        if !output.status.success() || !unexpected.is_empty() {
-            return Err(format!("Kubernetes {version}:\n{}", unexpected.join("\n")));
+    let parsed: Vec<(&PathBuf, Vec<Value>)> = files
+        .iter()
+        .map(|file| {
+            let text = fs::read_to_string(file).expect("read a file to validate");
+            (file, documents(&text))
+        })
+        .collect();
+    let mut versions: Vec<&str> = KUBERNETES_VERSIONS.to_vec();
+    versions.extend(NEWER_KINDS.iter().map(|(_, since)| *since));
+    versions.sort_by_key(|version| version_number(version));
+    versions.dedup();
+    let subsets = tempfile::tempdir().expect("tempdir");
+    for version in versions {
+        let mut selected = Vec::new();
+        for (index, (file, documents)) in parsed.iter().enumerate() {
+            let kept: Vec<&Value> = documents
+                .iter()
+                .filter(|document| validated_for(document["kind"].as_str().unwrap_or(""), version))
+                .collect();
+            if kept.len() == documents.len() {
+                selected.push((*file).clone());
+            } else if !kept.is_empty() {
+                let name = file.file_name().expect("file name").to_string_lossy();
+                let subset = subsets.path().join(format!("{version}-{index}-{name}"));
+                let yaml: Vec<String> = kept
+                    .iter()
+                    .map(|document| serde_yaml::to_string(document).expect("YAML"))
+                    .collect();
+                fs::write(&subset, yaml.join("---\n")).expect("write a subset");
+                selected.push(subset);
+            }
         }
+        if !selected.is_empty() {
+            validate_version(validator, version, &selected)?;
+        }
+    }
+    Ok(())
+}
+
+/// Validates `files` for Kubernetes `version`.
+fn validate_version(validator: &str, version: &str, files: &[PathBuf]) -> Result<(), String> {
+    let output = Command::new(validator)
+        .args(["--strict", "-k", version])
+        .args(files)
+        .output()
+        .expect("kubernetes-validate runs");
+    let text = text(&output);
+    let unexpected: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.starts_with("INFO "))
+        .filter(|line| {
+            !(line.starts_with("WARN ")
+                && CRD_KINDS
+                    .iter()
+                    .any(|kind| line.contains(&format!("kind {kind} "))))
+        })
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    if !output.status.success() || !unexpected.is_empty() {
+        return Err(format!("Kubernetes {version}:\n{}", unexpected.join("\n")));
     }
     Ok(())
 }
