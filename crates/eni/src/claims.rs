@@ -408,7 +408,7 @@ mod tests {
         )
         .expect("claims");
         let mut grants = grants();
-        grants.set("tenant-a", Some("10.0.9.0/24,10.0.1.100"));
+        grants.set("tenant-a", Some("10.0.9.0/24,10.0.1.100/32"));
         let pod = Claimant {
             pod: "tenant-a/a",
             namespace: "tenant-a",

@@ -1,6 +1,6 @@
 //! Which floating addresses a namespace's pods may have: the cluster admin's grant, the
-//! namespace annotation `multus-ipmgr.io/floating-ip-cidrs` (comma list of CIDRs or
-//! addresses). Namespaces are cluster-scoped, so the tenants of a namespace, who may write
+//! namespace annotation `multus-ipmgr.io/floating-ip-cidrs` (comma list of CIDRs; an entry
+//! that is not a CIDR grants nothing and is logged, as the admission policy reads it). Namespaces are cluster-scoped, so the tenants of a namespace, who may write
 //! any annotation on their pods, cannot write this one (Calico's
 //! `cni.projectcalico.org/ipv4pools` namespace annotation is the precedent). A pod's
 //! `multus-ipmgr.io/floating-ips` counts only inside its namespace's grant.
@@ -14,10 +14,10 @@ use ipnet::IpNet;
 /// The namespace annotation in which a cluster admin grants a namespace floating addresses.
 pub const FLOATING_IP_CIDRS_ANNOTATION: &str = "multus-ipmgr.io/floating-ip-cidrs";
 
-/// A grant annotation that does not parse: the namespace is treated as granted nothing.
+/// An entry of a grant annotation that is not a CIDR: it grants nothing.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "namespace {namespace}'s {FLOATING_IP_CIDRS_ANNOTATION} annotation has {entry:?}, which is neither a CIDR nor an IP address, so the namespace is granted nothing; a cluster admin fixes it: kubectl annotate --overwrite namespace {namespace} {FLOATING_IP_CIDRS_ANNOTATION}=10.0.1.96/28,2600:1f14::100/124"
+    "namespace {namespace}'s {FLOATING_IP_CIDRS_ANNOTATION} annotation has {entry:?}, which is not a CIDR, so it grants nothing; a cluster admin fixes it: kubectl annotate --overwrite namespace {namespace} {FLOATING_IP_CIDRS_ANNOTATION}=10.0.1.96/28,2600:1f14::100/128"
 )]
 pub struct GrantError {
     /// The namespace.
@@ -31,10 +31,8 @@ pub struct GrantError {
 pub enum Grant<'a> {
     /// No grant annotation: no floating address at all.
     None,
-    /// These CIDRs.
+    /// These CIDRs (none when no entry is one).
     Cidrs(&'a [IpNet]),
-    /// An annotation that does not parse: nothing.
-    Invalid(&'a GrantError),
 }
 
 impl Grant<'_> {
@@ -68,11 +66,11 @@ impl fmt::Display for Grant<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Grant::None => f.write_str("no grant"),
+            Grant::Cidrs([]) => f.write_str("a grant with no valid CIDR"),
             Grant::Cidrs(cidrs) => {
                 let list: Vec<String> = cidrs.iter().map(ToString::to_string).collect();
                 write!(f, "the grant {}", list.join(","))
             }
-            Grant::Invalid(error) => write!(f, "an invalid grant ({error})"),
         }
     }
 }
@@ -97,9 +95,16 @@ impl fmt::Display for Overlap {
     }
 }
 
+/// One namespace's grant annotation, read: its CIDRs, and the entries that are not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Granted {
+    cidrs: Vec<IpNet>,
+    invalid: Vec<GrantError>,
+}
+
 /// Every namespace's grant, by namespace name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Grants(BTreeMap<String, Result<Vec<IpNet>, GrantError>>);
+pub struct Grants(BTreeMap<String, Granted>);
 
 impl Grants {
     /// Takes in `namespace` with its grant annotation (`None`: no grant); whether that
@@ -125,8 +130,7 @@ impl Grants {
     pub fn of(&self, namespace: &str) -> Grant<'_> {
         match self.0.get(namespace) {
             None => Grant::None,
-            Some(Ok(cidrs)) => Grant::Cidrs(cidrs),
-            Some(Err(error)) => Grant::Invalid(error),
+            Some(granted) => Grant::Cidrs(&granted.cidrs),
         }
     }
 
@@ -139,9 +143,9 @@ impl Grants {
             .collect()
     }
 
-    /// The grant annotations that do not parse.
+    /// The grant entries that are not CIDRs.
     pub fn invalid(&self) -> impl Iterator<Item = &GrantError> {
-        self.0.values().filter_map(|grant| grant.as_ref().err())
+        self.0.values().flat_map(|granted| &granted.invalid)
     }
 
     /// Every pair of namespaces granted overlapping CIDRs.
@@ -149,8 +153,7 @@ impl Grants {
         let granted: Vec<(&String, IpNet)> = self
             .0
             .iter()
-            .filter_map(|(namespace, grant)| Some((namespace, grant.as_ref().ok()?)))
-            .flat_map(|(namespace, cidrs)| cidrs.iter().map(move |&cidr| (namespace, cidr)))
+            .flat_map(|(namespace, granted)| granted.cidrs.iter().map(move |&cidr| (namespace, cidr)))
             .collect();
         let mut overlaps = Vec::new();
         for (index, &(first, a)) in granted.iter().enumerate() {
@@ -167,22 +170,20 @@ impl Grants {
     }
 }
 
-/// A grant annotation's CIDRs (a bare address is its /32 or /128), host bits cleared.
-fn parse(namespace: &str, text: &str) -> Result<Vec<IpNet>, GrantError> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
-        .map(|entry| {
-            entry
-                .parse::<IpNet>()
-                .map(|cidr| cidr.trunc())
-                .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| GrantError {
-                    namespace: namespace.to_owned(),
-                    entry: entry.to_owned(),
-                })
-        })
-        .collect()
+/// A grant annotation's CIDRs, host bits cleared, and the entries that are not CIDRs (a
+/// bare address too: `10.0.1.7/32` grants one, as `isCIDR` in the admission policy wants).
+fn parse(namespace: &str, text: &str) -> Granted {
+    let mut granted = Granted::default();
+    for entry in text.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+        match entry.parse::<IpNet>() {
+            Ok(cidr) => granted.cidrs.push(cidr.trunc()),
+            Err(_) => granted.invalid.push(GrantError {
+                namespace: namespace.to_owned(),
+                entry: entry.to_owned(),
+            }),
+        }
+    }
+    granted
 }
 
 #[cfg(test)]
@@ -214,7 +215,7 @@ mod tests {
     #[case::outside("10.0.1.200", false)]
     #[case::another_family("2600:1f14::8", false)]
     fn a_grant_covers_its_cidrs_and_addresses(#[case] address: &str, #[case] covered: bool) {
-        let grants = grants(&[("tenant-a", " 10.0.1.96/27 , 2600:1f14::7")]);
+        let grants = grants(&[("tenant-a", " 10.0.1.96/27 , 2600:1f14::7/128")]);
         assert_eq!(grants.of("tenant-a").covers(ip(address)), covered);
         assert!(
             !grants.of("tenant-b").covers(ip(address)),
@@ -229,22 +230,18 @@ mod tests {
     }
 
     #[test]
-    fn an_invalid_grant_grants_nothing_and_names_the_namespace_and_the_fix() {
-        let grants = grants(&[("tenant-a", "10.0.1.96/27,eth1")]);
-        let Grant::Invalid(error) = grants.of("tenant-a") else {
-            panic!("invalid: {:?}", grants.of("tenant-a"));
-        };
-        assert!(!grants.of("tenant-a").covers(ip("10.0.1.100")));
-        let message = error.to_string();
-        for named in [
-            "tenant-a",
-            "\"eth1\"",
-            FLOATING_IP_CIDRS_ANNOTATION,
-            "kubectl annotate",
-        ] {
-            assert!(message.contains(named), "{message} names {named}");
+    fn an_entry_that_is_not_a_cidr_grants_nothing_and_names_the_namespace_and_the_fix() {
+        let grants = grants(&[("tenant-a", "10.0.1.96/27,eth1,10.0.2.7")]);
+        assert_eq!(grants.of("tenant-a"), Grant::Cidrs(&[net("10.0.1.96/27")]));
+        assert!(grants.of("tenant-a").covers(ip("10.0.1.100")));
+        assert!(!grants.of("tenant-a").covers(ip("10.0.2.7")), "a bare address is no CIDR");
+        let errors: Vec<String> = grants.invalid().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 2);
+        for named in ["tenant-a", "\"eth1\"", FLOATING_IP_CIDRS_ANNOTATION, "kubectl annotate"] {
+            assert!(errors[0].contains(named), "{} names {named}", errors[0]);
         }
-        assert_eq!(grants.invalid().count(), 1);
+        let nothing = self::grants(&[("tenant-b", "eth1")]);
+        assert_eq!(nothing.of("tenant-b").to_string(), "a grant with no valid CIDR");
     }
 
     #[rstest]
@@ -265,7 +262,7 @@ mod tests {
     fn overlapping_grants_of_two_namespaces_are_reported_once() {
         let grants = grants(&[
             ("tenant-a", "10.0.1.96/27"),
-            ("tenant-b", "10.0.1.100,10.0.2.0/24"),
+            ("tenant-b", "10.0.1.100/32,10.0.2.0/24"),
             ("tenant-c", "10.0.3.0/24"),
         ]);
         let overlaps = grants.overlaps();
