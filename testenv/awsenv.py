@@ -7,8 +7,9 @@ One process serves:
 * IMDSv2 (testenv/imds.py), one listener per node, answering from the same state;
 * with `--bed`, the VPC's resolver (testenv/dns.py) on the bed's gateway: pods whose DNS
   server it is reach the stand-in by EC2's real name, `ec2.<region>.amazonaws.com`;
-* with `--bed NAME` (root): pods as network namespaces (testenv/pods.py) on the bed's bridge,
-  the stand-in itself running in namespace NAME;
+* with `--bed NAME` (root): nodes and pods as network namespaces (testenv/pods.py), each pod
+  networked as the VPC CNI does it (a veth into its node's namespace, its pod IP routed by
+  the bed to its node), the stand-in itself running in namespace NAME;
 * with `--bed`, a minimal Kubernetes API server (testenv/kube.py) on the bed's gateway, its
   own port, plain HTTP: the bed's pods as `v1` Pods (list, get, watch), with the Multus
   network-status annotation; a kubeconfig for it, written under /run/ipmgr-testenv/NAME/;
@@ -30,13 +31,18 @@ Control calls (method, path, body -> answer):
                           "kube_endpoint" (the API server, http://gateway:port) and
                           "kubeconfig" (the path of a kubeconfig for it, no credentials)
     POST pods             {"name", "node", "namespace" ("default"), "labels", "annotations",
-                           "network_status" (true), "interfaces": [{"name", "eni" | "mac",
-                           "addresses", "network" ("multus-net")}]}
-                          -> the pod: netns, namespace, uid, pod_ip (eth0's address), interface
-                          MACs, the environment that reaches AWS. Its Pod object (ADDED) carries
-                          the network-status Multus writes at CNI ADD (eth0 on "aws-cni", then
-                          each interface as "<namespace>/<network>" with its addresses and
-                          MAC) unless "network_status" is false; "annotations" are merged over it
+                           "network_status" (true), "ipv6" (false), "pod_ip",
+                           "interfaces": [{"name", "eni" | "mac", "addresses", "network"
+                           ("multus-net")}]}
+                          -> the pod: netns, namespace, uid, pod_ip (eth0's address: the next
+                          free one of 198.19.0.0/16, or of 2001:2:0:1::/64 with "ipv6"; or
+                          "pod_ip", which no live pod may hold), host_veth (eth0's peer in the
+                          node's namespace), interface MACs, the environment that reaches AWS.
+                          Its Pod object (ADDED; status.hostIP the node's address of the pod
+                          IP's family) carries the network-status Multus writes at CNI ADD
+                          (eth0 on "aws-cni", then each interface as "<namespace>/<network>"
+                          with its addresses and MAC) unless "network_status" is false;
+                          "annotations" are merged over it
     POST pods/NAME/addresses  {"interface", "add": [...], "remove": [...]} (the Pod object and
                           its network-status stay as they are)
     POST pods/NAME/interfaces {"name", "eni" | "mac", "addresses"}
@@ -45,9 +51,10 @@ Control calls (method, path, body -> answer):
     DELETE pods/NAME      the Pod object gets a deletionTimestamp (MODIFIED), the namespace
                           goes, then the object (DELETED)
     GET pods              every pod, as POST pods answers it
-    GET nodes/NAME        -> the node's own namespace (host network), its eth0 "address" (the
-                          pods' status.hostIP, where a node agent listens), its runtime netns
-                          directory (bind mounts of its pods' namespaces) and environment
+    GET nodes/NAME        -> the node's own namespace (host network), its eth0 "address" and
+                          "address6" (the pods' status.hostIP, where a node agent listens), its
+                          runtime netns directory (bind mounts of its pods' namespaces) and
+                          environment
     GET eni/ID            -> {"ipv4": [...], "ipv6": [...]} as EC2 holds them now
     POST assign           {"eni", "ipv4", "ipv6"}: put addresses on an ENI directly
     POST faults           {"action" | "*", "code", "status", "message", "count" | "seconds",
@@ -139,6 +146,8 @@ class Bed:
             node["imds_endpoint"] = f"http://{self.host}:{server.server_address[1]}"
         built["ec2_endpoint"] = self.state.endpoint
         built |= self.names
+        if self.pods:
+            self.pods.plan_nodes(list(built["nodes"]))
         with self.state.lock:  # count only what the code under test calls
             self.state.calls.clear()
             self.state.call_log.clear()
@@ -176,8 +185,9 @@ class Bed:
             if path == "pods" or path.startswith("pods/"):
                 return 200, self.pod_call(method, path.split("/")[1:], request)
             if method == "GET" and path.startswith("nodes/"):
-                node = path[len("nodes/"):]
-                return 200, self.require_pods().node(node, self.pod_environment(node))
+                name = path[len("nodes/"):]
+                node = self.require_pods().node(name, self.pod_environment(name))
+                return 200, {key: node[key] for key in ("name", "netns", "netns_dir", "env", "address", "address6")}
             if method == "GET" and path == "metadata_requests":
                 with state.lock:
                     return 200, {"by_source": dict(state.metadata_requests)}
@@ -275,7 +285,8 @@ class Bed:
         pods = self.require_pods()
         pod = pods.create(request, self.pod_environment(request["node"]))
         try:
-            self.kube.add(pod["name"], kube.pod_object(request, pod, pods.node_address(pod["node"])))
+            host_ip = pods.node_address(pod["node"], 6 if ":" in pod["pod_ip"] else 4)
+            self.kube.add(pod["name"], kube.pod_object(request, pod, host_ip))
         except ValueError as error:
             pods.delete(pod["name"])
             raise PodError(str(error)) from None

@@ -71,8 +71,12 @@ pub struct Pod {
     pub namespace: String,
     /// Its object's `metadata.uid`.
     pub uid: String,
-    /// Its pod IP (`status.podIP`): the address of its `eth0`, as the VPC CNI's is on EKS.
+    /// Its pod IP (`status.podIP`): the address of its `eth0`, as the VPC CNI's is on EKS
+    /// (IPv6 for [`PodSpec::ipv6`]).
     pub ip: String,
+    /// The host side of its `eth0`, in its node's namespace: `eni` and a hash of its
+    /// namespace and name, as the VPC CNI names it.
+    pub host_veth: String,
     /// Its network namespace (`ip netns` name).
     pub netns: String,
     /// The variables that reach AWS from it (IMDS and EC2 endpoints).
@@ -86,8 +90,10 @@ pub struct Node {
     pub name: String,
     /// Its network namespace (`ip netns` name).
     pub netns: String,
-    /// The address of its `eth0`, where a node agent listens: its pods' `status.hostIP`.
+    /// The IPv4 address of its `eth0`, where a node agent listens: its pods' `status.hostIP`.
     pub address: String,
+    /// The IPv6 address of its `eth0`: its IPv6 pods' `status.hostIP`.
+    pub address6: String,
     /// Its runtime netns directory: a `cni-<uuid>` bind mount per pod of the node.
     pub netns_dir: PathBuf,
     /// The variables that reach AWS from it (IMDS and EC2 endpoints), and the node agent's
@@ -208,6 +214,8 @@ pub struct PodSpec {
     labels: Map<String, Value>,
     annotations: Map<String, Value>,
     network_status: bool,
+    ipv6: bool,
+    pod_ip: Option<String>,
 }
 
 impl PodSpec {
@@ -221,6 +229,8 @@ impl PodSpec {
             labels: Map::new(),
             annotations: Map::new(),
             network_status: true,
+            ipv6: false,
+            pod_ip: None,
         }
     }
 
@@ -255,9 +265,23 @@ impl PodSpec {
         self
     }
 
+    /// With an IPv6 pod IP, networked as an IPv4 one: as on an IPv6 EKS cluster, its object's
+    /// `status.podIP` is IPv6 and its `status.hostIP` its node's IPv6 address.
+    pub fn ipv6(mut self) -> Self {
+        self.ipv6 = true;
+        self
+    }
+
+    /// With pod IP `ip` (of the bed's pod ranges, held by no live pod): a reused address,
+    /// e.g. a deleted pod's.
+    pub fn pod_ip(mut self, ip: &str) -> Self {
+        self.pod_ip = Some(ip.to_owned());
+        self
+    }
+
     fn to_json(&self) -> Value {
         let interfaces: Vec<Value> = self.interfaces.iter().map(Interface::to_json).collect();
-        json!({
+        let mut value = json!({
             "name": self.name,
             "node": self.node,
             "namespace": self.namespace,
@@ -265,7 +289,12 @@ impl PodSpec {
             "labels": self.labels,
             "annotations": self.annotations,
             "network_status": self.network_status,
-        })
+            "ipv6": self.ipv6,
+        });
+        if let Some(ip) = &self.pod_ip {
+            value["pod_ip"] = json!(ip);
+        }
+        value
     }
 }
 
@@ -438,6 +467,7 @@ impl TestBed {
             namespace: text(&answer["namespace"]),
             uid: text(&answer["uid"]),
             ip: text(&answer["pod_ip"]),
+            host_veth: text(&answer["host_veth"]),
             netns: text(&answer["netns"]),
             env: json_env(&answer["env"]),
         }
@@ -470,7 +500,7 @@ impl TestBed {
     }
 
     /// Metadata requests by source address since the start, refused connections included:
-    /// `{"198.18.0.3": 2, ...}` (compare with [`Pod::ip`] and [`Node::address`]).
+    /// `{"198.19.0.3": 2, ...}` (compare with [`Pod::ip`] and [`Node::address`]).
     pub fn metadata_requests(&mut self) -> Value {
         self.control("GET", "metadata_requests", Value::Null)["by_source"].take()
     }
@@ -525,6 +555,7 @@ impl TestBed {
             name: node.to_owned(),
             netns: text(&answer["netns"]),
             address: text(&answer["address"]),
+            address6: text(&answer["address6"]),
             netns_dir: PathBuf::from(text(&answer["netns_dir"])),
             env,
         }
