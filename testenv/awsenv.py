@@ -11,8 +11,9 @@ One process serves:
   networked as the VPC CNI does it (a veth into its node's namespace, its pod IP routed by
   the bed to its node), the stand-in itself running in namespace NAME;
 * with `--bed`, a minimal Kubernetes API server (testenv/kube.py) on the bed's gateway, its
-  own port, plain HTTP: the bed's pods as `v1` Pods (list, get, watch), with the Multus
-  network-status annotation; a kubeconfig for it, written under /run/ipmgr-testenv/NAME/;
+  own port, plain HTTP: the bed's pods as `v1` Pods, with the Multus network-status
+  annotation, their namespaces as `v1` Namespaces, the topology's nodes as `v1` Nodes (list,
+  get, watch); a kubeconfig for it, written under /run/ipmgr-testenv/NAME/;
 * with `--bed`, on request, an HTTP proxy and EC2 over HTTPS behind it (testenv/proxy.py);
 * a JSON control API, under /_ctl/ on the EC2 port or one object a line on standard input
   (`--control stdio`; end of input stops the bed). testenv/client.py is its Python client;
@@ -38,23 +39,30 @@ Control calls (method, path, body -> answer):
                           free one of 198.19.0.0/16, or of 2001:2:0:1::/64 with "ipv6"; or
                           "pod_ip", which no live pod may hold), host_veth (eth0's peer in the
                           node's namespace), interface MACs, the environment that reaches AWS.
-                          Its Pod object (ADDED; status.hostIP the node's address of the pod
-                          IP's family) carries the network-status Multus writes at CNI ADD
-                          (eth0 on "aws-cni", then each interface as "<namespace>/<network>"
-                          with its addresses and MAC) unless "network_status" is false;
-                          "annotations" are merged over it
+                          Its Namespace is made first when new (ADDED). Its Pod object (ADDED;
+                          status.hostIP the node's address of the pod IP's family) carries the
+                          network-status Multus writes at CNI ADD (eth0 on "aws-cni", then
+                          each interface as "<namespace>/<network>" with its addresses and
+                          MAC) unless "network_status" is false; "annotations" are merged over it
     POST pods/NAME/addresses  {"interface", "add": [...], "remove": [...]} (the Pod object and
                           its network-status stay as they are)
     POST pods/NAME/interfaces {"name", "eni" | "mac", "addresses"}
     POST pods/NAME/annotations {"set": {name: value}, "remove": [name]} -> the Pod object
                           (MODIFIED, unless nothing changed)
-    DELETE pods/NAME      the Pod object gets a deletionTimestamp (MODIFIED), the namespace
-                          goes, then the object (DELETED)
-    GET pods              every pod, as POST pods answers it
+    DELETE pods/NAME      {"keep_object" (false)}: the Pod object gets a deletionTimestamp
+                          (MODIFIED), the sandbox (namespace, veth, the bed's route) goes, then
+                          the object (DELETED). With "keep_object" only the sandbox goes and the
+                          object stays as it was (a node whose status updates lag); a DELETE of
+                          such a pod later deletes its object (MODIFIED, then DELETED)
+    GET pods              every pod with a sandbox, as POST pods answers it
     GET nodes/NAME        -> the node's own namespace (host network), its eth0 "address" and
                           "address6" (the pods' status.hostIP, where a node agent listens), its
                           runtime netns directory (bind mounts of its pods' namespaces) and
                           environment
+    POST namespaces       {"name", "labels", "annotations"} -> the Namespace (ADDED), as an
+                          admin makes it
+    POST namespaces/NAME/annotations {"set": {name: value}, "remove": [name]} -> the Namespace
+                          (MODIFIED, unless nothing changed)
     GET eni/ID            -> {"ipv4": [...], "ipv6": [...]} as EC2 holds them now
     POST assign           {"eni", "ipv4", "ipv6"}: put addresses on an ENI directly
     POST faults           {"action" | "*", "code", "status", "message", "count" | "seconds",
@@ -148,6 +156,9 @@ class Bed:
         built |= self.names
         if self.pods:
             self.pods.plan_nodes(list(built["nodes"]))
+            for name, node in built["nodes"].items():
+                addresses = self.pods.node_address(name), self.pods.node_address(name, 6)
+                self.kube.add("Node", name, kube.node_object(name, node, self.state.region, *addresses))
         with self.state.lock:  # count only what the code under test calls
             self.state.calls.clear()
             self.state.call_log.clear()
@@ -188,6 +199,8 @@ class Bed:
                 name = path[len("nodes/"):]
                 node = self.require_pods().node(name, self.pod_environment(name))
                 return 200, {key: node[key] for key in ("name", "netns", "netns_dir", "env", "address", "address6")}
+            if path == "namespaces" or path.startswith("namespaces/"):
+                return 200, self.namespace_call(method, path.split("/")[1:], request)
             if method == "GET" and path == "metadata_requests":
                 with state.lock:
                     return 200, {"by_source": dict(state.metadata_requests)}
@@ -263,17 +276,9 @@ class Bed:
         if parts == [] and method == "POST":
             return self.create_pod(request)
         if len(parts) == 1 and method == "DELETE":
-            pods.get(parts[0])
-            self.kube.start_deletion(parts[0])
-            pods.delete(parts[0])
-            self.kube.delete(parts[0])
-            return {}
+            return self.delete_pod(parts[0], bool(request.get("keep_object")))
         if len(parts) == 2 and method == "POST" and parts[1] == "annotations":
-            pods.get(parts[0])
-            try:
-                return self.kube.annotate(parts[0], request)
-            except ValueError as error:
-                raise PodError(str(error)) from None
+            return self.kube_change(self.kube.annotate, "Pod", parts[0], request)
         if len(parts) == 2 and method == "POST" and parts[1] == "addresses":
             return pods.change_addresses(parts[0], request)
         if len(parts) == 2 and method == "POST" and parts[1] == "interfaces":
@@ -281,16 +286,60 @@ class Bed:
         raise PodError(f"unknown pod call {method} pods/{'/'.join(parts)}")
 
     def create_pod(self, request: dict) -> dict:
-        """The pod's namespace, then its object in the API server (ADDED)."""
+        """The pod's namespace (its Namespace object first, when new), then its Pod object (ADDED)."""
         pods = self.require_pods()
+        if self.kube.has("Pod", request["name"]):  # a kept object, or a live pod
+            raise PodError(f"pod {request['name']} exists already")
         pod = pods.create(request, self.pod_environment(request["node"]))
         try:
+            self.kube.ensure_namespace(pod["namespace"])
             host_ip = pods.node_address(pod["node"], 6 if ":" in pod["pod_ip"] else 4)
-            self.kube.add(pod["name"], kube.pod_object(request, pod, host_ip))
+            self.kube.add("Pod", pod["name"], kube.pod_object(request, pod, host_ip))
         except ValueError as error:
             pods.delete(pod["name"])
             raise PodError(str(error)) from None
         return pod
+
+    def delete_pod(self, name: str, keep_object: bool) -> dict:
+        """Deletes the pod's sandbox, and its object as a graceful delete shows it, unless
+        `keep_object` (a node whose status updates lag: the object stays as it was). A pod
+        whose object was kept has only that left to delete."""
+        pods = self.require_pods()
+        sandbox = pods.exists(name)
+        if not self.kube.has("Pod", name):
+            raise PodError(f"no pod {name}")
+        if keep_object and not sandbox:
+            raise PodError(f"pod {name} has no sandbox left, only its object")
+        if not keep_object:
+            self.kube.start_deletion("Pod", name)
+        if sandbox:
+            pods.delete(name)
+        if not keep_object:
+            self.kube.delete("Pod", name)
+        return {}
+
+    def namespace_call(self, method: str, parts: list[str], request: dict) -> dict:
+        """`POST namespaces` makes a Namespace; `POST namespaces/NAME/annotations` changes one."""
+        cluster = self.require_kube()
+        if parts == [] and method == "POST":
+            try:
+                return cluster.add("Namespace", request["name"], kube.namespace_object(
+                    request["name"], kube.string_map(request, "labels"), kube.string_map(request, "annotations")))
+            except ValueError as error:
+                raise PodError(str(error)) from None
+        if len(parts) == 2 and method == "POST" and parts[1] == "annotations":
+            return self.kube_change(cluster.annotate, "Namespace", parts[0], request)
+        raise PodError(f"unknown namespace call {method} namespaces/{'/'.join(parts)}")
+
+    @staticmethod
+    def kube_change(change, kind: str, key: str, request: dict) -> dict:
+        """`change(kind, key, request)` on an object, its refusals as the bed's."""
+        try:
+            return change(kind, key, request)
+        except KeyError:
+            raise PodError(f"no {kind.lower()} {key}") from None
+        except ValueError as error:
+            raise PodError(str(error)) from None
 
     def close(self) -> None:
         """Ends the API server's watches, removes the kubeconfig, the pods and the bed's

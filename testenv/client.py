@@ -175,5 +175,22 @@ class Bed:
     def remove_address(self, pod: Pod, interface: str, address: str) -> None:
         self.control("POST", f"pods/{pod.name}/addresses", {"interface": interface, "remove": [address]})
 
-    def delete_pod(self, pod: Pod) -> None:
+    def delete_pod(self, pod: Pod, keep_object: bool = False) -> None:
+        """Deletes the pod's sandbox and its object (MODIFIED with a deletionTimestamp, then
+        DELETED); with `keep_object` the object stays as it was (a node whose status updates
+        lag), for `delete_pod_object` later."""
+        self.control("DELETE", f"pods/{pod.name}", {"keep_object": keep_object})
+
+    def delete_pod_object(self, pod: Pod) -> None:
+        """Deletes the object `delete_pod(pod, keep_object=True)` kept."""
         self.control("DELETE", f"pods/{pod.name}")
+
+    def create_namespace(self, name: str, labels: dict | None = None, annotations: dict | None = None) -> dict:
+        """Namespace `name` (ADDED), as an admin creates it; the object."""
+        return self.control("POST", "namespaces", {"name": name, "labels": labels or {},
+                                                   "annotations": annotations or {}})
+
+    def annotate_namespace(self, name: str, values: dict | None = None, remove: list | None = None) -> dict:
+        """Sets `values` and removes the annotations named in `remove` on Namespace `name`
+        (MODIFIED, none when nothing changes); the object after it."""
+        return self.control("POST", f"namespaces/{name}/annotations", {"set": values or {}, "remove": remove or []})

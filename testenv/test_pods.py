@@ -231,3 +231,22 @@ def test_an_ipv6_pod_reaches_its_nodes_ipv6_address(bed):
     with peer_server(other, other.pod_ip):
         assert seen_from(pod, other.pod_ip) == pod.pod_ip
 
+
+def test_a_pod_ip_is_reused_only_once_its_sandbox_is_gone(bed):
+    first = bed.pod("node1", "first-holder", [])
+    with pytest.raises(BedError, match=f"pod_ip {first.pod_ip} is pod first-holder's"):
+        bed.pod("node2", "second-holder", [], pod_ip=first.pod_ip)
+    with pytest.raises(BedError, match="outside the pod range"):
+        bed.pod("node2", "second-holder", [], pod_ip="10.0.0.99")
+    bed.delete_pod(first, keep_object=True)
+    assert first.netns not in namespaces()
+    with pytest.raises(BedError, match="pod first-holder exists already"):
+        bed.pod("node1", "first-holder", [])
+    second = bed.pod("node2", "second-holder", [], pod_ip=first.pod_ip)
+    assert second.pod_ip == first.pod_ip
+    assert [route["gateway"] for route in routes(bed.name, second.pod_ip)] == [bed.node("node2").address]
+    with peer_server(second, second.pod_ip):
+        assert seen_from(bed.node("node1"), second.pod_ip) == bed.node("node1").address
+    bed.delete_pod_object(first)
+    with pytest.raises(BedError, match="no pod first-holder"):
+        bed.delete_pod_object(first)

@@ -273,7 +273,7 @@ impl PodSpec {
     }
 
     /// With pod IP `ip` (of the bed's pod ranges, held by no live pod): a reused address,
-    /// e.g. a deleted pod's.
+    /// e.g. the one of an object [`TestBed::delete_pod_keeping_object`] kept.
     pub fn pod_ip(mut self, ip: &str) -> Self {
         self.pod_ip = Some(ip.to_owned());
         self
@@ -537,9 +537,50 @@ impl TestBed {
         );
     }
 
-    /// Deletes a pod (its namespace and interfaces), as a runtime does when the pod goes.
+    /// Deletes a pod (its namespace and interfaces), as a runtime does when the pod goes, and
+    /// its object: MODIFIED with a `deletionTimestamp`, then DELETED.
     pub fn delete_pod(&mut self, pod: &Pod) {
         self.control("DELETE", &format!("pods/{}", pod.name), Value::Null);
+    }
+
+    /// Deletes a pod's sandbox (its namespace and interfaces) but keeps its object as it was,
+    /// with no event (a node whose status updates lag), so that its pod IP can go to another
+    /// pod ([`PodSpec::pod_ip`]) while the object still shows it. [`TestBed::delete_pod_object`]
+    /// deletes the object later.
+    pub fn delete_pod_keeping_object(&mut self, pod: &Pod) {
+        self.control(
+            "DELETE",
+            &format!("pods/{}", pod.name),
+            json!({"keep_object": true}),
+        );
+    }
+
+    /// Deletes the object [`TestBed::delete_pod_keeping_object`] kept: MODIFIED with a
+    /// `deletionTimestamp`, then DELETED.
+    pub fn delete_pod_object(&mut self, pod: &Pod) {
+        self.delete_pod(pod);
+    }
+
+    /// Makes Namespace `name` as an admin would, with `labels` and `annotations` (JSON
+    /// objects of strings; the API server adds the `kubernetes.io/metadata.name` label):
+    /// ADDED. The object. (A pod's namespace is made on its first use.)
+    pub fn create_namespace(&mut self, name: &str, labels: Value, annotations: Value) -> Value {
+        self.control(
+            "POST",
+            "namespaces",
+            json!({"name": name, "labels": labels, "annotations": annotations}),
+        )
+    }
+
+    /// Sets `set` (a JSON object of strings) and removes the annotations named `remove` on
+    /// Namespace `name`, as an admin editing e.g. `multus-ipmgr.io/floating-ip-cidrs`:
+    /// MODIFIED, none when nothing changes. The object after it.
+    pub fn annotate_namespace(&mut self, name: &str, set: Value, remove: &[&str]) -> Value {
+        self.control(
+            "POST",
+            &format!("namespaces/{name}/annotations"),
+            json!({"set": set, "remove": remove}),
+        )
     }
 
     /// The host network of `node` (made on first use).
