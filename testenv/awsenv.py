@@ -63,6 +63,10 @@ Control calls (method, path, body -> answer):
                           admin makes it
     POST namespaces/NAME/annotations {"set": {name: value}, "remove": [name]} -> the Namespace
                           (MODIFIED, unless nothing changed)
+    POST kube/faults      {"stall_seconds", "unavailable_seconds"}: for that long every watch,
+                          open or new, delivers nothing (no event, no bookmark, not its end),
+                          then what it held, in order, while lists are answered; or every new
+                          API request is answered 503 ServiceUnavailable (open watches go on)
     GET eni/ID            -> {"ipv4": [...], "ipv6": [...]} as EC2 holds them now
     POST assign           {"eni", "ipv4", "ipv6"}: put addresses on an ENI directly
     POST faults           {"action" | "*", "code", "status", "message", "count" | "seconds",
@@ -201,6 +205,9 @@ class Bed:
                 return 200, {key: node[key] for key in ("name", "netns", "netns_dir", "env", "address", "address6")}
             if path == "namespaces" or path.startswith("namespaces/"):
                 return 200, self.namespace_call(method, path.split("/")[1:], request)
+            if method == "POST" and path == "kube/faults":
+                self.require_kube().faults(request.get("stall_seconds"), request.get("unavailable_seconds"))
+                return 200, {}
             if method == "GET" and path == "metadata_requests":
                 with state.lock:
                     return 200, {"by_source": dict(state.metadata_requests)}

@@ -194,3 +194,13 @@ class Bed:
         """Sets `values` and removes the annotations named in `remove` on Namespace `name`
         (MODIFIED, none when nothing changes); the object after it."""
         return self.control("POST", f"namespaces/{name}/annotations", {"set": values or {}, "remove": remove or []})
+
+    def stall_watches(self, seconds: float) -> None:
+        """For `seconds`, every watch of the API server, open or new, delivers nothing (no
+        event, no bookmark, not its end), then what it held, in order; lists are answered."""
+        self.control("POST", "kube/faults", {"stall_seconds": seconds})
+
+    def kube_unavailable(self, seconds: float) -> None:
+        """For `seconds`, the API server answers every new request with 503
+        ServiceUnavailable (open watches go on)."""
+        self.control("POST", "kube/faults", {"unavailable_seconds": seconds})

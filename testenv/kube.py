@@ -46,6 +46,11 @@ when the namespace is new; an annotation change is one MODIFIED, none when it ch
 graceful delete shows: MODIFIED with `deletionTimestamp`, then, once the runtime has removed
 the sandbox, DELETED. The system namespaces exist from the start and each topology node has
 its Node (read-only).
+
+Faults: for some seconds every watch, open or new, delivers nothing (no event, no bookmark,
+not its end) and then what it held, in order, while lists are answered (a proxy or API
+server that silently stops delivering); or every new request is refused with 503 (open
+watches go on).
 """
 
 from __future__ import annotations
@@ -309,6 +314,8 @@ class Cluster:
         # By kind: the newest version its history dropped (a watch must start at it or later).
         self.dropped: dict[str, int] = {}
         self.bookmark_seconds = bookmark_seconds
+        self.stalled_until = 0.0
+        self.unavailable_until = 0.0
         self.closed = False
         self.streams = 0
         for name in SYSTEM_NAMESPACES:
@@ -327,6 +334,26 @@ class Cluster:
             if bookmark_seconds is not None:
                 self.bookmark_seconds = bookmark_seconds
             self.changed.notify_all()
+
+    def faults(self, stall_seconds: float | None = None, unavailable_seconds: float | None = None) -> None:
+        """Stalls every watch for `stall_seconds`, or refuses every request for
+        `unavailable_seconds`, from now."""
+        with self.changed:
+            now = time.monotonic()
+            if stall_seconds is not None:
+                self.stalled_until = max(self.stalled_until, now + stall_seconds)
+            if unavailable_seconds is not None:
+                self.unavailable_until = max(self.unavailable_until, now + unavailable_seconds)
+            self.changed.notify_all()
+
+    def wait_unstalled(self) -> None:
+        """Returns once no stall is on (or the bed closes)."""
+        with self.changed:
+            while not self.closed and (left := self.stalled_until - time.monotonic()) > 0:
+                self.changed.wait(left)
+
+    def unavailable(self) -> bool:
+        return time.monotonic() < self.unavailable_until
 
     def record(self, kind: str, key: str, event_type: str, item: dict | None, previous: dict | None) -> dict:
         """Stores a change under the next resourceVersion and wakes the watches; the caller
@@ -506,6 +533,8 @@ def handler(cluster: Cluster):
             pass
 
         def do_GET(self):
+            if self.refused():
+                return
             url = urlsplit(self.path)
             query = parse_qs(url.query, keep_blank_values=True)
             try:
@@ -515,10 +544,20 @@ def handler(cluster: Cluster):
 
         def do_POST(self):
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.reply(405, status_object(405, "MethodNotAllowed",
-                                          "the server does not allow this method on the requested resource"))
+            if not self.refused():
+                self.reply(405, status_object(405, "MethodNotAllowed",
+                                              "the server does not allow this method on the requested resource"))
 
         do_PUT = do_PATCH = do_DELETE = do_POST
+
+        def refused(self) -> bool:
+            """Answers 503 while the server is unavailable (apimachinery pkg/api/errors,
+            NewGenericServerResponse's message for 503)."""
+            if cluster.unavailable():
+                self.reply(503, status_object(503, "ServiceUnavailable",
+                                              "the server is currently unable to handle the request"))
+                return True
+            return False
 
         def route(self, parts: list[str], query: dict[str, list[str]]) -> None:
             rest, namespace = parts[2:], None
@@ -585,8 +624,11 @@ def handler(cluster: Cluster):
             with cluster.changed:
                 cluster.streams += 1
             try:
+                # A stall holds each event, and the stream's end, until it is over.
                 for event in cluster.watch(kind, version, matches, deadline, bookmarks, initial_events):
+                    cluster.wait_unstalled()
                     self.chunk(json.dumps(event).encode() + b"\n")
+                cluster.wait_unstalled()
                 self.chunk(b"")
             except OSError:  # the watcher went away
                 self.close_connection = True

@@ -459,3 +459,48 @@ def test_an_ipv6_pod_shows_ipv6_addresses_and_a_kept_object_stays_as_it_was(bed,
     assert [watch.next()["type"] for _ in range(2)] == ["MODIFIED", "DELETED"]  # nothing before
     bed.delete_pod(reused)
 
+
+def test_a_stalled_watch_delivers_nothing_then_what_it_held_in_order(bed, node1, watches):
+    bed.control("POST", "config", {"kube_bookmark_seconds": 0.5})
+    try:
+        _, listing = get(bed, node1, "/api/v1/pods")
+        query = f"fieldSelector={selector('spec.nodeName=node2')}&timeoutSeconds=60&allowWatchBookmarks=true"
+        watch = Watch(bed, node1, f"{query}&resourceVersion={listing['metadata']['resourceVersion']}")
+        watches.append(watch)
+        assert watch.next()["type"] == "BOOKMARK"
+        bed.stall_watches(3)
+        started = time.monotonic()
+        late = Watch(bed, node1, f"{query}&resourceVersion=0")
+        watches.append(late)
+        pod = bed.pod("node2", "stalled", [])
+        bed.annotate(pod, {"step": "one"})
+        _, during = get(bed, node1, "/api/v1/pods?fieldSelector=spec.nodeName%3Dnode2")  # lists are answered
+        assert "stalled" in names(during["items"]) and time.monotonic() - started < 2
+        for stream in (watch, late):
+            with pytest.raises(queue.Empty):
+                stream.next(max(0.1, 2.5 - (time.monotonic() - started)))
+        held = []
+        while len([event for event in held if event["type"] != "BOOKMARK"]) < 2:
+            held.append(watch.next(5))
+        assert time.monotonic() - started > 2.9
+        changes = [(event["type"], event["object"]["metadata"]["name"])
+                   for event in held if event["type"] != "BOOKMARK"]
+        assert changes == [("ADDED", "stalled"), ("MODIFIED", "stalled")]
+        versions = [int(event["object"]["metadata"]["resourceVersion"]) for event in held]
+        assert versions == sorted(versions)
+        while (event := late.next())["type"] == "ADDED" and event["object"]["metadata"]["name"] != "stalled":
+            pass
+        assert event["object"]["metadata"]["name"] == "stalled"
+    finally:
+        bed.control("POST", "config", {"kube_bookmark_seconds": 60})
+
+
+def test_an_unavailable_api_server_answers_503_then_serves_again(bed, node1):
+    bed.kube_unavailable(2)
+    started = time.monotonic()
+    status, refused = get(bed, node1, "/api/v1/pods")
+    assert (status, refused["reason"], refused["code"]) == (503, "ServiceUnavailable", 503)
+    status, _ = get(bed, node1, "/api/v1/pods?watch=1")
+    assert status == 503
+    time.sleep(max(0.0, 2.2 - (time.monotonic() - started)))
+    assert get(bed, node1, "/api/v1/nodes")[0] == 200

@@ -583,6 +583,27 @@ impl TestBed {
         )
     }
 
+    /// For `duration` from now, every watch of the API server, open or new, delivers nothing
+    /// (no event, no bookmark, not its end), then what it held, in order; lists are still
+    /// answered (a proxy or API server that silently stops delivering).
+    pub fn stall_watches(&mut self, duration: Duration) {
+        self.control(
+            "POST",
+            "kube/faults",
+            json!({"stall_seconds": duration.as_secs_f64()}),
+        );
+    }
+
+    /// For `duration` from now, the API server answers every new request with 503
+    /// ServiceUnavailable (open watches go on).
+    pub fn kube_unavailable(&mut self, duration: Duration) {
+        self.control(
+            "POST",
+            "kube/faults",
+            json!({"unavailable_seconds": duration.as_secs_f64()}),
+        );
+    }
+
     /// The host network of `node` (made on first use).
     pub fn node(&mut self, node: &str) -> Node {
         let answer = self.control("GET", &format!("nodes/{node}"), Value::Null);

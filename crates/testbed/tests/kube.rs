@@ -122,7 +122,7 @@ fn an_ipv6_pod_reaches_its_node_and_its_ip_moves_on_while_its_object_is_kept() {
 
 #[test]
 #[ignore = "needs root: pods are network namespaces (scripts/test runs it as root)"]
-fn namespaces_and_nodes_through_the_client() {
+fn namespaces_nodes_and_faults_through_the_client() {
     let mut bed = TestBed::start(Topology::File("how-to"));
     let node = bed.node("node1");
     let key = "multus-ipmgr.io/floating-ip-cidrs";
@@ -141,4 +141,12 @@ fn namespaces_and_nodes_through_the_client() {
         .as_str()
         .expect("id");
     assert!(shown.starts_with("200") && shown.contains(&format!("/{instance_id}\"")));
+
+    let pods = format!("{}/api/v1/pods", bed.kube_endpoint);
+    bed.stall_watches(Duration::from_secs(2));
+    assert!(http_get(&node, &pods).starts_with("200")); // lists are answered
+    bed.kube_unavailable(Duration::from_secs(1));
+    assert!(http_get(&node, &pods).starts_with("503"));
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(http_get(&node, &pods).starts_with("200"));
 }
