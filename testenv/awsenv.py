@@ -7,11 +7,13 @@ One process serves:
 * IMDSv2 (testenv/imds.py), one listener per node, answering from the same state;
 * with `--bed`, the VPC's resolver (testenv/dns.py) on the bed's gateway: pods whose DNS
   server it is reach the stand-in by EC2's real name, `ec2.<region>.amazonaws.com`;
-* with `--bed NAME` (root): pods as network namespaces (testenv/pods.py) on the bed's bridge,
-  the stand-in itself running in namespace NAME;
+* with `--bed NAME` (root): nodes and pods as network namespaces (testenv/pods.py), each pod
+  networked as the VPC CNI does it (a veth into its node's namespace, its pod IP routed by
+  the bed to its node), the stand-in itself running in namespace NAME;
 * with `--bed`, a minimal Kubernetes API server (testenv/kube.py) on the bed's gateway, its
-  own port, plain HTTP: the bed's pods as `v1` Pods (list, get, watch), with the Multus
-  network-status annotation; a kubeconfig for it, written under /run/ipmgr-testenv/NAME/;
+  own port, plain HTTP: the bed's pods as `v1` Pods, with the Multus network-status
+  annotation, their namespaces as `v1` Namespaces, the topology's nodes as `v1` Nodes (list,
+  get, watch); a kubeconfig for it, written under /run/ipmgr-testenv/NAME/;
 * with `--bed`, on request, an HTTP proxy and EC2 over HTTPS behind it (testenv/proxy.py);
 * a JSON control API, under /_ctl/ on the EC2 port or one object a line on standard input
   (`--control stdio`; end of input stops the bed). testenv/client.py is its Python client;
@@ -30,11 +32,16 @@ Control calls (method, path, body -> answer):
                           "kube_endpoint" (the API server, http://gateway:port) and
                           "kubeconfig" (the path of a kubeconfig for it, no credentials)
     POST pods             {"name", "node", "namespace" ("default"), "labels", "annotations",
-                           "network_status" (true), "interfaces": [{"name", "eni" | "mac",
-                           "addresses", "network" ("multus-net")}]}
-                          -> the pod: netns, namespace, uid, pod_ip (eth0's address), interface
-                          MACs, the environment that reaches AWS. Its Pod object (ADDED) carries
-                          the network-status Multus writes at CNI ADD (eth0 on "aws-cni", then
+                           "network_status" (true), "ipv6" (false), "pod_ip",
+                           "interfaces": [{"name", "eni" | "mac", "addresses", "network"
+                           ("multus-net")}]}
+                          -> the pod: netns, namespace, uid, pod_ip (eth0's address: the next
+                          free one of 198.19.0.0/16, or of 2001:2:0:1::/64 with "ipv6"; or
+                          "pod_ip", which no live pod may hold), host_veth (eth0's peer in the
+                          node's namespace), interface MACs, the environment that reaches AWS.
+                          Its Namespace is made first when new (ADDED). Its Pod object (ADDED;
+                          status.hostIP the node's address of the pod IP's family) carries the
+                          network-status Multus writes at CNI ADD (eth0 on "aws-cni", then
                           each interface as "<namespace>/<network>" with its addresses and
                           MAC) unless "network_status" is false; "annotations" are merged over it
     POST pods/NAME/addresses  {"interface", "add": [...], "remove": [...]} (the Pod object and
@@ -42,12 +49,24 @@ Control calls (method, path, body -> answer):
     POST pods/NAME/interfaces {"name", "eni" | "mac", "addresses"}
     POST pods/NAME/annotations {"set": {name: value}, "remove": [name]} -> the Pod object
                           (MODIFIED, unless nothing changed)
-    DELETE pods/NAME      the Pod object gets a deletionTimestamp (MODIFIED), the namespace
-                          goes, then the object (DELETED)
-    GET pods              every pod, as POST pods answers it
-    GET nodes/NAME        -> the node's own namespace (host network), its eth0 "address" (the
-                          pods' status.hostIP, where a node agent listens), its runtime netns
-                          directory (bind mounts of its pods' namespaces) and environment
+    DELETE pods/NAME      {"keep_object" (false)}: the Pod object gets a deletionTimestamp
+                          (MODIFIED), the sandbox (namespace, veth, the bed's route) goes, then
+                          the object (DELETED). With "keep_object" only the sandbox goes and the
+                          object stays as it was (a node whose status updates lag); a DELETE of
+                          such a pod later deletes its object (MODIFIED, then DELETED)
+    GET pods              every pod with a sandbox, as POST pods answers it
+    GET nodes/NAME        -> the node's own namespace (host network), its eth0 "address" and
+                          "address6" (the pods' status.hostIP, where a node agent listens), its
+                          runtime netns directory (bind mounts of its pods' namespaces) and
+                          environment
+    POST namespaces       {"name", "labels", "annotations"} -> the Namespace (ADDED), as an
+                          admin makes it
+    POST namespaces/NAME/annotations {"set": {name: value}, "remove": [name]} -> the Namespace
+                          (MODIFIED, unless nothing changed)
+    POST kube/faults      {"stall_seconds", "unavailable_seconds"}: for that long every watch,
+                          open or new, delivers nothing (no event, no bookmark, not its end),
+                          then what it held, in order, while lists are answered; or every new
+                          API request is answered 503 ServiceUnavailable (open watches go on)
     GET eni/ID            -> {"ipv4": [...], "ipv6": [...]} as EC2 holds them now
     POST assign           {"eni", "ipv4", "ipv6"}: put addresses on an ENI directly
     POST faults           {"action" | "*", "code", "status", "message", "count" | "seconds",
@@ -139,6 +158,11 @@ class Bed:
             node["imds_endpoint"] = f"http://{self.host}:{server.server_address[1]}"
         built["ec2_endpoint"] = self.state.endpoint
         built |= self.names
+        if self.pods:
+            self.pods.plan_nodes(list(built["nodes"]))
+            for name, node in built["nodes"].items():
+                addresses = self.pods.node_address(name), self.pods.node_address(name, 6)
+                self.kube.add("Node", name, kube.node_object(name, node, self.state.region, *addresses))
         with self.state.lock:  # count only what the code under test calls
             self.state.calls.clear()
             self.state.call_log.clear()
@@ -176,8 +200,14 @@ class Bed:
             if path == "pods" or path.startswith("pods/"):
                 return 200, self.pod_call(method, path.split("/")[1:], request)
             if method == "GET" and path.startswith("nodes/"):
-                node = path[len("nodes/"):]
-                return 200, self.require_pods().node(node, self.pod_environment(node))
+                name = path[len("nodes/"):]
+                node = self.require_pods().node(name, self.pod_environment(name))
+                return 200, {key: node[key] for key in ("name", "netns", "netns_dir", "env", "address", "address6")}
+            if path == "namespaces" or path.startswith("namespaces/"):
+                return 200, self.namespace_call(method, path.split("/")[1:], request)
+            if method == "POST" and path == "kube/faults":
+                self.require_kube().faults(request.get("stall_seconds"), request.get("unavailable_seconds"))
+                return 200, {}
             if method == "GET" and path == "metadata_requests":
                 with state.lock:
                     return 200, {"by_source": dict(state.metadata_requests)}
@@ -253,17 +283,9 @@ class Bed:
         if parts == [] and method == "POST":
             return self.create_pod(request)
         if len(parts) == 1 and method == "DELETE":
-            pods.get(parts[0])
-            self.kube.start_deletion(parts[0])
-            pods.delete(parts[0])
-            self.kube.delete(parts[0])
-            return {}
+            return self.delete_pod(parts[0], bool(request.get("keep_object")))
         if len(parts) == 2 and method == "POST" and parts[1] == "annotations":
-            pods.get(parts[0])
-            try:
-                return self.kube.annotate(parts[0], request)
-            except ValueError as error:
-                raise PodError(str(error)) from None
+            return self.kube_change(self.kube.annotate, "Pod", parts[0], request)
         if len(parts) == 2 and method == "POST" and parts[1] == "addresses":
             return pods.change_addresses(parts[0], request)
         if len(parts) == 2 and method == "POST" and parts[1] == "interfaces":
@@ -271,15 +293,60 @@ class Bed:
         raise PodError(f"unknown pod call {method} pods/{'/'.join(parts)}")
 
     def create_pod(self, request: dict) -> dict:
-        """The pod's namespace, then its object in the API server (ADDED)."""
+        """The pod's namespace (its Namespace object first, when new), then its Pod object (ADDED)."""
         pods = self.require_pods()
+        if self.kube.has("Pod", request["name"]):  # a kept object, or a live pod
+            raise PodError(f"pod {request['name']} exists already")
         pod = pods.create(request, self.pod_environment(request["node"]))
         try:
-            self.kube.add(pod["name"], kube.pod_object(request, pod, pods.node_address(pod["node"])))
+            self.kube.ensure_namespace(pod["namespace"])
+            host_ip = pods.node_address(pod["node"], 6 if ":" in pod["pod_ip"] else 4)
+            self.kube.add("Pod", pod["name"], kube.pod_object(request, pod, host_ip))
         except ValueError as error:
             pods.delete(pod["name"])
             raise PodError(str(error)) from None
         return pod
+
+    def delete_pod(self, name: str, keep_object: bool) -> dict:
+        """Deletes the pod's sandbox, and its object as a graceful delete shows it, unless
+        `keep_object` (a node whose status updates lag: the object stays as it was). A pod
+        whose object was kept has only that left to delete."""
+        pods = self.require_pods()
+        sandbox = pods.exists(name)
+        if not self.kube.has("Pod", name):
+            raise PodError(f"no pod {name}")
+        if keep_object and not sandbox:
+            raise PodError(f"pod {name} has no sandbox left, only its object")
+        if not keep_object:
+            self.kube.start_deletion("Pod", name)
+        if sandbox:
+            pods.delete(name)
+        if not keep_object:
+            self.kube.delete("Pod", name)
+        return {}
+
+    def namespace_call(self, method: str, parts: list[str], request: dict) -> dict:
+        """`POST namespaces` makes a Namespace; `POST namespaces/NAME/annotations` changes one."""
+        cluster = self.require_kube()
+        if parts == [] and method == "POST":
+            try:
+                return cluster.add("Namespace", request["name"], kube.namespace_object(
+                    request["name"], kube.string_map(request, "labels"), kube.string_map(request, "annotations")))
+            except ValueError as error:
+                raise PodError(str(error)) from None
+        if len(parts) == 2 and method == "POST" and parts[1] == "annotations":
+            return self.kube_change(cluster.annotate, "Namespace", parts[0], request)
+        raise PodError(f"unknown namespace call {method} namespaces/{'/'.join(parts)}")
+
+    @staticmethod
+    def kube_change(change, kind: str, key: str, request: dict) -> dict:
+        """`change(kind, key, request)` on an object, its refusals as the bed's."""
+        try:
+            return change(kind, key, request)
+        except KeyError:
+            raise PodError(f"no {kind.lower()} {key}") from None
+        except ValueError as error:
+            raise PodError(str(error)) from None
 
     def close(self) -> None:
         """Ends the API server's watches, removes the kubeconfig, the pods and the bed's

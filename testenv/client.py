@@ -36,23 +36,28 @@ class Place:
 
 @dataclass
 class Pod(Place):
-    """A pod of the bed: its Kubernetes namespace and uid, and its pod IP (eth0's address)."""
+    """A pod of the bed: its Kubernetes namespace and uid, its pod IP (eth0's address, IPv4 or
+    IPv6) and the host side of its eth0 in its node's namespace (`eni` + a hash, as the VPC
+    CNI names it)."""
 
     name: str = ""
     node: str = ""
     namespace: str = "default"
     uid: str = ""
     pod_ip: str = ""
+    host_veth: str = ""
 
 
 @dataclass
 class Node(Place):
-    """A node's own network namespace (its host network), its eth0 address (where a node
-    agent listens, the pods' status.hostIP) and runtime netns directory."""
+    """A node's own network namespace (its host network), its eth0 addresses (where a node
+    agent listens, the pods' status.hostIP: IPv4, and IPv6 for IPv6 pods) and runtime netns
+    directory."""
 
     name: str = ""
     netns_dir: str = ""
     address: str = ""
+    address6: str = ""
 
 
 class Bed:
@@ -117,21 +122,25 @@ class Bed:
         raise AssertionError(f"{address} {'did not reach' if held else 'stayed on'} {eni_id} within {limit} s")
 
     def pod(self, node: str, name: str, interfaces: list[dict], *, namespace: str = "default",
-            labels: dict | None = None, annotations: dict | None = None, network_status: bool = True) -> Pod:
+            labels: dict | None = None, annotations: dict | None = None, network_status: bool = True,
+            ipv6: bool = False, pod_ip: str | None = None) -> Pod:
         """A pod on `node` with `interfaces`: `{"name", "eni": "eth1" | "mac", "addresses",
         "network"}`. Its Pod object carries `labels`, and the network-status annotation Multus
-        writes (unless `network_status` is false) with `annotations` merged over it."""
-        answer = self.control("POST", "pods", {"name": name, "node": node, "namespace": namespace,
-                                               "labels": labels or {}, "annotations": annotations or {},
-                                               "network_status": network_status, "interfaces": interfaces})
+        writes (unless `network_status` is false) with `annotations` merged over it. Its pod
+        IP is IPv6 with `ipv6` (as on an IPv6 cluster), `pod_ip` when given (one no live pod
+        holds: a kept object's, say)."""
+        request = {"name": name, "node": node, "namespace": namespace, "labels": labels or {},
+                   "annotations": annotations or {}, "network_status": network_status, "interfaces": interfaces,
+                   "ipv6": ipv6}
+        answer = self.control("POST", "pods", request | ({"pod_ip": pod_ip} if pod_ip else {}))
         return Pod(answer["netns"], answer["env"], name=name, node=node, namespace=answer["namespace"],
-                   uid=answer["uid"], pod_ip=answer["pod_ip"])
+                   uid=answer["uid"], pod_ip=answer["pod_ip"], host_veth=answer["host_veth"])
 
     def node(self, name: str) -> Node:
         """The host network of node `name`, where a node agent runs."""
         answer = self.control("GET", f"nodes/{name}")
         return Node(answer["netns"], answer["env"], name=name, netns_dir=answer["netns_dir"],
-                    address=answer["address"])
+                    address=answer["address"], address6=answer["address6"])
 
     @property
     def kube_endpoint(self) -> str:
@@ -166,5 +175,32 @@ class Bed:
     def remove_address(self, pod: Pod, interface: str, address: str) -> None:
         self.control("POST", f"pods/{pod.name}/addresses", {"interface": interface, "remove": [address]})
 
-    def delete_pod(self, pod: Pod) -> None:
+    def delete_pod(self, pod: Pod, keep_object: bool = False) -> None:
+        """Deletes the pod's sandbox and its object (MODIFIED with a deletionTimestamp, then
+        DELETED); with `keep_object` the object stays as it was (a node whose status updates
+        lag), for `delete_pod_object` later."""
+        self.control("DELETE", f"pods/{pod.name}", {"keep_object": keep_object})
+
+    def delete_pod_object(self, pod: Pod) -> None:
+        """Deletes the object `delete_pod(pod, keep_object=True)` kept."""
         self.control("DELETE", f"pods/{pod.name}")
+
+    def create_namespace(self, name: str, labels: dict | None = None, annotations: dict | None = None) -> dict:
+        """Namespace `name` (ADDED), as an admin creates it; the object."""
+        return self.control("POST", "namespaces", {"name": name, "labels": labels or {},
+                                                   "annotations": annotations or {}})
+
+    def annotate_namespace(self, name: str, values: dict | None = None, remove: list | None = None) -> dict:
+        """Sets `values` and removes the annotations named in `remove` on Namespace `name`
+        (MODIFIED, none when nothing changes); the object after it."""
+        return self.control("POST", f"namespaces/{name}/annotations", {"set": values or {}, "remove": remove or []})
+
+    def stall_watches(self, seconds: float) -> None:
+        """For `seconds`, every watch of the API server, open or new, delivers nothing (no
+        event, no bookmark, not its end), then what it held, in order; lists are answered."""
+        self.control("POST", "kube/faults", {"stall_seconds": seconds})
+
+    def kube_unavailable(self, seconds: float) -> None:
+        """For `seconds`, the API server answers every new request with 503
+        ServiceUnavailable (open watches go on)."""
+        self.control("POST", "kube/faults", {"unavailable_seconds": seconds})

@@ -1,27 +1,31 @@
-"""A minimal Kubernetes API server for the test bed: the bed's pods as `v1` Pod objects,
-read-only, over plain HTTP on the bed's gateway, for clients such as the node agent's
-`kube::runtime::watcher` (kube 5), whose default is list-then-watch: `GET /api/v1/pods?
-fieldSelector=...&limit=500`, then `?watch=true&timeoutSeconds=290&allowWatchBookmarks=true&
-resourceVersion=<the list's>` (kube-runtime 5.0.0, watcher.rs `to_list_params` and
-`to_watch_params`; kube-core 5.0.0, params.rs).
+"""A minimal Kubernetes API server for the test bed: the bed's pods, their namespaces and the
+topology's nodes as `v1` Pod, Namespace and Node objects, read-only, over plain HTTP on the
+bed's gateway, for clients such as the node agent's `kube::runtime::watcher` (kube 5), whose
+default is list-then-watch: `GET /api/v1/pods?fieldSelector=...&limit=500`, then
+`?watch=true&timeoutSeconds=290&allowWatchBookmarks=true&resourceVersion=<the list's>`
+(kube-runtime 5.0.0, watcher.rs `to_list_params` and `to_watch_params`; kube-core 5.0.0,
+params.rs).
 
-Paths: `GET /api/v1/pods`, `/api/v1/namespaces/{ns}/pods` (lists, or watches with `watch`)
-and `/api/v1/namespaces/{ns}/pods/{name}`. Each rule follows the real API server and names
-its source (k8s.io/apiserver unless said otherwise; "API concepts" is the Kubernetes
-documentation page of that name):
+Paths: `GET /api/v1/pods`, `/api/v1/namespaces/{ns}/pods`, `/api/v1/namespaces` and
+`/api/v1/nodes` (lists, or watches with `watch`), `/api/v1/namespaces/{ns}/pods/{name}`,
+`/api/v1/namespaces/{name}` and `/api/v1/nodes/{name}`. Each rule follows the real API server
+and names its source (k8s.io/apiserver unless said otherwise; "API concepts" is the
+Kubernetes documentation page of that name):
 
+* One resourceVersion counter for every kind, as etcd's revision; each kind has a watch cache
+  of its own (its event history), as each resource has a cacher.
 * Lists answer the current state with `metadata.resourceVersion`, whatever `resourceVersion`
   the client asks for (each of "", "0" and NotOlderThan may be served from the latest);
   `limit` is not applied, so a list never has a `continue` token. Items sit in etcd's key
   order (namespace, then name) and, as in every list, carry no apiVersion and kind.
-* `fieldSelector`: the fields a Pod can be selected by (pkg/registry/core/pod/strategy.go,
-  `PodToSelectableFields`), with `=`, `==` and `!=`, terms joined by commas; any other field
-  is 400 BadRequest "field label not supported" (backslash escapes are not read).
-  `labelSelector`: `k`, `!k`, `k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`.
+* `fieldSelector`: the fields each kind can be selected by (pkg/registry/core/{pod,namespace,
+  node}/strategy.go, `*ToSelectableFields`), with `=`, `==` and `!=`, terms joined by commas;
+  any other field is 400 BadRequest "field label not supported" (backslash escapes are not
+  read). `labelSelector`: `k`, `!k`, `k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`.
 * Watches stream `{"type", "object"}` lines in a chunked response. `resourceVersion` unset or
   "0" starts with a synthetic ADDED for each object, then the changes after the current
   version; any other version gets the changes after it (API concepts, "Semantics for watch").
-  A version older than the event history is a 410 Expired ERROR event
+  A version older than the kind's event history is a 410 Expired ERROR event
   (storage/cacher/watch_cache.go, "too old resource version"); one newer than the current
   waits up to 3 s, then is a 504 Timeout ERROR event ("Too large resource version",
   watch_cache.go `waitUntilFreshAndBlock`). A change that makes an object match or stop
@@ -29,17 +33,24 @@ documentation page of that name):
   `convertToWatchEvent`). `sendInitialEvents=true` (with `resourceVersionMatch=NotOlderThan`
   and `allowWatchBookmarks`) ends the synthetic ADDEDs with a BOOKMARK annotated
   `k8s.io/initial-events-end` (API concepts, "Streaming lists").
-* With `allowWatchBookmarks`, a BOOKMARK (a Pod holding only its resourceVersion) roughly
-  every `bookmark_seconds` (60, the cacher's frequency) and 2 s before the watch's deadline
-  (cache_watcher.go, `nextBookmarkTime`). `timeoutSeconds` ends the stream; without it the
-  server picks between 1800 and 3600 s (kube-apiserver `--min-request-timeout`, randomised
-  as in endpoints/handlers/get.go).
+* With `allowWatchBookmarks`, a BOOKMARK (an object of the watched kind holding only its
+  resourceVersion) roughly every `bookmark_seconds` (60, the cacher's frequency) and 2 s
+  before the watch's deadline (cache_watcher.go, `nextBookmarkTime`). `timeoutSeconds` ends
+  the stream; without it the server picks between 1800 and 3600 s (kube-apiserver
+  `--min-request-timeout`, randomised as in endpoints/handlers/get.go).
 
 The objects change only through the bed: a pod's creation is one ADDED with the whole object
-(scheduling and the status updates before it are left out); an annotation change is one
-MODIFIED, none when it changes nothing (storage/etcd3 `GuaranteedUpdate` does not write an
-unchanged object); a deletion is what a graceful delete shows: MODIFIED with
-`deletionTimestamp`, then, once the runtime has removed the sandbox, DELETED.
+(scheduling and the status updates before it are left out), its namespace's ADDED before it
+when the namespace is new; an annotation change is one MODIFIED, none when it changes nothing
+(storage/etcd3 `GuaranteedUpdate` does not write an unchanged object); a deletion is what a
+graceful delete shows: MODIFIED with `deletionTimestamp`, then, once the runtime has removed
+the sandbox, DELETED. The system namespaces exist from the start and each topology node has
+its Node (read-only).
+
+Faults: for some seconds every watch, open or new, delivers nothing (no event, no bookmark,
+not its end) and then what it held, in order, while lists are answered (a proxy or API
+server that silently stops delivering); or every new request is refused with 503 (open
+watches go on).
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ import random
 import re
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
@@ -76,6 +88,37 @@ POD_FIELDS: dict[str, Callable[[dict], str]] = {
     "status.podIP": lambda pod: pod["status"].get("podIP", ""),
     "status.nominatedNodeName": lambda pod: pod["status"].get("nominatedNodeName", ""),
 }
+# pkg/registry/core/namespace/strategy.go, NamespaceToSelectableFields ("name" too: "a bug,
+# but we need to support it for backward compatibility").
+NAMESPACE_FIELDS: dict[str, Callable[[dict], str]] = {
+    "metadata.name": lambda namespace: namespace["metadata"]["name"],
+    "name": lambda namespace: namespace["metadata"]["name"],
+    "status.phase": lambda namespace: namespace["status"]["phase"],
+}
+# pkg/registry/core/node/strategy.go, NodeToSelectableFields.
+NODE_FIELDS: dict[str, Callable[[dict], str]] = {
+    "metadata.name": lambda node: node["metadata"]["name"],
+    "spec.unschedulable": lambda node: "true" if node["spec"].get("unschedulable") else "false",
+}
+
+
+class Resource(NamedTuple):
+    """A kind the server serves: its path's plural, whether its objects live in a namespace,
+    and the fields they can be selected by."""
+
+    kind: str
+    plural: str
+    namespaced: bool
+    fields: dict[str, Callable[[dict], str]]
+
+
+RESOURCES = {resource.plural: resource for resource in (
+    Resource("Pod", "pods", True, POD_FIELDS), Resource("Namespace", "namespaces", False, NAMESPACE_FIELDS),
+    Resource("Node", "nodes", False, NODE_FIELDS))}
+# The namespaces the control plane makes at start (pkg/controlplane/controller: the system
+# namespaces controller, and the kubernetes Service's controller for "default").
+SYSTEM_NAMESPACES = ("default", "kube-node-lease", "kube-public", "kube-system")
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # pkg/apis/core/v1/defaults.go, SetDefaults_Namespace
 LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$")
 
 
@@ -107,8 +150,9 @@ def query_bool(query: dict[str, list[str]], name: str) -> bool:
     return bool(values) and values[0] != "0" and values[0].lower() != "false"
 
 
-def field_selector(text: str) -> Callable[[dict], bool]:
-    """The predicate of a field selector over Pods (fields.ParseSelector, escapes aside)."""
+def field_selector(text: str, fields: dict[str, Callable[[dict], str]]) -> Callable[[dict], bool]:
+    """The predicate of a field selector over objects with `fields` (fields.ParseSelector,
+    escapes aside)."""
     terms = []
     for term in filter(None, (part.strip() for part in text.split(","))):
         for operator in ("!=", "==", "="):
@@ -117,10 +161,10 @@ def field_selector(text: str) -> Callable[[dict], bool]:
                 break
         else:
             raise ApiError(400, "BadRequest", f"invalid selector: '{text}'; can't understand '{term}'")
-        if field not in POD_FIELDS:
+        if field not in fields:
             raise ApiError(400, "BadRequest", f"field label not supported: {field}")
-        terms.append((POD_FIELDS[field], operator == "!=", value))
-    return lambda pod: all((get(pod) == value) != negated for get, negated, value in terms)
+        terms.append((fields[field], operator == "!=", value))
+    return lambda item: all((get(item) == value) != negated for get, negated, value in terms)
 
 
 def label_selector(text: str) -> Callable[[dict], bool]:
@@ -130,7 +174,7 @@ def label_selector(text: str) -> Callable[[dict], bool]:
     for key, _ in requirements:
         if not LABEL_KEY.match(key):
             raise ApiError(400, "BadRequest", f"unable to parse requirement: invalid label key {key!r}")
-    return lambda pod: all(test(pod["metadata"].get("labels", {})) for _, test in requirements)
+    return lambda item: all(test(item["metadata"].get("labels", {})) for _, test in requirements)
 
 
 def label_requirement(term: str) -> tuple[str, Callable[[dict[str, str]], bool]]:
@@ -182,23 +226,31 @@ def string_map(spec: dict, key: str) -> dict[str, str]:
     return value
 
 
+def object_meta(name: str, labels: dict[str, str], annotations: dict[str, str], uid: str | None = None,
+                namespace: str | None = None) -> dict:
+    """An object's metadata as the API server stores it (empty labels and annotations left out)."""
+    metadata = {"name": name} | ({"namespace": namespace} if namespace is not None else {})
+    metadata |= {"uid": uid or str(uuid.uuid4()), "creationTimestamp": now_rfc3339()}
+    if labels:
+        metadata["labels"] = labels
+    if annotations:
+        metadata["annotations"] = annotations
+    return metadata
+
+
 def pod_object(spec: dict, pod: dict, host_ip: str) -> dict:
     """The `v1` Pod of a bed pod: `spec` is its creation request, `pod` what the bed made of
     it (name, node, namespace, uid, eth0 address, interface MACs), `host_ip` its node's
-    address. Defaulted fields are filled in as the API server's defaulting does."""
+    address of the pod IP's family (as on an IPv6 cluster, where the kubelet's node IP is
+    IPv6). Defaulted fields are filled in as the API server's defaulting does."""
     annotations = {}
     if spec.get("network_status", True):
         # Multus writes it with Go's json.MarshalIndent(statuses, "", "    ").
         annotations[NETWORK_STATUS] = json.dumps(network_status(spec, pod), indent=4)
     annotations |= string_map(spec, "annotations")
-    metadata = {"name": pod["name"], "namespace": pod["namespace"], "uid": pod["uid"],
-                "creationTimestamp": now_rfc3339()}
-    if labels := string_map(spec, "labels"):
-        metadata["labels"] = labels
-    if annotations:
-        metadata["annotations"] = annotations
     return {
-        "apiVersion": "v1", "kind": "Pod", "metadata": metadata,
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": object_meta(pod["name"], string_map(spec, "labels"), annotations, pod["uid"], pod["namespace"]),
         "spec": {"nodeName": pod["node"], "containers": [{"name": "app", "image": "busybox"}],
                  "restartPolicy": "Always", "schedulerName": "default-scheduler", "serviceAccountName": "default"},
         "status": {"phase": "Running", "hostIP": host_ip, "hostIPs": [{"ip": host_ip}], "podIP": pod["pod_ip"],
@@ -206,8 +258,36 @@ def pod_object(spec: dict, pod: dict, host_ip: str) -> dict:
     }
 
 
+def namespace_object(name: str, labels: dict[str, str] | None = None,
+                     annotations: dict[str, str] | None = None) -> dict:
+    """A `v1` Namespace as created: the `kubernetes.io/metadata.name` label (SetDefaults_Namespace),
+    the kubernetes finalizer and phase Active (namespace strategy.go, PrepareForCreate)."""
+    labels = dict(labels or {}) | {NAMESPACE_NAME_LABEL: name}
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": object_meta(name, labels, dict(annotations or {})),
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}
+
+
+def node_object(name: str, node: dict, region: str, address: str, address6: str) -> dict:
+    """The `v1` Node of topology node `name` (`node`: its instance id, type and zone): the
+    kubelet's labels and addresses (pkg/kubelet/kubelet_node_status.go, nodestatus/setters.go:
+    the node IPs, then the hostname), the AWS cloud provider's (k8s.io/cloud-provider-aws:
+    providerID `aws:///<zone>/<instance id>`, zone, region and instance type labels). Its
+    InternalIPs are its namespace's eth0 addresses, where its pods' traffic comes from."""
+    labels = {"kubernetes.io/arch": "amd64", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+              "node.kubernetes.io/instance-type": node["instance_type"], "topology.kubernetes.io/region": region,
+              "topology.kubernetes.io/zone": node["availability_zone"]}
+    return {
+        "apiVersion": "v1", "kind": "Node", "metadata": object_meta(name, labels, {}),
+        "spec": {"providerID": f"aws:///{node['availability_zone']}/{node['instance_id']}"},
+        "status": {"addresses": [{"type": "InternalIP", "address": address},
+                                 {"type": "InternalIP", "address": address6}, {"type": "Hostname", "address": name}],
+                   "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                                   "message": "kubelet is posting ready status"}]},
+    }
+
+
 class Event(NamedTuple):
-    """One change in the history: its version and type, the object after it (None once
+    """One change in a kind's history: its version and type, the object after it (None once
     deleted) and before it (None when added)."""
 
     version: int
@@ -216,91 +296,144 @@ class Event(NamedTuple):
     previous: dict | None
 
 
+def copy(value: dict) -> dict:
+    return json.loads(json.dumps(value))
+
+
 class Cluster:
-    """The Pod objects, their resourceVersion counter and the bounded history of changes
-    watches are served from (the API server's watch cache)."""
+    """The objects by (kind, key) (a pod's key is its bed name, other objects' their name), the
+    resourceVersion counter they share and each kind's bounded history of changes that
+    watches are served from (the API server's watch caches)."""
 
     def __init__(self, history: int = 1000, bookmark_seconds: float = 60.0):
         self.changed = threading.Condition()
-        self.objects: dict[str, dict] = {}  # by bed pod name
+        self.objects: dict[tuple[str, str], dict] = {}
         self.version = 1
-        self.history: collections.deque[Event] = collections.deque(maxlen=history)
+        self.history_size = history
+        self.histories: dict[str, collections.deque[Event]] = {}
+        # By kind: the newest version its history dropped (a watch must start at it or later).
+        self.dropped: dict[str, int] = {}
         self.bookmark_seconds = bookmark_seconds
+        self.stalled_until = 0.0
+        self.unavailable_until = 0.0
         self.closed = False
         self.streams = 0
+        for name in SYSTEM_NAMESPACES:
+            self.add("Namespace", name, namespace_object(name))
 
     def configure(self, history: int | None = None, bookmark_seconds: float | None = None) -> None:
-        """Resizes the event history (keeping its newest events) or changes the bookmark interval."""
+        """Resizes the event histories (keeping their newest events) or changes the bookmark interval."""
         with self.changed:
             if history is not None:
-                self.history = collections.deque(self.history, maxlen=history)
+                self.history_size = history
+                for kind, events in self.histories.items():
+                    kept = collections.deque(events, maxlen=history)
+                    if len(kept) < len(events):
+                        self.dropped[kind] = events[len(events) - len(kept) - 1].version
+                    self.histories[kind] = kept
             if bookmark_seconds is not None:
                 self.bookmark_seconds = bookmark_seconds
             self.changed.notify_all()
 
-    def record(self, kind: str, name: str, pod: dict | None, previous: dict | None) -> dict:
+    def faults(self, stall_seconds: float | None = None, unavailable_seconds: float | None = None) -> None:
+        """Stalls every watch for `stall_seconds`, or refuses every request for
+        `unavailable_seconds`, from now."""
+        with self.changed:
+            now = time.monotonic()
+            if stall_seconds is not None:
+                self.stalled_until = max(self.stalled_until, now + stall_seconds)
+            if unavailable_seconds is not None:
+                self.unavailable_until = max(self.unavailable_until, now + unavailable_seconds)
+            self.changed.notify_all()
+
+    def wait_unstalled(self) -> None:
+        """Returns once no stall is on (or the bed closes)."""
+        with self.changed:
+            while not self.closed and (left := self.stalled_until - time.monotonic()) > 0:
+                self.changed.wait(left)
+
+    def unavailable(self) -> bool:
+        return time.monotonic() < self.unavailable_until
+
+    def record(self, kind: str, key: str, event_type: str, item: dict | None, previous: dict | None) -> dict:
         """Stores a change under the next resourceVersion and wakes the watches; the caller
         holds `changed`."""
         self.version += 1
-        stored = json.loads(json.dumps(pod if pod is not None else previous))
+        stored = copy(item if item is not None else previous)
         stored["metadata"]["resourceVersion"] = str(self.version)
-        if kind == "DELETED":
-            self.objects.pop(name)
+        if event_type == "DELETED":
+            self.objects.pop((kind, key))
         else:
-            self.objects[name] = stored
-        self.history.append(Event(self.version, kind, stored if pod is not None else None, previous))
+            self.objects[(kind, key)] = stored
+        history = self.histories.setdefault(kind, collections.deque(maxlen=self.history_size))
+        if len(history) == history.maxlen:
+            self.dropped[kind] = history[0].version if history else self.version
+        history.append(Event(self.version, event_type, stored if item is not None else None, previous))
         self.changed.notify_all()
         return stored
 
-    def add(self, name: str, pod: dict) -> dict:
+    def add(self, kind: str, key: str, item: dict) -> dict:
         with self.changed:
-            return self.record("ADDED", name, pod, None)
+            if (kind, key) in self.objects:
+                plural = next(resource.plural for resource in RESOURCES.values() if resource.kind == kind)
+                raise ValueError(f'{plural} "{item["metadata"]["name"]}" already exists')
+            return self.record(kind, key, "ADDED", item, None)
 
-    def annotate(self, name: str, changes: dict) -> dict:
-        """`{"set": {name: value}, "remove": [name]}` on the pod's annotations; the object."""
+    def ensure_namespace(self, name: str) -> None:
+        """Namespace `name`, made (ADDED) unless it exists."""
         with self.changed:
-            current = self.get(name)
+            if ("Namespace", name) not in self.objects:
+                self.add("Namespace", name, namespace_object(name))
+
+    def annotate(self, kind: str, key: str, changes: dict) -> dict:
+        """`{"set": {name: value}, "remove": [name]}` on the object's annotations; the object."""
+        with self.changed:
+            current = self.get(kind, key)
             annotations = dict(current["metadata"].get("annotations", {}))
-            for key in changes.get("remove", []):
-                annotations.pop(key, None)
+            for name in changes.get("remove", []):
+                annotations.pop(name, None)
             annotations |= string_map(changes, "set")
             if annotations == current["metadata"].get("annotations", {}):
                 return current
-            changed = json.loads(json.dumps(current))
+            changed = copy(current)
             changed["metadata"]["annotations"] = annotations
             if not annotations:
                 del changed["metadata"]["annotations"]
-            return self.record("MODIFIED", name, changed, current)
+            return self.record(kind, key, "MODIFIED", changed, current)
 
-    def start_deletion(self, name: str) -> dict:
+    def start_deletion(self, kind: str, key: str) -> dict:
         """A graceful delete's first step: `deletionTimestamp` set, 30 s of grace (the default)."""
         with self.changed:
-            current = self.get(name)
-            terminating = json.loads(json.dumps(current))
+            current = self.get(kind, key)
+            terminating = copy(current)
             terminating["metadata"] |= {"deletionTimestamp": now_rfc3339(), "deletionGracePeriodSeconds": 30}
-            return self.record("MODIFIED", name, terminating, current)
+            return self.record(kind, key, "MODIFIED", terminating, current)
 
-    def delete(self, name: str) -> None:
+    def delete(self, kind: str, key: str) -> None:
         with self.changed:
-            self.record("DELETED", name, None, self.get(name))
+            self.record(kind, key, "DELETED", None, self.get(kind, key))
 
-    def get(self, name: str) -> dict:
+    def get(self, kind: str, key: str) -> dict:
+        """The object; KeyError when there is none."""
         with self.changed:
-            if name not in self.objects:
-                raise KeyError(name)
-            return self.objects[name]
+            return self.objects[(kind, key)]
 
-    def find(self, namespace: str, name: str) -> dict | None:
+    def has(self, kind: str, key: str) -> bool:
         with self.changed:
-            return next((pod for pod in self.objects.values()
-                         if pod["metadata"]["namespace"] == namespace and pod["metadata"]["name"] == name), None)
+            return (kind, key) in self.objects
 
-    def snapshot(self, matches: Callable[[dict], bool]) -> tuple[int, list[dict]]:
-        """The current version and the objects that match, in etcd's key order."""
+    def find(self, kind: str, namespace: str | None, name: str) -> dict | None:
+        """The object named `name` (in `namespace`, for a kind that lives in one)."""
         with self.changed:
-            pods = sorted((pod for pod in self.objects.values() if matches(pod)),
-                          key=lambda pod: (pod["metadata"]["namespace"], pod["metadata"]["name"]))
-            return self.version, pods
+            item = self.objects.get((kind, name))
+            return item if item is not None and item["metadata"].get("namespace") == namespace else None
+
+    def snapshot(self, kind: str, matches: Callable[[dict], bool]) -> tuple[int, list[dict]]:
+        """The current version and the objects of `kind` that match, in etcd's key order."""
+        with self.changed:
+            items = sorted((item for (of_kind, _), item in self.objects.items() if of_kind == kind and matches(item)),
+                           key=lambda item: (item["metadata"].get("namespace", ""), item["metadata"]["name"]))
+            return self.version, items
 
     def close(self, limit: float = 2.0) -> None:
         """Ends every watch stream (waiting up to `limit` for them to finish writing)."""
@@ -311,13 +444,9 @@ class Cluster:
             while self.streams and time.monotonic() < deadline:
                 self.changed.wait(deadline - time.monotonic())
 
-    def oldest_servable(self) -> int:
-        """The oldest version a watch can start after: every later event is in the history."""
-        return self.history[0].version - 1 if self.history else self.version
-
-    def watch(self, since: str, matches: Callable[[dict], bool], deadline: float, bookmarks: bool,
+    def watch(self, kind: str, since: str, matches: Callable[[dict], bool], deadline: float, bookmarks: bool,
               initial_events: bool) -> Iterator[dict]:
-        """The events of one watch until `deadline`, the bed's end or an ERROR event."""
+        """The events of one watch on `kind` until `deadline`, the bed's end or an ERROR event."""
         if since not in ("", "0"):
             with self.changed:
                 fresh = self.changed.wait_for(lambda: self.version >= int(since) or self.closed,
@@ -330,10 +459,10 @@ class Cluster:
                 yield {"type": "ERROR", "object": error}
                 return
         if since in ("", "0") or initial_events:
-            version, pods = self.snapshot(matches)
-            yield from ({"type": "ADDED", "object": pod} for pod in pods)
+            version, items = self.snapshot(kind, matches)
+            yield from ({"type": "ADDED", "object": item} for item in items)
             if initial_events:
-                yield bookmark(version, {INITIAL_EVENTS_END: "true"})
+                yield bookmark(kind, version, {INITIAL_EVENTS_END: "true"})
         else:
             version = int(since)
         next_bookmark = self.next_bookmark(time.monotonic(), deadline) if bookmarks else None
@@ -345,8 +474,9 @@ class Cluster:
                     self.changed.wait(wake - time.monotonic())
                 if self.closed or time.monotonic() >= deadline:
                     return
-                oldest = self.oldest_servable()
-                events = [event for event in self.history if event.version > version] if version >= oldest else None
+                oldest = self.dropped.get(kind, 0)
+                history = self.histories.get(kind, ())
+                events = [event for event in history if event.version > version] if version >= oldest else None
                 version = self.version if events is not None else version
             if events is None:
                 yield {"type": "ERROR", "object": status_object(
@@ -357,7 +487,7 @@ class Cluster:
                 if shown:
                     yield shown
             if next_bookmark is not None and time.monotonic() >= next_bookmark:
-                yield bookmark(version)
+                yield bookmark(kind, version)
                 next_bookmark = self.next_bookmark(time.monotonic(), deadline)
 
     def next_bookmark(self, now: float, deadline: float) -> float | None:
@@ -376,23 +506,25 @@ def visible(event: Event, matches: Callable[[dict], bool]) -> dict | None:
     if now_matches:
         return {"type": "MODIFIED" if matched else "ADDED", "object": event.object}
     if matched:
-        gone = json.loads(json.dumps(event.previous))
+        gone = copy(event.previous)
         gone["metadata"]["resourceVersion"] = str(event.version)
         return {"type": "DELETED", "object": gone}
     return None
 
 
-def bookmark(version: int, annotations: dict[str, str] | None = None) -> dict:
-    """A BOOKMARK event: a Pod holding only the version (and the initial-events-end mark)."""
+def bookmark(kind: str, version: int, annotations: dict[str, str] | None = None) -> dict:
+    """A BOOKMARK event: an object of `kind` holding only the version (and the
+    initial-events-end mark)."""
     metadata: dict = {"resourceVersion": str(version)}
     if annotations:
         metadata["annotations"] = annotations
-    return {"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1", "metadata": metadata}}
+    return {"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": "v1", "metadata": metadata}}
 
 
 def handler(cluster: Cluster):
     class Handler(BaseHTTPRequestHandler):
-        """One connection to the API server: GETs of pods, everything else 405."""
+        """One connection to the API server: GETs of pods, namespaces and nodes, everything
+        else 405."""
 
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True  # as the IMDS handler: no delayed-ACK stall per answer
@@ -401,6 +533,8 @@ def handler(cluster: Cluster):
             pass
 
         def do_GET(self):
+            if self.refused():
+                return
             url = urlsplit(self.path)
             query = parse_qs(url.query, keep_blank_values=True)
             try:
@@ -409,49 +543,61 @@ def handler(cluster: Cluster):
                 self.reply(error.code, error.status())
 
         def do_POST(self):
-            self.refuse_method()
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if not self.refused():
+                self.reply(405, status_object(405, "MethodNotAllowed",
+                                              "the server does not allow this method on the requested resource"))
 
         do_PUT = do_PATCH = do_DELETE = do_POST
 
-        def refuse_method(self):
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.reply(405, status_object(405, "MethodNotAllowed",
-                                          "the server does not allow this method on the requested resource"))
+        def refused(self) -> bool:
+            """Answers 503 while the server is unavailable (apimachinery pkg/api/errors,
+            NewGenericServerResponse's message for 503)."""
+            if cluster.unavailable():
+                self.reply(503, status_object(503, "ServiceUnavailable",
+                                              "the server is currently unable to handle the request"))
+                return True
+            return False
 
         def route(self, parts: list[str], query: dict[str, list[str]]) -> None:
-            if parts == ["api", "v1", "pods"]:
-                return self.collection(None, query)
-            if len(parts) == 5 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "pods":
-                return self.collection(parts[3], query)
-            if len(parts) == 6 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "pods":
-                pod = cluster.find(parts[3], parts[5])
-                if pod is None:
-                    error = status_object(404, "NotFound", f'pods "{parts[5]}" not found')
-                    error["details"] = {"name": parts[5], "kind": "pods"}
-                    return self.reply(404, error)
-                return self.reply(200, pod)
-            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            rest, namespace = parts[2:], None
+            if parts[:2] != ["api", "v1"]:
+                rest = []
+            elif len(rest) >= 3 and rest[0] == "namespaces" and rest[2] in RESOURCES and RESOURCES[rest[2]].namespaced:
+                namespace, rest = rest[1], rest[2:]
+            resource = RESOURCES.get(rest[0]) if rest else None
+            if resource is None or len(rest) > 2 or (resource.namespaced and namespace is None and len(rest) == 2):
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            if len(rest) == 1:
+                return self.collection(resource, namespace, query)
+            item = cluster.find(resource.kind, namespace, rest[1])
+            if item is None:
+                error = status_object(404, "NotFound", f'{resource.plural} "{rest[1]}" not found')
+                error["details"] = {"name": rest[1], "kind": resource.plural}
+                return self.reply(404, error)
+            return self.reply(200, item)
 
-        def collection(self, namespace: str | None, query: dict[str, list[str]]) -> None:
-            fields = field_selector(query.get("fieldSelector", [""])[0])
+        def collection(self, resource: Resource, namespace: str | None, query: dict[str, list[str]]) -> None:
+            fields = field_selector(query.get("fieldSelector", [""])[0], resource.fields)
             labels = label_selector(query.get("labelSelector", [""])[0])
 
-            def matches(pod: dict) -> bool:
-                return (namespace is None or pod["metadata"]["namespace"] == namespace) and fields(pod) and labels(pod)
+            def matches(item: dict) -> bool:
+                return ((namespace is None or item["metadata"]["namespace"] == namespace) and fields(item)
+                        and labels(item))
 
             version = query.get("resourceVersion", [""])[0]
             if version not in ("", "0") and not version.isdigit():
                 raise ApiError(400, "BadRequest", f"invalid resource version: {version}")
             if query_bool(query, "watch"):
-                return self.watch(version, matches, query)
+                return self.watch(resource.kind, version, matches, query)
             if query_bool(query, "sendInitialEvents"):
                 raise ApiError(422, "Invalid", "sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list")
-            current, pods = cluster.snapshot(matches)
-            items = [{key: value for key, value in pod.items() if key not in ("apiVersion", "kind")} for pod in pods]
-            self.reply(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": str(current)},
-                             "items": items})
+            current, items = cluster.snapshot(resource.kind, matches)
+            items = [{key: value for key, value in item.items() if key not in ("apiVersion", "kind")} for item in items]
+            self.reply(200, {"kind": f"{resource.kind}List", "apiVersion": "v1",
+                             "metadata": {"resourceVersion": str(current)}, "items": items})
 
-        def watch(self, version: str, matches, query: dict[str, list[str]]) -> None:
+        def watch(self, kind: str, version: str, matches, query: dict[str, list[str]]) -> None:
             bookmarks = query_bool(query, "allowWatchBookmarks")
             initial_events = query_bool(query, "sendInitialEvents")
             match = query.get("resourceVersionMatch", [""])[0]
@@ -478,8 +624,11 @@ def handler(cluster: Cluster):
             with cluster.changed:
                 cluster.streams += 1
             try:
-                for event in cluster.watch(version, matches, deadline, bookmarks, initial_events):
+                # A stall holds each event, and the stream's end, until it is over.
+                for event in cluster.watch(kind, version, matches, deadline, bookmarks, initial_events):
+                    cluster.wait_unstalled()
                     self.chunk(json.dumps(event).encode() + b"\n")
+                cluster.wait_unstalled()
                 self.chunk(b"")
             except OSError:  # the watcher went away
                 self.close_connection = True

@@ -1,27 +1,44 @@
-"""Pods of the test bed: network namespaces, as containerd and CRI-O make pod sandboxes.
+"""Pods of the test bed: network namespaces, as containerd and CRI-O make pod sandboxes,
+networked as the VPC CNI networks them on an EKS node.
 
-The stand-in runs in a namespace of its own (the bed) holding a bridge, `br0`, on the
-bed's management network; every pod namespace has an `eth0` on that bridge, so the processes
-run inside reach EC2 and their node's instance metadata (on a real node eth0 is the VPC
-CNI's; the helper never touches it). A Multus interface is a macvlan carrying the MAC of the
-node ENI it stands on: this kernel has no ipvlan, and to the helper a macvlan with the
-master's MAC is the same as an ipvlan child (`ip -d link` aside). Each interface gets a
-parent of its own, because two macvlans with one MAC cannot share a parent (ipvlan children
-of one ENI can). Other interfaces, such as the VPC CNI's `v4if0`, get a MAC of no ENI.
+The stand-in runs in a namespace of its own (the bed) holding a bridge, `br0`, on the bed's
+management network (the VPC, as the nodes see it). Each node has a namespace of its own (its
+host network, where a node agent runs) whose `eth0` is on that bridge, with an IPv4 and an
+IPv6 address, and a default route through the bed's gateway.
 
-Every change is one `ip -batch` in the bed namespace and one in the pod's, so a pod costs a
-few tens of milliseconds. Needs root.
+A pod's `eth0` is what the VPC CNI makes (amazon-vpc-cni-k8s,
+cmd/routed-eni-cni-plugin/driver/driver.go, `createVethPairContext.run` and
+`setupIPBasedContainerRouteRules`): a veth whose peer lives in its node's namespace, named
+`eni` + 11 hex digits of SHA-1("<namespace>.<name>"); the pod IP alone on eth0 (/32, or /128
+for IPv6), a route to the gateway 169.254.1.1 (fe80::1) with scope link, the default route
+through it, and a permanent neighbour entry giving it the host veth's MAC; on the node, the
+route `<pod IP> dev eni... scope link`. Pod IPs come from ranges of their own outside the
+management network, so a node reaches another node's pods through the gateway, which routes
+each pod IP to its node's eth0 address as the VPC routes a pod's address to its node's ENI.
+No SNAT: the bed sees a pod's own address, and instance metadata can refuse pods by it. Left
+out: the VPC CNI's to-container `ip rule` (a node has one route table here) and its IPv6
+sysctls on the host veth (nothing sends router advertisements here).
 
-Each node also has a namespace of its own (its host network, where a node agent runs, with
-an `eth0` on the bridge) and a runtime netns directory, as containerd and CRI-O keep pod
-sandboxes under /var/run/netns (`cni-<uuid>`): a shared mount under /run/ipmgr-testenv/
-holding a bind mount of each of the node's pod namespaces, so that a process that mounted
-it (an agent started with `ip netns exec`, like a container with HostToContainer
-propagation) sees pods come and go.
+A Multus interface is a macvlan carrying the MAC of the node ENI it stands on: this kernel
+has no ipvlan, and to the helper a macvlan with the master's MAC is the same as an ipvlan
+child (`ip -d link` aside). Each interface gets a parent of its own in the bed, because two
+macvlans with one MAC cannot share a parent (ipvlan children of one ENI can). Other
+interfaces, such as the VPC CNI's `v4if0`, get a MAC of no ENI.
+
+Every change is one `ip -batch` per namespace it touches (the bed, the node, the pod), so a
+pod costs a few tens of milliseconds. Needs root.
+
+Each node also has a runtime netns directory, as containerd and CRI-O keep pod sandboxes
+under /var/run/netns (`cni-<uuid>`): a shared mount under /run/ipmgr-testenv/ holding a bind
+mount of each of the node's pod namespaces, so that a process that mounted it (an agent
+started with `ip netns exec`, like a container with HostToContainer propagation) sees pods
+come and go.
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import ipaddress
 import os
 import secrets
@@ -30,9 +47,32 @@ import threading
 import uuid
 from pathlib import Path
 
-MANAGEMENT = ipaddress.ip_network("198.18.0.0/16")  # RFC 2544 benchmarking range: never a VPC's
+# RFC 2544's benchmarking range (198.18.0.0/15) and RFC 5180's (2001:2::/48): never a VPC's.
+# 198.18.0.0/16 and 2001:2::/64 hold the bed's gateway and the nodes, the others the pod IPs.
+MANAGEMENT = ipaddress.ip_network("198.18.0.0/16")
+MANAGEMENT6 = ipaddress.ip_network("2001:2::/64")
 GATEWAY = MANAGEMENT.network_address + 1
+GATEWAY6 = MANAGEMENT6.network_address + 1
+POD_NETWORKS = {4: ipaddress.ip_network("198.19.0.0/16"), 6: ipaddress.ip_network("2001:2:0:1::/64")}
+# The pod's next hop: networkutils.CalculatePodIPv4GatewayIP(0) and CalculatePodIPv6GatewayIP(0)
+# (pkg/networkutils/helper.go), for eth0.
+POD_GATEWAYS = {4: "169.254.1.1", 6: "fe80::1"}
+# AWS_VPC_K8S_CNI_VETHPREFIX's default (cmd/aws-vpc-cni/main.go, defaultVethPrefix).
+VETH_PREFIX = "eni"
 RUNTIME_DIRS = Path("/run/ipmgr-testenv")
+
+# The bed routes between nodes as the VPC does: it forwards, and sends no ICMP redirects
+# (nodes would learn routes straight to each other, stale once a pod IP moves).
+# Without duplicate address detection, addresses are usable at once.
+BED_SYSCTLS = ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", "net.ipv4.conf.all.send_redirects=0",
+               "net.ipv4.conf.default.send_redirects=0", "net.ipv6.conf.all.accept_dad=0",
+               "net.ipv6.conf.default.accept_dad=0"]
+# A node forwards its pods' traffic: IPv4 forwarding as the VPC CNI's routed pods need it
+# (pkg/utils/cniutils/cni_utils.go, EnableIpForwarding), IPv6 as cmd/aws-vpc-cni-init/main.go
+# sets net/ipv6/conf/all/forwarding=1. Host veths skip DAD, so that a pod is reachable at once
+# (the VPC CNI waits for the pod's addresses to pass DAD instead, up to 10 s).
+NODE_SYSCTLS = ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0"]
 
 
 class PodError(Exception):
@@ -42,12 +82,42 @@ class PodError(Exception):
 def batch(commands: list[str], namespace: str | None = None) -> None:
     """Runs `commands` with one `ip -batch` (in `namespace` when given); raises with ip's
     reason when one fails."""
-    if not commands:
-        return
-    argv = ["ip"] + (["-n", namespace] if namespace else []) + ["-batch", "-"]
-    result = subprocess.run(argv, input="\n".join(commands) + "\n", capture_output=True, text=True)
-    if result.returncode != 0:
-        raise PodError(f"ip -batch {'in ' + namespace if namespace else ''} failed: {result.stderr.strip()}")
+    batches([(commands, namespace)])
+
+
+def batches(work: list[tuple[list[str], str | None]], force: bool = False) -> None:
+    """Runs one `ip -batch` per (commands, namespace) at once and waits for them all; unless
+    `force`, raises with ip's reason when one fails (with `force`, each goes on past errors)."""
+    running = []
+    for commands, namespace in work:
+        if commands:
+            argv = ["ip"] + (["-force"] if force else []) + (["-n", namespace] if namespace else []) + ["-batch", "-"]
+            process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE, text=True)
+            process.stdin.write("\n".join(commands) + "\n")
+            process.stdin.close()
+            running.append((process, namespace))
+    failures = []
+    for process, namespace in running:
+        errors = process.stderr.read()
+        if process.wait() != 0 and not force:
+            failures.append(f"ip -batch {'in ' + namespace if namespace else ''} failed: {errors.strip()}")
+    if failures:
+        raise PodError("; ".join(failures))
+
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+MS_BIND = 4096  # <sys/mount.h>
+
+
+def bind_mount(source: str, target: str) -> None:
+    """`mount --bind source target` without a process (a pod's sandbox in its runtime directory)."""
+    if LIBC.mount(source.encode(), target.encode(), None, MS_BIND, None) != 0:
+        raise OSError(ctypes.get_errno(), f"mount --bind {source} {target}: {os.strerror(ctypes.get_errno())}")
+
+
+def set_sysctls(namespace: str, values: list[str]) -> None:
+    subprocess.run(["ip", "netns", "exec", namespace, "sysctl", "-q", "-w", *values], check=True, capture_output=True)
 
 
 def random_mac() -> str:
@@ -56,84 +126,150 @@ def random_mac() -> str:
     return "06:" + ":".join(f"{byte:02x}" for byte in secrets.token_bytes(5))
 
 
+def host_veth_name(namespace: str, name: str) -> str:
+    """The host side of a pod's eth0 (pkg/networkutils/names.go, GeneratePodHostVethName)."""
+    return VETH_PREFIX + hashlib.sha1(f"{namespace}.{name}".encode()).hexdigest()[:11]
+
+
+def host_route(address: str) -> str:
+    """`address` as a one-address prefix (/32 or /128)."""
+    return str(ipaddress.ip_network(address))
+
+
 class Pods:
-    """The pods of one bed; `macs(node, eni)` gives an ENI's MAC by node and ENI name."""
+    """The pods and nodes of one bed; `eni_mac(node, eni)` gives an ENI's MAC by node and ENI
+    name."""
 
     def __init__(self, bed: str, eni_mac):
         self.bed, self.eni_mac = bed, eni_mac
         self.lock = threading.Lock()
         self.pods: dict[str, dict] = {}
-        self.nodes: dict[str, dict] = {}
-        self.counter = 0
+        self.nodes: dict[str, dict] = {}  # planned by plan_nodes; "netns" once made
+        self.pod_ips: dict[str, str] = {}  # a live sandbox's pod IP -> its name
+        self.next_host = {4: 0, 6: 0}
+        self.links = 0
         self.runtime = RUNTIME_DIRS / bed
 
     @staticmethod
     def prepare_bed() -> list[str]:
         """The bed namespace's own links (run inside it)."""
         # A fixed MAC: a bridge otherwise takes its lowest port's, which changes when that
-        # pod goes, and every namespace's ARP entry for the gateway goes stale for seconds.
+        # node's veth goes, and every namespace's ARP entry for the gateway goes stale for seconds.
         return ["link set lo up", "link add br0 address 02:00:c6:12:00:01 type bridge",
-                f"addr add {GATEWAY}/{MANAGEMENT.prefixlen} dev br0", "link set br0 up"]
+                f"addr add {GATEWAY}/{MANAGEMENT.prefixlen} dev br0",
+                f"addr add {GATEWAY6}/{MANAGEMENT6.prefixlen} dev br0 nodad", "link set br0 up"]
 
-    def next_number(self) -> int:
+    def plan_nodes(self, names: list[str]) -> None:
+        """Gives each node of the topology its number and eth0 addresses (its namespace is
+        made on first use)."""
         with self.lock:
-            self.counter += 1
-            if self.counter + 1 >= MANAGEMENT.num_addresses - 1:
-                raise PodError("the bed's management network is full")
-            return self.counter
+            for name in names:
+                number = len(self.nodes) + 1
+                if number + 1 >= MANAGEMENT.num_addresses - 1:
+                    raise PodError("the bed's management network is full")
+                self.nodes[name] = {"name": name, "number": number,
+                                    "address": str(GATEWAY + number), "address6": str(GATEWAY6 + number)}
+
+    def next_link(self) -> int:
+        with self.lock:
+            self.links += 1
+            return self.links
+
+    def planned(self, name: str) -> dict:
+        with self.lock:
+            if name not in self.nodes:
+                raise PodError(f"no node {name} in the topology")
+            return self.nodes[name]
 
     def node(self, name: str, env: dict[str, str]) -> dict:
         """The node's own namespace and runtime netns directory, made on first use."""
+        node = self.planned(name)
         with self.lock:
-            if name in self.nodes:
-                return self.nodes[name]
-        number = self.next_number()
-        netns, host_side = f"{self.bed}-node-{name}", f"e{number}"
+            if "netns" in node:
+                return node
+        netns, host_side = f"{self.bed}-node-{name}", f"e{node['number']}"
         netns_dir = self.runtime / name
         netns_dir.mkdir(parents=True, exist_ok=True)
         for command in (["mount", "--bind", str(netns_dir), str(netns_dir)], ["mount", "--make-shared", str(netns_dir)]):
             subprocess.run(command, check=True, capture_output=True)
-        batch([f"netns add {netns}", f"link add {host_side} type veth peer name eth0 netns {netns}",
-               f"link set {host_side} master br0 up"])
-        address = str(MANAGEMENT.network_address + 1 + number)
-        batch(["link set lo up", f"addr add {address}/{MANAGEMENT.prefixlen} dev eth0", "link set eth0 up"], netns)
-        node = {"name": name, "netns": netns, "netns_dir": str(netns_dir), "env": env, "address": address}
+        batch([f"netns add {netns}"])
+        set_sysctls(netns, NODE_SYSCTLS)  # before eth0, which takes the defaults
+        batch([f"link add {host_side} type veth peer name eth0 netns {netns}", f"link set {host_side} master br0 up"])
+        batch(["link set lo up", f"addr add {node['address']}/{MANAGEMENT.prefixlen} dev eth0",
+               f"addr add {node['address6']}/{MANAGEMENT6.prefixlen} dev eth0 nodad", "link set eth0 up",
+               f"route add default via {GATEWAY}", f"route add default via {GATEWAY6}"], netns)
         with self.lock:
-            self.nodes[name] = node
+            node |= {"netns": netns, "netns_dir": str(netns_dir), "env": env}
         return node
 
+    def node_address(self, name: str, family: int = 4) -> str | None:
+        """The IPv4 (or IPv6) address of node `name`'s eth0, None for a node of no topology."""
+        with self.lock:
+            node = self.nodes.get(name)
+            return node and node["address" if family == 4 else "address6"]
+
+    def claim_ip(self, wanted: str | None, family: int) -> str:
+        """A pod IP: `wanted` (in the pod range, held by no live sandbox), or
+        the next free one of the family's range; the caller holds the lock."""
+        network = POD_NETWORKS[family]
+        if wanted is not None:
+            try:
+                address = ipaddress.ip_address(wanted)
+            except ValueError:
+                raise PodError(f"pod_ip {wanted!r} is not an IP address") from None
+            if address not in network:
+                raise PodError(f"pod_ip {wanted} is outside the pod range {network}")
+            if str(address) in self.pod_ips:
+                raise PodError(f"pod_ip {address} is pod {self.pod_ips[str(address)]}'s")
+            return str(address)
+        usable = min(network.num_addresses - 2, 1 << 20)
+        for _ in range(usable):
+            self.next_host[family] = self.next_host[family] % usable + 1
+            address = str(network.network_address + self.next_host[family])
+            if address not in self.pod_ips:
+                return address
+        raise PodError(f"the pod range {network} is full")
+
     def create(self, spec: dict, env: dict[str, str]) -> dict:
-        """A pod: `{"name", "node", "namespace", "interfaces": [{"name", "eni" | "mac", "addresses"}]}`
-        (namespace: the Kubernetes one, "default" when not given). Like a sandbox, it carries
-        the pod's name, namespace and uid (CRI PodSandboxMetadata), and its eth0 address is
-        the pod IP (on EKS, the VPC CNI's)."""
-        name, node = spec["name"], spec["node"]
-        runtime_dir = Path(self.node(node, env)["netns_dir"])
-        number = self.next_number()
+        """A pod: `{"name", "node", "namespace", "ipv6", "pod_ip", "interfaces": [{"name", "eni" |
+        "mac", "addresses"}]}` (namespace: the Kubernetes one, "default" when not given). Like a
+        sandbox, it carries the pod's name, namespace and uid (CRI PodSandboxMetadata), and
+        its eth0 address is the pod IP (IPv6 with `ipv6`; `pod_ip` to reuse one)."""
+        name, node_name = spec["name"], spec["node"]
+        node = self.node(node_name, env)
+        wanted = spec.get("pod_ip")
+        if wanted is not None and spec.get("ipv6") and ":" not in str(wanted):
+            raise PodError(f"pod_ip {wanted} is not IPv6, as \"ipv6\" asks")
+        family = 6 if spec.get("ipv6") or ":" in str(wanted or "") else 4
+        namespace = spec.get("namespace", "default")
         with self.lock:
             if name in self.pods:
                 raise PodError(f"pod {name} exists already")
-            self.pods[name] = {"name": name, "node": node, "namespace": spec.get("namespace", "default"),
-                               "uid": str(uuid.uuid4()), "netns": f"{self.bed}-{name}", "interfaces": [],
-                               "pod_ip": str(MANAGEMENT.network_address + 1 + number), "links": [], "env": env,
-                               "runtime_netns": str(runtime_dir / f"cni-{uuid.uuid4()}")}
+            pod_ip = self.claim_ip(wanted, family)
+            self.pod_ips[pod_ip] = name
+            self.pods[name] = {"name": name, "node": node_name, "namespace": namespace, "uid": str(uuid.uuid4()),
+                               "netns": f"{self.bed}-{name}", "interfaces": [], "pod_ip": pod_ip, "family": family,
+                               "host_veth": host_veth_name(namespace, name), "node_netns": node["netns"],
+                               "links": [], "env": env, "routed_via": node["address" if family == 4 else "address6"],
+                               "runtime_netns": str(Path(node["netns_dir"]) / f"cni-{uuid.uuid4()}")}
         pod = self.pods[name]
-        host_side = f"e{number}"
+        mac, gateway, veth = random_mac(), POD_GATEWAYS[family], pod["host_veth"]
         outside = [f"netns add {pod['netns']}",
-                   f"link add {host_side} type veth peer name eth0 netns {pod['netns']}",
-                   f"link set {host_side} master br0 up"]
-        inside = ["link set lo up", f"addr add {pod['pod_ip']}/{MANAGEMENT.prefixlen} dev eth0", "link set eth0 up"]
-        pod["links"].append(host_side)
+                   f"link add {veth} address {mac} netns {node['netns']} type veth peer name eth0 netns {pod['netns']}",
+                   f"route add {host_route(pod_ip)} via {pod['routed_via']}"]
+        on_node = [f"link set {veth} up", f"route replace {host_route(pod_ip)} dev {veth} scope link"]
+        inside = ["link set lo up", "link set eth0 up", f"route add {gateway} dev eth0 scope link",
+                  f"route add default via {gateway} dev eth0", address_command("add", host_route(pod_ip), "eth0"),
+                  f"neigh add {gateway} lladdr {mac} dev eth0 nud permanent"]
         try:
             for interface in spec.get("interfaces", []):
                 more_outside, more_inside = self.interface_commands(pod, interface)
                 outside += more_outside
                 inside += more_inside
             batch(outside)
-            batch(inside, pod["netns"])
+            batches([(on_node, node["netns"]), (inside, pod["netns"])])
             Path(pod["runtime_netns"]).touch()
-            subprocess.run(["mount", "--bind", f"/var/run/netns/{pod['netns']}", pod["runtime_netns"]],
-                           check=True, capture_output=True)
+            bind_mount(f"/var/run/netns/{pod['netns']}", pod["runtime_netns"])
         except Exception:
             self.delete(name)
             raise
@@ -147,7 +283,7 @@ class Pods:
             mac = self.eni_mac(pod["node"], interface["eni"])
         else:
             mac = interface.get("mac") or random_mac()
-        number = self.next_number()
+        number = self.next_link()
         parent, peer, temporary = f"x{number}", f"y{number}", f"m{number}"
         pod["links"].append(parent)
         pod["interfaces"].append({"name": name, "mac": mac})
@@ -175,21 +311,28 @@ class Pods:
         return self.describe(pod)
 
     def delete(self, name: str) -> None:
-        """Deletes the pod's namespace (its interfaces go with it) and its links in the bed."""
+        """Deletes the pod's sandbox: its eth0 veth (both sides at once, so that a pod of the
+        same name can follow straight away), its namespace (its other interfaces go with it),
+        the bed's route to its pod IP and its links in the bed."""
         with self.lock:
             pod = self.pods.pop(name, None)
+            if pod is not None:
+                self.pod_ips.pop(pod["pod_ip"], None)
         if pod is None:
             raise PodError(f"no pod {name}")
-        remove_namespaces([pod["netns"]], [pod["runtime_netns"]])
+        runtime_netns = Path(pod["runtime_netns"])
+        if runtime_netns.is_file():
+            LIBC.umount2(str(runtime_netns).encode(), 0)
+            runtime_netns.unlink()
         # The veth peers of deleted macvlans stay in the bed namespace; -force goes on past
-        # the ones that went with the pod.
-        subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"link del {link}\n" for link in pod["links"]),
-                       capture_output=True, text=True)
+        # what is gone already (a pod whose creation failed half way).
+        batches([([f"link del {pod['host_veth']}"], pod["node_netns"]),
+                 ([f"route del {host_route(pod['pod_ip'])} via {pod['routed_via']}"]
+                  + [f"link del {link}" for link in pod["links"]] + [f"netns del {pod['netns']}"], None)], force=True)
 
-    def node_address(self, name: str) -> str | None:
-        """The eth0 address of node `name`'s own namespace, None before it is made."""
+    def exists(self, name: str) -> bool:
         with self.lock:
-            return self.nodes[name]["address"] if name in self.nodes else None
+            return name in self.pods
 
     def get(self, name: str) -> dict:
         with self.lock:
@@ -204,7 +347,7 @@ class Pods:
     @staticmethod
     def describe(pod: dict) -> dict:
         return {key: pod[key] for key in ("name", "node", "namespace", "uid", "pod_ip", "netns", "interfaces", "env",
-                                          "runtime_netns")} | {
+                                          "runtime_netns", "host_veth")} | {
             "netns_path": f"/var/run/netns/{pod['netns']}"}
 
     def cleanup(self) -> None:
@@ -213,7 +356,7 @@ class Pods:
         with self.lock:
             pods, self.pods = list(self.pods.values()), {}
         remove_namespaces([pod["netns"] for pod in pods], [pod["runtime_netns"] for pod in pods])
-        nodes = list(self.nodes.values())
+        nodes = [node for node in self.nodes.values() if "netns" in node]
         remove_namespaces([node["netns"] for node in nodes], [node["netns_dir"] for node in nodes])
         for node in nodes:
             Path(node["netns_dir"]).rmdir()
@@ -244,6 +387,7 @@ def enter_bed(bed: str, argv: list[str]) -> None:
     inside it (nsenter changes only the network namespace, so `ip netns add` still works)."""
     batch([f"netns add {bed}"])
     try:
+        set_sysctls(bed, BED_SYSCTLS)
         batch(Pods.prepare_bed(), bed)
     except Exception:
         subprocess.run(["ip", "netns", "del", bed], capture_output=True)

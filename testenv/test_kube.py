@@ -1,5 +1,6 @@
 """The bed's Kubernetes API server (testenv/kube.py), asked from a node's namespace as a node
-agent asks it, and metadata closed to pods. Needs root (skipped otherwise)."""
+agent asks it: pods, namespaces and nodes, its faults, and metadata closed to pods. Needs root
+(skipped otherwise)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from urllib.parse import quote
 import pytest
 import yaml
 
-from testenv.client import Bed, Node
+from testenv.client import Bed, BedError, Node
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: pods are network namespaces")
 
@@ -67,10 +68,11 @@ def get(bed: Bed, node: Node, path: str) -> tuple[int, dict]:
 
 
 class Watch:
-    """A watch request streaming in `node`'s namespace; its events one by one."""
+    """A watch request (of pods, or of the collection at `path`) streaming in `node`'s
+    namespace; its events one by one."""
 
-    def __init__(self, bed: Bed, node: Node, query: str):
-        argv = node.exec_argv([sys.executable, "-c", FETCH, f"{bed.kube_endpoint}/api/v1/pods?watch=1&{query}"])
+    def __init__(self, bed: Bed, node: Node, query: str, path: str = "/api/v1/pods"):
+        argv = node.exec_argv([sys.executable, "-c", FETCH, f"{bed.kube_endpoint}{path}?watch=1&{query}"])
         self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         self.lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self.read, daemon=True).start()
@@ -127,7 +129,7 @@ def test_a_list_selects_pods_by_field_and_shows_their_addresses(bed, node1):
     assert item["metadata"]["labels"] == {"app": "web"}
     assert item["status"] == {"phase": "Running", "hostIP": node1.address, "hostIPs": [{"ip": node1.address}],
                               "podIP": here.pod_ip, "podIPs": [{"ip": here.pod_ip}]}
-    assert here.pod_ip.startswith("198.18.") and here.pod_ip != node1.address
+    assert here.pod_ip.startswith("198.19.") and node1.address.startswith("198.18.")
 
     both = selector("metadata.namespace=multus,metadata.name!=listed-here")
     _, listing = get(bed, node1, f"/api/v1/pods?fieldSelector={both}")
@@ -363,3 +365,142 @@ def test_pods_that_cannot_reach_metadata_are_refused_and_counted(bed):
                               timeout=30)
     assert answered.stdout.strip() == instance_id, answered.stderr
     assert bed.metadata_requests()[pod.pod_ip] == 3
+
+
+def test_pods_have_namespaces_made_on_first_use_and_admins_annotate_them(bed, node1, watches):
+    status, listing = get(bed, node1, "/api/v1/namespaces")
+    assert status == 200 and listing["kind"] == "NamespaceList"
+    assert {"default", "kube-system", "kube-public", "kube-node-lease"} <= set(names(listing["items"]))
+    watch = Watch(bed, node1, f"resourceVersion={listing['metadata']['resourceVersion']}&timeoutSeconds=60",
+                  "/api/v1/namespaces")
+    watches.append(watch)
+    pod = bed.pod("node1", "first-in-team", [], namespace="team-a")
+    added = watch.next()
+    assert (added["type"], added["object"]["kind"], added["object"]["metadata"]["name"]) == ("ADDED", "Namespace",
+                                                                                            "team-a")
+    assert added["object"]["metadata"]["labels"] == {"kubernetes.io/metadata.name": "team-a"}
+    assert added["object"]["status"] == {"phase": "Active"}
+    _, pod_object = get(bed, node1, "/api/v1/namespaces/team-a/pods/first-in-team")
+    assert int(pod_object["metadata"]["resourceVersion"]) == int(added["object"]["metadata"]["resourceVersion"]) + 1
+    bed.pod("node1", "second-in-team", [], namespace="team-a")  # the namespace exists: no event
+
+    made = bed.create_namespace("team-b", labels={"tier": "web"},
+                                annotations={"multus-ipmgr.io/floating-ip-cidrs": "10.0.1.0/24"})
+    annotated = bed.annotate_namespace("team-b", {"multus-ipmgr.io/floating-ip-cidrs": "10.0.2.0/24"})
+    assert bed.annotate_namespace("team-b", {"multus-ipmgr.io/floating-ip-cidrs": "10.0.2.0/24"}) == annotated
+    cleared = bed.annotate_namespace("team-b", remove=["multus-ipmgr.io/floating-ip-cidrs"])
+    events = [watch.next() for _ in range(3)]
+    assert [(event["type"], event["object"]["metadata"].get("annotations")) for event in events] == [
+        ("ADDED", {"multus-ipmgr.io/floating-ip-cidrs": "10.0.1.0/24"}),
+        ("MODIFIED", {"multus-ipmgr.io/floating-ip-cidrs": "10.0.2.0/24"}), ("MODIFIED", None)]
+    assert [event["object"] for event in events] == [made, annotated, cleared]
+    assert made["metadata"]["labels"] == {"tier": "web", "kubernetes.io/metadata.name": "team-b"}
+    with pytest.raises(BedError, match='namespaces "team-b" already exists'):
+        bed.create_namespace("team-b")
+    with pytest.raises(BedError, match="no namespace team-z"):
+        bed.annotate_namespace("team-z", {"a": "b"})
+
+    status, shown = get(bed, node1, "/api/v1/namespaces/team-b")
+    assert status == 200 and shown == cleared
+    _, listing = get(bed, node1, f"/api/v1/namespaces?fieldSelector={selector('metadata.name=team-a')}")
+    assert names(listing["items"]) == ["team-a"]
+    _, listing = get(bed, node1, f"/api/v1/namespaces?labelSelector={selector('tier=web')}"
+                                 f"&fieldSelector={selector('status.phase=Active')}")
+    assert names(listing["items"]) == ["team-b"]
+    status, refused = get(bed, node1, f"/api/v1/namespaces?fieldSelector={selector('spec.nodeName=node1')}")
+    assert (status, refused["message"]) == (400, "field label not supported: spec.nodeName")
+    status, missing = get(bed, node1, "/api/v1/namespaces/team-z")
+    assert (status, missing["message"]) == (404, 'namespaces "team-z" not found')
+    assert pod.namespace == "team-a"
+
+
+def test_each_topology_node_is_a_node_object_with_its_provider_id_and_addresses(bed, node1):
+    node2 = bed.node("node2")
+    status, listing = get(bed, node1, "/api/v1/nodes")
+    assert status == 200 and listing["kind"] == "NodeList" and names(listing["items"]) == ["node1", "node2"]
+    for item, node in zip(listing["items"], (node1, node2)):
+        instance_id = bed.topology["nodes"][node.name]["instance_id"]
+        zone = bed.topology["nodes"][node.name]["availability_zone"]
+        assert zone.startswith(bed.topology["region"])
+        assert item["spec"]["providerID"] == f"aws:///{zone}/{instance_id}"
+        assert item["status"]["addresses"] == [{"type": "InternalIP", "address": node.address},
+                                               {"type": "InternalIP", "address": node.address6},
+                                               {"type": "Hostname", "address": node.name}]
+        labels = item["metadata"]["labels"]
+        assert (labels["kubernetes.io/hostname"], labels["topology.kubernetes.io/zone"]) == (node.name, zone)
+    assert listing["items"][1]["metadata"]["labels"]["node.kubernetes.io/instance-type"] == "m5.large"
+    status, shown = get(bed, node1, "/api/v1/nodes/node2")
+    assert status == 200 and shown["kind"] == "Node" and shown["metadata"]["name"] == "node2"
+    fields = selector("metadata.name!=node1,spec.unschedulable=false")
+    _, listing = get(bed, node1, f"/api/v1/nodes?fieldSelector={fields}")
+    assert names(listing["items"]) == ["node2"]
+    watch = Watch(bed, node1, "resourceVersion=0&timeoutSeconds=3", "/api/v1/nodes")
+    assert [event["object"]["metadata"]["name"] for event in (watch.next(), watch.next())] == ["node1", "node2"]
+    assert watch.ended(5)
+
+
+def test_an_ipv6_pod_shows_ipv6_addresses_and_a_kept_object_stays_as_it_was(bed, node1, watches):
+    pod = bed.pod("node1", "six-object", [], ipv6=True)
+    _, shown = get(bed, node1, "/api/v1/namespaces/default/pods/six-object")
+    assert shown["status"] == {"phase": "Running", "hostIP": node1.address6, "hostIPs": [{"ip": node1.address6}],
+                               "podIP": pod.pod_ip, "podIPs": [{"ip": pod.pod_ip}]}
+    watch = Watch(bed, node1, f"fieldSelector={selector('metadata.name=six-object')}"
+                              f"&resourceVersion={shown['metadata']['resourceVersion']}&timeoutSeconds=60")
+    watches.append(watch)
+    bed.delete_pod(pod, keep_object=True)
+    with pytest.raises(BedError, match="pod six-object has no sandbox left"):
+        bed.delete_pod(pod, keep_object=True)
+    _, kept = get(bed, node1, "/api/v1/namespaces/default/pods/six-object")
+    assert kept == shown
+    reused = bed.pod("node2", "six-again", [], pod_ip=pod.pod_ip)
+    _, listing = get(bed, node1, f"/api/v1/pods?fieldSelector={selector('status.podIP=' + pod.pod_ip)}")
+    assert names(listing["items"]) == ["six-again", "six-object"]
+    bed.delete_pod_object(pod)
+    assert [watch.next()["type"] for _ in range(2)] == ["MODIFIED", "DELETED"]  # nothing before
+    bed.delete_pod(reused)
+
+
+def test_a_stalled_watch_delivers_nothing_then_what_it_held_in_order(bed, node1, watches):
+    bed.control("POST", "config", {"kube_bookmark_seconds": 0.5})
+    try:
+        _, listing = get(bed, node1, "/api/v1/pods")
+        query = f"fieldSelector={selector('spec.nodeName=node2')}&timeoutSeconds=60&allowWatchBookmarks=true"
+        watch = Watch(bed, node1, f"{query}&resourceVersion={listing['metadata']['resourceVersion']}")
+        watches.append(watch)
+        assert watch.next()["type"] == "BOOKMARK"
+        bed.stall_watches(3)
+        started = time.monotonic()
+        late = Watch(bed, node1, f"{query}&resourceVersion=0")
+        watches.append(late)
+        pod = bed.pod("node2", "stalled", [])
+        bed.annotate(pod, {"step": "one"})
+        _, during = get(bed, node1, "/api/v1/pods?fieldSelector=spec.nodeName%3Dnode2")  # lists are answered
+        assert "stalled" in names(during["items"]) and time.monotonic() - started < 2
+        for stream in (watch, late):
+            with pytest.raises(queue.Empty):
+                stream.next(max(0.1, 2.5 - (time.monotonic() - started)))
+        held = []
+        while len([event for event in held if event["type"] != "BOOKMARK"]) < 2:
+            held.append(watch.next(5))
+        assert time.monotonic() - started > 2.9
+        changes = [(event["type"], event["object"]["metadata"]["name"])
+                   for event in held if event["type"] != "BOOKMARK"]
+        assert changes == [("ADDED", "stalled"), ("MODIFIED", "stalled")]
+        versions = [int(event["object"]["metadata"]["resourceVersion"]) for event in held]
+        assert versions == sorted(versions)
+        while (event := late.next())["type"] == "ADDED" and event["object"]["metadata"]["name"] != "stalled":
+            pass
+        assert event["object"]["metadata"]["name"] == "stalled"
+    finally:
+        bed.control("POST", "config", {"kube_bookmark_seconds": 60})
+
+
+def test_an_unavailable_api_server_answers_503_then_serves_again(bed, node1):
+    bed.kube_unavailable(2)
+    started = time.monotonic()
+    status, refused = get(bed, node1, "/api/v1/pods")
+    assert (status, refused["reason"], refused["code"]) == (503, "ServiceUnavailable", 503)
+    status, _ = get(bed, node1, "/api/v1/pods?watch=1")
+    assert status == 503
+    time.sleep(max(0.0, 2.2 - (time.monotonic() - started)))
+    assert get(bed, node1, "/api/v1/nodes")[0] == 200

@@ -1,8 +1,11 @@
-"""The bed's pods: network namespaces whose eth0 reaches the stand-in and whose Multus
-interfaces carry their ENI's MAC. Needs root (skipped otherwise)."""
+"""The bed's pods: network namespaces whose eth0 is the VPC CNI's (a veth into their node,
+routed through the bed's gateway) and whose Multus interfaces carry their ENI's MAC. Needs
+root (skipped otherwise)."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import subprocess
@@ -43,7 +46,7 @@ def test_a_multus_interface_carries_its_enis_mac_and_addresses(bed):
     assert interfaces["net1"]["address"] == bed.eni("node1", "eth2")["mac"]
     assert global_addresses(pod, "net1") == {"10.0.1.50", f"{prefix}50"}
     assert interfaces["v4if0"]["address"] not in {eni["mac"] for eni in bed.topology["nodes"]["node1"]["enis"]}
-    assert interfaces["eth0"]["addr_info"][0]["local"].startswith("198.18.")
+    assert interfaces["eth0"]["addr_info"][0]["local"] == pod.pod_ip and pod.pod_ip.startswith("198.19.")
 
 
 def test_two_pods_on_one_eni_and_address_changes(bed):
@@ -117,3 +120,133 @@ def test_a_node_lists_its_pods_in_its_runtime_netns_directory(bed):
     assert "10.0.1.80" in shown
     bed.delete_pod(pod)
     assert set(os.listdir(directory)) == before
+
+
+# Serves HTTP on ADDRESS:9472 (where a node agent's pod API listens) until killed, answering
+# each request with the address it came from.
+PEER_SERVER = """
+import http.server, socket, sys
+class Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(self.client_address[0].encode())
+    def log_message(self, *args):
+        pass
+server = Server((sys.argv[1], 9472), Handler)
+print("listening", flush=True)
+server.serve_forever()
+"""
+
+
+@contextlib.contextmanager
+def peer_server(place, address: str):
+    """An HTTP server on `address`:9472 in `place`'s namespace, for the test's duration."""
+    server = subprocess.Popen(place.exec_argv([sys.executable, "-c", PEER_SERVER, address]), stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert server.stdout.readline().strip() == "listening"
+        yield
+    finally:
+        server.kill()
+        server.wait()
+
+
+def seen_from(place, address: str) -> str:
+    """GET http://ADDRESS:9472/ from `place`: the source address the server saw."""
+    host = f"[{address}]" if ":" in address else address
+    script = "import sys, urllib.request as u; print(u.urlopen(sys.argv[1], timeout=5).read().decode())"
+    result = subprocess.run(place.exec_argv([sys.executable, "-c", script, f"http://{host}:9472/"]),
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def routes(netns: str, *selector: str) -> list[dict]:
+    family = ["-6"] if any(":" in term for term in selector) else []
+    argv = ["ip", "-n", netns, *family, "-j", "route", "show", *selector]
+    return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+
+
+def link(netns: str, name: str) -> dict:
+    argv = ["ip", "-n", netns, "-d", "-j", "link", "show", name]
+    return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)[0]
+
+
+def test_a_pods_eth0_is_a_veth_into_its_node_routed_as_the_vpc_cni_routes_it(bed):
+    node = bed.node("node1")
+    pod = bed.pod("node1", "routed", [], namespace="multus")
+    # amazon-vpc-cni-k8s: "eni" + the first 11 hex digits of SHA-1("<namespace>.<name>").
+    assert pod.host_veth == "eni" + hashlib.sha1(b"multus.routed").hexdigest()[:11]
+    eth0, host_side = link(pod.netns, "eth0"), link(node.netns, pod.host_veth)
+    assert eth0["linkinfo"]["info_kind"] == host_side["linkinfo"]["info_kind"] == "veth"
+    assert (eth0["link_index"], host_side["link_index"]) == (host_side["ifindex"], eth0["ifindex"])
+    assert global_addresses(pod, "eth0") == {pod.pod_ip} and pod.pod_ip.startswith("198.19.")
+    assert links(pod)["eth0"]["addr_info"][0]["prefixlen"] == 32
+    assert {(route["dst"], route.get("gateway"), route.get("scope")) for route in routes(pod.netns)} == {
+        ("default", "169.254.1.1", None), ("169.254.1.1", None, "link")}
+    neighbours = json.loads(subprocess.run(["ip", "-n", pod.netns, "-j", "neigh"], capture_output=True, text=True,
+                                           check=True).stdout)
+    assert [(entry["dst"], entry["lladdr"], entry["state"]) for entry in neighbours] == [
+        ("169.254.1.1", host_side["address"], ["PERMANENT"])]
+    assert [(route["dev"], route["scope"]) for route in routes(node.netns, pod.pod_ip)] == [(pod.host_veth, "link")]
+    assert [route["gateway"] for route in routes(bed.name, pod.pod_ip)] == [node.address]
+
+    bed.delete_pod(pod)
+    assert routes(bed.name, pod.pod_ip) == [] and routes(node.netns, pod.pod_ip) == []
+    assert subprocess.run(["ip", "-n", node.netns, "link", "show", pod.host_veth], capture_output=True).returncode != 0
+
+
+def test_pods_reach_their_node_and_other_nodes_pods_from_their_own_address(bed):
+    node1, node2 = bed.node("node1"), bed.node("node2")
+    here, there = bed.pod("node1", "here", []), bed.pod("node2", "there", [])
+    with peer_server(node1, node1.address):
+        assert seen_from(here, node1.address) == here.pod_ip  # no SNAT on the way
+        assert seen_from(there, node1.address) == there.pod_ip
+    with peer_server(there, there.pod_ip):
+        assert seen_from(here, there.pod_ip) == here.pod_ip
+        assert seen_from(node1, there.pod_ip) == node1.address
+    # The gateway's services see the pod's own address too (what metadata refuses pods by).
+    before = bed.metadata_requests().get(here.pod_ip, 0)
+    script = ("import os, urllib.request as u; e = os.environ['AWS_EC2_METADATA_SERVICE_ENDPOINT'];"
+              "u.urlopen(u.Request(e + '/latest/api/token', method='PUT',"
+              " headers={'X-aws-ec2-metadata-token-ttl-seconds': '60'}), timeout=10)")
+    subprocess.run(here.exec_argv([sys.executable, "-c", script]), check=True, timeout=30)
+    assert bed.metadata_requests()[here.pod_ip] == before + 1
+
+
+def test_an_ipv6_pod_reaches_its_nodes_ipv6_address(bed):
+    node = bed.node("node2")
+    assert node.address6.startswith("2001:2::")
+    pod = bed.pod("node2", "six", [], ipv6=True)
+    assert pod.pod_ip.startswith("2001:2:0:1::") and global_addresses(pod, "eth0") == {pod.pod_ip}
+    assert links(pod)["eth0"]["addr_info"][0]["prefixlen"] == 128
+    six = json.loads(subprocess.run(["ip", "-n", pod.netns, "-6", "-j", "route"], capture_output=True, text=True,
+                                    check=True).stdout)
+    assert ("default", "fe80::1") in {(route["dst"], route.get("gateway")) for route in six}
+    assert [route["dev"] for route in routes(node.netns, pod.pod_ip)] == [pod.host_veth]
+    with peer_server(node, node.address6):  # http://[node IPv6]:9472, as a helper asks its agent
+        assert seen_from(pod, node.address6) == pod.pod_ip
+    other = bed.pod("node1", "six-there", [], ipv6=True)
+    with peer_server(other, other.pod_ip):
+        assert seen_from(pod, other.pod_ip) == pod.pod_ip
+
+
+def test_a_pod_ip_is_reused_only_once_its_sandbox_is_gone(bed):
+    first = bed.pod("node1", "first-holder", [])
+    with pytest.raises(BedError, match=f"pod_ip {first.pod_ip} is pod first-holder's"):
+        bed.pod("node2", "second-holder", [], pod_ip=first.pod_ip)
+    with pytest.raises(BedError, match="outside the pod range"):
+        bed.pod("node2", "second-holder", [], pod_ip="10.0.0.99")
+    bed.delete_pod(first, keep_object=True)
+    assert first.netns not in namespaces()
+    with pytest.raises(BedError, match="pod first-holder exists already"):
+        bed.pod("node1", "first-holder", [])
+    second = bed.pod("node2", "second-holder", [], pod_ip=first.pod_ip)
+    assert second.pod_ip == first.pod_ip
+    assert [route["gateway"] for route in routes(bed.name, second.pod_ip)] == [bed.node("node2").address]
+    with peer_server(second, second.pod_ip):
+        assert seen_from(bed.node("node1"), second.pod_ip) == bed.node("node1").address
+    bed.delete_pod_object(first)
+    with pytest.raises(BedError, match="no pod first-holder"):
+        bed.delete_pod_object(first)

@@ -139,7 +139,8 @@ class Builder:
                          "device_index": eni.device_index, "subnet": spec["subnet"], "primary_ip": eni.private_ip_address,
                          "secondary_ips": secondary, "ipv4_prefixes": prefixes[4],
                          "ipv6_prefixes": prefixes[6], "tags": tags, "description": eni.description or ""})
-        return {"instance_id": instance_id, "enis": enis}
+        return {"instance_id": instance_id, "instance_type": instance["InstanceType"],
+                "availability_zone": instance["Placement"]["AvailabilityZone"], "enis": enis}
 
     def prefixes(self, spec: dict, version: int) -> list[str]:
         """The ENI's prefixes: as listed, or that many taken from the upper half of its subnet

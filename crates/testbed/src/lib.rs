@@ -71,8 +71,12 @@ pub struct Pod {
     pub namespace: String,
     /// Its object's `metadata.uid`.
     pub uid: String,
-    /// Its pod IP (`status.podIP`): the address of its `eth0`, as the VPC CNI's is on EKS.
+    /// Its pod IP (`status.podIP`): the address of its `eth0`, as the VPC CNI's is on EKS
+    /// (IPv6 for [`PodSpec::ipv6`]).
     pub ip: String,
+    /// The host side of its `eth0`, in its node's namespace: `eni` and a hash of its
+    /// namespace and name, as the VPC CNI names it.
+    pub host_veth: String,
     /// Its network namespace (`ip netns` name).
     pub netns: String,
     /// The variables that reach AWS from it (IMDS and EC2 endpoints).
@@ -86,8 +90,10 @@ pub struct Node {
     pub name: String,
     /// Its network namespace (`ip netns` name).
     pub netns: String,
-    /// The address of its `eth0`, where a node agent listens: its pods' `status.hostIP`.
+    /// The IPv4 address of its `eth0`, where a node agent listens: its pods' `status.hostIP`.
     pub address: String,
+    /// The IPv6 address of its `eth0`: its IPv6 pods' `status.hostIP`.
+    pub address6: String,
     /// Its runtime netns directory: a `cni-<uuid>` bind mount per pod of the node.
     pub netns_dir: PathBuf,
     /// The variables that reach AWS from it (IMDS and EC2 endpoints), and the node agent's
@@ -208,6 +214,8 @@ pub struct PodSpec {
     labels: Map<String, Value>,
     annotations: Map<String, Value>,
     network_status: bool,
+    ipv6: bool,
+    pod_ip: Option<String>,
 }
 
 impl PodSpec {
@@ -221,6 +229,8 @@ impl PodSpec {
             labels: Map::new(),
             annotations: Map::new(),
             network_status: true,
+            ipv6: false,
+            pod_ip: None,
         }
     }
 
@@ -255,9 +265,23 @@ impl PodSpec {
         self
     }
 
+    /// With an IPv6 pod IP, networked as an IPv4 one: as on an IPv6 EKS cluster, its object's
+    /// `status.podIP` is IPv6 and its `status.hostIP` its node's IPv6 address.
+    pub fn ipv6(mut self) -> Self {
+        self.ipv6 = true;
+        self
+    }
+
+    /// With pod IP `ip` (of the bed's pod ranges, held by no live pod): a reused address,
+    /// e.g. the one of an object [`TestBed::delete_pod_keeping_object`] kept.
+    pub fn pod_ip(mut self, ip: &str) -> Self {
+        self.pod_ip = Some(ip.to_owned());
+        self
+    }
+
     fn to_json(&self) -> Value {
         let interfaces: Vec<Value> = self.interfaces.iter().map(Interface::to_json).collect();
-        json!({
+        let mut value = json!({
             "name": self.name,
             "node": self.node,
             "namespace": self.namespace,
@@ -265,7 +289,12 @@ impl PodSpec {
             "labels": self.labels,
             "annotations": self.annotations,
             "network_status": self.network_status,
-        })
+            "ipv6": self.ipv6,
+        });
+        if let Some(ip) = &self.pod_ip {
+            value["pod_ip"] = json!(ip);
+        }
+        value
     }
 }
 
@@ -438,6 +467,7 @@ impl TestBed {
             namespace: text(&answer["namespace"]),
             uid: text(&answer["uid"]),
             ip: text(&answer["pod_ip"]),
+            host_veth: text(&answer["host_veth"]),
             netns: text(&answer["netns"]),
             env: json_env(&answer["env"]),
         }
@@ -470,7 +500,7 @@ impl TestBed {
     }
 
     /// Metadata requests by source address since the start, refused connections included:
-    /// `{"198.18.0.3": 2, ...}` (compare with [`Pod::ip`] and [`Node::address`]).
+    /// `{"198.19.0.3": 2, ...}` (compare with [`Pod::ip`] and [`Node::address`]).
     pub fn metadata_requests(&mut self) -> Value {
         self.control("GET", "metadata_requests", Value::Null)["by_source"].take()
     }
@@ -507,9 +537,71 @@ impl TestBed {
         );
     }
 
-    /// Deletes a pod (its namespace and interfaces), as a runtime does when the pod goes.
+    /// Deletes a pod (its namespace and interfaces), as a runtime does when the pod goes, and
+    /// its object: MODIFIED with a `deletionTimestamp`, then DELETED.
     pub fn delete_pod(&mut self, pod: &Pod) {
         self.control("DELETE", &format!("pods/{}", pod.name), Value::Null);
+    }
+
+    /// Deletes a pod's sandbox (its namespace and interfaces) but keeps its object as it was,
+    /// with no event (a node whose status updates lag), so that its pod IP can go to another
+    /// pod ([`PodSpec::pod_ip`]) while the object still shows it. [`TestBed::delete_pod_object`]
+    /// deletes the object later.
+    pub fn delete_pod_keeping_object(&mut self, pod: &Pod) {
+        self.control(
+            "DELETE",
+            &format!("pods/{}", pod.name),
+            json!({"keep_object": true}),
+        );
+    }
+
+    /// Deletes the object [`TestBed::delete_pod_keeping_object`] kept: MODIFIED with a
+    /// `deletionTimestamp`, then DELETED.
+    pub fn delete_pod_object(&mut self, pod: &Pod) {
+        self.delete_pod(pod);
+    }
+
+    /// Makes Namespace `name` as an admin would, with `labels` and `annotations` (JSON
+    /// objects of strings; the API server adds the `kubernetes.io/metadata.name` label):
+    /// ADDED. The object. (A pod's namespace is made on its first use.)
+    pub fn create_namespace(&mut self, name: &str, labels: Value, annotations: Value) -> Value {
+        self.control(
+            "POST",
+            "namespaces",
+            json!({"name": name, "labels": labels, "annotations": annotations}),
+        )
+    }
+
+    /// Sets `set` (a JSON object of strings) and removes the annotations named `remove` on
+    /// Namespace `name`, as an admin editing e.g. `multus-ipmgr.io/floating-ip-cidrs`:
+    /// MODIFIED, none when nothing changes. The object after it.
+    pub fn annotate_namespace(&mut self, name: &str, set: Value, remove: &[&str]) -> Value {
+        self.control(
+            "POST",
+            &format!("namespaces/{name}/annotations"),
+            json!({"set": set, "remove": remove}),
+        )
+    }
+
+    /// For `duration` from now, every watch of the API server, open or new, delivers nothing
+    /// (no event, no bookmark, not its end), then what it held, in order; lists are still
+    /// answered (a proxy or API server that silently stops delivering).
+    pub fn stall_watches(&mut self, duration: Duration) {
+        self.control(
+            "POST",
+            "kube/faults",
+            json!({"stall_seconds": duration.as_secs_f64()}),
+        );
+    }
+
+    /// For `duration` from now, the API server answers every new request with 503
+    /// ServiceUnavailable (open watches go on).
+    pub fn kube_unavailable(&mut self, duration: Duration) {
+        self.control(
+            "POST",
+            "kube/faults",
+            json!({"unavailable_seconds": duration.as_secs_f64()}),
+        );
     }
 
     /// The host network of `node` (made on first use).
@@ -525,6 +617,7 @@ impl TestBed {
             name: node.to_owned(),
             netns: text(&answer["netns"]),
             address: text(&answer["address"]),
+            address6: text(&answer["address6"]),
             netns_dir: PathBuf::from(text(&answer["netns_dir"])),
             env,
         }

@@ -1,7 +1,12 @@
 //! The client's view of what the bed adds for a node agent: pods as Kubernetes objects, the
-//! kubeconfig, node addresses, and metadata closed to pods. Root: pods are network namespaces.
+//! kubeconfig, node addresses, namespaces and nodes, IPv6 pods, kept objects, the API
+//! server's faults, and metadata closed to pods. Root: pods are network namespaces.
 
-use ipmgr_testbed::{Interface, PodSpec, TestBed, Topology, finish, testenv_python};
+use std::time::{Duration, Instant};
+
+use ipmgr_testbed::{
+    Background, Interface, PodSpec, TestBed, Topology, finish, http_get, testenv_python,
+};
 use serde_json::{Value, json};
 
 const NETWORK_STATUS: &str = "k8s.v1.cni.cncf.io/network-status";
@@ -17,11 +22,7 @@ fn a_pod_carries_its_object_and_a_node_its_address() {
         .interfaces(&[Interface::on_eni("net1", "eth1", &["10.0.1.50/24"]).network("ipvlan-wb")]);
     let pod = bed.create_pod(&spec);
     assert_eq!(pod.namespace, "multus");
-    assert!(
-        pod.ip.starts_with("198.18.")
-            && pod.ip != node.address
-            && node.address.starts_with("198.18.")
-    );
+    assert!(pod.ip.starts_with("198.19.") && node.address.starts_with("198.18."));
 
     let object = bed.set_annotations(&pod, json!({"team": "blue"}));
     assert_eq!(object["metadata"]["uid"], pod.uid.as_str());
@@ -81,4 +82,71 @@ fn pods_that_cannot_reach_metadata_are_refused_and_counted() {
         (requests[&pod.ip].as_u64(), requests[&node.address].as_u64()),
         (Some(1), Some(1))
     );
+}
+
+#[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it as root)"]
+fn an_ipv6_pod_reaches_its_node_and_its_ip_moves_on_while_its_object_is_kept() {
+    let mut bed = TestBed::start(Topology::File("how-to"));
+    let node = bed.node("node1");
+    let pod = bed.create_pod(&PodSpec::new("node1", "six").ipv6());
+    assert!(pod.ip.starts_with("2001:2:0:1::") && node.address6.starts_with("2001:2::"));
+    assert!(pod.host_veth.starts_with("eni") && pod.host_veth.len() == 14);
+    let python = testenv_python();
+    let bind = ["-m", "http.server", "9472", "--bind", &node.address6];
+    let _server = Background(bed.spawn_quiet(&node, &python, &bind));
+    let url = format!("http://[{}]:9472/", node.address6);
+    let started = Instant::now();
+    while !http_get(&pod, &url).starts_with("200") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{url} never answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let object = format!("{}/api/v1/namespaces/default/pods/six", bed.kube_endpoint);
+    assert!(http_get(&node, &object).contains(&format!("\"hostIP\": \"{}\"", node.address6)));
+
+    bed.delete_pod_keeping_object(&pod);
+    let again = bed.create_pod(&PodSpec::new("node2", "six-again").pod_ip(&pod.ip));
+    assert_eq!(again.ip, pod.ip);
+    let by_ip = format!(
+        "{}/api/v1/pods?fieldSelector=status.podIP%3D{}",
+        bed.kube_endpoint, pod.ip
+    );
+    let listing = http_get(&node, &by_ip);
+    assert!(listing.contains("\"six\"") && listing.contains("\"six-again\""));
+    bed.delete_pod_object(&pod);
+    assert!(!http_get(&node, &by_ip).contains("\"six\""));
+}
+
+#[test]
+#[ignore = "needs root: pods are network namespaces (scripts/test runs it as root)"]
+fn namespaces_nodes_and_faults_through_the_client() {
+    let mut bed = TestBed::start(Topology::File("how-to"));
+    let node = bed.node("node1");
+    let key = "multus-ipmgr.io/floating-ip-cidrs";
+    let made = bed.create_namespace("team", json!({"tier": "web"}), json!({key: "10.0.1.0/24"}));
+    assert_eq!(
+        made["metadata"]["labels"]["kubernetes.io/metadata.name"],
+        "team"
+    );
+    let changed = bed.annotate_namespace("team", json!({key: "10.0.2.0/24"}), &[]);
+    assert_eq!(changed["metadata"]["annotations"][key], "10.0.2.0/24");
+    let cleared = bed.annotate_namespace("team", json!({}), &[key]);
+    assert!(cleared["metadata"].get("annotations").is_none());
+
+    let shown = http_get(&node, &format!("{}/api/v1/nodes/node1", bed.kube_endpoint));
+    let instance_id = bed.topology["nodes"]["node1"]["instance_id"]
+        .as_str()
+        .expect("id");
+    assert!(shown.starts_with("200") && shown.contains(&format!("/{instance_id}\"")));
+
+    let pods = format!("{}/api/v1/pods", bed.kube_endpoint);
+    bed.stall_watches(Duration::from_secs(2));
+    assert!(http_get(&node, &pods).starts_with("200")); // lists are answered
+    bed.kube_unavailable(Duration::from_secs(1));
+    assert!(http_get(&node, &pods).starts_with("503"));
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(http_get(&node, &pods).starts_with("200"));
 }
