@@ -414,7 +414,7 @@ fn every_certificate_mode_renders_and_validates() {
         if *name == "every-setting.yaml" {
             for part in [
                 "namespace: ipmgr-agent\n",
-                "- name: IPMGR_POD_LISTEN\n              value: \"0.0.0.0:19472\"\n",
+                "- name: IPMGR_POD_LISTEN\n              value: \"[::]:19472\"\n",
                 "IPMGR_AGENT_PORT: \"19472\"\n",
                 "IPMGR_HEADER_TIMEOUT_SECONDS: \"1.5\"\n",
                 "IPMGR_MAX_BODY_BYTES: \"1048576\"\n",

@@ -176,8 +176,11 @@ fn kustomize_builds_validate_and_carry_the_generated_certificate() {
         // The pod API, on the port the webhook's agent backend gives the helper.
         "- containerPort: 9472\n          name: pod-api\n",
         "automountServiceAccountToken: true\n",
-        // Least privilege: pods, read-only, nothing else.
-        "rules:\n- apiGroups:\n  - \"\"\n  resources:\n  - pods\n  verbs:\n  - get\n  - list\n  - watch\n---",
+        // Least privilege: pods and namespaces read-only, nodes listed (the holder of an
+        // address on another instance), nothing else.
+        "rules:\n- apiGroups:\n  - \"\"\n  resources:\n  - pods\n  verbs:\n  - get\n  - list\n  - watch\n\
+         - apiGroups:\n  - \"\"\n  resources:\n  - namespaces\n  verbs:\n  - get\n  - list\n  - watch\n\
+         - apiGroups:\n  - \"\"\n  resources:\n  - nodes\n  verbs:\n  - list\n---",
     ] {
         assert!(
             agent_build.contains(part),
