@@ -14,6 +14,7 @@ use ipmgr_testbed::{Background, Interface, Node, Pod, PodSpec, TestBed, finish};
 use serde_json::Value;
 
 const FLOATING: &str = "multus-ipmgr.io/floating-ips";
+const FLOATING_GRANT: &str = "multus-ipmgr.io/floating-ip-cidrs";
 
 fn binary() -> PathBuf {
     ipmgr_testbed::program("IPMGR_HELPER_BIN", env!("CARGO_BIN_EXE_ipmgr-helper"))
@@ -190,6 +191,12 @@ fn sidecars_follow_a_floating_ip_through_their_agents_and_keep_it_on_sigterm() {
     let (_agent1, node1, _) = agent(&mut bed, "node1");
     let (_agent2, node2, _) = agent(&mut bed, "node2");
     let vip = "10.0.1.100";
+    // The cluster admin grants the VIP to the pods' namespace; without it both are refused.
+    bed.annotate_namespace(
+        "default",
+        serde_json::json!({ FLOATING_GRANT: format!("{vip}/32") }),
+        &[],
+    );
     let spec = |node: &str, name: &str, own: &str| {
         PodSpec::new(node, name)
             .interfaces(&[Interface::on_eni("net1", "eth1", &[own])])
