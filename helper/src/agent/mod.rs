@@ -61,8 +61,9 @@ use watch::{Changes, SETTLE, watch};
 pub const FRESH: Duration = Duration::from_secs(2);
 
 /// After a round that could not see the node (a namespace being made, metadata or EC2 not
-/// answering), the next one comes this soon (or on a change of the netns directory). An
-/// empty view waits for the resync: it does not pass by itself.
+/// answering) or what its pods claim (the API server's view not current), the next one
+/// comes this soon (or on a change of the netns directory). An empty view waits for the
+/// resync: it does not pass by itself.
 const RETRY_ROUND: Duration = Duration::from_secs(5);
 
 /// Incomplete scans in a row after which the agent says it is not ready: one alone is a
@@ -306,6 +307,8 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
                     reason,
                     "nothing is given back while the agent cannot see what the node's pods claim"
                 );
+                // Looked at again soon: what waited is given back once the view is current.
+                self.retry_soon = true;
                 return Ok(());
             }
             let due = self.absences.observe(
@@ -446,14 +449,12 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
     fn next_scan(&self) -> tokio::time::Instant {
         let now = Instant::now();
         let resync = now + self.settings.resync();
-        let soonest = if self.trusted {
-            self.absences.next_due(&self.reclaim_options())
-        } else if self.retry_soon {
-            Some(now + RETRY_ROUND)
-        } else {
-            None
-        };
-        let due = [soonest, self.reread_enis]
+        let reclaim_due = self
+            .trusted
+            .then(|| self.absences.next_due(&self.reclaim_options()))
+            .flatten();
+        let retry = self.retry_soon.then_some(now + RETRY_ROUND);
+        let due = [reclaim_due, retry, self.reread_enis]
             .into_iter()
             .flatten()
             .min()
