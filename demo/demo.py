@@ -45,6 +45,7 @@ SERVICE_NAME = "ipmgr-webhook.multus-ipmgr.svc"
 FLOATING_IP = "10.0.1.100"
 # Where a pod declares the addresses it may float (not in Multus' record).
 FLOATING_IPS = "multus-ipmgr.io/floating-ips"
+FLOATING_IP_CIDRS = "multus-ipmgr.io/floating-ip-cidrs"
 AGENT_GRACE_SECONDS = 2
 BACKENDS = ("agent", "direct")
 # What would give a helper AWS access or settings: every AWS_* variable, and the helper's
@@ -448,6 +449,12 @@ def run(check_results: bool = False, quiet: bool = False, images: bool | None = 
         if agent_backend:
             out.line(f"  Multus' network-status records the addresses net1 had when the pod started; the VIP comes "
                      f"later, so both pods declare it: {FLOATING_IPS}: {FLOATING_IP}")
+            # A pod author cannot grant itself an address: a cluster admin grants the VIP to
+            # the namespace, or both agents refuse it (README, Security model).
+            namespace = admitted["sidecar"]["metadata"]["namespace"]
+            bed.annotate_namespace(namespace, {FLOATING_IP_CIDRS: f"{FLOATING_IP}/32"})
+            out.line(f"  the cluster admin grants it to namespace {namespace}: "
+                     f"{FLOATING_IP_CIDRS}: {FLOATING_IP}/32")
         sidecar_container = injected(admitted["sidecar"])
         pod_a = scheduled("sidecar", "node1", "busybox-sidecar-a",
                           [{"name": "net1", "eni": "eth1", "addresses": ["10.0.1.81/24"]}])

@@ -5,96 +5,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::agents::{
+    FLOATING, FLOATING_GRANT, agent, agent_helper as helper, bed_with_agent, binary, bystander,
+    metadata_requests_from, without_aws,
+};
 use common::how_to_bed;
-use ipmgr_testbed::{Background, Interface, Node, Pod, PodSpec, TestBed, finish};
-use serde_json::Value;
-
-const FLOATING: &str = "multus-ipmgr.io/floating-ips";
-const FLOATING_GRANT: &str = "multus-ipmgr.io/floating-ip-cidrs";
-
-fn binary() -> PathBuf {
-    ipmgr_testbed::program("IPMGR_HELPER_BIN", env!("CARGO_BIN_EXE_ipmgr-helper"))
-}
-
-/// The agent on `node` with the pod API, as the DaemonSet runs it, logging to a file.
-fn agent(bed: &mut TestBed, node: &str) -> (Background, Node, PathBuf) {
-    let place = bed.node(node);
-    let dir = place.netns_dir.to_str().expect("UTF-8 path").to_owned();
-    let log = std::env::temp_dir().join(format!("{}-pod-api.log", place.netns));
-    let child = bed
-        .command(
-            &place,
-            &binary(),
-            &[
-                "agent",
-                "--netns-dir",
-                &dir,
-                "--release-grace-seconds",
-                "2",
-                "--metrics-listen",
-                "127.0.0.1:9471",
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("agent starts");
-    let agent = Background(child);
-    wait_ready(&place, &log);
-    (agent, place, log)
-}
-
-/// Waits until the agent's /readyz says 200 (it has read the node and listed its pods).
-fn wait_ready(node: &Node, log: &Path) {
-    if let Err(last) =
-        ipmgr_testbed::wait_agent_ready(node, "127.0.0.1:9471", Duration::from_secs(20))
-    {
-        panic!(
-            "the agent never became ready ({last}): {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-    }
-}
-
-/// A bystander pod (nodes always run some), so that the agent's view is never empty.
-fn bystander(bed: &mut TestBed, node: &str) {
-    bed.pod(node, &format!("bystander-{node}"), &[]);
-}
-
-/// `pod` as the agent backend's helper runs: no AWS variable, only its node's agent.
-fn without_aws(pod: &Pod, node: &Node) -> Pod {
-    let mut pod = pod.clone();
-    pod.env = vec![(
-        "IPMGR_AGENT_URL".to_owned(),
-        format!("http://{}:9472", node.address),
-    )];
-    pod
-}
-
-fn helper(bed: &TestBed, pod: &Pod, node: &Node, args: &[&str]) -> Command {
-    bed.command(&without_aws(pod, node), &binary(), args)
-}
-
-/// A bed whose pods cannot reach instance metadata, with an agent on node1.
-fn bed_with_agent() -> (TestBed, Background, Node) {
-    let mut bed = how_to_bed();
-    bed.pods_reach_metadata(false);
-    bystander(&mut bed, "node1");
-    let (agent, node, _) = agent(&mut bed, "node1");
-    (bed, agent, node)
-}
-
-/// Metadata requests made from the pods' addresses (not the nodes').
-fn metadata_requests_from(bed: &mut TestBed, pods: &[&Pod]) -> u64 {
-    let by_source = bed.metadata_requests();
-    pods.iter()
-        .map(|pod| by_source.get(&pod.ip).and_then(Value::as_u64).unwrap_or(0))
-        .sum()
-}
+use ipmgr_testbed::{Background, Interface, Node, Pod, PodSpec, finish};
 
 #[test]
 #[ignore = "needs root: pods are network namespaces"]
@@ -191,12 +109,6 @@ fn sidecars_follow_a_floating_ip_through_their_agents_and_keep_it_on_sigterm() {
     let (_agent1, node1, _) = agent(&mut bed, "node1");
     let (_agent2, node2, _) = agent(&mut bed, "node2");
     let vip = "10.0.1.100";
-    // The cluster admin grants the VIP to the pods' namespace; without it both are refused.
-    bed.annotate_namespace(
-        "default",
-        serde_json::json!({ FLOATING_GRANT: format!("{vip}/32") }),
-        &[],
-    );
     let spec = |node: &str, name: &str, own: &str| {
         PodSpec::new(node, name)
             .interfaces(&[Interface::on_eni("net1", "eth1", &[own])])
@@ -209,10 +121,16 @@ fn sidecars_follow_a_floating_ip_through_their_agents_and_keep_it_on_sigterm() {
     let ready_file = ready.path().join("ready");
     let ready_arg = ready_file.to_str().expect("UTF-8").to_owned();
     let run = |pod: &Pod, node: &Node, extra: &[&str]| {
-        let args: Vec<&str> = ["sidecar", "--recheck-seconds", "60"]
-            .into_iter()
-            .chain(extra.iter().copied())
-            .collect();
+        let args: Vec<&str> = [
+            "sidecar",
+            "--recheck-seconds",
+            "60",
+            "--error-backoff-max-seconds",
+            "2",
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
         Background(bed.spawn_quiet(&without_aws(pod, node), &binary(), &args))
     };
     let mut sidecar_a = run(&a, &node1, &["--ready-file", &ready_arg]);
@@ -229,12 +147,24 @@ fn sidecars_follow_a_floating_ip_through_their_agents_and_keep_it_on_sigterm() {
         "the ready file after the first routable answer"
     );
 
-    // Failover: the VIP comes up on b (keepalived), then failback to a.
+    // Failover: the VIP comes up on b (keepalived). Both pods declare it, but no admin
+    // granted it to their namespace: refused, until a cluster admin does (no restart).
     bed.add_address(&b, "net1", &format!("{vip}/24"));
     assert!(
-        bed.wait_until(&eni2, vip, true, limit).is_some(),
-        "the VIP follows b to node2"
+        bed.wait_until(&eni2, vip, true, Duration::from_secs(3))
+            .is_none(),
+        "a floating address outside the namespace's grant is refused"
     );
+    bed.annotate_namespace(
+        "default",
+        serde_json::json!({ FLOATING_GRANT: format!("{vip}/32") }),
+        &[],
+    );
+    assert!(
+        bed.wait_until(&eni2, vip, true, limit).is_some(),
+        "granted, the VIP follows b to node2"
+    );
+    // Then failback to a.
     bed.remove_address(&b, "net1", &format!("{vip}/24"));
     bed.add_address(&a, "net1", &format!("{vip}/24"));
     assert!(

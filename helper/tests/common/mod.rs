@@ -3,6 +3,8 @@
 
 #![allow(dead_code, reason = "each test binary uses its own subset")]
 
+pub(crate) mod agents;
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
