@@ -1,7 +1,8 @@
 //! Which floating addresses a namespace's pods may have: the cluster admin's grant, the
 //! namespace annotation `multus-ipmgr.io/floating-ip-cidrs` (comma list of CIDRs; an entry
-//! that is not a CIDR grants nothing and is logged, as the admission policy reads it). Namespaces are cluster-scoped, so the tenants of a namespace, who may write
-//! any annotation on their pods, cannot write this one (Calico's
+//! that is not a CIDR grants nothing and is logged, as the admission policy reads it).
+//! Namespaces are cluster-scoped, so the tenants of a namespace, who may write any
+//! annotation on their pods, cannot write this one (Calico's
 //! `cni.projectcalico.org/ipv4pools` namespace annotation is the precedent). A pod's
 //! `multus-ipmgr.io/floating-ips` counts only inside its namespace's grant.
 
@@ -153,7 +154,9 @@ impl Grants {
         let granted: Vec<(&String, IpNet)> = self
             .0
             .iter()
-            .flat_map(|(namespace, granted)| granted.cidrs.iter().map(move |&cidr| (namespace, cidr)))
+            .flat_map(|(namespace, granted)| {
+                granted.cidrs.iter().map(move |&cidr| (namespace, cidr))
+            })
             .collect();
         let mut overlaps = Vec::new();
         for (index, &(first, a)) in granted.iter().enumerate() {
@@ -174,7 +177,11 @@ impl Grants {
 /// bare address too: `10.0.1.7/32` grants one, as `isCIDR` in the admission policy wants).
 fn parse(namespace: &str, text: &str) -> Granted {
     let mut granted = Granted::default();
-    for entry in text.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+    for entry in text
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+    {
         match entry.parse::<IpNet>() {
             Ok(cidr) => granted.cidrs.push(cidr.trunc()),
             Err(_) => granted.invalid.push(GrantError {
@@ -234,14 +241,25 @@ mod tests {
         let grants = grants(&[("tenant-a", "10.0.1.96/27,eth1,10.0.2.7")]);
         assert_eq!(grants.of("tenant-a"), Grant::Cidrs(&[net("10.0.1.96/27")]));
         assert!(grants.of("tenant-a").covers(ip("10.0.1.100")));
-        assert!(!grants.of("tenant-a").covers(ip("10.0.2.7")), "a bare address is no CIDR");
+        assert!(
+            !grants.of("tenant-a").covers(ip("10.0.2.7")),
+            "a bare address is no CIDR"
+        );
         let errors: Vec<String> = grants.invalid().map(ToString::to_string).collect();
         assert_eq!(errors.len(), 2);
-        for named in ["tenant-a", "\"eth1\"", FLOATING_IP_CIDRS_ANNOTATION, "kubectl annotate"] {
+        for named in [
+            "tenant-a",
+            "\"eth1\"",
+            FLOATING_IP_CIDRS_ANNOTATION,
+            "kubectl annotate",
+        ] {
             assert!(errors[0].contains(named), "{} names {named}", errors[0]);
         }
         let nothing = self::grants(&[("tenant-b", "eth1")]);
-        assert_eq!(nothing.of("tenant-b").to_string(), "a grant with no valid CIDR");
+        assert_eq!(
+            nothing.of("tenant-b").to_string(),
+            "a grant with no valid CIDR"
+        );
     }
 
     #[rstest]
