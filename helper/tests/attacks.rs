@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::agents::{
     FLOATING, FLOATING_GRANT, METRICS, agent, agent_helper, agent_with, bed_with_agent, bystander,
-    counted,
+    counted, start_agent, wait_ready,
 };
 use common::how_to_bed;
 use ipmgr_testbed::{Background, Interface, PodSpec, TestBed, finish, http_get};
@@ -157,10 +157,11 @@ fn a_reused_pod_ip_is_not_judged_as_the_old_pod_while_both_objects_show_it() {
         "10.0.1.54/24",
         "10.0.1.100",
     ));
-    // The old sandbox is gone but its object is not (the watch lags); a new pod got its IP.
+    // The old sandbox is gone but its object is not (the watch lags); a new pod got its IP
+    // (its name sorts after the old one's: the agent before judged by the first by name).
     bed.delete_pod_keeping_object(&old);
     let new = bed.create_pod(
-        &PodSpec::new("node1", "new")
+        &PodSpec::new("node1", "reuser")
             .pod_ip(&old.ip)
             .interfaces(&[Interface::on_eni("net1", "eth1", &["10.0.1.55/24"])]),
     );
@@ -174,13 +175,6 @@ fn a_reused_pod_ip_is_not_judged_as_the_old_pod_while_both_objects_show_it() {
         !bed.holds(&eni, "10.0.1.55") && !bed.holds(&eni, "10.0.1.100"),
         "nothing is done while two pods show the IP"
     );
-    assert!(
-        counted(
-            &node,
-            "ipmgr_agent_identity_conflicts_total",
-            "duplicate_pod_ip"
-        ) >= 1.0
-    );
     bed.delete_pod_object(&old);
     let output = init.wait_with_output().expect("init ends");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -192,6 +186,13 @@ fn a_reused_pod_ip_is_not_judged_as_the_old_pod_while_both_objects_show_it() {
         !output.status.success() && !bed.holds(&eni, "10.0.1.100"),
         "the old pod's floating address is not the new pod's: {stderr}"
     );
+    assert!(
+        counted(
+            &node,
+            "ipmgr_agent_identity_conflicts_total",
+            "duplicate_pod_ip"
+        ) >= 1.0
+    );
 }
 
 #[test]
@@ -200,7 +201,8 @@ fn a_stalled_watch_is_noticed_and_a_pod_the_agent_has_not_seen_waits_for_it() {
     let mut bed = how_to_bed();
     bed.pods_reach_metadata(false);
     bystander(&mut bed, "node1");
-    let (_agent, node, log) = agent_with(&mut bed, "node1", &["--pod-watch-stale-seconds", "3"]);
+    let (_agent, node, log) =
+        agent_with(&mut bed, "node1", &[("IPMGR_POD_WATCH_STALE_SECONDS", "3")]);
     let eni = bed.eni_id("node1", "eth1");
     let log = || std::fs::read_to_string(&log).unwrap_or_default();
     // Watches deliver nothing; lists are answered: the agent relists.
@@ -267,8 +269,20 @@ fn nothing_claimed_is_given_back_before_the_agent_has_read_the_api_server() {
         "assign",
         json!({"eni": eni, "ipv4": ["10.0.1.100", "10.0.1.71"]}),
     );
-    bed.kube_unavailable(Duration::from_secs(8));
-    let (_agent, _node, _) = agent(&mut bed, "node1");
+    let outage = Duration::from_secs(8);
+    bed.kube_unavailable(outage);
+    let (_agent, node, log) = start_agent(&mut bed, "node1", &[]);
+    // Longer than the agent's grace (2 s) and its scans: nothing may go meanwhile.
+    let started = Instant::now();
+    while started.elapsed() < outage {
+        assert!(
+            bed.holds(&eni, "10.0.1.100") && bed.holds(&eni, "10.0.1.71"),
+            "nothing is given back before the agent has listed pods and namespaces: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_ready(&node, &log);
     assert!(
         bed.wait_until(&eni, "10.0.1.71", false, Duration::from_secs(20))
             .is_some(),

@@ -22,17 +22,32 @@ pub(crate) fn binary() -> PathBuf {
     ipmgr_testbed::program("IPMGR_HELPER_BIN", env!("CARGO_BIN_EXE_ipmgr-helper"))
 }
 
-/// The agent on `node` with the pod API, as the DaemonSet runs it (then `extra`), logging
-/// to a file, once it says ready.
+/// The agent on `node` with the pod API, as the DaemonSet runs it (and `env`, e.g. a
+/// setting's variable), logging to a file, once it says ready.
 pub(crate) fn agent_with(
     bed: &mut TestBed,
     node: &str,
-    extra: &[&str],
+    env: &[(&str, &str)],
 ) -> (Background, Node, PathBuf) {
-    let place = bed.node(node);
+    let (agent, place, log) = start_agent(bed, node, env);
+    wait_ready(&place, &log);
+    (agent, place, log)
+}
+
+/// [`agent_with`], without waiting for it to say ready.
+pub(crate) fn start_agent(
+    bed: &mut TestBed,
+    node: &str,
+    env: &[(&str, &str)],
+) -> (Background, Node, PathBuf) {
+    let mut place = bed.node(node);
+    place.env.extend(
+        env.iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned())),
+    );
     let dir = place.netns_dir.to_str().expect("UTF-8 path").to_owned();
     let log = std::env::temp_dir().join(format!("{}-pod-api.log", place.netns));
-    let mut args = vec![
+    let args = [
         "agent",
         "--netns-dir",
         &dir,
@@ -41,19 +56,16 @@ pub(crate) fn agent_with(
         "--metrics-listen",
         METRICS,
     ];
-    args.extend_from_slice(extra);
     let child = bed
         .command(&place, &binary(), &args)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("agent starts");
-    let agent = Background(child);
-    wait_ready(&place, &log);
-    (agent, place, log)
+    (Background(child), place, log)
 }
 
-/// [`agent_with`] and nothing extra.
+/// [`agent_with`] and no extra variable.
 pub(crate) fn agent(bed: &mut TestBed, node: &str) -> (Background, Node, PathBuf) {
     agent_with(bed, node, &[])
 }
@@ -61,7 +73,7 @@ pub(crate) fn agent(bed: &mut TestBed, node: &str) -> (Background, Node, PathBuf
 /// Waits until the agent's /readyz says 200 (it has read the node and listed its pods and
 /// their namespaces).
 pub(crate) fn wait_ready(node: &Node, log: &Path) {
-    if let Err(last) = ipmgr_testbed::wait_agent_ready(node, METRICS, Duration::from_secs(20)) {
+    if let Err(last) = ipmgr_testbed::wait_agent_ready(node, METRICS, Duration::from_secs(30)) {
         panic!(
             "the agent never became ready ({last}): {}",
             std::fs::read_to_string(log).unwrap_or_default()
