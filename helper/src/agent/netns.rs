@@ -105,6 +105,22 @@ pub enum Caller {
     Ambiguous(Vec<PathBuf>),
 }
 
+impl Caller {
+    /// The caller among the namespaces that carry its pod IP on the primary interface.
+    pub fn among(mut carriers: Vec<PodNamespace>) -> Caller {
+        match carriers.len() {
+            0 => Caller::Absent,
+            1 => Caller::Found(carriers.remove(0)),
+            _ => Caller::Ambiguous(
+                carriers
+                    .into_iter()
+                    .map(|namespace| namespace.path)
+                    .collect(),
+            ),
+        }
+    }
+}
+
 /// Where the agent learns which addresses the node's pods carry: the seam between the
 /// agent and the kernel ([`NetnsDirectory`]; tests script the scans).
 pub trait PodScanner: Send + Sync {
@@ -195,7 +211,7 @@ pub fn find(
         None => entries(dir)?,
     };
     let primary = primary.to_owned();
-    let mut carriers = on_a_thread_of_its_own(move |runtime| {
+    let carriers = on_a_thread_of_its_own(move |runtime| {
         let mut carriers = Vec::new();
         for entry in candidates {
             match enter(&entry) {
@@ -216,16 +232,7 @@ pub fn find(
         }
         Ok(carriers)
     })?;
-    Ok(match carriers.len() {
-        0 => Caller::Absent,
-        1 => Caller::Found(carriers.remove(0)),
-        _ => Caller::Ambiguous(
-            carriers
-                .into_iter()
-                .map(|namespace| namespace.path)
-                .collect(),
-        ),
-    })
+    Ok(Caller::among(carriers))
 }
 
 /// The entries of the netns directory (namespace files; directories are not).

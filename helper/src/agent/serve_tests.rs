@@ -499,11 +499,11 @@ async fn a_floating_address_outside_the_namespaces_grant_is_refused_naming_both_
     assert_eq!(bed.refused("not_granted"), 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_address_a_pod_of_another_namespace_on_another_node_claims_is_not_taken() {
-    // Multus recorded the victim's address for the thief (a static-IPAM network of its own).
+/// A pod `name` of this node (192.168.0.5) for which Multus recorded 10.0.1.70, which its
+/// namespace carries and which EC2 has on node2's Multus ENI, whose pods are `node2_pods`.
+fn recording_node2s_address(name: &str, node2_pods: Result<Vec<Pod>, &str>) -> Bed {
     let pods = vec![pod(
-        "tenant-a/thief",
+        name,
         "192.168.0.5",
         Some(&recorded(&["10.0.1.70"])),
         None,
@@ -513,13 +513,20 @@ async fn an_address_a_pod_of_another_namespace_on_another_node_claims_is_not_tak
         vec![namespace("192.168.0.5", &["10.0.1.70"])],
         ClaimsMode::Recorded,
     );
+    bed.on_instance("i-node2", node2_pods);
+    bed
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_address_a_pod_of_another_namespace_on_another_node_claims_is_not_taken() {
+    // Multus recorded the victim's address for the thief (a static-IPAM network of its own).
     let victim = pod(
         "tenant-b/victim",
         "192.168.7.7",
         Some(&recorded(&["10.0.1.70"])),
         None,
     );
-    bed.on_instance("i-node2", Ok(vec![victim]));
+    let bed = recording_node2s_address("tenant-a/thief", Ok(vec![victim]));
     let failure = the_failure(&bed, "192.168.0.5").await;
     assert!(
         failure.contains("tenant-b/victim") && failure.contains("another namespace"),
@@ -535,17 +542,6 @@ async fn an_address_a_pod_of_another_namespace_on_another_node_claims_is_not_tak
 
 #[tokio::test(start_paused = true)]
 async fn an_address_left_on_another_node_by_a_pod_that_is_gone_follows_its_new_pod() {
-    let pods = vec![pod(
-        "tenant-a/moved",
-        "192.168.0.5",
-        Some(&recorded(&["10.0.1.70"])),
-        None,
-    )];
-    let bed = bed(
-        pods,
-        vec![namespace("192.168.0.5", &["10.0.1.70"])],
-        ClaimsMode::Recorded,
-    );
     // node2's pods: only one of the same namespace, and one of another that claims nothing.
     let same = pod(
         "tenant-a/old",
@@ -559,7 +555,7 @@ async fn an_address_left_on_another_node_by_a_pod_that_is_gone_follows_its_new_p
         Some(&recorded(&["10.0.1.71"])),
         None,
     );
-    bed.on_instance("i-node2", Ok(vec![same, other]));
+    let bed = recording_node2s_address("tenant-a/moved", Ok(vec![same, other]));
     let (_, body) = ask(&bed, "192.168.0.5", Reason::Start).await;
     assert_eq!(answer(body).failures, Vec::<String>::new());
     assert!(
@@ -570,18 +566,7 @@ async fn an_address_left_on_another_node_by_a_pod_that_is_gone_follows_its_new_p
 
 #[tokio::test(start_paused = true)]
 async fn an_address_on_another_node_whose_pods_cannot_be_read_is_not_taken() {
-    let pods = vec![pod(
-        "tenant-a/a",
-        "192.168.0.5",
-        Some(&recorded(&["10.0.1.70"])),
-        None,
-    )];
-    let bed = bed(
-        pods,
-        vec![namespace("192.168.0.5", &["10.0.1.70"])],
-        ClaimsMode::Recorded,
-    );
-    bed.on_instance("i-node2", Err("the API server answered 503"));
+    let bed = recording_node2s_address("tenant-a/a", Err("the API server answered 503"));
     let failure = the_failure(&bed, "192.168.0.5").await;
     assert!(
         failure.contains("eni-multus-node2") && failure.contains("503"),

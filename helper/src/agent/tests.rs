@@ -96,7 +96,7 @@ impl PodScanner for FakeScanner {
     async fn find(&self, pod_ip: IpAddr, primary: &str) -> Result<Caller, ScanError> {
         let scans = self.0.lock().expect("scanner");
         let routed = scans.routes.get(&pod_ip);
-        let mut carriers: Vec<PodNamespace> = scans
+        let carriers: Vec<PodNamespace> = scans
             .namespaces
             .iter()
             .filter(|namespace| routed.is_none_or(|path| &namespace.path == path))
@@ -108,16 +108,7 @@ impl PodScanner for FakeScanner {
             })
             .cloned()
             .collect();
-        Ok(match carriers.len() {
-            0 => Caller::Absent,
-            1 => Caller::Found(carriers.remove(0)),
-            _ => Caller::Ambiguous(
-                carriers
-                    .into_iter()
-                    .map(|namespace| namespace.path)
-                    .collect(),
-            ),
-        })
+        Ok(Caller::among(carriers))
     }
 }
 
