@@ -240,6 +240,25 @@ pub struct AgentSettings {
     #[arg(long, env = "IPMGR_POD_LISTEN", default_value = "[::]:9472", value_parser = pod_listen)]
     pub pod_listen: PodListen,
 
+    /// Connections the pod API holds open at once, from all pods of the node; one more is
+    /// closed unread and counted (ipmgr_agent_connections_rejected_total{reason="connections"}).
+    #[arg(long, env = "IPMGR_POD_API_MAX_CONNECTIONS", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub pod_api_max_connections: u32,
+
+    /// Connections the pod API holds open at once from one source address (a pod's helper
+    /// asks one question at a time); one more is closed unread and counted (reason
+    /// "per_source").
+    #[arg(long, env = "IPMGR_POD_API_MAX_CONNECTIONS_PER_SOURCE", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub pod_api_max_connections_per_source: u32,
+
+    /// Seconds a pod API connection has, from its acceptance, to deliver its whole request
+    /// (head and body); then it is closed. The answer itself may take longer (EC2 retries).
+    #[arg(long, env = "IPMGR_POD_API_REQUEST_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub pod_api_request_seconds: u64,
+
     /// Seconds the API server's view of the node's pods and the namespaces may go without a
     /// confirmation that it is current (a list, an event, or a bookmark, which the API server
     /// sends about every minute): past it /readyz is 503, nothing is given back, and the

@@ -1,18 +1,24 @@
-//! The agent's Prometheus metrics and the small plain-HTTP endpoint that serves them,
+//! The agent's Prometheus metrics and the endpoint that serves them (hyper, bounded as
+//! every listener of the agent: [`transport`]),
 //! with `/healthz` and `/readyz` (ready while the agent sees the node's pods and EC2: see
 //! [`AgentMetrics::set_unready`]).
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+
+use super::transport::{self, Limits};
 
 /// Label `reason` of the refused-releases counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -67,6 +73,8 @@ pub struct AgentMetrics {
     pub claims_refused: Family<ReasonLabel, Counter>,
     /// Requests whose caller could not be told from another, by reason.
     pub identity_conflicts: Family<ReasonLabel, Counter>,
+    /// Connections to the agent's listeners closed unserved, by reason.
+    pub connections_rejected: Family<ReasonLabel, Counter>,
     /// Why the agent is not ready; `None` when it is.
     unready: Mutex<Option<String>>,
     /// A further condition of readiness, checked whenever readiness is asked.
@@ -99,6 +107,7 @@ impl Default for AgentMetrics {
             pod_requests: Family::default(),
             claims_refused: Family::default(),
             identity_conflicts: Family::default(),
+            connections_rejected: Family::default(),
             unready: Mutex::new(Some("the first scan is not done".to_owned())),
             also: OnceLock::new(),
         };
@@ -163,6 +172,11 @@ impl Default for AgentMetrics {
             "identity_conflicts",
             "Pod API requests refused because their caller could not be told from another (duplicate_pod_ip: several live pod records with the pod IP, duplicate_on_primary: several namespaces carry it on the primary interface)",
             metrics.identity_conflicts.clone(),
+        );
+        registry.register(
+            "connections_rejected",
+            "Connections to the pod API and the metrics endpoint closed unserved, by reason (connections: the listener's limit open, per_source: its limit from one address open, accept_failed: accepting failed, e.g. descriptors spent)",
+            metrics.connections_rejected.clone(),
         );
         metrics
     }
@@ -253,58 +267,51 @@ impl AgentMetrics {
     }
 }
 
+/// What the metrics listener admits: Prometheus and the kubelet's probes need a few
+/// connections; any pod of the node can reach it (hostNetwork), so it is bounded too.
+const METRICS_LIMITS: Limits = Limits {
+    connections: 32,
+    per_source: 8,
+    deadline: Duration::from_secs(5),
+};
+
 /// Serves `GET /metrics`, `/healthz` and `/readyz` on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, metrics: Arc<AgentMetrics>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            let answered = tokio::time::timeout(Duration::from_secs(5), answer(stream, &metrics));
-            let _ = answered.await;
-        });
-    }
+    let rejected = metrics.connections_rejected.clone();
+    transport::serve(listener, METRICS_LIMITS, rejected, move |_, _, request| {
+        let answer = answer(&metrics, &request);
+        async move { answer }
+    })
+    .await;
 }
 
-/// Reads one request head (at most 8 KiB) and answers it; the connection then closes.
-async fn answer(mut stream: TcpStream, metrics: &AgentMetrics) -> std::io::Result<()> {
-    let mut head = Vec::new();
-    let mut buffer = [0u8; 1024];
-    while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < 8192 {
-        let read = stream.read(&mut buffer).await?;
-        if read == 0 {
-            break;
-        }
-        head.extend_from_slice(&buffer[..read]);
-    }
-    let request_line = head.split(|&byte| byte == b'\r').next().unwrap_or_default();
-    let mut words = request_line.split(|&byte| byte == b' ');
-    let (method, path) = (
-        words.next().unwrap_or_default(),
-        words.next().unwrap_or_default(),
-    );
-    let (status, content_type, body) = match (method, path) {
-        (b"GET", b"/metrics") => (
-            "200 OK",
+/// The answer to one request of the metrics endpoint.
+fn answer(metrics: &AgentMetrics, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.text(),
         ),
-        (b"GET", b"/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
-        (b"GET", b"/readyz") => match metrics.unready_reason() {
-            None => ("200 OK", "text/plain", "ready\n".to_owned()),
+        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        (&Method::GET, "/readyz") => match metrics.unready_reason() {
+            None => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
             Some(reason) => (
-                "503 Service Unavailable",
+                StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
                 format!("{reason}\n"),
             ),
         },
-        _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
     };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }

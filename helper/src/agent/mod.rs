@@ -31,6 +31,7 @@ mod serve_tests;
 pub mod share;
 #[cfg(test)]
 mod tests;
+pub mod transport;
 mod watch;
 
 use std::collections::BTreeSet;
@@ -176,7 +177,11 @@ pub async fn run(settings: AgentSettings, node_name: Option<String>) -> Result<(
                 ),
             },
         };
-        tokio::spawn(serve::serve(listener, Arc::new(service)));
+        tokio::spawn(serve::serve(
+            listener,
+            pod_api_limits(&settings),
+            Arc::new(service),
+        ));
     }
     let mut agent = Agent::new(
         settings,
@@ -220,6 +225,16 @@ pub async fn run(settings: AgentSettings, node_name: Option<String>) -> Result<(
     }
     tracing::info!("node agent stopped");
     Ok(())
+}
+
+/// What the pod API's listener admits (`--pod-api-max-connections*`,
+/// `--pod-api-request-seconds`).
+fn pod_api_limits(settings: &AgentSettings) -> transport::Limits {
+    transport::Limits {
+        connections: settings.pod_api_max_connections as usize,
+        per_source: settings.pod_api_max_connections_per_source as usize,
+        deadline: Duration::from_secs(settings.pod_api_request_seconds),
+    }
 }
 
 /// Reaches instance metadata and builds the EC2 client, trying again until it works: an

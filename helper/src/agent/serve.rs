@@ -15,7 +15,6 @@
 //! assigned. A sidecar's periodic recheck is planned against the agent's view of the
 //! node's ENIs, at most [`RECHECK_VIEW_AGE`] old, and costs nothing while nothing drifted.
 
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +22,6 @@ use std::time::Duration;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use ipmgr_eni::{
     Assignment, Claimant, Claims, EniRecord, Grants, Move, MultusInterfaces, NodeFacts, Plan,
     PlanOptions, RejectReason, plan,
@@ -36,6 +34,7 @@ use super::holders::HolderPods;
 use super::metrics::AgentMetrics;
 use super::netns::{Caller, PodNamespace, PodScanner};
 use super::share::NodeShare;
+use super::transport::{self, Admitted, Limits};
 use crate::aws::Ec2Api;
 use crate::config::ClaimsMode;
 use crate::place::{Failure, MoveCheck, NodeEnis, Placer};
@@ -89,7 +88,16 @@ where
 {
     /// The answer to `request` from `peer`.
     pub async fn answer(&self, peer: IpAddr, request: RoutableRequest) -> Answer {
-        match self.routable(peer, request.reason).await {
+        let outcome = match self.caller(peer).await {
+            Ok(caller) => self.routable(caller, request.reason).await,
+            Err(refused) => Err(refused),
+        };
+        self.reply(peer, outcome)
+    }
+
+    /// The answer to `outcome`, counted, and logged when refused.
+    fn reply(&self, peer: IpAddr, outcome: Result<RoutableAnswer, Refused>) -> Answer {
+        match outcome {
             Ok(answer) => {
                 let result = if answer.failures.is_empty() {
                     "routable"
@@ -109,15 +117,27 @@ where
         }
     }
 
-    async fn routable(&self, peer: IpAddr, reason: Reason) -> Result<RoutableAnswer, Refused> {
-        let unavailable = |error: String| (StatusCode::SERVICE_UNAVAILABLE, error);
+    /// Who `peer` is: its pod and network namespace ([`Self::identify`]), once the view of
+    /// the API server is listed; nothing of the request is needed for it.
+    async fn caller(&self, peer: IpAddr) -> Result<(PodRecord, PodNamespace), Refused> {
         if !self.pods.synced() {
-            return Err(unavailable(format!(
-                "the node agent on {} has not listed the node's pods and the namespaces from the API server yet; the helper tries again (check the agent's log and its RBAC: get, list, watch on pods and namespaces)",
-                self.node_name
-            )));
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the node agent on {} has not listed the node's pods and the namespaces from the API server yet; the helper tries again (check the agent's log and its RBAC: get, list, watch on pods and namespaces)",
+                    self.node_name
+                ),
+            ));
         }
-        let (pod, namespace) = self.identify(peer).await?;
+        self.identify(peer).await
+    }
+
+    async fn routable(
+        &self,
+        (pod, namespace): (PodRecord, PodNamespace),
+        reason: Reason,
+    ) -> Result<RoutableAnswer, Refused> {
+        let unavailable = |error: String| (StatusCode::SERVICE_UNAVAILABLE, error);
         let Some((node, multus)) = self.share.node() else {
             return Err(unavailable(format!(
                 "the node agent on {} has not read the node from instance metadata yet; the helper tries again",
@@ -443,37 +463,36 @@ impl<H: HolderPods> MoveCheck for HolderCheck<'_, H> {
     }
 }
 
-/// Serves the pod API on `listener` until the agent stops.
-pub async fn serve<E, S, H>(listener: TcpListener, service: Arc<PodService<E, S, H>>)
-where
+/// Serves the pod API on `listener` under `limits` until the agent stops.
+pub async fn serve<E, S, H>(
+    listener: TcpListener,
+    limits: Limits,
+    service: Arc<PodService<E, S, H>>,
+) where
     E: Ec2Api + Clone + Send + Sync + 'static,
     S: PodScanner + 'static,
     H: HolderPods + 'static,
 {
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
-        };
-        let service = Arc::clone(&service);
-        tokio::spawn(async move {
-            let handler = hyper::service::service_fn(move |request| {
-                let service = Arc::clone(&service);
-                async move { Ok::<_, Infallible>(route(&service, peer, request).await) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), handler);
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, %error, "pod API connection ended");
-            }
-        });
-    }
+    let rejected = service.metrics.connections_rejected.clone();
+    transport::serve(
+        listener,
+        limits,
+        rejected,
+        move |peer, admitted, request| {
+            let service = Arc::clone(&service);
+            async move { route(&service, peer, &admitted, request).await }
+        },
+    )
+    .await;
 }
 
+/// One request: the path and method, then who asks (from the source address alone: an
+/// unknown source is answered before anything more is read), then the body, within what
+/// is left of the request deadline.
 async fn route<E, S, H>(
     service: &PodService<E, S, H>,
     peer: SocketAddr,
+    admitted: &Admitted,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>>
 where
@@ -500,15 +519,30 @@ where
             format!("{ROUTABLE_PATH} takes POST"),
         );
     }
-    let body = match Limited::new(request.into_body(), BODY_LIMIT)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(error) => {
+    let ip = peer.ip().to_canonical();
+    let caller = match service.caller(ip).await {
+        Ok(caller) => caller,
+        Err(refused) => {
+            let (status, body) = service.reply(ip, Err(refused));
+            return respond(status, body);
+        }
+    };
+    let reading = Limited::new(request.into_body(), BODY_LIMIT).collect();
+    let body = match tokio::time::timeout(admitted.remaining(), reading).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(error)) => {
             return refuse(
                 StatusCode::BAD_REQUEST,
                 format!("cannot read the request: {error}"),
+            );
+        }
+        Err(_) => {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {:?} of the connection",
+                    admitted.deadline()
+                ),
             );
         }
     };
@@ -523,7 +557,7 @@ where
             );
         }
     };
-    let (status, body) = service.answer(peer.ip().to_canonical(), asked).await;
+    let (status, body) = service.reply(ip, service.routable(caller, asked.reason).await);
     respond(status, body)
 }
 

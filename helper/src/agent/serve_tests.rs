@@ -740,3 +740,40 @@ async fn before_the_namespaces_are_listed_the_pod_api_answers_503() {
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[tokio::test]
+async fn a_source_that_is_no_pod_is_answered_before_its_body_is_read() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let bed = pod_a(namespace("192.168.0.5", &["10.0.1.50"]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let limits = super::transport::Limits {
+        connections: 8,
+        per_source: 2,
+        deadline: Duration::from_secs(60),
+    };
+    tokio::spawn(super::serve::serve(listener, limits, Arc::new(bed.service)));
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    // A body announced and never sent: the agent must not wait for it.
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n",
+        crate::pod_api::ROUTABLE_PATH
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer));
+    assert!(
+        read.await.is_ok(),
+        "answered and closed well before the deadline"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 403") && answer.contains("127.0.0.1"),
+        "{answer}"
+    );
+}
