@@ -141,7 +141,7 @@ pub async fn run(settings: AgentSettings, node_name: Option<String>) -> Result<(
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
     let (metadata, ec2, node) = connected;
-    let scanner = NetnsDirectory(settings.netns_dir.clone());
+    let scanner = NetnsDirectory::new(settings.netns_dir.clone());
     let release_ec2 = ec2.single_attempt();
     let pods = NodePods::default();
     let share = Arc::new(NodeShare::default());

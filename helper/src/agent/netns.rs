@@ -2,11 +2,12 @@
 //! netns directory, entered in turn on a thread of its own (setns needs CAP_SYS_ADMIN), and
 //! the node's own namespace, through netlink.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
 use nix::sched::{CloneFlags, setns};
@@ -136,21 +137,35 @@ pub trait PodScanner: Send + Sync {
     ) -> impl std::future::Future<Output = Result<Caller, ScanError>> + Send;
 }
 
-/// The runtime's netns directory, scanned on a blocking thread.
+/// The runtime's netns directory, scanned on a blocking thread, and which of its entries
+/// has which namespace id in the agent's namespace (learnt on a miss, checked on a hit).
 #[derive(Debug, Clone)]
-pub struct NetnsDirectory(pub PathBuf);
+pub struct NetnsDirectory {
+    dir: PathBuf,
+    ids: Arc<Mutex<HashMap<i32, PathBuf>>>,
+}
+
+impl NetnsDirectory {
+    /// The directory `dir`.
+    pub fn new(dir: PathBuf) -> Self {
+        NetnsDirectory {
+            dir,
+            ids: Arc::default(),
+        }
+    }
+}
 
 impl PodScanner for NetnsDirectory {
     async fn scan(&self) -> Result<Scan, ScanError> {
-        let dir = self.0.clone();
+        let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || scan(&dir))
             .await
             .map_err(|error| ScanError::Thread(io::Error::other(error)))?
     }
 
     async fn find(&self, pod_ip: IpAddr, primary: &str) -> Result<Caller, ScanError> {
-        let routed = routed_entry(&self.0, pod_ip).await;
-        let (dir, primary) = (self.0.clone(), primary.to_owned());
+        let routed = self.routed_entry(pod_ip).await;
+        let (dir, primary) = (self.dir.clone(), primary.to_owned());
         tokio::task::spawn_blocking(move || find(&dir, pod_ip, &primary, routed))
             .await
             .map_err(|error| ScanError::Thread(io::Error::other(error)))?
@@ -171,30 +186,48 @@ pub fn scan(dir: &Path) -> Result<Scan, ScanError> {
     on_a_thread_of_its_own(move |runtime| scan_entries(runtime, entries))
 }
 
-/// The entry of `dir` that the node (the calling thread's namespace, the agent's) routes
-/// `pod_ip` to, when its route's interface leads into one of them; `None` otherwise (no
-/// such route, another CNI's plumbing, or netlink failed: logged, and the caller is then
-/// found by its address alone).
-async fn routed_entry(dir: &Path, pod_ip: IpAddr) -> Option<PathBuf> {
-    let routed = async {
-        let Some(id) = routed_namespace(pod_ip).await? else {
-            return Ok(None);
-        };
-        let ids = NamespaceIds::connect()?;
-        for entry in entries(dir).unwrap_or_default() {
-            let Ok(file) = File::open(&entry) else {
-                continue;
+impl NetnsDirectory {
+    /// The entry that the node (the calling thread's namespace, the agent's) routes
+    /// `pod_ip` to, when its route's interface leads into one of them; `None` otherwise (no
+    /// such route, another CNI's plumbing, or netlink failed: logged, and the caller is
+    /// then found by its address alone). The entry remembered for the route's namespace id
+    /// is checked to still have it (one lookup); on a miss every entry's id is read again.
+    async fn routed_entry(&self, pod_ip: IpAddr) -> Option<PathBuf> {
+        let routed = async {
+            let Some(id) = routed_namespace(pod_ip).await? else {
+                return Ok(None);
             };
-            if ids.of(&file).await? == Some(id) {
+            let ids = NamespaceIds::connect()?;
+            let remembered = self.remembered(id);
+            if let Some(entry) = remembered
+                && let Ok(file) = File::open(&entry)
+                && ids.of(&file).await? == Some(id)
+            {
                 return Ok(Some(entry));
             }
-        }
-        Ok::<_, NetlinkError>(None)
-    };
-    routed.await.unwrap_or_else(|error| {
-        tracing::warn!(%pod_ip, %error, "cannot look up the node's route to a pod IP; finding its namespace by address");
-        None
-    })
+            let mut learnt = HashMap::new();
+            for entry in entries(&self.dir).unwrap_or_default() {
+                let Ok(file) = File::open(&entry) else {
+                    continue;
+                };
+                if let Some(found) = ids.of(&file).await? {
+                    learnt.insert(found, entry);
+                }
+            }
+            let entry = learnt.get(&id).cloned();
+            *self.ids.lock().unwrap_or_else(|e| e.into_inner()) = learnt;
+            Ok::<_, NetlinkError>(entry)
+        };
+        routed.await.unwrap_or_else(|error| {
+            tracing::warn!(%pod_ip, %error, "cannot look up the node's route to a pod IP; finding its namespace by address");
+            None
+        })
+    }
+
+    fn remembered(&self, id: i32) -> Option<PathBuf> {
+        let ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        ids.get(&id).cloned()
+    }
 }
 
 /// The pod namespace in `dir` a connection from `pod_ip` comes from: `routed` (the one the
