@@ -70,7 +70,8 @@ Control calls (method, path, body -> answer):
     GET eni/ID            -> {"ipv4": [...], "ipv6": [...]} as EC2 holds them now
     POST assign           {"eni", "ipv4", "ipv6"}: put addresses on an ENI directly
     POST faults           {"action" | "*", "code", "status", "message", "count" | "seconds",
-                           "delay_ms"}: the next `count` calls (1), or every call for `seconds`
+                           "delay_ms", "addresses"}: the next `count` calls (1), or every call
+                          for `seconds`; with `addresses`, only the calls naming one of them
     GET calls             per-action counts (throttled calls included); GET throttled: the
                           throttled ones; GET calls/log ([action, unix time, ENI or ""] per call);
                           POST calls/reset (all three)

@@ -157,22 +157,27 @@ class State:
             raise Ec2Error("InvalidNetworkInterfaceID.NotFound",
                            f"The networkInterface ID '{eni_id}' does not exist") from error
 
-    def take_fault(self, action: str) -> dict | None:
+    def take_fault(self, action: str, params: dict) -> dict | None:
         """The fault the next `action` call meets: one of `count` calls, or every call until
-        `until` (monotonic time) for a fault given in seconds."""
+        `until` (monotonic time) for a fault given in seconds; a fault with `addresses` only
+        meets the calls that name one of them (as an address to assign or unassign)."""
+        named = call_addresses(params)
         with self.lock:
             queue = self.faults.get(action) or self.faults.get("*")
-            while queue and "until" in queue[0] and time.monotonic() >= queue[0]["until"]:
-                queue.pop(0)
             if not queue:
                 return None
-            fault = queue[0]
-            if "until" in fault:
+            now = time.monotonic()
+            queue[:] = [fault for fault in queue if "until" not in fault or now < fault["until"]]
+            for index, fault in enumerate(queue):
+                if fault.get("addresses") and not named.intersection(fault["addresses"]):
+                    continue
+                if "until" in fault:
+                    return fault
+                fault["count"] -= 1
+                if fault["count"] <= 0:
+                    queue.pop(index)
                 return fault
-            fault["count"] -= 1
-            if fault["count"] <= 0:
-                queue.pop(0)
-            return fault
+            return None
 
     def record(self, eni_id: str, addresses, present: bool) -> None:
         """Notes that `addresses` came to (`present`) or left the ENI now."""
@@ -282,6 +287,17 @@ def addresses_response(action: str, eni_id: str) -> tuple:
     return 200, [("Content-Type", "text/xml")], body
 
 
+def call_addresses(params: dict) -> set[str]:
+    """The addresses a call names: `PrivateIpAddress.N` and `Ipv6Addresses.N` (the assign
+    and unassign calls, EC2 API reference)."""
+    return {
+        value
+        for name, values in params.items()
+        if name.startswith(("PrivateIpAddress.", "Ipv6Addresses."))
+        for value in values
+    }
+
+
 def subnet_ipv6_networks(subnet) -> list[ipaddress.IPv6Network]:
     return [
         ipaddress.ip_network(association["ipv6CidrBlock"])
@@ -326,7 +342,7 @@ class Ec2Layer:
         if self.state.throttle(action, params):
             return self.respond(start_response, *error_response(
                 Ec2Error("RequestLimitExceeded", "Request limit exceeded.", 503)))
-        fault = self.state.take_fault(action)
+        fault = self.state.take_fault(action, params)
         if fault:
             time.sleep(fault.get("delay_ms", 0) / 1000)
             if fault.get("code") == "RequestLimitExceeded":  # an injected throttle counts as one

@@ -144,6 +144,27 @@ def test_a_fault_given_in_seconds_meets_every_call_until_it_ends(env):
     client.describe_network_interfaces()
 
 
+def test_a_fault_with_addresses_meets_only_the_calls_naming_one_of_them(env):
+    bed, ec2 = env
+    bed.control("POST", "faults", {"action": "AssignPrivateIpAddresses", "code": "RequestLimitExceeded",
+                                   "status": 503, "count": 2, "addresses": ["10.0.1.92"]})
+    client = boto3.client("ec2", region_name="us-east-2", endpoint_url=bed.ec2_endpoint, aws_access_key_id="testing",
+                          aws_secret_access_key="testing",
+                          config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+    eni = eni_id(bed, "node1", "eth2")
+    try:
+        client.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=["10.0.1.93"])
+        for batch in (["10.0.1.92"], ["10.0.1.94", "10.0.1.92"]):
+            with pytest.raises(ClientError) as excinfo:
+                client.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=batch)
+            assert error_code(excinfo) == "RequestLimitExceeded"
+        assert "10.0.1.93" in addresses(bed, eni)["ipv4"]
+        assert "10.0.1.94" not in addresses(bed, eni)["ipv4"]
+        client.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=["10.0.1.92"])
+    finally:
+        ec2.unassign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=["10.0.1.93", "10.0.1.92"])
+
+
 def test_unassigned_addresses_are_logged_with_their_eni_and_time(env):
     bed, ec2 = env
     eni = eni_id(bed, "node1", "eth2")

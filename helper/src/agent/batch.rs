@@ -7,13 +7,19 @@
 //! pod's part is tried on its own, and a refused part address by address, so that every pod
 //! gets its own answer and one bad address fails neither its neighbours nor its pod's other
 //! addresses.
+//!
+//! The worker makes each call once. A call that EC2 throttled or that failed on the way is
+//! retried by the pod whose call it was, with its own backoff (full jitter within the retry
+//! budget, [`RetryPolicy`]), and a retried assign is never merged with other pods' calls:
+//! one pod's throttled or failing addresses hold neither the worker nor its neighbours'
+//! batches, and a neighbour that arrives meanwhile is answered in one call.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use ipmgr_eni::{EniRecord, ErrorClass};
+use ipmgr_eni::{EniRecord, ErrorClass, RetryPolicy};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -26,6 +32,8 @@ pub struct BatchedEc2<E> {
     /// For the calls that are not batched (unassigning an IPv6 address that moves, the ENI
     /// list of the node): rare, and each pod's own.
     direct: E,
+    /// How a pod retries its batched calls that failed.
+    retry: RetryPolicy,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, Ec2Failure>>;
@@ -54,6 +62,8 @@ enum Call {
 struct Assign {
     eni_id: String,
     addresses: Addresses,
+    /// A retry, after this pod's own backoff: sent on its own.
+    retry: bool,
     reply: Reply<()>,
 }
 
@@ -105,32 +115,56 @@ fn merge_new<T: PartialEq + Clone>(mine: &mut Vec<T>, theirs: &[T]) {
 }
 
 impl<E: Ec2Api + Clone + Send + 'static> BatchedEc2<E> {
-    /// Starts the worker over `ec2` (the client that retries within the budget); batches
-    /// gather for `window` after their first call.
-    pub fn start(ec2: E, window: Duration) -> Self {
+    /// Starts the worker over `once` (a client that makes each call once); `direct` (a
+    /// client that retries within its budget) makes the calls that are not batched, and
+    /// each pod retries its batched calls under `retry`. Batches gather for `window` after
+    /// their first call.
+    pub fn start(once: E, direct: E, retry: RetryPolicy, window: Duration) -> Self {
         let (calls, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(work(ec2.clone(), window, receiver));
-        BatchedEc2 { calls, direct: ec2 }
+        tokio::spawn(work(once, window, receiver));
+        BatchedEc2 {
+            calls,
+            direct,
+            retry,
+        }
     }
 }
 
 impl<E: Sync> BatchedEc2<E> {
-    async fn send<T>(
-        &self,
-        call: Call,
-        answer: oneshot::Receiver<Result<T, Ec2Failure>>,
-    ) -> Result<T, Ec2Failure> {
-        let gone = || Ec2Failure {
-            action: "batch",
-            target: "the agent's EC2 worker".to_owned(),
-            addresses: Vec::new(),
-            code: "WorkerStopped".to_owned(),
-            message: "the agent is stopping".to_owned(),
-            class: ErrorClass::Transient,
-            attempts: 0,
-        };
-        self.calls.send(call).map_err(|_| gone())?;
-        answer.await.unwrap_or_else(|_| Err(gone()))
+    /// The call `make` builds, through the worker, retried by this pod alone while EC2
+    /// throttles it or it fails on the way, within the retry budget.
+    async fn send<T>(&self, make: impl Fn(bool, Reply<T>) -> Call) -> Result<T, Ec2Failure> {
+        let started = Instant::now();
+        let mut attempts = 0;
+        loop {
+            let (reply, answer) = oneshot::channel();
+            if self.calls.send(make(attempts > 0, reply)).is_err() {
+                return Err(worker_gone());
+            }
+            attempts += 1;
+            let mut failure = match answer.await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(failure)) => failure,
+                Err(_) => return Err(worker_gone()),
+            };
+            let delay =
+                self.retry
+                    .next_delay(failure.class, attempts, started.elapsed(), fastrand::f64());
+            let Some(delay) = delay else {
+                failure.attempts = attempts;
+                return Err(failure);
+            };
+            tracing::warn!(
+                action = failure.action,
+                target = failure.target,
+                code = failure.code,
+                class = failure.class.label(),
+                attempt = attempts,
+                delay_ms = delay.as_millis() as u64,
+                "EC2 call failed, retrying this pod's part on its own"
+            );
+            tokio::time::sleep(delay).await;
+        }
     }
 
     fn assign(
@@ -138,13 +172,28 @@ impl<E: Sync> BatchedEc2<E> {
         eni_id: &str,
         addresses: Addresses,
     ) -> impl Future<Output = Result<(), Ec2Failure>> + Send + '_ {
-        let (reply, answer) = oneshot::channel();
-        let call = Call::Assign(Assign {
-            eni_id: eni_id.to_owned(),
-            addresses,
-            reply,
-        });
-        self.send(call, answer)
+        let eni_id = eni_id.to_owned();
+        self.send(move |retry, reply| {
+            Call::Assign(Assign {
+                eni_id: eni_id.clone(),
+                addresses: addresses.clone(),
+                retry,
+                reply,
+            })
+        })
+    }
+}
+
+/// The failure of a call the worker can no longer take.
+fn worker_gone() -> Ec2Failure {
+    Ec2Failure {
+        action: "batch",
+        target: "the agent's EC2 worker".to_owned(),
+        addresses: Vec::new(),
+        code: "WorkerStopped".to_owned(),
+        message: "the agent is stopping".to_owned(),
+        class: ErrorClass::Persistent,
+        attempts: 0,
     }
 }
 
@@ -189,12 +238,11 @@ impl<E: Ec2Api + Send> Ec2Api for BatchedEc2<E> {
     }
 
     async fn enis(&self, ids: &[String]) -> Result<Vec<EniRecord>, Ec2Failure> {
-        let (reply, answer) = oneshot::channel();
-        let call = Call::Enis {
+        self.send(|_, reply| Call::Enis {
             ids: ids.to_vec(),
             reply,
-        };
-        self.send(call, answer).await
+        })
+        .await
     }
 
     async fn holders(
@@ -203,14 +251,13 @@ impl<E: Ec2Api + Send> Ec2Api for BatchedEc2<E> {
         ipv4: &[Ipv4Addr],
         ipv6: &[Ipv6Addr],
     ) -> Result<Vec<EniRecord>, Ec2Failure> {
-        let (reply, answer) = oneshot::channel();
-        let call = Call::Holders {
+        self.send(|_, reply| Call::Holders {
             vpc_id: vpc_id.to_owned(),
             ipv4: ipv4.to_vec(),
             ipv6: ipv6.to_vec(),
             reply,
-        };
-        self.send(call, answer).await
+        })
+        .await
     }
 }
 
@@ -263,11 +310,13 @@ fn hold_limit(window: Duration) -> Duration {
 }
 
 /// One batch: every lookup in one DescribeNetworkInterfaces per kind (ENIs by id; holders
-/// per VPC), every assign in one call per ENI and family; all at once.
+/// per VPC), every first assign in one call per ENI and family, every retried assign in a
+/// call of its own; all at once.
 async fn carry_out<E: Ec2Api>(ec2: &E, batch: Vec<Call>) {
     let mut enis: Vec<(Vec<String>, Reply<Vec<EniRecord>>)> = Vec::new();
     let mut holders: BTreeMap<String, Vec<HolderLookup>> = BTreeMap::new();
-    let mut assigns: BTreeMap<(String, u8), Vec<Assign>> = BTreeMap::new();
+    // By ENI, family, and 0 for first attempts or a number of its own for a retry.
+    let mut assigns: BTreeMap<(String, u8, usize), Vec<Assign>> = BTreeMap::new();
     for call in batch {
         match call {
             Call::Enis { ids, reply } => enis.push((ids, reply)),
@@ -277,10 +326,13 @@ async fn carry_out<E: Ec2Api>(ec2: &E, batch: Vec<Call>) {
                 ipv6,
                 reply,
             } => holders.entry(vpc_id).or_default().push((ipv4, ipv6, reply)),
-            Call::Assign(assign) => assigns
-                .entry((assign.eni_id.clone(), assign.addresses.family()))
-                .or_default()
-                .push(assign),
+            Call::Assign(assign) => {
+                let alone = if assign.retry { assigns.len() + 1 } else { 0 };
+                assigns
+                    .entry((assign.eni_id.clone(), assign.addresses.family(), alone))
+                    .or_default()
+                    .push(assign);
+            }
         }
     }
     let lookups = async {

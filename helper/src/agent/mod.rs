@@ -153,6 +153,9 @@ pub async fn run(settings: AgentSettings, node_name: Option<String>) -> Result<(
             settings.pod_watch_stale(),
             Arc::clone(&client),
         ));
+        let pod_api_ec2 = ec2.throttle_min(Duration::from_millis(
+            settings.pod_api_throttle_backoff_min_ms.max(1),
+        ));
         let service = PodService {
             metrics: Arc::clone(&metrics),
             node_name,
@@ -170,9 +173,9 @@ pub async fn run(settings: AgentSettings, node_name: Option<String>) -> Result<(
                 },
                 ownership: settings.aws.ownership(),
                 ec2: BatchedEc2::start(
-                    ec2.throttle_min(Duration::from_millis(
-                        settings.pod_api_throttle_backoff_min_ms.max(1),
-                    )),
+                    pod_api_ec2.single_attempt(),
+                    pod_api_ec2.clone(),
+                    pod_api_ec2.retry_policy(),
                     settings.batch_window(),
                 ),
             },

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::StatusCode;
-use ipmgr_eni::{ErrorClass, MultusInterfaces, PlanOptions};
+use ipmgr_eni::{Backoff, ErrorClass, MultusInterfaces, PlanOptions, RetryPolicy};
 use k8s_openapi::api::core::v1::Pod;
 use pretty_assertions::assert_eq;
 use serde_json::json;
@@ -178,11 +178,28 @@ fn bed(pods: Vec<Pod>, namespaces: Vec<PodNamespace>, claims: ClaimsMode) -> Bed
                 allowed: Vec::new(),
             },
             ownership: ipmgr_eni::OwnershipPolicy::default(),
-            ec2: BatchedEc2::start(ec2.clone(), Duration::from_millis(10)),
+            ec2: BatchedEc2::start(
+                ec2.clone(),
+                ec2.clone(),
+                QUICK_RETRIES,
+                Duration::from_millis(10),
+            ),
         },
     };
     Bed { service, ec2 }
 }
+
+/// Retries within a second, a few milliseconds apart.
+const QUICK_RETRIES: RetryPolicy = RetryPolicy {
+    transient: Backoff {
+        initial: Duration::from_millis(5),
+        factor: 2,
+        max: Duration::from_millis(20),
+    },
+    throttle_min: Duration::from_millis(5),
+    max: Duration::from_millis(20),
+    budget: Duration::from_secs(1),
+};
 
 async fn ask(bed: &Bed, peer: &str, reason: Reason) -> (StatusCode, serde_json::Value) {
     let peer: IpAddr = peer.parse().expect("ip");
@@ -380,6 +397,32 @@ async fn a_batch_ec2_refuses_is_split_so_that_each_pod_gets_its_own_answer() {
         .filter(|call| call.starts_with("Assign"))
         .count();
     assert_eq!(assigns, 4, "the refused batch, then one per pod");
+}
+
+#[tokio::test]
+async fn a_throttled_batch_is_retried_by_each_pod_on_its_own() {
+    let bed = three_pods();
+    bed.ec2.fail_next(
+        "AssignPrivateIpAddresses",
+        "RequestLimitExceeded",
+        ErrorClass::Throttling,
+    );
+    for answer in ask_all(&bed, Reason::Start).await {
+        assert_eq!(answer.failures, Vec::<String>::new());
+    }
+    let assigns = bed
+        .ec2
+        .calls()
+        .into_iter()
+        .filter(|call| call.starts_with("Assign"))
+        .count();
+    assert_eq!(
+        assigns, 4,
+        "the throttled batch, then each pod's retry alone"
+    );
+    for n in 1..=3 {
+        assert!(bed.ec2.holds("eni-multus", &format!("10.0.1.{}", 50 + n)));
+    }
 }
 
 #[tokio::test]

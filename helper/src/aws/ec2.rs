@@ -189,6 +189,11 @@ impl Ec2 {
         })
     }
 
+    /// How this client retries a failed call.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
     fn retrying(&self, retry: RetryPolicy) -> Ec2 {
         Ec2 {
             client: self.client.clone(),
