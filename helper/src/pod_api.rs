@@ -23,6 +23,18 @@ pub enum Reason {
     Recheck,
 }
 
+impl Reason {
+    /// The more thorough of the two: a start or a change is checked against EC2 now, a
+    /// recheck against the agent's view.
+    pub fn most_thorough(self, other: Reason) -> Reason {
+        match (self, other) {
+            (Reason::Start, _) | (_, Reason::Start) => Reason::Start,
+            (Reason::Change, _) | (_, Reason::Change) => Reason::Change,
+            (Reason::Recheck, Reason::Recheck) => Reason::Recheck,
+        }
+    }
+}
+
 /// What the pod sends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoutableRequest {

@@ -75,6 +75,8 @@ pub struct AgentMetrics {
     pub identity_conflicts: Family<ReasonLabel, Counter>,
     /// Connections to the agent's listeners closed unserved, by reason.
     pub connections_rejected: Family<ReasonLabel, Counter>,
+    /// Pod API requests answered without a pass of their own, by reason.
+    pub coalesced: Family<ReasonLabel, Counter>,
     /// Why the agent is not ready; `None` when it is.
     unready: Mutex<Option<String>>,
     /// A further condition of readiness, checked whenever readiness is asked.
@@ -108,6 +110,7 @@ impl Default for AgentMetrics {
             claims_refused: Family::default(),
             identity_conflicts: Family::default(),
             connections_rejected: Family::default(),
+            coalesced: Family::default(),
             unready: Mutex::new(Some("the first scan is not done".to_owned())),
             also: OnceLock::new(),
         };
@@ -177,6 +180,11 @@ impl Default for AgentMetrics {
             "connections_rejected",
             "Connections to the pod API and the metrics endpoint closed unserved, by reason (connections: the listener's limit open, per_source: its limit from one address open, accept_failed: accepting failed, e.g. descriptors spent)",
             metrics.connections_rejected.clone(),
+        );
+        registry.register(
+            "pod_requests_coalesced",
+            "Pod API requests answered without a pass of their own, by reason (in_flight: shared the pass of the pod's other requests, unchanged: a change with the addresses of the pod's last routable answer, answered from the agent's view of the node's ENIs)",
+            metrics.coalesced.clone(),
         );
         metrics
     }
@@ -249,6 +257,11 @@ impl AgentMetrics {
         self.identity_conflicts
             .get_or_create(&ReasonLabel { reason })
             .inc();
+    }
+
+    /// Counts a pod API request answered without a pass of its own, for `reason`.
+    pub fn coalesced(&self, reason: &'static str) {
+        self.coalesced.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// Counts release decisions dropped for `reason`.

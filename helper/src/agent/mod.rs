@@ -18,6 +18,7 @@
 
 mod batch;
 pub mod cluster;
+mod coalesce;
 pub mod error;
 pub mod holders;
 mod listen;
@@ -53,7 +54,7 @@ pub use error::AgentError;
 use holders::KubeHolders;
 use metrics::AgentMetrics;
 use netns::{NetnsDirectory, PodScanner, Scan, ScanError};
-use serve::PodService;
+use serve::{PodPasses, PodService};
 use share::NodeShare;
 use watch::{Changes, SETTLE, watch};
 
@@ -157,6 +158,7 @@ pub async fn run(settings: AgentSettings, node_name: Option<String>) -> Result<(
             settings.pod_api_throttle_backoff_min_ms.max(1),
         ));
         let service = PodService {
+            passes: PodPasses::default(),
             metrics: Arc::clone(&metrics),
             node_name,
             pods: pods.clone(),

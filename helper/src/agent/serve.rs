@@ -15,8 +15,10 @@
 //! assigned. A sidecar's periodic recheck is planned against the agent's view of the
 //! node's ENIs, at most [`RECHECK_VIEW_AGE`] old, and costs nothing while nothing drifted.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -24,12 +26,13 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use ipmgr_eni::{
     Assignment, Claimant, Claims, EniRecord, Grants, Move, MultusInterfaces, NodeFacts, Plan,
-    PlanOptions, RejectReason, plan,
+    PlanOptions, PodAddress, RejectReason, plan,
 };
 use tokio::net::TcpListener;
 
 use super::batch::BatchedEc2;
 use super::cluster::{ByIp, NodePods, PodRecord};
+use super::coalesce::{Absorb, Coalescer, Turn};
 use super::holders::HolderPods;
 use super::metrics::AgentMetrics;
 use super::netns::{Caller, PodNamespace, PodScanner};
@@ -72,6 +75,72 @@ pub struct PodService<E, S, H> {
     pub placer: Placer<BatchedEc2<E>>,
     /// The agent's metrics: answers are counted.
     pub metrics: Arc<AgentMetrics>,
+    /// The passes in flight per pod, and what each pod was last answered.
+    pub passes: PodPasses,
+}
+
+/// A pod's passes are keyed by the pod and its network namespace.
+type PassKey = (String, PathBuf);
+
+/// One pass at a time per pod, shared by its requests ([`Coalescer`]), and the addresses
+/// each pod was last answered routable with: a `change` that changed nothing since is
+/// answered as a recheck, from the agent's view of the node's ENIs.
+#[derive(Debug, Default)]
+pub struct PodPasses {
+    in_flight: Arc<Coalescer<PassKey, Asked, Result<RoutableAnswer, Refused>>>,
+    routable: Mutex<HashMap<String, (PathBuf, Vec<PodAddress>)>>,
+}
+
+impl PodPasses {
+    /// Whether the pod in `namespace` was last answered routable with the addresses it
+    /// carries now.
+    fn unchanged(&self, pod: &PodRecord, namespace: &PodNamespace) -> bool {
+        let routable = self.routable.lock().unwrap_or_else(PoisonError::into_inner);
+        routable.get(&pod.key).is_some_and(|(path, addresses)| {
+            *path == namespace.path && *addresses == sorted(&namespace.addresses)
+        })
+    }
+
+    /// Notes that the pod in `namespace` was answered routable (`true`) or not; forgets
+    /// the pods `live` no longer knows.
+    fn answered(
+        &self,
+        pod: &PodRecord,
+        namespace: &PodNamespace,
+        routable: bool,
+        live: impl Fn(&str) -> bool,
+    ) {
+        let mut answered = self.routable.lock().unwrap_or_else(PoisonError::into_inner);
+        answered.retain(|key, _| live(key));
+        if routable {
+            let addresses = sorted(&namespace.addresses);
+            answered.insert(pod.key.clone(), (namespace.path.clone(), addresses));
+        } else {
+            answered.remove(&pod.key);
+        }
+    }
+}
+
+fn sorted(addresses: &[PodAddress]) -> Vec<PodAddress> {
+    let mut sorted = addresses.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    sorted
+}
+
+/// A pod's request as its pass takes it: the caller as the newest request found it (the
+/// addresses its namespace carries then), and the most thorough reason of those folded in.
+#[derive(Debug)]
+struct Asked {
+    caller: (PodRecord, PodNamespace),
+    reason: Reason,
+}
+
+impl Absorb for Asked {
+    fn absorb(&mut self, newer: Asked) {
+        self.caller = newer.caller;
+        self.reason = self.reason.most_thorough(newer.reason);
+    }
 }
 
 /// An answer: status and JSON body.
@@ -82,17 +151,45 @@ type Refused = (StatusCode, String);
 
 impl<E, S, H> PodService<E, S, H>
 where
-    E: Ec2Api + Clone + Send + 'static,
-    S: PodScanner,
-    H: HolderPods,
+    E: Ec2Api + Clone + Send + Sync + 'static,
+    S: PodScanner + 'static,
+    H: HolderPods + 'static,
 {
     /// The answer to `request` from `peer`.
-    pub async fn answer(&self, peer: IpAddr, request: RoutableRequest) -> Answer {
+    pub async fn answer(self: &Arc<Self>, peer: IpAddr, request: RoutableRequest) -> Answer {
         let outcome = match self.caller(peer).await {
-            Ok(caller) => self.routable(caller, request.reason).await,
+            Ok(caller) => self.shared_pass(caller, request.reason).await,
             Err(refused) => Err(refused),
         };
         self.reply(peer, outcome)
+    }
+
+    /// The answer of the caller's pass for `reason`, shared with the caller's other
+    /// requests while one is in flight ([`PodPasses`]).
+    async fn shared_pass(
+        self: &Arc<Self>,
+        caller: (PodRecord, PodNamespace),
+        reason: Reason,
+    ) -> Result<RoutableAnswer, Refused> {
+        let key = (caller.0.key.clone(), caller.1.path.clone());
+        let pod = key.0.clone();
+        let service = Arc::clone(self);
+        let pass =
+            move |asked: Asked| async move { service.routable(asked.caller, asked.reason).await };
+        let asked = Asked { caller, reason };
+        let (answer, turn) = self.passes.in_flight.answer(key, asked, pass).await;
+        if turn == Turn::Joined {
+            self.metrics.coalesced("in_flight");
+        }
+        answer.unwrap_or_else(|| {
+            Err((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "the node agent on {} ended the pass for pod {pod} without an answer (see its log); the helper asks again",
+                    self.node_name
+                ),
+            ))
+        })
     }
 
     /// The answer to `outcome`, counted, and logged when refused.
@@ -137,6 +234,17 @@ where
         (pod, namespace): (PodRecord, PodNamespace),
         reason: Reason,
     ) -> Result<RoutableAnswer, Refused> {
+        let reason = match reason {
+            Reason::Change if self.passes.unchanged(&pod, &namespace) => {
+                tracing::debug!(
+                    pod = pod.key,
+                    "nothing changed since its last answer: rechecked"
+                );
+                self.metrics.coalesced("unchanged");
+                Reason::Recheck
+            }
+            reason => reason,
+        };
         let unavailable = |error: String| (StatusCode::SERVICE_UNAVAILABLE, error);
         let Some((node, multus)) = self.share.node() else {
             return Err(unavailable(format!(
@@ -156,7 +264,11 @@ where
         };
         let (claims, planned) = self.claimed_plan(&pod, &namespace, &node).await?;
         tracing::debug!(pod = pod.key, %claims, "planned");
-        Ok(self.carry_out(&pod, &claims, &node, planned).await)
+        let answer = self.carry_out(&pod, &claims, &node, planned).await;
+        let live = |key: &str| self.pods.by_key(key).is_some();
+        let routable = answer.failures.is_empty();
+        self.passes.answered(&pod, &namespace, routable, live);
+        Ok(answer)
     }
 
     /// The pod `peer` is, by the API server and by the kernel: 403 when it is no pod of
@@ -490,15 +602,15 @@ pub async fn serve<E, S, H>(
 /// unknown source is answered before anything more is read), then the body, within what
 /// is left of the request deadline.
 async fn route<E, S, H>(
-    service: &PodService<E, S, H>,
+    service: &Arc<PodService<E, S, H>>,
     peer: SocketAddr,
     admitted: &Admitted,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>>
 where
-    E: Ec2Api + Clone + Send + 'static,
-    S: PodScanner,
-    H: HolderPods,
+    E: Ec2Api + Clone + Send + Sync + 'static,
+    S: PodScanner + 'static,
+    H: HolderPods + 'static,
 {
     let refuse = |status: StatusCode, error: String| {
         service.metrics.answered(refusal_label(status));
@@ -557,7 +669,7 @@ where
             );
         }
     };
-    let (status, body) = service.reply(ip, service.routable(caller, asked.reason).await);
+    let (status, body) = service.reply(ip, service.shared_pass(caller, asked.reason).await);
     respond(status, body)
 }
 

@@ -16,7 +16,7 @@ use super::batch::BatchedEc2;
 use super::cluster::{NodePods, PodRecord};
 use super::holders::HolderPods;
 use super::netns::PodNamespace;
-use super::serve::PodService;
+use super::serve::{PodPasses, PodService};
 use super::share::NodeShare;
 use super::tests::{FakeScanner, namespace_object};
 use crate::aws::Ec2Api as _;
@@ -100,7 +100,7 @@ impl HolderPods for FakeHolders {
 }
 
 struct Bed {
-    service: PodService<FakeEc2, FakeScanner, FakeHolders>,
+    service: Arc<PodService<FakeEc2, FakeScanner, FakeHolders>>,
     ec2: FakeEc2,
 }
 
@@ -163,6 +163,7 @@ fn bed(pods: Vec<Pod>, namespaces: Vec<PodNamespace>, claims: ClaimsMode) -> Bed
     let share = Arc::new(NodeShare::default());
     share.set_node(node, vec!["eni-multus".to_owned()]);
     let service = PodService {
+        passes: PodPasses::default(),
         metrics: Arc::default(),
         node_name: "node1".to_owned(),
         pods: known,
@@ -186,7 +187,10 @@ fn bed(pods: Vec<Pod>, namespaces: Vec<PodNamespace>, claims: ClaimsMode) -> Bed
             ),
         },
     };
-    Bed { service, ec2 }
+    Bed {
+        service: Arc::new(service),
+        ec2,
+    }
 }
 
 /// Retries within a second, a few milliseconds apart.
@@ -397,6 +401,66 @@ async fn a_batch_ec2_refuses_is_split_so_that_each_pod_gets_its_own_answer() {
         .filter(|call| call.starts_with("Assign"))
         .count();
     assert_eq!(assigns, 4, "the refused batch, then one per pod");
+}
+
+/// The count of requests answered without a pass of their own, for `reason`.
+fn coalesced(bed: &Bed, reason: &'static str) -> u64 {
+    bed.service
+        .metrics
+        .coalesced
+        .get_or_create(&super::metrics::ReasonLabel { reason })
+        .get()
+}
+
+#[tokio::test]
+async fn two_hundred_changes_that_changed_nothing_cost_at_most_two_ec2_calls() {
+    let bed = pod_a(namespace("192.168.0.5", &["10.0.1.50"]));
+    let (_, body) = ask(&bed, "192.168.0.5", Reason::Start).await;
+    assert_eq!(answer(body).failures, Vec::<String>::new());
+    let before = bed.ec2.calls().len();
+    let together = (0..100).map(|_| ask(&bed, "192.168.0.5", Reason::Change));
+    let mut answers = futures::future::join_all(together).await;
+    for _ in 0..100 {
+        answers.push(ask(&bed, "192.168.0.5", Reason::Change).await);
+    }
+    for (status, body) in answers {
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let answer = answer(body);
+        assert_eq!(answer.failures, Vec::<String>::new());
+        assert_eq!(answer.routable.len(), 1, "{answer:?}");
+    }
+    let calls = bed.ec2.calls()[before..].to_vec();
+    assert!(calls.len() <= 2, "{} EC2 calls: {calls:?}", calls.len());
+    assert!(
+        coalesced(&bed, "in_flight") >= 98,
+        "the 100 asked together share two passes: {}",
+        coalesced(&bed, "in_flight")
+    );
+    assert!(coalesced(&bed, "unchanged") >= 100);
+}
+
+#[tokio::test]
+async fn a_change_that_changed_the_addresses_is_checked_against_ec2() {
+    let record = recorded(&["10.0.1.50", "10.0.1.51"]);
+    let bed = bed(
+        vec![pod("default/a", "192.168.0.5", Some(&record), None)],
+        vec![namespace("192.168.0.5", &["10.0.1.50"])],
+        ClaimsMode::Recorded,
+    );
+    ask(&bed, "192.168.0.5", Reason::Start).await;
+    ask(&bed, "192.168.0.5", Reason::Change).await;
+    assert_eq!(coalesced(&bed, "unchanged"), 1);
+    let both = namespace("192.168.0.5", &["10.0.1.50", "10.0.1.51"]);
+    bed.service.scanner.with_namespaces(vec![both]);
+    let before = bed.ec2.calls().len();
+    let (_, body) = ask(&bed, "192.168.0.5", Reason::Change).await;
+    assert_eq!(answer(body).failures, Vec::<String>::new());
+    assert_eq!(
+        bed.ec2.calls()[before..].to_vec(),
+        vec!["DescribeNetworkInterfaces", "AssignPrivateIpAddresses"]
+    );
+    assert!(bed.ec2.holds("eni-multus", "10.0.1.51"));
+    assert_eq!(coalesced(&bed, "unchanged"), 1);
 }
 
 #[tokio::test]
@@ -769,10 +833,10 @@ async fn before_the_namespaces_are_listed_the_pod_api_answers_503() {
         Some(&recorded(&["10.0.1.50"])),
         None,
     )]);
-    let service = PodService {
+    let service = Arc::new(PodService {
         pods: fresh,
-        ..bed.service
-    };
+        ..Arc::into_inner(bed.service).expect("the only reference")
+    });
     let (status, _) = service
         .answer(
             "192.168.0.5".parse().expect("ip"),
@@ -798,7 +862,7 @@ async fn a_source_that_is_no_pod_is_answered_before_its_body_is_read() {
         per_source: 2,
         deadline: Duration::from_secs(60),
     };
-    tokio::spawn(super::serve::serve(listener, limits, Arc::new(bed.service)));
+    tokio::spawn(super::serve::serve(listener, limits, bed.service));
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
         .expect("connect");
