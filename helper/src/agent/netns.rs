@@ -1,6 +1,11 @@
 //! Which addresses the node's pods carry: every network namespace in the container runtime's
 //! netns directory, entered in turn on a thread of its own (setns needs CAP_SYS_ADMIN), and
 //! the node's own namespace, through netlink.
+//!
+//! A request's caller is found by looking into one namespace: the one the node routes its
+//! pod IP to, by the namespace id remembered for that route; without such a route, those
+//! the last scan saw carrying the pod IP and those made since (the inotify watcher starts
+//! a scan when the directory changes). A request never walks every namespace.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
@@ -29,6 +34,8 @@ pub struct Scan {
     /// Entries that could not be read (a sandbox being made or removed): while there are
     /// any, the scan is incomplete and nothing is given back (`ipmgr_eni::ScanVerdict`).
     pub unreadable: Vec<PathBuf>,
+    /// The global-scope addresses of each pod namespace read.
+    pub by_entry: HashMap<PathBuf, Vec<IpAddr>>,
 }
 
 /// Where to look for the runtime's namespace directory, for the errors that name it.
@@ -137,12 +144,14 @@ pub trait PodScanner: Send + Sync {
     ) -> impl std::future::Future<Output = Result<Caller, ScanError>> + Send;
 }
 
-/// The runtime's netns directory, scanned on a blocking thread, and which of its entries
-/// has which namespace id in the agent's namespace (learnt on a miss, checked on a hit).
+/// The runtime's netns directory, scanned on a blocking thread; which of its entries has
+/// which namespace id in the agent's namespace (learnt on a miss, checked on a hit); and
+/// the addresses each entry carried at the last scan.
 #[derive(Debug, Clone)]
 pub struct NetnsDirectory {
     dir: PathBuf,
     ids: Arc<Mutex<HashMap<i32, PathBuf>>>,
+    scanned: Arc<Mutex<HashMap<PathBuf, Vec<IpAddr>>>>,
 }
 
 impl NetnsDirectory {
@@ -151,22 +160,48 @@ impl NetnsDirectory {
         NetnsDirectory {
             dir,
             ids: Arc::default(),
+            scanned: Arc::default(),
         }
+    }
+
+    /// The entries that may carry `pod_ip`: those the last scan saw carrying it, and those
+    /// it did not read (made since, or unreadable then).
+    fn candidates(&self, pod_ip: IpAddr) -> Result<Vec<PathBuf>, ScanError> {
+        let scanned = self
+            .scanned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(entries(&self.dir)?
+            .into_iter()
+            .filter(|entry| {
+                scanned
+                    .get(entry)
+                    .is_none_or(|addresses| addresses.contains(&pod_ip))
+            })
+            .collect())
     }
 }
 
 impl PodScanner for NetnsDirectory {
     async fn scan(&self) -> Result<Scan, ScanError> {
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || scan(&dir))
+        let scan = tokio::task::spawn_blocking(move || scan(&dir))
             .await
-            .map_err(|error| ScanError::Thread(io::Error::other(error)))?
+            .map_err(|error| ScanError::Thread(io::Error::other(error)))??;
+        *self
+            .scanned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = scan.by_entry.clone();
+        Ok(scan)
     }
 
     async fn find(&self, pod_ip: IpAddr, primary: &str) -> Result<Caller, ScanError> {
-        let routed = self.routed_entry(pod_ip).await;
-        let (dir, primary) = (self.dir.clone(), primary.to_owned());
-        tokio::task::spawn_blocking(move || find(&dir, pod_ip, &primary, routed))
+        let candidates = match self.routed_entry(pod_ip).await {
+            Some(entry) => vec![entry],
+            None => self.candidates(pod_ip)?,
+        };
+        let primary = primary.to_owned();
+        tokio::task::spawn_blocking(move || find(candidates, pod_ip, &primary))
             .await
             .map_err(|error| ScanError::Thread(io::Error::other(error)))?
     }
@@ -230,19 +265,9 @@ impl NetnsDirectory {
     }
 }
 
-/// The pod namespace in `dir` a connection from `pod_ip` comes from: `routed` (the one the
-/// node routes it to) when it carries `pod_ip` on `primary`; without `routed`, the one
-/// namespace that carries it there. Blocks: call it from a blocking task.
-pub fn find(
-    dir: &Path,
-    pod_ip: IpAddr,
-    primary: &str,
-    routed: Option<PathBuf>,
-) -> Result<Caller, ScanError> {
-    let candidates = match routed {
-        Some(entry) => vec![entry],
-        None => entries(dir)?,
-    };
+/// The pod namespace a connection from `pod_ip` comes from, among `candidates`: the one
+/// that carries `pod_ip` on `primary`. Blocks: call it from a blocking task.
+pub fn find(candidates: Vec<PathBuf>, pod_ip: IpAddr, primary: &str) -> Result<Caller, ScanError> {
     let primary = primary.to_owned();
     let carriers = on_a_thread_of_its_own(move |runtime| {
         let mut carriers = Vec::new();
@@ -345,7 +370,8 @@ fn scan_entries(
         }
         match runtime.block_on(addresses_in_this_namespace()) {
             Ok(addresses) => {
-                scan.in_use.extend(addresses);
+                scan.in_use.extend(addresses.iter().copied());
+                scan.by_entry.insert(entry, addresses);
                 scan.namespaces += 1;
             }
             Err(error) => {
@@ -355,4 +381,31 @@ fn scan_entries(
         }
     }
     Ok(scan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_route_the_candidates_are_the_carriers_seen_and_the_entries_made_since() {
+        let dir = tempfile::tempdir().expect("dir");
+        for name in ["carrier", "other", "new"] {
+            File::create(dir.path().join(name)).expect("entry");
+        }
+        let directory = NetnsDirectory::new(dir.path().to_owned());
+        let pod_ip: IpAddr = "192.168.0.5".parse().expect("ip");
+        let elsewhere: IpAddr = "192.168.0.6".parse().expect("ip");
+        *directory.scanned.lock().expect("scanned") = HashMap::from([
+            (dir.path().join("carrier"), vec![pod_ip]),
+            (dir.path().join("other"), vec![elsewhere]),
+            (dir.path().join("gone"), vec![pod_ip]),
+        ]);
+        let mut candidates = directory.candidates(pod_ip).expect("candidates");
+        candidates.sort();
+        assert_eq!(
+            candidates,
+            vec![dir.path().join("carrier"), dir.path().join("new")]
+        );
+    }
 }

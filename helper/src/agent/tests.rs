@@ -76,7 +76,7 @@ fn scan(namespaces: usize, in_use: &[&str]) -> Scan {
             .map(|a| a.parse::<IpAddr>().expect("ip"))
             .collect::<BTreeSet<_>>(),
         namespaces,
-        unreadable: Vec::new(),
+        ..Scan::default()
     }
 }
 
