@@ -77,6 +77,8 @@ pub struct AgentMetrics {
     pub connections_rejected: Family<ReasonLabel, Counter>,
     /// Pod API requests answered without a pass of their own, by reason.
     pub coalesced: Family<ReasonLabel, Counter>,
+    /// Pod API requests refused, by reason.
+    pub requests_refused: Family<ReasonLabel, Counter>,
     /// Why the agent is not ready; `None` when it is.
     unready: Mutex<Option<String>>,
     /// A further condition of readiness, checked whenever readiness is asked.
@@ -111,6 +113,7 @@ impl Default for AgentMetrics {
             identity_conflicts: Family::default(),
             connections_rejected: Family::default(),
             coalesced: Family::default(),
+            requests_refused: Family::default(),
             unready: Mutex::new(Some("the first scan is not done".to_owned())),
             also: OnceLock::new(),
         };
@@ -185,6 +188,11 @@ impl Default for AgentMetrics {
             "pod_requests_coalesced",
             "Pod API requests answered without a pass of their own, by reason (in_flight: shared the pass of the pod's other requests, unchanged: a change with the addresses of the pod's last routable answer, answered from the agent's view of the node's ENIs)",
             metrics.coalesced.clone(),
+        );
+        registry.register(
+            "pod_requests_refused",
+            "Pod API requests refused, by reason (503, asked again: not_listed, node_unread, ec2_unread, namespaces_unread, pod_not_seen_yet, duplicate_pod_ip, duplicate_on_primary; 403: no_pod, not_from_its_namespace; 4xx: unreadable_claims, no_such_path, not_post, unreadable_body, body_timeout, not_a_request; 500: pass_failed)",
+            metrics.requests_refused.clone(),
         );
         metrics
     }
@@ -262,6 +270,13 @@ impl AgentMetrics {
     /// Counts a pod API request answered without a pass of its own, for `reason`.
     pub fn coalesced(&self, reason: &'static str) {
         self.coalesced.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Counts a pod API request refused for `reason`.
+    pub fn refused_request(&self, reason: &'static str) {
+        self.requests_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Counts release decisions dropped for `reason`.

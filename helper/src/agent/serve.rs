@@ -146,8 +146,43 @@ impl Absorb for Asked {
 /// An answer: status and JSON body.
 type Answer = (StatusCode, String);
 
-/// A refusal: status and error.
-type Refused = (StatusCode, String);
+/// A request refused: its status, the reason it is counted under
+/// (`ipmgr_agent_pod_requests_refused_total{reason}`) and the error the pod is told.
+#[derive(Clone, Debug)]
+struct Refused {
+    status: StatusCode,
+    reason: &'static str,
+    error: String,
+}
+
+impl Refused {
+    /// 503: the helper asks again.
+    fn unavailable(reason: &'static str, error: String) -> Refused {
+        Refused {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason,
+            error,
+        }
+    }
+
+    /// 403: the source is no pod of the node, for good.
+    fn forbidden(reason: &'static str, error: String) -> Refused {
+        Refused {
+            status: StatusCode::FORBIDDEN,
+            reason,
+            error,
+        }
+    }
+
+    /// Any other status.
+    fn with(status: StatusCode, reason: &'static str, error: String) -> Refused {
+        Refused {
+            status,
+            reason,
+            error,
+        }
+    }
+}
 
 impl<E, S, H> PodService<E, S, H>
 where
@@ -182,8 +217,9 @@ where
             self.metrics.coalesced("in_flight");
         }
         answer.unwrap_or_else(|| {
-            Err((
+            Err(Refused::with(
                 StatusCode::INTERNAL_SERVER_ERROR,
+                "pass_failed",
                 format!(
                     "the node agent on {} ended the pass for pod {pod} without an answer (see its log); the helper asks again",
                     self.node_name
@@ -205,21 +241,36 @@ where
                 let body = serde_json::to_string(&answer).unwrap_or_default();
                 (StatusCode::OK, body)
             }
-            Err((status, error)) => {
-                tracing::warn!(%peer, status = status.as_u16(), error, "pod API request refused");
-                self.metrics.answered(refusal_label(status));
-                let body = serde_json::to_string(&Refusal { error }).unwrap_or_default();
-                (status, body)
-            }
+            Err(refused) => self.refuse(peer, refused),
         }
+    }
+
+    /// The answer to a request from `peer` that was refused, counted and logged.
+    fn refuse(&self, peer: IpAddr, refused: Refused) -> Answer {
+        let Refused {
+            status,
+            reason,
+            error,
+        } = refused;
+        tracing::warn!(
+            ?peer,
+            status = status.as_u16(),
+            reason,
+            error,
+            "pod API request refused"
+        );
+        self.metrics.answered(refusal_label(status));
+        self.metrics.refused_request(reason);
+        let body = serde_json::to_string(&Refusal { error }).unwrap_or_default();
+        (status, body)
     }
 
     /// Who `peer` is: its pod and network namespace ([`Self::identify`]), once the view of
     /// the API server is listed; nothing of the request is needed for it.
     async fn caller(&self, peer: IpAddr) -> Result<(PodRecord, PodNamespace), Refused> {
         if !self.pods.synced() {
-            return Err((
-                StatusCode::SERVICE_UNAVAILABLE,
+            return Err(Refused::unavailable(
+                "not_listed",
                 format!(
                     "the node agent on {} has not listed the node's pods and the namespaces from the API server yet; the helper tries again (check the agent's log and its RBAC: get, list, watch on pods and namespaces)",
                     self.node_name
@@ -245,19 +296,24 @@ where
             }
             reason => reason,
         };
-        let unavailable = |error: String| (StatusCode::SERVICE_UNAVAILABLE, error);
         let Some((node, multus)) = self.share.node() else {
-            return Err(unavailable(format!(
-                "the node agent on {} has not read the node from instance metadata yet; the helper tries again",
-                self.node_name
-            )));
+            return Err(Refused::unavailable(
+                "node_unread",
+                format!(
+                    "the node agent on {} has not read the node from instance metadata yet; the helper tries again",
+                    self.node_name
+                ),
+            ));
         };
         let node = match reason {
             // Every address looked up in EC2 by the pass itself (one Describe per batch).
             Reason::Start | Reason::Change => node.without_secondaries(&multus),
             Reason::Recheck => {
                 let records = self.recheck_view(&multus).await.map_err(|failure| {
-                    unavailable(format!("cannot read the node's ENIs from EC2: {failure}"))
+                    Refused::unavailable(
+                        "ec2_unread",
+                        format!("cannot read the node's ENIs from EC2: {failure}"),
+                    )
                 })?;
                 node.with_ec2(&records)
             }
@@ -284,15 +340,15 @@ where
             .unwrap_or(ByIp::None);
         let primary = &self.placer.options.primary_interface;
         let kernel = self.scanner.find(peer, primary).await.map_err(|error| {
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
+            Refused::unavailable(
+                "namespaces_unread",
                 format!("cannot read the pod network namespaces: {error}"),
             )
         })?;
         let node = &self.node_name;
         let conflict = |reason: &'static str, error: String| {
             self.metrics.identity_conflict(reason);
-            (StatusCode::SERVICE_UNAVAILABLE, error)
+            Refused::unavailable(reason, error)
         };
         match (listed, kernel) {
             (ByIp::Several(pods), _) => Err(conflict(
@@ -314,22 +370,22 @@ where
                 ),
             )),
             (ByIp::One(pod), Caller::Found(namespace)) => Ok((pod, namespace)),
-            (ByIp::One(pod), Caller::Absent) => Err((
-                StatusCode::FORBIDDEN,
+            (ByIp::One(pod), Caller::Absent) => Err(Refused::forbidden(
+                "not_from_its_namespace",
                 format!(
                     "pod {} has pod IP {peer}, but no pod network namespace on node {node} carries it on {primary}: the request did not come from that pod",
                     pod.key
                 ),
             )),
-            (ByIp::None, Caller::Found(namespace)) => Err((
-                StatusCode::SERVICE_UNAVAILABLE,
+            (ByIp::None, Caller::Found(namespace)) => Err(Refused::unavailable(
+                "pod_not_seen_yet",
                 format!(
                     "a pod network namespace of node {node} ({}) carries {peer}, but the API server's view lists no live pod of the node with that pod IP yet (a pod just created, or a watch that lags); the helper asks again",
                     namespace.path.display()
                 ),
             )),
-            (ByIp::None, Caller::Absent) => Err((
-                StatusCode::FORBIDDEN,
+            (ByIp::None, Caller::Absent) => Err(Refused::forbidden(
+                "no_pod",
                 format!(
                     "{peer} is the pod IP of no live pod on node {node} (the API server lists none, and no pod network namespace of the node carries it): the pod API serves only this node's pods, from their own network namespace"
                 ),
@@ -412,8 +468,9 @@ where
             .by_key(&pod.key)
             .map_or_else(|| pod.claims.clone(), |record| record.claims)
             .map_err(|error| {
-                (
+                Refused::with(
                     StatusCode::UNPROCESSABLE_ENTITY,
+                    "unreadable_claims",
                     format!("pod {}: {error}", pod.key),
                 )
             })
@@ -612,30 +669,29 @@ where
     S: PodScanner + 'static,
     H: HolderPods + 'static,
 {
-    let refuse = |status: StatusCode, error: String| {
-        service.metrics.answered(refusal_label(status));
-        respond(
-            status,
-            serde_json::to_string(&Refusal { error }).unwrap_or_default(),
-        )
+    let ip = peer.ip().to_canonical();
+    let refuse = |status: StatusCode, reason: &'static str, error: String| {
+        let (status, body) = service.refuse(ip, Refused::with(status, reason, error));
+        respond(status, body)
     };
     if request.uri().path() != ROUTABLE_PATH {
         return refuse(
             StatusCode::NOT_FOUND,
+            "no_such_path",
             format!("no such path; the pod API serves POST {ROUTABLE_PATH}"),
         );
     }
     if request.method() != Method::POST {
         return refuse(
             StatusCode::METHOD_NOT_ALLOWED,
+            "not_post",
             format!("{ROUTABLE_PATH} takes POST"),
         );
     }
-    let ip = peer.ip().to_canonical();
     let caller = match service.caller(ip).await {
         Ok(caller) => caller,
         Err(refused) => {
-            let (status, body) = service.reply(ip, Err(refused));
+            let (status, body) = service.refuse(ip, refused);
             return respond(status, body);
         }
     };
@@ -645,12 +701,14 @@ where
         Ok(Err(error)) => {
             return refuse(
                 StatusCode::BAD_REQUEST,
+                "unreadable_body",
                 format!("cannot read the request: {error}"),
             );
         }
         Err(_) => {
             return refuse(
                 StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
                 format!(
                     "the request body did not arrive within {:?} of the connection",
                     admitted.deadline()
@@ -663,6 +721,7 @@ where
         Err(error) => {
             return refuse(
                 StatusCode::BAD_REQUEST,
+                "not_a_request",
                 format!(
                     "the request is not {{\"reason\": \"start\" | \"change\" | \"recheck\"}}: {error}"
                 ),

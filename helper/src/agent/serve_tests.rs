@@ -297,6 +297,10 @@ async fn a_connection_from_no_pod_of_the_node_is_forbidden() {
         "{metrics}"
     );
     assert!(
+        metrics.contains(r#"ipmgr_agent_pod_requests_refused_total{reason="no_pod"} 1"#),
+        "{metrics}"
+    );
+    assert!(
         error.contains("192.168.0.77") && error.contains("no live pod on node node1"),
         "{error}"
     );
