@@ -3,16 +3,18 @@
 //! arrived within `--batch-window-ms` of the first call, or while its previous batch was in
 //! flight, and makes one DescribeNetworkInterfaces for all the lookups and one assign per
 //! ENI and address family for all the pods; assigns wait while other pods' lookups are
-//! under way (boundedly), so that a crowd of pods shares one assign per ENI. When EC2 refuses a merged assign for good, each
-//! pod's part is tried on its own, and a refused part address by address, so that every pod
-//! gets its own answer and one bad address fails neither its neighbours nor its pod's other
-//! addresses.
+//! under way (boundedly), so that a crowd of pods shares one assign per ENI. When EC2
+//! refuses a merged assign for good, each pod's part is tried on its own, and a refused
+//! part address by address, so that every pod gets its own answer and one bad address
+//! fails neither its neighbours nor its pod's other addresses.
 //!
-//! The worker makes each call once. A call that EC2 throttled or that failed on the way is
-//! retried by the pod whose call it was, with its own backoff (full jitter within the retry
-//! budget, [`RetryPolicy`]), and a retried assign is never merged with other pods' calls:
-//! one pod's throttled or failing addresses hold neither the worker nor its neighbours'
-//! batches, and a neighbour that arrives meanwhile is answered in one call.
+//! The worker makes each call once, and a batch EC2 is slow to answer holds the next one
+//! back for at most ten windows (then both are in flight). A call that EC2 throttled or
+//! that failed on the way is retried by the pod whose call it was, with its own backoff
+//! (full jitter within the retry budget, [`RetryPolicy`]), and a retried assign is never
+//! merged with other pods' calls: one pod's throttled, failing or slow addresses hold
+//! neither the worker nor its neighbours' batches, and a neighbour that arrives meanwhile
+//! is answered in one call.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -114,7 +116,7 @@ fn merge_new<T: PartialEq + Clone>(mine: &mut Vec<T>, theirs: &[T]) {
     }
 }
 
-impl<E: Ec2Api + Clone + Send + 'static> BatchedEc2<E> {
+impl<E: Ec2Api + Clone + Send + Sync + 'static> BatchedEc2<E> {
     /// Starts the worker over `once` (a client that makes each call once); `direct` (a
     /// client that retries within its budget) makes the calls that are not batched, and
     /// each pod retries its batched calls under `retry`. Batches gather for `window` after
@@ -265,10 +267,15 @@ impl<E: Ec2Api + Send> Ec2Api for BatchedEc2<E> {
 /// while a batch carries lookups (the pods asking them will assign next, and join the same
 /// call), for at most [`hold_limit`] after the first one; a batch of assigns alone, or a
 /// hold that ran out, sends every held assign.
-async fn work<E: Ec2Api>(ec2: E, window: Duration, mut receiver: mpsc::UnboundedReceiver<Call>) {
+async fn work<E: Ec2Api + Clone + Send + Sync + 'static>(
+    ec2: E,
+    window: Duration,
+    mut receiver: mpsc::UnboundedReceiver<Call>,
+) {
     let limit = hold_limit(window);
     let mut held: Vec<Call> = Vec::new();
     let mut since: Option<Instant> = None;
+    let mut in_flight: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         let next = match since {
             None => receiver.recv().await,
@@ -279,6 +286,12 @@ async fn work<E: Ec2Api>(ec2: E, window: Duration, mut receiver: mpsc::Unbounded
         };
         let mut batch = Vec::new();
         if let Some(call) = next {
+            // What arrives while the previous batch is in flight joins this one; a call EC2
+            // is slow to answer holds the next batch back for one hold limit at most.
+            if let Some(previous) = in_flight.take() {
+                // Past the limit the previous batch goes on, detached.
+                let _ = tokio::time::timeout(limit, previous).await;
+            }
             tokio::time::sleep(window).await;
             batch.push(call);
         } else if since.is_none() {
@@ -299,7 +312,7 @@ async fn work<E: Ec2Api>(ec2: E, window: Duration, mut receiver: mpsc::Unbounded
             lookups.append(&mut held);
             since = None;
         }
-        carry_out(&ec2, lookups).await;
+        in_flight = Some(tokio::spawn(carry_out(ec2.clone(), lookups)));
     }
 }
 
@@ -312,7 +325,8 @@ fn hold_limit(window: Duration) -> Duration {
 /// One batch: every lookup in one DescribeNetworkInterfaces per kind (ENIs by id; holders
 /// per VPC), every first assign in one call per ENI and family, every retried assign in a
 /// call of its own; all at once.
-async fn carry_out<E: Ec2Api>(ec2: &E, batch: Vec<Call>) {
+async fn carry_out<E: Ec2Api>(ec2: E, batch: Vec<Call>) {
+    let ec2 = &ec2;
     let mut enis: Vec<(Vec<String>, Reply<Vec<EniRecord>>)> = Vec::new();
     let mut holders: BTreeMap<String, Vec<HolderLookup>> = BTreeMap::new();
     // By ENI, family, and 0 for first attempts or a number of its own for a retry.
