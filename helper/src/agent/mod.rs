@@ -25,6 +25,7 @@ mod listen;
 pub mod metrics;
 mod mirror;
 pub mod netns;
+pub mod passes;
 mod reclaim;
 pub mod serve;
 #[cfg(test)]
@@ -54,7 +55,8 @@ pub use error::AgentError;
 use holders::KubeHolders;
 use metrics::AgentMetrics;
 use netns::{NetnsDirectory, PodScanner, Scan, ScanError};
-use serve::{PodPasses, PodService};
+use passes::PodPasses;
+use serve::PodService;
 use share::NodeShare;
 use watch::{Changes, SETTLE, watch};
 

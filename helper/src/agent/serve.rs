@@ -15,10 +15,8 @@
 //! assigned. A sidecar's periodic recheck is planned against the agent's view of the
 //! node's ENIs, at most [`RECHECK_VIEW_AGE`] old, and costs nothing while nothing drifted.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -26,16 +24,17 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use ipmgr_eni::{
     Assignment, Claimant, Claims, EniRecord, Grants, Move, MultusInterfaces, NodeFacts, Plan,
-    PlanOptions, PodAddress, RejectReason, plan,
+    PlanOptions, RejectReason, plan,
 };
 use tokio::net::TcpListener;
 
 use super::batch::BatchedEc2;
 use super::cluster::{ByIp, NodePods, PodRecord};
-use super::coalesce::{Absorb, Coalescer, Turn};
+use super::coalesce::Turn;
 use super::holders::HolderPods;
 use super::metrics::AgentMetrics;
 use super::netns::{Caller, PodNamespace, PodScanner};
+use super::passes::{Asked, PodPasses};
 use super::share::NodeShare;
 use super::transport::{self, Admitted, Limits};
 use crate::aws::Ec2Api;
@@ -79,77 +78,13 @@ pub struct PodService<E, S, H> {
     pub passes: PodPasses,
 }
 
-/// A pod's passes are keyed by the pod and its network namespace.
-type PassKey = (String, PathBuf);
-
-/// One pass at a time per pod, shared by its requests ([`Coalescer`]), and the addresses
-/// each pod was last answered routable with: a `change` that changed nothing since is
-/// answered as a recheck, from the agent's view of the node's ENIs.
-#[derive(Debug, Default)]
-pub struct PodPasses {
-    in_flight: Arc<Coalescer<PassKey, Asked, Result<RoutableAnswer, Refused>>>,
-    routable: Mutex<HashMap<String, (PathBuf, Vec<PodAddress>)>>,
-}
-
-impl PodPasses {
-    /// Whether the pod in `namespace` was last answered routable with the addresses it
-    /// carries now.
-    fn unchanged(&self, pod: &PodRecord, namespace: &PodNamespace) -> bool {
-        let routable = self.routable.lock().unwrap_or_else(PoisonError::into_inner);
-        routable.get(&pod.key).is_some_and(|(path, addresses)| {
-            *path == namespace.path && *addresses == sorted(&namespace.addresses)
-        })
-    }
-
-    /// Notes that the pod in `namespace` was answered routable (`true`) or not; forgets
-    /// the pods `live` no longer knows.
-    fn answered(
-        &self,
-        pod: &PodRecord,
-        namespace: &PodNamespace,
-        routable: bool,
-        live: impl Fn(&str) -> bool,
-    ) {
-        let mut answered = self.routable.lock().unwrap_or_else(PoisonError::into_inner);
-        answered.retain(|key, _| live(key));
-        if routable {
-            let addresses = sorted(&namespace.addresses);
-            answered.insert(pod.key.clone(), (namespace.path.clone(), addresses));
-        } else {
-            answered.remove(&pod.key);
-        }
-    }
-}
-
-fn sorted(addresses: &[PodAddress]) -> Vec<PodAddress> {
-    let mut sorted = addresses.to_vec();
-    sorted.sort();
-    sorted.dedup();
-    sorted
-}
-
-/// A pod's request as its pass takes it: the caller as the newest request found it (the
-/// addresses its namespace carries then), and the most thorough reason of those folded in.
-#[derive(Debug)]
-struct Asked {
-    caller: (PodRecord, PodNamespace),
-    reason: Reason,
-}
-
-impl Absorb for Asked {
-    fn absorb(&mut self, newer: Asked) {
-        self.caller = newer.caller;
-        self.reason = self.reason.most_thorough(newer.reason);
-    }
-}
-
 /// An answer: status and JSON body.
 type Answer = (StatusCode, String);
 
 /// A request refused: its status, the reason it is counted under
 /// (`ipmgr_agent_pod_requests_refused_total{reason}`) and the error the pod is told.
 #[derive(Clone, Debug)]
-struct Refused {
+pub(super) struct Refused {
     status: StatusCode,
     reason: &'static str,
     error: String,
