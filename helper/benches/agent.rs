@@ -13,7 +13,8 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{env_or, helper_binary, proc_cpu_ticks, proc_rss_kib};
+use common::{env_or, helper_binary};
+use ipmgr_testbed::process::{cpu_ticks, rss_kib};
 use ipmgr_testbed::{Background, Interface, Node, TestBed, Topology};
 use serde_json::{Value, json};
 
@@ -85,9 +86,9 @@ fn main() {
     let mut scanning = agent(&bed, &node, "1", &grace.to_string());
     std::thread::sleep(Duration::from_secs(3));
     let pid = scanning.0.id();
-    let (ticks_before, window) = (proc_cpu_ticks(pid), Duration::from_secs(10));
+    let (ticks_before, window) = (cpu_ticks(pid), Duration::from_secs(10));
     std::thread::sleep(window);
-    let scan_ticks = proc_cpu_ticks(pid) - ticks_before;
+    let scan_ticks = cpu_ticks(pid) - ticks_before;
     let scan_cpu_ms = scan_ticks as f64 * 10.0 / window.as_secs_f64();
     scanning.terminate(Duration::from_secs(5));
 
@@ -96,10 +97,10 @@ fn main() {
     std::thread::sleep(Duration::from_secs(3));
     let pid = idle.0.id();
     bed.reset_calls();
-    let ticks_before = proc_cpu_ticks(pid);
+    let ticks_before = cpu_ticks(pid);
     std::thread::sleep(Duration::from_secs(10));
-    let idle_ticks = proc_cpu_ticks(pid) - ticks_before;
-    let idle_rss = proc_rss_kib(pid);
+    let idle_ticks = cpu_ticks(pid) - ticks_before;
+    let idle_rss = rss_kib(pid);
     let idle_calls = total(&bed.calls());
 
     // Deletions: each pod's address, from its deletion to EC2 giving it up.

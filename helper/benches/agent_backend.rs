@@ -16,62 +16,27 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{env_or, helper_binary, proc_cpu_ticks};
-use ipmgr_testbed::{Background, Interface, Pod, TestBed, Topology, finish};
-use serde_json::{Value, json};
-
-/// `name` from /proc/PID/status, in KiB.
-fn status_kib(pid: u32, name: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("status")
-        .lines()
-        .find_map(|line| line.strip_prefix(name))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("field")
-}
+use common::{ServedNode, env_or, helper_binary, init_all, served_node};
+use ipmgr_testbed::process::{cpu_ticks, status_kib};
+use ipmgr_testbed::{Background, finish};
+use serde_json::Value;
 
 fn main() {
     let pods: usize = env_or("BENCH_PODS", 110);
     let sidecars: usize = env_or("BENCH_SIDECARS", 20).min(pods);
     let seconds: u64 = env_or("BENCH_SECONDS", 120);
     let recheck: u64 = env_or("BENCH_RECHECK", 30);
-    let mut bed = TestBed::start(Topology::Inline(json!({
-        "vpc_cidr": "10.0.0.0/16",
-        "subnets": {"node": {"cidr": "10.0.0.0/24"}, "multus": {"cidr": "10.0.16.0/20"}},
-        "nodes": {"node1": {"enis": [{"subnet": "node"}, {"subnet": "multus", "multus": true}]}},
-    })));
-    bed.control("POST", "config", json!({"eni_ipv4_limit": pods + 10}));
-    bed.pods_reach_metadata(false);
-    let node = bed.node("node1");
     let binary = helper_binary();
-    let agent = bed.start_agent(&node, &binary, &[]);
+    let ServedNode {
+        mut bed,
+        agent,
+        members,
+        ..
+    } = served_node(pods, &binary);
     let agent_pid = agent.0.id();
-    let url = format!("http://{}:9472", node.address);
-    let members: Vec<Pod> = (0..pods)
-        .map(|index| {
-            let address = format!("10.0.{}.{}/20", 17 + index / 250, 4 + index % 250);
-            let mut pod = bed.pod(
-                "node1",
-                &format!("p{index}"),
-                &[Interface::on_eni("net1", "eth1", &[&address])],
-            );
-            pod.env = vec![("IPMGR_AGENT_URL".to_owned(), url.clone())];
-            pod
-        })
-        .collect();
 
     // Every pod's init, 22 at a time.
-    let started = Instant::now();
-    for chunk in members.chunks(22) {
-        let children: Vec<_> = chunk
-            .iter()
-            .map(|pod| bed.spawn_quiet(pod, &binary, &["init"]))
-            .collect();
-        for mut child in children {
-            assert!(child.wait().expect("wait").success(), "an init failed");
-        }
-    }
-    let all_inits = started.elapsed();
+    let all_inits = init_all(&bed, &members, &binary);
     let agent_rss = status_kib(agent_pid, "VmRSS:");
 
     // init with the address in place and an idle agent.
@@ -116,9 +81,9 @@ fn main() {
     );
     eprintln!("helper RSS: {anon} KiB anonymous, {file} KiB file-backed");
     bed.reset_calls();
-    let (cpu_before, window) = (proc_cpu_ticks(agent_pid), Instant::now());
+    let (cpu_before, window) = (cpu_ticks(agent_pid), Instant::now());
     std::thread::sleep(Duration::from_secs(seconds));
-    let agent_cpu = proc_cpu_ticks(agent_pid) - cpu_before;
+    let agent_cpu = cpu_ticks(agent_pid) - cpu_before;
     let elapsed = window.elapsed().as_secs_f64();
     let calls = bed.calls();
     let describes = calls["DescribeNetworkInterfaces"].as_u64().unwrap_or(0);

@@ -11,7 +11,8 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{helper_binary, proc_cpu_ticks, proc_rss_kib};
+use common::helper_binary;
+use ipmgr_testbed::process::{cpu_ticks, rss_kib};
 use ipmgr_testbed::{Interface, Pod, TestBed, Topology, stop_within};
 use nix::sys::resource::{UsageWho, getrusage};
 use serde_json::Value;
@@ -137,10 +138,10 @@ fn main() {
     let pid = sidecar.id();
     std::thread::sleep(Duration::from_secs(2));
     let idle = Duration::from_secs(10);
-    let ticks_before = proc_cpu_ticks(pid);
+    let ticks_before = cpu_ticks(pid);
     std::thread::sleep(idle);
-    let idle_ticks = proc_cpu_ticks(pid) - ticks_before;
-    let idle_rss = proc_rss_kib(pid);
+    let idle_ticks = cpu_ticks(pid) - ticks_before;
+    let idle_rss = rss_kib(pid);
 
     let mut reactions = Vec::new();
     let mut end_to_end = Vec::new();

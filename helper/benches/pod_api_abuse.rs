@@ -21,9 +21,10 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{env_or, helper_binary, proc_cpu_ticks, proc_rss_kib};
-use ipmgr_testbed::{Interface, Pod, TestBed, Topology, finish};
-use serde_json::{Value, json};
+use common::{ServedNode, env_or, helper_binary, init_all, served_node};
+use ipmgr_testbed::process::{cpu_ticks, rss_kib};
+use ipmgr_testbed::{Pod, TestBed, finish};
+use serde_json::Value;
 
 /// A Python program sending `count` `change` requests to `host`'s pod API, `together` at a
 /// time; prints how many were answered 200.
@@ -135,17 +136,17 @@ fn phase(
     note: impl FnOnce(Vec<String>) -> String,
 ) -> Phase {
     bed.reset_calls();
-    let (cpu, started) = (proc_cpu_ticks(agent), Instant::now());
+    let (cpu, started) = (cpu_ticks(agent), Instant::now());
     let abusers = start(bed);
-    let mut peak = proc_rss_kib(agent);
+    let mut peak = rss_kib(agent);
     std::thread::sleep(settle);
-    peak = peak.max(proc_rss_kib(agent));
+    peak = peak.max(rss_kib(agent));
     let (output, stderr, init) = finish(bed.command(legit, binary, &["init"]));
     assert!(
         output.status.success(),
         "a legitimate init failed: {stderr}"
     );
-    peak = peak.max(proc_rss_kib(agent));
+    peak = peak.max(rss_kib(agent));
     let outputs: Vec<String> = abusers
         .into_iter()
         .map(|child| {
@@ -153,12 +154,12 @@ fn phase(
             String::from_utf8_lossy(&output.stdout).trim().to_owned()
         })
         .collect();
-    peak = peak.max(proc_rss_kib(agent));
+    peak = peak.max(rss_kib(agent));
     let seconds = started.elapsed().as_secs_f64();
     Phase {
         name: name.to_owned(),
         seconds,
-        cpu_ms: (proc_cpu_ticks(agent) - cpu) as f64 * 10.0,
+        cpu_ms: (cpu_ticks(agent) - cpu) as f64 * 10.0,
         peak_rss_kib: peak,
         init,
         ec2_calls: total_calls(&bed.calls()),
@@ -178,42 +179,18 @@ fn main() {
     let pods: usize = env_or("BENCH_PODS", 110);
     let requests: usize = env_or("BENCH_REQUESTS", 1000);
     let held: usize = env_or("BENCH_HELD", 900);
-    let mut bed = TestBed::start(Topology::Inline(json!({
-        "vpc_cidr": "10.0.0.0/16",
-        "subnets": {"node": {"cidr": "10.0.0.0/24"}, "multus": {"cidr": "10.0.16.0/20"}},
-        "nodes": {"node1": {"enis": [{"subnet": "node"}, {"subnet": "multus", "multus": true}]}},
-    })));
-    bed.control("POST", "config", json!({"eni_ipv4_limit": pods + 10}));
-    bed.pods_reach_metadata(false);
-    let node = bed.node("node1");
     let binary = helper_binary();
-    let agent = bed.start_agent(&node, &binary, &[]);
+    let ServedNode {
+        mut bed,
+        node,
+        agent,
+        members,
+    } = served_node(pods, &binary);
     let agent_pid = agent.0.id();
-    let url = format!("http://{}:9472", node.address);
-    let members: Vec<Pod> = (0..pods)
-        .map(|index| {
-            let address = format!("10.0.{}.{}/20", 17 + index / 250, 4 + index % 250);
-            let mut pod = bed.pod(
-                "node1",
-                &format!("p{index}"),
-                &[Interface::on_eni("net1", "eth1", &[&address])],
-            );
-            pod.env = vec![("IPMGR_AGENT_URL".to_owned(), url.clone())];
-            pod
-        })
-        .collect();
-    for chunk in members.chunks(22) {
-        let children: Vec<_> = chunk
-            .iter()
-            .map(|pod| bed.spawn_quiet(pod, &binary, &["init"]))
-            .collect();
-        for mut child in children {
-            assert!(child.wait().expect("wait").success(), "an init failed");
-        }
-    }
+    init_all(&bed, &members, &binary);
     let (abuser, legit) = (&members[0], &members[1]);
     let host = node.address.clone();
-    let idle_rss = proc_rss_kib(agent_pid);
+    let idle_rss = rss_kib(agent_pid);
     let answered = |asked: usize| {
         move |outputs: Vec<String>| {
             let total: usize = outputs.iter().filter_map(|n| n.parse::<usize>().ok()).sum();

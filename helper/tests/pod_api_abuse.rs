@@ -12,22 +12,12 @@ use std::time::{Duration, Instant};
 
 use common::agents::{METRICS, agent_helper, agent_with, bystander, counted};
 use common::how_to_bed;
+use ipmgr_testbed::process::{cpu_ticks, rss_kib};
 use ipmgr_testbed::{Background, Interface, finish, http_get};
 use serde_json::{Value, json};
 
 /// The agent's memory limit in the DaemonSet (manifests/agent).
 const MEMORY_LIMIT_KIB: u64 = 64 * 1024;
-
-/// Resident memory of process `pid`, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .expect("VmRSS")
-}
 
 /// A Python program that opens `count` connections to `url`'s host and port, half idle and
 /// half with a request head and no body, reports how many were accepted, then waits for
@@ -128,18 +118,6 @@ fn a_pod_holding_900_connections_neither_starves_its_neighbours_nor_outgrows_the
         metrics.contains(r#"ipmgr_agent_connections_rejected_total{reason="per_source"}"#),
         "{metrics}"
     );
-}
-
-/// User plus system CPU time of process `pid`, in clock ticks (10 ms).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .expect("comm")
-        .1
-        .split_whitespace()
-        .collect();
-    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
 }
 
 #[test]

@@ -10,6 +10,7 @@
 //! `scripts/test` runs them with `--run-ignored all`.
 
 pub mod churn;
+pub mod process;
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};

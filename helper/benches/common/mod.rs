@@ -1,9 +1,13 @@
-//! What the helper's benchmarks share: the binary under test, their knobs, and what they
-//! read of a running process from /proc.
+//! What the helper's benchmarks share: the binary under test, their knobs, and a node whose
+//! agent serves many pods.
 
 #![allow(dead_code, reason = "each benchmark uses its own subset")]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ipmgr_testbed::{Background, Interface, Node, Pod, TestBed, Topology};
+use serde_json::json;
 
 /// The helper under test: `IPMGR_HELPER_BIN` when set, else this build's.
 pub(crate) fn helper_binary() -> PathBuf {
@@ -18,24 +22,58 @@ pub(crate) fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// User plus system CPU time of process `pid`, in clock ticks (10 ms here).
-pub(crate) fn proc_cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .expect("comm")
-        .1
-        .split_whitespace()
-        .collect();
-    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+/// One node whose pods cannot reach instance metadata, its agent, and its pods, each with a
+/// Multus address on eth1 and the agent's URL.
+pub(crate) struct ServedNode {
+    pub(crate) bed: TestBed,
+    pub(crate) node: Node,
+    pub(crate) agent: Background,
+    pub(crate) members: Vec<Pod>,
 }
 
-/// Resident set size of process `pid`, in KiB.
-pub(crate) fn proc_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("status")
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+/// A node with `pods` pods and the agent `binary` serving them (their `init` not run yet).
+pub(crate) fn served_node(pods: usize, binary: &Path) -> ServedNode {
+    let mut bed = TestBed::start(Topology::Inline(json!({
+        "vpc_cidr": "10.0.0.0/16",
+        "subnets": {"node": {"cidr": "10.0.0.0/24"}, "multus": {"cidr": "10.0.16.0/20"}},
+        "nodes": {"node1": {"enis": [{"subnet": "node"}, {"subnet": "multus", "multus": true}]}},
+    })));
+    bed.control("POST", "config", json!({"eni_ipv4_limit": pods + 10}));
+    bed.pods_reach_metadata(false);
+    let node = bed.node("node1");
+    let agent = bed.start_agent(&node, binary, &[]);
+    let url = format!("http://{}:9472", node.address);
+    let members: Vec<Pod> = (0..pods)
+        .map(|index| {
+            let address = format!("10.0.{}.{}/20", 17 + index / 250, 4 + index % 250);
+            let mut pod = bed.pod(
+                "node1",
+                &format!("p{index}"),
+                &[Interface::on_eni("net1", "eth1", &[&address])],
+            );
+            pod.env = vec![("IPMGR_AGENT_URL".to_owned(), url.clone())];
+            pod
+        })
+        .collect();
+    ServedNode {
+        bed,
+        node,
+        agent,
+        members,
+    }
+}
+
+/// Every pod's `init` of `binary`, 22 at a time: how long they all took.
+pub(crate) fn init_all(bed: &TestBed, members: &[Pod], binary: &Path) -> Duration {
+    let started = Instant::now();
+    for chunk in members.chunks(22) {
+        let children: Vec<_> = chunk
+            .iter()
+            .map(|pod| bed.spawn_quiet(pod, binary, &["init"]))
+            .collect();
+        for mut child in children {
+            assert!(child.wait().expect("wait").success(), "an init failed");
+        }
+    }
+    started.elapsed()
 }

@@ -399,13 +399,17 @@ async fn a_batch_ec2_refuses_is_split_so_that_each_pod_gets_its_own_answer() {
     for (_, body) in answers {
         assert_eq!(answer(body).failures, Vec::<String>::new());
     }
-    let assigns = bed
-        .ec2
+    let assigns = assign_calls(&bed);
+    assert_eq!(assigns, 4, "the refused batch, then one per pod");
+}
+
+/// The assign calls EC2 got.
+fn assign_calls(bed: &Bed) -> usize {
+    bed.ec2
         .calls()
         .into_iter()
         .filter(|call| call.starts_with("Assign"))
-        .count();
-    assert_eq!(assigns, 4, "the refused batch, then one per pod");
+        .count()
 }
 
 /// The count of requests answered without a pass of their own, for `reason`.
@@ -479,12 +483,7 @@ async fn a_throttled_batch_is_retried_by_each_pod_on_its_own() {
     for answer in ask_all(&bed, Reason::Start).await {
         assert_eq!(answer.failures, Vec::<String>::new());
     }
-    let assigns = bed
-        .ec2
-        .calls()
-        .into_iter()
-        .filter(|call| call.starts_with("Assign"))
-        .count();
+    let assigns = assign_calls(&bed);
     assert_eq!(
         assigns, 4,
         "the throttled batch, then each pod's retry alone"
