@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ipmgr_contract::{LogArgs, budget, env};
-use ipmgr_eni::{
-    Backoff, MultusInterfaces, OwnershipPolicy, PlanOptions, ReclaimOptions, RetryPolicy,
-};
+use ipmgr_eni::{Backoff, OwnershipPolicy, PlanOptions, ReclaimOptions, RetryPolicy};
+use ipmgr_pod::PodSettings;
+use ipmgr_pod::settings::{PodIdentity, ReadyFile};
 use ipnet::IpNet;
 
 /// `ipmgr-helper`: makes a Multus pod's secondary IPs routable on the node's ENIs.
@@ -33,123 +33,41 @@ pub struct Cli {
 pub enum Command {
     /// Assign the pod's addresses once, confirm, and exit (non-zero when any stays unroutable).
     Init(Settings),
-    /// Assign, then follow address changes and heal; release on SIGTERM.
+    /// Assign, then follow address changes and heal; release what it assigned on SIGTERM.
     Sidecar(Settings),
     /// Print what `init` would do and change nothing.
     Plan(Settings),
     /// The node agent: give back the addresses of pods that are gone (a DaemonSet).
     Agent(AgentSettings),
     /// Exit 0 when the ready file exists (the native-sidecar startup probe).
-    Ready {
-        /// File written after the first successful pass.
-        #[arg(long, env = env::READY_FILE, default_value = ipmgr_contract::READY_FILE)]
-        ready_file: PathBuf,
-    },
+    Ready(ReadyFile),
 }
 
-/// The pod and node the helper works for, from the variables the webhook injects (downward
-/// API). Only for the logs: every line carries them.
-#[derive(Args, Debug, Clone, Default)]
-pub struct PodIdentity {
-    /// The node the pod runs on.
-    #[arg(long, global = true, env = env::NODE_NAME)]
-    pub node_name: Option<String>,
-
-    /// The pod's name.
-    #[arg(long, global = true, env = env::POD_NAME)]
-    pub pod_name: Option<String>,
-
-    /// The pod's namespace.
-    #[arg(long, global = true, env = env::POD_NAMESPACE)]
-    pub pod_namespace: Option<String>,
-
-    /// The injection mode (init, sidecar, native-sidecar).
-    #[arg(long, global = true, env = env::MODE)]
-    pub mode: Option<String>,
-}
-
-impl PodIdentity {
-    /// The span every log line of this process is in: pod (`namespace/name`), node, mode.
-    pub fn span(&self) -> tracing::Span {
-        let unknown = || "-".to_owned();
-        let pod = match (&self.pod_namespace, &self.pod_name) {
-            (Some(namespace), Some(name)) => format!("{namespace}/{name}"),
-            (None, Some(name)) => name.clone(),
-            _ => unknown(),
-        };
-        tracing::info_span!(
-            "helper",
-            pod,
-            node = self.node_name.clone().unwrap_or_else(unknown),
-            mode = self.mode.clone().unwrap_or_else(unknown),
-        )
-    }
-}
-
-/// Settings shared by `init`, `sidecar` and `plan`.
+/// Settings of `init`, `sidecar` and `plan`.
 #[derive(Args, Debug, Clone)]
 pub struct Settings {
-    /// The pod's primary interface, owned by the VPC CNI: never touched.
-    #[arg(long, env = "IPMGR_PRIMARY_INTERFACE", default_value = "eth0")]
-    pub primary_interface: String,
-
-    /// The pod's Multus interfaces (comma-separated in the env var; the webhook sets it to
-    /// the names the pod's networks annotation gives): only these are managed, and with
-    /// --interfaces-by-mac also the interfaces on a Multus ENI's MAC. Without either, every
-    /// interface but the primary one and the VPC CNI's v4if0/v6if0.
-    #[arg(long, env = env::INTERFACES, value_delimiter = ',')]
-    pub interfaces: Option<Vec<String>>,
-
-    /// Also manage every interface that carries the MAC of one of the node's Multus ENIs
-    /// (an ipvlan child of it); other interfaces not named in --interfaces are left alone.
-    /// The webhook sets it when some of the pod's networks name no interface: Multus numbers
-    /// those net<idx> counting the cluster's defaultNetworks, which the webhook cannot see.
-    /// With the agent backend the helper cannot see the node's ENIs and waits for an address
-    /// on any interface but the primary one and v4if0/v6if0.
-    #[arg(long, env = env::INTERFACES_BY_MAC)]
-    pub interfaces_by_mac: bool,
-
-    /// Only ever assign addresses inside these CIDRs (repeatable; comma-separated in the env var).
-    #[arg(long = "allow-cidr", env = "IPMGR_ALLOW_CIDRS", value_delimiter = ',')]
-    pub allow_cidrs: Vec<IpNet>,
+    /// What the pod loop reads, with either backend.
+    #[command(flatten)]
+    pub pod: PodSettings,
 
     /// Allow assigning to the primary ENI (the one whose MAC is meta-data/mac).
     #[arg(long, env = "IPMGR_ALLOW_PRIMARY_ENI")]
     pub allow_primary_eni: bool,
-
-    /// Seconds to wait for the pod's secondary interfaces to have addresses.
-    #[arg(long, env = env::WAIT_SECONDS, default_value_t = budget::WAIT_SECONDS)]
-    pub wait_seconds: u64,
-
-    /// Number of addresses to wait for (0: any one).
-    #[arg(long, env = "IPMGR_EXPECT_ADDRESSES", default_value_t = 0)]
-    pub expect_addresses: usize,
 
     /// Seconds init waits for instance metadata to show what EC2 accepted (advisory: metadata
     /// lags EC2; a warning when it never shows).
     #[arg(long, env = "IPMGR_CONFIRM_SECONDS", default_value_t = 10)]
     pub confirm_seconds: u64,
 
-    /// Sidecar: seconds between re-checks through instance metadata.
-    #[arg(long, env = "IPMGR_RECHECK_SECONDS", default_value_t = 30)]
-    pub recheck_seconds: u64,
-
-    /// Sidecar: on SIGTERM, unassign the addresses this helper assigned that are still on the pod and its ENI.
+    /// Sidecar: on SIGTERM, release (unassign) the addresses this helper assigned that are
+    /// still on the pod and its ENI.
     #[arg(long, env = "IPMGR_RELEASE_ON_EXIT", default_value_t = true, action = clap::ArgAction::Set)]
     pub release_on_exit: bool,
 
-    /// Sidecar: after a pass that left an address unroutable, the next try waits 2 s, then
-    /// twice as long each time, up to this many seconds.
-    #[arg(long, env = "IPMGR_ERROR_BACKOFF_MAX_SECONDS", default_value_t = 300)]
-    pub error_backoff_max_seconds: u64,
-
-    /// Sidecar: file to create once the first pass succeeded (native-sidecar readiness).
-    #[arg(long, env = env::READY_FILE)]
-    pub ready_file: Option<PathBuf>,
-
     /// The node agent's pod API (agent backend, e.g. http://10.0.0.10:9472; the webhook
     /// sets it from status.hostIP): the helper then asks the agent and calls neither
-    /// instance metadata nor EC2. Unset: the helper calls them itself (direct backend).
+    /// instance metadata nor EC2, as the thinner ipmgr-pod does. Unset: the helper calls
+    /// them itself (direct backend).
     #[arg(long, env = env::AGENT_URL)]
     pub agent_url: Option<String>,
 
@@ -329,39 +247,14 @@ impl Settings {
     /// What the planner may do for this pod.
     pub fn plan_options(&self) -> PlanOptions {
         PlanOptions {
-            primary_interface: self.primary_interface.clone(),
-            interfaces: match (&self.interfaces, self.interfaces_by_mac) {
-                (names, true) => MultusInterfaces::NamedOrByMac(names.clone().unwrap_or_default()),
-                (Some(names), false) => MultusInterfaces::Named(names.clone()),
-                (None, false) => MultusInterfaces::Any,
-            },
             allow_primary_eni: self.allow_primary_eni,
-            allowed: self.allow_cidrs.clone(),
+            ..self.pod.plan_options()
         }
-    }
-
-    /// Bounded wait for the pod's addresses.
-    pub fn wait(&self) -> Duration {
-        Duration::from_secs(self.wait_seconds)
     }
 
     /// Bounded wait for metadata to confirm a change.
     pub fn confirm(&self) -> Duration {
         Duration::from_secs(self.confirm_seconds)
-    }
-
-    /// Interval of the sidecar's metadata re-check.
-    pub fn recheck(&self) -> Duration {
-        Duration::from_secs(self.recheck_seconds.max(1))
-    }
-
-    /// How the sidecar spaces passes that keep failing.
-    pub fn error_backoff(&self) -> Backoff {
-        Backoff {
-            initial: Duration::from_secs(2),
-            factor: 2,
-            max: Duration::from_secs(self.error_backoff_max_seconds.max(2)),
-        }
     }
 }
 

@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use clap::Parser as _;
 
-use ipmgr_eni::{Eni, EniRecord, ErrorClass, MacAddr, NO_MANAGE_TAG, NodeFacts, PodAddress};
+use ipmgr_eni::{Eni, EniRecord, ErrorClass, MacAddr, NO_MANAGE_TAG, NodeFacts};
 
 use crate::aws::{Ec2Api, Ec2Failure, MetadataError, NodeMetadata};
 use crate::config::{Cli, Command, Settings};
-use crate::netlink::{NetlinkError, PodAddresses};
+pub(crate) use ipmgr_pod::fake::{FakeNetwork, pod_address};
 
 /// The instance the fakes' node is.
 pub(crate) const INSTANCE: &str = "i-node1";
@@ -77,16 +77,6 @@ pub(crate) fn node() -> NodeFacts {
         region: "us-east-2".to_owned(),
         primary_mac: Some(MacAddr([2, 0, 0, 0, 0, 0])),
         enis: vec![eni(0, "primary"), eni(1, "multus")],
-    }
-}
-
-/// An address of the pod on `interface`, which carries the MAC of ENI `index`.
-pub(crate) fn pod_address(interface: &str, index: u8, address: &str) -> PodAddress {
-    PodAddress {
-        interface: interface.to_owned(),
-        mac: MacAddr([2, 0, 0, 0, 0, index]),
-        address: address.parse().expect("address"),
-        prefix_len: 24,
     }
 }
 
@@ -322,26 +312,5 @@ impl NodeMetadata for FakeMetadata {
         let node = lock(&self.0);
         let eni = node.enis.iter().find(|eni| eni.mac == mac);
         Ok(eni.map_or_else(Default::default, |eni| (eni.ipv4.clone(), eni.ipv6.clone())))
-    }
-}
-
-/// The pod's addresses, as the test sets them.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct FakeNetwork(Arc<Mutex<Vec<PodAddress>>>);
-
-impl FakeNetwork {
-    /// A pod carrying `addresses`.
-    pub(crate) fn carrying(addresses: Vec<PodAddress>) -> Self {
-        FakeNetwork(Arc::new(Mutex::new(addresses)))
-    }
-}
-
-impl PodAddresses for FakeNetwork {
-    async fn addresses(&self) -> Result<Vec<PodAddress>, NetlinkError> {
-        Ok(lock(&self.0).clone())
-    }
-
-    async fn changed(&mut self) -> Option<Vec<IpAddr>> {
-        std::future::pending().await
     }
 }

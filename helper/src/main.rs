@@ -1,32 +1,21 @@
 //! `ipmgr-helper`: parse arguments, set up logging, run the mode.
 
-use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use ipmgr_helper::agent;
-use ipmgr_helper::config::{AgentSettings, Cli, Command, Settings};
-use ipmgr_helper::pod::{PodError, PodHelper, RemoteHelper};
+use ipmgr_helper::config::{Cli, Command, Settings};
+use ipmgr_helper::direct::DirectRouting;
+use ipmgr_pod::netlink::PodNetwork;
+use ipmgr_pod::run;
 use tracing::Instrument as _;
-
-/// The modes that talk to instance metadata, netlink and EC2.
-#[derive(Debug)]
-enum Work {
-    Init(Settings),
-    Sidecar(Settings),
-    Plan(Settings),
-    Agent(AgentSettings),
-}
 
 fn main() -> ExitCode {
     let Cli { command, log, pod } = Cli::parse();
-    let work = match command {
-        Command::Ready { ready_file } => return ready(&ready_file),
-        Command::Init(settings) => Work::Init(settings),
-        Command::Sidecar(settings) => Work::Sidecar(settings),
-        Command::Plan(settings) => Work::Plan(settings),
-        Command::Agent(settings) => Work::Agent(settings),
-    };
+    if let Command::Ready(file) = &command {
+        return run::ready(&file.ready_file, "ipmgr-helper");
+    }
     if let Err(error) = log.init() {
         eprintln!("ipmgr-helper: {error}");
         return ExitCode::FAILURE;
@@ -42,7 +31,7 @@ fn main() -> ExitCode {
         }
     };
     let span = pod.span();
-    match runtime.block_on(run(work, pod.node_name.clone()).instrument(span.clone())) {
+    match runtime.block_on(work(command, pod.node_name.clone()).instrument(span.clone())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             span.in_scope(|| tracing::error!(%error, "ipmgr-helper failed"));
@@ -52,68 +41,53 @@ fn main() -> ExitCode {
     }
 }
 
-/// The native-sidecar startup probe.
-fn ready(ready_file: &Path) -> ExitCode {
-    if ready_file.exists() {
-        ExitCode::SUCCESS
-    } else {
-        eprintln!(
-            "ipmgr-helper: not ready: {} does not exist yet",
-            ready_file.display()
-        );
-        ExitCode::FAILURE
-    }
-}
-
 /// Runs the mode; its error as the one line for the termination log.
-async fn run(work: Work, node_name: Option<String>) -> Result<(), String> {
-    match work {
-        Work::Agent(settings) => agent::run(settings, node_name)
+async fn work(command: Command, node_name: Option<String>) -> Result<(), String> {
+    let text = |error: &dyn std::fmt::Display| error.to_string();
+    match command {
+        Command::Agent(settings) => agent::run(settings, node_name)
             .await
-            .map_err(|error| error.to_string()),
-        Work::Init(settings) => pod(settings, PodMode::Init).await,
-        Work::Sidecar(settings) => pod(settings, PodMode::Sidecar).await,
-        Work::Plan(settings) => pod(settings, PodMode::Plan).await,
+            .map_err(|error| text(&error)),
+        Command::Init(settings) => pod_loop(settings, true).await,
+        Command::Sidecar(settings) => pod_loop(settings, false).await,
+        Command::Plan(settings) => plan(settings).await.map_err(|error| text(&error)),
+        Command::Ready(_) => Ok(()),
     }
 }
 
-/// The pod helper with the agent backend: no AWS, its node's agent does the work.
-async fn agent_backend(settings: Settings, url: &str, mode: PodMode) -> Result<(), String> {
-    let run = async {
-        let mut helper = RemoteHelper::connect(settings, url)?;
-        match mode {
-            PodMode::Init => helper.init().await,
-            PodMode::Sidecar => helper.sidecar().await,
-            PodMode::Plan => Err(PodError::PlanNeedsDirect),
-        }
-    };
-    run.await.map_err(|error: PodError| error.to_string())
-}
-
-/// What the pod helper does.
-#[derive(Debug, Clone, Copy)]
-enum PodMode {
-    Init,
-    Sidecar,
-    Plan,
-}
-
-async fn pod(settings: Settings, mode: PodMode) -> Result<(), String> {
-    if let Some(url) = settings.agent_url.clone() {
-        return agent_backend(settings, &url, mode).await;
+/// `init` (`once`) or `sidecar`: the pod loop, against the node agent when
+/// `IPMGR_AGENT_URL` is set (as `ipmgr-pod` does), else the direct backend.
+async fn pod_loop(settings: Settings, once: bool) -> Result<(), String> {
+    if let Some(url) = &settings.agent_url {
+        let retry = Duration::from_secs(settings.aws.ec2_retry_seconds);
+        return run::with_agent(&settings.pod, url, retry, once)
+            .await
+            .map_err(|error| error.to_string());
     }
-    let run = async {
-        let (mut helper, node) = PodHelper::connect(settings).await?;
-        match mode {
-            PodMode::Init => helper.init(&node).await,
-            PodMode::Sidecar => helper.sidecar(node).await,
-            PodMode::Plan => {
-                for line in helper.plan_report(&node).await? {
-                    println!("{line}");
-                }
-                Ok(())
-            }
-        }
+    let pod = settings.pod.clone();
+    let mut routing = DirectRouting::connect(settings)
+        .await
+        .map_err(|error| error.to_string())?;
+    let mut network = PodNetwork::connect().map_err(|error| error.to_string())?;
+    let outcome = if once {
+        run::init(&pod, &mut network, &mut routing).await
+    } else {
+        run::sidecar(&pod, &mut network, &mut routing).await
     };
-    run.await.map_err(|error: PodError| error.to_string())
+    outcome.map_err(|error| error.to_string())
+}
+
+/// `plan`: what `init` would do, printed; changes nothing.
+async fn plan(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
+    if settings.agent_url.is_some() {
+        return Err(ipmgr_helper::direct::DirectError::PlanNeedsDirect.into());
+    }
+    let pod = settings.pod.clone();
+    let routing = DirectRouting::connect(settings).await?;
+    let mut network = PodNetwork::connect()?;
+    let addresses = run::wait_for_addresses(&pod, &mut network, &routing).await?;
+    for line in routing.plan_report(&addresses).await? {
+        println!("{line}");
+    }
+    Ok(())
 }

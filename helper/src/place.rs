@@ -117,7 +117,7 @@ impl<E: Ec2Api> Placer<E> {
     /// `planned` (the pod's addresses planned on `node`), vetted against EC2 in one pure
     /// step ([`vet`]): changes on ENIs that are not Multus ENIs and addresses another
     /// workload holds are refused, addresses EC2 already has on their ENI need no call, and
-    /// the `fresh` addresses are checked whatever metadata says. Read-only, and nothing at
+    /// the `recent` addresses are checked whatever metadata says. Read-only, and nothing at
     /// all when nothing needs to change. Otherwise one DescribeNetworkInterfaces per address
     /// family finds who holds the addresses; the IPv4 one also asks for the target ENIs'
     /// primary addresses, so that the answer lists those ENIs with their tags. (Only an ENI
@@ -126,19 +126,19 @@ impl<E: Ec2Api> Placer<E> {
         &self,
         node: &NodeFacts,
         planned: Plan,
-        fresh: &[IpAddr],
+        recent: &[IpAddr],
         enis: &mut NodeEnis,
     ) -> Result<Vetted, Ec2Failure> {
         for rejection in planned.rejections.iter().filter(|r| !r.is_failure()) {
             tracing::info!(%rejection, "address left alone");
         }
         let records = self
-            .records_for(node, &planned.lookups(fresh), enis)
+            .records_for(node, &planned.lookups(recent), enis)
             .await?;
         Ok(vet(
             planned,
             &records,
-            fresh,
+            recent,
             &node.instance_id,
             self.ownership,
         ))
@@ -191,10 +191,10 @@ impl<E: Ec2Api> Placer<E> {
         &self,
         node: &NodeFacts,
         planned: Plan,
-        fresh: &[IpAddr],
+        recent: &[IpAddr],
         enis: &mut NodeEnis,
     ) -> PassReport {
-        self.checked_pass(node, planned, fresh, enis, &TakeAnything)
+        self.checked_pass(node, planned, recent, enis, &TakeAnything)
             .await
     }
 
@@ -204,12 +204,12 @@ impl<E: Ec2Api> Placer<E> {
         &self,
         node: &NodeFacts,
         planned: Plan,
-        fresh: &[IpAddr],
+        recent: &[IpAddr],
         enis: &mut NodeEnis,
         moves: &impl MoveCheck,
     ) -> PassReport {
         let addresses = planned.placements.len() + planned.rejections.len();
-        let vetted = match self.vetted_plan(node, planned, fresh, enis).await {
+        let vetted = match self.vetted_plan(node, planned, recent, enis).await {
             Ok(mut vetted) => {
                 for (assignment, reason) in moves.refused(&vetted.moves).await {
                     vetted.refuse(&assignment, reason);
@@ -221,11 +221,11 @@ impl<E: Ec2Api> Placer<E> {
         let (planned, releases, mut failures) = match vetted {
             Ok(Vetted {
                 plan,
-                ipv6_releases,
+                ipv6_unassign_first,
                 ..
             }) => {
                 let rejected = plan.failures().cloned().map(Failure::Rejected).collect();
-                (plan, ipv6_releases, rejected)
+                (plan, ipv6_unassign_first, rejected)
             }
             Err(failure) => (Plan::default(), Vec::new(), vec![failure.into()]),
         };

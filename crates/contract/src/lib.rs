@@ -19,7 +19,7 @@ pub mod env {
     pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
     /// The injection mode (`init`, `sidecar`, `native-sidecar`); in every helper log line.
     pub const MODE: &str = "IPMGR_MODE";
-    /// Log filter of both binaries (tracing `EnvFilter` syntax).
+    /// Log filter of the binaries: a level, and `target=level` pairs, comma-separated.
     pub const LOG: &str = "IPMGR_LOG";
     /// Log format of both binaries: `json` or `text`.
     pub const LOG_FORMAT: &str = "IPMGR_LOG_FORMAT";

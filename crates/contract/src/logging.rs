@@ -1,13 +1,15 @@
 use std::io::IsTerminal as _;
 
 use clap::{Args, ValueEnum};
+use tracing_subscriber::filter::{ParseError, Targets};
 
 use crate::env;
 
 /// The log flags of both binaries: `--log` and `--log-format`.
 #[derive(Args, Clone, Debug)]
 pub struct LogArgs {
-    /// Log filter (tracing EnvFilter syntax, e.g. info or ipmgr_helper=debug).
+    /// Log filter: a level, and `target=level` pairs, comma-separated (e.g. info, debug or
+    /// info,ipmgr_helper=debug).
     #[arg(long, global = true, env = env::LOG, default_value = "info")]
     pub log: String,
 
@@ -42,15 +44,18 @@ pub struct InvalidLogFilter {
 impl LogArgs {
     /// Installs the global subscriber writing to standard error.
     pub fn init(&self) -> Result<(), InvalidLogFilter> {
-        let filter = tracing_subscriber::EnvFilter::builder()
-            .parse(&self.log)
-            .map_err(|error| InvalidLogFilter {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        let filter: Targets = self
+            .log
+            .parse()
+            .map_err(|error: ParseError| InvalidLogFilter {
                 filter: self.log.clone(),
                 variable: env::LOG,
                 reason: error.to_string(),
             })?;
         let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
+            .with_max_level(tracing_subscriber::filter::LevelFilter::TRACE)
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal());
         match self.log_format {
@@ -59,8 +64,10 @@ impl LogArgs {
                 .flatten_event(true)
                 .with_current_span(true)
                 .with_span_list(false)
+                .finish()
+                .with(filter)
                 .init(),
-            LogFormat::Text => builder.init(),
+            LogFormat::Text => builder.finish().with(filter).init(),
         }
         Ok(())
     }

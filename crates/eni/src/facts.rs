@@ -238,7 +238,7 @@ impl NodeFacts {
     /// The node with the secondary addresses of the ENIs `ids` unknown (each keeps its
     /// primary address): a plan against it looks every address on them up in EC2, whatever
     /// metadata shows, and [`crate::vet`] drops what EC2 has in place already.
-    pub fn without_secondaries(&self, ids: &[String]) -> NodeFacts {
+    pub(crate) fn without_secondaries(&self, ids: &[String]) -> NodeFacts {
         let mut node = self.clone();
         for eni in node.enis.iter_mut().filter(|eni| ids.contains(&eni.id)) {
             eni.ipv4.truncate(1);

@@ -18,6 +18,7 @@ mod grants;
 mod mac;
 mod ownership;
 mod plan;
+mod reason;
 mod reclaim;
 mod retry;
 
@@ -36,6 +37,7 @@ pub use plan::{
     MatchedBy, MultusInterfaces, Placement, Plan, PlanOptions, RejectReason, Rejection,
     VPC_CNI_INTERFACES, multus_candidates, plan, unconfirmed,
 };
+pub use reason::Reason;
 pub use reclaim::{
     Absences, AfterFailure, Keep, ReclaimOptions, ScanVerdict, secondary_addresses, verify_reclaim,
 };

@@ -175,20 +175,20 @@ impl fmt::Display for Holder {
 }
 
 /// The one vetting step of a pass, over what EC2 says (`records`: the target ENIs and every
-/// ENI holding one of the addresses, read for [`Plan::lookups`]): the `fresh` addresses are
+/// ENI holding one of the addresses, read for [`Plan::lookups`]): the `recent` addresses are
 /// planned as changes whatever metadata says; only changes on ENIs EC2 lists as this
 /// instance's (`instance_id`) Multus ENIs stay; an address another workload holds is
-/// refused; an address already on its ENI needs no call (unless fresh and IPv4); an IPv6
+/// refused; an address already on its ENI needs no call (unless recent and IPv4); an IPv6
 /// address on another Multus ENI is unassigned there first.
 pub fn vet(
     plan: Plan,
     records: &[EniRecord],
-    fresh: &[IpAddr],
+    recent: &[IpAddr],
     instance_id: &str,
     policy: OwnershipPolicy,
 ) -> Vetted {
-    let plan = on_multus_enis(plan.distrusting(fresh), records, instance_id, policy);
-    off_other_workloads(plan, records, fresh, policy)
+    let plan = on_multus_enis(plan.distrusting(recent), records, instance_id, policy);
+    off_other_workloads(plan, records, recent, policy)
 }
 
 /// Keeps only the changes whose ENI EC2 lists (`records`) as attached to `instance_id` and
@@ -228,7 +228,7 @@ pub struct Vetted {
     /// ENI no longer changes.
     pub plan: Plan,
     /// Per holder ENI, the IPv6 addresses to unassign before assigning them.
-    pub ipv6_releases: Vec<EniChange>,
+    pub ipv6_unassign_first: Vec<EniChange>,
     /// The planned addresses that another Multus ENI holds now: the call takes them from
     /// it (a floating address coming back, or the address of a pod on another node).
     pub moves: Vec<Move>,
@@ -250,12 +250,12 @@ impl Vetted {
     /// its IPv6 release nor its move go ahead.
     pub fn refuse(&mut self, assignment: &Assignment, reason: RejectReason) {
         self.plan.reject(assignment, reason);
-        for release in &mut self.ipv6_releases {
+        for release in &mut self.ipv6_unassign_first {
             if let IpAddr::V6(v6) = assignment.address {
                 release.ipv6.retain(|&held| held != v6);
             }
         }
-        self.ipv6_releases
+        self.ipv6_unassign_first
             .retain(|release| !release.ipv6.is_empty());
         self.moves.retain(|taken| &taken.assignment != assignment);
     }
@@ -263,13 +263,13 @@ impl Vetted {
 
 /// Decides, for every planned change, whether the address may move: nobody holds it, or a
 /// Multus ENI does (a floating address coming back from another node); one another workload
-/// holds is refused. An address already on its ENI needs no call, unless it is a `fresh`
+/// holds is refused. An address already on its ENI needs no call, unless it is a `recent`
 /// IPv4 address: that one is assigned again, which AllowReassignment makes harmless, in case
 /// EC2's answer lags too.
 fn off_other_workloads(
     mut plan: Plan,
     holders: &[EniRecord],
-    fresh: &[IpAddr],
+    recent: &[IpAddr],
     policy: OwnershipPolicy,
 ) -> Vetted {
     let planned: Vec<Assignment> = plan
@@ -286,7 +286,7 @@ fn off_other_workloads(
             .filter(|record| record.holds(assignment.address))
         {
             if record.id == assignment.eni_id {
-                if !(assignment.address.is_ipv4() && fresh.contains(&assignment.address)) {
+                if !(assignment.address.is_ipv4() && recent.contains(&assignment.address)) {
                     plan.unchange(&assignment);
                 }
                 verdict = Ok(());
@@ -326,7 +326,7 @@ fn off_other_workloads(
     moves.retain(|taken| still_planned.contains(&taken.assignment.address));
     Vetted {
         plan,
-        ipv6_releases: EniChange::group(releases),
+        ipv6_unassign_first: EniChange::group(releases),
         moves,
     }
 }

@@ -251,21 +251,21 @@ impl Plan {
     }
 
     /// The changes EC2 must be asked about before [`crate::vet`]: the plan's, and the
-    /// `fresh` addresses' (planned as changes whatever metadata says).
-    pub fn lookups(&self, fresh: &[IpAddr]) -> Vec<EniChange> {
-        self.clone().distrusting(fresh).changes
+    /// `recent` addresses' (planned as changes whatever metadata says).
+    pub fn lookups(&self, recent: &[IpAddr]) -> Vec<EniChange> {
+        self.clone().distrusting(recent).changes
     }
 
-    /// The plan with the `fresh` addresses (just added to the pod, or changed within the
+    /// The plan with the `recent` addresses (just added to the pod, or changed within the
     /// last minute) as changes even where metadata shows them in place: metadata lags EC2,
     /// so only EC2's answer (the holder lookup) may say they need no call. Addresses routed
     /// by their ENI's prefix stay without a call.
-    pub(crate) fn distrusting(mut self, fresh: &[IpAddr]) -> Plan {
+    pub(crate) fn distrusting(mut self, recent: &[IpAddr]) -> Plan {
         let stale: Vec<Assignment> = self
             .placements
             .iter()
             .filter(|placement| {
-                placement.prefix.is_none() && fresh.contains(&placement.address.address)
+                placement.prefix.is_none() && recent.contains(&placement.address.address)
             })
             .map(|placement| Assignment {
                 eni_id: placement.eni_id.clone(),

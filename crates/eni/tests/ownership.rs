@@ -46,7 +46,7 @@ fn multus(id: &str, held: &[&str]) -> EniRecord {
 /// The instance every record is attached to.
 const INSTANCE: &str = "i-other";
 
-/// [`vet`] with no fresh address, EC2 listing `holders` and the target ENI `eni-here` (a
+/// [`vet`] with no recent address, EC2 listing `holders` and the target ENI `eni-here` (a
 /// Multus ENI of the instance) when the holders do not include it.
 fn vet_against(plan: Plan, holders: &[EniRecord], policy: OwnershipPolicy) -> Vetted {
     let mut records = holders.to_vec();
@@ -183,7 +183,7 @@ fn nobody_holds_it_or_a_multus_eni_does_the_address_moves() {
         vetted.plan, plan,
         "both still assigned, 10.0.1.51 moves back"
     );
-    assert_eq!(vetted.ipv6_releases, vec![]);
+    assert_eq!(vetted.ipv6_unassign_first, vec![]);
 }
 
 #[test]
@@ -193,7 +193,7 @@ fn an_ipv6_address_on_another_multus_eni_is_unassigned_there_first() {
     let vetted = vet_against(plan.clone(), &holders, STRICT);
     assert_eq!(vetted.plan, plan);
     assert_eq!(
-        vetted.ipv6_releases,
+        vetted.ipv6_unassign_first,
         vec![EniChange {
             eni_id: "eni-there".into(),
             ipv4: vec![],
@@ -268,11 +268,11 @@ fn relaxed_an_untagged_holder_gives_the_address_up_but_the_vpc_cnis_never() {
 }
 
 #[test]
-fn a_fresh_ipv4_address_ec2_has_on_its_eni_is_assigned_again_a_fresh_ipv6_not() {
+fn a_recent_ipv4_address_ec2_has_on_its_eni_is_assigned_again_a_recent_ipv6_not() {
     let plan = planned("eni-here", &["10.0.1.50", "2600::50"]);
     let holders = [multus("eni-here", &["10.0.1.10", "10.0.1.50", "2600::50"])];
-    let fresh = [ip("10.0.1.50"), ip("2600::50")];
-    let vetted = vet(plan, &holders, &fresh, INSTANCE, STRICT);
+    let recent = [ip("10.0.1.50"), ip("2600::50")];
+    let vetted = vet(plan, &holders, &recent, INSTANCE, STRICT);
     assert_eq!(
         vetted.plan.changes,
         vec![EniChange {
@@ -343,7 +343,7 @@ fn an_address_another_multus_eni_holds_is_a_move_the_agent_can_refuse() {
             ("2600:1f14::50".to_owned(), there().0, there().1),
         ]
     );
-    assert_eq!(vetted.ipv6_releases.len(), 1);
+    assert_eq!(vetted.ipv6_unassign_first.len(), 1);
 
     let ipv6 = Assignment {
         eni_id: "eni-here".to_owned(),
@@ -351,7 +351,7 @@ fn an_address_another_multus_eni_holds_is_a_move_the_agent_can_refuse() {
     };
     vetted.refuse(&ipv6, RejectReason::LinkLocal);
     assert_eq!(
-        vetted.ipv6_releases,
+        vetted.ipv6_unassign_first,
         vec![],
         "a refused move releases nothing"
     );

@@ -578,7 +578,7 @@ fn the_primary_eni_is_the_one_whose_mac_is_meta_data_mac_not_device_0(mut node: 
 }
 
 #[rstest]
-fn fresh_addresses_are_looked_up_even_where_metadata_shows_them(node: NodeFacts) {
+fn recent_addresses_are_looked_up_even_where_metadata_shows_them(node: NodeFacts) {
     let pod = [
         address("net1", 0x0b, "10.10.1.81"), // eni-b holds it, by metadata
         address("net1", 0x0b, "10.10.1.200"), // in eni-b's prefix

@@ -11,7 +11,7 @@
 //! decides what no pod carries for the grace period and in consecutive scans. Every unassign
 //! attempt, the first and each retry, is decided afresh: the agent reads the ENIs from EC2,
 //! scans the pods again, and [`verify_reclaim`] keeps what a pod carries or what moved; the
-//! call goes out only while that view is at most [`FRESH`] old, and a decision that cannot
+//! call goes out only while that view is at most [`VIEW_MAX_AGE`] old, and a decision that cannot
 //! be refreshed is dropped and taken again later. EC2 and metadata failures are never fatal:
 //! the agent says so in `/readyz` and its metrics and tries again. Nothing is called while
 //! nothing changes.
@@ -29,7 +29,7 @@ pub mod passes;
 mod reclaim;
 pub mod serve;
 #[cfg(test)]
-mod serve_tests;
+pub(crate) mod serve_tests;
 pub mod share;
 #[cfg(test)]
 mod tests;
@@ -62,7 +62,7 @@ use watch::{Changes, SETTLE, watch};
 
 /// The oldest view an unassign call may act on: the read of EC2 and the scan of the pods
 /// that decided it are at most this old when the call goes out.
-pub const FRESH: Duration = Duration::from_secs(2);
+pub const VIEW_MAX_AGE: Duration = Duration::from_secs(2);
 
 /// After a round that could not see the node (a namespace being made, metadata or EC2 not
 /// answering) or what its pods claim (the API server's view not current), the next one

@@ -19,10 +19,11 @@ use nix::sched::{CloneFlags, setns};
 
 use ipmgr_eni::PodAddress;
 
-use crate::netlink::{
-    NamespaceIds, NetlinkError, addresses_in_this_namespace, interface_addresses_in_this_namespace,
-    routed_namespace,
+use ipmgr_pod::netlink::{
+    NetlinkError, addresses_in_this_namespace, interface_addresses_in_this_namespace,
 };
+
+use crate::netlink::{NamespaceIds, routed_namespace};
 
 /// What one scan found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -13,7 +13,8 @@ use super::cluster::PodRecord;
 use super::coalesce::{Absorb, Coalescer};
 use super::netns::PodNamespace;
 use super::serve::Refused;
-use crate::pod_api::{Reason, RoutableAnswer};
+use ipmgr_eni::Reason;
+use ipmgr_pod::api::RoutableAnswer;
 
 /// A pod's passes are keyed by the pod and its network namespace.
 type PassKey = (String, PathBuf);

@@ -10,8 +10,9 @@ use ipmgr_eni::{
 
 use super::metrics::ReasonLabel;
 use super::netns::PodScanner;
-use super::{Agent, AgentError, FRESH};
+use super::{Agent, AgentError, VIEW_MAX_AGE};
 use crate::aws::{Ec2Api, NodeMetadata, Unassigned};
+use crate::release::release;
 
 impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
     /// Gives back `due`, decided afresh: the ENIs are read from EC2 and the pods scanned
@@ -96,7 +97,9 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
                 }
                 continue;
             }
-            for (call, outcome) in self.release_ec2.unassign(&change, Some(view + FRESH)).await {
+            for (call, outcome) in
+                release(&self.release_ec2, &change, Some(view + VIEW_MAX_AGE)).await
+            {
                 self.took_back(&call.assignments().collect::<Vec<_>>(), outcome, &options);
             }
         }

@@ -24,7 +24,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use ipmgr_eni::{
     Assignment, Claimant, Claims, EniRecord, Grants, Move, MultusInterfaces, NodeFacts, Plan,
-    PlanOptions, RejectReason, plan,
+    PlanOptions, Reason, RejectReason, plan,
 };
 use tokio::net::TcpListener;
 
@@ -40,7 +40,7 @@ use super::transport::{self, Admitted, Limits};
 use crate::aws::Ec2Api;
 use crate::config::ClaimsMode;
 use crate::place::{Failure, MoveCheck, NodeEnis, Placer};
-use crate::pod_api::{ROUTABLE_PATH, Reason, Refusal, RoutableAnswer, RoutableRequest, Routed};
+use ipmgr_pod::api::{ROUTABLE_PATH, Refusal, RoutableAnswer, RoutableRequest, Routed};
 
 /// The oldest view of the node's ENIs a periodic recheck is answered from: one
 /// DescribeNetworkInterfaces per node per interval, whatever the pod count.
@@ -242,7 +242,7 @@ where
         };
         let node = match reason {
             // Every address looked up in EC2 by the pass itself (one Describe per batch).
-            Reason::Start | Reason::Change => node.without_secondaries(&multus),
+            Reason::Start | Reason::Change => node.believed(reason, &multus),
             Reason::Recheck => {
                 let records = self.recheck_view(&multus).await.map_err(|failure| {
                     Refused::unavailable(

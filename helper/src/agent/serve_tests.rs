@@ -24,10 +24,12 @@ use crate::aws::Ec2Api as _;
 use crate::config::ClaimsMode;
 use crate::fakes::{FakeEc2, INSTANCE, eni, node, pod_address, record};
 use crate::place::Placer;
-use crate::pod_api::{Reason, RoutableAnswer, RoutableRequest};
+use ipmgr_eni::Reason;
+use ipmgr_pod::agent_client::{AgentApi, AnswerError, AskError, answer_of};
+use ipmgr_pod::api::{RoutableAnswer, RoutableRequest};
 
 /// A running pod `namespace/name` with pod IP `ip` and these annotations.
-pub(super) fn pod(
+pub(crate) fn pod(
     key: &str,
     ip: &str,
     network_status: Option<&str>,
@@ -50,7 +52,7 @@ pub(super) fn pod(
 }
 
 /// Multus' record of a pod with `addresses` on net1.
-fn recorded(addresses: &[&str]) -> String {
+pub(crate) fn recorded(addresses: &[&str]) -> String {
     json!([
         {"name": "aws-cni", "interface": "eth0", "ips": ["192.168.0.99"], "default": true},
         {"name": "default/ipvlan-eth1", "interface": "net1", "ips": addresses},
@@ -59,7 +61,7 @@ fn recorded(addresses: &[&str]) -> String {
 }
 
 /// The namespace of a pod with pod IP `ip` on eth0 and `addresses` on net1 (eth1's MAC).
-fn namespace(ip: &str, addresses: &[&str]) -> PodNamespace {
+pub(crate) fn namespace(ip: &str, addresses: &[&str]) -> PodNamespace {
     let mut all = vec![pod_address("eth0", 9, ip)];
     all.extend(
         addresses
@@ -100,9 +102,33 @@ impl HolderPods for FakeHolders {
     }
 }
 
-struct Bed {
+/// An agent over in-memory adapters, and the EC2 it calls.
+pub(crate) struct Bed {
     service: Arc<PodService<FakeEc2, FakeScanner, FakeHolders>>,
     ec2: FakeEc2,
+}
+
+/// The agent of a [`Bed`] as the pod at `peer` reaches it: the pod client's seam, in
+/// process.
+pub(crate) struct InProcessAgent {
+    /// The agent.
+    pub(crate) bed: Bed,
+    /// The asking pod's IP.
+    pub(crate) peer: IpAddr,
+}
+
+impl AgentApi for InProcessAgent {
+    async fn ask(&self, reason: Reason) -> Result<RoutableAnswer, AskError> {
+        let (status, body) = self
+            .bed
+            .service
+            .answer(self.peer, RoutableRequest { reason })
+            .await;
+        answer_of(status, body.as_bytes()).map_err(|error| match error {
+            AnswerError::Ask(error) => error,
+            AnswerError::Unparsable(reason) => panic!("{reason}: {body}"),
+        })
+    }
 }
 
 impl Bed {
@@ -156,6 +182,18 @@ fn bed(pods: Vec<Pod>, namespaces: Vec<PodNamespace>, claims: ClaimsMode) -> Bed
         record(&node.enis[1], INSTANCE, true),
         elsewhere,
     ]);
+    bed_with(ec2, node, pods, namespaces, claims)
+}
+
+/// The agent of `node` (as metadata shows it) over `ec2`, with these pods (API server)
+/// and namespaces (kernel); every namespace is listed, none has a grant.
+pub(crate) fn bed_with(
+    ec2: FakeEc2,
+    node: ipmgr_eni::NodeFacts,
+    pods: Vec<Pod>,
+    namespaces: Vec<PodNamespace>,
+    claims: ClaimsMode,
+) -> Bed {
     let known = NodePods::default();
     known.replace(&pods);
     known.replace_namespaces(&[]);
@@ -873,7 +911,7 @@ async fn a_source_that_is_no_pod_is_answered_before_its_body_is_read() {
     // A body announced and never sent: the agent must not wait for it.
     let head = format!(
         "POST {} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n",
-        crate::pod_api::ROUTABLE_PATH
+        ipmgr_pod::api::ROUTABLE_PATH
     );
     stream.write_all(head.as_bytes()).await.expect("write");
     let mut answer = Vec::new();

@@ -378,7 +378,11 @@ async fn a_view_older_than_two_seconds_when_the_call_would_go_out_is_never_acted
     scanner.carrying(2, &["10.0.1.51"]);
     scanner.then(2, &["10.0.1.51"]);
     // The scan just before the call takes longer than the view may age.
-    scanner.then_after(super::FRESH + Duration::from_millis(100), 2, &["10.0.1.51"]);
+    scanner.then_after(
+        super::VIEW_MAX_AGE + Duration::from_millis(100),
+        2,
+        &["10.0.1.51"],
+    );
     agent.round().await.expect("round");
     assert_eq!(unassigns(&ec2), 0, "no call on a stale view");
     let dropped = agent

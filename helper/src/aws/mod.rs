@@ -1,7 +1,9 @@
-//! The AWS adapters, shared by the pod helper and the node agent and importing neither:
+//! The AWS adapters, shared by the direct backend and the node agent and importing neither:
 //! rustls/ring HTTPS clients for instance metadata ([`metadata`], never through a proxy) and
 //! EC2 ([`ec2`], through the environment's proxies: [`proxy`]), the SDK configured from the
-//! standard AWS environment.
+//! standard AWS environment. Their traits mirror the calls and nothing more (as the VPC
+//! CNI's `ec2wrapper`): how calls are split, retried, bounded in time or polled is decided
+//! above them ([`crate::release`], [`crate::direct::confirm`], [`crate::place`]).
 
 pub mod ec2;
 pub mod metadata;
@@ -9,14 +11,14 @@ pub mod proxy;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::Region;
-use ipmgr_eni::{Assignment, EniChange, EniRecord, ErrorClass, MacAddr, NodeFacts, unconfirmed};
+use ipmgr_eni::{EniRecord, MacAddr, NodeFacts};
 
 use crate::config::AwsSettings;
 pub use ec2::{Ec2, Ec2Failure, Unassigned};
@@ -108,54 +110,6 @@ pub trait Ec2Api: Sync {
         ipv4: &[Ipv4Addr],
         ipv6: &[Ipv6Addr],
     ) -> impl Future<Output = Result<Vec<EniRecord>, Ec2Failure>> + Send;
-
-    /// Gives back one ENI's addresses: an unassign call per family, and per address when EC2
-    /// refuses a batch for good (an address left the ENI between a lookup and the call):
-    /// each call with what became of its addresses. An address EC2 says is no longer on the
-    /// ENI is not a failure: it stays with its new holder. No call starts after
-    /// `fresh_until`, when given (the view that decided the release is too old by then).
-    fn unassign(
-        &self,
-        change: &EniChange,
-        fresh_until: Option<Instant>,
-    ) -> impl Future<Output = Vec<(EniChange, Unassigned)>> + Send {
-        async move {
-            let fresh = || fresh_until.is_none_or(|until| Instant::now() <= until);
-            let mut outcomes = Vec::new();
-            for call in change.calls() {
-                if !fresh() {
-                    outcomes.push((call, Unassigned::Stale));
-                    continue;
-                }
-                match unassign_call(self, &call).await {
-                    Err(failure) if call.len() > 1 && failure.class == ErrorClass::Persistent => {
-                        tracing::warn!(%failure, "EC2 refused the release batch; releasing the addresses one by one");
-                        for single in call.singles() {
-                            let outcome = if fresh() {
-                                Unassigned::from(unassign_call(self, &single).await)
-                            } else {
-                                Unassigned::Stale
-                            };
-                            outcomes.push((single, outcome));
-                        }
-                    }
-                    result => outcomes.push((call, Unassigned::from(result))),
-                }
-            }
-            outcomes
-        }
-    }
-}
-
-/// One unassign call (a change of one family).
-async fn unassign_call<E: Ec2Api + ?Sized>(ec2: &E, call: &EniChange) -> Result<(), Ec2Failure> {
-    if call.ipv6.is_empty() {
-        ec2.unassign_ipv4(&call.eni_id, &call.ipv4).await?;
-    } else {
-        ec2.unassign_ipv6(&call.eni_id, &call.ipv6).await?;
-    }
-    tracing::info!(eni = call.eni_id, ipv4 = ?call.ipv4, ipv6 = ?call.ipv6, "released");
-    Ok(())
 }
 
 /// What the programs read of instance metadata: the seam between them and the IMDS
@@ -169,50 +123,4 @@ pub trait NodeMetadata: Clone + Send + Sync + 'static {
         &self,
         mac: MacAddr,
     ) -> impl Future<Output = Result<(Vec<Ipv4Addr>, Vec<Ipv6Addr>), MetadataError>> + Send;
-
-    /// Re-reads the address lists of the ENIs `enis` of `node`.
-    fn refresh(
-        &self,
-        node: &mut NodeFacts,
-        enis: &[&str],
-    ) -> impl Future<Output = Result<(), MetadataError>> + Send {
-        async move {
-            for eni in node
-                .enis
-                .iter_mut()
-                .filter(|eni| enis.contains(&eni.id.as_str()))
-            {
-                (eni.ipv4, eni.ipv6) = self.addresses(eni.mac).await?;
-            }
-            Ok(())
-        }
-    }
-
-    /// Polls the address lists of the ENIs of `expected` until they show it, within
-    /// `window`; what they never showed.
-    fn wait_to_show(
-        &self,
-        node: &NodeFacts,
-        expected: &[Assignment],
-        window: Duration,
-    ) -> impl Future<Output = Result<Vec<Assignment>, MetadataError>> + Send {
-        async move {
-            let deadline = tokio::time::Instant::now() + window;
-            let enis: Vec<&str> = expected
-                .iter()
-                .map(|assignment| assignment.eni_id.as_str())
-                .collect();
-            let mut delay = Duration::from_millis(20);
-            let mut current = node.clone();
-            loop {
-                self.refresh(&mut current, &enis).await?;
-                let missing = unconfirmed(expected, &current);
-                if missing.is_empty() || tokio::time::Instant::now() + delay > deadline {
-                    return Ok(missing);
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(500));
-            }
-        }
-    }
 }

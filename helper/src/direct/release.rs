@@ -1,34 +1,26 @@
-//! Giving back, on exit, what this helper assigned and the pod still carries.
+//! Releasing, on exit, what this helper assigned and the pod still carries.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use ipmgr_eni::{Assignment, still_assigned};
+use ipmgr_eni::{Assignment, PodAddress, still_assigned};
 
-use super::PodHelper;
-use super::error::PodError;
+use super::DirectRouting;
+use super::error::DirectError;
 use crate::aws::Unassigned;
 use crate::aws::{Ec2Api, NodeMetadata};
-use crate::netlink::PodAddresses;
+use crate::release::release;
 
-impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
-    /// Unassigns what this helper assigned that the pod still carries and EC2 still has on
-    /// its ENI: EC2 is asked, not metadata, which lags and may still show an address that
+impl<E: Ec2Api, M: NodeMetadata> DirectRouting<E, M> {
+    /// Releases (unassigns) what this helper assigned that the pod still carries
+    /// (`carried`) and EC2 still has on its ENI: EC2 is asked, not metadata, which lags and may still show an address that
     /// moved away. A floating IP another pod or node took meanwhile stays with it. When EC2
     /// refuses a batch (an address left the ENI between the lookup and the call), the
     /// addresses go one by one.
-    pub(crate) async fn give_back_on_exit(
-        &self,
-        assigned: &BTreeSet<Assignment>,
-    ) -> Result<(), PodError> {
-        let current: BTreeSet<IpAddr> = self
-            .network
-            .addresses()
-            .await?
-            .into_iter()
-            .map(|address| address.address)
-            .collect();
-        let ours: Vec<Assignment> = assigned
+    pub(crate) async fn release(&self, carried: &[PodAddress]) -> Result<(), DirectError> {
+        let current: BTreeSet<IpAddr> = carried.iter().map(|address| address.address).collect();
+        let ours: Vec<Assignment> = self
+            .assigned
             .iter()
             .filter(|assignment| current.contains(&assignment.address))
             .cloned()
@@ -42,10 +34,10 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
             .ec2
             .enis(&ids.into_iter().collect::<Vec<_>>())
             .await
-            .map_err(|failure| PodError::GiveBack(vec![failure]))?;
+            .map_err(|failure| DirectError::Release(vec![failure]))?;
         let mut failures = Vec::new();
         for change in still_assigned(&ours, &enis) {
-            for (_, outcome) in self.placer.ec2.unassign(&change, None).await {
+            for (_, outcome) in release(&self.placer.ec2, &change, None).await {
                 if let Unassigned::Failed(failure) = outcome {
                     failures.push(failure);
                 }
@@ -54,7 +46,7 @@ impl<E: Ec2Api, M: NodeMetadata, N: PodAddresses> PodHelper<E, M, N> {
         if failures.is_empty() {
             Ok(())
         } else {
-            Err(PodError::GiveBack(failures))
+            Err(DirectError::Release(failures))
         }
     }
 }

@@ -1,44 +1,20 @@
-//! The pod API between the injected helper and its node's agent (agent backend): one
+//! The pod API between the injected pod client and its node's agent (agent backend): one
 //! request, "make my addresses routable", answered once the agent knows. The pod says only
 //! why it asks; the agent finds the pod by the connection's source address and reads its
 //! addresses itself, never from the request.
 
 use std::net::IpAddr;
 
+use ipmgr_eni::Reason;
 use serde::{Deserialize, Serialize};
 
 /// The one path of the pod API.
 pub const ROUTABLE_PATH: &str = "/v1/routable";
 
-/// Why the pod asks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Reason {
-    /// The helper's first pass (`init`, or a sidecar starting): checked against EC2 now.
-    Start,
-    /// The pod's addresses changed: checked against EC2 now.
-    Change,
-    /// The sidecar's periodic check: answered from the agent's view of the node, at most a
-    /// recheck interval old, which costs no call while nothing drifted.
-    Recheck,
-}
-
-impl Reason {
-    /// The more thorough of the two: a start or a change is checked against EC2 now, a
-    /// recheck against the agent's view.
-    pub fn most_thorough(self, other: Reason) -> Reason {
-        match (self, other) {
-            (Reason::Start, _) | (_, Reason::Start) => Reason::Start,
-            (Reason::Change, _) | (_, Reason::Change) => Reason::Change,
-            (Reason::Recheck, Reason::Recheck) => Reason::Recheck,
-        }
-    }
-}
-
 /// What the pod sends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoutableRequest {
-    /// Why it asks.
+    /// Why it asks (the pod loop's reason).
     pub reason: Reason,
 }
 

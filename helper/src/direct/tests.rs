@@ -1,18 +1,49 @@
-//! The pod helper's orchestration over in-memory adapters ([`crate::fakes`]): passes,
-//! refusals, IPv6 moves, `plan` and the give-back on exit, without root, namespaces or EC2.
+//! The direct backend over in-memory adapters ([`crate::fakes`]), run by the pod loop:
+//! passes, refusals, IPv6 moves, `plan` and the release on exit, without root, namespaces
+//! or EC2.
 
 use ipmgr_eni::{
     Assignment, EniChange, EniRecord, ErrorClass, NO_MANAGE_TAG, NodeFacts, PodAddress,
 };
 use pretty_assertions::assert_eq;
 
-use super::{PodError, PodHelper};
+use ipmgr_pod::netlink::PodAddresses as _;
+use ipmgr_pod::{RunError, run};
+
+use super::{DirectError, DirectRouting};
 use crate::aws::{Ec2Api as _, Unassigned};
+use crate::config::Settings;
 use crate::fakes::{
     FakeEc2, FakeMetadata, FakeNetwork, INSTANCE, eni, node, pod_address, record, settings,
 };
 
-type Helper = PodHelper<FakeEc2, FakeMetadata, FakeNetwork>;
+/// The direct backend, the pod it runs in, and its settings.
+struct Helper {
+    routing: DirectRouting<FakeEc2, FakeMetadata>,
+    network: FakeNetwork,
+    settings: Settings,
+}
+
+type PodError = RunError<DirectError>;
+
+impl Helper {
+    /// `init` on `node` as metadata shows it.
+    async fn init(&mut self, node: &NodeFacts) -> Result<(), PodError> {
+        self.routing.node = node.clone();
+        run::init(&self.settings.pod, &mut self.network, &mut self.routing).await
+    }
+
+    /// `plan` on `node` as metadata shows it.
+    async fn plan_report(&mut self, node: &NodeFacts) -> Result<Vec<String>, PodError> {
+        self.routing.node = node.clone();
+        let addresses =
+            run::wait_for_addresses(&self.settings.pod, &mut self.network, &self.routing).await?;
+        self.routing
+            .plan_report(&addresses)
+            .await
+            .map_err(RunError::Routing)
+    }
+}
 
 /// EC2 with the node's primary ENI (untagged, the VPC CNI's) and its Multus ENI (tagged),
 /// plus `others`.
@@ -27,12 +58,18 @@ fn ec2_with(others: Vec<EniRecord>) -> FakeEc2 {
 }
 
 fn helper(ec2: &FakeEc2, metadata: NodeFacts, addresses: Vec<PodAddress>) -> Helper {
-    PodHelper::new(
-        settings(&["--wait-seconds", "0", "--confirm-seconds", "0"]),
-        ec2.clone(),
-        FakeMetadata::showing(metadata),
-        FakeNetwork::carrying(addresses),
-    )
+    let settings = settings(&["--wait-seconds", "0", "--confirm-seconds", "0"]);
+    let node = metadata.clone();
+    Helper {
+        routing: DirectRouting::new(
+            settings.clone(),
+            ec2.clone(),
+            FakeMetadata::showing(metadata),
+            node,
+        ),
+        network: FakeNetwork::carrying(addresses),
+        settings,
+    }
 }
 
 /// Another node's Multus ENI holding `ipv4` and `ipv6`.
@@ -101,7 +138,10 @@ async fn an_untagged_eni_is_refused_naming_the_tag_to_set() {
         vec![pod_address("net1", 1, "10.0.1.50")],
     );
     let error = helper.init(&node).await.expect_err("refused");
-    assert!(matches!(error, PodError::Unroutable(_)), "{error}");
+    assert!(
+        matches!(error, RunError::Routing(DirectError::Unroutable(_))),
+        "{error}"
+    );
     assert!(error.to_string().contains(NO_MANAGE_TAG), "{error}");
     assert_eq!(ec2.mutating_calls(), Vec::<&str>::new());
 }
@@ -181,7 +221,7 @@ async fn a_failed_ipv6_move_puts_the_address_back_where_it_was() {
 async fn a_failed_ipv6_move_whose_way_back_fails_too_names_both_enis() {
     let (ec2, error) = failed_ipv6_move(2).await;
     assert!(!ec2.holds("eni-other-node", "2600:1::50"));
-    let PodError::Unroutable(failures) = &error else {
+    let RunError::Routing(DirectError::Unroutable(failures)) = &error else {
         panic!("{error}");
     };
     assert_eq!(failures.len(), 2, "{error}");
@@ -207,7 +247,7 @@ async fn an_ipv6_that_cannot_leave_its_holder_is_not_assigned_and_stays_there() 
         ],
     );
     let error = helper.init(&node()).await.expect_err("unroutable");
-    let PodError::Unroutable(failures) = &error else {
+    let RunError::Routing(DirectError::Unroutable(failures)) = &error else {
         panic!("{error}");
     };
     assert_eq!(failures.len(), 1, "{error}");
@@ -270,7 +310,7 @@ async fn no_address_within_the_wait_is_an_error_naming_the_setting() {
     let ec2 = ec2_with(Vec::new());
     let mut helper = helper(&ec2, node(), Vec::new());
     let error = helper.init(&node()).await.expect_err("no address");
-    assert!(matches!(error, PodError::NoAddresses { .. }), "{error}");
+    assert!(matches!(error, RunError::NoAddresses { .. }), "{error}");
     assert!(error.to_string().contains("--wait-seconds"), "{error}");
     assert_eq!(ec2.calls(), Vec::<&str>::new());
 }
@@ -310,9 +350,9 @@ async fn plan_says_what_init_would_do_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn on_exit_only_what_is_still_on_the_pod_and_its_eni_is_given_back() {
+async fn on_exit_only_what_is_still_on_the_pod_and_its_eni_is_released() {
     let ec2 = ec2_with(vec![other_nodes_multus_eni(&["10.0.1.52"], &[])]);
-    let helper = helper(&ec2, node(), vec![pod_address("net1", 1, "10.0.1.50")]);
+    let mut helper = helper(&ec2, node(), vec![pod_address("net1", 1, "10.0.1.50")]);
     ec2.assign_ipv4(
         "eni-multus",
         &[
@@ -322,16 +362,14 @@ async fn on_exit_only_what_is_still_on_the_pod_and_its_eni_is_given_back() {
     )
     .await
     .expect("setup");
-    let assigned = ["10.0.1.50", "10.0.1.51", "10.0.1.52"]
+    helper.routing.assigned = ["10.0.1.50", "10.0.1.51", "10.0.1.52"]
         .map(|address| Assignment {
             eni_id: "eni-multus".to_owned(),
             address: address.parse().expect("ip"),
         })
         .into();
-    helper
-        .give_back_on_exit(&assigned)
-        .await
-        .expect("given back");
+    let carried = helper.network.addresses().await.expect("addresses");
+    helper.routing.release(&carried).await.expect("released");
     assert!(
         !ec2.holds("eni-multus", "10.0.1.50"),
         "on the pod and on its ENI"
@@ -365,7 +403,7 @@ fn multus_eni_holding(held: &[&str]) -> (FakeEc2, EniChange) {
 #[tokio::test]
 async fn a_batch_ec2_refuses_for_good_goes_address_by_address() {
     let (ec2, change) = multus_eni_holding(&["10.0.1.50"]);
-    let outcomes = ec2.unassign(&change, None).await;
+    let outcomes = crate::release::release(&ec2, &change, None).await;
     let outcomes: Vec<(String, &str)> = outcomes
         .iter()
         .map(|(call, outcome)| {
@@ -396,13 +434,13 @@ async fn a_throttled_batch_is_not_split_and_a_stale_view_makes_no_call() {
         "RequestLimitExceeded",
         ErrorClass::Throttling,
     );
-    let outcomes = ec2.unassign(&change, None).await;
+    let outcomes = crate::release::release(&ec2, &change, None).await;
     assert!(
         matches!(outcomes[..], [(_, Unassigned::Failed(_))]),
         "{outcomes:?}"
     );
     let past = std::time::Instant::now() - std::time::Duration::from_secs(1);
-    let outcomes = ec2.unassign(&change, Some(past)).await;
+    let outcomes = crate::release::release(&ec2, &change, Some(past)).await;
     assert!(
         matches!(outcomes[..], [(_, Unassigned::Stale)]),
         "{outcomes:?}"
@@ -413,15 +451,14 @@ async fn a_throttled_batch_is_not_split_and_a_stale_view_makes_no_call() {
 
 #[tokio::test]
 async fn confirmation_waits_for_lagging_metadata_and_says_what_it_never_showed() {
-    use crate::aws::NodeMetadata as _;
+    use super::confirm::wait_to_show;
     let assigned = Assignment {
         eni_id: "eni-multus".to_owned(),
         address: "10.0.1.50".parse().expect("ip"),
     };
     let window = std::time::Duration::from_millis(60);
     let lagging = FakeMetadata::showing(node());
-    let missing = lagging
-        .wait_to_show(&node(), std::slice::from_ref(&assigned), window)
+    let missing = wait_to_show(&lagging, &node(), std::slice::from_ref(&assigned), window)
         .await
         .expect("metadata answers");
     assert_eq!(
@@ -433,9 +470,13 @@ async fn confirmation_waits_for_lagging_metadata_and_says_what_it_never_showed()
     caught_up.enis[1]
         .ipv4
         .push("10.0.1.50".parse().expect("ip"));
-    let missing = FakeMetadata::showing(caught_up)
-        .wait_to_show(&node(), &[assigned], window)
-        .await
-        .expect("metadata answers");
+    let missing = wait_to_show(
+        &FakeMetadata::showing(caught_up),
+        &node(),
+        &[assigned],
+        window,
+    )
+    .await
+    .expect("metadata answers");
     assert_eq!(missing, vec![], "shown: confirmed");
 }

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use ipmgr_eni::{Assignment, NodeFacts};
+use ipmgr_eni::{Assignment, NodeFacts, unconfirmed};
 use tokio::time::Instant;
 
-use crate::aws::NodeMetadata;
+use crate::aws::{MetadataError, NodeMetadata};
 
 /// Waits up to `window` for instance metadata to show `accepted` (EC2 accepted them, so
 /// they are assigned; metadata only tells when the node sees it), and says how that went:
@@ -20,7 +20,7 @@ pub async fn confirm(
         return;
     }
     let started = Instant::now();
-    match metadata.wait_to_show(node, accepted, window).await {
+    match wait_to_show(metadata, node, accepted, window).await {
         Ok(missing) if missing.is_empty() => tracing::info!(
             addresses = accepted.len(),
             after_ms = started.elapsed().as_millis() as u64,
@@ -37,5 +37,37 @@ pub async fn confirm(
             }
         }
         Err(error) => tracing::warn!(%error, "cannot confirm the assignments in instance metadata"),
+    }
+}
+
+/// Polls instance metadata's address lists of the ENIs of `expected` until they show it,
+/// within `window` (20 ms apart at first, doubling up to 500 ms); what they never showed.
+pub(crate) async fn wait_to_show(
+    metadata: &impl NodeMetadata,
+    node: &NodeFacts,
+    expected: &[Assignment],
+    window: Duration,
+) -> Result<Vec<Assignment>, MetadataError> {
+    let deadline = Instant::now() + window;
+    let enis: Vec<&str> = expected
+        .iter()
+        .map(|assignment| assignment.eni_id.as_str())
+        .collect();
+    let mut delay = Duration::from_millis(20);
+    let mut current = node.clone();
+    loop {
+        for eni in current
+            .enis
+            .iter_mut()
+            .filter(|eni| enis.contains(&eni.id.as_str()))
+        {
+            (eni.ipv4, eni.ipv6) = metadata.addresses(eni.mac).await?;
+        }
+        let missing = unconfirmed(expected, &current);
+        if missing.is_empty() || Instant::now() + delay > deadline {
+            return Ok(missing);
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
     }
 }

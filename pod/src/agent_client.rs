@@ -1,4 +1,4 @@
-//! The pod helper's side of the pod API (agent backend): one HTTP/1.1 POST to its node's
+//! The pod client's side of the pod API (agent backend): one HTTP/1.1 POST to its node's
 //! agent per question, over plain TCP on the node's address. No AWS, no instance metadata.
 
 use std::future::Future;
@@ -11,7 +11,9 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::pod_api::{ROUTABLE_PATH, Reason, Refusal, RoutableAnswer, RoutableRequest};
+use ipmgr_eni::Reason;
+
+use crate::api::{ROUTABLE_PATH, Refusal, RoutableAnswer, RoutableRequest};
 
 /// How long connecting to the agent may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -160,22 +162,42 @@ impl AgentApi for AgentClient {
             .await
             .map_err(|_| unreachable(format!("no answer within {:?}", self.timeout)))?
             .map_err(unreachable)?;
-        if status == StatusCode::OK {
-            return serde_json::from_slice(&body)
-                .map_err(|error| unreachable(format!("the answer does not parse: {error}")));
-        }
-        let error = serde_json::from_slice::<Refusal>(&body)
-            .map(|refusal| refusal.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+        answer_of(status, &body).map_err(|error| match error {
+            AnswerError::Unparsable(reason) => unreachable(reason),
+            AnswerError::Ask(error) => error,
+        })
+    }
+}
+
+/// Why an agent's HTTP answer is no [`RoutableAnswer`].
+#[derive(Debug)]
+pub enum AnswerError {
+    /// A 200 whose body does not parse.
+    Unparsable(String),
+    /// The agent could not answer yet (503), or refused.
+    Ask(AskError),
+}
+
+/// What the agent's HTTP answer (`status`, `body`) says.
+pub fn answer_of(status: StatusCode, body: &[u8]) -> Result<RoutableAnswer, AnswerError> {
+    if status == StatusCode::OK {
+        return serde_json::from_slice(body).map_err(|error| {
+            AnswerError::Unparsable(format!("the answer does not parse: {error}"))
+        });
+    }
+    let error = serde_json::from_slice::<Refusal>(body)
+        .map(|refusal| refusal.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+    Err(AnswerError::Ask(
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            Err(AskError::Unavailable(error))
+            AskError::Unavailable(error)
         } else {
-            Err(AskError::Refused {
+            AskError::Refused {
                 status: status.as_u16(),
                 error,
-            })
-        }
-    }
+            }
+        },
+    ))
 }
 
 #[cfg(test)]
