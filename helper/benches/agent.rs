@@ -111,7 +111,7 @@ fn main() {
         let deleted = Instant::now();
         bed.delete_pod(pod);
         bed.wait_until(&eni, address, false, Duration::from_secs(grace + 30))
-            .expect("given back");
+            .expect("released");
         released.push(deleted.elapsed());
         std::thread::sleep(Duration::from_millis(500));
         round_calls.push(bed.calls());
@@ -130,7 +130,7 @@ fn main() {
         idle_rss as f64 / 1024.0
     );
     println!(
-        "| deleted pod's address given back (grace {grace} s; median / max of {deletions}) | {:.2} s / {:.2} s |",
+        "| deleted pod's address released (grace {grace} s; median / max of {deletions}) | {:.2} s / {:.2} s |",
         secs(released[released.len() / 2]),
         secs(*released.last().expect("deletions"))
     );

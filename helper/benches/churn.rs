@@ -48,7 +48,7 @@ fn main() {
         report.init_unplaced
     );
     println!(
-        "| addresses given back / agent restarts | {} / {} |",
+        "| addresses released / agent restarts | {} / {} |",
         report.releases, report.restarts
     );
     println!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ipmgr_contract::{LogArgs, budget, env};
-use ipmgr_eni::{Backoff, OwnershipPolicy, PlanOptions, ReclaimOptions, RetryPolicy};
+use ipmgr_eni::{Backoff, OwnershipPolicy, PlanOptions, ReleaseOptions, RetryPolicy};
 use ipmgr_pod::PodSettings;
 use ipmgr_pod::settings::{PodIdentity, ReadyFile};
 use ipnet::IpNet;
@@ -37,7 +37,7 @@ pub enum Command {
     Sidecar(Settings),
     /// Print what `init` would do and change nothing.
     Plan(Settings),
-    /// The node agent: give back the addresses of pods that are gone (a DaemonSet).
+    /// The node agent: release the addresses of pods that are gone (a DaemonSet).
     Agent(AgentSettings),
     /// Exit 0 when the ready file exists (the native-sidecar startup probe).
     Ready(ReadyFile),
@@ -125,26 +125,26 @@ pub struct AgentSettings {
     #[arg(long, env = "IPMGR_RESYNC_SECONDS", default_value_t = 30)]
     pub resync_seconds: u64,
 
-    /// Seconds an address must be in no pod before it is given back (long enough for a pod
+    /// Seconds an address must be in no pod before it is released (long enough for a pod
     /// to be recreated with it).
     #[arg(long, env = "IPMGR_RELEASE_GRACE_SECONDS", default_value_t = 120)]
     pub release_grace_seconds: u64,
 
-    /// Scans in a row an address must be in no pod before it is given back.
+    /// Scans in a row an address must be in no pod before it is released.
     #[arg(long, env = "IPMGR_RELEASE_SCANS", default_value_t = 2)]
     pub release_scans: u32,
 
-    /// Only ever give back addresses inside these CIDRs (repeatable; comma-separated in the env var).
+    /// Only ever release addresses inside these CIDRs (repeatable; comma-separated in the env var).
     #[arg(long = "allow-cidr", env = "IPMGR_ALLOW_CIDRS", value_delimiter = ',')]
     pub allow_cidrs: Vec<IpNet>,
 
-    /// Never give back addresses inside these CIDRs (repeatable; comma-separated in the env
+    /// Never release addresses inside these CIDRs (repeatable; comma-separated in the env
     /// var): the Multus addresses of pods whose namespace's kernel does not show them
     /// (gVisor, DPDK or other userspace stacks, SR-IOV VFs, KubeVirt VMs).
     #[arg(long = "keep-cidr", env = "IPMGR_KEEP_CIDRS", value_delimiter = ',')]
     pub keep_cidrs: Vec<IpNet>,
 
-    /// Log what would be given back and change nothing.
+    /// Log what would be released and change nothing.
     #[arg(long, env = "IPMGR_DRY_RUN")]
     pub dry_run: bool,
 
@@ -179,7 +179,7 @@ pub struct AgentSettings {
 
     /// Seconds the API server's view of the node's pods and the namespaces may go without a
     /// confirmation that it is current (a list, an event, or a bookmark, which the API server
-    /// sends about every minute): past it /readyz is 503, nothing is given back, and the
+    /// sends about every minute): past it /readyz is 503, nothing is released, and the
     /// agent lists again. Each watch asks for a deadline of two thirds of it.
     #[arg(long, env = "IPMGR_POD_WATCH_STALE_SECONDS", default_value_t = 90)]
     pub pod_watch_stale_seconds: u64,
@@ -288,9 +288,9 @@ impl AwsSettings {
 }
 
 impl AgentSettings {
-    /// When an unused address may be given back, and how a failed unassign is retried.
-    pub fn reclaim(&self) -> ReclaimOptions {
-        ReclaimOptions {
+    /// When an unused address may be released, and how a failed unassign is retried.
+    pub fn release_options(&self) -> ReleaseOptions {
+        ReleaseOptions {
             grace: Duration::from_secs(self.release_grace_seconds),
             scans: self.release_scans.max(1),
             allowed: self.allow_cidrs.clone(),

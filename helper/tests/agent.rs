@@ -129,7 +129,7 @@ fn a_deleted_pods_address_goes_back_within_the_grace_and_a_reused_one_stays() {
     let released = bed.wait_until(&eth1, "10.0.1.50", false, Duration::from_secs(10));
     assert!(
         released.is_some(),
-        "given back; {}",
+        "released; {}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     let took = deleted.elapsed();
@@ -153,7 +153,7 @@ fn a_deleted_pods_address_goes_back_within_the_grace_and_a_reused_one_stays() {
 
 #[test]
 #[ignore = "needs root: pods are network namespaces (scripts/test runs it)"]
-fn an_address_leaked_before_the_agent_started_is_reclaimed_but_not_in_a_dry_run() {
+fn an_address_leaked_before_the_agent_started_is_released_but_not_in_a_dry_run() {
     let mut bed = TestBed::start(Topology::File("how-to"));
     let eth1 = bed.eni_id("node1", "eth1");
     bed.control(
@@ -170,15 +170,15 @@ fn an_address_leaked_before_the_agent_started_is_reclaimed_but_not_in_a_dry_run(
     assert!(dry.terminate(Duration::from_secs(5)));
     let logged = std::fs::read_to_string(&log).expect("log");
     assert!(
-        logged.contains("dry run: would give back") && logged.contains("10.0.1.60"),
+        logged.contains("dry run: would release") && logged.contains("10.0.1.60"),
         "{logged}"
     );
 
     let (mut agent, _log) = agent(&bed, &node, &[]);
-    let reclaimed = bed.wait_until(&eth1, "10.0.1.60", false, Duration::from_secs(10));
+    let released = bed.wait_until(&eth1, "10.0.1.60", false, Duration::from_secs(10));
     assert!(
-        reclaimed.is_some(),
-        "leaked before the agent started, reclaimed"
+        released.is_some(),
+        "leaked before the agent started, released"
     );
     agent.terminate(Duration::from_secs(5));
 }
@@ -254,8 +254,8 @@ fn ec2_refusing_an_unassign_is_counted_and_tried_again() {
     bystander(&mut bed, "node1");
     let node = bed.node("node1");
     let (mut agent, _log) = agent(&bed, &node, &[]);
-    let reclaimed = bed.wait_until(&eth1, "10.0.1.62", false, Duration::from_secs(15));
-    assert!(reclaimed.is_some(), "given back on a later round");
+    let released = bed.wait_until(&eth1, "10.0.1.62", false, Duration::from_secs(15));
+    assert!(released.is_some(), "released on a later round");
     assert_eq!(bed.calls()["UnassignPrivateIpAddresses"], 2);
     let metrics = get(&node, "/metrics");
     assert!(
@@ -454,7 +454,7 @@ fn a_minute_of_describe_failures_does_not_end_the_agent() {
         "still running: {}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    assert!(bed.holds(&eth1, "10.0.1.64"), "nothing given back blind");
+    assert!(bed.holds(&eth1, "10.0.1.64"), "nothing released blind");
     let ready = get(&node, "/readyz");
     assert!(
         ready.starts_with("503") && ready.contains("cannot read the node's ENIs from EC2"),
@@ -463,7 +463,7 @@ fn a_minute_of_describe_failures_does_not_end_the_agent() {
     let released = bed.wait_until(&eth1, "10.0.1.64", false, Duration::from_secs(40));
     assert!(
         released.is_some(),
-        "given back once EC2 answers: {}",
+        "released once EC2 answers: {}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     assert!(failing_since.elapsed() >= Duration::from_secs(60));

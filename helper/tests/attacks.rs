@@ -102,7 +102,7 @@ fn a_tenant_cannot_take_a_live_pod_of_another_namespace_off_another_node() {
 
 #[test]
 #[ignore = "needs root: pods are network namespaces"]
-fn a_pod_declaring_every_address_does_not_keep_a_leak_from_being_given_back() {
+fn a_pod_declaring_every_address_does_not_keep_a_leak_from_being_released() {
     let mut bed = how_to_bed();
     bystander(&mut bed, "node1");
     bed.create_pod(&PodSpec::new("node1", "hoarder").annotation(FLOATING, "0.0.0.0/0,::/0"));
@@ -112,7 +112,7 @@ fn a_pod_declaring_every_address_does_not_keep_a_leak_from_being_given_back() {
     assert!(
         bed.wait_until(&eni, "10.0.1.70", false, Duration::from_secs(20))
             .is_some(),
-        "the leak is given back: {}",
+        "the leak is released: {}",
         std::fs::read_to_string(log).unwrap_or_default()
     );
 }
@@ -251,7 +251,7 @@ fn a_stalled_watch_is_noticed_and_a_pod_the_agent_has_not_seen_waits_for_it() {
 
 #[test]
 #[ignore = "needs root: pods are network namespaces"]
-fn nothing_claimed_is_given_back_before_the_agent_has_read_the_api_server() {
+fn nothing_claimed_is_released_before_the_agent_has_read_the_api_server() {
     let mut bed = how_to_bed();
     bystander(&mut bed, "node1");
     bed.annotate_namespace("default", json!({ FLOATING_GRANT: "10.0.1.100/32" }), &[]);
@@ -277,7 +277,7 @@ fn nothing_claimed_is_given_back_before_the_agent_has_read_the_api_server() {
     while started.elapsed() < outage {
         assert!(
             bed.holds(&eni, "10.0.1.100") && bed.holds(&eni, "10.0.1.71"),
-            "nothing is given back before the agent has listed pods and namespaces: {}",
+            "nothing is released before the agent has listed pods and namespaces: {}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -286,7 +286,7 @@ fn nothing_claimed_is_given_back_before_the_agent_has_read_the_api_server() {
     assert!(
         bed.wait_until(&eni, "10.0.1.71", false, Duration::from_secs(20))
             .is_some(),
-        "the unclaimed leak is given back once the agent has read the cluster"
+        "the unclaimed leak is released once the agent has read the cluster"
     );
     assert!(bed.holds(&eni, "10.0.1.100"), "the granted VIP stays");
 }

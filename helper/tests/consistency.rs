@@ -121,7 +121,7 @@ fn release_gives_back_what_is_still_ours_and_leaves_a_moved_address_with_its_hol
         sidecar.terminate(Duration::from_secs(10)),
         "exit 0 after the release"
     );
-    assert!(!bed.holds(&here, "10.0.1.53"), "given back");
+    assert!(!bed.holds(&here, "10.0.1.53"), "released");
     assert!(bed.holds(&there, "10.0.1.54"), "stays with its new holder");
 }
 

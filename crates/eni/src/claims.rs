@@ -221,7 +221,7 @@ impl Claimant<'_> {
             || (self.claims.declares(address) && grants.of(self.namespace).covers(address))
     }
 
-    /// What this pod's claims keep from being given back: its record, and its floating
+    /// What this pod's claims keep from being released: its record, and its floating
     /// declarations inside its namespace's grant (`0.0.0.0/0` in a pod annotation protects
     /// nothing of its own).
     pub fn protected(&self, grants: &Grants) -> Vec<IpNet> {

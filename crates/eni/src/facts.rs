@@ -225,14 +225,11 @@ impl NodeFacts {
         self.enis.iter().find(|eni| eni.id == id)
     }
 
-    /// Whether `eni` is the instance's primary ENI: the one whose MAC is `meta-data/mac`
-    /// (without that value: device 0 of card 0). Multi-card instances have other ENIs at
-    /// device 0, on cards 1..N.
+    /// Whether `eni` is the instance's primary ENI: attached as the primary
+    /// ([`crate::primary_attachment`]), or carrying the MAC `meta-data/mac` names.
     pub fn is_primary(&self, eni: &Eni) -> bool {
-        match self.primary_mac {
-            Some(mac) => eni.mac == mac,
-            None => eni.device_number == 0 && eni.network_card == 0,
-        }
+        self.primary_mac == Some(eni.mac)
+            || crate::primary_attachment(eni.device_number, eni.network_card)
     }
 
     /// The node with the secondary addresses of the ENIs `ids` unknown (each keeps its

@@ -5,8 +5,8 @@
 //! ([`PodAddress`]), what EC2 says about ENIs ([`EniRecord`]), and the options. [`plan`]
 //! decides which address goes to which ENI; [`vet`] keeps the plan to Multus ENIs and off
 //! other workloads' addresses; [`unconfirmed`] tells which assignments
-//! metadata does not show yet; [`still_assigned`] what to give back on exit; [`Absences`] and
-//! [`verify_reclaim`] what the node agent gives back; [`Claims`] and [`Grants`] which addresses a pod
+//! metadata does not show yet; [`still_assigned`] what to release on exit; [`Absences`] and
+//! [`verify_release`] what the node agent releases; [`Claims`] and [`Grants`] which addresses a pod
 //! may have the agent assign ([`Claimant::entitled`]); [`RetryPolicy`] when a failed call is
 //! tried again. The helper binary supplies the data and carries out the result against
 //! IMDS, EC2 and netlink.
@@ -19,7 +19,7 @@ mod mac;
 mod ownership;
 mod plan;
 mod reason;
-mod reclaim;
+mod release;
 mod retry;
 
 pub use change::{Assignment, EniChange};
@@ -31,14 +31,14 @@ pub use grants::{FLOATING_IP_CIDRS_ANNOTATION, Grant, GrantError, Grants, Overla
 pub use mac::{InvalidMac, MacAddr};
 pub use ownership::{
     EniRecord, Holder, Move, NO_MANAGE_TAG, NotMultus, OwnershipPolicy, VPC_CNI_DESCRIPTION_PREFIX,
-    VPC_CNI_INSTANCE_TAG, Vetted, still_assigned, vet,
+    VPC_CNI_INSTANCE_TAG, Vetted, primary_attachment, still_assigned, vet,
 };
 pub use plan::{
     MatchedBy, MultusInterfaces, Placement, Plan, PlanOptions, RejectReason, Rejection,
     VPC_CNI_INTERFACES, multus_candidates, plan, unconfirmed,
 };
 pub use reason::Reason;
-pub use reclaim::{
-    Absences, AfterFailure, Keep, ReclaimOptions, ScanVerdict, secondary_addresses, verify_reclaim,
+pub use release::{
+    Absences, AfterFailure, Keep, ReleaseOptions, ScanVerdict, secondary_addresses, verify_release,
 };
 pub use retry::{Backoff, ErrorClass, RetryPolicy};

@@ -86,9 +86,23 @@ impl fmt::Display for NotMultus {
     }
 }
 
+/// The one rule of which ENI is an instance's primary ENI: the one attached at device 0 of
+/// network card 0 (EC2's `Attachment.DeviceIndex` and `NetworkCardIndex`, metadata's
+/// `device-number` and `network-card`). The VPC CNI attaches its other ENIs at device 0 of
+/// cards 1..N on multi-card instances, so the card counts.
+pub fn primary_attachment(device_index: u32, network_card: u32) -> bool {
+    device_index == 0 && network_card == 0
+}
+
 impl EniRecord {
-    /// `Ok` when the helper may put addresses on this ENI, or take them from it.
+    /// `Ok` when the helper may put addresses on this ENI, or take them from it: never the
+    /// primary ENI, whatever its tags.
     pub fn multus(&self, policy: OwnershipPolicy) -> Result<(), NotMultus> {
+        // The primary ENI first: a no_manage tag on it changes nothing (the VPC CNI manages
+        // it, and its primary address is the node's).
+        if self.is_primary() {
+            return Err(NotMultus::Primary);
+        }
         if self.tags.get(NO_MANAGE_TAG).map(String::as_str) == Some("true") {
             return Ok(());
         }
@@ -97,9 +111,6 @@ impl EniRecord {
         {
             return Err(NotMultus::CreatedByVpcCni);
         }
-        if self.is_primary_eni() {
-            return Err(NotMultus::Primary);
-        }
         if policy.allow_untagged {
             Ok(())
         } else {
@@ -107,11 +118,12 @@ impl EniRecord {
         }
     }
 
-    /// Whether this is its instance's primary ENI: device 0 of network card 0 (the VPC CNI
-    /// attaches its other ENIs at device 0 of cards 1..N on multi-card instances). The view
-    /// of EC2; instance metadata's is [`crate::NodeFacts::is_primary`].
-    pub fn is_primary_eni(&self) -> bool {
-        self.attachment == Some((0, 0))
+    /// Whether this is its instance's primary ENI, as EC2 has it attached
+    /// ([`primary_attachment`]).
+    pub fn is_primary(&self) -> bool {
+        self.attachment.is_some_and(|(network_card, device_index)| {
+            primary_attachment(device_index, network_card)
+        })
     }
 
     /// Whether `address` is this ENI's primary private address, which never moves.

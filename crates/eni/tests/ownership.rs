@@ -101,13 +101,41 @@ fn tells_multus_enis_from_the_vpc_cnis(
 }
 
 #[test]
-fn a_primary_eni_is_never_multus_unless_tagged() {
+fn a_primary_eni_is_never_multus_even_tagged() {
     let mut primary = record("eni-p", &[], "", &["10.0.0.10"]);
     primary.attachment = Some((0, 0));
     assert_eq!(primary.multus(RELAXED), Err(NotMultus::Primary));
+    let mut tagged_primary = multus("eni-tp", &["10.0.0.10"]);
+    tagged_primary.attachment = Some((0, 0));
+    assert_eq!(
+        tagged_primary.multus(STRICT),
+        Err(NotMultus::Primary),
+        "a no_manage tag on the primary ENI changes nothing"
+    );
     let mut card_one = primary.clone();
     card_one.attachment = Some((1, 0));
     assert_eq!(card_one.multus(RELAXED), Ok(()));
+}
+
+#[test]
+fn nothing_is_planned_or_vetted_onto_a_tagged_primary_eni() {
+    let mut tagged_primary = multus("eni-here", &["10.0.0.10"]);
+    tagged_primary.attachment = Some((0, 0));
+    let vetted = vet(
+        planned("eni-here", &["10.0.1.50"]),
+        &[tagged_primary],
+        &[],
+        INSTANCE,
+        RELAXED,
+    )
+    .plan;
+    assert_eq!(vetted.changes, vec![]);
+    assert_eq!(vetted.placements, vec![]);
+    assert!(
+        vetted.rejections[0].to_string().contains("primary ENI"),
+        "{}",
+        vetted.rejections[0]
+    );
 }
 
 #[test]

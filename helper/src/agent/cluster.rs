@@ -1,6 +1,6 @@
 //! What the API server says about the node: its pods (a mirror of the pods with
 //! `spec.nodeName` = this node) and every namespace's floating-IP grant (a mirror of the
-//! namespaces), kept as what the pod API and the reclaim need: each pod's IPs and
+//! namespaces), kept as what the pod API and the releases need: each pod's IPs and
 //! [`Claims`], each namespace's grant ([`Grants`]), and when each mirror last confirmed it
 //! is current.
 
@@ -98,7 +98,7 @@ pub enum ByIp {
 }
 
 /// The node's pods and the namespaces' grants, shared by the mirrors (which write) and the
-/// pod API and the reclaim (which read). Clones share one view.
+/// pod API and the releases (which read). Clones share one view.
 #[derive(Debug, Clone)]
 pub struct NodePods {
     view: Arc<RwLock<View>>,
@@ -183,7 +183,7 @@ impl NodePods {
     }
 
     /// Every address or CIDR a live pod of the node has a claim on that protects it from
-    /// being given back: its record, and its floating declarations inside its namespace's
+    /// being released: its record, and its floating declarations inside its namespace's
     /// grant ([`Claimant::protected`]).
     pub fn protected(&self) -> Vec<IpNet> {
         self.judge(|claimants, grants| {

@@ -52,9 +52,9 @@ pub struct AgentMetrics {
     pub namespaces: Gauge,
     /// Addresses of Multus ENIs in no pod, waiting out the grace period.
     pub waiting: Gauge,
-    /// Addresses given back.
+    /// Addresses released.
     pub released: Counter,
-    /// Addresses due to be given back but kept, by reason.
+    /// Addresses due to be released but kept, by reason.
     pub refused: Family<ReasonLabel, Counter>,
     /// Failures, by action.
     pub errors: Family<ActionLabel, Counter>,
@@ -135,12 +135,12 @@ impl Default for AgentMetrics {
         );
         registry.register(
             "addresses_released",
-            "Addresses given back to EC2",
+            "Addresses released to EC2",
             metrics.released.clone(),
         );
         registry.register(
             "releases_refused",
-            "Addresses due to be given back but kept, by reason",
+            "Addresses due to be released but kept, by reason",
             metrics.refused.clone(),
         );
         registry.register("errors", "Failures, by action", metrics.errors.clone());

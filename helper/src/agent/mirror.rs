@@ -5,7 +5,7 @@
 //! Why not kube's `watcher`: it swallows bookmarks, so nothing above it can tell a quiet but
 //! current watch from one that stopped delivering (a proxy or API server that hangs). Here
 //! every list, event and bookmark is a confirmation that the mirror is current
-//! ([`Sink::confirm`]); the agent's readiness and its reclaim use that.
+//! ([`Sink::confirm`]); the agent's readiness and its releases use that.
 //!
 //! The API server sends a BOOKMARK about every minute and 2 s before a watch's deadline
 //! (k8s.io/apiserver, storage/cacher/cache_watcher.go `nextBookmarkTime`), so each watch

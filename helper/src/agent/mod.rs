@@ -1,5 +1,5 @@
 //! `ipmgr-helper agent`: the node agent (a DaemonSet in the node's network namespace). It
-//! gives back the addresses of pods that are gone, so ENIs never fill up: init-mode pods
+//! releases the addresses of pods that are gone, so ENIs never fill up: init-mode pods
 //! never release, and a sidecar that was OOM-killed or force-deleted could not.
 //!
 //! The invariant: no address a live pod on the node carries ever leaves its ENI.
@@ -10,7 +10,7 @@
 //! not an empty directory while the Multus ENIs hold addresses), and only then [`Absences`]
 //! decides what no pod carries for the grace period and in consecutive scans. Every unassign
 //! attempt, the first and each retry, is decided afresh: the agent reads the ENIs from EC2,
-//! scans the pods again, and [`verify_reclaim`] keeps what a pod carries or what moved; the
+//! scans the pods again, and [`verify_release`] keeps what a pod carries or what moved; the
 //! call goes out only while that view is at most [`VIEW_MAX_AGE`] old, and a decision that cannot
 //! be refreshed is dropped and taken again later. EC2 and metadata failures are never fatal:
 //! the agent says so in `/readyz` and its metrics and tries again. Nothing is called while
@@ -26,7 +26,7 @@ pub mod metrics;
 mod mirror;
 pub mod netns;
 pub mod passes;
-mod reclaim;
+mod release;
 pub mod serve;
 #[cfg(test)]
 pub(crate) mod serve_tests;
@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipmgr_eni::{
-    Absences, Backoff, EniRecord, MultusInterfaces, NodeFacts, PlanOptions, ReclaimOptions,
+    Absences, Backoff, EniRecord, MultusInterfaces, NodeFacts, PlanOptions, ReleaseOptions,
     ScanVerdict, secondary_addresses,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -109,7 +109,7 @@ struct Agent<E = Ec2, M = Metadata, S = NetnsDirectory> {
     incomplete: u32,
     metrics: Arc<AgentMetrics>,
     /// The node's pods as the API server has them (empty without the pod API): what they
-    /// claim is never given back.
+    /// claim is never released.
     pods: NodePods,
     /// The node as the pod API sees it, kept current by the rounds.
     share: Arc<NodeShare>,
@@ -297,7 +297,7 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
         }
     }
 
-    /// One round: scan, read the node, and give back what is due, if the view allows.
+    /// One round: scan, read the node, and release what is due, if the view allows.
     async fn round(&mut self) -> Result<(), AgentError> {
         self.trusted = false;
         self.retry_soon = true;
@@ -307,7 +307,7 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
         match self.metadata.node_facts().await {
             Ok(node) => self.node = node,
             Err(error) => {
-                tracing::error!(%error, "cannot read instance metadata; nothing is given back this scan");
+                tracing::error!(%error, "cannot read instance metadata; nothing is released this scan");
                 self.metrics.error("metadata");
                 self.metrics
                     .set_unready(format!("instance metadata unreadable: {error}"));
@@ -327,9 +327,9 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
             if let Some(reason) = self.blind_to_claims() {
                 tracing::info!(
                     reason,
-                    "nothing is given back while the agent cannot see what the node's pods claim"
+                    "nothing is released while the agent cannot see what the node's pods claim"
                 );
-                // Looked at again soon: what waited is given back once the view is current.
+                // Looked at again soon: what waited is released once the view is current.
                 self.retry_soon = true;
                 return Ok(());
             }
@@ -337,11 +337,11 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
                 &self.node,
                 &self.multus,
                 &scan.in_use,
-                &self.reclaim_options(),
+                &self.release_options(),
                 Instant::now(),
             );
             if !due.is_empty() {
-                self.reclaim(&due).await?;
+                self.release(&due).await?;
             }
         }
         self.metrics.waiting.set(self.absences.waiting() as i64);
@@ -358,7 +358,7 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
     }
 
     /// Why the agent cannot see what the node's pods claim, when the pod API is on and the
-    /// API server's view is not listed yet or not confirmed current: nothing is given back
+    /// API server's view is not listed yet or not confirmed current: nothing is released
     /// then (a floating address a pod claims may be on no interface for a while).
     fn blind_to_claims(&self) -> Option<String> {
         if self.settings.pod_listen == PodListen::Off {
@@ -367,11 +367,11 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
         self.pods.staleness(self.settings.pod_watch_stale())
     }
 
-    /// When an unused address may be given back: the settings, and never what a live pod
+    /// When an unused address may be released: the settings, and never what a live pod
     /// of the node has a claim on (the API server's view: its record, and its floating
     /// addresses inside its namespace's grant), whether or not its namespace shows it.
-    fn reclaim_options(&self) -> ReclaimOptions {
-        let mut options = self.settings.reclaim();
+    fn release_options(&self) -> ReleaseOptions {
+        let mut options = self.settings.release_options();
         options.kept.extend(self.pods.protected());
         options
     }
@@ -392,7 +392,7 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
         let records = match self.ec2.node_enis(&self.node.instance_id).await {
             Ok(records) => records,
             Err(failure) => {
-                tracing::error!(%failure, "cannot read the node's ENIs from EC2; nothing is given back until it answers");
+                tracing::error!(%failure, "cannot read the node's ENIs from EC2; nothing is released until it answers");
                 self.metrics.error("describe");
                 self.metrics
                     .set_unready(format!("cannot read the node's ENIs from EC2: {failure}"));
@@ -402,7 +402,7 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
         let policy = self.settings.aws.ownership();
         self.multus = records
             .iter()
-            .filter(|record| record.multus(policy).is_ok() && !record.is_primary_eni())
+            .filter(|record| record.multus(policy).is_ok())
             .map(|record| record.id.clone())
             .collect();
         tracing::info!(multus_enis = ?self.multus, "read the node's ENIs");
@@ -426,7 +426,7 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
             }
             Err(error @ ScanError::Permission { .. }) => Err(error.into()),
             Err(error) => {
-                tracing::error!(%error, "scan failed; nothing is given back until one succeeds");
+                tracing::error!(%error, "scan failed; nothing is released until one succeeds");
                 self.metrics.scanned("failed");
                 self.metrics.error("scan");
                 self.metrics.set_unready(format!("scan failed: {error}"));
@@ -444,10 +444,10 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
             ScanVerdict::Trusted => self.incomplete = 0,
             ScanVerdict::Incomplete { unreadable } => {
                 self.incomplete += 1;
-                tracing::info!(unreadable = ?scan.unreadable, "some namespaces could not be read; nothing is given back this scan");
+                tracing::info!(unreadable = ?scan.unreadable, "some namespaces could not be read; nothing is released this scan");
                 if self.incomplete >= INCOMPLETE_UNREADY {
                     self.metrics.set_unready(format!(
-                        "{} scans in a row could not read every pod namespace ({unreadable} unreadable, e.g. {}); nothing is given back",
+                        "{} scans in a row could not read every pod namespace ({unreadable} unreadable, e.g. {}); nothing is released",
                         self.incomplete,
                         scan.unreadable.first().map(|path| path.display().to_string()).unwrap_or_default()
                     ));
@@ -455,7 +455,7 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
             }
             ScanVerdict::Blind { held } => {
                 let reason = format!(
-                    "no pod network namespace in {}, while the node's Multus ENIs hold {held} secondary address(es): nothing is given back; the directory is probably not where the container runtime mounts pod namespaces (see --netns-dir)",
+                    "no pod network namespace in {}, while the node's Multus ENIs hold {held} secondary address(es): nothing is released; the directory is probably not where the container runtime mounts pod namespaces (see --netns-dir)",
                     self.settings.netns_dir.display()
                 );
                 tracing::warn!("{reason}");
@@ -471,12 +471,12 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
     fn next_scan(&self) -> tokio::time::Instant {
         let now = Instant::now();
         let resync = now + self.settings.resync();
-        let reclaim_due = self
+        let release_due = self
             .trusted
-            .then(|| self.absences.next_due(&self.reclaim_options()))
+            .then(|| self.absences.next_due(&self.release_options()))
             .flatten();
         let retry = self.retry_soon.then_some(now + RETRY_ROUND);
-        let due = [reclaim_due, retry, self.reread_enis]
+        let due = [release_due, retry, self.reread_enis]
             .into_iter()
             .flatten()
             .min()

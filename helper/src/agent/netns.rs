@@ -33,7 +33,7 @@ pub struct Scan {
     /// Pod namespaces read.
     pub namespaces: usize,
     /// Entries that could not be read (a sandbox being made or removed): while there are
-    /// any, the scan is incomplete and nothing is given back (`ipmgr_eni::ScanVerdict`).
+    /// any, the scan is incomplete and nothing is released (`ipmgr_eni::ScanVerdict`).
     pub unreadable: Vec<PathBuf>,
     /// The global-scope addresses of each pod namespace read.
     pub by_entry: HashMap<PathBuf, Vec<IpAddr>>,

@@ -1,5 +1,5 @@
 //! The node agent's rounds over in-memory adapters ([`crate::fakes`] and scripted scans):
-//! what it gives back, what it keeps, and what it does with a view it cannot trust or a
+//! what it releases, what it keeps, and what it does with a view it cannot trust or a
 //! call that fails, without root, namespaces or EC2.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -179,7 +179,7 @@ fn unassigns(ec2: &FakeEc2) -> usize {
 }
 
 #[tokio::test]
-async fn what_no_pod_carries_is_given_back_and_nothing_else() {
+async fn what_no_pod_carries_is_released_and_nothing_else() {
     let (mut agent, ec2, scanner) = agent(&[]);
     scanner.carrying(2, &["10.0.1.51"]);
     agent.round().await.expect("round");
@@ -357,11 +357,11 @@ async fn an_address_ec2_no_longer_has_on_the_eni_is_kept() {
 }
 
 #[tokio::test]
-async fn kept_cidrs_are_never_given_back() {
+async fn kept_cidrs_are_never_released() {
     let (mut agent, ec2, _scanner) = agent(&["--keep-cidr", "10.0.1.50/32"]);
     agent.round().await.expect("round");
     assert!(ec2.holds("eni-multus", "10.0.1.50"), "kept");
-    assert!(!ec2.holds("eni-multus", "10.0.1.51"), "given back");
+    assert!(!ec2.holds("eni-multus", "10.0.1.51"), "released");
 }
 
 #[tokio::test]
@@ -409,7 +409,7 @@ pub(super) fn namespace_object(
     .expect("namespace")
 }
 
-/// `agent` with the pod API on (its readiness and its reclaim then depend on the API
+/// `agent` with the pod API on (its readiness and its releases then depend on the API
 /// server's view).
 fn with_the_pod_api(agent: &mut Agent<FakeEc2, FakeMetadata, FakeScanner>) {
     agent.settings.pod_listen = crate::config::PodListen::On(([127, 0, 0, 1], 0).into());
@@ -448,7 +448,7 @@ async fn a_view_the_api_server_stopped_confirming_turns_readyz_503_and_gives_not
         reason.contains("has not confirmed") && reason.contains("--pod-watch-stale-seconds 10"),
         "{reason}"
     );
-    assert_eq!(unassigns(&ec2), 0, "nothing given back on a stale view");
+    assert_eq!(unassigns(&ec2), 0, "nothing released on a stale view");
     agent.pods.confirm_pods();
     agent.pods.confirm_namespaces();
     agent.round().await.expect("round");
@@ -461,7 +461,7 @@ async fn a_view_the_api_server_stopped_confirming_turns_readyz_503_and_gives_not
 }
 
 #[tokio::test]
-async fn before_the_first_list_of_pods_and_namespaces_nothing_is_given_back() {
+async fn before_the_first_list_of_pods_and_namespaces_nothing_is_released() {
     let (mut agent, ec2, _scanner) = agent(&[]);
     with_the_pod_api(&mut agent);
     agent.pods.replace(&[]);
@@ -477,7 +477,7 @@ async fn before_the_first_list_of_pods_and_namespaces_nothing_is_given_back() {
 }
 
 #[tokio::test]
-async fn an_address_a_live_pod_claims_is_never_given_back_even_when_no_namespace_shows_it() {
+async fn an_address_a_live_pod_claims_is_never_released_even_when_no_namespace_shows_it() {
     let (mut agent, ec2, _scanner) = agent(&[]);
     agent.pods.replace_namespaces(&[namespace_object(
         "default",
@@ -496,7 +496,7 @@ async fn an_address_a_live_pod_claims_is_never_given_back_even_when_no_namespace
     );
     assert!(
         !ec2.holds("eni-multus", "10.0.1.51"),
-        "claimed by no pod: given back"
+        "claimed by no pod: released"
     );
 }
 
@@ -516,6 +516,6 @@ async fn a_floating_claim_outside_the_namespaces_grant_protects_nothing() {
     agent.round().await.expect("round");
     assert!(
         !ec2.holds("eni-multus", "10.0.1.50") && !ec2.holds("eni-multus", "10.0.1.51"),
-        "leaks are given back whatever a pod declares"
+        "leaks are released whatever a pod declares"
     );
 }

@@ -48,7 +48,7 @@ impl Ec2Failure {
                 "no valid AWS credentials: check the node agent's IRSA or Pod Identity (agent backend), or the helper's IRSA, Pod Identity, or the node role with HttpPutResponseHopLimit 2 (direct backend)"
             }
             "PrivateIpAddressLimitExceeded" | "Ipv6AddressLimitExceeded" => {
-                "the ENI holds as many addresses as its instance type allows: run the node agent to give back dead pods' addresses, or use another ENI"
+                "the ENI holds as many addresses as its instance type allows: run the node agent to release dead pods' addresses, or use another ENI"
             }
             "InvalidNetworkInterfaceID.NotFound" => {
                 "the ENI was detached or deleted; the sidecar re-reads the node's ENIs on its next check"

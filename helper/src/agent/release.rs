@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use ipmgr_eni::{
-    AfterFailure, Assignment, ErrorClass, Keep, ReclaimOptions, ScanVerdict, verify_reclaim,
+    AfterFailure, Assignment, ErrorClass, Keep, ReleaseOptions, ScanVerdict, verify_release,
 };
 
 use super::metrics::ReasonLabel;
@@ -15,11 +15,11 @@ use crate::aws::{Ec2Api, NodeMetadata, Unassigned};
 use crate::release::release;
 
 impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
-    /// Gives back `due`, decided afresh: the ENIs are read from EC2 and the pods scanned
+    /// Releases `due`, decided afresh: the ENIs are read from EC2 and the pods scanned
     /// again just before the calls, which go out only while that view is fresh. A decision
     /// that cannot be refreshed is dropped, to be taken again by a later scan.
-    pub(super) async fn reclaim(&mut self, due: &[Assignment]) -> Result<(), AgentError> {
-        let options = self.reclaim_options();
+    pub(super) async fn release(&mut self, due: &[Assignment]) -> Result<(), AgentError> {
+        let options = self.release_options();
         let claimed: Vec<Assignment> = due
             .iter()
             .filter(|assignment| {
@@ -79,7 +79,7 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
             (self.trusted, self.retry_soon) = (false, true);
             return Ok(());
         };
-        let (changes, kept) = verify_reclaim(
+        let (changes, kept) = verify_release(
             due,
             &self.node.instance_id,
             &enis,
@@ -93,7 +93,7 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
             if self.settings.dry_run {
                 for assignment in change.assignments() {
                     self.absences.forget(&assignment);
-                    tracing::info!(address = %assignment.address, eni = assignment.eni_id, reason = "in no pod on the node for the grace period", "dry run: would give back");
+                    tracing::info!(address = %assignment.address, eni = assignment.eni_id, reason = "in no pod on the node for the grace period", "dry run: would release");
                 }
                 continue;
             }
@@ -111,14 +111,14 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
         &mut self,
         assignments: &[Assignment],
         outcome: Unassigned,
-        options: &ReclaimOptions,
+        options: &ReleaseOptions,
     ) {
         match outcome {
             Unassigned::Released => {
                 for assignment in assignments {
                     self.absences.forget(assignment);
                     self.metrics.released.inc();
-                    tracing::info!(address = %assignment.address, eni = assignment.eni_id, reason = "in no pod on the node for the grace period", "address given back");
+                    tracing::info!(address = %assignment.address, eni = assignment.eni_id, reason = "in no pod on the node for the grace period", "address released");
                 }
             }
             Unassigned::NotOnEni => {
@@ -158,12 +158,12 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
                             %failure,
                             address = %assignment.address,
                             retry_in_ms = delay.as_millis() as u64,
-                            "cannot give the address back yet; the next attempt is decided afresh"
+                            "cannot release the address yet; the next attempt is decided afresh"
                         ),
                         AfterFailure::GraceAgain => tracing::error!(
                             %failure,
                             address = %assignment.address,
-                            "cannot give the address back; it is tried again after another grace period"
+                            "cannot release the address; it is tried again after another grace period"
                         ),
                     }
                 }
@@ -171,7 +171,7 @@ impl<E: Ec2Api, M: NodeMetadata, S: PodScanner> Agent<E, M, S> {
         }
     }
 
-    /// An address due to be given back that EC2 or a fresh scan says to keep. An ENI that is
+    /// An address due to be released that EC2 or a fresh scan says to keep. An ENI that is
     /// not (or no longer) this node's Multus ENI is left alone until the ENIs are read again
     /// at the next resync.
     fn keep(&mut self, assignment: &Assignment, keep: Keep) {

@@ -1,5 +1,5 @@
 //! Table tests of the node agent's decisions: what no pod carries for long enough, and what
-//! EC2 still lets it give back.
+//! EC2 still lets it release.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use ipmgr_eni::{
     Absences, AfterFailure, Assignment, Backoff, Eni, EniChange, EniRecord, ErrorClass, Keep,
-    MacAddr, NO_MANAGE_TAG, NodeFacts, OwnershipPolicy, ReclaimOptions, RetryPolicy, ScanVerdict,
-    secondary_addresses, verify_reclaim,
+    MacAddr, NO_MANAGE_TAG, NodeFacts, OwnershipPolicy, ReleaseOptions, RetryPolicy, ScanVerdict,
+    secondary_addresses, verify_release,
 };
 use pretty_assertions::assert_eq;
 use rstest::{fixture, rstest};
@@ -69,8 +69,8 @@ const RETRY: RetryPolicy = RetryPolicy {
     budget: Duration::from_secs(300),
 };
 
-fn options() -> ReclaimOptions {
-    ReclaimOptions {
+fn options() -> ReleaseOptions {
+    ReleaseOptions {
         grace: Duration::from_secs(60),
         scans: 2,
         allowed: Vec::new(),
@@ -158,7 +158,7 @@ fn a_single_scan_is_not_enough_even_after_the_grace(node: NodeFacts) {
         &node,
         &multus(),
         &BTreeSet::new(),
-        &ReclaimOptions {
+        &ReleaseOptions {
             grace: Duration::ZERO,
             ..options()
         },
@@ -168,9 +168,9 @@ fn a_single_scan_is_not_enough_even_after_the_grace(node: NodeFacts) {
 }
 
 #[rstest]
-fn the_allow_list_bounds_what_is_ever_given_back(node: NodeFacts) {
+fn the_allow_list_bounds_what_is_ever_released(node: NodeFacts) {
     let mut absences = Absences::default();
-    let options = ReclaimOptions {
+    let options = ReleaseOptions {
         grace: Duration::ZERO,
         scans: 1,
         allowed: vec!["10.0.1.48/29".parse().expect("cidr")],
@@ -213,7 +213,7 @@ fn ec2_has_the_last_word_just_before_the_call(
     #[case] keep: Option<Keep>,
 ) {
     let due = [on("eni-multus", "10.0.1.50")];
-    let (released, kept) = verify_reclaim(&due, "i-1", &[eni], &in_use, OwnershipPolicy::default());
+    let (released, kept) = verify_release(&due, "i-1", &[eni], &in_use, OwnershipPolicy::default());
     match keep {
         None => {
             assert_eq!(
@@ -234,11 +234,11 @@ fn ec2_has_the_last_word_just_before_the_call(
 }
 
 #[test]
-fn a_primary_eni_is_never_given_back_from_even_when_tagged() {
+fn a_primary_eni_is_never_released_from_even_when_tagged() {
     let mut primary = record("eni-primary", "i-1", true, &["10.0.0.10", "10.0.0.12"]);
     primary.attachment = Some((0, 0));
     let due = [on("eni-primary", "10.0.0.12")];
-    let (released, kept) = verify_reclaim(
+    let (released, kept) = verify_release(
         &due,
         "i-1",
         &[primary],
@@ -250,9 +250,9 @@ fn a_primary_eni_is_never_given_back_from_even_when_tagged() {
 }
 
 #[rstest]
-fn kept_cidrs_are_never_given_back_even_inside_the_allow_list(node: NodeFacts) {
+fn kept_cidrs_are_never_released_even_inside_the_allow_list(node: NodeFacts) {
     let mut absences = Absences::default();
-    let options = ReclaimOptions {
+    let options = ReleaseOptions {
         grace: Duration::ZERO,
         scans: 1,
         allowed: vec!["10.0.1.0/24".parse().expect("cidr")],
@@ -381,7 +381,7 @@ fn only_a_complete_view_of_the_pods_is_acted_on(
 }
 
 #[rstest]
-fn the_addresses_the_agent_could_give_back_leave_out_primaries(node: NodeFacts) {
+fn the_addresses_the_agent_could_release_leave_out_primaries(node: NodeFacts) {
     let held = secondary_addresses(&node, &multus());
     assert_eq!(
         held,

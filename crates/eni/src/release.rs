@@ -1,6 +1,6 @@
 //! The node agent's decisions: which secondary addresses of the node's Multus ENIs no pod on
 //! the node carries any more, for long enough to give them back, and, just before the call,
-//! which of those EC2 still lets it give back.
+//! which of those EC2 still lets it release.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -13,16 +13,16 @@ use crate::{
     Assignment, EniChange, EniRecord, ErrorClass, NodeFacts, OwnershipPolicy, RetryPolicy,
 };
 
-/// When an unused address may be given back.
+/// When an unused address may be released.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReclaimOptions {
+pub struct ReleaseOptions {
     /// How long it must have been in no pod (long enough for a pod to be recreated).
     pub grace: Duration,
     /// In how many scans in a row it must have been in no pod.
     pub scans: u32,
-    /// When not empty, only addresses inside these networks are ever given back.
+    /// When not empty, only addresses inside these networks are ever released.
     pub allowed: Vec<IpNet>,
-    /// Addresses inside these networks are never given back: pods whose addresses the
+    /// Addresses inside these networks are never released: pods whose addresses the
     /// kernel of their namespace does not show (gVisor, DPDK, SR-IOV VFs, KubeVirt).
     pub kept: Vec<IpNet>,
     /// How an unassign call that EC2 throttled or that failed transiently is tried again;
@@ -30,7 +30,7 @@ pub struct ReclaimOptions {
     pub retry: RetryPolicy,
 }
 
-impl ReclaimOptions {
+impl ReleaseOptions {
     /// Whether the scope settings (`allowed`, `kept`) let the agent ever give `address` back.
     pub fn may_release(&self, address: IpAddr) -> bool {
         let allowed =
@@ -77,7 +77,7 @@ pub struct Absences {
 }
 
 /// Every secondary address of the node's Multus ENIs (`multus`, by EC2's tags), as
-/// metadata lists them: what the agent could ever give back. Primary ENIs and every ENI's
+/// metadata lists them: what the agent could ever release. Primary ENIs and every ENI's
 /// primary address are left out.
 pub fn secondary_addresses(node: &NodeFacts, multus: &BTreeSet<String>) -> Vec<Assignment> {
     node.enis
@@ -101,14 +101,14 @@ pub fn secondary_addresses(node: &NodeFacts, multus: &BTreeSet<String>) -> Vec<A
 impl Absences {
     /// Takes in one trusted scan (see [`ScanVerdict`]): the node as metadata shows it, the
     /// ids of its Multus ENIs (by EC2's tags), and every address the node's pods (and the
-    /// node itself) carry. Returns the addresses due to be given back: absent for the grace
+    /// node itself) carry. Returns the addresses due to be released: absent for the grace
     /// period and the scans, and not waiting for a retry.
     pub fn observe(
         &mut self,
         node: &NodeFacts,
         multus: &BTreeSet<String>,
         in_use: &BTreeSet<IpAddr>,
-        options: &ReclaimOptions,
+        options: &ReleaseOptions,
         now: Instant,
     ) -> Vec<Assignment> {
         let unused: BTreeSet<Assignment> = secondary_addresses(node, multus)
@@ -141,7 +141,7 @@ impl Absences {
             .collect()
     }
 
-    /// Forgets an address (given back, kept for a reason, or found to be no longer there).
+    /// Forgets an address (released, kept for a reason, or found to be no longer there).
     pub fn forget(&mut self, assignment: &Assignment) {
         self.absent.remove(assignment);
     }
@@ -153,7 +153,7 @@ impl Absences {
         &mut self,
         assignment: &Assignment,
         class: ErrorClass,
-        options: &ReclaimOptions,
+        options: &ReleaseOptions,
         now: Instant,
         jitter: f64,
     ) -> AfterFailure {
@@ -185,7 +185,7 @@ impl Absences {
 
     /// When the next address becomes due (its grace period ends, or its retry is due);
     /// `None` when nothing waits.
-    pub fn next_due(&self, options: &ReclaimOptions) -> Option<Instant> {
+    pub fn next_due(&self, options: &ReleaseOptions) -> Option<Instant> {
         self.absent
             .values()
             .map(|absence| match absence.retry {
@@ -207,14 +207,14 @@ pub enum ScanVerdict {
     /// Every namespace was read: addresses in none of them are unused.
     Trusted,
     /// Some namespaces could not be read (a sandbox being made or removed, or a runtime
-    /// the agent cannot enter): nothing is given back.
+    /// the agent cannot enter): nothing is released.
     Incomplete {
         /// How many.
         unreadable: usize,
     },
     /// No pod namespace at all, while the node's Multus ENIs hold secondary addresses:
     /// the agent looks at the wrong directory (or cannot see the runtime's mounts), not at
-    /// a node without pods. Nothing is given back.
+    /// a node without pods. Nothing is released.
     Blind {
         /// The secondary addresses of the Multus ENIs.
         held: usize,
@@ -244,7 +244,7 @@ impl ScanVerdict {
     }
 }
 
-/// Why an address due to be given back is not, after all.
+/// Why an address due to be released is not, after all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Keep {
     /// A pod carries it again (found in the scan just before the call).
@@ -296,7 +296,7 @@ impl fmt::Display for Keep {
 /// The last check before giving addresses back, against what EC2 says right now (`enis`,
 /// read just before the call) and a fresh scan of the pods (`in_use`): what to unassign,
 /// grouped per ENI, and what to keep, with why.
-pub fn verify_reclaim(
+pub fn verify_release(
     due: &[Assignment],
     instance_id: &str,
     enis: &[EniRecord],
@@ -314,7 +314,7 @@ pub fn verify_reclaim(
                 Err(Keep::OtherInstance)
             }
             Some(record)
-                if record.is_primary_eni() || record.is_primary_address(assignment.address) =>
+                if record.is_primary() || record.is_primary_address(assignment.address) =>
             {
                 Err(Keep::Primary)
             }
