@@ -118,7 +118,8 @@ class Webhook:
     """The webhook Deployment's container on loopback (the Service), with a certificate from
     `ipmgr-webhook certs` in the directory that stands in for its Secret."""
 
-    def __init__(self, world: World, image: str, helper_image: str, settings: dict[str, str]):
+    def __init__(self, world: World, image: str, helper_image: str, pod_client_image: str,
+                 settings: dict[str, str]):
         container, template = workload_pod("base/deployment.yaml", "Deployment", image)
         pod = PodSpec(template, {"spec.nodeName": "node1"})
         pod.config_maps["ipmgr-webhook-config"] = manifest("base/configmap.yaml", "ConfigMap")["data"]
@@ -143,6 +144,7 @@ class Webhook:
         self.container = world.launcher.start(
             container, pod, None, f"{world.workdir.name}-webhook", sources={"tls": str(secret)},
             extra_env={"IPMGR_LISTEN": f"127.0.0.1:{self.port}", "IPMGR_HELPER_IMAGE": helper_image,
+                       "IPMGR_POD_CLIENT_IMAGE": pod_client_image,
                        "IPMGR_LOG": "warn"} | settings)
         self.context = ssl.create_default_context(cafile=str(secret / "ca.crt"))
         deadline = time.monotonic() + 30
@@ -228,13 +230,15 @@ def launcher_for(images: bool | None, workdir: Path) -> tuple[Launcher, str]:
     """The images when `images` (or when they can run and `images` is None), else the
     binaries; with what was chosen and why."""
     tag = os.environ.get("IPMGR_IMAGE_TAG", workspace_version())
-    why_not = unavailable([f"{IMAGES}/ipmgr-helper:{tag}", f"{IMAGES}/ipmgr-webhook:{tag}"]) if images is not False else None
+    why_not = unavailable([f"{IMAGES}/ipmgr-{name}:{tag}" for name in ("helper", "webhook", "pod")]) \
+        if images is not False else None
     if images is not False and why_not is None:
-        return Images(), f"the images {IMAGES}/ipmgr-{{helper,webhook}}:{tag} under podman"
+        return Images(), f"the images {IMAGES}/ipmgr-{{helper,webhook,pod}}:{tag} under podman"
     if images:
         raise SystemExit(f"cannot run the images: {why_not}")
     binaries = {name: Path(os.environ.get(variable, ROOT / "target/debug" / name))
-                for name, variable in (("ipmgr-webhook", "IPMGR_WEBHOOK_BIN"), ("ipmgr-helper", "IPMGR_HELPER_BIN"))}
+                for name, variable in (("ipmgr-webhook", "IPMGR_WEBHOOK_BIN"), ("ipmgr-helper", "IPMGR_HELPER_BIN"),
+                                       ("ipmgr-pod", "IPMGR_POD_BIN"))}
     for binary in binaries.values():
         if not binary.exists():
             raise SystemExit(f"{binary} is missing: build it first (scripts/demo does)")
@@ -355,7 +359,7 @@ def run(check_results: bool = False, quiet: bool = False, images: bool | None = 
 
         out.step("The webhook Deployment's container (manifests/base), certificate from ipmgr-webhook certs")
         webhook = Webhook(world, f"{IMAGES}/ipmgr-webhook:{tag}", f"{IMAGES}/ipmgr-helper:{tag}",
-                          {} if agent_backend else {"IPMGR_HELPER_BACKEND": "direct"})
+                          f"{IMAGES}/ipmgr-pod:{tag}", {} if agent_backend else {"IPMGR_HELPER_BACKEND": "direct"})
         out.line(f"  https://127.0.0.1:{webhook.port} as {SERVICE_NAME}, ready; helper backend: {backend}")
 
         out.step("Admitting the sample busybox pods as the API server would")

@@ -23,7 +23,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: pods are 
 
 def images_missing() -> str | None:
     tag = os.environ.get("IPMGR_IMAGE_TAG", workspace_version())
-    return unavailable([f"{IMAGES}/ipmgr-helper:{tag}", f"{IMAGES}/ipmgr-webhook:{tag}"])
+    return unavailable([f"{IMAGES}/ipmgr-{name}:{tag}" for name in ("helper", "webhook", "pod")])
 
 
 def assert_agent_backend(figures: dict) -> None:

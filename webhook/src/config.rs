@@ -12,15 +12,19 @@ use ipmgr_injector::{
 /// webhook Deployment takes them from a ConfigMap with `envFrom`.
 #[derive(Args, Clone, Debug)]
 pub struct InjectionArgs {
-    /// Image of the injected helper container.
+    /// Image of the injected helper container with the direct backend.
     #[arg(long, env = "IPMGR_HELPER_IMAGE", default_value = concat!("ghcr.io/multus-ipmgr/ipmgr-helper:", env!("CARGO_PKG_VERSION")))]
     pub helper_image: String,
 
-    /// imagePullPolicy of the helper container.
+    /// Image of the injected container with the agent backend: the thin pod client.
+    #[arg(long, env = "IPMGR_POD_CLIENT_IMAGE", default_value = concat!("ghcr.io/multus-ipmgr/ipmgr-pod:", env!("CARGO_PKG_VERSION")))]
+    pub pod_client_image: String,
+
+    /// imagePullPolicy of the injected container, whichever image it runs.
     #[arg(long, env = "IPMGR_HELPER_PULL_POLICY", default_value = "IfNotPresent", value_parser = ["Always", "IfNotPresent", "Never"])]
     pub helper_pull_policy: String,
 
-    /// Path of the ipmgr-helper binary in the helper image.
+    /// Path of the ipmgr-helper binary in the helper image (direct backend).
     #[arg(
         long,
         env = "IPMGR_HELPER_COMMAND",
@@ -28,7 +32,16 @@ pub struct InjectionArgs {
     )]
     pub helper_command: String,
 
-    /// Extra helper arguments, appended after the mode's subcommand (comma-separated in the env var).
+    /// Path of the ipmgr-pod binary in the pod client image (agent backend).
+    #[arg(
+        long,
+        env = "IPMGR_POD_CLIENT_COMMAND",
+        default_value = "/usr/local/bin/ipmgr-pod"
+    )]
+    pub pod_client_command: String,
+
+    /// Extra arguments of the injected binary (ipmgr-pod or ipmgr-helper, as the backend gives
+    /// it), appended after the mode's subcommand (comma-separated in the env var).
     #[arg(
         long = "helper-arg",
         env = "IPMGR_HELPER_ARGS",
@@ -65,8 +78,8 @@ pub struct InjectionArgs {
     #[arg(long, env = "IPMGR_HELPER_RUN_AS_USER", default_value_t = 65532)]
     pub helper_run_as_user: i64,
 
-    /// Let pods choose the helper image with the multus-ipmgr.io/image annotation (off: such
-    /// pods are denied).
+    /// Let pods choose the injected image (the helper's or the pod client's, as the backend
+    /// gives it) with the multus-ipmgr.io/image annotation (off: such pods are denied).
     #[arg(
         long,
         env = "IPMGR_ALLOW_IMAGE_OVERRIDE",
@@ -86,8 +99,9 @@ pub struct InjectionArgs {
     )]
     pub allowed_image_prefixes: Vec<String>,
 
-    /// How the helper reaches EC2: agent (asks the node agent on its node's IP; no AWS
-    /// setting or credentials in the pod) or direct (calls EC2 itself).
+    /// How the injected container reaches EC2: agent (the pod client asks the node agent on
+    /// its node's IP; no AWS setting or credentials in the pod) or direct (the helper calls
+    /// EC2 itself).
     #[arg(long, env = "IPMGR_HELPER_BACKEND", default_value = "agent", value_parser = choice::<Backend>())]
     pub helper_backend: Backend,
 
@@ -141,6 +155,8 @@ impl InjectionArgs {
             image: self.helper_image.clone(),
             image_pull_policy: self.helper_pull_policy.clone(),
             command: self.helper_command.clone(),
+            pod_client_image: self.pod_client_image.clone(),
+            pod_client_command: self.pod_client_command.clone(),
             extra_args: self.helper_args.clone(),
             log_filter: self.helper_log.clone(),
             default_mode: self.default_mode,

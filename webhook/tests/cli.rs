@@ -41,6 +41,7 @@ fn inject_reads_stdin_and_reports_each_object(#[case] env: &[(&str, &str)], #[ca
             "-f",
             "-",
             "--helper-image=registry.example.com/ipmgr-helper:0.1.0",
+            "--pod-client-image=registry.example.com/ipmgr-pod:0.1.0",
             "--helper-arg=--allow-cidr=10.10.1.0/24",
         ],
         env,

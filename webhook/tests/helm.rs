@@ -152,6 +152,9 @@ helper:
   waitSeconds: 30
   ec2RetrySeconds: 60
   metadataRetrySeconds: 20
+podClient:
+  image: {repository: registry.example.com/ipmgr-pod, tag: "9.9.9"}
+  command: /usr/local/bin/ipmgr-pod
 agent:
   namespace: {name: ipmgr-agent, create: true}
   serviceAccount: {annotations: {eks.amazonaws.com/role-arn: "arn:aws:iam::111122223333:role/ipmgr-agent"}}
@@ -272,6 +275,7 @@ fn default_values_render_the_kustomize_build() {
         format!("image: ghcr.io/multus-ipmgr/ipmgr-webhook:{version}\n"),
         format!("image: ghcr.io/multus-ipmgr/ipmgr-helper:{version}\n"),
         format!("IPMGR_HELPER_IMAGE: \"ghcr.io/multus-ipmgr/ipmgr-helper:{version}\"\n"),
+        format!("IPMGR_POD_CLIENT_IMAGE: \"ghcr.io/multus-ipmgr/ipmgr-pod:{version}\"\n"),
     ] {
         assert!(defaults.contains(&image), "{image} missing");
     }
@@ -416,6 +420,9 @@ fn every_certificate_mode_renders_and_validates() {
                 "namespace: ipmgr-agent\n",
                 "- name: IPMGR_POD_LISTEN\n              value: \"[::]:19472\"\n",
                 "IPMGR_AGENT_PORT: \"19472\"\n",
+                "IPMGR_HELPER_IMAGE: \"registry.example.com/ipmgr-helper:9.9.9\"\n",
+                "IPMGR_POD_CLIENT_IMAGE: \"registry.example.com/ipmgr-pod:9.9.9\"\n",
+                "IPMGR_POD_CLIENT_COMMAND: \"/usr/local/bin/ipmgr-pod\"\n",
                 "IPMGR_HEADER_TIMEOUT_SECONDS: \"1.5\"\n",
                 "IPMGR_MAX_BODY_BYTES: \"1048576\"\n",
                 "path: /run/netns\n",
@@ -461,6 +468,10 @@ fn bad_values_fail_with_the_schema_message() {
         (
             "helper: {backend: bogus}\n",
             r#"helper.backend: helper.backend must be one of the following: "agent", "direct""#,
+        ),
+        (
+            "podClient: {image: {pullPolicy: Always}}\n",
+            "podClient.image: Additional property pullPolicy is not allowed",
         ),
         (
             "agent: {podApiPort: 70000}\n",

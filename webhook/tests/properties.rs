@@ -1,10 +1,10 @@
 //! Property test of `/mutate`'s review over well-typed pods with hostile annotations, with
 //! either helper backend: every answer is a valid AdmissionReview with the request's uid; an
-//! injection's patch applies, adds exactly one restricted helper where its mode puts it (with
-//! the agent's address only with the agent backend, the mesh proxy's UID in a mesh, behind a
-//! mesh's native proxy) and the agent port to the exclusions of the meshes the pod shows,
-//! nothing else, and is not repeated on reinvocation; a denial's
-//! message is short; and the decision is the one the README's rules give, computed here
+//! injection's patch applies, adds exactly one restricted helper where its mode puts it (the
+//! pod client and the agent's address with the agent backend, the full helper with the
+//! direct one, the mesh proxy's UID in a mesh, behind a mesh's native proxy) and the agent
+//! port to the exclusions of the meshes the pod shows, nothing else, and is not repeated on
+//! reinvocation; a denial's message is short; and the decision is the one the README's rules give, computed here
 //! independently of the injector.
 
 mod common;
@@ -245,10 +245,17 @@ fn check_injected(pod: &Value, patched: &Value, mode: &str, settings: &HelperSet
         ),
         "the pod's Multus interfaces are passed on"
     );
+    // The agent backend injects the thin pod client, the direct one the full helper; the
+    // image annotation overrides the image, never the command.
+    let (image, command) = match settings.backend {
+        Backend::Agent => (&settings.pod_client_image, &settings.pod_client_command),
+        Backend::Direct => (&settings.image, &settings.command),
+    };
     assert_eq!(
         helper["image"],
-        annotation("multus-ipmgr.io/image").unwrap_or(&settings.image)
+        annotation("multus-ipmgr.io/image").unwrap_or(image)
     );
+    assert_eq!(helper["command"], json!([command]));
     let defaults = ["10m", "200m", "24Mi", "64Mi"];
     let fields = [
         ("requests", "cpu"),
@@ -370,7 +377,10 @@ proptest! {
         let settings = if overrides {
             common::golden_settings(backend)
         } else {
-            let flags = ["--helper-image=registry.example.com/ipmgr-helper:0.1.0"];
+            let flags = [
+                "--helper-image=registry.example.com/ipmgr-helper:0.1.0",
+                "--pod-client-image=registry.example.com/ipmgr-pod:0.1.0",
+            ];
             common::settings_from(&[&flags[..], backend].concat())
         };
         check(&pod, &uid, &settings, overrides);

@@ -1,11 +1,12 @@
 //! One version: the workspace's (`Cargo.toml` `[workspace.package] version`) is the source,
 //! and everything that names a version of this project must agree with it. Every crate takes
 //! it (`version.workspace = true`), so the binaries' `--version` and the webhook's default
-//! helper image (`ghcr.io/multus-ipmgr/ipmgr-helper:<crate version>`) follow; scripts/images
-//! and scripts/release tag the images with it; the kustomize image tags of `manifests/` (the
-//! webhook's Deployment, the agent's DaemonSet, `IPMGR_HELPER_IMAGE` in the ConfigMap) and
-//! the chart's `version` and `appVersion` are written by hand, and checked here. A failure
-//! names the file that differs.
+//! helper and pod client images (`ghcr.io/multus-ipmgr/ipmgr-helper:<crate version>`,
+//! `.../ipmgr-pod:<crate version>`) follow; scripts/images and scripts/release tag the
+//! images with it; the kustomize image tags of `manifests/` (the webhook's Deployment, the
+//! agent's DaemonSet, `IPMGR_HELPER_IMAGE` and `IPMGR_POD_CLIENT_IMAGE` in the ConfigMap)
+//! and the chart's `version` and `appVersion` are written by hand, and checked here. A
+//! failure names the file that differs.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -67,6 +68,7 @@ fn every_crate_takes_the_workspace_version() {
     for member in [
         "webhook",
         "helper",
+        "pod",
         "crates/contract",
         "crates/eni",
         "crates/injector",
@@ -111,6 +113,7 @@ fn the_kustomize_image_tags_are_the_workspace_version() {
         "manifests/base/deployment.yaml ghcr.io/multus-ipmgr/ipmgr-webhook",
         "manifests/agent/daemonset.yaml ghcr.io/multus-ipmgr/ipmgr-helper",
         "manifests/base/configmap.yaml ghcr.io/multus-ipmgr/ipmgr-helper",
+        "manifests/base/configmap.yaml ghcr.io/multus-ipmgr/ipmgr-pod",
     ] {
         assert!(
             references.iter().any(|found| found == expected),

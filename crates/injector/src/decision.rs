@@ -216,7 +216,7 @@ fn build_patch(
             });
         }
         Some(value) => value.trim(),
-        None => settings.image.as_str(),
+        None => settings.backend_image(),
     };
     let mut resources = settings.resources.clone();
     for (key, field) in resources.overridable() {
@@ -240,7 +240,7 @@ fn build_patch(
         mode,
         image,
         image_pull_policy: &settings.image_pull_policy,
-        command: &settings.command,
+        command: settings.backend_command(),
         extra_args: &settings.extra_args,
         log_filter: &settings.log_filter,
         interfaces,

@@ -61,7 +61,8 @@ pub mod annotations {
     pub const MODE: &str = "multus-ipmgr.io/mode";
     /// Written by the injector; its presence marks a pod as already injected.
     pub const STATUS: &str = "multus-ipmgr.io/status";
-    /// Per-pod override of the helper image.
+    /// Per-pod override of the injected container's image, whichever the backend gives it
+    /// (the pod client's with the agent backend, the helper's with the direct one).
     pub const IMAGE: &str = "multus-ipmgr.io/image";
     /// Per-pod override of the helper's CPU request.
     pub const CPU_REQUEST: &str = "multus-ipmgr.io/cpu-request";

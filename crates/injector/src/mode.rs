@@ -36,7 +36,7 @@ impl Mode {
         }
     }
 
-    /// The `ipmgr-helper` subcommand this mode runs.
+    /// The subcommand this mode runs (`ipmgr-helper` and `ipmgr-pod` have the same ones).
     pub(crate) fn helper_subcommand(self) -> &'static str {
         match self {
             Mode::Init => "init",

@@ -77,12 +77,18 @@ impl Default for FirstPassBudget {
 /// Everything the injector needs to know to build the helper container.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HelperSettings {
-    /// Helper image reference.
+    /// Image of the full helper, injected with the direct backend.
     pub image: String,
-    /// `imagePullPolicy` of the helper container.
+    /// `imagePullPolicy` of the injected container, whichever image it runs.
     pub image_pull_policy: String,
-    /// Path of the `ipmgr-helper` binary inside the image (also used by the startup probe).
+    /// Path of the `ipmgr-helper` binary inside [`HelperSettings::image`] (also used by the
+    /// startup probe).
     pub command: String,
+    /// Image of the thin pod client, injected with the agent backend.
+    pub pod_client_image: String,
+    /// Path of the `ipmgr-pod` binary inside [`HelperSettings::pod_client_image`] (also used
+    /// by the startup probe).
+    pub pod_client_command: String,
     /// Extra arguments appended after the helper subcommand.
     pub extra_args: Vec<String>,
     /// The helper's log filter (`IPMGR_LOG` in its container).
@@ -168,6 +174,11 @@ pub enum InvalidSettings {
         "helper image {0:?} is not an image reference; set --helper-image (IPMGR_HELPER_IMAGE)"
     )]
     InvalidImage(String),
+    /// The pod client's image is empty or contains whitespace.
+    #[error(
+        "pod client image {0:?} is not an image reference; set --pod-client-image (IPMGR_POD_CLIENT_IMAGE)"
+    )]
+    InvalidPodClientImage(String),
     /// An allowed image prefix is empty or contains whitespace.
     #[error(
         "allowed image prefix {0:?} is not the start of an image reference; use a registry or repository such as registry.example.com/team/"
@@ -230,6 +241,11 @@ impl HelperSettings {
         if !is_image_reference(&self.image) {
             return Err(InvalidSettings::InvalidImage(self.image.clone()));
         }
+        if !is_image_reference(&self.pod_client_image) {
+            return Err(InvalidSettings::InvalidPodClientImage(
+                self.pod_client_image.clone(),
+            ));
+        }
         if self.run_as_user == 0 {
             return Err(InvalidSettings::RootUser(self.run_as_user));
         }
@@ -255,6 +271,25 @@ impl HelperSettings {
             return Err(InvalidSettings::BudgetInHelperArgs(arg.clone()));
         }
         self.resources.validate()
+    }
+
+    /// The image the injected container runs unless the pod overrides it: the pod client's
+    /// with the agent backend, the helper's with the direct one.
+    pub fn backend_image(&self) -> &str {
+        match self.backend {
+            Backend::Agent => &self.pod_client_image,
+            Backend::Direct => &self.image,
+        }
+    }
+
+    /// The binary the injected container and its startup probe run, in
+    /// [`HelperSettings::backend_image`]: `ipmgr-pod` with the agent backend, `ipmgr-helper`
+    /// with the direct one.
+    pub fn backend_command(&self) -> &str {
+        match self.backend {
+            Backend::Agent => &self.pod_client_command,
+            Backend::Direct => &self.command,
+        }
     }
 
     /// Whether a pod may run `image` through the image annotation: overrides are allowed and,
@@ -285,6 +320,8 @@ mod tests {
             image: "registry.example.com/ipmgr-helper:1".to_owned(),
             image_pull_policy: "IfNotPresent".to_owned(),
             command: "/usr/local/bin/ipmgr-helper".to_owned(),
+            pod_client_image: "registry.example.com/ipmgr-pod:1".to_owned(),
+            pod_client_command: "/usr/local/bin/ipmgr-pod".to_owned(),
             extra_args: Vec::new(),
             log_filter: "info".to_owned(),
             default_mode: Mode::Init,
@@ -331,6 +368,8 @@ mod tests {
     #[rstest]
     #[case(settings(false, &["mirror.example.com/"]), InvalidSettings::PrefixesWithoutOverride)]
     #[case(settings(true, &[""]), InvalidSettings::InvalidImagePrefix(String::new()))]
+    #[case(HelperSettings { image: " ".to_owned(), ..settings(false, &[]) }, InvalidSettings::InvalidImage(" ".to_owned()))]
+    #[case(HelperSettings { pod_client_image: String::new(), ..settings(false, &[]) }, InvalidSettings::InvalidPodClientImage(String::new()))]
     #[case(HelperSettings { agent_port: 0, ..settings(false, &[]) }, InvalidSettings::ZeroAgentPort)]
     #[case(HelperSettings { extra_args: vec!["--wait-seconds=90".to_owned()], ..settings(false, &[]) }, InvalidSettings::BudgetInHelperArgs("--wait-seconds=90".to_owned()))]
     #[case(HelperSettings { extra_args: vec!["--ec2-retry-seconds".to_owned(), "600".to_owned()], ..settings(false, &[]) }, InvalidSettings::BudgetInHelperArgs("--ec2-retry-seconds".to_owned()))]

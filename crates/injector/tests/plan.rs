@@ -17,6 +17,8 @@ fn settings() -> HelperSettings {
         image: "registry.example/ipmgr-helper:1.0".to_owned(),
         image_pull_policy: "IfNotPresent".to_owned(),
         command: "/usr/local/bin/ipmgr-helper".to_owned(),
+        pod_client_image: "registry.example/ipmgr-pod:1.0".to_owned(),
+        pod_client_command: "/usr/local/bin/ipmgr-pod".to_owned(),
         extra_args: vec!["--allow-cidr=10.10.1.0/24".to_owned()],
         log_filter: "debug".to_owned(),
         default_mode: Mode::Init,
@@ -427,7 +429,7 @@ fn builds_a_restricted_container_with_overrides(settings: HelperSettings) {
     );
     assert_eq!(
         helper["startupProbe"]["exec"]["command"],
-        json!(["/usr/local/bin/ipmgr-helper", "ready"])
+        json!(["/usr/local/bin/ipmgr-pod", "ready"])
     );
     assert_eq!(
         container_names(&injected, "volumes"),
@@ -526,6 +528,61 @@ fn the_agent_backend_gives_the_helper_its_agents_address_and_nothing_of_aws(
             .all(|name| !name.starts_with("AWS_") && !name.contains("METADATA")),
         "{names:?}"
     );
+}
+
+/// The agent backend injects the thin pod client, the direct one the full helper: image,
+/// command and, in native-sidecar mode, the startup probe's command; the image annotation,
+/// when allowed, overrides either image.
+#[rstest]
+#[case::agent(
+    Backend::Agent,
+    "registry.example/ipmgr-pod:1.0",
+    "/usr/local/bin/ipmgr-pod"
+)]
+#[case::direct(
+    Backend::Direct,
+    "registry.example/ipmgr-helper:1.0",
+    "/usr/local/bin/ipmgr-helper"
+)]
+fn each_backend_injects_its_own_image_and_command(
+    mut settings: HelperSettings,
+    #[case] backend: Backend,
+    #[case] image: &str,
+    #[case] command: &str,
+    #[values("init", "sidecar", "native-sidecar")] mode: &str,
+) {
+    settings.backend = backend;
+    let list = if mode == "sidecar" {
+        "containers"
+    } else {
+        "initContainers"
+    };
+    let helper_of = |annotations: Value| {
+        let injected = inject(&pod(annotations, json!({})), &settings);
+        injected["spec"][list]
+            .as_array()
+            .expect("containers")
+            .iter()
+            .find(|container| container["name"] == "aws-ip-mgmt")
+            .cloned()
+            .expect("the helper")
+    };
+    let helper = helper_of(json!({"multus-ipmgr.io/mode": mode}));
+    assert_eq!(helper["image"], json!(image));
+    assert_eq!(helper["command"], json!([command]));
+    let probe = (mode == "native-sidecar").then(|| json!([command, "ready"]));
+    assert_eq!(
+        helper
+            .get("startupProbe")
+            .map(|probe| probe["exec"]["command"].clone()),
+        probe
+    );
+
+    let helper = helper_of(
+        json!({"multus-ipmgr.io/mode": mode, "multus-ipmgr.io/image": "mirror.example/own:2"}),
+    );
+    assert_eq!(helper["image"], json!("mirror.example/own:2"));
+    assert_eq!(helper["command"], json!([command]));
 }
 
 #[rstest]

@@ -35,8 +35,9 @@ struct TestCli {
 /// The flags the golden files were made with. Image overrides are off by default; these
 /// turn them on for one registry, so that `golden/input/pod-overrides.yaml` exercises an
 /// allowed override.
-const GOLDEN_FLAGS: [&str; 4] = [
+const GOLDEN_FLAGS: [&str; 5] = [
     "--helper-image=registry.example.com/ipmgr-helper:0.1.0",
+    "--pod-client-image=registry.example.com/ipmgr-pod:0.1.0",
     "--helper-arg=--allow-cidr=10.10.1.0/24",
     "--allow-image-override",
     "--allowed-image-prefix=mirror.example.com/",
