@@ -105,10 +105,10 @@ pub struct ChurnReport {
     /// the agent's invariants, reported).
     pub init_failures: usize,
     /// Inits that exited 0 with the address on no ENI: `init` decided from instance
-    /// metadata, which still listed an address the agent had given back (metadata lags
+    /// metadata, which still listed an address the agent had released (metadata lags
     /// EC2). The helper's bug, not the agent's: reported, not counted as a violation.
     pub init_unplaced: usize,
-    /// Addresses the agents gave back.
+    /// Addresses the agents released.
     pub releases: usize,
     /// Agent restarts.
     pub restarts: usize,
@@ -116,7 +116,7 @@ pub struct ChurnReport {
     pub throttle_windows: usize,
     /// EC2 calls throttled, by action.
     pub throttled: Value,
-    /// Deleted pods' addresses given back, seconds from deletion: median and maximum.
+    /// Deleted pods' addresses released, seconds from deletion: median and maximum.
     pub release_latency: (f64, f64),
     /// Deleted pods' addresses still waiting (within their bound) at the end.
     pub pending_at_end: usize,
