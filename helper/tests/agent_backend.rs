@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::agents::{
-    FLOATING, FLOATING_GRANT, agent, agent_helper as helper, bed_with_agent, binary, bystander,
-    metadata_requests_from, without_aws,
+    FLOATING, FLOATING_GRANT, agent, agent_helper as helper, bed_with_agent, bystander,
+    metadata_requests_from, pod_client, without_aws,
 };
 use common::how_to_bed;
 use ipmgr_testbed::{Background, Interface, Node, Pod, PodSpec, finish};
@@ -131,7 +131,7 @@ fn sidecars_follow_a_floating_ip_through_their_agents_and_keep_it_on_sigterm() {
         .into_iter()
         .chain(extra.iter().copied())
         .collect();
-        Background(bed.spawn_quiet(&without_aws(pod, node), &binary(), &args))
+        Background(bed.spawn_quiet(&without_aws(pod, node), &pod_client(), &args))
     };
     let mut sidecar_a = run(&a, &node1, &["--ready-file", &ready_arg]);
     let _sidecar_b = run(&b, &node2, &[]);

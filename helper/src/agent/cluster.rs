@@ -2,7 +2,11 @@
 //! `spec.nodeName` = this node) and every namespace's floating-IP grant (a mirror of the
 //! namespaces), kept as what the pod API and the releases need: each pod's IPs and
 //! [`Claims`], each namespace's grant ([`Grants`]), and when each mirror last confirmed it
-//! is current.
+//! is current. The API server is followed into it by [`super::follow`].
+//!
+//! Why not kube's reflector `Store`: it keeps objects by name only, where the pod API looks
+//! pods up by pod IP and the releases by namespace grant, and it sits on kube's `watcher`,
+//! which swallows the bookmarks that confirm a quiet view is current ([`super::mirror`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -16,11 +20,6 @@ use ipmgr_eni::{
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use tokio::sync::watch;
-
-use super::mirror::{Sink, mirror};
-
-/// How long to wait before building the Kubernetes client again after it failed.
-const CLIENT_RETRY: Duration = Duration::from_secs(10);
 
 /// What the agent keeps of one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -345,76 +344,4 @@ fn key_of(pod: &Pod) -> String {
         pod.metadata.namespace.as_deref().unwrap_or_default(),
         pod.metadata.name.as_deref().unwrap_or_default()
     )
-}
-
-/// The pods' mirror writes into the view.
-struct PodSink(NodePods);
-
-impl Sink<Pod> for PodSink {
-    fn replace(&self, objects: Vec<Pod>) {
-        self.0.replace(&objects);
-    }
-    fn apply(&self, object: Pod) {
-        self.0.apply(&object);
-    }
-    fn delete(&self, object: Pod) {
-        self.0.delete(&object);
-    }
-    fn confirm(&self) {
-        self.0.confirm_pods();
-    }
-}
-
-/// The namespaces' mirror writes the grants into the view.
-struct NamespaceSink(NodePods);
-
-impl Sink<Namespace> for NamespaceSink {
-    fn replace(&self, objects: Vec<Namespace>) {
-        self.0.replace_namespaces(&objects);
-    }
-    fn apply(&self, object: Namespace) {
-        self.0.apply_namespace(&object);
-    }
-    fn delete(&self, object: Namespace) {
-        self.0.delete_namespace(&object);
-    }
-    fn confirm(&self) {
-        self.0.confirm_namespaces();
-    }
-}
-
-/// The Kubernetes client, built once it can be (KUBECONFIG, else the in-cluster service
-/// account, as kube's `Config::infer` finds them), shared by the mirrors and the lookups
-/// of other nodes' pods.
-pub type SharedClient = Arc<tokio::sync::OnceCell<kube::Client>>;
-
-/// Follows the pods of `node_name` and every namespace's grant into `pods` for the agent's
-/// lifetime, relisting when a watch fails or stays quiet for longer than `stale`; sets
-/// `client` once built. Never returns.
-pub async fn follow(pods: NodePods, node_name: String, stale: Duration, client: SharedClient) {
-    let built = loop {
-        match kube::Client::try_default().await {
-            Ok(client) => break client,
-            Err(error) => {
-                tracing::error!(%error, "cannot build the Kubernetes client (KUBECONFIG or the in-cluster service account); the pod API answers 503 until it can list the node's pods");
-                tokio::time::sleep(CLIENT_RETRY).await;
-            }
-        }
-    };
-    let built = client.get_or_init(|| async { built }).await.clone();
-    let node_pods = mirror(
-        kube::Api::<Pod>::all(built.clone()),
-        Some(format!("spec.nodeName={node_name}")),
-        stale,
-        PodSink(pods.clone()),
-        "the node's pods",
-    );
-    let namespaces = mirror(
-        kube::Api::<Namespace>::all(built),
-        None,
-        stale,
-        NamespaceSink(pods),
-        "the namespaces",
-    );
-    futures::future::join(node_pods, namespaces).await;
 }

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
 
-use super::cluster::{PodRecord, SharedClient};
+use super::cluster::PodRecord;
+use super::follow::SharedClient;
 
 /// How long a list of the Nodes answers for instances it names; an instance it does not
 /// name is looked up again after this long at most.

@@ -12,7 +12,7 @@ use ipmgr_eni::PodAddress;
 use super::cluster::PodRecord;
 use super::coalesce::{Absorb, Coalescer};
 use super::netns::PodNamespace;
-use super::serve::Refused;
+use super::refused::Refused;
 use ipmgr_eni::Reason;
 use ipmgr_pod::api::RoutableAnswer;
 

@@ -15,43 +15,32 @@
 //! assigned. A sidecar's periodic recheck is planned against the agent's view of the
 //! node's ENIs, at most [`RECHECK_VIEW_AGE`] old, and costs nothing while nothing drifted.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
-use ipmgr_eni::{
-    Assignment, Claimant, Claims, EniRecord, Grants, Move, MultusInterfaces, NodeFacts, Plan,
-    PlanOptions, Reason, RejectReason, plan,
-};
-use tokio::net::TcpListener;
+use hyper::StatusCode;
+use ipmgr_eni::{Claims, EniRecord, NodeFacts, Plan, Reason, RejectReason};
 
 use super::batch::BatchedEc2;
-use super::cluster::{ByIp, NodePods, PodRecord};
+use super::cluster::{NodePods, PodRecord};
 use super::coalesce::Turn;
+use super::entitle::HolderCheck;
 use super::holders::HolderPods;
 use super::metrics::AgentMetrics;
-use super::netns::{Caller, PodNamespace, PodScanner};
+use super::netns::{PodNamespace, PodScanner};
 use super::passes::{Asked, PodPasses};
+use super::pod_http::refusal_label;
+use super::refused::Refused;
 use super::share::NodeShare;
-use super::transport::{self, Admitted, Limits};
 use crate::aws::Ec2Api;
 use crate::config::ClaimsMode;
-use crate::place::{Failure, MoveCheck, NodeEnis, Placer};
-use ipmgr_pod::api::{ROUTABLE_PATH, Refusal, RoutableAnswer, RoutableRequest, Routed};
+use crate::place::{Failure, NodeEnis, Placer};
+use ipmgr_pod::api::{Refusal, RoutableAnswer, RoutableRequest, Routed};
 
 /// The oldest view of the node's ENIs a periodic recheck is answered from: one
 /// DescribeNetworkInterfaces per node per interval, whatever the pod count.
 pub const RECHECK_VIEW_AGE: Duration = Duration::from_secs(30);
-
-/// How long a request waits for the API server's view of its pod to catch up (a pod just
-/// created, or Multus' network-status record not yet seen through the watch).
-const CATCH_UP: Duration = Duration::from_secs(5);
-
-/// The largest request body taken.
-const BODY_LIMIT: usize = 4096;
 
 /// The pod API over EC2 (`E`, batched), the pod namespaces (`S`) and the pods of other
 /// nodes (`H`).
@@ -79,45 +68,7 @@ pub struct PodService<E, S, H> {
 }
 
 /// An answer: status and JSON body.
-type Answer = (StatusCode, String);
-
-/// A request refused: its status, the reason it is counted under
-/// (`ipmgr_agent_pod_requests_refused_total{reason}`) and the error the pod is told.
-#[derive(Clone, Debug)]
-pub(super) struct Refused {
-    status: StatusCode,
-    reason: &'static str,
-    error: String,
-}
-
-impl Refused {
-    /// 503: the helper asks again.
-    fn unavailable(reason: &'static str, error: String) -> Refused {
-        Refused {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            reason,
-            error,
-        }
-    }
-
-    /// 403: the source is no pod of the node, for good.
-    fn forbidden(reason: &'static str, error: String) -> Refused {
-        Refused {
-            status: StatusCode::FORBIDDEN,
-            reason,
-            error,
-        }
-    }
-
-    /// Any other status.
-    fn with(status: StatusCode, reason: &'static str, error: String) -> Refused {
-        Refused {
-            status,
-            reason,
-            error,
-        }
-    }
-}
+pub(super) type Answer = (StatusCode, String);
 
 impl<E, S, H> PodService<E, S, H>
 where
@@ -136,7 +87,7 @@ where
 
     /// The answer of the caller's pass for `reason`, shared with the caller's other
     /// requests while one is in flight ([`PodPasses`]).
-    async fn shared_pass(
+    pub(super) async fn shared_pass(
         self: &Arc<Self>,
         caller: (PodRecord, PodNamespace),
         reason: Reason,
@@ -164,7 +115,7 @@ where
     }
 
     /// The answer to `outcome`, counted, and logged when refused.
-    fn reply(&self, peer: IpAddr, outcome: Result<RoutableAnswer, Refused>) -> Answer {
+    pub(super) fn reply(&self, peer: IpAddr, outcome: Result<RoutableAnswer, Refused>) -> Answer {
         match outcome {
             Ok(answer) => {
                 let result = if answer.failures.is_empty() {
@@ -181,7 +132,7 @@ where
     }
 
     /// The answer to a request from `peer` that was refused, counted and logged.
-    fn refuse(&self, peer: IpAddr, refused: Refused) -> Answer {
+    pub(super) fn refuse(&self, peer: IpAddr, refused: Refused) -> Answer {
         let Refused {
             status,
             reason,
@@ -198,21 +149,6 @@ where
         self.metrics.refused_request(reason);
         let body = serde_json::to_string(&Refusal { error }).unwrap_or_default();
         (status, body)
-    }
-
-    /// Who `peer` is: its pod and network namespace ([`Self::identify`]), once the view of
-    /// the API server is listed; nothing of the request is needed for it.
-    async fn caller(&self, peer: IpAddr) -> Result<(PodRecord, PodNamespace), Refused> {
-        if !self.pods.synced() {
-            return Err(Refused::unavailable(
-                "not_listed",
-                format!(
-                    "the node agent on {} has not listed the node's pods and the namespaces from the API server yet; the helper tries again (check the agent's log and its RBAC: get, list, watch on pods and namespaces)",
-                    self.node_name
-                ),
-            ));
-        }
-        self.identify(peer).await
     }
 
     async fn routable(
@@ -262,72 +198,6 @@ where
         Ok(answer)
     }
 
-    /// The pod `peer` is, by the API server and by the kernel: 403 when it is no pod of
-    /// this node, 503 (asked again) while the API server's view has not caught up or the
-    /// caller cannot be told from another.
-    async fn identify(&self, peer: IpAddr) -> Result<(PodRecord, PodNamespace), Refused> {
-        let listed = self
-            .caught_up(|| match self.pods.by_ip(peer) {
-                ByIp::None => None,
-                found => Some(found),
-            })
-            .await
-            .unwrap_or(ByIp::None);
-        let primary = &self.placer.options.primary_interface;
-        let kernel = self.scanner.find(peer, primary).await.map_err(|error| {
-            Refused::unavailable(
-                "namespaces_unread",
-                format!("cannot read the pod network namespaces: {error}"),
-            )
-        })?;
-        let node = &self.node_name;
-        let conflict = |reason: &'static str, error: String| {
-            self.metrics.identity_conflict(reason);
-            Refused::unavailable(reason, error)
-        };
-        match (listed, kernel) {
-            (ByIp::Several(pods), _) => Err(conflict(
-                "duplicate_pod_ip",
-                format!(
-                    "the API server lists several live pods of node {node} with pod IP {peer} ({}): a pod IP reused while the agent's view lags; nothing is done until only one is left, and the helper asks again",
-                    pods.join(", ")
-                ),
-            )),
-            (_, Caller::Ambiguous(paths)) => Err(conflict(
-                "duplicate_on_primary",
-                format!(
-                    "several pod network namespaces of node {node} carry {peer} on {primary} ({}) and the node's routes do not say which one it is: a pod with NET_ADMIN may have added a neighbour's pod IP to its own {primary}; nothing is done for either until one is left, and the helper asks again",
-                    paths
-                        .iter()
-                        .map(|path| path.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )),
-            (ByIp::One(pod), Caller::Found(namespace)) => Ok((pod, namespace)),
-            (ByIp::One(pod), Caller::Absent) => Err(Refused::forbidden(
-                "not_from_its_namespace",
-                format!(
-                    "pod {} has pod IP {peer}, but no pod network namespace on node {node} carries it on {primary}: the request did not come from that pod",
-                    pod.key
-                ),
-            )),
-            (ByIp::None, Caller::Found(namespace)) => Err(Refused::unavailable(
-                "pod_not_seen_yet",
-                format!(
-                    "a pod network namespace of node {node} ({}) carries {peer}, but the API server's view lists no live pod of the node with that pod IP yet (a pod just created, or a watch that lags); the helper asks again",
-                    namespace.path.display()
-                ),
-            )),
-            (ByIp::None, Caller::Absent) => Err(Refused::forbidden(
-                "no_pod",
-                format!(
-                    "{peer} is the pod IP of no live pod on node {node} (the API server lists none, and no pod network namespace of the node carries it): the pod API serves only this node's pods, from their own network namespace"
-                ),
-            )),
-        }
-    }
-
     /// The node's Multus ENIs as EC2 has them, for a periodic recheck: the agent's view when
     /// at most [`RECHECK_VIEW_AGE`] old, else read now (one call per batch).
     async fn recheck_view(
@@ -340,90 +210,6 @@ where
         let records = self.placer.ec2.enis(multus).await?;
         self.share.set_view(records.clone());
         Ok(records)
-    }
-
-    /// The pod's addresses planned on `node`, less what it is not entitled to. When Multus'
-    /// record does not cover the namespace's addresses yet (the watch lags the API server),
-    /// a newer record is waited for, within [`CATCH_UP`].
-    async fn claimed_plan(
-        &self,
-        pod: &PodRecord,
-        namespace: &PodNamespace,
-        node: &NodeFacts,
-    ) -> Result<(Claims, Plan), Refused> {
-        let claims = match self.claims {
-            ClaimsMode::Any => Claims::default(),
-            ClaimsMode::Recorded => self.current_claims(pod, namespace).await?,
-        };
-        let options = PlanOptions {
-            interfaces: match self.claims {
-                ClaimsMode::Recorded => MultusInterfaces::Named(claims.interfaces.clone()),
-                ClaimsMode::Any => MultusInterfaces::Any,
-            },
-            ..self.placer.options.clone()
-        };
-        let planned = plan(node, &namespace.addresses, &options);
-        let planned = match self.claims {
-            ClaimsMode::Recorded => self.pods.judge(|neighbours, grants| {
-                claimant(pod, &claims).restrict(planned, grants, neighbours)
-            }),
-            ClaimsMode::Any => planned,
-        };
-        Ok((claims, planned))
-    }
-
-    /// The pod's claims, once its record covers what its namespace shows (or
-    /// [`CATCH_UP`] has passed); 422 when its annotations do not parse.
-    async fn current_claims(
-        &self,
-        pod: &PodRecord,
-        namespace: &PodNamespace,
-    ) -> Result<Claims, Refused> {
-        let covers = |claims: &Claims| {
-            !claims.interfaces.is_empty()
-                && namespace
-                    .addresses
-                    .iter()
-                    .filter(|address| claims.interfaces.contains(&address.interface))
-                    .all(|address| claims.mentions(address.address))
-        };
-        if let Ok(claims) = &pod.claims
-            && covers(claims)
-        {
-            return Ok(claims.clone());
-        }
-        let newer = || {
-            let record = self.pods.by_key(&pod.key)?;
-            record.claims.ok().filter(covers)
-        };
-        if let Some(claims) = self.caught_up(newer).await {
-            return Ok(claims);
-        }
-        self.pods
-            .by_key(&pod.key)
-            .map_or_else(|| pod.claims.clone(), |record| record.claims)
-            .map_err(|error| {
-                Refused::with(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "unreadable_claims",
-                    format!("pod {}: {error}", pod.key),
-                )
-            })
-    }
-
-    /// `found()` now, or after the API server's view changed, within [`CATCH_UP`].
-    async fn caught_up<T>(&self, found: impl Fn() -> Option<T>) -> Option<T> {
-        let mut changes = self.pods.subscribe();
-        let deadline = tokio::time::Instant::now() + CATCH_UP;
-        loop {
-            if let Some(value) = found() {
-                return Some(value);
-            }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return None,
-            }
-        }
     }
 
     /// One pass for the pod, and the answer it makes.
@@ -506,182 +292,4 @@ where
             failures: report.failures.iter().map(ToString::to_string).collect(),
         }
     }
-}
-
-/// `pod` as a claimant with `claims` (its current ones).
-fn claimant<'a>(pod: &'a PodRecord, claims: &'a Claims) -> Claimant<'a> {
-    Claimant {
-        pod: &pod.key,
-        namespace: &pod.namespace,
-        claims,
-    }
-}
-
-/// The check of a pass's moves from other nodes' Multus ENIs: an address the pod's
-/// namespace is not granted moves only when no live pod of another namespace on the
-/// holder's node claims it (invariant I1). Moves between this node's own ENIs were judged
-/// against this node's pods already.
-struct HolderCheck<'a, H> {
-    pod: &'a PodRecord,
-    claims: &'a Claims,
-    grants: Grants,
-    instance_id: &'a str,
-    holders: &'a H,
-    /// Off with `--claims any`: then every pod is trusted.
-    enforced: bool,
-}
-
-impl<H: HolderPods> MoveCheck for HolderCheck<'_, H> {
-    async fn refused(&self, moves: &[Move]) -> Vec<(Assignment, RejectReason)> {
-        let mut refused = Vec::new();
-        if !self.enforced {
-            return refused;
-        }
-        let claimant = claimant(self.pod, self.claims);
-        for taken in moves {
-            let Some(instance) = taken.from_instance.as_deref() else {
-                continue;
-            };
-            let address = taken.assignment.address;
-            if instance == self.instance_id || self.grants.of(&self.pod.namespace).covers(address) {
-                continue;
-            }
-            let verdict = match self.holders.pods_of_instance(instance).await {
-                Ok(pods) => {
-                    let neighbours: Vec<Claimant<'_>> =
-                        pods.iter().filter_map(PodRecord::claimant).collect();
-                    claimant
-                        .entitled(address, &self.grants, &neighbours)
-                        .map_err(RejectReason::Claim)
-                }
-                Err(error) => Err(RejectReason::Claim(ipmgr_eni::ClaimRefusal::Unverified {
-                    holder: format!("ENI {} of instance {instance}", taken.from_eni),
-                    error,
-                })),
-            };
-            if let Err(reason) = verdict {
-                refused.push((taken.assignment.clone(), reason));
-            }
-        }
-        refused
-    }
-}
-
-/// Serves the pod API on `listener` under `limits` until the agent stops.
-pub async fn serve<E, S, H>(
-    listener: TcpListener,
-    limits: Limits,
-    service: Arc<PodService<E, S, H>>,
-) where
-    E: Ec2Api + Clone + Send + Sync + 'static,
-    S: PodScanner + 'static,
-    H: HolderPods + 'static,
-{
-    let rejected = service.metrics.connections_rejected.clone();
-    transport::serve(
-        listener,
-        limits,
-        rejected,
-        move |peer, admitted, request| {
-            let service = Arc::clone(&service);
-            async move { route(&service, peer, &admitted, request).await }
-        },
-    )
-    .await;
-}
-
-/// One request: the path and method, then who asks (from the source address alone: an
-/// unknown source is answered before anything more is read), then the body, within what
-/// is left of the request deadline.
-async fn route<E, S, H>(
-    service: &Arc<PodService<E, S, H>>,
-    peer: SocketAddr,
-    admitted: &Admitted,
-    request: Request<Incoming>,
-) -> Response<Full<Bytes>>
-where
-    E: Ec2Api + Clone + Send + Sync + 'static,
-    S: PodScanner + 'static,
-    H: HolderPods + 'static,
-{
-    let ip = peer.ip().to_canonical();
-    let refuse = |status: StatusCode, reason: &'static str, error: String| {
-        let (status, body) = service.refuse(ip, Refused::with(status, reason, error));
-        respond(status, body)
-    };
-    if request.uri().path() != ROUTABLE_PATH {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            "no_such_path",
-            format!("no such path; the pod API serves POST {ROUTABLE_PATH}"),
-        );
-    }
-    if request.method() != Method::POST {
-        return refuse(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "not_post",
-            format!("{ROUTABLE_PATH} takes POST"),
-        );
-    }
-    let caller = match service.caller(ip).await {
-        Ok(caller) => caller,
-        Err(refused) => {
-            let (status, body) = service.refuse(ip, refused);
-            return respond(status, body);
-        }
-    };
-    let reading = Limited::new(request.into_body(), BODY_LIMIT).collect();
-    let body = match tokio::time::timeout(admitted.remaining(), reading).await {
-        Ok(Ok(body)) => body.to_bytes(),
-        Ok(Err(error)) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "unreadable_body",
-                format!("cannot read the request: {error}"),
-            );
-        }
-        Err(_) => {
-            return refuse(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!(
-                    "the request body did not arrive within {:?} of the connection",
-                    admitted.deadline()
-                ),
-            );
-        }
-    };
-    let asked: RoutableRequest = match serde_json::from_slice(&body) {
-        Ok(asked) => asked,
-        Err(error) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "not_a_request",
-                format!(
-                    "the request is not {{\"reason\": \"start\" | \"change\" | \"recheck\"}}: {error}"
-                ),
-            );
-        }
-    };
-    let (status, body) = service.reply(ip, service.shared_pass(caller, asked.reason).await);
-    respond(status, body)
-}
-
-/// The metric label of a refusal.
-fn refusal_label(status: StatusCode) -> &'static str {
-    match status {
-        StatusCode::FORBIDDEN => "forbidden",
-        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-        _ => "invalid",
-    }
-}
-
-fn respond(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    response
 }

@@ -904,7 +904,7 @@ async fn a_source_that_is_no_pod_is_answered_before_its_body_is_read() {
         per_source: 2,
         deadline: Duration::from_secs(60),
     };
-    tokio::spawn(super::serve::serve(listener, limits, bed.service));
+    tokio::spawn(super::pod_http::serve(listener, limits, bed.service));
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
         .expect("connect");

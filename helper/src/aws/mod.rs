@@ -6,6 +6,7 @@
 //! above them ([`crate::release`], [`crate::direct::confirm`], [`crate::place`]).
 
 pub mod ec2;
+mod failure;
 pub mod metadata;
 pub mod proxy;
 
@@ -21,7 +22,8 @@ use aws_sdk_ec2::config::Region;
 use ipmgr_eni::{EniRecord, MacAddr, NodeFacts};
 
 use crate::config::AwsSettings;
-pub use ec2::{Ec2, Ec2Failure, Unassigned};
+pub use ec2::{Ec2, Unassigned};
+pub use failure::Ec2Failure;
 pub use metadata::{Metadata, MetadataError};
 pub use proxy::{Proxies, ProxyError};
 

@@ -20,6 +20,7 @@ use ipmgr_pod::netlink::PodAddresses;
 use ipmgr_pod::{Ask, Routing};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::aws::{self, Ec2, Ec2Api, Metadata, NodeMetadata};
 use crate::config::Settings;
@@ -130,9 +131,9 @@ impl<E: Ec2Api, M: NodeMetadata> DirectRouting<E, M> {
         if !report.assigned.is_empty() {
             let (metadata, node) = (self.metadata.clone(), self.node.clone());
             let (accepted, window) = (report.assigned.clone(), self.settings.confirm());
-            self.confirming = Some(tokio::spawn(async move {
-                confirm(&metadata, &node, &accepted, window).await;
-            }));
+            // In the pass's span, so that its lines name the pod like every other.
+            let confirming = async move { confirm(&metadata, &node, &accepted, window).await };
+            self.confirming = Some(tokio::spawn(confirming.in_current_span()));
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The agent backend on the bed: the real `ipmgr-helper agent` in a node's host network, as
-//! the DaemonSet runs it, and the real helper in pods that have no AWS variable, asking it.
+//! the DaemonSet runs it, and the real pod client (`ipmgr-pod`) in pods that have no AWS
+//! variable, asking it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -98,9 +99,25 @@ pub(crate) fn without_aws(pod: &Pod, node: &Node) -> Pod {
     pod
 }
 
-/// `ipmgr-helper args...` in `pod`, asking the agent of `node`.
+/// The pod client the webhook injects with the agent backend: `IPMGR_POD_BIN` when set,
+/// else the `ipmgr-pod` built next to the helper under test (`cargo build -p ipmgr-pod`).
+pub(crate) fn pod_client() -> PathBuf {
+    if let Some(binary) = std::env::var_os("IPMGR_POD_BIN") {
+        return binary.into();
+    }
+    let helper = PathBuf::from(env!("CARGO_BIN_EXE_ipmgr-helper"));
+    let client = helper.with_file_name("ipmgr-pod");
+    assert!(
+        client.exists(),
+        "{} is missing: build it (cargo build -p ipmgr-pod with the same target) or set IPMGR_POD_BIN",
+        client.display()
+    );
+    client
+}
+
+/// `ipmgr-pod args...` in `pod`, asking the agent of `node`.
 pub(crate) fn agent_helper(bed: &TestBed, pod: &Pod, node: &Node, args: &[&str]) -> Command {
-    bed.command(&without_aws(pod, node), &binary(), args)
+    bed.command(&without_aws(pod, node), &pod_client(), args)
 }
 
 /// A bed whose pods cannot reach instance metadata, with an agent on node1.
