@@ -14,6 +14,15 @@ pub(crate) fn helper_binary() -> PathBuf {
     ipmgr_testbed::program("IPMGR_HELPER_BIN", env!("CARGO_BIN_EXE_ipmgr-helper"))
 }
 
+/// The pod client under test (what the webhook injects with the agent backend):
+/// `IPMGR_POD_BIN` when set, else the `ipmgr-pod` built next to this build's helper.
+pub(crate) fn pod_client_binary() -> PathBuf {
+    std::env::var_os("IPMGR_POD_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_ipmgr-helper")).with_file_name("ipmgr-pod"),
+        PathBuf::from,
+    )
+}
+
 /// The knob `name` from the environment, or `default` when unset or unreadable.
 pub(crate) fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
