@@ -54,3 +54,7 @@ async fn unassign(ec2: &impl Ec2Api, call: &EniChange) -> Result<(), Ec2Failure>
     tracing::info!(eni = call.eni_id, ipv4 = ?call.ipv4, ipv6 = ?call.ipv6, "released");
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "release_tests.rs"]
+mod tests;

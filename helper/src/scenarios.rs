@@ -10,7 +10,7 @@ use ipmgr_pod::fake::FakeNetwork;
 use ipmgr_pod::{AgentRouting, PodSettings, run};
 use pretty_assertions::assert_eq;
 
-use crate::agent::serve_tests::{InProcessAgent, bed_with, namespace, pod, recorded};
+use crate::agent::serve_bed::{InProcessAgent, bed_with, namespace, pod, recorded};
 use crate::config::ClaimsMode;
 use crate::direct::DirectRouting;
 use crate::fakes::{FakeEc2, FakeMetadata, INSTANCE, eni, node, record, settings};

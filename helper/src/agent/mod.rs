@@ -16,7 +16,11 @@
 //! the agent says so in `/readyz` and its metrics and tries again. Nothing is called while
 //! nothing changes.
 
+#[cfg(test)]
+mod api_round_tests;
 mod batch;
+#[cfg(test)]
+mod batch_tests;
 pub mod cluster;
 mod coalesce;
 mod entitle;
@@ -24,6 +28,8 @@ pub mod error;
 mod follow;
 pub mod holders;
 mod identify;
+#[cfg(test)]
+mod identify_tests;
 mod listen;
 pub mod metrics;
 mod mirror;
@@ -35,8 +41,12 @@ mod release;
 mod round;
 pub mod serve;
 #[cfg(test)]
-pub(crate) mod serve_tests;
+pub(crate) mod serve_bed;
+#[cfg(test)]
+mod serve_tests;
 pub mod share;
+#[cfg(test)]
+pub(crate) mod test_fakes;
 #[cfg(test)]
 mod tests;
 pub mod transport;

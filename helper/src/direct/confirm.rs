@@ -71,3 +71,7 @@ pub(crate) async fn wait_to_show(
         delay = (delay * 2).min(Duration::from_millis(500));
     }
 }
+
+#[cfg(test)]
+#[path = "confirm_tests.rs"]
+mod tests;

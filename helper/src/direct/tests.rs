@@ -2,16 +2,14 @@
 //! passes, refusals, IPv6 moves, `plan` and the release on exit, without root, namespaces
 //! or EC2.
 
-use ipmgr_eni::{
-    Assignment, EniChange, EniRecord, ErrorClass, NO_MANAGE_TAG, NodeFacts, PodAddress,
-};
+use ipmgr_eni::{Assignment, EniRecord, ErrorClass, NO_MANAGE_TAG, NodeFacts, PodAddress};
 use pretty_assertions::assert_eq;
 
 use ipmgr_pod::netlink::PodAddresses as _;
 use ipmgr_pod::{RunError, run};
 
 use super::{DirectError, DirectRouting};
-use crate::aws::{Ec2Api as _, Unassigned};
+use crate::aws::Ec2Api as _;
 use crate::config::Settings;
 use crate::fakes::{
     FakeEc2, FakeMetadata, FakeNetwork, INSTANCE, eni, node, pod_address, record, settings,
@@ -379,104 +377,4 @@ async fn on_exit_only_what_is_still_on_the_pod_and_its_eni_is_released() {
         ec2.holds("eni-other-node", "10.0.1.52"),
         "moved to another holder"
     );
-}
-
-/// EC2 with the Multus ENI alone, holding `held`; and the release of 10.0.1.50 and
-/// 10.0.1.51 from it.
-fn multus_eni_holding(held: &[&str]) -> (FakeEc2, EniChange) {
-    let mut multus = node().enis[1].clone();
-    multus.ipv4.extend(
-        held.iter()
-            .map(|a| a.parse::<std::net::Ipv4Addr>().expect("ip")),
-    );
-    let change = EniChange {
-        eni_id: multus.id.clone(),
-        ipv4: vec![
-            "10.0.1.50".parse().expect("ip"),
-            "10.0.1.51".parse().expect("ip"),
-        ],
-        ipv6: Vec::new(),
-    };
-    (FakeEc2::with(vec![record(&multus, INSTANCE, true)]), change)
-}
-
-#[tokio::test]
-async fn a_batch_ec2_refuses_for_good_goes_address_by_address() {
-    let (ec2, change) = multus_eni_holding(&["10.0.1.50"]);
-    let outcomes = crate::release::release(&ec2, &change, None).await;
-    let outcomes: Vec<(String, &str)> = outcomes
-        .iter()
-        .map(|(call, outcome)| {
-            let what = match outcome {
-                Unassigned::Released => "released",
-                Unassigned::NotOnEni => "not on the ENI",
-                Unassigned::Stale => "stale",
-                Unassigned::Failed(_) => "failed",
-            };
-            (call.ipv4[0].to_string(), what)
-        })
-        .collect();
-    assert_eq!(
-        outcomes,
-        vec![
-            ("10.0.1.50".to_owned(), "released"),
-            ("10.0.1.51".to_owned(), "not on the ENI"),
-        ]
-    );
-    assert_eq!(ec2.calls().len(), 3, "the batch, then one call per address");
-}
-
-#[tokio::test]
-async fn a_throttled_batch_is_not_split_and_a_stale_view_makes_no_call() {
-    let (ec2, change) = multus_eni_holding(&["10.0.1.50", "10.0.1.51"]);
-    ec2.fail_next(
-        "UnassignPrivateIpAddresses",
-        "RequestLimitExceeded",
-        ErrorClass::Throttling,
-    );
-    let outcomes = crate::release::release(&ec2, &change, None).await;
-    assert!(
-        matches!(outcomes[..], [(_, Unassigned::Failed(_))]),
-        "{outcomes:?}"
-    );
-    let past = std::time::Instant::now() - std::time::Duration::from_secs(1);
-    let outcomes = crate::release::release(&ec2, &change, Some(past)).await;
-    assert!(
-        matches!(outcomes[..], [(_, Unassigned::Stale)]),
-        "{outcomes:?}"
-    );
-    assert_eq!(ec2.calls().len(), 1, "one throttled call, none stale");
-    assert!(ec2.holds("eni-multus", "10.0.1.50"));
-}
-
-#[tokio::test]
-async fn confirmation_waits_for_lagging_metadata_and_says_what_it_never_showed() {
-    use super::confirm::wait_to_show;
-    let assigned = Assignment {
-        eni_id: "eni-multus".to_owned(),
-        address: "10.0.1.50".parse().expect("ip"),
-    };
-    let window = std::time::Duration::from_millis(60);
-    let lagging = FakeMetadata::showing(node());
-    let missing = wait_to_show(&lagging, &node(), std::slice::from_ref(&assigned), window)
-        .await
-        .expect("metadata answers");
-    assert_eq!(
-        missing,
-        vec![assigned.clone()],
-        "never shown within the window"
-    );
-    let mut caught_up = node();
-    caught_up.enis[1]
-        .ipv4
-        .push("10.0.1.50".parse().expect("ip"));
-    let missing = wait_to_show(
-        &FakeMetadata::showing(caught_up),
-        &node(),
-        &[assigned],
-        window,
-    )
-    .await
-    .expect("metadata answers");
-    assert_eq!(missing, vec![], "shown: confirmed");
 }
