@@ -8,37 +8,16 @@ use ipmgr_helper::agent;
 use ipmgr_helper::config::{Cli, Command, Settings};
 use ipmgr_helper::direct::DirectRouting;
 use ipmgr_pod::netlink::PodNetwork;
+use ipmgr_pod::process::run_to_exit;
 use ipmgr_pod::run;
-use tracing::Instrument as _;
 
 fn main() -> ExitCode {
     let Cli { command, log, pod } = Cli::parse();
     if let Command::Ready(file) = &command {
         return run::ready(&file.ready_file, "ipmgr-helper");
     }
-    if let Err(error) = log.init() {
-        eprintln!("ipmgr-helper: {error}");
-        return ExitCode::FAILURE;
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("ipmgr-helper: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let span = pod.span();
-    match runtime.block_on(work(command, pod.node_name.clone()).instrument(span.clone())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            span.in_scope(|| tracing::error!(%error, "ipmgr-helper failed"));
-            eprintln!("ipmgr-helper: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    let node_name = pod.node_name.clone();
+    run_to_exit("ipmgr-helper", &log, &pod, work(command, node_name))
 }
 
 /// Runs the mode; its error as the one line for the termination log.

@@ -55,15 +55,24 @@ pub struct ClientSettings {
     pub pod: PodSettings,
 
     /// The node agent's pod API (e.g. http://10.0.0.10:9472; the webhook sets it from
-    /// status.hostIP).
+    /// status.hostIP). Required: without it, see [`ClientSettings::agent_url`].
     #[arg(long, env = env::AGENT_URL)]
-    pub agent_url: String,
+    pub agent_url: Option<String>,
 
     /// Seconds a question to the node agent keeps being asked again while the agent cannot
     /// be reached or cannot answer yet (the agent's own EC2 retry budget; the webhook sets
     /// it).
     #[arg(long = "ec2-retry-seconds", env = env::EC2_RETRY_SECONDS, default_value_t = budget::EC2_RETRY_SECONDS)]
     pub retry_seconds: u64,
+}
+
+impl ClientSettings {
+    /// The agent's URL, or why there is none and what to do.
+    pub fn agent_url(&self) -> Result<&str, &'static str> {
+        self.agent_url.as_deref().ok_or(
+            "IPMGR_AGENT_URL (--agent-url) is not set: ipmgr-pod asks its node's agent, whose pod API the webhook names as http://$(HOST_IP):9472 with the agent backend; with the direct backend inject ipmgr-helper instead",
+        )
+    }
 }
 
 /// The pod and node the process works for, from the variables the webhook injects
