@@ -198,3 +198,32 @@ impl PodSettings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    #[test]
+    fn the_contract_lists_exactly_the_flags_init_and_sidecar_take() {
+        let cli = Cli::command();
+        for mode in ["init", "sidecar"] {
+            let subcommand = cli.find_subcommand(mode).expect("a mode");
+            let taken: BTreeSet<String> = subcommand
+                .get_arguments()
+                .chain(cli.get_arguments())
+                .filter_map(|arg| arg.get_long())
+                .filter(|long| !["help", "version"].contains(long))
+                .map(|long| format!("--{long}"))
+                .collect();
+            let listed: BTreeSet<String> = ipmgr_contract::POD_CLIENT_FLAGS
+                .iter()
+                .map(|&flag| flag.to_owned())
+                .collect();
+            assert_eq!(taken, listed, "{mode}");
+        }
+    }
+}

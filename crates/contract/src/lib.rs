@@ -52,6 +52,29 @@ pub mod env {
     pub const AGENT_URL: &str = "IPMGR_AGENT_URL";
 }
 
+/// The long flags `ipmgr-pod` (the agent backend's injected client) takes with `init` and
+/// `sidecar`: the webhook refuses, at start, a `--helper-arg` outside them with the agent
+/// backend (the pod crate's tests keep this list equal to its command line).
+pub const POD_CLIENT_FLAGS: &[&str] = &[
+    "--primary-interface",
+    "--interfaces",
+    "--interfaces-by-mac",
+    "--allow-cidr",
+    "--wait-seconds",
+    "--expect-addresses",
+    "--recheck-seconds",
+    "--error-backoff-max-seconds",
+    "--ready-file",
+    "--agent-url",
+    "--ec2-retry-seconds",
+    "--log",
+    "--log-format",
+    "--node-name",
+    "--pod-name",
+    "--pod-namespace",
+    "--mode",
+];
+
 /// The helper's first-pass budgets: the defaults of the variables of the same names in
 /// [`env`], and how they bound a first pass.
 pub mod budget {

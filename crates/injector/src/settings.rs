@@ -189,6 +189,12 @@ pub enum InvalidSettings {
         "--allowed-image-prefix (IPMGR_ALLOWED_IMAGE_PREFIXES) is set but --allow-image-override is off; turn the override on or remove the prefixes"
     )]
     PrefixesWithoutOverride,
+    /// With the agent backend, a helper argument `ipmgr-pod` does not take.
+    #[error(
+        "--helper-arg {0:?} is a flag of ipmgr-helper that ipmgr-pod, injected with the agent backend, does not take (every pod would fail to start); remove it, or use the direct backend; ipmgr-pod takes {flags}",
+        flags = ipmgr_contract::POD_CLIENT_FLAGS.join(", ")
+    )]
+    NotAPodClientFlag(String),
     /// A helper argument sets a first-pass budget the startup probe would not know.
     #[error(
         "--helper-arg {0:?} sets a first-pass budget of the helper, from which the webhook derives the startup probe; remove it and use --helper-wait-seconds, --helper-ec2-retry-seconds or --helper-metadata-retry-seconds"
@@ -269,6 +275,14 @@ impl HelperSettings {
             })
         }) {
             return Err(InvalidSettings::BudgetInHelperArgs(arg.clone()));
+        }
+        if self.backend == Backend::Agent
+            && let Some(arg) = self.extra_args.iter().find(|arg| {
+                let flag = arg.split_once('=').map_or(arg.as_str(), |(flag, _)| flag);
+                flag.starts_with("--") && !ipmgr_contract::POD_CLIENT_FLAGS.contains(&flag)
+            })
+        {
+            return Err(InvalidSettings::NotAPodClientFlag(arg.clone()));
         }
         self.resources.validate()
     }
@@ -387,9 +401,26 @@ mod tests {
                 "--wait-seconds-extra=1".to_owned(),
                 "--confirm-seconds=5".to_owned(),
             ],
+            backend: Backend::Direct,
             ..settings(false, &[])
         };
         assert_eq!(settings.validate(), Ok(()));
+    }
+
+    #[rstest]
+    #[case::helper_only(&["--confirm-seconds=5"], Some("--confirm-seconds=5"))]
+    #[case::helper_only_spaced(&["--allow-primary-eni"], Some("--allow-primary-eni"))]
+    #[case::client_flag(&["--allow-cidr=10.0.1.0/24", "--recheck-seconds", "60"], None)]
+    fn with_the_agent_backend_only_flags_the_pod_client_takes_pass(
+        #[case] args: &[&str],
+        #[case] refused: Option<&str>,
+    ) {
+        let settings = HelperSettings {
+            extra_args: args.iter().map(|&arg| arg.to_owned()).collect(),
+            ..settings(false, &[])
+        };
+        let expected = refused.map(|arg| InvalidSettings::NotAPodClientFlag(arg.to_owned()));
+        assert_eq!(settings.validate().err(), expected);
     }
 
     /// The probe outlasts the worst first pass the helper's budgets allow (helper/src: the
