@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use ipmgr_eni::{Assignment, NodeFacts, PodAddress, Reason, plan};
+use ipmgr_eni::{Assignment, NodeFacts, Plan, PodAddress, Reason, plan};
 use ipmgr_pod::netlink::PodAddresses;
 use ipmgr_pod::{Ask, Routing};
 use tokio::task::JoinHandle;
@@ -107,18 +107,24 @@ impl<E: Ec2Api, M: NodeMetadata> DirectRouting<E, M> {
             self.enis.forget();
             self.node = self.metadata.node_facts().await?;
         }
+        let planned = self.planned(reason, addresses);
+        let recent = self.recently_changed();
+        Ok(self
+            .placer
+            .pass(&self.node, planned, &recent, &mut self.enis)
+            .await)
+    }
+
+    /// The pod's `addresses` planned on the node as a pass for `reason` may believe it
+    /// ([`NodeFacts::believed`], on the plan's target ENIs).
+    fn planned(&self, reason: Reason, addresses: &[PodAddress]) -> Plan {
         let planned = plan(&self.node, addresses, &self.placer.options);
         let targets: Vec<String> = planned
             .placements
             .iter()
             .map(|placement| placement.eni_id.clone())
             .collect();
-        let planned = planned.against(&self.node.believed(reason, &targets));
-        let recent = self.recently_changed();
-        Ok(self
-            .placer
-            .pass(&self.node, planned, &recent, &mut self.enis)
-            .await)
+        planned.against(&self.node.believed(reason, &targets))
     }
 
     /// Takes in what a pass did: remembers what EC2 accepted, confirms it in the background.

@@ -1,7 +1,7 @@
 //! `plan`: what `init` would do, one line per address, changing nothing (it reads EC2 as
 //! a pass would).
 
-use ipmgr_eni::{Assignment, EniChange, PodAddress, Reason, Vetted, plan};
+use ipmgr_eni::{Assignment, EniChange, PodAddress, Reason, Vetted};
 
 use super::DirectRouting;
 use super::error::DirectError;
@@ -12,13 +12,7 @@ impl<E: Ec2Api, M: NodeMetadata> DirectRouting<E, M> {
     /// What `init`'s pass would do with the pod's `addresses`, one line per address.
     pub async fn plan_report(&self, addresses: &[PodAddress]) -> Result<Vec<String>, DirectError> {
         let node = &self.node;
-        let planned = plan(node, addresses, &self.placer.options);
-        let targets: Vec<String> = planned
-            .placements
-            .iter()
-            .map(|placement| placement.eni_id.clone())
-            .collect();
-        let planned = planned.against(&node.believed(Reason::Start, &targets));
+        let planned = self.planned(Reason::Start, addresses);
         let Vetted {
             plan: planned,
             ipv6_unassign_first,
