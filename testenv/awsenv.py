@@ -13,7 +13,11 @@ One process serves:
 * with `--bed`, a minimal Kubernetes API server (testenv/kube.py) on the bed's gateway, its
   own port, plain HTTP: the bed's pods as `v1` Pods, with the Multus network-status
   annotation, their namespaces as `v1` Namespaces, the topology's nodes as `v1` Nodes (list,
-  get, watch); a kubeconfig for it, written under /run/ipmgr-testenv/NAME/;
+  get, watch); `v1` Secrets and `admissionregistration.k8s.io/v1`
+  MutatingWebhookConfigurations that clients create, update, patch and delete (and
+  Namespaces they create), with the real server's write rules; a kubeconfig for it, written
+  under /run/ipmgr-testenv/NAME/ (`python3 -m testenv.kube` runs that server alone, without
+  root);
 * with `--bed`, on request, an HTTP proxy and EC2 over HTTPS behind it (testenv/proxy.py);
 * a JSON control API, under /_ctl/ on the EC2 port or one object a line on standard input
   (`--control stdio`; end of input stops the bed). testenv/client.py is its Python client;
@@ -63,10 +67,17 @@ Control calls (method, path, body -> answer):
                           admin makes it
     POST namespaces/NAME/annotations {"set": {name: value}, "remove": [name]} -> the Namespace
                           (MODIFIED, unless nothing changed)
-    POST kube/faults      {"stall_seconds", "unavailable_seconds"}: for that long every watch,
-                          open or new, delivers nothing (no event, no bookmark, not its end),
-                          then what it held, in order, while lists are answered; or every new
-                          API request is answered 503 ServiceUnavailable (open watches go on)
+    POST kube/faults      {"stall_seconds", "unavailable_seconds", "conflicts": {"kind", "count"}}:
+                          for that long every watch, open or new, delivers nothing (no event,
+                          no bookmark, not its end), then what it held, in order, while lists
+                          are answered; or every new API request is answered 503
+                          ServiceUnavailable (open watches go on); or the next `count` (1)
+                          writes of `kind` (Secret, MutatingWebhookConfiguration, Namespace)
+                          are answered 409 Conflict (0 clears it). The API server takes the
+                          same body at POST /_testenv/faults
+    GET kube/writes       {"writes": [{"time", "verb", "kind", "namespace", "name",
+                          "resourceVersion", "code"}]}: every write request to the API server,
+                          oldest first, with its outcome (as its GET /_testenv/writes)
     GET eni/ID            -> {"ipv4": [...], "ipv6": [...]} as EC2 holds them now
     POST assign           {"eni", "ipv4", "ipv6"}: put addresses on an ENI directly
     POST faults           {"action" | "*", "code", "status", "message", "count" | "seconds",
@@ -207,8 +218,14 @@ class Bed:
             if path == "namespaces" or path.startswith("namespaces/"):
                 return 200, self.namespace_call(method, path.split("/")[1:], request)
             if method == "POST" and path == "kube/faults":
-                self.require_kube().faults(request.get("stall_seconds"), request.get("unavailable_seconds"))
+                try:
+                    self.require_kube().faults(request.get("stall_seconds"), request.get("unavailable_seconds"),
+                                               request.get("conflicts"))
+                except ValueError as error:
+                    raise PodError(str(error)) from None
                 return 200, {}
+            if method == "GET" and path == "kube/writes":
+                return 200, {"writes": self.require_kube().writes()}
             if method == "GET" and path == "metadata_requests":
                 with state.lock:
                     return 200, {"by_source": dict(state.metadata_requests)}

@@ -1,25 +1,31 @@
 """The bed's Kubernetes API server (testenv/kube.py), asked from a node's namespace as a node
-agent asks it: pods, namespaces and nodes, its faults, and metadata closed to pods. Needs root
-(skipped otherwise)."""
+agent asks it: pods, namespaces and nodes, its faults, and metadata closed to pods (these need
+root, skipped otherwise); and the same server alone (`python3 -m testenv.kube`, no root) as a
+webhook writes to it: Secrets and MutatingWebhookConfigurations with the real server's write
+rules, the conflicts fault and the write log."""
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 import yaml
 
+from testenv import kube
 from testenv.client import Bed, BedError, Node
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: pods are network namespaces")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: pods are network namespaces")
 
 NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
 # One HTTP/1.1 GET: prints the status, then the body as it arrives (a watch as it streams);
@@ -49,6 +55,8 @@ sys.exit(3)
 
 @pytest.fixture(scope="module")
 def bed():
+    if os.geteuid() != 0:
+        pytest.skip("needs root: pods are network namespaces")
     with Bed("how-to") as bed:
         yield bed
 
@@ -318,6 +326,7 @@ for event in watch.Watch().stream(api.list_pod_for_all_namespaces, field_selecto
     assert process.wait(timeout=30) == 0
 
 
+@needs_root
 def test_the_kubeconfig_names_the_server_and_goes_with_the_bed(watches):
     with Bed("how-to") as bed:
         config = yaml.safe_load(Path(bed.kubeconfig).read_text())
@@ -504,3 +513,400 @@ def test_an_unavailable_api_server_answers_503_then_serves_again(bed, node1):
     assert status == 503
     time.sleep(max(0.0, 2.2 - (time.monotonic() - started)))
     assert get(bed, node1, "/api/v1/nodes")[0] == 200
+
+
+def test_the_bed_control_api_sets_the_conflicts_fault_and_shows_the_writes(bed):
+    assert bed.control("GET", "kube/writes") == {"writes": []}  # the bed's own changes are not API writes
+    bed.control("POST", "kube/faults", {"conflicts": {"kind": "Secret", "count": 0}})
+    with pytest.raises(BedError, match="no writable kind 'Pod'"):
+        bed.control("POST", "kube/faults", {"conflicts": {"kind": "Pod", "count": 1}})
+
+
+# The same server alone, as a webhook writes to it: no bed, no root.
+
+SECRETS = "/api/v1/namespaces/default/secrets"
+WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+MERGE, JSON_PATCH = "application/merge-patch+json", "application/json-patch+json"
+STALE = ("the object has been modified; please apply your changes to the latest version and try again")
+
+
+class Api:
+    """The standalone API server (`python -m testenv.kube`), one HTTP request at a time."""
+
+    def __init__(self, *arguments: str):
+        self.process = subprocess.Popen([sys.executable, "-m", "testenv.kube", *arguments],
+                                        cwd=Path(__file__).resolve().parent.parent, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+        self.ready = json.loads(self.process.stdout.readline())
+        self.endpoint = self.ready["kube_endpoint"]
+
+    def call(self, method: str, path: str, body=None, content_type: str = "application/json") -> tuple[int, dict]:
+        """`method path` with `body` (JSON unless bytes): status and JSON answer."""
+        url = urlsplit(self.endpoint)
+        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        connection.request(method, path, data, {"Content-Type": content_type} if data is not None else {})
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        connection.close()
+        return response.status, answer
+
+    def writes(self) -> list[dict]:
+        return self.call("GET", "/_testenv/writes")[1]["writes"]
+
+    def stop(self, terminate: bool = False) -> int:
+        """Stops the server (SIGTERM with `terminate`, else the end of its input, as when the
+        parent goes away); its exit status."""
+        if terminate:
+            self.process.terminate()
+        self.process.stdin.close()
+        status = self.process.wait(timeout=10)
+        self.process.stdout.close()
+        return status
+
+
+class Stream:
+    """A watch on the standalone server: its events one by one."""
+
+    def __init__(self, api: Api, path: str):
+        url = urlsplit(api.endpoint)
+        self.connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+        self.connection.request("GET", path)
+        self.socket = self.connection.sock
+        self.response = self.connection.getresponse()
+        assert self.response.status == 200
+        self.lines: queue.Queue[bytes | None] = queue.Queue()
+        threading.Thread(target=self.read, daemon=True).start()
+
+    def read(self) -> None:
+        try:
+            for line in self.response:
+                self.lines.put(line)
+        except Exception:  # the watch was closed under the reader
+            pass
+        self.lines.put(None)
+
+    def next(self, limit: float = 5.0) -> dict:
+        line = self.lines.get(timeout=limit)
+        assert line is not None, "the stream ended"
+        return json.loads(line)
+
+    def close(self) -> None:
+        """Ends the watch at once (the reader is blocked on the socket: shut it down)."""
+        self.socket.shutdown(socket.SHUT_RDWR)
+        self.connection.close()
+
+
+@pytest.fixture(scope="module")
+def api():
+    api = Api()
+    yield api
+    api.stop()
+
+
+def secret(name: str, data: dict | None = None, **fields) -> dict:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": data or {}} | fields
+
+
+def webhook_configuration(name: str, ca_bundle: str | None = None) -> dict:
+    client_config = {"service": {"name": "multus-ipmgr", "namespace": "multus-ipmgr", "path": "/mutate"}}
+    if ca_bundle is not None:
+        client_config["caBundle"] = ca_bundle
+    return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": name},
+            "webhooks": [{"name": "pods.multus-ipmgr.io", "clientConfig": client_config, "sideEffects": "None",
+                          "admissionReviewVersions": ["v1"],
+                          "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                                     "resources": ["pods"]}]}]}
+
+
+def version(item: dict) -> int:
+    return int(item["metadata"]["resourceVersion"])
+
+
+def test_a_create_answers_the_stored_object_and_refuses_an_existing_name(api):
+    status, made = api.call("POST", SECRETS, secret("made", {"ca.crt": "Y2E="}, unknown={"kept": True}))
+    assert status == 201 and (made["kind"], made["apiVersion"], made["type"]) == ("Secret", "v1", "Opaque")
+    assert made["metadata"]["namespace"] == "default" and made["metadata"]["uid"] and made["unknown"] == {"kept": True}
+    assert made["metadata"]["creationTimestamp"].endswith("Z") and version(made) > 1
+    assert api.call("GET", f"{SECRETS}/made") == (200, made)
+
+    status, exists = api.call("POST", SECRETS, secret("made"))
+    assert (status, exists["reason"], exists["message"], exists["details"]) == (
+        409, "AlreadyExists", 'secrets "made" already exists', {"name": "made", "kind": "secrets"})
+    status, refused = api.call("POST", SECRETS, secret("versioned") | {"metadata": {"name": "versioned",
+                                                                                 "resourceVersion": "7"}})
+    assert (status, refused["message"], "reason" in refused) == (
+        500, "resourceVersion should not be set on objects to be created", False)
+    status, refused = api.call("POST", SECRETS, secret("elsewhere") | {"metadata": {"name": "elsewhere",
+                                                                                  "namespace": "kube-system"}})
+    assert (status, refused["message"]) == (
+        400, "the namespace of the provided object does not match the namespace sent on the request")
+    status, missing = api.call("POST", "/api/v1/namespaces/multus-ipmgr/secrets", secret("early"))
+    assert (status, missing["message"]) == (404, 'namespaces "multus-ipmgr" not found')
+    status, namespace = api.call("POST", "/api/v1/namespaces", {"metadata": {"name": "multus-ipmgr"}})
+    assert status == 201 and namespace["metadata"]["labels"] == {"kubernetes.io/metadata.name": "multus-ipmgr"}
+    assert namespace["spec"] == {"finalizers": ["kubernetes"]} and namespace["status"] == {"phase": "Active"}
+    status, generated = api.call("POST", "/api/v1/namespaces/multus-ipmgr/secrets",
+                                 {"metadata": {"generateName": "tls-"}, "stringData": {"a": "b"}})
+    name = generated["metadata"]["name"]
+    assert status == 201 and name.startswith("tls-") and len(name) == 9
+    assert generated["data"] == {"a": "Yg=="} and "stringData" not in generated
+    status, invalid = api.call("POST", SECRETS, secret("Bad_Name"))
+    assert status == 422 and invalid["message"].startswith(
+        'Secret "Bad_Name" is invalid: metadata.name: Invalid value: "Bad_Name": a lowercase RFC 1123 subdomain')
+    assert api.call("POST", f"{SECRETS}/made", secret("made"))[0] == 405
+
+
+def test_an_update_with_a_stale_version_is_a_conflict_and_one_without_is_unconditional(api):
+    _, made = api.call("POST", SECRETS, secret("updated", {"k": "djE="}))
+    status, changed = api.call("PUT", f"{SECRETS}/updated", made | {"data": {"k": "djI="}})
+    assert status == 200 and version(changed) > version(made) and changed["metadata"]["uid"] == made["metadata"]["uid"]
+    status, stale = api.call("PUT", f"{SECRETS}/updated", made | {"data": {"k": "djM="}})
+    assert (status, stale["reason"], stale["message"], stale["details"]) == (
+        409, "Conflict", f'Operation cannot be fulfilled on secrets "updated": {STALE}',
+        {"name": "updated", "kind": "secrets"})
+    unconditional = {"metadata": {"name": "updated"}, "data": {"k": "djQ="}}  # no resourceVersion: allowed for Secrets
+    status, forced = api.call("PUT", f"{SECRETS}/updated", unconditional)
+    assert status == 200 and version(forced) > version(changed) and forced["data"] == {"k": "djQ="}
+    assert forced["metadata"]["creationTimestamp"] == made["metadata"]["creationTimestamp"]
+    status, missing = api.call("PUT", f"{SECRETS}/absent", secret("absent"))
+    assert (status, missing["message"]) == (404, 'secrets "absent" not found')
+    status, renamed = api.call("PUT", f"{SECRETS}/updated", secret("other"))
+    assert (status, renamed["message"]) == (400, "the name of the object (other) does not match the name on the URL "
+                                                 "(updated)")
+    status, uid = api.call("PUT", f"{SECRETS}/updated", forced | {"metadata": forced["metadata"] | {"uid": "x"}})
+    assert (status, uid["message"]) == (422, 'Secret "updated" is invalid: metadata.uid: Invalid value: "x": '
+                                             "field is immutable")
+
+
+def test_a_no_op_update_keeps_the_version_and_makes_no_event(api):
+    _, made = api.call("POST", SECRETS, secret("same", {"k": "dg=="}))
+    stream = Stream(api, f"{SECRETS}?watch=1&resourceVersion={version(made)}&fieldSelector=metadata.name%3Dsame")
+    try:
+        assert api.call("PUT", f"{SECRETS}/same", made) == (200, made)
+        assert api.call("PUT", f"{SECRETS}/same", made | {"data": {"k": "dg==\n"}}) == (200, made)  # same bytes
+        assert api.call("PATCH", f"{SECRETS}/same", {"data": {"k": "dg=="}}, MERGE) == (200, made)
+        assert api.call("GET", f"{SECRETS}/same")[1] == made
+        _, changed = api.call("PATCH", f"{SECRETS}/same", {"data": {"k": "dzI="}}, MERGE)
+        event = stream.next()  # the first event is the one real change
+        assert (event["type"], version(event["object"])) == ("MODIFIED", version(changed))
+        assert version(changed) == max(int(entry["resourceVersion"] or 0) for entry in api.writes())
+    finally:
+        stream.close()
+    logged = [entry for entry in api.writes() if entry["name"] == "same"]
+    assert [(entry["verb"], entry["code"]) for entry in logged] == [
+        ("create", 201), ("update", 200), ("update", 200), ("patch", 200), ("patch", 200)]
+    assert [entry["resourceVersion"] for entry in logged[:4]] == [made["metadata"]["resourceVersion"]] * 4
+
+
+def test_a_merge_patch_with_a_resource_version_is_a_precondition(api):
+    _, made = api.call("POST", SECRETS, secret("merged", {"a": "YQ==", "b": "Yg=="}))
+    stale = {"metadata": {"resourceVersion": str(version(made) - 1)}, "data": {"a": "eA=="}}
+    status, refused = api.call("PATCH", f"{SECRETS}/merged", stale, MERGE)
+    assert (status, refused["reason"], refused["message"]) == (
+        409, "Conflict", f'Operation cannot be fulfilled on secrets "merged": {STALE}')
+    current = {"metadata": {"resourceVersion": made["metadata"]["resourceVersion"]}, "data": {"a": "eA==", "b": None},
+               "stringData": {"c": "see"}}
+    status, patched = api.call("PATCH", f"{SECRETS}/merged", current, f"{MERGE}; charset=utf-8")
+    assert status == 200 and patched["data"] == {"a": "eA==", "c": "c2Vl"} and version(patched) > version(made)
+    status, refused = api.call("PATCH", f"{SECRETS}/merged", current, MERGE)  # the same version again: stale now
+    assert status == 409
+    assert api.call("PATCH", f"{SECRETS}/merged", b"null", MERGE)[1]["message"] == "Invalid JSON Patch"
+    assert api.call("PATCH", f"{SECRETS}/merged", b"{not json", MERGE)[1]["message"] == "invalid JSON patch"
+    status, missing = api.call("PATCH", f"{SECRETS}/absent", {"data": {}}, MERGE)
+    assert (status, missing["message"]) == (404, 'secrets "absent" not found')
+    for content_type in ("application/strategic-merge-patch+json", "application/apply-patch+yaml", "application/json"):
+        status, unsupported = api.call("PATCH", f"{SECRETS}/merged", {"data": {}}, content_type)
+        assert (status, unsupported["reason"], unsupported["message"]) == (
+            415, "UnsupportedMediaType", "the body of the request was in an unknown format - accepted media types "
+                                         "include: application/json-patch+json, application/merge-patch+json")
+
+
+def test_a_json_patch_whose_test_fails_is_invalid(api):
+    _, made = api.call("POST", SECRETS, secret("tested", {"a": "YQ=="}))
+    rv = made["metadata"]["resourceVersion"]
+    failing = [{"op": "test", "path": "/data/a", "value": "Yg=="},
+               {"op": "replace", "path": "/data/a", "value": "Yw=="}]
+    status, refused = api.call("PATCH", f"{SECRETS}/tested", failing, JSON_PATCH)
+    assert (status, refused["reason"], refused["message"], refused["details"]) == (
+        422, "Invalid", "the server rejected our request due to an error in our request", {})
+    guarded = [{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+               {"op": "add", "path": "/data/b", "value": "Yg=="}, {"op": "copy", "from": "/data/a", "path": "/data/c"},
+               {"op": "move", "from": "/data/c", "path": "/data/d"}, {"op": "remove", "path": "/data/a"}]
+    status, patched = api.call("PATCH", f"{SECRETS}/tested", guarded, JSON_PATCH)
+    assert status == 200 and patched["data"] == {"b": "Yg==", "d": "YQ=="}
+    assert api.call("PATCH", f"{SECRETS}/tested", guarded, JSON_PATCH)[0] == 422  # its version moved on
+    assert api.call("PATCH", f"{SECRETS}/tested", [{"op": "remove", "path": "/data/zz"}], JSON_PATCH)[0] == 422
+    status, malformed = api.call("PATCH", f"{SECRETS}/tested", {"op": "add"}, JSON_PATCH)
+    assert (status, malformed["reason"]) == (400, "BadRequest")
+    set_version = [{"op": "replace", "path": "/metadata/resourceVersion", "value": rv}]  # a precondition too
+    assert api.call("PATCH", f"{SECRETS}/tested", set_version, JSON_PATCH)[0] == 409
+
+
+def test_data_that_is_not_base64_is_refused_as_go_decodes_it(api):
+    status, refused = api.call("POST", SECRETS, secret("plain", {"user": "admin"}))
+    assert (status, refused["reason"], refused["message"]) == (
+        400, "BadRequest", 'Secret in version "v1" cannot be handled as a Secret: illegal base64 data at input byte 4')
+    _, made = api.call("POST", SECRETS, secret("encoded", {"user": "YWRt\naW4="}))
+    assert made["data"] == {"user": "YWRtaW4="}  # decoded, answered re-encoded
+    status, refused = api.call("PATCH", f"{SECRETS}/encoded", {"data": {"user": "admin"}}, MERGE)
+    assert (status, refused["reason"], refused["details"]["causes"][0]["field"]) == (422, "Invalid", "patch")
+    assert refused["message"].startswith(' "" is invalid: patch: Invalid value: "{')
+    assert refused["message"].endswith('": illegal base64 data at input byte 4')
+    status, refused = api.call("POST", SECRETS, secret("typed", {"n": 1}))
+    assert (status, refused["message"]) == (400, 'Secret in version "v1" cannot be handled as a Secret: json: cannot '
+                                                 "unmarshal number into Go struct field Secret.data of type []uint8")
+    for text, offset in (("YQ", 0), ("YQ=", 3), ("Y===", 1), ("YQ==YQ==", 4), ("a b=", 1), ("YWJj!", 4)):
+        with pytest.raises(kube.DecodeError, match=f"at input byte {offset}$"):
+            kube.go_base64(text)
+    assert kube.go_base64("YQ==\r\n") == b"a" and kube.go_base64("YR==") == b"a" and kube.go_base64("") == b""
+
+
+def test_a_tls_secret_needs_its_key_and_certificate_and_keeps_its_type(api):
+    status, refused = api.call("POST", SECRETS, secret("serving", {"tls.crt": "Y2VydA=="}, type="kubernetes.io/tls"))
+    assert (status, refused["reason"], refused["message"]) == (
+        422, "Invalid", 'Secret "serving" is invalid: data[tls.key]: Required value')
+    assert refused["details"] == {"name": "serving", "kind": "Secret", "causes": [
+        {"reason": "FieldValueRequired", "message": "Required value", "field": "data[tls.key]"}]}
+    status, refused = api.call("POST", SECRETS, secret("serving", type="kubernetes.io/tls"))
+    assert refused["message"] == ('Secret "serving" is invalid: [data[tls.crt]: Required value, '
+                                  "data[tls.key]: Required value]")
+    pair = {"tls.crt": "Y2VydA==", "tls.key": "a2V5", "ca.crt": "Y2E="}
+    status, made = api.call("POST", SECRETS, secret("serving", pair, type="kubernetes.io/tls"))
+    assert status == 201 and made["type"] == "kubernetes.io/tls"
+    status, refused = api.call("PUT", f"{SECRETS}/serving", made | {"type": "Opaque"})
+    assert (status, refused["message"]) == (422, 'Secret "serving" is invalid: type: Invalid value: "Opaque": field '
+                                                 "is immutable")
+    untyped = {key: value for key, value in made.items() if key != "type"}  # defaults to Opaque: a change too
+    assert api.call("PUT", f"{SECRETS}/serving", untyped)[0] == 422
+    status, refused = api.call("PATCH", f"{SECRETS}/serving", {"data": {"tls.key": None}}, MERGE)
+    assert (status, refused["message"]) == (422, 'Secret "serving" is invalid: data[tls.key]: Required value')
+    _, frozen = api.call("POST", SECRETS, secret("frozen", {"a": "YQ=="}, immutable=True))
+    status, refused = api.call("PATCH", f"{SECRETS}/frozen", {"data": {"a": "Yg=="}}, MERGE)
+    assert (status, refused["message"]) == (422, 'Secret "frozen" is invalid: data: Forbidden: field is immutable '
+                                                 "when `immutable` is set")
+
+
+def test_a_webhook_configuration_keeps_its_ca_bundle_and_counts_generations(api):
+    status, made = api.call("POST", WEBHOOKS, webhook_configuration("multus-ipmgr"))
+    assert status == 201 and made["metadata"]["generation"] == 1 and "namespace" not in made["metadata"]
+    hook = made["webhooks"][0]
+    assert (hook["failurePolicy"], hook["matchPolicy"], hook["timeoutSeconds"], hook["reinvocationPolicy"]) == (
+        "Fail", "Equivalent", 10, "Never")
+    assert (hook["namespaceSelector"], hook["clientConfig"]["service"]["port"], hook["rules"][0]["scope"]) == ({}, 443,
+                                                                                                              "*")
+    ca = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nMIIB...\n-----END CERTIFICATE-----\n").decode()
+    patch = [{"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": ca}]
+    status, patched = api.call("PATCH", f"{WEBHOOKS}/multus-ipmgr", patch, JSON_PATCH)
+    assert status == 200 and patched["webhooks"][0]["clientConfig"]["caBundle"] == ca
+    assert patched["metadata"]["generation"] == 2 and api.call("GET", f"{WEBHOOKS}/multus-ipmgr") == (200, patched)
+    assert api.call("PATCH", f"{WEBHOOKS}/multus-ipmgr", patch, JSON_PATCH) == (200, patched)  # unchanged
+    status, labelled = api.call("PATCH", f"{WEBHOOKS}/multus-ipmgr", {"metadata": {"labels": {"a": "b"}}}, MERGE)
+    assert status == 200 and labelled["metadata"]["generation"] == 2  # not a webhook change
+
+    status, refused = api.call("PUT", f"{WEBHOOKS}/multus-ipmgr", webhook_configuration("multus-ipmgr", "Y2E="))
+    assert (status, refused["reason"], refused["message"]) == (
+        422, "Invalid", 'mutatingwebhookconfigurations.admissionregistration.k8s.io "multus-ipmgr" is invalid: '
+                        "metadata.resourceVersion: Invalid value: 0: must be specified for an update")
+    stale = labelled | {"metadata": labelled["metadata"] | {"resourceVersion": patched["metadata"]["resourceVersion"]}}
+    status, refused = api.call("PUT", f"{WEBHOOKS}/multus-ipmgr", stale)
+    assert (status, refused["message"], refused["details"]) == (
+        409, 'Operation cannot be fulfilled on mutatingwebhookconfigurations.admissionregistration.k8s.io '
+             f'"multus-ipmgr": {STALE}',
+        {"name": "multus-ipmgr", "group": "admissionregistration.k8s.io", "kind": "mutatingwebhookconfigurations"})
+    replaced = webhook_configuration("multus-ipmgr", "bmV3IGNh")
+    replaced["metadata"]["resourceVersion"] = labelled["metadata"]["resourceVersion"]
+    status, updated = api.call("PUT", f"{WEBHOOKS}/multus-ipmgr", replaced)
+    assert status == 200 and updated["metadata"]["generation"] == 3
+    assert base64.b64decode(updated["webhooks"][0]["clientConfig"]["caBundle"]) == b"new ca"
+
+    status, refused = api.call("POST", WEBHOOKS, webhook_configuration("broken", "not base64"))
+    assert (status, refused["message"]) == (400, "MutatingWebhookConfiguration in version \"v1\" cannot be handled as "
+                                                 "a MutatingWebhookConfiguration: illegal base64 data at input byte 3")
+    incomplete = webhook_configuration("incomplete")
+    del incomplete["webhooks"][0]["sideEffects"]
+    incomplete["webhooks"][0]["clientConfig"]["url"] = "https://example.com/mutate"
+    status, refused = api.call("POST", WEBHOOKS, incomplete)
+    assert (status, [cause["field"] for cause in refused["details"]["causes"]]) == (
+        422, ["webhooks[0].sideEffects", "webhooks[0].clientConfig"])
+    assert refused["message"].startswith('MutatingWebhookConfiguration.admissionregistration.k8s.io "incomplete" is '
+                                         "invalid: [webhooks[0].sideEffects: Required value: must specify one of None, "
+                                         "NoneOnDryRun, ")
+
+    status, refused = api.call("DELETE", f"{WEBHOOKS}/multus-ipmgr", {"preconditions": {"uid": "other"}})
+    assert (status, refused["reason"]) == (409, "Conflict")
+    assert "the UID in the precondition (other)" in refused["message"]
+    status, deleted = api.call("DELETE", f"{WEBHOOKS}/multus-ipmgr")
+    assert (status, deleted["status"], deleted["details"]) == (200, "Success", {
+        "name": "multus-ipmgr", "group": "admissionregistration.k8s.io", "kind": "mutatingwebhookconfigurations",
+        "uid": made["metadata"]["uid"]})
+    assert api.call("GET", f"{WEBHOOKS}/multus-ipmgr")[0] == 404
+    assert api.call("DELETE", f"{WEBHOOKS}/multus-ipmgr")[1]["message"] == (
+        'mutatingwebhookconfigurations.admissionregistration.k8s.io "multus-ipmgr" not found')
+
+
+def test_lists_and_watches_see_the_writes(api):
+    _, listing = api.call("GET", "/api/v1/secrets")
+    assert listing["kind"] == "SecretList" and all("kind" not in item for item in listing["items"])
+    stream = Stream(api, f"{SECRETS}?watch=1&resourceVersion={listing['metadata']['resourceVersion']}")
+    webhooks = Stream(api, f"{WEBHOOKS}?watch=1&resourceVersion=0&allowWatchBookmarks=true&timeoutSeconds=3")
+    try:
+        _, made = api.call("POST", SECRETS, secret("watched", {"a": "YQ=="}))
+        api.call("PATCH", f"{SECRETS}/watched", {"data": {"a": "YQ=="}}, MERGE)  # no change, no event
+        _, changed = api.call("PATCH", f"{SECRETS}/watched", {"data": {"a": "Yg=="}}, MERGE)
+        api.call("DELETE", f"{SECRETS}/watched")
+        events = [stream.next() for _ in range(3)]
+        assert [(event["type"], event["object"]["metadata"]["name"]) for event in events] == [
+            ("ADDED", "watched"), ("MODIFIED", "watched"), ("DELETED", "watched")]
+        assert events[0]["object"] == made and events[1]["object"] == changed
+        assert version(events[2]["object"]) > version(changed) and events[2]["object"]["data"] == {"a": "Yg=="}
+        bookmark = webhooks.next(5)  # nothing to add: the pre-deadline bookmark, of the group's version
+        assert bookmark["type"] == "BOOKMARK" and bookmark["object"]["apiVersion"] == "admissionregistration.k8s.io/v1"
+    finally:
+        stream.close()
+        webhooks.close()
+    api.call("POST", SECRETS, secret("typed-tls", {"tls.crt": "YQ==", "tls.key": "YQ=="}, type="kubernetes.io/tls"))
+    _, listing = api.call("GET", f"{SECRETS}?fieldSelector=type%3Dkubernetes.io%2Ftls")
+    assert "typed-tls" in names(listing["items"]) and {item["type"] for item in listing["items"]} == {
+        "kubernetes.io/tls"}
+
+
+def test_the_conflicts_fault_answers_the_next_writes_409_and_the_log_shows_them(api):
+    _, made = api.call("POST", SECRETS, secret("contended", {"a": "YQ=="}))
+    assert api.call("POST", "/_testenv/faults", {"conflicts": {"kind": "Secret", "count": 2}}) == (200, {})
+    before = len(api.writes())
+    for _ in range(2):
+        status, refused = api.call("PATCH", f"{SECRETS}/contended", {"data": {"a": "Yg=="}}, MERGE)
+        assert (status, refused["reason"], refused["message"]) == (
+            409, "Conflict", f'Operation cannot be fulfilled on secrets "contended": {STALE}')
+    assert api.call("GET", f"{SECRETS}/contended") == (200, made)  # reads are not writes
+    status, patched = api.call("PATCH", f"{SECRETS}/contended", {"data": {"a": "Yg=="}}, MERGE)
+    assert status == 200
+    log = api.writes()[before:]
+    assert [(entry["verb"], entry["kind"], entry["namespace"], entry["name"], entry["code"]) for entry in log] == [
+        ("patch", "Secret", "default", "contended", 409)] * 2 + [("patch", "Secret", "default", "contended", 200)]
+    assert [entry["resourceVersion"] for entry in log] == ["", "", patched["metadata"]["resourceVersion"]]
+    assert log[0]["time"] <= log[2]["time"] <= time.time()
+    status, refused = api.call("POST", "/_testenv/faults", {"conflicts": {"kind": "Node", "count": 1}})
+    assert status == 400 and "no writable kind 'Node'" in refused["error"]
+    api.call("POST", "/_testenv/faults", {"conflicts": {"kind": "MutatingWebhookConfiguration", "count": 1}})
+    assert api.call("POST", WEBHOOKS, webhook_configuration("contended"))[0] == 409
+    assert api.call("POST", WEBHOOKS, webhook_configuration("contended"))[0] == 201
+    assert api.call("GET", "/_testenv/nothing")[0] == 404
+
+
+def test_standalone_writes_its_kubeconfig_and_stops_on_sigterm_or_end_of_input(tmp_path):
+    kubeconfig = tmp_path / "kubeconfig"
+    server = Api("--kubeconfig", str(kubeconfig))
+    assert server.ready == {"kube_endpoint": server.endpoint, "kubeconfig": str(kubeconfig)}
+    assert server.endpoint.startswith("http://127.0.0.1:")
+    config = yaml.safe_load(kubeconfig.read_text())
+    assert config["clusters"][0]["cluster"] == {"server": server.endpoint}
+    status, listing = server.call("GET", "/api/v1/namespaces")
+    assert status == 200 and names(listing["items"]) == ["default", "kube-node-lease", "kube-public", "kube-system"]
+    assert server.stop(terminate=True) == 0 and not kubeconfig.exists()
+
+    quiet = Api()
+    assert quiet.ready["kubeconfig"] is None and quiet.call("GET", "/api/v1/nodes")[1]["items"] == []
+    assert quiet.stop() == 0  # the end of its input: the parent went away

@@ -5,12 +5,18 @@
 //! Kubernetes API server that shows them as Pod objects) lives in the stand-in; this crate
 //! only speaks its control protocol.
 //!
+//! [`KubeApi`] runs the stand-in's Kubernetes API server on its own, without root, for tests
+//! that only write to and read from the API (a webhook's Secret and caBundle).
+//!
 //! Test helpers: failures panic with the reason. Pods need root; tests that use them carry
 //! `#[ignore = "needs root ..."]` so that a normal `cargo test` reports them as skipped and
 //! `scripts/test` runs them with `--run-ignored all`.
 
 pub mod churn;
+pub mod kube;
 pub mod process;
+
+pub use kube::KubeApi;
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};

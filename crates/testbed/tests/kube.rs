@@ -1,11 +1,13 @@
 //! The client's view of what the bed adds for a node agent: pods as Kubernetes objects, the
 //! kubeconfig, node addresses, namespaces and nodes, IPv6 pods, kept objects, the API
-//! server's faults, and metadata closed to pods. Root: pods are network namespaces.
+//! server's faults, and metadata closed to pods (root: pods are network namespaces); and the
+//! API server alone, written to as a webhook writes (no root).
 
 use std::time::{Duration, Instant};
 
+use ipmgr_testbed::kube::{JSON, MERGE_PATCH};
 use ipmgr_testbed::{
-    Background, Interface, PodSpec, TestBed, Topology, finish, http_get, testenv_python,
+    Background, Interface, KubeApi, PodSpec, TestBed, Topology, finish, http_get, testenv_python,
 };
 use serde_json::{Value, json};
 
@@ -149,4 +151,54 @@ fn namespaces_nodes_and_faults_through_the_client() {
     assert!(http_get(&node, &pods).starts_with("503"));
     std::thread::sleep(Duration::from_millis(1200));
     assert!(http_get(&node, &pods).starts_with("200"));
+}
+
+/// The API server alone (no root): a Secret updated with a version another writer moved on
+/// from is a conflict; the conflicts fault and the write log.
+#[test]
+fn a_secret_updated_with_a_stale_version_is_a_conflict() {
+    let api = KubeApi::start();
+    let secrets = "/api/v1/namespaces/default/secrets";
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "webhook-tls"},
+        "type": "kubernetes.io/tls", "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"},
+    });
+    let (status, made) = api.post(secrets, JSON, &secret);
+    assert_eq!(status, 201, "{made}");
+    let path = format!("{secrets}/webhook-tls");
+    assert_eq!(api.get(&path), (200, made.clone()));
+
+    let mut renewed = made.clone();
+    renewed["data"]["tls.crt"] = json!("bmV3");
+    let (status, updated) = api.put(&path, JSON, &renewed);
+    assert_eq!(status, 200, "{updated}");
+    assert_ne!(
+        updated["metadata"]["resourceVersion"],
+        made["metadata"]["resourceVersion"]
+    );
+    let (status, stale) = api.put(&path, JSON, &renewed); // made's version: stale now
+    assert_eq!((status, &stale["reason"]), (409, &json!("Conflict")));
+    assert_eq!(
+        stale["message"],
+        "Operation cannot be fulfilled on secrets \"webhook-tls\": the object has been modified; \
+         please apply your changes to the latest version and try again"
+    );
+
+    api.conflicts("Secret", 1);
+    let ca = json!({"data": {"ca.crt": "Y2E="}});
+    assert_eq!(api.patch(&path, MERGE_PATCH, &ca).0, 409);
+    let (status, patched) = api.patch(&path, MERGE_PATCH, &ca);
+    assert_eq!((status, &patched["data"]["ca.crt"]), (200, &json!("Y2E=")));
+    let codes: Vec<u64> = api
+        .writes()
+        .iter()
+        .map(|write| write["code"].as_u64().expect("code"))
+        .collect();
+    assert_eq!(codes, [201, 200, 409, 409, 200]);
+
+    let kubeconfig = api.kubeconfig().to_owned();
+    let text = std::fs::read_to_string(&kubeconfig).expect("kubeconfig");
+    assert!(text.contains(&format!("server: {}\n", api.endpoint())));
+    drop(api);
+    assert!(!kubeconfig.exists());
 }
