@@ -1,5 +1,5 @@
-//! Self-signed CA and serving certificate for the webhook Service, written where kustomize
-//! picks them up.
+//! Self-signed CA and serving certificate for the webhook Service: made here, written where
+//! kustomize picks them up (`certs`), or kept in a Secret by [`crate::managed`].
 
 use std::fs;
 use std::io::Write as _;
@@ -10,7 +10,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -33,6 +33,15 @@ pub struct GeneratedCertificates {
     /// The serving certificate.
     pub cert_pem: String,
     /// The serving certificate's private key.
+    pub key_pem: String,
+}
+
+/// A certificate and its private key, in PEM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PemPair {
+    /// The certificate.
+    pub cert_pem: String,
+    /// Its private key (PKCS#8).
     pub key_pem: String,
 }
 
@@ -64,40 +73,71 @@ impl ServiceIdentity {
         ]
     }
 
-    /// Generates a new CA and a serving certificate for [`Self::dns_names`], signed by it.
-    pub fn generate(&self) -> Result<GeneratedCertificates, CertsError> {
-        let now = OffsetDateTime::now_utc();
-        let validity = |params: &mut CertificateParams| {
-            params.not_before = now - Duration::minutes(5);
-            params.not_after = now + Duration::days(i64::from(self.valid_days));
-        };
+    /// The name the API server calls the Service by (`<service>.<namespace>.svc`).
+    pub fn service_name(&self) -> String {
+        format!("{}.{}.svc", self.service, self.namespace)
+    }
 
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.distinguished_name.push(
+    /// Generates a new CA and a serving certificate for [`Self::dns_names`], signed by it,
+    /// both valid for `valid_days`.
+    pub fn generate(&self) -> Result<GeneratedCertificates, CertsError> {
+        let not_after = OffsetDateTime::now_utc() + Duration::days(i64::from(self.valid_days));
+        let ca = self.new_authority(not_after)?;
+        let serving = self.issue_serving(&ca, not_after)?;
+        Ok(GeneratedCertificates {
+            ca_pem: ca.cert_pem,
+            cert_pem: serving.cert_pem,
+            key_pem: serving.key_pem,
+        })
+    }
+
+    /// A new self-signed CA (ECDSA P-256, path length 0) valid from five minutes ago (clock
+    /// skew) until `not_after`.
+    pub fn new_authority(&self, not_after: OffsetDateTime) -> Result<PemPair, CertsError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(
             DnType::CommonName,
             format!("multus-ipmgr webhook CA ({})", self.namespace),
         );
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        validity(&mut ca_params);
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        set_validity(&mut params, not_after);
+        let key = KeyPair::generate()?;
+        let ca = CertifiedIssuer::self_signed(params, key)?;
+        Ok(PemPair {
+            cert_pem: ca.pem(),
+            key_pem: ca.key().serialize_pem(),
+        })
+    }
 
+    /// A new serving certificate for [`Self::dns_names`] (fresh key), signed by `ca`, valid
+    /// from five minutes ago until `not_after`.
+    pub fn issue_serving(
+        &self,
+        ca: &PemPair,
+        not_after: OffsetDateTime,
+    ) -> Result<PemPair, CertsError> {
+        let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, KeyPair::from_pem(&ca.key_pem)?)?;
         let mut params = CertificateParams::new(self.dns_names())?;
-        params.distinguished_name.push(
-            DnType::CommonName,
-            format!("{}.{}.svc", self.service, self.namespace),
-        );
+        params
+            .distinguished_name
+            .push(DnType::CommonName, self.service_name());
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        validity(&mut params);
+        set_validity(&mut params, not_after);
         let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &ca)?;
-        Ok(GeneratedCertificates {
-            ca_pem: ca.pem(),
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok(PemPair {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// Valid from five minutes ago (the API server's clock may lag ours) until `not_after`.
+fn set_validity(params: &mut CertificateParams, not_after: OffsetDateTime) {
+    params.not_before = OffsetDateTime::now_utc() - Duration::minutes(5);
+    params.not_after = not_after;
 }
 
 /// The JSON 6902 patch (YAML) that sets the caBundle of the MutatingWebhookConfiguration.

@@ -1,5 +1,7 @@
 //! Command-line and environment configuration shared by `serve` and `inject`.
 
+use std::time::Duration;
+
 use clap::Args;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use ipmgr_contract::budget;
@@ -181,4 +183,13 @@ impl InjectionArgs {
         settings.validate()?;
         Ok(settings)
     }
+}
+
+/// A positive number of seconds, fractions allowed (`0.5`).
+pub fn seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|seconds| *seconds > 0.0)
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+        .ok_or_else(|| format!("{text:?} is not a positive number of seconds (examples: 2, 0.5)"))
 }

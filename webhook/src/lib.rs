@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod certs;
 pub mod config;
+pub mod managed;
 pub mod manifest;
 pub mod metrics;
 pub mod server;

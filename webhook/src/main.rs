@@ -11,10 +11,12 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use ipmgr_contract::LogArgs;
 use ipmgr_webhook::certs::{ServiceIdentity, write_for_kustomize};
-use ipmgr_webhook::config::InjectionArgs;
+use ipmgr_webhook::config::{self, InjectionArgs};
+use ipmgr_webhook::managed::args::ManagedArgs;
+use ipmgr_webhook::managed::store::KubeStore;
 use ipmgr_webhook::manifest::inject_yaml;
 use ipmgr_webhook::server::{AppState, RequestLimits, ServeLimits, serve_tls};
-use ipmgr_webhook::tls::ReloadingCertificate;
+use ipmgr_webhook::tls::ServingCertificate;
 use tokio::net::TcpListener;
 
 #[derive(Parser, Debug)]
@@ -35,9 +37,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve the mutating admission webhook over HTTPS.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print manifests with the helper injected, as the webhook would (no cluster needed).
-    Inject(InjectArgs),
+    Inject(Box<InjectArgs>),
     /// Generate a CA and a serving certificate for the webhook Service, for kustomize.
     Certs(CertsArgs),
 }
@@ -48,7 +50,16 @@ struct ServeArgs {
     #[arg(long, env = "IPMGR_LISTEN", default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
 
-    /// PEM certificate chain (re-read when it changes).
+    /// Where the serving certificate comes from: `files` (--tls-cert and --tls-key, re-read
+    /// when they change) or `managed` (a CA and certificate the webhook keeps in a Secret,
+    /// renews, and puts into its MutatingWebhookConfiguration's caBundle itself).
+    #[arg(long, env = "IPMGR_CERTIFICATES", value_enum, default_value_t = CertificateSource::Files)]
+    certificates: CertificateSource,
+
+    #[command(flatten)]
+    managed: ManagedArgs,
+
+    /// PEM certificate chain (re-read when it changes; `--certificates files`).
     #[arg(
         long,
         env = "IPMGR_TLS_CERT",
@@ -56,7 +67,7 @@ struct ServeArgs {
     )]
     tls_cert: PathBuf,
 
-    /// PEM private key (re-read when it changes).
+    /// PEM private key (re-read when it changes; `--certificates files`).
     #[arg(
         long,
         env = "IPMGR_TLS_KEY",
@@ -80,23 +91,23 @@ struct ServeArgs {
 
     /// Seconds a client has for the TLS handshake, then for each HTTP/1.1 request's headers
     /// (also how long a kept-alive HTTP/1.1 connection waits for its next request).
-    #[arg(long, env = "IPMGR_HEADER_TIMEOUT_SECONDS", default_value = "2", value_parser = seconds)]
+    #[arg(long, env = "IPMGR_HEADER_TIMEOUT_SECONDS", default_value = "2", value_parser = config::seconds)]
     header_timeout_seconds: Duration,
 
     /// Seconds a request body may take to arrive once its headers did (HTTP 408 after).
-    #[arg(long, env = "IPMGR_BODY_TIMEOUT_SECONDS", default_value = "3", value_parser = seconds)]
+    #[arg(long, env = "IPMGR_BODY_TIMEOUT_SECONDS", default_value = "3", value_parser = config::seconds)]
     body_timeout_seconds: Duration,
 
     /// Seconds from a request's headers to its answer, body included (HTTP 503 after).
-    #[arg(long, env = "IPMGR_REQUEST_TIMEOUT_SECONDS", default_value = "4", value_parser = seconds)]
+    #[arg(long, env = "IPMGR_REQUEST_TIMEOUT_SECONDS", default_value = "4", value_parser = config::seconds)]
     request_timeout_seconds: Duration,
 
     /// Seconds a connection may stay without a request in flight before it is closed.
-    #[arg(long, env = "IPMGR_IDLE_TIMEOUT_SECONDS", default_value = "5", value_parser = seconds)]
+    #[arg(long, env = "IPMGR_IDLE_TIMEOUT_SECONDS", default_value = "5", value_parser = config::seconds)]
     idle_timeout_seconds: Duration,
 
     /// Seconds between HTTP/2 keep-alive pings, and for the answer to one.
-    #[arg(long, env = "IPMGR_H2_KEEPALIVE_SECONDS", default_value = "5", value_parser = seconds)]
+    #[arg(long, env = "IPMGR_H2_KEEPALIVE_SECONDS", default_value = "5", value_parser = config::seconds)]
     h2_keepalive_seconds: Duration,
 
     /// Concurrent HTTP/2 streams per connection.
@@ -109,6 +120,15 @@ struct ServeArgs {
 
     #[command(flatten)]
     injection: InjectionArgs,
+}
+
+/// Where the serving certificate comes from.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum CertificateSource {
+    /// PEM files, mounted from a Secret (kustomize, cert-manager, existingSecret).
+    Files,
+    /// A Secret the webhook keeps itself.
+    Managed,
 }
 
 #[derive(clap::Args, Debug)]
@@ -140,15 +160,6 @@ struct CertsArgs {
     days: u32,
 }
 
-/// A positive number of seconds, fractions allowed (`0.5`).
-fn seconds(text: &str) -> Result<Duration, String> {
-    text.parse::<f64>()
-        .ok()
-        .filter(|seconds| *seconds > 0.0)
-        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
-        .ok_or_else(|| format!("{text:?} is not a positive number of seconds (examples: 2, 0.5)"))
-}
-
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -162,7 +173,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     cli.log.init()?;
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Inject(args) => inject(&args),
         Command::Certs(args) => certs(&args),
     }
@@ -173,11 +184,13 @@ fn serve(args: ServeArgs) -> Result<()> {
         .injection
         .settings()
         .context("invalid helper settings")?;
-    let certificate = Arc::new(ReloadingCertificate::new(
-        args.tls_cert.clone(),
-        args.tls_key.clone(),
-    ));
-    if !certificate.is_loaded() {
+    let managed = args.certificates == CertificateSource::Managed;
+    let certificate = Arc::new(if managed {
+        ServingCertificate::installed()
+    } else {
+        ServingCertificate::from_files(args.tls_cert.clone(), args.tls_key.clone())
+    });
+    if !managed && !certificate.is_loaded() {
         tracing::warn!(
             cert = %args.tls_cert.display(),
             key = %args.tls_key.display(),
@@ -189,7 +202,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         .context("cannot build the TLS configuration")?;
     let state = Arc::new(AppState::new(
         settings,
-        Some(certificate),
+        Some(certificate.clone()),
         RequestLimits {
             max_body_bytes: args.max_body_bytes,
             max_in_flight: args.max_in_flight as usize,
@@ -213,6 +226,23 @@ fn serve(args: ServeArgs) -> Result<()> {
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {} (--listen / IPMGR_LISTEN)", args.listen))?;
+        if managed {
+            let client = kube::Client::try_default().await.context(
+                "cannot reach the Kubernetes API for the managed certificates (in-cluster \
+                 service account, or KUBECONFIG)",
+            )?;
+            let store = KubeStore::new(
+                client,
+                &args.managed.namespace,
+                &args.managed.cert_secret,
+                &args.managed.webhook_configuration,
+            );
+            tokio::spawn(ipmgr_webhook::managed::keep(
+                args.managed.settings(),
+                store,
+                certificate.clone(),
+            ));
+        }
         tracing::info!(listen = %args.listen, "serving /mutate, /healthz, /readyz, /metrics over HTTPS");
         serve_tls(listener, tls, state, limits, shutdown_signal()).await;
         tracing::info!("stopped");

@@ -1,4 +1,5 @@
-//! Serving certificate that follows its files.
+//! The serving certificate: one that follows its files, or one a certificate manager
+//! installs ([`crate::managed`]).
 //!
 //! Kubernetes updates a mounted Secret by swapping the `..data` symlink, so watching the
 //! file itself misses the change. Instead every TLS handshake stats the two files (following
@@ -34,6 +35,16 @@ pub enum CertificateError {
     /// The certificate file holds no certificate.
     #[error("{0} holds no PEM certificate")]
     NoCertificate(PathBuf),
+    /// PEM text holds no certificate or no usable private key.
+    #[error("the {kind} of {origin} is not usable PEM: {source}")]
+    Pem {
+        /// `certificate` or `private key`.
+        kind: &'static str,
+        /// Where the text came from.
+        origin: String,
+        /// What went wrong.
+        source: rustls_pki_types::pem::Error,
+    },
     /// The key is not usable or does not belong to the certificate.
     #[error("certificate {cert} and key {key} do not form a usable pair: {source}")]
     Mismatch {
@@ -63,27 +74,84 @@ struct Loaded {
     not_after: Option<i64>,
 }
 
-/// Resolves the serving certificate from a PEM certificate chain and key, reloading them
-/// when the files change.
+/// Where the served certificate comes from.
 #[derive(Debug)]
-pub struct ReloadingCertificate {
-    cert_path: PathBuf,
-    key_path: PathBuf,
+enum Source {
+    /// A PEM certificate chain and key on disk, re-read when they change.
+    Files {
+        cert_path: PathBuf,
+        key_path: PathBuf,
+    },
+    /// Whatever [`ServingCertificate::install`] was last given.
+    Installed,
+}
+
+/// Resolves the certificate each TLS handshake serves.
+#[derive(Debug)]
+pub struct ServingCertificate {
+    source: Source,
     provider: Arc<CryptoProvider>,
     loaded: Mutex<Loaded>,
 }
 
-impl ReloadingCertificate {
-    /// Watches `cert_path` and `key_path`; tries a first load at once.
-    pub fn new(cert_path: PathBuf, key_path: PathBuf) -> Self {
-        let certificate = ReloadingCertificate {
+impl ServingCertificate {
+    /// Serves `cert_path` and `key_path`, reloading them when they change; tries a first
+    /// load at once.
+    pub fn from_files(cert_path: PathBuf, key_path: PathBuf) -> Self {
+        let certificate = Self::with_source(Source::Files {
             cert_path,
             key_path,
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
-            loaded: Mutex::new(Loaded::default()),
-        };
+        });
         certificate.current();
         certificate
+    }
+
+    /// Serves nothing until [`Self::install`] is called (not ready until then).
+    pub fn installed() -> Self {
+        Self::with_source(Source::Installed)
+    }
+
+    fn with_source(source: Source) -> Self {
+        ServingCertificate {
+            source,
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            loaded: Mutex::new(Loaded::default()),
+        }
+    }
+
+    /// Serves `cert_pem` (a chain) with `key_pem` from the next handshake on. `origin` names
+    /// where they come from, for errors. A pair that does not load is refused and the
+    /// previous one keeps serving.
+    pub fn install(
+        &self,
+        cert_pem: &str,
+        key_pem: &str,
+        origin: &str,
+    ) -> Result<(), CertificateError> {
+        let pem_error = |kind| {
+            move |source| CertificateError::Pem {
+                kind,
+                origin: origin.to_owned(),
+                source,
+            }
+        };
+        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(pem_error("certificate"))?;
+        if chain.is_empty() {
+            return Err(CertificateError::NoCertificate(PathBuf::from(origin)));
+        }
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(pem_error("private key"))?;
+        let key = CertifiedKey::from_der(chain, key, &self.provider).map_err(|source| {
+            CertificateError::Mismatch {
+                cert: PathBuf::from(origin),
+                key: PathBuf::from(origin),
+                source,
+            }
+        })?;
+        self.lock().set(key);
+        Ok(())
     }
 
     /// Whether a certificate is loaded (readiness).
@@ -93,16 +161,21 @@ impl ReloadingCertificate {
 
     /// The newest valid certificate, reloading it when the files changed.
     pub fn current(&self) -> Option<Arc<CertifiedKey>> {
-        let stamps = (stamp(&self.cert_path), stamp(&self.key_path));
+        let Source::Files {
+            cert_path,
+            key_path,
+        } = &self.source
+        else {
+            return self.lock().key.clone();
+        };
+        let stamps = (stamp(cert_path), stamp(key_path));
         let mut loaded = self.lock();
         if loaded.stamps != stamps {
             loaded.stamps = stamps;
-            match self.load() {
+            match load(cert_path, key_path, &self.provider) {
                 Ok(key) => {
-                    let not_after = key.end_entity_cert().ok().and_then(not_after);
-                    tracing::info!(cert = %self.cert_path.display(), not_after, "serving certificate loaded");
-                    loaded.key = Some(Arc::new(key));
-                    loaded.not_after = not_after;
+                    tracing::info!(cert = %cert_path.display(), "serving certificate loaded");
+                    loaded.set(key);
                 }
                 Err(error) => tracing::warn!(
                     %error,
@@ -123,29 +196,6 @@ impl ReloadingCertificate {
         self.loaded.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn load(&self) -> Result<CertifiedKey, CertificateError> {
-        let read_error = |kind, path: &Path| {
-            let path = path.to_owned();
-            move |source| CertificateError::Read { kind, path, source }
-        };
-        let chain = CertificateDer::pem_file_iter(&self.cert_path)
-            .map_err(read_error("certificate", &self.cert_path))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(read_error("certificate", &self.cert_path))?;
-        if chain.is_empty() {
-            return Err(CertificateError::NoCertificate(self.cert_path.clone()));
-        }
-        let key = PrivateKeyDer::from_pem_file(&self.key_path)
-            .map_err(read_error("private key", &self.key_path))?;
-        CertifiedKey::from_der(chain, key, &self.provider).map_err(|source| {
-            CertificateError::Mismatch {
-                cert: self.cert_path.clone(),
-                key: self.key_path.clone(),
-                source,
-            }
-        })
-    }
-
     /// A rustls server configuration (TLS 1.2 and 1.3, ALPN h2 and http/1.1) serving this
     /// certificate.
     pub fn server_config(self: &Arc<Self>) -> Result<ServerConfig, rustls::Error> {
@@ -158,13 +208,45 @@ impl ReloadingCertificate {
     }
 }
 
+impl Loaded {
+    fn set(&mut self, key: CertifiedKey) {
+        self.not_after = key.end_entity_cert().ok().and_then(not_after);
+        self.key = Some(Arc::new(key));
+    }
+}
+
+fn load(
+    cert_path: &Path,
+    key_path: &Path,
+    provider: &Arc<CryptoProvider>,
+) -> Result<CertifiedKey, CertificateError> {
+    let read_error = |kind, path: &Path| {
+        let path = path.to_owned();
+        move |source| CertificateError::Read { kind, path, source }
+    };
+    let chain = CertificateDer::pem_file_iter(cert_path)
+        .map_err(read_error("certificate", cert_path))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read_error("certificate", cert_path))?;
+    if chain.is_empty() {
+        return Err(CertificateError::NoCertificate(cert_path.to_owned()));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(key_path).map_err(read_error("private key", key_path))?;
+    CertifiedKey::from_der(chain, key, provider).map_err(|source| CertificateError::Mismatch {
+        cert: cert_path.to_owned(),
+        key: key_path.to_owned(),
+        source,
+    })
+}
+
 /// The end of a DER certificate's validity, in seconds since the epoch.
 fn not_after(certificate: &CertificateDer<'_>) -> Option<i64> {
     let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
     Some(parsed.validity().not_after.timestamp())
 }
 
-impl ResolvesServerCert for ReloadingCertificate {
+impl ResolvesServerCert for ServingCertificate {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.current()
     }

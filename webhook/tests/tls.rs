@@ -15,7 +15,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use ipmgr_webhook::certs::{GeneratedCertificates, ServiceIdentity};
 use ipmgr_webhook::server::{ServeLimits, serve_tls};
-use ipmgr_webhook::tls::ReloadingCertificate;
+use ipmgr_webhook::tls::ServingCertificate;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -77,7 +77,7 @@ struct Server {
 
 impl Server {
     async fn start(volume: &SecretVolume) -> Self {
-        let certificate = Arc::new(ReloadingCertificate::new(
+        let certificate = Arc::new(ServingCertificate::from_files(
             volume.path("tls.crt"),
             volume.path("tls.key"),
         ));

@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 
 use crate::admission::{Outcome, review};
 use crate::metrics::{Held, Metrics, Stage};
-use crate::tls::ReloadingCertificate;
+use crate::tls::ServingCertificate;
 
 /// Limits of one request, applied by the router.
 #[derive(Clone, Copy, Debug)]
@@ -42,7 +42,7 @@ pub struct AppState {
     /// Request metrics.
     pub metrics: Metrics,
     /// The serving certificate; readiness needs one loaded.
-    pub certificate: Option<Arc<ReloadingCertificate>>,
+    pub certificate: Option<Arc<ServingCertificate>>,
     /// Per-request limits.
     pub limits: RequestLimits,
     in_flight: Arc<Semaphore>,
@@ -52,7 +52,7 @@ impl AppState {
     /// State with fresh metrics and `limits.max_in_flight` request slots.
     pub fn new(
         settings: HelperSettings,
-        certificate: Option<Arc<ReloadingCertificate>>,
+        certificate: Option<Arc<ServingCertificate>>,
         limits: RequestLimits,
     ) -> Self {
         AppState {

@@ -13,7 +13,7 @@ use http_body_util::BodyExt as _;
 use ipmgr_injector::HelperSettings;
 use ipmgr_webhook::config::InjectionArgs;
 use ipmgr_webhook::server::{AppState, RequestLimits};
-use ipmgr_webhook::tls::ReloadingCertificate;
+use ipmgr_webhook::tls::ServingCertificate;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
@@ -71,10 +71,7 @@ pub fn settings_from(flags: &[&str]) -> HelperSettings {
 
 /// Webhook state with the golden [`settings`], bodies up to `max_body_bytes` and generous
 /// time limits (the limits have their own tests against the real server).
-pub fn state(
-    max_body_bytes: usize,
-    certificate: Option<Arc<ReloadingCertificate>>,
-) -> Arc<AppState> {
+pub fn state(max_body_bytes: usize, certificate: Option<Arc<ServingCertificate>>) -> Arc<AppState> {
     state_with(settings(), max_body_bytes, certificate)
 }
 
@@ -82,7 +79,7 @@ pub fn state(
 pub fn state_with(
     settings: HelperSettings,
     max_body_bytes: usize,
-    certificate: Option<Arc<ReloadingCertificate>>,
+    certificate: Option<Arc<ServingCertificate>>,
 ) -> Arc<AppState> {
     Arc::new(AppState::new(
         settings,
