@@ -1,9 +1,14 @@
 //! The Helm chart (`charts/multus-ipmgr/`): `helm lint --strict` clean; with default values
-//! `helm template` renders the objects `kubectl kustomize manifests/` renders (parsed and
-//! compared object by object, normalised as [`normalise`] says); every certificate mode
-//! renders and every rendered object passes `kubernetes-validate --strict`; bad values fail
-//! with the schema's message; the chart's version and appVersion are the workspace version;
-//! every webhook setting the chart can write is one the webhook reads, with values it accepts.
+//! and `certs.mode existingSecret` `helm template` renders the objects `kubectl kustomize
+//! manifests/` renders (parsed and compared object by object, normalised as [`normalise`]
+//! says), and with certManager those of `certs/cert-manager/`; every certificate mode renders
+//! the same bytes on every run (nothing random, nothing looked up: Argo CD and Flux render
+//! with `helm template`) and every rendered object passes `kubernetes-validate --strict`;
+//! managed, the default, renders the webhook's empty Secret, RBAC for exactly that Secret and
+//! its MutatingWebhookConfiguration, no caBundle, and egress to the API server; the removed
+//! selfSigned fails naming its replacement; bad values fail with the schema's message; the
+//! chart's version and appVersion are the workspace version; every webhook setting the chart
+//! can write is one the webhook reads, with values it accepts.
 //!
 //! helm comes from `scripts/helm.sh` (`.venv/bin/helm`, or `HELM`), kubectl and
 //! kubernetes-validate as for `schema.rs`. Without them a test is skipped with a note;
@@ -19,6 +24,8 @@ use std::process::Command;
 
 use ipmgr_webhook::certs::ServiceIdentity;
 use serde_json::Value;
+
+use rstest::rstest;
 
 use kube_tools::{
     NAMESPACE, chart, documents, helm, kubectl, kubernetes_validate,
@@ -40,36 +47,30 @@ fn without_hash(name: &str) -> String {
 }
 
 /// The objects keyed by kind/namespace/name, normalised: kustomize's name suffix of the TLS
-/// Secret dropped (in its name and the Deployment's volume), and the generated parts
-/// ignored: the Secret's data and the webhook's caBundle (each side made its own pair). The
-/// chart adds no labels of its own, so labels are compared as they are.
+/// Secret dropped (in its name and the Deployment's volume), and `IPMGR_CERTIFICATES=files`
+/// left out of the webhook's environment (the chart names the mode it mounts a Secret in;
+/// manifests/ leaves the webhook's default, files). The chart adds no labels of its own, so
+/// labels are compared as they are.
 fn normalise(yaml: &str) -> BTreeMap<String, Value> {
     let mut objects = BTreeMap::new();
     for mut object in documents(yaml) {
         let name = without_hash(object["metadata"]["name"].as_str().expect("name"));
         object["metadata"]["name"] = Value::String(name.clone());
-        match object["kind"].as_str() {
-            Some("Secret") => {
-                object["data"] = Value::Null;
-            }
-            Some("MutatingWebhookConfiguration") => {
-                for webhook in object["webhooks"].as_array_mut().expect("webhooks") {
-                    if let Some(config) = webhook["clientConfig"].as_object_mut() {
-                        config.remove("caBundle");
-                    }
+        if object["kind"] == "Deployment" {
+            let pod = &mut object["spec"]["template"]["spec"];
+            for volume in pod["volumes"].as_array_mut().expect("volumes") {
+                if let Some(secret) = volume["secret"]["secretName"].as_str() {
+                    volume["secret"]["secretName"] = Value::String(without_hash(secret));
                 }
             }
-            Some("Deployment") => {
-                for volume in object["spec"]["template"]["spec"]["volumes"]
-                    .as_array_mut()
-                    .expect("volumes")
-                {
-                    if let Some(secret) = volume["secret"]["secretName"].as_str() {
-                        volume["secret"]["secretName"] = Value::String(without_hash(secret));
-                    }
+            for container in pod["containers"].as_array_mut().expect("containers") {
+                if let Some(env) = container["env"].as_array_mut() {
+                    env.retain(|variable| {
+                        *variable
+                            != serde_json::json!({"name": "IPMGR_CERTIFICATES", "value": "files"})
+                    });
                 }
             }
-            _ => {}
         }
         let key = format!(
             "{}/{}/{}",
@@ -134,10 +135,12 @@ webhook:
   extraConfig: {IPMGR_MAX_CONNECTIONS: "128"}
   nodeSelector: {kubernetes.io/os: linux}
   tolerations: [{key: dedicated, operator: Equal, value: system, effect: NoSchedule}]
-  networkPolicy: {apiServerCIDRs: [10.0.0.0/28, 10.0.0.16/28]}
+  networkPolicy: {apiServerCIDRs: [10.0.0.0/28, 10.0.0.16/28], apiServerPort: 6443}
   failurePolicy: Ignore
   timeoutSeconds: 3
   excludedNamespaces: [kube-system, monitoring]
+certs:
+  managed: {caValidDays: 730, certValidDays: 90, rotationOverlapSeconds: 120, checkSeconds: 2.5}
 helper:
   image: {repository: registry.example.com/ipmgr-helper, tag: "9.9.9", pullPolicy: Always}
   command: /usr/local/bin/ipmgr-helper
@@ -229,19 +232,36 @@ fn helm_lint_strict_is_clean() {
     }
 }
 
+/// manifests/ is the chart with its default values and certs.mode existingSecret, the Secret
+/// being the one kustomize generates (ipmgr-webhook-tls, from manifests/tls/) and the caBundle
+/// its CA; certs/cert-manager/ is the chart with certs.mode certManager.
 #[test]
-fn default_values_render_the_kustomize_build() {
+fn the_kustomize_builds_are_the_chart_with_a_secret_or_cert_manager() {
     let (Some(helm), Some(kubectl)) = (helm(), kubectl()) else {
         return;
     };
     let home = tempfile::tempdir().expect("tempdir");
-    let (builds, _) =
+    let (builds, certificates) =
         kustomize_with_test_certificate(&kubectl, &["manifests", "certs/cert-manager"]);
     let mut expected = normalise(&builds[0]);
+    assert!(
+        expected
+            .remove(&format!("Secret/{NAMESPACE}/ipmgr-webhook-tls"))
+            .is_some(),
+        "kustomize generates the Secret ipmgr-webhook-tls"
+    );
+    let existing_secret = format!(
+        "certs: {{mode: existingSecret, existingSecret: {{name: ipmgr-webhook-tls, caBundle: {}}}}}\n",
+        base64_of(&certificates.ca_pem)
+    );
 
     // Helm installs into the release namespace, created by `--create-namespace`: the chart
     // renders the webhook's Namespace only with namespace.create.
-    let with_namespace = values_file(home.path(), "ns.yaml", "namespace: {create: true}\n");
+    let with_namespace = values_file(
+        home.path(),
+        "ns.yaml",
+        &format!("namespace: {{create: true}}\n{existing_secret}"),
+    );
     let rendered = normalise(&template(&helm, home.path(), &[&with_namespace]).expect("renders"));
     assert_same_objects(&expected, &rendered);
 
@@ -252,8 +272,10 @@ fn default_values_render_the_kustomize_build() {
         namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
         "restricted"
     );
-    let defaults = template(&helm, home.path(), &[]).expect("renders");
-    assert_same_objects(&expected, &normalise(&defaults));
+    let without_namespace = values_file(home.path(), "secret.yaml", &existing_secret);
+    let rendered =
+        normalise(&template(&helm, home.path(), &[&without_namespace]).expect("renders"));
+    assert_same_objects(&expected, &rendered);
 
     // cert-manager: the objects of certs/cert-manager/, the caBundle left to its cainjector.
     let cert_manager = values_file(
@@ -270,6 +292,7 @@ fn default_values_render_the_kustomize_build() {
     );
 
     // The images are the chart's appVersion.
+    let defaults = template(&helm, home.path(), &[]).expect("renders");
     let version = env!("CARGO_PKG_VERSION");
     for image in [
         format!("image: ghcr.io/multus-ipmgr/ipmgr-webhook:{version}\n"),
@@ -281,55 +304,84 @@ fn default_values_render_the_kustomize_build() {
     }
 }
 
-/// The self-signed pair: the Secret's CA is the caBundle, and it issued the serving
-/// certificate, which names the Service.
-fn check_self_signed(rendered: &str) {
+/// The certificate modes of the chart (certs.mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// The default: the webhook keeps its certificates in a Secret and writes the caBundle.
+    Managed,
+    CertManager,
+    /// The Secret my-tls, and a real CA as its caBundle.
+    ExistingSecret,
+}
+
+impl Mode {
+    /// The keys under `certs:` that choose this mode (none for the default).
+    fn certs(self) -> String {
+        match self {
+            Self::Managed => String::new(),
+            Self::CertManager => "  mode: certManager\n".to_owned(),
+            Self::ExistingSecret => format!(
+                "  mode: existingSecret\n  existingSecret: {{name: my-tls, caBundle: {}}}\n",
+                test_ca_bundle()
+            ),
+        }
+    }
+
+    /// The values that choose this mode.
+    fn values(self) -> String {
+        match self.certs() {
+            certs if certs.is_empty() => String::new(),
+            certs => format!("certs:\n{certs}"),
+        }
+    }
+
+    /// [`EVERY_SETTING`] in this mode.
+    fn every_setting(self) -> String {
+        EVERY_SETTING.replacen("\ncerts:\n", &format!("\ncerts:\n{}", self.certs()), 1)
+    }
+}
+
+fn base64_of(text: &str) -> String {
     use base64::Engine as _;
-    let decode = |value: &Value| {
-        base64::engine::general_purpose::STANDARD
-            .decode(value.as_str().expect("base64 string"))
-            .expect("base64")
-    };
-    let objects = documents(rendered);
-    let secret = objects
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// A CA for ipmgr-webhook.multus-ipmgr.svc, base64-encoded: a caBundle for existingSecret.
+fn test_ca_bundle() -> String {
+    let pair = ServiceIdentity {
+        service: "ipmgr-webhook".to_owned(),
+        namespace: NAMESPACE.to_owned(),
+        valid_days: 30,
+    }
+    .generate()
+    .expect("certificates");
+    base64_of(&pair.ca_pem)
+}
+
+/// `helm template` with `values` (YAML), parsed; panics with helm's message if it fails.
+fn render(helm: &str, values: &str) -> Vec<Value> {
+    let home = tempfile::tempdir().expect("tempdir");
+    let file = values_file(home.path(), "values.yaml", values);
+    documents(&template(helm, home.path(), &[&file]).unwrap_or_else(|error| panic!("{error}")))
+}
+
+/// The object of `kind` named `name` in a rendering.
+fn object<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
         .iter()
-        .find(|o| o["kind"] == "Secret")
-        .expect("the chart's Secret");
-    let webhook = objects
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind} {name} missing"))
+}
+
+/// The rendered objects of `kind` that belong to the webhook (its labels).
+fn webhook_objects<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects
         .iter()
-        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
-        .expect("webhook");
-    let ca = decode(&secret["data"]["ca.crt"]);
-    assert_eq!(
-        ca,
-        decode(&webhook["webhooks"][0]["clientConfig"]["caBundle"]),
-        "the caBundle is the Secret's CA"
-    );
-    let der = |pem: &[u8]| {
-        let (_, pem) = x509_parser::pem::parse_x509_pem(pem).expect("PEM");
-        pem.contents
-    };
-    let (ca_der, cert_der) = (der(&ca), der(&decode(&secret["data"]["tls.crt"])));
-    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).expect("CA");
-    let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).expect("certificate");
-    assert_eq!(cert.issuer(), ca.subject(), "the CA issued the certificate");
-    assert!(ca.is_ca(), "the caBundle is a CA");
-    let names: Vec<String> = cert
-        .subject_alternative_name()
-        .expect("SAN")
-        .expect("SAN present")
-        .value
-        .general_names
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    assert!(
-        names
-            .iter()
-            .any(|name| name.contains("ipmgr-webhook.multus-ipmgr.svc")),
-        "{names:?}"
-    );
-    assert!(!decode(&secret["data"]["tls.key"]).is_empty());
+        .filter(|o| {
+            o["kind"] == kind
+                && o["metadata"]["labels"]["app.kubernetes.io/name"] == "ipmgr-webhook"
+        })
+        .collect()
 }
 
 #[test]
@@ -339,30 +391,15 @@ fn every_certificate_mode_renders_and_validates() {
     };
     let validator = kubernetes_validate();
     let home = tempfile::tempdir().expect("tempdir");
-    let ca_bundle = {
-        use base64::Engine as _;
-        let pair = ServiceIdentity {
-            service: "ipmgr-webhook".to_owned(),
-            namespace: NAMESPACE.to_owned(),
-            valid_days: 30,
-        }
-        .generate()
-        .expect("certificates");
-        base64::engine::general_purpose::STANDARD.encode(pair.ca_pem)
-    };
     let cases = [
-        ("self-signed.yaml", String::new()),
-        (
-            "cert-manager.yaml",
-            "certs: {mode: certManager}\n".to_owned(),
-        ),
-        (
-            "existing-secret.yaml",
-            format!(
-                "certs: {{mode: existingSecret, existingSecret: {{name: my-tls, caBundle: {ca_bundle}}}}}\n"
-            ),
-        ),
+        ("managed.yaml", Mode::Managed.values()),
+        ("cert-manager.yaml", Mode::CertManager.values()),
+        ("existing-secret.yaml", Mode::ExistingSecret.values()),
         ("every-setting.yaml", EVERY_SETTING.to_owned()),
+        (
+            "every-setting-existing-secret.yaml",
+            Mode::ExistingSecret.every_setting(),
+        ),
         (
             "no-agent.yaml",
             "agent: {enabled: false}\nwebhook: {networkPolicy: {enabled: false}}\n".to_owned(),
@@ -379,8 +416,14 @@ fn every_certificate_mode_renders_and_validates() {
             .map(|o| o["kind"].as_str().expect("kind").to_owned())
             .collect();
         match *name {
-            "self-signed.yaml" | "every-setting.yaml" => {
-                check_self_signed(&rendered);
+            "managed.yaml" | "every-setting.yaml" => {
+                assert!(
+                    rendered.contains("\n  name: ipmgr-webhook-certs\n")
+                        && kinds.contains("Role")
+                        && kinds.contains("RoleBinding"),
+                    "{name}: the managed Secret and its RBAC"
+                );
+                assert!(!kinds.contains("Certificate"), "{name}: {kinds:?}");
             }
             "cert-manager.yaml" => {
                 assert!(kinds.contains("Certificate") && kinds.contains("Issuer"));
@@ -390,10 +433,10 @@ fn every_certificate_mode_renders_and_validates() {
                         .contains("cert-manager.io/inject-ca-from: multus-ipmgr/ipmgr-webhook\n")
                 );
             }
-            "existing-secret.yaml" => {
+            "existing-secret.yaml" | "every-setting-existing-secret.yaml" => {
                 assert!(!kinds.contains("Secret"), "the user's Secret");
                 assert!(rendered.contains("secretName: my-tls\n"));
-                assert!(rendered.contains(&format!("caBundle: {ca_bundle}\n")));
+                assert!(rendered.contains("caBundle: "));
             }
             "no-agent.yaml" => {
                 assert!(!kinds.contains("DaemonSet") && !kinds.contains("NetworkPolicy"));
@@ -406,13 +449,14 @@ fn every_certificate_mode_renders_and_validates() {
                     "{kinds:?}"
                 );
             }
-            _ => {
-                for kind in [
-                    "ValidatingAdmissionPolicy",
-                    "ValidatingAdmissionPolicyBinding",
-                ] {
-                    assert!(kinds.contains(kind), "{name}: {kind} missing");
-                }
+            _ => {}
+        }
+        if *name != "no-policy.yaml" {
+            for kind in [
+                "ValidatingAdmissionPolicy",
+                "ValidatingAdmissionPolicyBinding",
+            ] {
+                assert!(kinds.contains(kind), "{name}: {kind} missing");
             }
         }
         if *name == "every-setting.yaml" {
@@ -431,6 +475,11 @@ fn every_certificate_mode_renders_and_validates() {
                 "expression: \"[\\\"system:serviceaccount:multus-system:multus\\\"]\"\n",
                 "expression: \"[\\\"multus-writers\\\"]\"\n",
                 "expression: \"[\\\"system:multus:\\\",\\\"system:node:\\\"]\"\n",
+                "- name: IPMGR_CA_VALID_DAYS\n              value: \"730\"\n",
+                "- name: IPMGR_CERT_VALID_DAYS\n              value: \"90\"\n",
+                "- name: IPMGR_ROTATION_OVERLAP_SECONDS\n              value: \"120\"\n",
+                "- name: IPMGR_CERT_CHECK_SECONDS\n              value: \"2.5\"\n",
+                "port: 6443\n",
             ] {
                 assert!(rendered.contains(part), "{part} missing:\n{rendered}");
             }
@@ -454,6 +503,505 @@ fn every_certificate_mode_renders_and_validates() {
     );
     if let Some(validator) = validator {
         validate(&validator, &files).unwrap_or_else(|error| panic!("{error}"));
+    }
+}
+
+/// Argo CD and Flux render with `helm template`, which sees no cluster: every mode must
+/// render the same bytes every time, or the application is never in sync (and, as with
+/// the removed selfSigned, every sync makes a new CA). Two runs, separate processes.
+#[rstest]
+fn helm_template_renders_the_same_bytes_every_time(
+    #[values(Mode::Managed, Mode::CertManager, Mode::ExistingSecret)] mode: Mode,
+    #[values(false, true)] every_setting: bool,
+) {
+    let Some(helm) = helm() else {
+        return;
+    };
+    let home = tempfile::tempdir().expect("tempdir");
+    let values = if every_setting {
+        mode.every_setting()
+    } else {
+        mode.values()
+    };
+    let file = values_file(home.path(), "values.yaml", &values);
+    let first = template(&helm, home.path(), &[&file]).expect("renders");
+    let second = template(&helm, home.path(), &[&file]).expect("renders");
+    assert!(!first.is_empty());
+    pretty_assertions::assert_eq!(first, second, "{mode:?}: two renderings differ");
+}
+
+/// Nothing in the templates can make a rendering differ from the last: no cluster lookup,
+/// no generated keys or certificates, no random strings, no clock.
+#[test]
+fn the_templates_neither_look_up_nor_generate_anything() {
+    const FORBIDDEN: [&str; 16] = [
+        "lookup",
+        "genCA",
+        "genCAWithKey",
+        "genSelfSignedCert",
+        "genSelfSignedCertWithKey",
+        "genSignedCert",
+        "genSignedCertWithKey",
+        "genPrivateKey",
+        "derivePassword",
+        "randAlphaNum",
+        "randAlpha",
+        "randNumeric",
+        "randAscii",
+        "randBytes",
+        "uuidv4",
+        "now",
+    ];
+    let templates = chart().join("templates");
+    let mut checked = 0;
+    for entry in fs::read_dir(&templates).expect("templates") {
+        let path = entry.expect("entry").path();
+        let text = fs::read_to_string(&path).expect("read a template");
+        // The actions ({{ ... }}), split into identifiers.
+        let mut rest = text.as_str();
+        while let Some(start) = rest.find("{{") {
+            let end = rest[start..].find("}}").expect("an action ends") + start;
+            let action = &rest[start + 2..end];
+            if !action
+                .trim_start_matches('-')
+                .trim_start()
+                .starts_with("/*")
+            {
+                for word in action.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    assert!(
+                        !FORBIDDEN.contains(&word),
+                        "{}: {word} in {{{{{action}}}}}",
+                        path.display()
+                    );
+                }
+            }
+            rest = &rest[end + 2..];
+        }
+        checked += 1;
+    }
+    assert!(checked >= 10, "{checked} templates");
+}
+
+/// certs.mode selfSigned was removed: the schema lets it (and the certs.selfSigned values of
+/// an old release) through, and rendering fails saying why and what to use.
+#[rstest]
+#[case::mode("certs: {mode: selfSigned}\n")]
+#[case::old_release_values(
+    "certs: {mode: selfSigned, selfSigned: {days: 3650, regenerate: false}}\n"
+)]
+#[case::old_settings_only("certs: {selfSigned: {days: 365}}\n")]
+fn self_signed_fails_naming_its_replacement(#[case] values: &str) {
+    let Some(helm) = helm() else {
+        return;
+    };
+    let home = tempfile::tempdir().expect("tempdir");
+    let file = values_file(home.path(), "values.yaml", values);
+    let error = template(&helm, home.path(), &[&file]).expect_err("selfSigned is refused");
+    for part in [
+        "certs.mode selfSigned was removed",
+        "not reproducible under helm template or GitOps",
+        "Use certs.mode managed, the default",
+        "or certManager",
+    ] {
+        assert!(error.contains(part), "{part} missing: {error}");
+    }
+    assert!(
+        !error.contains("values don't meet the specifications of the schema"),
+        "the chart's message, not the schema's: {error}"
+    );
+    // (helm lint only logs a template's `fail`, as INFO: no lint check here.)
+}
+
+/// With no certs values the webhook manages its certificates: the empty Secret it fills,
+/// and no cert-manager objects or mounted TLS Secret.
+#[test]
+fn managed_is_the_default() {
+    let Some(helm) = helm() else {
+        return;
+    };
+    let values: Value = serde_yaml::from_str(
+        &fs::read_to_string(chart().join("values.yaml")).expect("values.yaml"),
+    )
+    .expect("YAML");
+    assert_eq!(values["certs"]["mode"], "managed");
+    assert_eq!(
+        values["certs"]["managed"],
+        serde_json::json!({"caValidDays": 3650, "certValidDays": 365,
+            "rotationOverlapSeconds": 60, "checkSeconds": 30})
+    );
+    let schema: Value = serde_json::from_str(
+        &fs::read_to_string(chart().join("values.schema.json")).expect("schema"),
+    )
+    .expect("JSON");
+    assert_eq!(
+        schema["properties"]["certs"]["properties"]["mode"]["oneOf"][0]["enum"],
+        serde_json::json!(["managed", "certManager", "existingSecret"]),
+        "the modes the schema offers"
+    );
+
+    let objects = render(&helm, "");
+    let secrets: Vec<&Value> = objects.iter().filter(|o| o["kind"] == "Secret").collect();
+    assert_eq!(secrets.len(), 1, "only the managed Secret: {secrets:?}");
+    let secret = secrets[0];
+    assert_eq!(
+        *secret,
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": "ipmgr-webhook-certs",
+                "namespace": NAMESPACE,
+                "labels": {
+                    "app.kubernetes.io/name": "ipmgr-webhook",
+                    "app.kubernetes.io/part-of": "multus-ipmgr",
+                },
+            },
+            "type": "Opaque",
+        }),
+        "empty: the webhook fills it"
+    );
+    assert!(
+        !objects.iter().any(|o| o["apiVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("cert-manager.io/"))),
+        "no cert-manager objects"
+    );
+}
+
+/// The managed webhook may get, update and patch its own Secret and its own
+/// MutatingWebhookConfiguration, by name, and nothing else; the other modes have no RBAC.
+#[rstest]
+#[case::managed(Mode::Managed)]
+#[case::cert_manager(Mode::CertManager)]
+#[case::existing_secret(Mode::ExistingSecret)]
+fn the_managed_webhook_may_touch_only_its_secret_and_its_webhook_configuration(#[case] mode: Mode) {
+    let Some(helm) = helm() else {
+        return;
+    };
+    let objects = render(&helm, &mode.values());
+    let rbac_kinds = ["Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"];
+    if mode != Mode::Managed {
+        for kind in rbac_kinds {
+            assert!(
+                webhook_objects(&objects, kind).is_empty(),
+                "{mode:?}: the webhook calls no API, no {kind}"
+            );
+        }
+        return;
+    }
+    for kind in rbac_kinds {
+        assert_eq!(
+            webhook_objects(&objects, kind).len(),
+            1,
+            "one {kind} for the webhook"
+        );
+    }
+    // Every Role and ClusterRole of the chart: the agent's (read-only, its own test) and
+    // the webhook's two.
+    let roles: BTreeSet<String> = objects
+        .iter()
+        .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().expect("kind"),
+                o["metadata"]["name"].as_str().expect("name")
+            )
+        })
+        .collect();
+    assert_eq!(
+        roles,
+        BTreeSet::from(
+            [
+                "ClusterRole/multus-ipmgr-agent",
+                "ClusterRole/multus-ipmgr-webhook",
+                "Role/ipmgr-webhook"
+            ]
+            .map(str::to_owned)
+        )
+    );
+    let secret = object(&objects, "Secret", "ipmgr-webhook-certs");
+    let configuration = object(&objects, "MutatingWebhookConfiguration", "multus-ipmgr");
+    let role = object(&objects, "Role", "ipmgr-webhook");
+    assert_eq!(role["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": [secret["metadata"]["name"]],
+            "verbs": ["get", "update", "patch"],
+        }]),
+        "the Role: its Secret, by name, get/update/patch only"
+    );
+    let cluster_role = object(&objects, "ClusterRole", "multus-ipmgr-webhook");
+    assert_eq!(
+        cluster_role["rules"],
+        serde_json::json!([{
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["mutatingwebhookconfigurations"],
+            "resourceNames": [configuration["metadata"]["name"]],
+            "verbs": ["get", "update", "patch"],
+        }]),
+        "the ClusterRole: its MutatingWebhookConfiguration, by name, get/update/patch only"
+    );
+    for (binding, kind, name) in [
+        ("RoleBinding", "Role", "ipmgr-webhook"),
+        ("ClusterRoleBinding", "ClusterRole", "multus-ipmgr-webhook"),
+    ] {
+        let binding = webhook_objects(&objects, binding)[0];
+        assert_eq!(
+            binding["roleRef"],
+            serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name})
+        );
+        assert_eq!(
+            binding["subjects"],
+            serde_json::json!([{"kind": "ServiceAccount", "name": "ipmgr-webhook", "namespace": NAMESPACE}]),
+            "bound to the webhook's ServiceAccount only"
+        );
+    }
+    // The names the webhook is told are the names it may touch.
+    let env = webhook_env(&objects);
+    assert_eq!(
+        env["IPMGR_CERT_SECRET"]["value"],
+        secret["metadata"]["name"]
+    );
+    assert_eq!(
+        env["IPMGR_WEBHOOK_CONFIGURATION"]["value"],
+        configuration["metadata"]["name"]
+    );
+    let service = object(&objects, "Service", "ipmgr-webhook");
+    assert_eq!(env["IPMGR_SERVICE"]["value"], service["metadata"]["name"]);
+    assert_eq!(
+        configuration["webhooks"][0]["clientConfig"]["service"]["name"],
+        service["metadata"]["name"]
+    );
+}
+
+/// The webhook container's environment, by name.
+fn webhook_env(objects: &[Value]) -> BTreeMap<String, Value> {
+    let deployment = object(objects, "Deployment", "ipmgr-webhook");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["name"], "webhook");
+    container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .map(|variable| {
+            (
+                variable["name"].as_str().expect("name").to_owned(),
+                variable.clone(),
+            )
+        })
+        .collect()
+}
+
+/// The caBundle: written by the webhook (managed), by cert-manager's cainjector, or the
+/// user's (existingSecret); the chart renders it only for existingSecret.
+#[rstest]
+#[case::managed(Mode::Managed)]
+#[case::cert_manager(Mode::CertManager)]
+#[case::existing_secret(Mode::ExistingSecret)]
+fn the_ca_bundle_per_mode(#[case] mode: Mode) {
+    let Some(helm) = helm() else {
+        return;
+    };
+    let values = mode.values();
+    let objects = render(&helm, &values);
+    let configuration = object(&objects, "MutatingWebhookConfiguration", "multus-ipmgr");
+    let webhooks = configuration["webhooks"].as_array().expect("webhooks");
+    assert_eq!(webhooks.len(), 1);
+    let client = webhooks[0]["clientConfig"]
+        .as_object()
+        .expect("clientConfig");
+    let annotations = &configuration["metadata"]["annotations"];
+    match mode {
+        Mode::Managed => {
+            assert!(
+                !client.contains_key("caBundle"),
+                "the webhook writes it: {client:?}"
+            );
+            assert!(annotations.is_null(), "{annotations}");
+        }
+        Mode::CertManager => {
+            assert!(!client.contains_key("caBundle"), "the cainjector writes it");
+            assert_eq!(
+                annotations["cert-manager.io/inject-ca-from"],
+                format!("{NAMESPACE}/ipmgr-webhook")
+            );
+        }
+        Mode::ExistingSecret => {
+            let ca_bundle = client["caBundle"].as_str().expect("caBundle");
+            assert!(
+                values.contains(&format!("caBundle: {ca_bundle}}}")),
+                "the user's CA"
+            );
+        }
+    }
+}
+
+/// The webhook's pod: with managed, the ServiceAccount token (it calls the API), no TLS
+/// volume (it serves from memory) and the managed settings; otherwise no token, the
+/// mounted Secret and its paths. The ServiceAccount never automounts.
+#[rstest]
+#[case::managed(Mode::Managed)]
+#[case::cert_manager(Mode::CertManager)]
+#[case::existing_secret(Mode::ExistingSecret)]
+fn the_deployment_per_mode(#[case] mode: Mode) {
+    let Some(helm) = helm() else {
+        return;
+    };
+    let objects = render(&helm, &mode.values());
+    let account = object(&objects, "ServiceAccount", "ipmgr-webhook");
+    assert_eq!(account["automountServiceAccountToken"], false);
+    let deployment = object(&objects, "Deployment", "ipmgr-webhook");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "ipmgr-webhook");
+    let container = &pod["containers"][0];
+    let env = webhook_env(&objects);
+    let field = |path: &str| serde_json::json!({"fieldRef": {"fieldPath": path}});
+    let managed_names = [
+        "IPMGR_CERT_SECRET",
+        "IPMGR_NAMESPACE",
+        "IPMGR_REPLICA_NAME",
+        "IPMGR_WEBHOOK_CONFIGURATION",
+        "IPMGR_SERVICE",
+        "IPMGR_CA_VALID_DAYS",
+        "IPMGR_CERT_VALID_DAYS",
+        "IPMGR_ROTATION_OVERLAP_SECONDS",
+        "IPMGR_CERT_CHECK_SECONDS",
+    ];
+    if mode == Mode::Managed {
+        assert_eq!(pod["automountServiceAccountToken"], true);
+        assert!(pod["volumes"].is_null(), "{}", pod["volumes"]);
+        assert!(
+            container["volumeMounts"].is_null(),
+            "{}",
+            container["volumeMounts"]
+        );
+        let expected = serde_json::json!({
+            "IPMGR_CERTIFICATES": {"value": "managed"},
+            "IPMGR_CERT_SECRET": {"value": "ipmgr-webhook-certs"},
+            "IPMGR_NAMESPACE": {"valueFrom": field("metadata.namespace")},
+            "IPMGR_REPLICA_NAME": {"valueFrom": field("metadata.name")},
+            "IPMGR_WEBHOOK_CONFIGURATION": {"value": "multus-ipmgr"},
+            "IPMGR_SERVICE": {"value": "ipmgr-webhook"},
+            "IPMGR_CA_VALID_DAYS": {"value": "3650"},
+            "IPMGR_CERT_VALID_DAYS": {"value": "365"},
+            "IPMGR_ROTATION_OVERLAP_SECONDS": {"value": "60"},
+            "IPMGR_CERT_CHECK_SECONDS": {"value": "30"},
+        });
+        for (name, source) in expected.as_object().expect("map") {
+            let mut variable = source.clone();
+            variable["name"] = Value::String(name.clone());
+            assert_eq!(
+                sorted(env.get(name).cloned().unwrap_or(Value::Null)),
+                sorted(variable),
+                "{name}"
+            );
+        }
+        for name in ["IPMGR_TLS_CERT", "IPMGR_TLS_KEY"] {
+            assert!(
+                !env.contains_key(name),
+                "{name}: managed serves from memory"
+            );
+        }
+    } else {
+        assert_eq!(
+            pod["automountServiceAccountToken"], false,
+            "no API calls, no token"
+        );
+        assert_eq!(env["IPMGR_CERTIFICATES"]["value"], "files");
+        assert_eq!(
+            env["IPMGR_TLS_CERT"]["value"],
+            "/etc/ipmgr-webhook/tls/tls.crt"
+        );
+        assert_eq!(
+            env["IPMGR_TLS_KEY"]["value"],
+            "/etc/ipmgr-webhook/tls/tls.key"
+        );
+        for name in managed_names {
+            assert!(!env.contains_key(name), "{mode:?}: {name}");
+        }
+        let secret = match mode {
+            Mode::CertManager => "ipmgr-webhook-tls",
+            _ => "my-tls",
+        };
+        assert_eq!(
+            pod["volumes"],
+            serde_json::json!([{"name": "tls", "secret": {"secretName": secret}}])
+        );
+        assert_eq!(
+            container["volumeMounts"],
+            serde_json::json!([{"name": "tls", "mountPath": "/etc/ipmgr-webhook/tls", "readOnly": true}])
+        );
+    }
+}
+
+/// The webhook's egress: the API server (apiServerCIDRs, apiServerPort) with managed, where
+/// it keeps its certificates; nothing otherwise. Its ingress is the same in every mode.
+#[rstest]
+#[case::managed(Mode::Managed, "", Some(443))]
+#[case::managed_port(
+    Mode::Managed,
+    "webhook: {networkPolicy: {apiServerCIDRs: [10.0.0.0/28, 10.0.0.16/28], apiServerPort: 6443}}\n",
+    Some(6443)
+)]
+#[case::cert_manager(Mode::CertManager, "", None)]
+#[case::existing_secret(Mode::ExistingSecret, "", None)]
+fn the_network_policy_per_mode(#[case] mode: Mode, #[case] extra: &str, #[case] port: Option<u16>) {
+    let Some(helm) = helm() else {
+        return;
+    };
+    let objects = render(&helm, &format!("{}{extra}", mode.values()));
+    let policy = object(&objects, "NetworkPolicy", "ipmgr-webhook");
+    let cidrs: Vec<&str> = if extra.is_empty() {
+        vec!["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+    } else {
+        vec!["10.0.0.0/28", "10.0.0.16/28"]
+    };
+    let blocks: Vec<Value> = cidrs
+        .iter()
+        .map(|cidr| serde_json::json!({"ipBlock": {"cidr": cidr}}))
+        .collect();
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
+    assert_eq!(
+        policy["spec"]["ingress"],
+        serde_json::json!([{"from": blocks, "ports": [{"protocol": "TCP", "port": 8443}]}])
+    );
+    let egress = match port {
+        Some(port) => {
+            serde_json::json!([{"to": blocks, "ports": [{"protocol": "TCP", "port": port}]}])
+        }
+        None => serde_json::json!([]),
+    };
+    assert_eq!(policy["spec"]["egress"], egress, "{mode:?}");
+}
+
+/// Every IPMGR_ variable the chart sets on the webhook's container, in every mode, is one
+/// `ipmgr-webhook serve` reads.
+#[test]
+fn the_webhook_reads_every_variable_of_its_deployment() {
+    let Some(helm) = helm() else {
+        return;
+    };
+    let output = Command::new(env!("CARGO_BIN_EXE_ipmgr-webhook"))
+        .args(["serve", "--help"])
+        .output()
+        .expect("runs");
+    let help = text(&output);
+    for mode in [Mode::Managed, Mode::CertManager, Mode::ExistingSecret] {
+        for name in webhook_env(&render(&helm, &mode.values())).keys() {
+            if name.starts_with("IPMGR_") {
+                assert!(
+                    help.contains(&format!("[env: {name}=")),
+                    "{mode:?}: `ipmgr-webhook serve` has no setting {name}"
+                );
+            }
+        }
     }
 }
 
@@ -487,7 +1035,31 @@ fn bad_values_fail_with_the_schema_message() {
         ),
         (
             "certs: {mode: vault}\n",
-            r#"certs.mode: certs.mode must be one of the following: "selfSigned", "certManager", "existingSecret""#,
+            r#"certs.mode: certs.mode must be one of the following: "managed", "certManager", "existingSecret""#,
+        ),
+        (
+            "certs: {managed: {caValidDays: 0}}\n",
+            "certs.managed.caValidDays: Must be greater than or equal to 1",
+        ),
+        (
+            "certs: {managed: {certValidDays: 36501}}\n",
+            "certs.managed.certValidDays: Must be less than or equal to 36500",
+        ),
+        (
+            "certs: {managed: {checkSeconds: 0}}\n",
+            "certs.managed.checkSeconds: Must be greater than 0",
+        ),
+        (
+            "certs: {managed: {rotationOverlapSeconds: 0}}\n",
+            "certs.managed.rotationOverlapSeconds: Must be greater than or equal to 1",
+        ),
+        (
+            "certs: {managed: {certValidDays: 1.5}}\n",
+            "certs.managed.certValidDays: Invalid type. Expected: integer",
+        ),
+        (
+            "webhook: {networkPolicy: {apiServerPort: 0}}\n",
+            "webhook.networkPolicy.apiServerPort: Must be greater than or equal to 1",
         ),
         (
             "webhook: {logFormat: yaml}\n",

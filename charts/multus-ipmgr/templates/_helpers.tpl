@@ -43,30 +43,18 @@ ipmgr-webhook-tls
 {{- end }}
 
 {{/*
-certs.mode selfSigned: the CA and the serving certificate, as a dict {ca, cert, key} of PEM
-strings. Reused from the Secret the release made before (lookup: on `helm upgrade`), else
-generated; generated once per render and kept in .Values, so that the Secret and the
-caBundle of the MutatingWebhookConfiguration hold the same CA.
+certs.mode, checked: managed, certManager or existingSecret. selfSigned, where the chart
+generated the CA itself and kept it by reading the release's Secret back from the cluster,
+was removed: `helm template` (Argo CD, Flux) sees no cluster, so every rendering made a new
+CA, never in sync, and every sync rotated the certificate. The schema lets selfSigned and
+the certs.selfSigned values of old releases through so that rendering fails here with what
+to use instead. Nothing in the chart is random or read from the cluster: every mode renders
+the same bytes every time (webhook/tests/helm.rs).
 */}}
-{{- define "multus-ipmgr.selfSignedCerts" -}}
-{{- if not (hasKey .Values "__selfSignedCerts") -}}
-{{- $namespace := .Release.Namespace -}}
-{{- $pair := dict -}}
-{{- $existing := lookup "v1" "Secret" $namespace "ipmgr-webhook-tls" -}}
-{{- if and $existing (not .Values.certs.selfSigned.regenerate) -}}
-{{- $data := $existing.data | default dict -}}
-{{- if and (index $data "ca.crt") (index $data "tls.crt") (index $data "tls.key") -}}
-{{- $pair = dict "ca" (index $data "ca.crt" | b64dec) "cert" (index $data "tls.crt" | b64dec) "key" (index $data "tls.key" | b64dec) -}}
+{{- define "multus-ipmgr.certsMode" -}}
+{{- $certs := .Values.certs -}}
+{{- if or (eq $certs.mode "selfSigned") (hasKey $certs "selfSigned") -}}
+{{- fail "certs.mode selfSigned was removed (and certs.selfSigned with it): it made a new CA on every render, so it is not reproducible under helm template or GitOps (Argo CD, Flux: never in sync, and every sync rotated the certificate). Use certs.mode managed, the default (the webhook keeps its CA and certificate in the Secret ipmgr-webhook-certs and writes its caBundle itself; validity in certs.managed), or certManager; and remove certs.selfSigned from your values." -}}
 {{- end -}}
-{{- end -}}
-{{- if not $pair.ca -}}
-{{- $days := int .Values.certs.selfSigned.days -}}
-{{- $ca := genCA (printf "multus-ipmgr webhook CA (%s)" $namespace) $days -}}
-{{- $names := list "ipmgr-webhook" (printf "ipmgr-webhook.%s" $namespace) (printf "ipmgr-webhook.%s.svc" $namespace) (printf "ipmgr-webhook.%s.svc.cluster.local" $namespace) -}}
-{{- $cert := genSignedCert (printf "ipmgr-webhook.%s.svc" $namespace) nil $names $days $ca -}}
-{{- $pair = dict "ca" $ca.Cert "cert" $cert.Cert "key" $cert.Key -}}
-{{- end -}}
-{{- $_ := set .Values "__selfSignedCerts" $pair -}}
-{{- end -}}
-{{- toYaml (index .Values "__selfSignedCerts") -}}
+{{- $certs.mode -}}
 {{- end }}
