@@ -454,7 +454,8 @@ def run(check_results: bool = False, quiet: bool = False, images: bool | None = 
             out.line(f"  Multus' network-status records the addresses net1 had when the pod started; the VIP comes "
                      f"later, so both pods declare it: {FLOATING_IPS}: {FLOATING_IP}")
             # A pod author cannot grant itself an address: a cluster admin grants the VIP to
-            # the namespace, or both agents refuse it (README, Security model).
+            # the namespace, or both agents refuse it
+            # (docs/security.md, "Granting a floating IP").
             namespace = admitted["sidecar"]["metadata"]["namespace"]
             bed.annotate_namespace(namespace, {FLOATING_IP_CIDRS: f"{FLOATING_IP}/32"})
             out.line(f"  the cluster admin grants it to namespace {namespace}: "

@@ -1,8 +1,8 @@
-//! The agent backend attacked as the README's Security model says a pod author may: write
-//! any annotation on their pods, run NET_ADMIN containers, and send anything to the node's
-//! ports. Each test is one attack of issue 24 on the emulated cluster (real agents on their
-//! nodes' host networks, real helpers in pod namespaces); each failed on the agent before
-//! it. Every test needs root.
+//! The agent backend attacked as docs/security.md, "Who is trusted", says a pod author may:
+//! write any annotation on their pods, run NET_ADMIN containers, and send anything to the
+//! node's ports. Each test is one attack of issue 24 on the emulated cluster (real agents on
+//! their nodes' host networks, real helpers in pod namespaces); each failed on the agent
+//! before it. Every test needs root.
 
 mod common;
 

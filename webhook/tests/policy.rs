@@ -173,8 +173,9 @@ impl Policy {
         Self::from_yaml(POLICY)
     }
 
-    /// The shipped policy with these variables' expressions replaced, as the README's
-    /// kustomize patch replaces them.
+    /// The shipped policy with these variables' expressions replaced, as the kustomize
+    /// patch of docs/security.md, "What a pod may claim: the admission policy", replaces
+    /// them.
     fn with_variables(replaced: &[(&str, &str)]) -> Self {
         let mut policy = Self::shipped();
         for (name, source) in replaced {

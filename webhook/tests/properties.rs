@@ -4,8 +4,9 @@
 //! pod client and the agent's address with the agent backend, the full helper with the
 //! direct one, the mesh proxy's UID in a mesh, behind a mesh's native proxy) and the agent
 //! port to the exclusions of the meshes the pod shows, nothing else, and is not repeated on
-//! reinvocation; a denial's message is short; and the decision is the one the README's rules give, computed here
-//! independently of the injector.
+//! reinvocation; a denial's message is short; and the decision is the one the rules of
+//! docs/configuration.md, "Annotations and labels", give, computed here independently of
+//! the injector.
 
 mod common;
 #[path = "common/pods.rs"]
@@ -19,7 +20,7 @@ use pods::{ISTIO_INJECT, ISTIO_PORTS, LINKERD_PORTS, RESOURCE_KEYS, UNITS, pod};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-/// What the README's rules say about a pod.
+/// What the rules of docs/configuration.md, "Annotations and labels", say about a pod.
 #[derive(Debug, PartialEq)]
 enum Expected {
     Unchanged,
@@ -166,7 +167,8 @@ fn helper_index(pod: &Value, mode: &str) -> usize {
     }
 }
 
-/// The meshes the pod shows, as the README says they are detected: Istio, Linkerd.
+/// The meshes the pod shows, as docs/how-it-works.md, "Service meshes", says they are
+/// detected: Istio, Linkerd.
 fn meshes_shown(pod: &Value) -> (bool, bool) {
     let annotation = |key: &str| pod["metadata"]["annotations"][key].as_str();
     let holds = |name: &str| {

@@ -130,9 +130,9 @@ pub struct Claimant<'a> {
     pub claims: &'a Claims,
 }
 
-/// Why a pod may not have an address: the node agent's rules (invariant I1 of the README's
-/// security model: no pod gets an address a live pod of another namespace holds or claims,
-/// unless a cluster admin granted that address to the pod's namespace).
+/// Why a pod may not have an address: the node agent's rules (invariant I1 of
+/// docs/security.md, "Invariants": no pod gets an address a live pod of another namespace
+/// holds or claims, unless a cluster admin granted that address to the pod's namespace).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClaimRefusal {
     /// Neither Multus' record of the pod nor its floating declaration has the address.
