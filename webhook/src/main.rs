@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use ipmgr_contract::LogArgs;
 use ipmgr_webhook::certs::{ServiceIdentity, write_for_kustomize};
 use ipmgr_webhook::config::{self, InjectionArgs};
+use ipmgr_webhook::managed::api::ApiClient;
 use ipmgr_webhook::managed::args::ManagedArgs;
 use ipmgr_webhook::managed::store::KubeStore;
 use ipmgr_webhook::manifest::inject_yaml;
@@ -227,10 +228,8 @@ fn serve(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {} (--listen / IPMGR_LISTEN)", args.listen))?;
         if managed {
-            let client = kube::Client::try_default().await.context(
-                "cannot reach the Kubernetes API for the managed certificates (in-cluster \
-                 service account, or KUBECONFIG)",
-            )?;
+            let client = ApiClient::from_environment()
+                .context("cannot configure the Kubernetes API for the managed certificates")?;
             let store = KubeStore::new(
                 client,
                 &args.managed.namespace,

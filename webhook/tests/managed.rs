@@ -457,3 +457,142 @@ async fn a_secret_edited_into_something_invalid_is_refused_and_left_alone() {
         "the error names the Secret: {log}"
     );
 }
+
+/// A kubeconfig at `dir/kubeconfig` with one cluster and one user.
+fn kubeconfig(dir: &std::path::Path, cluster: &str, user: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: test\ncontexts:\n- name: test\n  context: {{cluster: test, user: test}}\nclusters:\n- name: test\n  cluster:\n{cluster}\nusers:\n- name: test\n  user:\n{user}\n"
+    );
+    std::fs::write(&path, text).expect("kubeconfig");
+    path
+}
+
+#[tokio::test]
+async fn the_api_client_reads_its_token_file_for_every_call() {
+    use ipmgr_webhook::managed::api::ApiClient;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listener");
+    let addr = listener.local_addr().expect("addr");
+    let heads = tokio::spawn(async move {
+        let mut heads = Vec::new();
+        for _ in 0..2 {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut head = vec![0; 4096];
+            let read = stream.read(&mut head).await.expect("read");
+            heads.push(String::from_utf8_lossy(&head[..read]).into_owned());
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}")
+                .await
+                .expect("answer");
+        }
+        heads
+    });
+    let token = dir.path().join("token");
+    std::fs::write(&token, "first\n").expect("token");
+    let config = kubeconfig(
+        dir.path(),
+        &format!("    server: http://{addr}"),
+        &format!("    tokenFile: {}", token.display()),
+    );
+    let api = ApiClient::from_kubeconfig(&config).expect("a usable kubeconfig");
+    let (status, body) = api
+        .call(hyper::Method::GET, "/api/v1/namespaces", None)
+        .await
+        .expect("answered");
+    assert_eq!((status.as_u16(), body), (200, json!({"ok": true})));
+    std::fs::write(&token, "rotated").expect("token");
+    api.call(hyper::Method::GET, "/api/v1/namespaces", None)
+        .await
+        .expect("answered");
+    let heads = heads.await.expect("heads");
+    assert!(
+        heads[0].contains("authorization: Bearer first\r\n"),
+        "{}",
+        heads[0]
+    );
+    assert!(
+        heads[1].contains("authorization: Bearer rotated\r\n"),
+        "a rotated token is read again: {}",
+        heads[1]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_client_verifies_an_https_server_against_the_kubeconfig_ca() {
+    use ipmgr_webhook::managed::api::ApiClient;
+    let server = common::ServerProcess::start(&[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = |ca_pem: &str| {
+        format!(
+            "    server: https://{}\n    certificate-authority-data: {}\n    tls-server-name: {SERVER_NAME}",
+            server.addr,
+            BASE64.encode(ca_pem)
+        )
+    };
+    let trusted = kubeconfig(dir.path(), &cluster(&server.ca_pem), "    token: abc");
+    let api = ApiClient::from_kubeconfig(&trusted).expect("a usable kubeconfig");
+    let (status, _) = api
+        .call(hyper::Method::GET, "/healthz", None)
+        .await
+        .expect("answered over TLS");
+    assert_eq!(status.as_u16(), 200);
+
+    let other_ca = ipmgr_webhook::certs::ServiceIdentity {
+        service: "other".into(),
+        namespace: "other".into(),
+        valid_days: 1,
+    }
+    .generate()
+    .expect("certificates")
+    .ca_pem;
+    let untrusted = kubeconfig(dir.path(), &cluster(&other_ca), "    token: abc");
+    let error = ApiClient::from_kubeconfig(&untrusted)
+        .expect("a usable kubeconfig")
+        .call(hyper::Method::GET, "/healthz", None)
+        .await
+        .expect_err("a server the CA did not sign is refused");
+    assert!(error.to_string().contains("TLS with"), "{error}");
+}
+
+#[rstest::rstest]
+#[case::client_certificate(
+    "    server: http://127.0.0.1:1",
+    "    client-certificate-data: AAAA",
+    "client certificate or exec"
+)]
+#[case::exec_plugin(
+    "    server: http://127.0.0.1:1",
+    "    exec: {command: aws}",
+    "client certificate or exec"
+)]
+#[case::https_without_a_ca(
+    "    server: https://127.0.0.1:1",
+    "    token: abc",
+    "certificate-authority"
+)]
+#[case::not_a_url(
+    "    server: 127.0.0.1:1",
+    "    token: abc",
+    "not an http or https URL"
+)]
+fn a_kubeconfig_the_client_cannot_use_is_refused_saying_why(
+    #[case] cluster: &str,
+    #[case] user: &str,
+    #[case] reason: &str,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let error = ipmgr_webhook::managed::api::ApiClient::from_kubeconfig(&kubeconfig(
+        dir.path(),
+        cluster,
+        user,
+    ))
+    .expect_err("refused");
+    assert!(error.to_string().contains(reason), "{error}");
+    assert!(
+        error.to_string().contains("kubeconfig"),
+        "names the file: {error}"
+    );
+}

@@ -3,17 +3,18 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hyper::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
+use super::api::{ApiClient, ApiError};
 use super::secret::{SecretView, bundle_holds};
 
 /// The annotation on the webhook configuration: the Secret generation its caBundle is from.
 pub const BUNDLE_GENERATION: &str = "multus-ipmgr.io/ca-bundle-generation";
+const MERGE_PATCH: &str = "application/merge-patch+json";
+const JSON: &str = "application/json";
 
 /// A conditioned write's outcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +32,7 @@ pub struct BundleView {
     pub bundles: Vec<Vec<u8>>,
     /// [`BUNDLE_GENERATION`], when set.
     pub generation: Option<u64>,
-    object: MutatingWebhookConfiguration,
+    object: Value,
 }
 
 impl BundleView {
@@ -53,13 +54,20 @@ impl BundleView {
 /// A call to the API server failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The API server refused or could not be reached.
-    #[error("{what}: {source}")]
-    Api {
+    /// The API server could not be reached.
+    #[error(transparent)]
+    Transport(#[from] ApiError),
+    /// The API server refused.
+    #[error("{what}: HTTP {code}: {message}{hint}")]
+    Refused {
         /// The object and verb.
         what: String,
-        /// kube's error.
-        source: kube::Error,
+        /// The HTTP status.
+        code: u16,
+        /// The Status message.
+        message: String,
+        /// What to check.
+        hint: &'static str,
     },
     /// The webhook configuration does not exist.
     #[error(
@@ -70,88 +78,132 @@ pub enum StoreError {
     /// The webhook configuration has no webhook to write the caBundle of.
     #[error("MutatingWebhookConfiguration {0} has no webhooks to set the caBundle of")]
     NoWebhooks(String),
+    /// The API server answered something that is not the object asked for.
+    #[error("{what}: the answer is not a Kubernetes object: {detail}")]
+    Unreadable {
+        /// The object.
+        what: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+fn refused(what: String, status: StatusCode, body: &Value) -> StoreError {
+    StoreError::Refused {
+        what,
+        code: status.as_u16(),
+        message: body["message"].as_str().unwrap_or("no message").to_owned(),
+        hint: if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
+            " (the webhook's ServiceAccount needs get, update and patch on this object by \
+             name: the chart's Role and ClusterRole ipmgr-webhook / multus-ipmgr-webhook)"
+        } else {
+            ""
+        },
+    }
 }
 
 /// The Secret `namespace/secret` and the webhook configuration `configuration`.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct KubeStore {
-    secrets: Api<Secret>,
-    configurations: Api<MutatingWebhookConfiguration>,
+    api: ApiClient,
     /// `namespace/name` of the Secret, for messages.
     pub secret_path: String,
+    secrets: String,
     secret: String,
     configuration: String,
 }
 
-impl std::fmt::Debug for KubeStore {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("KubeStore")
-            .field("secret", &self.secret_path)
-            .field("configuration", &self.configuration)
-            .finish()
-    }
-}
-
-fn api_error(what: String) -> impl FnOnce(kube::Error) -> StoreError {
-    move |source| StoreError::Api { what, source }
-}
-
-fn is_conflict(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.is_conflict() || status.is_already_exists())
-}
-
 impl KubeStore {
     /// The store of `namespace/secret` and `configuration`.
-    pub fn new(client: Client, namespace: &str, secret: &str, configuration: &str) -> Self {
+    pub fn new(api: ApiClient, namespace: &str, secret: &str, configuration: &str) -> Self {
         KubeStore {
-            secrets: Api::namespaced(client.clone(), namespace),
-            configurations: Api::all(client),
+            api,
             secret_path: format!("{namespace}/{secret}"),
+            secrets: format!("/api/v1/namespaces/{namespace}/secrets"),
             secret: secret.to_owned(),
             configuration: configuration.to_owned(),
         }
     }
 
+    fn secret_url(&self) -> String {
+        format!("{}/{}", self.secrets, self.secret)
+    }
+
+    fn configuration_url(&self) -> String {
+        format!(
+            "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{}",
+            self.configuration
+        )
+    }
+
     /// The Secret, or `None` when it does not exist.
     pub async fn read_secret(&self) -> Result<Option<SecretView>, StoreError> {
-        let secret = self
-            .secrets
-            .get_opt(&self.secret)
-            .await
-            .map_err(api_error(format!("cannot get Secret {}", self.secret_path)))?;
-        Ok(secret.map(|secret| SecretView {
-            resource_version: secret.metadata.resource_version.unwrap_or_default(),
-            annotations: secret.metadata.annotations.unwrap_or_default(),
-            data: secret
-                .data
+        let what = || format!("cannot get Secret {}", self.secret_path);
+        let (status, secret) = self.api.call(Method::GET, &self.secret_url(), None).await?;
+        match status {
+            StatusCode::NOT_FOUND => return Ok(None),
+            status if !status.is_success() => return Err(refused(what(), status, &secret)),
+            _ => {}
+        }
+        let strings = |value: &Value| -> BTreeMap<String, String> {
+            value
+                .as_object()
+                .map(|map| {
+                    map.iter()
+                        .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_owned())))
+                        .collect()
+                })
                 .unwrap_or_default()
-                .into_iter()
-                .map(|(key, value)| (key, value.0))
-                .collect(),
+        };
+        let data = strings(&secret["data"])
+            .into_iter()
+            .map(|(key, encoded)| {
+                BASE64
+                    .decode(encoded)
+                    .map(|decoded| (key.clone(), decoded))
+                    .map_err(|_| StoreError::Unreadable {
+                        what: what(),
+                        detail: format!("data key {key} is not base64"),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Some(SecretView {
+            resource_version: secret["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            annotations: strings(&secret["metadata"]["annotations"]),
+            data,
         }))
     }
 
     /// Creates the Secret empty (the chart does this; RBAC may not allow it).
     pub async fn create_secret(&self) -> Result<Written, StoreError> {
-        let mut secret = Secret::default();
-        secret.metadata.name = Some(self.secret.clone());
-        secret.type_ = Some("Opaque".to_owned());
-        match self.secrets.create(&PostParams::default(), &secret).await {
-            Ok(_) => Ok(Written::Done),
-            Err(error) if is_conflict(&error) => Ok(Written::Conflict),
-            Err(error) => Err(api_error(format!(
-                "Secret {} does not exist and cannot be created (the chart creates it; \
-                 without the chart create it: kubectl create secret generic {} -n {})",
-                self.secret_path,
-                self.secret,
-                self.secrets_namespace()
-            ))(error)),
+        let secret = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": self.secret},
+        });
+        let (status, body) = self
+            .api
+            .call(Method::POST, &self.secrets, Some((JSON, &secret)))
+            .await?;
+        match status {
+            status if status.is_success() => Ok(Written::Done),
+            StatusCode::CONFLICT => Ok(Written::Conflict),
+            status => Err(refused(
+                format!(
+                    "Secret {} does not exist and cannot be created (the chart creates it; \
+                     without the chart: kubectl create secret generic {} -n {})",
+                    self.secret_path,
+                    self.secret,
+                    self.secret_path.split('/').next().unwrap_or_default()
+                ),
+                status,
+                &body,
+            )),
         }
-    }
-
-    fn secrets_namespace(&self) -> &str {
-        self.secret_path.split('/').next().unwrap_or_default()
     }
 
     /// Writes what changed from `read` to `written` as a merge patch conditioned on the
@@ -166,52 +218,69 @@ impl KubeStore {
                 "resourceVersion": read.resource_version,
                 "annotations": changes(&read.annotations, &written.annotations, |value| json!(value)),
             },
-            "data": changes(&read.data, &written.data, |value| {
-                json!(ByteString(value.clone()))
-            }),
+            "data": changes(&read.data, &written.data, |value| json!(BASE64.encode(value))),
         });
-        let outcome = self
-            .secrets
-            .patch(&self.secret, &PatchParams::default(), &Patch::Merge(&patch))
-            .await;
-        match outcome {
-            Ok(_) => Ok(Written::Done),
-            Err(error) if is_conflict(&error) => Ok(Written::Conflict),
-            Err(error) => Err(api_error(format!(
-                "cannot update Secret {}",
-                self.secret_path
-            ))(error)),
+        let (status, body) = self
+            .api
+            .call(
+                Method::PATCH,
+                &self.secret_url(),
+                Some((MERGE_PATCH, &patch)),
+            )
+            .await?;
+        match status {
+            status if status.is_success() => Ok(Written::Done),
+            StatusCode::CONFLICT => Ok(Written::Conflict),
+            status => Err(refused(
+                format!("cannot update Secret {}", self.secret_path),
+                status,
+                &body,
+            )),
         }
     }
 
     /// The webhook configuration's caBundles.
     pub async fn read_bundle(&self) -> Result<BundleView, StoreError> {
-        let object = self
-            .configurations
-            .get_opt(&self.configuration)
-            .await
-            .map_err(api_error(format!(
+        let what = || {
+            format!(
                 "cannot get MutatingWebhookConfiguration {}",
                 self.configuration
-            )))?
-            .ok_or_else(|| StoreError::NoConfiguration(self.configuration.clone()))?;
-        let webhooks = object.webhooks.as_deref().unwrap_or_default();
+            )
+        };
+        let (status, object) = self
+            .api
+            .call(Method::GET, &self.configuration_url(), None)
+            .await?;
+        match status {
+            StatusCode::NOT_FOUND => {
+                return Err(StoreError::NoConfiguration(self.configuration.clone()));
+            }
+            status if !status.is_success() => return Err(refused(what(), status, &object)),
+            _ => {}
+        }
+        let webhooks = object["webhooks"].as_array().cloned().unwrap_or_default();
         if webhooks.is_empty() {
             return Err(StoreError::NoWebhooks(self.configuration.clone()));
         }
+        let bundles = webhooks
+            .iter()
+            .map(
+                |webhook| match webhook["clientConfig"]["caBundle"].as_str() {
+                    None => Ok(Vec::new()),
+                    Some(encoded) => BASE64.decode(encoded).map_err(|_| StoreError::Unreadable {
+                        what: what(),
+                        detail: format!(
+                            "the caBundle of webhook {} is not base64",
+                            webhook["name"]
+                        ),
+                    }),
+                },
+            )
+            .collect::<Result<_, _>>()?;
         Ok(BundleView {
-            bundles: webhooks
-                .iter()
-                .map(|webhook| {
-                    let bundle = webhook.client_config.ca_bundle.as_ref();
-                    bundle.map(|bundle| bundle.0.clone()).unwrap_or_default()
-                })
-                .collect(),
-            generation: object
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|annotations| annotations.get(BUNDLE_GENERATION))
+            bundles,
+            generation: object["metadata"]["annotations"][BUNDLE_GENERATION]
+                .as_str()
                 .and_then(|generation| generation.parse().ok()),
             object,
         })
@@ -226,26 +295,37 @@ impl KubeStore {
         generation: u64,
     ) -> Result<Written, StoreError> {
         let mut object = read.object.clone();
-        for webhook in object.webhooks.iter_mut().flatten() {
-            webhook.client_config.ca_bundle = Some(ByteString(bundle.as_bytes().to_vec()));
+        let encoded = Value::from(BASE64.encode(bundle));
+        for webhook in object["webhooks"].as_array_mut().into_iter().flatten() {
+            webhook["clientConfig"]["caBundle"] = encoded.clone();
         }
-        object
-            .metadata
-            .annotations
-            .get_or_insert_with(BTreeMap::new)
-            .insert(BUNDLE_GENERATION.to_owned(), generation.to_string());
-        object.metadata.managed_fields = None;
-        match self
-            .configurations
-            .replace(&self.configuration, &PostParams::default(), &object)
-            .await
-        {
-            Ok(_) => Ok(Written::Done),
-            Err(error) if is_conflict(&error) => Ok(Written::Conflict),
-            Err(error) => Err(api_error(format!(
-                "cannot update the caBundle of MutatingWebhookConfiguration {}",
-                self.configuration
-            ))(error)),
+        let metadata = &mut object["metadata"];
+        if !metadata["annotations"].is_object() {
+            metadata["annotations"] = json!({});
+        }
+        metadata["annotations"][BUNDLE_GENERATION] = Value::from(generation.to_string());
+        if let Some(metadata) = metadata.as_object_mut() {
+            metadata.remove("managedFields");
+        }
+        let (status, body) = self
+            .api
+            .call(
+                Method::PUT,
+                &self.configuration_url(),
+                Some((JSON, &object)),
+            )
+            .await?;
+        match status {
+            status if status.is_success() => Ok(Written::Done),
+            StatusCode::CONFLICT => Ok(Written::Conflict),
+            status => Err(refused(
+                format!(
+                    "cannot update the caBundle of MutatingWebhookConfiguration {}",
+                    self.configuration
+                ),
+                status,
+                &body,
+            )),
         }
     }
 }
