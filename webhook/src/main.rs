@@ -186,8 +186,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         .settings()
         .context("invalid helper settings")?;
     let managed = args.certificates == CertificateSource::Managed;
+    let managed_settings = args.managed.settings();
     let certificate = Arc::new(if managed {
-        ServingCertificate::installed()
+        ServingCertificate::installed(managed_settings.ready_while_confirmed_within())
     } else {
         ServingCertificate::from_files(args.tls_cert.clone(), args.tls_key.clone())
     });
@@ -236,11 +237,18 @@ fn serve(args: ServeArgs) -> Result<()> {
                 &args.managed.cert_secret,
                 &args.managed.webhook_configuration,
             );
-            tokio::spawn(ipmgr_webhook::managed::keep(
-                args.managed.settings(),
+            let keeper = tokio::spawn(ipmgr_webhook::managed::keep(
+                managed_settings,
                 store,
                 certificate.clone(),
             ));
+            tokio::spawn(async {
+                // keep() runs for ever: it ends only by a panic, and a webhook that keeps
+                // serving without its keeper would serve a certificate nobody renews.
+                let ended = keeper.await;
+                tracing::error!(?ended, "the managed certificates' keeper ended; exiting");
+                std::process::exit(1);
+            });
         }
         tracing::info!(listen = %args.listen, "serving /mutate, /healthz, /readyz, /metrics over HTTPS");
         serve_tls(listener, tls, state, limits, shutdown_signal()).await;

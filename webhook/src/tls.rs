@@ -10,7 +10,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -72,6 +72,8 @@ struct Loaded {
     key: Option<Arc<CertifiedKey>>,
     /// `notAfter` of the served certificate, seconds since the epoch.
     not_after: Option<i64>,
+    /// When the keeper of an installed certificate last said it is current.
+    confirmed: Option<Instant>,
 }
 
 /// Where the served certificate comes from.
@@ -82,8 +84,9 @@ enum Source {
         cert_path: PathBuf,
         key_path: PathBuf,
     },
-    /// Whatever [`ServingCertificate::install`] was last given.
-    Installed,
+    /// Whatever [`ServingCertificate::install`] was last given; ready while its keeper
+    /// confirmed it within `stale_after`.
+    Installed { stale_after: Duration },
 }
 
 /// Resolves the certificate each TLS handshake serves.
@@ -106,9 +109,17 @@ impl ServingCertificate {
         certificate
     }
 
-    /// Serves nothing until [`Self::install`] is called (not ready until then).
-    pub fn installed() -> Self {
-        Self::with_source(Source::Installed)
+    /// Serves nothing until [`Self::install`] is called. Ready while a certificate is
+    /// installed and [`Self::confirm`] (or `install`) was called within `stale_after`: a
+    /// keeper that stopped working takes the replica out of its Service before the others
+    /// may stop trusting what it serves.
+    pub fn installed(stale_after: Duration) -> Self {
+        Self::with_source(Source::Installed { stale_after })
+    }
+
+    /// Says the installed certificate is still the one to serve (managed certificates).
+    pub fn confirm(&self) {
+        self.lock().confirmed = Some(Instant::now());
     }
 
     fn with_source(source: Source) -> Self {
@@ -150,13 +161,25 @@ impl ServingCertificate {
                 source,
             }
         })?;
-        self.lock().set(key);
+        let mut loaded = self.lock();
+        loaded.set(key);
+        loaded.confirmed = Some(Instant::now());
         Ok(())
     }
 
-    /// Whether a certificate is loaded (readiness).
+    /// Whether a certificate is loaded, and for an installed one, confirmed lately
+    /// (readiness).
     pub fn is_loaded(&self) -> bool {
-        self.lock().key.is_some()
+        let loaded = self.lock();
+        match self.source {
+            Source::Installed { stale_after } => {
+                loaded.key.is_some()
+                    && loaded
+                        .confirmed
+                        .is_some_and(|confirmed| confirmed.elapsed() < stale_after)
+            }
+            Source::Files { .. } => loaded.key.is_some(),
+        }
     }
 
     /// The newest valid certificate, reloading it when the files changed.

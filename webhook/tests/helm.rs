@@ -668,7 +668,7 @@ fn managed_is_the_default() {
     );
 }
 
-/// The managed webhook may get, update and patch its own Secret and its own
+/// The managed webhook may get and patch its own Secret, get and update its own
 /// MutatingWebhookConfiguration, by name, and nothing else; the other modes have no RBAC.
 #[rstest]
 #[case::managed(Mode::Managed)]
@@ -730,9 +730,9 @@ fn the_managed_webhook_may_touch_only_its_secret_and_its_webhook_configuration(#
             "apiGroups": [""],
             "resources": ["secrets"],
             "resourceNames": [secret["metadata"]["name"]],
-            "verbs": ["get", "update", "patch"],
+            "verbs": ["get", "patch"],
         }]),
-        "the Role: its Secret, by name, get/update/patch only"
+        "the Role: its Secret, by name, get/patch only"
     );
     let cluster_role = object(&objects, "ClusterRole", "multus-ipmgr-webhook");
     assert_eq!(
@@ -741,9 +741,9 @@ fn the_managed_webhook_may_touch_only_its_secret_and_its_webhook_configuration(#
             "apiGroups": ["admissionregistration.k8s.io"],
             "resources": ["mutatingwebhookconfigurations"],
             "resourceNames": [configuration["metadata"]["name"]],
-            "verbs": ["get", "update", "patch"],
+            "verbs": ["get", "update"],
         }]),
-        "the ClusterRole: its MutatingWebhookConfiguration, by name, get/update/patch only"
+        "the ClusterRole: its MutatingWebhookConfiguration, by name, get/update only"
     );
     for (binding, kind, name) in [
         ("RoleBinding", "Role", "ipmgr-webhook"),

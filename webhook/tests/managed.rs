@@ -27,6 +27,9 @@ const SECRET_PATH: &str = "/api/v1/namespaces/multus-ipmgr/secrets/ipmgr-webhook
 const CONFIGURATION_PATH: &str =
     "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/multus-ipmgr";
 const MERGE: &str = "application/merge-patch+json";
+/// How far behind the writes of the webhook configuration the rotation test's client (the
+/// API server) trusts its caBundle; the replicas' overlap is 2 s.
+const API_SERVER_LAG: Duration = Duration::from_millis(1200);
 
 /// The emulated API server with what the chart installs: the namespace, the webhook
 /// configuration without a caBundle and (unless `with_secret` is false) the empty Secret.
@@ -351,11 +354,22 @@ async fn a_ca_rotation_under_admissions_fails_none() {
         tokio::spawn(async move {
             let mut failures = Vec::new();
             let mut turn = 0usize;
+            // The caBundles read so far, with when: the API server's view of the webhook
+            // configuration lags its writes (its informer), so each admission trusts the
+            // newest bundle that is at least API_SERVER_LAG old.
+            let mut seen: Vec<(Instant, Vec<u8>)> = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                // The caBundle as it is at this moment, read before each admission.
-                let bundle = tokio::task::block_in_place(|| current_bundle(&kube));
+                seen.push((
+                    Instant::now(),
+                    tokio::task::block_in_place(|| current_bundle(&kube)),
+                ));
+                let lagging = seen
+                    .iter()
+                    .rev()
+                    .find(|(read, _)| read.elapsed() >= API_SERVER_LAG)
+                    .unwrap_or(&seen[0]);
                 let addr = addrs[turn % addrs.len()];
-                match admit(addr, &bundle, &format!("pod-{turn}")).await {
+                match admit(addr, &lagging.1, &format!("pod-{turn}")).await {
                     Ok(()) => {
                         admitted.fetch_add(1, Ordering::Relaxed);
                     }

@@ -393,3 +393,29 @@ async fn shutdown_drains_an_in_flight_request_and_refuses_new_connections() {
     assert!(response.contains("\"uid\":\"in-flight\""), "{response}");
     stopping.await.expect("server stopped");
 }
+
+#[test]
+fn an_installed_certificate_is_ready_only_while_its_keeper_confirms_it() {
+    let certificate = ServingCertificate::installed(Duration::from_millis(200));
+    assert!(!certificate.is_loaded(), "nothing installed: not ready");
+    let pair = generate();
+    assert!(
+        certificate
+            .install("not PEM", &pair.key_pem, "test Secret")
+            .is_err(),
+        "an unusable pair is refused"
+    );
+    assert!(!certificate.is_loaded());
+    certificate
+        .install(&pair.cert_pem, &pair.key_pem, "test Secret")
+        .expect("a usable pair");
+    assert!(certificate.is_loaded(), "installed: ready");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !certificate.is_loaded(),
+        "not confirmed for a while: not ready"
+    );
+    assert!(certificate.current().is_some(), "but it goes on serving");
+    certificate.confirm();
+    assert!(certificate.is_loaded(), "confirmed again: ready");
+}

@@ -68,6 +68,8 @@ enum Token {
 pub struct ApiClient {
     host: String,
     port: u16,
+    /// The server URL's path, before every request's (a proxy in front of the API server).
+    base_path: String,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     token: Token,
 }
@@ -84,10 +86,14 @@ impl std::fmt::Debug for ApiClient {
 }
 
 impl ApiClient {
-    /// From `KUBECONFIG` when it is set, else from the pod's service account.
+    /// From `KUBECONFIG` when it is set (the first file of a list), else from the pod's
+    /// service account.
     pub fn from_environment() -> Result<Self, ApiError> {
         match std::env::var_os("KUBECONFIG") {
-            Some(path) => Self::from_kubeconfig(Path::new(&path)),
+            Some(paths) => match std::env::split_paths(&paths).next() {
+                Some(path) => Self::from_kubeconfig(&path),
+                None => Self::in_cluster(),
+            },
             None => Self::in_cluster(),
         }
     }
@@ -112,6 +118,7 @@ impl ApiClient {
             tls: Some(tls(&ca, &host, &ca_path.display().to_string())?),
             host,
             port,
+            base_path: String::new(),
             token: Token::File(Path::new(SERVICE_ACCOUNT).join("token")),
         })
     }
@@ -160,7 +167,13 @@ impl ApiClient {
                 )));
             }
         };
-        let authority = authority.trim_end_matches('/');
+        let (authority, base_path) = match authority.find('/') {
+            Some(slash) => (
+                &authority[..slash],
+                authority[slash..].trim_end_matches('/'),
+            ),
+            None => (authority, ""),
+        };
         let (host, port) = match authority.rsplit_once(':') {
             Some((host, port)) if !port.contains(']') => (
                 host,
@@ -214,6 +227,7 @@ impl ApiClient {
         Ok(ApiClient {
             host,
             port,
+            base_path: base_path.to_owned(),
             tls,
             token,
         })
@@ -246,9 +260,14 @@ impl ApiClient {
     ) -> Result<(StatusCode, Value), String> {
         let mut request = Request::builder()
             .method(method)
-            .uri(path)
+            .uri(format!("{}{path}", self.base_path))
             .header(hyper::header::HOST, self.authority())
-            .header(hyper::header::ACCEPT, "application/json");
+            .header(hyper::header::ACCEPT, "application/json")
+            // The API server names the field manager and the audit log's client after it.
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("ipmgr-webhook/", env!("CARGO_PKG_VERSION")),
+            );
         match &self.token {
             Token::None => {}
             Token::Inline(token) => {

@@ -13,7 +13,7 @@ pub mod steps;
 pub mod store;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use self::plan::{Observed, Policy, next_step};
 use self::secret::{CertState, GENERATION, InvalidSecret, ack_name};
@@ -33,6 +33,19 @@ pub struct ManagedSettings {
     pub policy: Policy,
     /// Time between checks of the Secret and the caBundle.
     pub check: Duration,
+}
+
+impl ManagedSettings {
+    /// How long a replica stays ready without a settled pass: half the time after which
+    /// the others count it as gone (its acknowledgement stale), so it leaves its Service
+    /// before they may stop trusting the CA it serves.
+    pub fn ready_while_confirmed_within(&self) -> Duration {
+        Duration::from_secs(
+            u64::try_from(self.policy.ack_stale / 2)
+                .unwrap_or(u64::MAX)
+                .max(1),
+        )
+    }
 }
 
 /// One pass could not finish.
@@ -82,6 +95,7 @@ pub async fn keep(settings: ManagedSettings, store: KubeStore, serving: Arc<Serv
         store,
         serving,
         served: None,
+        next_seen: None,
         last_error: None,
     };
     loop {
@@ -94,7 +108,10 @@ pub async fn keep(settings: ManagedSettings, store: KubeStore, serving: Arc<Serv
                     passes,
                     "managed certificates did not settle in one check; going on at the next"
                 ),
-                Ok(Pass::Settled) => keeper.last_error = None,
+                Ok(Pass::Settled) => {
+                    keeper.serving.confirm();
+                    keeper.last_error = None;
+                }
                 Err(error) => keeper.report(&error),
             }
             break;
@@ -109,6 +126,8 @@ struct Keeper {
     serving: Arc<ServingCertificate>,
     /// The served certificate's PEM and its CA's id.
     served: Option<(String, String)>,
+    /// The next CA's id, and when this replica first saw the caBundle hold it.
+    next_seen: Option<(String, Instant)>,
     last_error: Option<String>,
 }
 
@@ -129,8 +148,9 @@ impl Keeper {
     async fn pass(&mut self) -> Result<Pass, ManagedError> {
         let secret_path = self.store.secret_path.clone();
         let Some(view) = self.store.read_secret().await? else {
-            self.store.create_secret().await?;
-            tracing::info!(secret = %secret_path, "created the certificate Secret");
+            if self.store.create_secret().await? == Written::Done {
+                tracing::info!(secret = %secret_path, "created the certificate Secret");
+            }
             return Ok(Pass::Again);
         };
         let dns_name = self.settings.identity.service_name();
@@ -176,15 +196,22 @@ impl Keeper {
         {
             self.serve(state, &secret_path)?;
         }
+        let next = state.as_ref().and_then(|state| state.next.as_ref());
+        self.next_seen =
+            next.filter(|next| bundle.holds(&next.pem.cert_pem))
+                .map(|next| match self.next_seen.take() {
+                    Some((id, since)) if id == next.id => (id, since),
+                    _ => (next.id.clone(), Instant::now()),
+                });
         let replica = ack_name(&self.settings.replica);
         let now = unix_now();
         let observed = Observed {
             replica,
             serving_ca: self.served.as_ref().map(|(_, ca)| ca.as_str()),
-            bundle_holds_next: state
+            next_trusted_for: self
+                .next_seen
                 .as_ref()
-                .and_then(|state| state.next.as_ref())
-                .is_some_and(|next| bundle.holds(&next.pem.cert_pem)),
+                .map(|(_, since)| i64::try_from(since.elapsed().as_secs()).unwrap_or(i64::MAX)),
             now,
         };
         let Some(step) = next_step(state.as_ref(), observed, &self.settings.policy) else {

@@ -5,9 +5,10 @@
 //! race agree through its resourceVersion:
 //! 1. [`Step::BeginCaRotation`]: a new CA is added next to the signing one; it enters the
 //!    caBundle before it signs anything.
-//! 2. [`Step::SwitchToNextCa`]: once the caBundle in the MutatingWebhookConfiguration holds
-//!    it and the overlap has passed (the API server's view of the configuration lags), it
-//!    signs a new served certificate; the old CA stays trusted as the previous one.
+//! 2. [`Step::SwitchToNextCa`]: once the replica deciding has seen the caBundle of the
+//!    MutatingWebhookConfiguration hold it for the overlap, on its own monotonic clock (the
+//!    API servers' view of the configuration lags the write), it signs a new served
+//!    certificate; the old CA stays trusted as the previous one.
 //! 3. [`Step::DropPreviousCa`]: once every live replica said it serves a certificate of the
 //!    new CA and the overlap has passed again, the old CA leaves the bundle.
 
@@ -26,7 +27,8 @@ pub struct Policy {
     pub overlap: i64,
     /// How often a replica renews its acknowledgement.
     pub ack_refresh: i64,
-    /// An acknowledgement older than this is from a replica that is gone.
+    /// An acknowledgement older than this is from a replica that is gone; each replica
+    /// writes its own into its acknowledgement, so readers with other settings agree.
     pub ack_stale: i64,
 }
 
@@ -68,8 +70,9 @@ pub struct Observed<'a> {
     pub replica: &'a str,
     /// The id of the CA whose certificate it serves now.
     pub serving_ca: Option<&'a str>,
-    /// Whether the MutatingWebhookConfiguration's caBundle holds the next CA.
-    pub bundle_holds_next: bool,
+    /// Seconds this replica has seen the MutatingWebhookConfiguration's caBundle hold the
+    /// next CA, by its monotonic clock (`None`: not seen).
+    pub next_trusted_for: Option<i64>,
     /// Unix seconds.
     pub now: i64,
 }
@@ -95,13 +98,16 @@ pub fn next_step(
         return Some(Step::Acknowledge);
     }
     if state.previous.is_some() {
-        let every_live_replica_switched = live_acks(state, now, policy)
+        let every_live_replica_switched = live_acks(state, now)
             .values()
             .all(|ack| ack.ca_id == state.ca.id);
         return (overlap_passed && every_live_replica_switched).then_some(Step::DropPreviousCa);
     }
     if state.next.is_some() {
-        return (overlap_passed && observed.bundle_holds_next).then_some(Step::SwitchToNextCa);
+        return observed
+            .next_trusted_for
+            .is_some_and(|seconds| seconds >= policy.overlap)
+            .then_some(Step::SwitchToNextCa);
     }
     if state.rotate_requested || remaining(state.ca.not_before, state.ca.not_after, now) {
         return Some(Step::BeginCaRotation);
@@ -121,13 +127,13 @@ fn remaining(not_before: i64, not_after: i64, now: i64) -> bool {
     not_after.saturating_sub(now) <= lifetime / 3
 }
 
-/// The acknowledgements of replicas that are still there.
-pub fn live_acks(state: &CertState, now: i64, policy: &Policy) -> BTreeMap<String, Ack> {
-    let stale_before = now.saturating_sub(policy.ack_stale);
+/// The acknowledgements of replicas that are still there (each by the staleness its
+/// replica wrote).
+pub fn live_acks(state: &CertState, now: i64) -> BTreeMap<String, Ack> {
     state
         .acks
         .iter()
-        .filter(|(_, ack)| ack.at > stale_before)
+        .filter(|(_, ack)| ack.at.saturating_add(ack.stale_after) > now)
         .map(|(replica, ack)| (replica.clone(), ack.clone()))
         .collect()
 }

@@ -49,8 +49,8 @@ pub const GENERATION: &str = "multus-ipmgr.io/generation";
 pub const PHASE_SINCE: &str = "multus-ipmgr.io/phase-since";
 /// Set by an admin (any value) to rotate the CA now; removed when the rotation begins.
 pub const ROTATE_CA: &str = "multus-ipmgr.io/rotate-ca";
-/// `<prefix><replica>`: `<CA id>@<unix seconds>`, the CA whose certificate that replica
-/// serves, and when it said so.
+/// `<prefix><replica>`: `<CA id>@<unix seconds>@<seconds>`: the CA whose certificate that
+/// replica serves, when it said so, and after how long without renewal it counts as gone.
 pub const ACK_PREFIX: &str = "multus-ipmgr.io/serving.";
 
 /// The Secret as the store reads it: version, data and annotations.
@@ -106,6 +106,8 @@ pub struct Ack {
     pub ca_id: String,
     /// When it said so, unix seconds.
     pub at: i64,
+    /// After how many seconds without renewal the replica counts as gone.
+    pub stale_after: i64,
 }
 
 /// The valid contents of the Secret.
@@ -213,14 +215,13 @@ impl SecretView {
             .iter()
             .filter_map(|(key, value)| {
                 let replica = key.strip_prefix(ACK_PREFIX)?;
-                let (ca_id, at) = value.split_once('@')?;
-                Some((
-                    replica.to_owned(),
-                    Ack {
-                        ca_id: ca_id.to_owned(),
-                        at: at.parse().ok()?,
-                    },
-                ))
+                let mut parts = value.split('@');
+                let ack = Ack {
+                    ca_id: parts.next()?.to_owned(),
+                    at: parts.next()?.parse().ok()?,
+                    stale_after: parts.next()?.parse().ok()?,
+                };
+                Some((replica.to_owned(), ack))
             })
             .collect()
     }
@@ -375,14 +376,23 @@ fn verify_signed_by(
 
 impl CertState {
     /// The caBundle: every CA a replica may serve a certificate of, PEM, the signing one
-    /// first.
+    /// first, each on lines of its own (a CA edited in by hand may lack the last newline,
+    /// and Go's PEM decoder finds no block glued to the end of another).
     pub fn bundle(&self) -> String {
-        let mut bundle = self.ca.pem.cert_pem.clone();
-        if let Some(next) = &self.next {
-            bundle.push_str(&next.pem.cert_pem);
-        }
-        if let Some(previous) = &self.previous {
-            bundle.push_str(&previous.cert_pem);
+        let next = self.next.as_ref().map(|next| next.pem.cert_pem.as_str());
+        let previous = self
+            .previous
+            .as_ref()
+            .map(|previous| previous.cert_pem.as_str());
+        let mut bundle = String::new();
+        for pem in [Some(self.ca.pem.cert_pem.as_str()), next, previous]
+            .into_iter()
+            .flatten()
+        {
+            bundle.push_str(pem);
+            if !pem.ends_with('\n') {
+                bundle.push('\n');
+            }
         }
         bundle
     }
@@ -423,7 +433,10 @@ impl CertState {
             annotations.insert(ROTATE_CA.to_owned(), "requested".to_owned());
         }
         for (replica, ack) in &self.acks {
-            annotations.insert(ack_key(replica), format!("{}@{}", ack.ca_id, ack.at));
+            annotations.insert(
+                ack_key(replica),
+                format!("{}@{}@{}", ack.ca_id, ack.at, ack.stale_after),
+            );
         }
         written
     }

@@ -74,15 +74,16 @@ impl Issuing<'_> {
             Step::DropPreviousCa => {
                 next.previous = None;
                 next.phase_since = None;
-                next.acks = live_acks(state, self.now, self.policy);
+                next.acks = live_acks(state, self.now);
             }
             Step::Acknowledge => {
-                next.acks = live_acks(state, self.now, self.policy);
+                next.acks = live_acks(state, self.now);
                 next.acks.insert(
                     self.replica.to_owned(),
                     Ack {
                         ca_id: state.ca.id.clone(),
                         at: self.now,
+                        stale_after: self.policy.ack_stale,
                     },
                 );
                 return Ok(next);

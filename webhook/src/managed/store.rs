@@ -94,8 +94,9 @@ fn refused(what: String, status: StatusCode, body: &Value) -> StoreError {
         code: status.as_u16(),
         message: body["message"].as_str().unwrap_or("no message").to_owned(),
         hint: if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
-            " (the webhook's ServiceAccount needs get, update and patch on this object by \
-             name: the chart's Role and ClusterRole ipmgr-webhook / multus-ipmgr-webhook)"
+            " (check the webhook's RBAC: the chart grants get and patch on the Secret (Role \
+             ipmgr-webhook) and get and update on the MutatingWebhookConfiguration \
+             (ClusterRole multus-ipmgr-webhook), by name)"
         } else {
             ""
         },

@@ -41,6 +41,7 @@ fn settled() -> CertState {
     let ack = |ca: &str| Ack {
         ca_id: ca.to_owned(),
         at: NOW - 60,
+        stale_after: POLICY.ack_stale,
     };
     CertState {
         ca: authority("a", NOW - 365 * DAY, NOW + 3285 * DAY),
@@ -62,19 +63,20 @@ fn settled() -> CertState {
     }
 }
 
-fn observed(serving_ca: Option<&str>, bundle_holds_next: bool) -> Observed<'_> {
+fn observed(serving_ca: Option<&str>, next_trusted_for: Option<i64>) -> Observed<'_> {
     Observed {
         replica: "me",
         serving_ca,
-        bundle_holds_next,
+        next_trusted_for,
         now: NOW,
     }
 }
 
-fn rotating(next_since: i64) -> CertState {
+/// A rotation begun an hour ago (by the Secret's clock, which a switch does not go by).
+fn rotating() -> CertState {
     CertState {
         next: Some(authority("b", NOW - 100, NOW + 3650 * DAY)),
-        phase_since: Some(next_since),
+        phase_since: Some(NOW - 3600),
         ..settled()
     }
 }
@@ -94,6 +96,7 @@ fn switched(since: i64, other_ack: Option<(&str, i64)>) -> CertState {
         Ack {
             ca_id: "b".into(),
             at: NOW - 10,
+            stale_after: POLICY.ack_stale,
         },
     );
     match other_ack {
@@ -102,6 +105,7 @@ fn switched(since: i64, other_ack: Option<(&str, i64)>) -> CertState {
             Ack {
                 ca_id: ca.into(),
                 at,
+                stale_after: POLICY.ack_stale,
             },
         ),
         None => state.acks.remove("other"),
@@ -110,70 +114,89 @@ fn switched(since: i64, other_ack: Option<(&str, i64)>) -> CertState {
 }
 
 #[rstest]
-#[case::empty_secret(None, observed(None, false), Some(Step::Initialize))]
-#[case::settled(Some(settled()), observed(Some("a"), false), None)]
-#[case::not_serving_yet_says_nothing(Some(settled()), observed(None, false), None)]
+#[case::empty_secret(None, observed(None, None), Some(Step::Initialize))]
+#[case::settled(Some(settled()), observed(Some("a"), None), None)]
+#[case::not_serving_yet_says_nothing(Some(settled()), observed(None, None), None)]
 #[case::new_replica_acknowledges(
     Some(CertState { acks: BTreeMap::new(), ..settled() }),
-    observed(Some("a"), false),
+    observed(Some("a"), None),
     Some(Step::Acknowledge)
 )]
 #[case::old_acknowledgement_renewed(
-    Some(CertState { acks: BTreeMap::from([("me".into(), Ack { ca_id: "a".into(), at: NOW - 300 })]), ..settled() }),
-    observed(Some("a"), false),
+    Some(CertState { acks: BTreeMap::from([("me".into(), Ack { ca_id: "a".into(), at: NOW - 300, stale_after: 900 })]), ..settled() }),
+    observed(Some("a"), None),
     Some(Step::Acknowledge)
 )]
 #[case::served_certificate_with_a_third_left(
     Some(CertState { served: Served { not_before: NOW - 250 * DAY, not_after: NOW + 115 * DAY, ..settled().served }, ..settled() }),
-    observed(Some("a"), false),
+    observed(Some("a"), None),
     Some(Step::ReissueServing)
 )]
 #[case::served_certificate_for_another_name(
     Some(CertState { served: Served { names_match: false, ..settled().served }, ..settled() }),
-    observed(Some("a"), false),
+    observed(Some("a"), None),
     Some(Step::ReissueServing)
 )]
 #[case::ca_with_a_third_left(
     Some(CertState { ca: authority("a", NOW - 2500 * DAY, NOW + 1150 * DAY), ..settled() }),
-    observed(Some("a"), false),
+    observed(Some("a"), None),
     Some(Step::BeginCaRotation)
 )]
 #[case::admin_asks_for_a_rotation(
     Some(CertState { rotate_requested: true, ..settled() }),
-    observed(Some("a"), false),
+    observed(Some("a"), None),
     Some(Step::BeginCaRotation)
 )]
-#[case::next_ca_not_in_the_bundle_yet(Some(rotating(NOW - 3600)), observed(Some("a"), false), None)]
-#[case::next_ca_in_the_bundle_within_the_overlap(Some(rotating(NOW - 30)), observed(Some("a"), true), None)]
-#[case::next_ca_in_the_bundle_after_the_overlap(Some(rotating(NOW - 60)), observed(Some("a"), true), Some(Step::SwitchToNextCa))]
+#[case::next_ca_not_seen_in_the_bundle(Some(rotating()), observed(Some("a"), None), None)]
+#[case::next_ca_seen_in_the_bundle_within_the_overlap(
+    Some(rotating()),
+    observed(Some("a"), Some(59)),
+    None
+)]
+#[case::next_ca_seen_in_the_bundle_for_the_overlap(
+    Some(rotating()),
+    observed(Some("a"), Some(60)),
+    Some(Step::SwitchToNextCa)
+)]
 #[case::replica_still_serving_the_old_ca_keeps_it(
     Some(switched(NOW - 3600, Some(("a", NOW - 60)))),
-    observed(Some("b"), false),
+    observed(Some("b"), None),
     None
 )]
 #[case::every_replica_switched_but_within_the_overlap(
     Some(switched(NOW - 30, Some(("b", NOW - 5)))),
-    observed(Some("b"), false),
+    observed(Some("b"), None),
     None
 )]
 #[case::every_replica_switched(
     Some(switched(NOW - 60, Some(("b", NOW - 5)))),
-    observed(Some("b"), false),
+    observed(Some("b"), None),
     Some(Step::DropPreviousCa)
+)]
+#[case::a_replica_with_a_longer_staleness_of_its_own_still_holds_it(
+    Some(CertState {
+        acks: BTreeMap::from([
+            ("me".into(), Ack { ca_id: "b".into(), at: NOW - 10, stale_after: 900 }),
+            ("other".into(), Ack { ca_id: "a".into(), at: NOW - 900, stale_after: 3000 }),
+        ]),
+        ..switched(NOW - 60, None)
+    }),
+    observed(Some("b"), None),
+    None
 )]
 #[case::a_gone_replica_does_not_hold_the_old_ca(
     Some(switched(NOW - 60, Some(("a", NOW - 900)))),
-    observed(Some("b"), false),
+    observed(Some("b"), None),
     Some(Step::DropPreviousCa)
 )]
 #[case::a_rotation_request_waits_for_the_last_one_to_end(
     Some(CertState { rotate_requested: true, ..switched(NOW - 30, None) }),
-    observed(Some("b"), false),
+    observed(Some("b"), None),
     None
 )]
 #[case::this_replica_switches_before_the_old_ca_goes(
     Some(switched(NOW - 3600, None)),
-    observed(Some("a"), false),
+    observed(Some("a"), None),
     None
 )]
 fn plan_takes_one_step_at_a_time(
@@ -191,6 +214,7 @@ fn plan_takes_one_step_at_a_time(
             Ack {
                 ca_id: "a".into(),
                 at: NOW - 10,
+                stale_after: POLICY.ack_stale,
             },
         );
     }
@@ -409,4 +433,28 @@ fn a_served_certificate_for_another_service_name_is_renewed_not_refused() {
         .expect("valid")
         .expect("a state");
     assert!(!state.served.names_match);
+}
+
+#[test]
+fn a_ca_without_its_last_newline_still_gives_a_bundle_of_separate_blocks() {
+    let identity = identity();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut state = issuing(&identity, now, 0)
+        .apply(Step::Initialize, None)
+        .expect("issued");
+    let trimmed = state.ca.pem.cert_pem.trim_end().to_owned();
+    state.ca.pem.cert_pem = trimmed.clone();
+    let begun = issuing(&identity, now, 0)
+        .apply(Step::BeginCaRotation, Some(&state))
+        .expect("issued");
+    let bundle = begun.bundle();
+    assert!(
+        bundle.contains("-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----"),
+        "{bundle}"
+    );
+    assert!(bundle_holds(bundle.as_bytes(), &trimmed));
+    assert!(bundle_holds(
+        bundle.as_bytes(),
+        &begun.next.expect("next").pem.cert_pem
+    ));
 }
