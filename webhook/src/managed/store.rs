@@ -186,25 +186,15 @@ impl KubeStore {
             "type": "Opaque",
             "metadata": {"name": self.secret},
         });
-        let (status, body) = self
-            .api
-            .call(Method::POST, &self.secrets, Some((JSON, &secret)))
-            .await?;
-        match status {
-            status if status.is_success() => Ok(Written::Done),
-            StatusCode::CONFLICT => Ok(Written::Conflict),
-            status => Err(refused(
-                format!(
-                    "Secret {} does not exist and cannot be created (the chart creates it; \
-                     without the chart: kubectl create secret generic {} -n {})",
-                    self.secret_path,
-                    self.secret,
-                    self.secret_path.split('/').next().unwrap_or_default()
-                ),
-                status,
-                &body,
-            )),
-        }
+        let namespace = self.secret_path.split('/').next().unwrap_or_default();
+        self.write(Method::POST, &self.secrets, JSON, &secret, || {
+            format!(
+                "Secret {} does not exist and cannot be created (the chart creates it; \
+                 without the chart: kubectl create secret generic {} -n {namespace})",
+                self.secret_path, self.secret
+            )
+        })
+        .await
     }
 
     /// Writes what changed from `read` to `written` as a merge patch conditioned on the
@@ -221,23 +211,14 @@ impl KubeStore {
             },
             "data": changes(&read.data, &written.data, |value| json!(BASE64.encode(value))),
         });
-        let (status, body) = self
-            .api
-            .call(
-                Method::PATCH,
-                &self.secret_url(),
-                Some((MERGE_PATCH, &patch)),
-            )
-            .await?;
-        match status {
-            status if status.is_success() => Ok(Written::Done),
-            StatusCode::CONFLICT => Ok(Written::Conflict),
-            status => Err(refused(
-                format!("cannot update Secret {}", self.secret_path),
-                status,
-                &body,
-            )),
-        }
+        self.write(
+            Method::PATCH,
+            &self.secret_url(),
+            MERGE_PATCH,
+            &patch,
+            || format!("cannot update Secret {}", self.secret_path),
+        )
+        .await
     }
 
     /// The webhook configuration's caBundles.
@@ -308,25 +289,39 @@ impl KubeStore {
         if let Some(metadata) = metadata.as_object_mut() {
             metadata.remove("managedFields");
         }
-        let (status, body) = self
+        self.write(
+            Method::PUT,
+            &self.configuration_url(),
+            JSON,
+            &object,
+            || {
+                format!(
+                    "cannot update the caBundle of MutatingWebhookConfiguration {}",
+                    self.configuration
+                )
+            },
+        )
+        .await
+    }
+
+    /// One conditioned write: done, a conflict (409: someone wrote first, or the object
+    /// exists), or refused, described by `what`.
+    async fn write(
+        &self,
+        method: Method,
+        url: &str,
+        content_type: &str,
+        body: &Value,
+        what: impl FnOnce() -> String,
+    ) -> Result<Written, StoreError> {
+        let (status, answer) = self
             .api
-            .call(
-                Method::PUT,
-                &self.configuration_url(),
-                Some((JSON, &object)),
-            )
+            .call(method, url, Some((content_type, body)))
             .await?;
         match status {
             status if status.is_success() => Ok(Written::Done),
             StatusCode::CONFLICT => Ok(Written::Conflict),
-            status => Err(refused(
-                format!(
-                    "cannot update the caBundle of MutatingWebhookConfiguration {}",
-                    self.configuration
-                ),
-                status,
-                &body,
-            )),
+            status => Err(refused(what(), status, &answer)),
         }
     }
 }
