@@ -354,22 +354,28 @@ async fn a_ca_rotation_under_admissions_fails_none() {
         tokio::spawn(async move {
             let mut failures = Vec::new();
             let mut turn = 0usize;
-            // The caBundles read so far, with when: the API server's view of the webhook
-            // configuration lags its writes (its informer), so each admission trusts the
-            // newest bundle that is at least API_SERVER_LAG old.
+            // The caBundles read so far, with when. Every other admission trusts the one
+            // current at that moment; the others the newest that is at least
+            // API_SERVER_LAG old, as an API server whose view of the webhook configuration
+            // lags its writes (its informer) would.
             let mut seen: Vec<(Instant, Vec<u8>)> = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 seen.push((
                     Instant::now(),
                     tokio::task::block_in_place(|| current_bundle(&kube)),
                 ));
-                let lagging = seen
-                    .iter()
-                    .rev()
-                    .find(|(read, _)| read.elapsed() >= API_SERVER_LAG)
-                    .unwrap_or(&seen[0]);
-                let addr = addrs[turn % addrs.len()];
-                match admit(addr, &lagging.1, &format!("pod-{turn}")).await {
+                let trusted = if turn % 2 == 0 {
+                    &seen[seen.len() - 1]
+                } else {
+                    seen.iter()
+                        .rev()
+                        .find(|(read, _)| read.elapsed() >= API_SERVER_LAG)
+                        .unwrap_or(&seen[0])
+                };
+                // Both replicas get both views: the replica changes every admission, the
+                // pairing every other one.
+                let addr = addrs[(turn + turn / 2) % addrs.len()];
+                match admit(addr, &trusted.1, &format!("pod-{turn}")).await {
                     Ok(()) => {
                         admitted.fetch_add(1, Ordering::Relaxed);
                     }
