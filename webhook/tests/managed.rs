@@ -364,7 +364,7 @@ async fn a_ca_rotation_under_admissions_fails_none() {
                     Instant::now(),
                     tokio::task::block_in_place(|| current_bundle(&kube)),
                 ));
-                let trusted = if turn % 2 == 0 {
+                let trusted = if turn.is_multiple_of(2) {
                     &seen[seen.len() - 1]
                 } else {
                     seen.iter()
