@@ -211,6 +211,13 @@ pub struct AgentSettings {
     #[arg(long, env = "IPMGR_PRIMARY_INTERFACE", default_value = "eth0")]
     pub primary_interface: String,
 
+    /// Seconds between checks of the Node's extended resources `multus-ipmgr.io/<interface>`
+    /// (each Multus ENI's secondary IPv4 capacity, written into status.capacity when it
+    /// differs, and again after the kubelet re-registered the node); 0 advertises nothing
+    /// (and leaves what was advertised).
+    #[arg(long, env = "IPMGR_CAPACITY_SECONDS", default_value_t = 30)]
+    pub capacity_seconds: u64,
+
     /// How to talk to AWS.
     #[command(flatten)]
     pub aws: AwsSettings,

@@ -8,9 +8,11 @@
 //! metadata does not show yet; [`still_assigned`] what to release on exit; [`Absences`] and
 //! [`verify_release`] what the node agent releases; [`Claims`] and [`Grants`] which addresses a pod
 //! may have the agent assign ([`Claimant::entitled`]); [`RetryPolicy`] when a failed call is
-//! tried again. The helper binary supplies the data and carries out the result against
+//! tried again; [`advertised`] and [`capacity_patch`] the Multus address capacity the agent
+//! advertises on its Node. The helper binary supplies the data and carries out the result against
 //! IMDS, EC2 and netlink.
 
+mod capacity;
 mod change;
 mod claims;
 mod facts;
@@ -22,6 +24,10 @@ mod reason;
 mod release;
 mod retry;
 
+pub use capacity::{
+    EniCapacity, RESOURCE_PREFIX, Unadvertised, advertised, capacity_patch, resource_name,
+    secondary_ipv4_capacity, unaccounted,
+};
 pub use change::{Assignment, EniChange};
 pub use claims::{
     ClaimRefusal, Claimant, Claims, ClaimsError, FLOATING_IPS_ANNOTATION, NETWORK_STATUS_ANNOTATION,

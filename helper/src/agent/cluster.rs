@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use ipmgr_eni::{
     Claimant, Claims, ClaimsError, FLOATING_IP_CIDRS_ANNOTATION, FLOATING_IPS_ANNOTATION, Grants,
-    NETWORK_STATUS_ANNOTATION,
+    NETWORK_STATUS_ANNOTATION, RESOURCE_PREFIX,
 };
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec};
 use tokio::sync::watch;
 
 /// What the agent keeps of one pod.
@@ -32,6 +32,8 @@ pub struct PodRecord {
     pub ips: Vec<IpAddr>,
     /// What it may claim, or why its annotations do not parse.
     pub claims: Result<Claims, ClaimsError>,
+    /// What it requests of each of the agent's extended resources (`multus-ipmgr.io/...`).
+    pub multus_requests: BTreeMap<String, u64>,
 }
 
 impl PodRecord {
@@ -71,6 +73,7 @@ impl PodRecord {
                 annotation(NETWORK_STATUS_ANNOTATION),
                 annotation(FLOATING_IPS_ANNOTATION),
             ),
+            multus_requests: pod.spec.as_ref().map(multus_requests).unwrap_or_default(),
         })
     }
 
@@ -82,6 +85,41 @@ impl PodRecord {
             claims: self.claims.as_ref().ok()?,
         })
     }
+}
+
+/// What `spec` requests of each of the agent's extended resources, as the scheduler counts
+/// a pod's request (the larger of the app containers' sum and the largest init container's;
+/// an extended resource's request equals its limit, and a limit alone is the request).
+fn multus_requests(spec: &PodSpec) -> BTreeMap<String, u64> {
+    let of = |container: &Container| -> BTreeMap<String, u64> {
+        let resources = container.resources.as_ref();
+        let requests = resources.and_then(|r| r.requests.as_ref());
+        let limits = resources.and_then(|r| r.limits.as_ref());
+        requests
+            .into_iter()
+            .chain(limits)
+            .flatten()
+            .filter(|(name, _)| name.starts_with(RESOURCE_PREFIX))
+            .filter_map(|(name, quantity)| Some((name.clone(), quantity.0.parse::<u64>().ok()?)))
+            .fold(BTreeMap::new(), |mut taken, (name, count)| {
+                let entry = taken.entry(name).or_insert(0);
+                *entry = (*entry).max(count);
+                taken
+            })
+    };
+    let mut total: BTreeMap<String, u64> = BTreeMap::new();
+    for container in &spec.containers {
+        for (name, count) in of(container) {
+            *total.entry(name).or_insert(0) += count;
+        }
+    }
+    for init in spec.init_containers.iter().flatten() {
+        for (name, count) in of(init) {
+            let entry = total.entry(name).or_insert(0);
+            *entry = (*entry).max(count);
+        }
+    }
+    total
 }
 
 /// The pods of the node with a given pod IP.
@@ -190,6 +228,17 @@ impl NodePods {
                 .iter()
                 .flat_map(|claimant| claimant.protected(grants))
                 .collect()
+        })
+    }
+
+    /// What the node's live pods request of each of the agent's extended resources, summed.
+    pub fn multus_requests(&self) -> BTreeMap<String, u64> {
+        self.read(|view| {
+            let mut total = BTreeMap::new();
+            for (name, count) in view.pods.values().flat_map(|pod| &pod.multus_requests) {
+                *total.entry(name.clone()).or_insert(0) += count;
+            }
+            total
         })
     }
 
@@ -344,4 +393,79 @@ fn key_of(pod: &Pod) -> String {
         pod.metadata.namespace.as_deref().unwrap_or_default(),
         pod.metadata.name.as_deref().unwrap_or_default()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// One resource of a container: name, request, limit (`None`: not set).
+    type Entry = (&'static str, Option<&'static str>, Option<&'static str>);
+
+    fn container(resources: &[Entry]) -> Value {
+        let side = |pick: fn(&Entry) -> Option<&'static str>| -> Value {
+            Value::Object(
+                resources
+                    .iter()
+                    .filter_map(|entry| Some((entry.0.to_owned(), pick(entry)?.into())))
+                    .collect(),
+            )
+        };
+        json!({"name": "c", "resources": {"requests": side(|entry| entry.1), "limits": side(|entry| entry.2)}})
+    }
+
+    /// A running pod `name` with these containers and init containers.
+    fn pod(name: &str, containers: &[&[Entry]], init: &[&[Entry]]) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "apps"},
+            "spec": {
+                "containers": containers.iter().map(|c| container(c)).collect::<Vec<_>>(),
+                "initContainers": init.iter().map(|c| container(c)).collect::<Vec<_>>(),
+            },
+            "status": {"phase": "Running", "podIP": "198.19.0.9"},
+        }))
+        .expect("a pod")
+    }
+
+    const ETH1: &str = "multus-ipmgr.io/eth1";
+    const ETH2: &str = "multus-ipmgr.io/eth2";
+
+    #[test]
+    fn requests_of_the_agents_resources_are_counted_as_the_scheduler_counts_them() {
+        let pods = NodePods::default();
+        pods.replace(&[
+            // Two app containers add up; a limit alone is the request; others are not ours.
+            pod(
+                "a",
+                &[
+                    &[(ETH1, Some("1"), Some("1")), ("cpu", Some("100m"), None)],
+                    &[
+                        (ETH1, None, Some("2")),
+                        ("example.com/dongle", Some("1"), Some("1")),
+                    ],
+                ],
+                &[],
+            ),
+            // An init container's larger request is the pod's.
+            pod(
+                "b",
+                &[&[(ETH2, Some("1"), Some("1"))]],
+                &[&[(ETH2, Some("3"), Some("3"))]],
+            ),
+        ]);
+        assert_eq!(
+            pods.multus_requests(),
+            BTreeMap::from([(ETH1.to_owned(), 3), (ETH2.to_owned(), 3)])
+        );
+        let mut finished = pod("c", &[&[(ETH1, Some("5"), Some("5"))]], &[]);
+        finished.status.as_mut().expect("a status").phase = Some("Succeeded".to_owned());
+        pods.apply(&finished);
+        assert_eq!(
+            pods.multus_requests()[ETH1],
+            3,
+            "a finished pod requests nothing"
+        );
+    }
 }

@@ -49,9 +49,28 @@ impl Sink<Namespace> for NamespaceSink {
 }
 
 /// The Kubernetes client, built once it can be (KUBECONFIG, else the in-cluster service
-/// account, as kube's `Config::infer` finds them), shared by the mirrors and the lookups
-/// of other nodes' pods.
+/// account, as kube's `Config::infer` finds them), shared by the mirrors, the lookups
+/// of other nodes' pods and the capacity's advertiser.
 pub(super) type SharedClient = Arc<tokio::sync::OnceCell<kube::Client>>;
+
+/// The Kubernetes client, built by whichever of its users asks first, trying again until
+/// it can be.
+pub(super) async fn client(shared: &SharedClient) -> kube::Client {
+    shared
+        .get_or_init(|| async {
+            loop {
+                match kube::Client::try_default().await {
+                    Ok(client) => break client,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot build the Kubernetes client (KUBECONFIG or the in-cluster service account); the pod API answers 503 and the capacity is not advertised until it can");
+                        tokio::time::sleep(CLIENT_RETRY).await;
+                    }
+                }
+            }
+        })
+        .await
+        .clone()
+}
 
 /// Follows the pods of `node_name` and every namespace's grant into `pods` for the agent's
 /// lifetime, relisting when a watch fails or stays quiet for longer than `stale`; sets
@@ -62,16 +81,7 @@ pub(super) async fn follow(
     stale: Duration,
     client: SharedClient,
 ) {
-    let built = loop {
-        match kube::Client::try_default().await {
-            Ok(client) => break client,
-            Err(error) => {
-                tracing::error!(%error, "cannot build the Kubernetes client (KUBECONFIG or the in-cluster service account); the pod API answers 503 until it can list the node's pods");
-                tokio::time::sleep(CLIENT_RETRY).await;
-            }
-        }
-    };
-    let built = client.get_or_init(|| async { built }).await.clone();
+    let built = self::client(&client).await;
     let node_pods = mirror(
         kube::Api::<Pod>::all(built.clone()),
         Some(format!("spec.nodeName={node_name}")),

@@ -42,6 +42,13 @@ pub struct ActionLabel {
     pub action: &'static str,
 }
 
+/// Label `resource` of the capacity gauges: an extended resource the agent advertises.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabel {
+    /// `multus-ipmgr.io/<interface>`.
+    pub resource: String,
+}
+
 /// Everything the agent counts.
 #[derive(Debug)]
 pub struct AgentMetrics {
@@ -79,6 +86,10 @@ pub struct AgentMetrics {
     pub coalesced: Family<ReasonLabel, Counter>,
     /// Pod API requests refused, by reason.
     pub requests_refused: Family<ReasonLabel, Counter>,
+    /// The capacity advertised on the Node, by resource.
+    pub capacity: Family<ResourceLabel, Gauge>,
+    /// Addresses on each Multus ENI that no request of the node's pods accounts for.
+    pub unaccounted: Family<ResourceLabel, Gauge>,
     /// Why the agent is not ready; `None` when it is.
     unready: Mutex<Option<String>>,
     /// A further condition of readiness, checked whenever readiness is asked.
@@ -114,6 +125,8 @@ impl Default for AgentMetrics {
             connections_rejected: Family::default(),
             coalesced: Family::default(),
             requests_refused: Family::default(),
+            capacity: Family::default(),
+            unaccounted: Family::default(),
             unready: Mutex::new(Some("the first scan is not done".to_owned())),
             also: OnceLock::new(),
         };
@@ -193,6 +206,16 @@ impl Default for AgentMetrics {
             "pod_requests_refused",
             "Pod API requests refused, by reason (503, asked again: not_listed, node_unread, ec2_unread, namespaces_unread, pod_not_seen_yet, duplicate_pod_ip, duplicate_on_primary; 403: no_pod, not_from_its_namespace; 4xx: unreadable_claims, no_such_path, not_post, unreadable_body, body_timeout, not_a_request; 500: pass_failed)",
             metrics.requests_refused.clone(),
+        );
+        registry.register(
+            "multus_capacity",
+            "Secondary IPv4 addresses each Multus ENI can hold, as advertised on the Node, by resource (multus-ipmgr.io/<interface>)",
+            metrics.capacity.clone(),
+        );
+        registry.register(
+            "multus_addresses_unaccounted",
+            "Secondary IPv4 addresses on each Multus ENI that no request of the node's pods accounts for (pods on networks whose NetworkAttachmentDefinition names no resource, floating IPs, other tools), by resource",
+            metrics.unaccounted.clone(),
         );
         metrics
     }

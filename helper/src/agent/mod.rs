@@ -21,6 +21,7 @@ mod api_round_tests;
 mod batch;
 #[cfg(test)]
 mod batch_tests;
+mod capacity;
 pub mod cluster;
 mod coalesce;
 mod entitle;
@@ -138,7 +139,7 @@ pub async fn run(settings: AgentSettings, node_name: Option<String>) -> Result<(
     let pod_api = match settings.pod_listen {
         PodListen::Off => None,
         PodListen::On(address) => {
-            let node_name = node_name.ok_or(AgentError::NodeName)?;
+            let node_name = node_name.clone().ok_or(AgentError::NodeName)?;
             let listener = listen::bind(address)
                 .map_err(|source| AgentError::PodListen { address, source })?;
             Some((listener, node_name))
@@ -161,8 +162,8 @@ pub async fn run(settings: AgentSettings, node_name: Option<String>) -> Result<(
     let release_ec2 = ec2.single_attempt();
     let pods = NodePods::default();
     let share = Arc::new(NodeShare::default());
+    let client = follow::SharedClient::default();
     if let Some((listener, node_name)) = pod_api {
-        let client = follow::SharedClient::default();
         tokio::spawn(follow::follow(
             pods.clone(),
             node_name.clone(),
@@ -178,7 +179,7 @@ pub async fn run(settings: AgentSettings, node_name: Option<String>) -> Result<(
             node_name,
             pods: pods.clone(),
             scanner: scanner.clone(),
-            holders: KubeHolders::new(client),
+            holders: KubeHolders::new(Arc::clone(&client)),
             claims: settings.claims,
             share: Arc::clone(&share),
             placer: Placer {
@@ -202,6 +203,29 @@ pub async fn run(settings: AgentSettings, node_name: Option<String>) -> Result<(
             pod_api_limits(&settings),
             Arc::new(service),
         ));
+    }
+    match (settings.capacity_seconds, node_name) {
+        (0, _) => {
+            tracing::info!("not advertising the Multus address capacity (--capacity-seconds 0)")
+        }
+        (seconds, Some(node_name)) => {
+            tokio::spawn(
+                capacity::Advertiser {
+                    node_name,
+                    client,
+                    metadata: metadata.clone(),
+                    ec2: ec2.clone(),
+                    share: Arc::clone(&share),
+                    pods: pods.clone(),
+                    metrics: Arc::clone(&metrics),
+                    period: Duration::from_secs(seconds),
+                }
+                .run(),
+            );
+        }
+        (_, None) => tracing::warn!(
+            "not advertising the Multus address capacity: NODE_NAME is not set (the DaemonSet sets it from spec.nodeName)"
+        ),
     }
     let mut agent = Agent::new(
         settings,

@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_ec2::types::{Filter, NetworkInterface};
+use aws_sdk_ec2::types::{Filter, InstanceType, NetworkInterface};
 use ipmgr_eni::{EniRecord, RetryPolicy};
 
 use super::Ec2Api;
@@ -105,6 +105,28 @@ impl Ec2 {
             })
             .await?;
         Ok(output.network_interfaces().iter().map(record).collect())
+    }
+
+    /// The instance type's `NetworkInfo.Ipv4AddressesPerInterface`: how many IPv4 addresses
+    /// (the primary included) each of its network interfaces can hold (one
+    /// DescribeInstanceTypes); `None` when EC2 does not list the type or the value.
+    pub async fn ipv4_addresses_per_interface(
+        &self,
+        instance_type: &str,
+    ) -> Result<Option<u32>, Ec2Failure> {
+        let output = self
+            .call("DescribeInstanceTypes", instance_type, &[], || {
+                self.client
+                    .describe_instance_types()
+                    .instance_types(InstanceType::from(instance_type))
+                    .send()
+            })
+            .await?;
+        Ok(output
+            .instance_types()
+            .iter()
+            .filter_map(|info| info.network_info()?.ipv4_addresses_per_interface())
+            .find_map(|limit| u32::try_from(limit).ok()))
     }
 
     /// The same client, making every call once: the node agent decides again, from a

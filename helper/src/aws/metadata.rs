@@ -79,6 +79,12 @@ impl Metadata {
         Metadata { client, retry }
     }
 
+    /// `instance-type`, e.g. `m5.large`.
+    pub async fn instance_type(&self) -> Result<String, MetadataError> {
+        self.get_required("/latest/meta-data/instance-type".to_owned())
+            .await
+    }
+
     async fn get(&self, path: String) -> Result<Option<String>, MetadataError> {
         let started = Instant::now();
         let mut failures = 0;
