@@ -15,6 +15,7 @@
 pub mod churn;
 pub mod kube;
 pub mod process;
+pub mod scheduler;
 
 pub use kube::KubeApi;
 
