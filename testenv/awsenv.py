@@ -13,11 +13,13 @@ One process serves:
 * with `--bed`, a minimal Kubernetes API server (testenv/kube.py) on the bed's gateway, its
   own port, plain HTTP: the bed's pods as `v1` Pods, with the Multus network-status
   annotation, their namespaces as `v1` Namespaces, the topology's nodes as `v1` Nodes (list,
-  get, watch); `v1` Secrets and `admissionregistration.k8s.io/v1`
-  MutatingWebhookConfigurations that clients create, update, patch and delete (and
-  Namespaces they create), with the real server's write rules; a kubeconfig for it, written
-  under /run/ipmgr-testenv/NAME/ (`python3 -m testenv.kube` runs that server alone, without
-  root);
+  get, watch; update and patch, their status through nodes/status, with a kubelet that
+  follows status.capacity); `v1` Secrets, `admissionregistration.k8s.io/v1`
+  MutatingWebhookConfigurations and `k8s.cni.cncf.io/v1` NetworkAttachmentDefinitions that
+  clients create, update, patch and delete (and Namespaces they create), with the real
+  server's write rules; RBAC for bearer tokens registered with kube/rbac; a kubeconfig for
+  it, written under /run/ipmgr-testenv/NAME/ (`python3 -m testenv.kube` runs that server
+  alone, without root);
 * with `--bed`, on request, an HTTP proxy and EC2 over HTTPS behind it (testenv/proxy.py);
 * a JSON control API, under /_ctl/ on the EC2 port or one object a line on standard input
   (`--control stdio`; end of input stops the bed). testenv/client.py is its Python client;
@@ -72,12 +74,26 @@ Control calls (method, path, body -> answer):
                           no bookmark, not its end), then what it held, in order, while lists
                           are answered; or every new API request is answered 503
                           ServiceUnavailable (open watches go on); or the next `count` (1)
-                          writes of `kind` (Secret, MutatingWebhookConfiguration, Namespace)
-                          are answered 409 Conflict (0 clears it). The API server takes the
+                          writes of `kind` (Secret, MutatingWebhookConfiguration, Namespace,
+                          Node, NetworkAttachmentDefinition) are answered 409 Conflict (0
+                          clears it). The API server takes the
                           same body at POST /_testenv/faults
-    GET kube/writes       {"writes": [{"time", "verb", "kind", "namespace", "name",
-                          "resourceVersion", "code"}]}: every write request to the API server,
-                          oldest first, with its outcome (as its GET /_testenv/writes)
+    GET kube/writes       {"writes": [{"time", "verb", "kind", "namespace", "name", "subresource",
+                          "user", "resourceVersion", "code"}]}: every write request to the API
+                          server, oldest first, with its outcome (as its GET /_testenv/writes)
+    POST kube/nodes/NAME/reregister  the kubelet registers Node NAME anew: DELETED, then ADDED
+                          with a new uid and only what the kubelet reports (no extended
+                          resources, no labels or annotations others added) -> the Node
+    POST kube/rbac        {"user", "rules": [PolicyRule (+ "namespace" for a Role's)], "token"}
+                          -> {"token", "user", "kubeconfig"}: requests bearing the token are the
+                          user's, authorized by RBAC's rules (403 Forbidden otherwise)
+    GET kube/denied       {"denied": [{"time", "user", "verb", "path", "apiGroup", "resource",
+                          "subresource", "namespace", "name", "message", ...}]}: RBAC's denials
+    POST kube/request     {"method", "path", "body", "content_type", "token"} -> {"status",
+                          "body"}: one API request (not a watch), as a client in the bed makes it
+    POST kube/config      {"kubelet_sync_seconds" (0), "event_history", "bookmark_seconds"}
+    POST kube/nodes       {"name", "instance_type", ...}: one more Node (no host network)
+                          The API server takes the same calls under /_testenv/ (testenv/kube.py)
     GET eni/ID            -> {"ipv4": [...], "ipv6": [...]} as EC2 holds them now
     POST assign           {"eni", "ipv4", "ipv6"}: put addresses on an ENI directly
     POST faults           {"action" | "*", "code", "status", "message", "count" | "seconds",
@@ -97,7 +113,9 @@ Control calls (method, path, body -> answer):
                           (a name only the proxy resolves), "ca_file" (the certificate's CA, PEM)
     GET proxy             {"connect": {host:port: n}, "forward": {host:port: n}}: what the proxy was
                           asked, CONNECTs and absolute-form requests, by target
-    POST config           {"eni_ipv4_limit", "eni_ipv6_limit", "imds_delay_ms", "imds_down_ms",
+    POST config           {"eni_ipv4_limit", "eni_ipv6_limit" (addresses and prefixes every ENI
+                           may hold, primary included, instead of its instance type's; null:
+                           each ENI its type's again, testenv/ec2.py), "imds_delay_ms", "imds_down_ms",
                            "buckets": {name | "*": [size, refill per second] | null},
                            "pods_reach_metadata" (true; false: each node's metadata answers
                            only its own namespace, as with hop limit 1 on EKS; --bed),
@@ -171,7 +189,7 @@ class Bed:
         built["ec2_endpoint"] = self.state.endpoint
         built |= self.names
         if self.pods:
-            self.pods.plan_nodes(list(built["nodes"]))
+            self.pods.plan_nodes(built["nodes"])
             for name, node in built["nodes"].items():
                 addresses = self.pods.node_address(name), self.pods.node_address(name, 6)
                 self.kube.add("Node", name, kube.node_object(name, node, self.state.region, *addresses))
@@ -217,15 +235,8 @@ class Bed:
                 return 200, {key: node[key] for key in ("name", "netns", "netns_dir", "env", "address", "address6")}
             if path == "namespaces" or path.startswith("namespaces/"):
                 return 200, self.namespace_call(method, path.split("/")[1:], request)
-            if method == "POST" and path == "kube/faults":
-                try:
-                    self.require_kube().faults(request.get("stall_seconds"), request.get("unavailable_seconds"),
-                                               request.get("conflicts"))
-                except ValueError as error:
-                    raise PodError(str(error)) from None
-                return 200, {}
-            if method == "GET" and path == "kube/writes":
-                return 200, {"writes": self.require_kube().writes()}
+            if path.startswith("kube/"):  # the API server's test environment calls (kube.control)
+                return kube.control(self.require_kube(), method, path[len("kube/"):], request)
             if method == "GET" and path == "metadata_requests":
                 with state.lock:
                     return 200, {"by_source": dict(state.metadata_requests)}
@@ -261,6 +272,10 @@ class Bed:
                     state.throttled.clear()
                 return 200, {}
             if method == "POST" and path == "config":
+                limits = {key: request[key] for key in ("eni_ipv4_limit", "eni_ipv6_limit") if key in request}
+                for key, value in limits.items():  # a count for every ENI, or null: each its type's
+                    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                        raise PodError(f"{key} must be a count (0 or more) or null, not {value!r}")
                 if "pods_reach_metadata" in request:
                     self.require_pods()  # without a bed there is no node address to admit
                     self.pods_reach_metadata = bool(request["pods_reach_metadata"])
@@ -268,8 +283,8 @@ class Bed:
                     self.require_kube().configure(request.get("kube_event_history"),
                                                   request.get("kube_bookmark_seconds"))
                 with state.lock:
-                    state.eni_ipv4_limit = request.get("eni_ipv4_limit", state.eni_ipv4_limit)
-                    state.eni_ipv6_limit = request.get("eni_ipv6_limit", state.eni_ipv6_limit)
+                    for key, value in limits.items():
+                        setattr(state, key, value)
                     state.imds_delay = request.get("imds_delay_ms", state.imds_delay * 1000) / 1000
                     if "imds_down_ms" in request:
                         state.imds_down_until = time.monotonic() + request["imds_down_ms"] / 1000

@@ -13,9 +13,17 @@ layer answers or rewrites the request first:
 * All-or-nothing batches: one address the ENI does not hold fails the whole unassign (EC2
   answers InvalidParameterValue naming the interface; moto succeeds).
 * The ENI's primary private address can be neither unassigned nor taken.
-* Per-ENI address limits (instance-type table, "IP addresses per network interface per
-  instance type"; m5.large: 10 IPv4, 10 IPv6), PrivateIpAddressLimitExceeded /
-  Ipv6AddressLimitExceeded.
+* Per-ENI address limits by instance type (EC2 user guide, "Maximum IP addresses per network
+  interface": the IPv4 and IPv6 addresses an ENI of that type holds, its primary address
+  included, each delegated prefix counting as one; EC2 API reference, DescribeInstanceTypes:
+  `NetworkInfo.Ipv4AddressesPerInterface`, `Ipv6AddressesPerInterface`). moto keeps the table
+  (moto/ec2/resources/instance_types.json.gz; m5.large 10/10, c5.4xlarge 30/30, p5.48xlarge
+  50/50, 0 IPv6 for types without IPv6 such as m3.large) but enforces none of it: an ENI
+  attached to an instance takes its type's limits, an unattached one m5.large's (the bed's
+  default node type). `POST config` can set one limit for every ENI instead (`null` clears
+  it). Over the limit: PrivateIpAddressLimitExceeded / Ipv6AddressLimitExceeded.
+* DescribeInstanceTypes with a type named twice: moto refuses the call with
+  InvalidInstanceType naming no type ("do not exist: []"); the layer asks for each type once.
 * The DescribeNetworkInterfaces filters `addresses.private-ip-address` (moto matches only
   the primary address) and `ipv6-addresses.ipv6-address` (moto answers HTTP 500).
 * Prefix delegation, which moto ignores (EC2 user guide, "Assign prefixes to Amazon EC2
@@ -53,6 +61,7 @@ from urllib.parse import parse_qs, urlencode
 
 from moto.ec2.models import ec2_backends
 from moto.ec2.models import elastic_network_interfaces as moto_enis
+from moto.ec2.models.instance_types import INSTANCE_TYPES
 
 ACCOUNT = "123456789012"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -70,6 +79,20 @@ def _attachment_on_its_card(attachment, eni) -> None:
 moto_enis.Attachment.__init__ = _attachment_on_its_card
 
 PREFIX_LENGTH = {4: 28, 6: 80}
+
+# The addresses an ENI attached to no instance may hold: an m5.large's (EC2 user guide,
+# "Maximum IP addresses per network interface"), the bed's default node type.
+DEFAULT_ENI_LIMITS = {4: 10, 6: 10}
+
+
+def instance_type_limits(instance_type: str) -> dict[int, int] | None:
+    """The IPv4 and IPv6 addresses per ENI of `instance_type` (moto's copy of EC2's
+    DescribeInstanceTypes data: `NetworkInfo.Ipv4AddressesPerInterface`,
+    `Ipv6AddressesPerInterface`, 0 without IPv6), None for a type EC2 does not have."""
+    info = INSTANCE_TYPES.get(instance_type, {}).get("NetworkInfo")
+    if info is None:
+        return None
+    return {4: int(info.get("Ipv4AddressesPerInterface", 0)), 6: int(info.get("Ipv6AddressesPerInterface", 0))}
 
 
 # name: (size, refill per second), from the EC2 developer guide's throttling tables.
@@ -130,8 +153,9 @@ class State:
         # (action, unix time, the call's NetworkInterfaceId or "")
         self.call_log: list[tuple[str, float, str]] = []
         self.faults: dict[str, list[dict]] = {}
-        self.eni_ipv4_limit = 10
-        self.eni_ipv6_limit = 10
+        # One limit for every ENI (`POST config`), None: each ENI's own (`eni_limit`).
+        self.eni_ipv4_limit: int | None = None
+        self.eni_ipv6_limit: int | None = None
         self.imds_delay = 0.0
         self.imds_down_until = 0.0  # monotonic time until which metadata answers 503
         # Metadata by source address: each request answered, and each connection refused
@@ -156,6 +180,17 @@ class State:
         except Exception as error:
             raise Ec2Error("InvalidNetworkInterfaceID.NotFound",
                            f"The networkInterface ID '{eni_id}' does not exist") from error
+
+    def eni_limit(self, eni, version: int) -> int:
+        """The IPv4 (4) or IPv6 (6) addresses and prefixes `eni` may hold: the override of
+        `POST config` if set, else its instance's type's, else (unattached, or a type EC2 does
+        not have) the default."""
+        override = self.eni_ipv4_limit if version == 4 else self.eni_ipv6_limit
+        if override is not None:
+            return override
+        instance = getattr(eni, "instance", None)
+        limits = instance_type_limits(instance.instance_type) if instance is not None else None
+        return (limits or DEFAULT_ENI_LIMITS)[version]
 
     def take_fault(self, action: str, params: dict) -> dict | None:
         """The fault the next `action` call meets: one of `count` calls, or every call until
@@ -327,6 +362,7 @@ class Ec2Layer:
             "AssignIpv6Addresses": self.assign_ipv6,
             "UnassignIpv6Addresses": lambda params: self.unassign(params, 6),
             "DescribeNetworkInterfaces": self.describe_interfaces,
+            "DescribeInstanceTypes": self.describe_instance_types,
         }
 
     def __call__(self, environ, start_response):
@@ -390,9 +426,10 @@ class Ec2Layer:
             check_ipv4_in_subnet(eni, address)
             refuse_inside_a_prefix(vpc_enis, address)
         prefixes = self.new_prefixes(eni, params, 4, vpc_enis)
-        if len(held) + len(new) + len(prefixes_of(eni, 4)) + len(prefixes) > self.state.eni_ipv4_limit:
+        limit = self.state.eni_limit(eni, 4)
+        if len(held) + len(new) + len(prefixes_of(eni, 4)) + len(prefixes) > limit:
             raise Ec2Error("PrivateIpAddressLimitExceeded",
-                           f"Number of private addresses will exceed limit of {self.state.eni_ipv4_limit} for {eni.id}")
+                           f"Number of private addresses will exceed limit of {limit} for {eni.id}")
         moves = []
         for address in new:
             for other in self.enis_in_vpc(eni.subnet.vpc_id):
@@ -450,9 +487,10 @@ class Ec2Layer:
                     raise Ec2Error("InvalidParameterValue", f"Address {address} is in use by {other.id}")
             refuse_inside_a_prefix(vpc_enis, address)
         prefixes = self.new_prefixes(eni, params, 6, vpc_enis)
-        if len(eni.ipv6_addresses) + len(addresses) + len(prefixes_of(eni, 6)) + len(prefixes) > self.state.eni_ipv6_limit:
+        limit = self.state.eni_limit(eni, 6)
+        if len(eni.ipv6_addresses) + len(addresses) + len(prefixes_of(eni, 6)) + len(prefixes) > limit:
             raise Ec2Error("Ipv6AddressLimitExceeded",
-                           f"Number of IPv6 addresses will exceed limit of {self.state.eni_ipv6_limit} for {eni.id}")
+                           f"Number of IPv6 addresses will exceed limit of {limit} for {eni.id}")
         self.state.record(eni.id, addresses, present=True)
         set_prefixes(eni, 6, prefixes_of(eni, 6) + prefixes)
         return None if addresses else addresses_response("AssignIpv6Addresses", eni.id)
@@ -505,4 +543,16 @@ class Ec2Layer:
             del rewritten[key]
         for position, eni_id in enumerate(ids, start=1):
             rewritten[f"NetworkInterfaceId.{position}"] = [eni_id]
+        return rewritten
+
+    @staticmethod
+    def describe_instance_types(params):
+        """Names each type of `InstanceType.N` once: moto refuses a repeated one as unknown."""
+        named = numbered(params, "InstanceType")
+        once = list(dict.fromkeys(named))
+        if once == named:
+            return None
+        rewritten = {key: value for key, value in params.items() if not key.startswith("InstanceType.")}
+        for position, instance_type in enumerate(once, start=1):
+            rewritten[f"InstanceType.{position}"] = [instance_type]
         return rewritten

@@ -2,10 +2,11 @@
 from the same EC2 state as the EC2 layer.
 
 Paths and formats follow the EC2 user guide, "Instance metadata categories": a token from
-`PUT /latest/api/token`, then `network/interfaces/macs/<mac>/...` per ENI. Like real
-metadata it lags EC2 by `State.imds_delay`: an address that came to an ENI shows only after
-the delay, one that left it still shows until then (EC2 API reference,
-AssignPrivateIpAddresses: the remap is asynchronous; check `local-ipv4s` to confirm it).
+`PUT /latest/api/token`, then `instance-id`, `instance-type`, `mac`, `placement/...` and
+`network/interfaces/macs/<mac>/...` per ENI. Like real metadata it lags EC2 by
+`State.imds_delay`: an address that came to an ENI shows only after the delay, one that left
+it still shows until then (EC2 API reference, AssignPrivateIpAddresses: the remap is
+asynchronous; check `local-ipv4s` to confirm it).
 
 A listener can admit only some sources, as a node whose pods cannot reach metadata (EKS best
 practices, "Restrict access to the instance profile assigned to the worker node": hop limit
@@ -109,6 +110,7 @@ def metadata(state: State, instance_id: str, path: str) -> str | None:
     key = path[len(prefix):]
     simple = {
         "instance-id": instance.id,
+        "instance-type": instance.instance_type,  # as RunInstances launched it
         "placement/region": state.region,
         "placement/availability-zone": instance.placement,
         "iam/security-credentials/": "ipmgr-node-role",

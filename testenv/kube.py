@@ -1,8 +1,10 @@
 """A minimal Kubernetes API server for the test bed: the bed's pods, their namespaces and the
-topology's nodes as `v1` Pod, Namespace and Node objects (read-only), and `v1` Secrets and
-`admissionregistration.k8s.io/v1` MutatingWebhookConfigurations that clients write (a
-webhook keeping its CA and serving certificate in a Secret and the caBundle of its
-configuration up to date), over plain HTTP on the bed's gateway, for clients such as the
+topology's nodes as `v1` Pod, Namespace and Node objects (Nodes and their status written too,
+with a kubelet of their own), and `v1` Secrets, `admissionregistration.k8s.io/v1`
+MutatingWebhookConfigurations and `k8s.cni.cncf.io/v1` NetworkAttachmentDefinitions that
+clients write (a webhook keeping its CA and serving certificate in a Secret and the caBundle
+of its configuration up to date, an admin's Multus networks), optionally under RBAC, over
+plain HTTP on the bed's gateway, for clients such as the
 node agent's `kube::runtime::watcher` (kube 5), whose default is list-then-watch:
 `GET /api/v1/pods?fieldSelector=...&limit=500`, then
 `?watch=true&timeoutSeconds=290&allowWatchBookmarks=true&resourceVersion=<the list's>`
@@ -10,16 +12,23 @@ node agent's `kube::runtime::watcher` (kube 5), whose default is list-then-watch
 params.rs). `python3 -m testenv.kube` runs it alone (see Standalone below).
 
 Paths: `GET /api/v1/pods`, `/api/v1/namespaces/{ns}/pods`, `/api/v1/namespaces`,
-`/api/v1/nodes`, `/api/v1/secrets`, `/api/v1/namespaces/{ns}/secrets` and
-`/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations` (lists, or watches with
-`watch`), `/api/v1/namespaces/{ns}/pods/{name}`, `/api/v1/namespaces/{name}`,
-`/api/v1/nodes/{name}`, `/api/v1/namespaces/{ns}/secrets/{name}` and
-`/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}`. Writes: POST
-(create) on `/api/v1/namespaces/{ns}/secrets`, `.../mutatingwebhookconfigurations` and
-`/api/v1/namespaces`; PUT (update), PATCH and DELETE on a Secret or a
-MutatingWebhookConfiguration; any other method is 405. Each rule follows the real API server
-and names its source (k8s.io/apiserver unless said otherwise; "API concepts" is the
-Kubernetes documentation page of that name; pkg/... is k8s.io/kubernetes):
+`/api/v1/nodes`, `/api/v1/secrets`, `/api/v1/namespaces/{ns}/secrets`,
+`/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations`,
+`/apis/k8s.cni.cncf.io/v1/network-attachment-definitions` and
+`/apis/k8s.cni.cncf.io/v1/namespaces/{ns}/network-attachment-definitions` (lists, or watches
+with `watch`), `/api/v1/namespaces/{ns}/pods/{name}`, `/api/v1/namespaces/{name}`,
+`/api/v1/nodes/{name}`, `/api/v1/nodes/{name}/status` (the whole Node, as the real server
+answers it), `/api/v1/namespaces/{ns}/secrets/{name}`,
+`/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}` and
+`.../namespaces/{ns}/network-attachment-definitions/{name}`. Writes: POST (create) on
+`/api/v1/namespaces/{ns}/secrets`, `.../mutatingwebhookconfigurations`,
+`.../namespaces/{ns}/network-attachment-definitions` and `/api/v1/namespaces`; PUT (update),
+PATCH and DELETE on a Secret, a MutatingWebhookConfiguration or a
+NetworkAttachmentDefinition; PUT and PATCH on a Node and on its status; any other method is
+405 (the real server also creates and deletes Nodes: here the bed makes them). No discovery
+(`/api`, `/apis`) is served: 404. Each rule follows the real API server and names its source
+(k8s.io/apiserver unless said otherwise; "API concepts" is the Kubernetes documentation page
+of that name; pkg/... is k8s.io/kubernetes):
 
 * One resourceVersion counter for every kind, as etcd's revision; each kind has a watch cache
   of its own (its event history), as each resource has a cacher.
@@ -100,7 +109,55 @@ remove):
   `immutable` (pkg/apis/core/validation ValidateSecret, ValidateSecretUpdate); a
   MutatingWebhookConfiguration's webhooks have unique fully qualified names, sideEffects None
   or NoneOnDryRun, admissionReviewVersions, exactly one of url and service, a timeout of 1 to
-  30 s (pkg/apis/admissionregistration/validation). Other rules are not checked.
+  30 s (pkg/apis/admissionregistration/validation); a Node's capacity and allocatable values
+  are not negative, and whole for pods and extended resources (`Node "node1" is invalid:
+  status.capacity.example.com/foo: Invalid value: "1500m": must be an integer`,
+  ValidateNodeUpdate, ValidateNodeResources; resource names are not checked, as in the real
+  server), its addresses not repeated, its providerID unchanged. Other rules are not checked.
+* Nodes (pkg/registry/core/node/strategy.go): an update or patch of `nodes/NAME` keeps the
+  stored status and one of `nodes/NAME/status` the stored spec (PrepareForUpdate: a change
+  to the other part is dropped silently); metadata changes through either. A Node's
+  status.capacity and status.allocatable are maps of quantities (resource.Quantity): one that
+  does not parse is a decoding error (`quantities must match the regular expression ...`:
+  400 for an update, 422 on field "patch" for a patch) and each is stored and answered in
+  its canonical form (1.5Gi is 1536Mi, 2000m is 2: quantity.go CanonicalizeBytes). A
+  topology node's Node has the capacity and allocatable an EKS kubelet reports for its
+  instance type (kubelet_resources: cpu, memory, pods, ephemeral-storage, hugepages).
+* The kubelet: after each write to a Node, its kubelet's next status update (pkg/kubelet
+  nodestatus/setters.go MachineInfo) puts its own cpu, memory, pods, ephemeral-storage and
+  hugepages back in capacity and allocatable, gives every other resource of capacity (an
+  extended resource a device plugin or agent advertises) the same value in allocatable, and
+  takes out of allocatable an extended resource capacity no longer has: a MODIFIED of its
+  own when that changes anything, not in the write log (the bed's own change, as pods' are).
+  It comes at once, before the write is answered, unless `kubelet_sync_seconds` (config) is
+  set: then that long after the first write (writes in between go into the same update; the
+  real kubelet's comes within nodeStatusUpdateFrequency, 10 s).
+* NetworkAttachmentDefinitions (the CRD of
+  k8snetworkplumbingwg/network-attachment-definition-client artifacts/networks-crd.yaml,
+  served as apiextensions-apiserver serves a custom resource):
+  namespaced, selectable by metadata.name and metadata.namespace; fields the schema does not
+  name, and nulls, are pruned (schema/pruning); spec is required, spec.config required and a
+  string (the config's JSON is not checked): `NetworkAttachmentDefinition.k8s.cni.cncf.io
+  "NAME" is invalid: spec.config: Invalid value: "integer": spec.config in body must be of
+  type string: "integer"` (pkg/apiserver/validation ValidateCustomResource); generation 1 at
+  creation, bumped when anything but metadata changes; an update needs a resourceVersion
+  (customresource/strategy.go: AllowUnconditionalUpdate false).
+* RBAC (optional): a request bearing `Authorization: Bearer <token>` for a token registered
+  with the `rbac` call is that user's, and allowed only what its PolicyRules (a ClusterRole's
+  everywhere, a Role's in its namespace) and the roles of every authenticated user
+  (system:basic-user, system:discovery, system:public-info-viewer) allow, with RBAC's
+  matching (plugin/pkg/auth/authorizer/rbac rbac.go RuleAllows, pkg/apis/rbac/v1
+  evaluation_helpers.go): verbs get, list, watch, create, update, patch, delete,
+  deletecollection as requestinfo.go derives them (a list or watch with the field selector
+  metadata.name=X is named X), `*` wildcards, `resource/subresource` and `*/subresource`,
+  resourceNames (never matching a list, watch or create without a name), nonResourceURLs. A
+  denial is checked before routing and answered 403 Forbidden: `nodes "node1" is
+  forbidden: User "system:serviceaccount:ns:sa" cannot patch resource "nodes/status" in API
+  group "" at the cluster scope` (responsewriters/errors.go forbiddenMessage, api/errors
+  NewForbidden); it goes to the denials (and a write to the write log, code 403). A request
+  without a token, or with one not registered, is not authenticated and allowed everything,
+  as before (the real server answers 401 to an unknown token). The Node authorizer and
+  admission (NodeRestriction) are not modelled.
 * Namespaces can be created (POST /api/v1/namespaces: the `kubernetes.io/metadata.name`
   label, the kubernetes finalizer, phase Active), so that a namespaced create has its
   namespace; they are not updated or deleted here.
@@ -110,23 +167,45 @@ whole object (scheduling and the status updates before it are left out), its nam
 ADDED before it when the namespace is new; an annotation change is one MODIFIED, none when it
 changes nothing; a deletion is what a graceful delete shows: MODIFIED with
 `deletionTimestamp`, then, once the runtime has removed the sandbox, DELETED. The system
-namespaces exist from the start and each topology node has its Node (read-only).
+namespaces exist from the start and each topology node has its Node, as its kubelet
+registers it. Re-registration (the `nodes/NAME/reregister` call) is the kubelet registering
+the node anew, as when its object was deleted or its instance replaced: DELETED, then ADDED
+with a new uid, creationTimestamp and resourceVersion and only what the kubelet reports (no
+extended resources, no labels or annotations others added: kubelet_node_status.go
+registerWithAPIServer).
 
 Faults: for some seconds every watch, open or new, delivers nothing (no event, no bookmark,
 not its end) and then what it held, in order, while lists are answered (a proxy or API
 server that silently stops delivering); or every new request is refused with 503 (open
 watches go on); or the next N writes of a kind (Secret, MutatingWebhookConfiguration,
-Namespace) are answered 409 Conflict, as if another writer had just changed the object,
-before the object is read or the body checked.
+Namespace, Node, NetworkAttachmentDefinition) are answered 409 Conflict, as if another
+writer had just changed the object, before the object is read or the body checked.
 
-The test environment's calls, not part of the Kubernetes API (never refused, JSON both ways):
-`POST /_testenv/faults` {"stall_seconds", "unavailable_seconds", "conflicts": {"kind",
-"count" (1; 0 clears)}} -> {} (400 {"error"} for an unknown kind), and `GET /_testenv/writes`
--> {"writes": [{"time" (Unix seconds), "verb" (create, update, patch, delete), "kind",
-"namespace" (null when cluster-scoped), "name", "resourceVersion" (the object's after the
-write, the deletion's for a delete, "" when refused), "code"}]}: every write request, oldest
-first (the last 10000). The bed's control API has them as `POST kube/faults` and
-`GET kube/writes` (testenv/awsenv.py).
+The test environment's calls, not part of the Kubernetes API (never refused, JSON both ways;
+400 {"error"} when refused; the bed's control API has each under kube/ instead of /_testenv/,
+testenv/awsenv.py; `control` serves them):
+
+* `POST /_testenv/faults` {"stall_seconds", "unavailable_seconds", "conflicts": {"kind",
+  "count" (1; 0 clears)}} -> {} (a kind that takes no write is refused).
+* `GET /_testenv/writes` -> {"writes": [{"time" (Unix seconds), "verb" (create, update,
+  patch, delete), "kind", "namespace" (null when cluster-scoped), "name", "subresource" (null
+  or "status"), "user" (the token's; null without one), "resourceVersion" (the object's after
+  the write, the deletion's for a delete, "" when refused), "code"}]}: every write request,
+  oldest first (the last 10000).
+* `POST /_testenv/rbac` {"user", "rules": [PolicyRule {"apiGroups", "resources",
+  "resourceNames", "verbs", "nonResourceURLs"}, with "namespace" for a Role's rule], "token"
+  (made up when not given)} -> {"token", "user", "kubeconfig" (a kubeconfig for the server
+  with `token:`, its context's namespace the service account's; removed when the server
+  stops)}. `GET /_testenv/denied` -> {"denied": [{"time", "user", "verb", "resourceRequest",
+  "path", "apiGroup", "resource", "subresource", "namespace", "name", "message"}]}.
+* `POST /_testenv/nodes/NAME/reregister` -> the new Node; `POST /_testenv/nodes` {"name",
+  "instance_type" (m5.large; any type moto knows), "availability_zone", "instance_id",
+  "address", "address6"} -> a Node more (ADDED), as its kubelet registers it.
+* `POST /_testenv/config` {"kubelet_sync_seconds" (0), "event_history" (1000),
+  "bookmark_seconds" (60)} -> {}.
+* `POST /_testenv/request` {"method" (GET), "path" (and query), "body" (JSON), "content_type"
+  (application/json), "token"} -> {"status", "body"}: one API request but a watch, as a
+  client's (the bed's pods and nodes reach the API server; its controller does not).
 
 Standalone: `python3 -m testenv.kube [--host 127.0.0.1] [--port 0] [--kubeconfig PATH]`
 serves a cluster of only the system namespaces (no bed, no root, no EC2) on a free port,
@@ -141,15 +220,24 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
+import functools
+import gzip
+import hashlib
+import importlib.util
 import json
+import math
 import random
 import re
+import secrets
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import uuid
+from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
@@ -201,15 +289,23 @@ SECRET_FIELDS: dict[str, Callable[[dict], str]] = {
 }
 # registry/generic/matcher.go, DefaultClusterScopedAttr: cluster-scoped kinds by name only.
 CLUSTER_SCOPED_FIELDS: dict[str, Callable[[dict], str]] = {"metadata.name": lambda item: item["metadata"]["name"]}
+# registry/generic/matcher.go, DefaultNamespaceScopedAttr: a custom resource by name and namespace.
+CUSTOM_RESOURCE_FIELDS: dict[str, Callable[[dict], str]] = {
+    "metadata.name": lambda item: item["metadata"]["name"],
+    "metadata.namespace": lambda item: item["metadata"]["namespace"],
+}
 ADMISSION_GROUP = "admissionregistration.k8s.io"
+# k8snetworkplumbingwg/network-attachment-definition-client, artifacts/networks-crd.yaml.
+NAD_GROUP = "k8s.cni.cncf.io"
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete"})
 
 
 class Resource(NamedTuple):
     """A kind the server serves: its path's plural, whether its objects live in a namespace,
     the fields they can be selected by, its API group ("" for the core group), the writes it
-    takes (of "create", "update", "patch", "delete") and whether an update without a
-    resourceVersion is allowed (its strategy's AllowUnconditionalUpdate)."""
+    takes (of "create", "update", "patch", "delete"), whether an update without a
+    resourceVersion is allowed (its strategy's AllowUnconditionalUpdate) and the
+    subresources it serves (each takes get, update and patch)."""
 
     kind: str
     plural: str
@@ -218,6 +314,7 @@ class Resource(NamedTuple):
     group: str = ""
     verbs: frozenset[str] = frozenset()
     unconditional_update: bool = True
+    subresources: frozenset[str] = frozenset()
 
     @property
     def api_version(self) -> str:
@@ -243,12 +340,19 @@ RESOURCES = {(resource.group, resource.plural): resource for resource in (
     Resource("Pod", "pods", True, POD_FIELDS),
     # Namespaces can be created (a namespaced create needs its namespace), not changed here.
     Resource("Namespace", "namespaces", False, NAMESPACE_FIELDS, verbs=frozenset({"create"})),
-    Resource("Node", "nodes", False, NODE_FIELDS),
+    # Nodes are updated and patched, and their status through nodes/status; the bed makes
+    # them (and the reregister call remakes one), so they are not created or deleted here.
+    Resource("Node", "nodes", False, NODE_FIELDS, verbs=frozenset({"update", "patch"}),
+             subresources=frozenset({"status"})),
     Resource("Secret", "secrets", True, SECRET_FIELDS, verbs=WRITE_VERBS),
     # pkg/registry/admissionregistration/mutatingwebhookconfiguration/strategy.go:
     # AllowUnconditionalUpdate is false.
     Resource("MutatingWebhookConfiguration", "mutatingwebhookconfigurations", False, CLUSTER_SCOPED_FIELDS,
-             ADMISSION_GROUP, WRITE_VERBS, unconditional_update=False))}
+             ADMISSION_GROUP, WRITE_VERBS, unconditional_update=False),
+    # A custom resource (apiextensions-apiserver pkg/registry/customresource/strategy.go:
+    # AllowUnconditionalUpdate is false).
+    Resource("NetworkAttachmentDefinition", "network-attachment-definitions", True, CUSTOM_RESOURCE_FIELDS,
+             NAD_GROUP, WRITE_VERBS, unconditional_update=False))}
 KINDS = {resource.kind: resource for resource in RESOURCES.values()}
 # The namespaces the control plane makes at start (pkg/controlplane/controller: the system
 # namespaces controller, and the kubernetes Service's controller for "default").
@@ -264,11 +368,11 @@ WRITE_LOG_SIZE = 10000
 
 class ApiError(Exception):
     """A request the API server refuses: HTTP status, reason and message of its Status (and
-    its details, when it has them)."""
+    its details, when it has them; the user refused, for a denial)."""
 
-    def __init__(self, code: int, reason: str, message: str, details: dict | None = None):
+    def __init__(self, code: int, reason: str, message: str, details: dict | None = None, user: str | None = None):
         super().__init__(message)
-        self.code, self.reason, self.message, self.details = code, reason, message, details
+        self.code, self.reason, self.message, self.details, self.user = code, reason, message, details, user
 
     def status(self) -> dict:
         status = status_object(self.code, self.reason, self.message)
@@ -469,7 +573,8 @@ def object_meta(name: str, labels: dict[str, str], annotations: dict[str, str], 
 
 def pod_object(spec: dict, pod: dict, host_ip: str) -> dict:
     """The `v1` Pod of a bed pod: `spec` is its creation request, `pod` what the bed made of
-    it (name, node, namespace, uid, eth0 address, interface MACs), `host_ip` its node's
+    it (name, node, namespace, uid, eth0 address, interface MACs; `containers`, when given,
+    are its containers as admitted), `host_ip` its node's
     address of the pod IP's family (as on an IPv6 cluster, where the kubelet's node IP is
     IPv6). Defaulted fields are filled in as the API server's defaulting does."""
     annotations = {}
@@ -480,7 +585,7 @@ def pod_object(spec: dict, pod: dict, host_ip: str) -> dict:
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": object_meta(pod["name"], string_map(spec, "labels"), annotations, pod["uid"], pod["namespace"]),
-        "spec": {"nodeName": pod["node"], "containers": [{"name": "app", "image": "busybox"}],
+        "spec": {"nodeName": pod["node"], "containers": spec.get("containers") or [{"name": "app", "image": "busybox"}],
                  "restartPolicy": "Always", "schedulerName": "default-scheduler", "serviceAccountName": "default"},
         "status": {"phase": "Running", "hostIP": host_ip, "hostIPs": [{"ip": host_ip}], "podIP": pod["pod_ip"],
                    "podIPs": [{"ip": pod["pod_ip"]}]},
@@ -499,20 +604,185 @@ def namespace_object(name: str, labels: dict[str, str] | None = None,
 def node_object(name: str, node: dict, region: str, address: str, address6: str) -> dict:
     """The `v1` Node of topology node `name` (`node`: its instance id, type and zone): the
     kubelet's labels and addresses (pkg/kubelet/kubelet_node_status.go, nodestatus/setters.go:
-    the node IPs, then the hostname), the AWS cloud provider's (k8s.io/cloud-provider-aws:
-    providerID `aws:///<zone>/<instance id>`, zone, region and instance type labels). Its
-    InternalIPs are its namespace's eth0 addresses, where its pods' traffic comes from."""
+    the node IPs, then the hostname), capacity and allocatable (kubelet_resources), the AWS
+    cloud provider's (k8s.io/cloud-provider-aws: providerID `aws:///<zone>/<instance id>`,
+    zone, region and instance type labels). Its InternalIPs are its namespace's eth0
+    addresses, where its pods' traffic comes from."""
     labels = {"kubernetes.io/arch": "amd64", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
               "node.kubernetes.io/instance-type": node["instance_type"], "topology.kubernetes.io/region": region,
               "topology.kubernetes.io/zone": node["availability_zone"]}
+    capacity, allocatable = kubelet_resources(node["instance_type"])
     return {
         "apiVersion": "v1", "kind": "Node", "metadata": object_meta(name, labels, {}),
         "spec": {"providerID": f"aws:///{node['availability_zone']}/{node['instance_id']}"},
-        "status": {"addresses": [{"type": "InternalIP", "address": address},
+        "status": {"capacity": capacity, "allocatable": allocatable,
+                   "addresses": [{"type": "InternalIP", "address": address},
                                  {"type": "InternalIP", "address": address6}, {"type": "Hostname", "address": name}],
                    "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                                    "message": "kubelet is posting ready status"}]},
     }
+
+
+# moto's copy of EC2's DescribeInstanceTypes data, as the topology uses it (testenv/topology.py):
+# found without importing moto (the standalone server starts without it).
+MOTO = importlib.util.find_spec("moto")
+INSTANCE_TYPES_FILE = Path(MOTO.origin).parent / "ec2/resources/instance_types.json.gz" if MOTO else None
+M5_LARGE = (2, 8192, 29)  # vCPUs, memory (MiB), maxPods: the bed's default instance type
+ROOT_VOLUME = ("20959212Ki", "18242267924")  # a 20 GiB root volume: capacity, allocatable (-1Gi, -10%)
+
+
+@functools.cache
+def instance_types() -> dict:
+    if INSTANCE_TYPES_FILE is None or not INSTANCE_TYPES_FILE.exists():
+        return {}
+    return json.loads(gzip.decompress(INSTANCE_TYPES_FILE.read_bytes()))
+
+
+def instance_shape(instance_type: str) -> tuple[int, int, int]:
+    """An instance type's vCPUs and memory (MiB), and the maxPods an EKS node of that type
+    gets: the VPC CNI's ENI limit, ENIs of network card 0 * (IPv4 addresses an ENI - 1) + 2
+    (amazon-eks-ami eni-max-pods.txt and its max-pods calculator: m5.large 29, m5.xlarge 58,
+    p5.48xlarge 100). An m5.large's for a type moto does not know."""
+    data = instance_types().get(instance_type)
+    if data is None:
+        return M5_LARGE
+    network = data["NetworkInfo"]
+    cards = [card for card in network.get("NetworkCards", []) if card.get("NetworkCardIndex") == 0]
+    enis = cards[0]["MaximumNetworkInterfaces"] if cards else network["MaximumNetworkInterfaces"]
+    return (data["VCpuInfo"]["DefaultVCpus"], data["MemoryInfo"]["SizeInMiB"],
+            enis * (network["Ipv4AddressesPerInterface"] - 1) + 2)
+
+
+def kubelet_resources(instance_type: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The capacity and allocatable an EKS node's kubelet reports (pkg/kubelet/nodestatus
+    setters.go MachineInfo) for its instance type (instance_shape): cpu, the memory the
+    kernel shows (about 94.3 % of the instance's), maxPods, a 20 GiB root volume, no
+    hugepages; allocatable less the EKS AMI's kube-reserved (cpu: 6 % of the first core, 1 %
+    of the second, 0.5 % of the third and fourth, 0.25 % of the others; memory: 255 Mi + 11 Mi
+    a pod) and the 100 Mi memory eviction threshold (amazon-eks-ami, the kubelet
+    configuration it writes). An m5.large: cpu 2 (1930m), memory 7910457Ki (7220281Ki), pods 29."""
+    cpus, memory_mib, max_pods = instance_shape(instance_type)
+    reserved_millicpu = round(60 * min(cpus, 1) + 10 * min(max(cpus - 1, 0), 1) + 5 * min(max(cpus - 2, 0), 2)
+                              + 2.5 * max(cpus - 4, 0))
+    memory_ki = memory_mib * 1024 * 943 // 1000
+    reserved_memory_ki = (255 + 11 * max_pods + 100) * 1024
+    capacity = {"cpu": str(cpus), "ephemeral-storage": ROOT_VOLUME[0], "hugepages-1Gi": "0", "hugepages-2Mi": "0",
+                "memory": f"{memory_ki}Ki", "pods": str(max_pods)}
+    allocatable = capacity | {"cpu": f"{cpus * 1000 - reserved_millicpu}m", "ephemeral-storage": ROOT_VOLUME[1],
+                              "memory": f"{memory_ki - reserved_memory_ki}Ki"}
+    return ({key: quantity(value) for key, value in capacity.items()},
+            {key: quantity(value) for key, value in allocatable.items()})
+
+
+def is_extended_resource(name: str) -> bool:
+    """pkg/apis/core/v1/helper IsExtendedResourceName: outside the kubernetes.io domain
+    (IsNativeResource: no prefix, or one containing "kubernetes.io/"), not "requests."-prefixed,
+    and a qualified name once "requests." is put before it."""
+    if "/" not in name or "kubernetes.io/" in name or name.startswith("requests."):
+        return False
+    return is_qualified_name("requests." + name)
+
+
+QUALIFIED_NAME = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"  # util/validation, qualifiedNameFmt
+
+
+def is_qualified_name(value: str) -> bool:
+    """util/validation IsQualifiedName: an optional DNS subdomain prefix and '/', then a name
+    of at most 63 alphanumerics, '-', '_' and '.' that starts and ends alphanumeric."""
+    parts = value.split("/")
+    if len(parts) > 2 or (len(parts) == 2 and (not parts[0] or subdomain_errors(parts[0]))):
+        return False
+    return len(parts[-1]) <= 63 and re.fullmatch(QUALIFIED_NAME, parts[-1]) is not None
+
+
+# pkg/apis/core/helper, integerResources (the quota's counts); extended resources are too.
+INTEGER_RESOURCES = frozenset({"pods", "quotas", "services", "replicationcontrollers", "secrets", "configmaps",
+                               "persistentvolumeclaims", "services.nodeports", "services.loadbalancers"})
+
+
+def kubelet_status(status: dict, reported: dict) -> dict:
+    """`status` after the kubelet's next node status update (pkg/kubelet/nodestatus/setters.go
+    MachineInfo), `reported` being what the kubelet measures: its own resources (cpu, memory,
+    pods, ephemeral-storage, hugepages) over status.capacity, whose other entries (extended
+    resources a device plugin or another writer put there) stay; then in status.allocatable
+    an extended resource no longer in capacity goes, and every resource of capacity gets
+    capacity's value (the kubelet's own: its allocatable, less its reservations)."""
+    capacity = dict(status.get("capacity") or {}) | reported["capacity"]
+    allocatable = {name: value for name, value in (status.get("allocatable") or {}).items()
+                   if name in capacity or not is_extended_resource(name)}
+    for name, value in capacity.items():
+        allocatable[name] = reported["allocatable"].get(name, value)
+    return status | {"capacity": capacity, "allocatable": allocatable}
+
+
+# k8s.io/apimachinery/pkg/api/resource/quantity.go: ErrFormatWrong, ErrSuffix; the suffixes
+# (suffix.go) by power of 10 and of 2.
+QUANTITY_FORMAT_ERROR = ("quantities must match the regular expression "
+                         "'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'")
+QUANTITY_SUFFIX_ERROR = "unable to parse quantity's suffix"
+QUANTITY = re.compile(r"([+-]?)([0-9]*)(?:\.([0-9]*))?([eEinumkKMGTP]*[-+]?[0-9]*)")
+DECIMAL_SUFFIXES = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+BINARY_SUFFIXES = {"": 0, "Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
+
+
+def parse_quantity(text: str) -> tuple[Fraction, str]:
+    """resource.ParseQuantity (parseQuantityString, then the suffix): the value, rounded up
+    to a whole nano ("if you want some resources, you should get some resources"), and its
+    format by the suffix: DecimalSI (none, n to E), BinarySI (Ki to Ei), DecimalExponent
+    (e or E and a number). DecodeError with the package's messages when it does not parse."""
+    match = QUANTITY.fullmatch(text)
+    if not text or match is None:
+        raise DecodeError(QUANTITY_FORMAT_ERROR)
+    sign, whole, fraction, suffix = match[1], match[2], match[3] or "", match[4]
+    if suffix in DECIMAL_SUFFIXES:
+        scale, form = Fraction(10) ** DECIMAL_SUFFIXES[suffix], "DecimalSI"
+    elif suffix in BINARY_SUFFIXES:
+        scale, form = Fraction(2) ** BINARY_SUFFIXES[suffix], "BinarySI"
+    elif len(suffix) > 1 and suffix[0] in "eE" and re.fullmatch(r"[-+]?[0-9]{1,4}", suffix[1:]):
+        scale, form = Fraction(10) ** int(suffix[1:]), "DecimalExponent"
+    else:
+        raise DecodeError(QUANTITY_SUFFIX_ERROR)
+    value = Fraction(math.ceil(Fraction(int(whole + fraction or "0"), 10 ** len(fraction)) * scale * 10 ** 9),
+                     10 ** 9)
+    return (-value if sign == "-" else value), form
+
+
+def canonical_quantity(value: Fraction, form: str) -> str:
+    """Quantity.String(), the form the server stores and answers (CanonicalizeBytes): BinarySI
+    as a whole number with the largest power-of-1024 suffix that keeps it whole (below 1024,
+    or not whole, it is DecimalSI); DecimalSI and DecimalExponent as the mantissa without
+    trailing zeros, its exponent brought down to a multiple of 3 (AsCanonicalBytes), then its
+    SI suffix or `e<exponent>`. So 1.5Gi is 1536Mi, 2000m is 2, 1000 is 1k, 0.5 is 500m."""
+    if value == 0:
+        return "0"
+    sign, magnitude = "-" if value < 0 else "", abs(value)
+    if form == "BinarySI" and magnitude >= 1024 and magnitude.denominator == 1:
+        number, power = int(magnitude), 0
+        while number % 1024 == 0 and power < 60:
+            number, power = number // 1024, power + 10
+        return f"{sign}{number}{next(key for key, bits in BINARY_SUFFIXES.items() if bits == power)}"
+    number, exponent = int(magnitude * 10 ** 9), -9
+    while number % 10 == 0:
+        number, exponent = number // 10, exponent + 1
+    number, exponent = number * 10 ** (exponent % 3), exponent - exponent % 3
+    if form == "DecimalExponent" or exponent not in DECIMAL_SUFFIXES.values():
+        return f"{sign}{number}" + (f"e{exponent}" if exponent else "")
+    return f"{sign}{number}{next(key for key, power in DECIMAL_SUFFIXES.items() if power == exponent)}"
+
+
+def quantity(value) -> str:
+    """A resource.Quantity field as decoded (Quantity.UnmarshalJSON: a string without its
+    quotes and surrounding space, or the JSON text of any other value; null is 0) and
+    encoded again: its canonical form. DecodeError when it is not a quantity."""
+    if value is None:
+        return "0"
+    text = value.strip() if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return canonical_quantity(*parse_quantity(text))
+
+
+def quantity_value(text: str) -> Fraction:
+    """The value of a canonical quantity."""
+    return parse_quantity(text)[0]
 
 
 class DecodeError(Exception):
@@ -633,6 +903,10 @@ def decode(resource: Resource, body) -> dict:
         decode_secret(item)
     elif resource.kind == "MutatingWebhookConfiguration":
         decode_webhooks(item)
+    elif resource.kind == "Node":
+        decode_node(item)
+    elif resource.kind == "NetworkAttachmentDefinition":
+        prune_custom_resource(item, NAD_SCHEMA)
     return item
 
 
@@ -675,6 +949,62 @@ def decode_webhooks(configuration: dict) -> None:
         prune(hook, ("rules", "sideEffects", "admissionReviewVersions", "matchConditions"))
     configuration["webhooks"] = webhooks
     prune(configuration, ("webhooks",))
+
+
+def decode_node(node: dict) -> None:
+    """A Node's spec and status as objects; status.capacity and status.allocatable maps of
+    quantities, each answered in its canonical form (quantity)."""
+    expect(node.get("spec"), dict, "Node.spec", "v1.NodeSpec")
+    status = expect(node.get("status"), dict, "Node.status", "v1.NodeStatus")
+    for key in ("capacity", "allocatable"):
+        if status is not None and status.get(key) is not None:
+            resources = expect(status[key], dict, f"NodeStatus.status.{key}", "v1.ResourceList")
+            status[key] = {name: quantity(value) for name, value in resources.items()}
+    prune(node, ("spec", "status"))
+
+
+# The NetworkAttachmentDefinition CRD's schema (k8snetworkplumbingwg/network-attachment-definition-client,
+# artifacts/networks-crd.yaml): spec (required) with config, a string (required); status with
+# state and observation, strings. No subresources, no x-kubernetes-preserve-unknown-fields.
+NAD_SCHEMA = {"type": "object", "required": ["spec"], "properties": {
+    "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
+    "spec": {"type": "object", "required": ["config"], "properties": {"config": {"type": "string"}}},
+    "status": {"type": "object", "properties": {"state": {"type": "string"}, "observation": {"type": "string"}}}}}
+
+
+def prune_custom_resource(value: dict, schema: dict) -> None:
+    """apiextensions-apiserver's pruning of a custom resource by its structural schema
+    (pkg/apiserver/schema/pruning): fields the schema does not name are dropped (the real
+    server warns of them), and so are nulls where the schema does not allow them (nullable
+    false: pkg/apiserver/schema/defaulting PruneNonNullableNullsWithoutDefaults); metadata is
+    ObjectMeta's business."""
+    properties = schema.get("properties", {})
+    for key in list(value):
+        if key not in properties or value[key] is None:
+            del value[key]
+        elif key != "metadata" and properties[key].get("type") == "object" and isinstance(value[key], dict):
+            prune_custom_resource(value[key], properties[key])
+
+
+def schema_errors(value, schema: dict, path: str) -> list[FieldError]:
+    """apiextensions-apiserver's validation of a custom resource by its OpenAPI schema
+    (pkg/apiserver/validation ValidateCustomResource, kube-openapi's type and required
+    validators): a value of another type is `<path>: Invalid value: "<its type>": <path> in
+    body must be of type <type>: "<its type>"` (FieldValueTypeInvalid), a missing required
+    field `<path>.<field>: Required value`."""
+    kind = ("boolean" if isinstance(value, bool) else "integer" if isinstance(value, int)
+            else "number" if isinstance(value, float) else "string" if isinstance(value, str)
+            else "array" if isinstance(value, list) else "object")
+    if kind != schema["type"] and not (schema["type"] == "number" and kind == "integer"):
+        return [FieldError("FieldValueTypeInvalid", path, f'Invalid value: "{kind}": {path} in body must be of type '
+                                                          f'{schema["type"]}: "{kind}"')]
+    if kind != "object":
+        return []
+    errors = [required(f"{path}.{key}" if path else key) for key in schema.get("required", []) if key not in value]
+    for key, item in value.items():
+        if key in schema.get("properties", {}) and key != "metadata":
+            errors += schema_errors(item, schema["properties"][key], f"{path}.{key}" if path else key)
+    return errors
 
 
 # k8s.io/apimachinery/pkg/util/validation/validation.go.
@@ -809,6 +1139,34 @@ def webhook_errors(configuration: dict) -> list[FieldError]:
     return errors
 
 
+def node_errors(node: dict, old: dict) -> list[FieldError]:
+    """pkg/apis/core/validation ValidateNodeUpdate, what a status writer meets: each value of
+    status.capacity and status.allocatable non-negative, and whole for an integer resource
+    (an extended resource, pods: ValidateNodeResources, ValidateResourceQuantityValue; the
+    field path is `status.capacity.<name>`, the value the quantity's text; the real server
+    reports them in Go's random map order, here in name order); no repeated status.addresses;
+    spec.providerID unchanged once set. Resource names themselves are not checked, as in the
+    real server (ValidateNodeResources checks values only). (Taints, podCIDRs and configSource
+    are not checked.)"""
+    errors = metadata_errors(KINDS["Node"], node)
+    status = node.get("status", {})
+    for key in ("capacity", "allocatable"):
+        for name, text in sorted((status.get(key) or {}).items()):
+            value = quantity_value(text)
+            if value < 0:  # ValidateNonnegativeQuantity
+                errors.append(invalid(f"status.{key}.{name}", text, "must be greater than or equal to 0"))
+            if (name in INTEGER_RESOURCES or is_extended_resource(name)) and math.ceil(abs(value) * 1000) % 1000:
+                errors.append(invalid(f"status.{key}.{name}", text, "must be an integer"))  # MilliValue() % 1000
+    addresses = status.get("addresses") or []
+    for index, address in enumerate(addresses):
+        if address in addresses[:index]:
+            errors.append(duplicate(f"status.addresses[{index}]", address))
+    provider = old.get("spec", {}).get("providerID")
+    if provider and node.get("spec", {}).get("providerID") != provider:
+        errors.append(forbidden("spec.providerID", 'node updates may not change providerID except from "" to valid'))
+    return errors
+
+
 def validation_errors(resource: Resource, item: dict, old: dict | None) -> list[FieldError]:
     """The strategy's Validate (`old` None) or ValidateUpdate, after the common metadata
     update rule of rest/update.go (validateCommonFields: the uid cannot change)."""
@@ -819,6 +1177,10 @@ def validation_errors(resource: Resource, item: dict, old: dict | None) -> list[
         return errors + secret_errors(item, old)
     if resource.kind == "MutatingWebhookConfiguration":
         return errors + webhook_errors(item)
+    if resource.kind == "Node" and old is not None:
+        return errors + node_errors(item, old)
+    if resource.kind == "NetworkAttachmentDefinition":
+        return errors + metadata_errors(resource, item) + schema_errors(item, NAD_SCHEMA, "")
     return errors + metadata_errors(resource, item)
 
 
@@ -907,7 +1269,8 @@ class Cluster:
     """The objects by (kind, key) (Resource.key: a pod's is its bed name, a Secret's
     `namespace/name`, a cluster-scoped object's its name), the resourceVersion counter they
     share, each kind's bounded history of changes that watches are served from (the API
-    server's watch caches), the faults and the write log."""
+    server's watch caches), the faults, the write log, each Node as its kubelet reports it,
+    the RBAC tokens and the denials."""
 
     def __init__(self, history: int = 1000, bookmark_seconds: float = 60.0):
         self.changed = threading.Condition()
@@ -925,6 +1288,16 @@ class Cluster:
         # By kind: how many writes the conflicts fault still answers 409 Conflict.
         self.pending_conflicts: dict[str, int] = {}
         self.write_log: collections.deque[dict] = collections.deque(maxlen=WRITE_LOG_SIZE)
+        # By node name: the Node as its kubelet registered it (its status is what it reports).
+        self.kubelet_nodes: dict[str, dict] = {}
+        self.kubelet_sync_seconds = 0.0
+        self.kubelet_pending: set[str] = set()
+        # By bearer token: the user and its rules, each with the namespace of its Role (None:
+        # a ClusterRole's, bound cluster-wide).
+        self.tokens: dict[str, tuple[str, list[tuple[str | None, dict]]]] = {}
+        self.denials: collections.deque[dict] = collections.deque(maxlen=WRITE_LOG_SIZE)
+        self.endpoint: str | None = None  # start() sets it: the kubeconfigs of tokens name it
+        self.kubeconfig_dir: Path | None = None
         for name in SYSTEM_NAMESPACES:
             self.add("Namespace", name, namespace_object(name))
 
@@ -941,6 +1314,15 @@ class Cluster:
             if bookmark_seconds is not None:
                 self.bookmark_seconds = bookmark_seconds
             self.changed.notify_all()
+
+    def configure_kubelet(self, sync_seconds: float) -> None:
+        """How long after a client's write to a Node its kubelet's next status update comes (0:
+        at once, before the write is answered; the real kubelet's comes within
+        nodeStatusUpdateFrequency, 10 s)."""
+        if not isinstance(sync_seconds, (int, float)) or isinstance(sync_seconds, bool) or sync_seconds < 0:
+            raise ValueError(f"kubelet_sync_seconds must be a number of seconds, not {sync_seconds!r}")
+        with self.changed:
+            self.kubelet_sync_seconds = float(sync_seconds)
 
     def faults(self, stall_seconds: float | None = None, unavailable_seconds: float | None = None,
                conflicts: dict | None = None) -> None:
@@ -991,10 +1373,75 @@ class Cluster:
         return stored
 
     def add(self, kind: str, key: str, item: dict) -> dict:
+        """Makes an object of the bed (ADDED); a Node as its kubelet registers it, which the
+        kubelet's status updates and re-registration go back to."""
         with self.changed:
             if (kind, key) in self.objects:
                 raise ValueError(f'{KINDS[kind].qualified_resource} "{item["metadata"]["name"]}" already exists')
+            if kind == "Node":
+                self.kubelet_nodes[key] = copy(item)
             return self.record(kind, key, "ADDED", item, None)
+
+    def add_node(self, request: dict) -> dict:
+        """A Node for `request` {"name", "instance_type" (m5.large), "availability_zone"
+        (us-east-2a), "instance_id" (made up), "address", "address6" (made up)}, as its kubelet
+        registers it (ADDED). ValueError when it exists or the request is not one."""
+        name = request.get("name")
+        if not isinstance(name, str) or subdomain_errors(name):
+            raise ValueError(f"nodes: a node name (a DNS subdomain) is expected, not {name!r}")
+        zone = request.get("availability_zone", "us-east-2a")
+        node = {"instance_type": request.get("instance_type", "m5.large"), "availability_zone": zone,
+                "instance_id": request.get("instance_id") or "i-" + uuid.uuid4().hex[:17]}
+        with self.changed:
+            number = len(self.kubelet_nodes) + 1
+            address, address6 = request.get("address", f"192.0.2.{number}"), request.get("address6",
+                                                                                          f"2001:db8::{number:x}")
+            return self.add("Node", name, node_object(name, node, zone[:-1], address, address6))
+
+    def reregister(self, name: str) -> dict:
+        """The kubelet registering Node `name` anew, as when the node's object was deleted (or
+        its instance replaced): the object goes (DELETED) and comes back (ADDED, a new uid and
+        creationTimestamp) as the kubelet makes it (pkg/kubelet/kubelet_node_status.go
+        registerWithAPIServer): its own labels, capacity and allocatable, so without the
+        extended resources, labels and annotations others had put there. KeyError for a node
+        the bed does not have."""
+        with self.changed:
+            reported, current = self.kubelet_nodes[name], self.objects.get(("Node", name))
+            if current is not None:
+                self.record("Node", name, "DELETED", None, current)
+            fresh = copy(reported)
+            fresh["metadata"] |= {"uid": str(uuid.uuid4()), "creationTimestamp": now_rfc3339()}
+            return self.record("Node", name, "ADDED", fresh, None)
+
+    def node_written(self, name: str) -> None:
+        """A client wrote Node `name`: its kubelet's next status update (kubelet_status), at once
+        or `kubelet_sync_seconds` later (writes in between go into the same update). The caller
+        holds `changed`."""
+        if self.kubelet_sync_seconds <= 0:
+            return self.kubelet_update(name)
+        if name not in self.kubelet_pending:
+            self.kubelet_pending.add(name)
+            timer = threading.Timer(self.kubelet_sync_seconds, self.kubelet_tick, (name,))
+            timer.daemon = True
+            timer.start()
+
+    def kubelet_tick(self, name: str) -> None:
+        with self.changed:
+            self.kubelet_pending.discard(name)
+            if not self.closed:
+                self.kubelet_update(name)
+
+    def kubelet_update(self, name: str) -> None:
+        """The kubelet's status update of Node `name`: MODIFIED when it changes something
+        (the kubelet patches nodes/status only then). Not a request: not in the write log."""
+        reported, current = self.kubelet_nodes.get(name), self.objects.get(("Node", name))
+        if reported is None or current is None:
+            return
+        status = kubelet_status(current.get("status", {}), reported["status"])
+        if status != current.get("status"):
+            changed = copy(current)
+            changed["status"] = status
+            self.record("Node", name, "MODIFIED", changed, current)
 
     def ensure_namespace(self, name: str) -> None:
         """Namespace `name`, made (ADDED) unless it exists."""
@@ -1053,12 +1500,14 @@ class Cluster:
         return item
 
     def write(self, verb: str, resource: Resource, namespace: str | None, name: str,
-              operation: Callable[[], tuple[int, dict]]) -> tuple[int, dict]:
+              operation: Callable[[], tuple[int, dict]], subresource: str | None = None,
+              user: str | None = None) -> tuple[int, dict]:
         """One write request (`verb`: create, update, patch or delete) as the registry gets
         it, `operation` doing it: a pending conflicts fault answers 409 Conflict first; the
         request goes to the write log with its outcome. Writes are serialised, so each
         reads the object it changes and stores the result at once (GuaranteedUpdate's
-        retries never happen)."""
+        retries never happen). A Node written has its kubelet's status update follow
+        (node_written)."""
         code, version = 500, ""
         with self.changed:
             try:
@@ -1070,19 +1519,27 @@ class Cluster:
                     name, version = answer["metadata"]["name"], answer["metadata"]["resourceVersion"]
                 else:
                     version = str(self.version)
+                if resource.kind == "Node":
+                    self.node_written(name)
                 return code, answer
             except ApiError as error:
                 code = error.code
                 raise
             finally:
-                self.write_log.append({"time": time.time(), "verb": verb, "kind": resource.kind,
-                                       "namespace": namespace, "name": name, "resourceVersion": version,
-                                       "code": code})
+                self.log_write(verb, resource, namespace, name, subresource, user, version, code)
+
+    def log_write(self, verb: str, resource: Resource, namespace: str | None, name: str, subresource: str | None,
+                  user: str | None, version: str, code: int) -> None:
+        with self.changed:
+            self.write_log.append({"time": time.time(), "verb": verb, "kind": resource.kind, "namespace": namespace,
+                                   "name": name, "subresource": subresource, "user": user, "resourceVersion": version,
+                                   "code": code})
 
     def writes(self) -> list[dict]:
         """The write log, oldest first: {"time" (Unix seconds), "verb", "kind", "namespace"
-        (null when cluster-scoped), "name", "resourceVersion" (the object's after the write;
-        the deletion's for a delete; "" when it failed), "code"}."""
+        (null when cluster-scoped), "name", "subresource" (null, or "status"), "user" (the
+        token's, null without one), "resourceVersion" (the object's after the write; the
+        deletion's for a delete; "" when it failed), "code"}."""
         with self.changed:
             return list(self.write_log)
 
@@ -1105,8 +1562,9 @@ class Cluster:
         if not metadata.get("name") and metadata.get("generateName"):
             metadata["name"] = metadata["generateName"] + "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))
         metadata["uid"], metadata["creationTimestamp"] = str(uuid.uuid4()), now_rfc3339()
-        if resource.kind == "MutatingWebhookConfiguration":
-            metadata["generation"] = 1  # mutatingwebhookconfiguration/strategy.go, PrepareForCreate
+        if resource.kind in ("MutatingWebhookConfiguration", "NetworkAttachmentDefinition"):
+            # mutatingwebhookconfiguration/strategy.go, customresource/strategy.go: PrepareForCreate
+            metadata["generation"] = 1
         elif resource.kind == "Namespace":  # namespace/strategy.go, PrepareForCreate; SetDefaults_Namespace
             metadata["labels"] = metadata.get("labels", {}) | {NAMESPACE_NAME_LABEL: metadata.get("name", "")}
             spec = expect(item.get("spec"), dict, "Namespace.spec", "v1.NamespaceSpec") or {}
@@ -1123,16 +1581,17 @@ class Cluster:
                            status_details(resource, metadata["name"]))
         return 201, self.record(resource.kind, key, "ADDED", item, None)
 
-    def update(self, resource: Resource, namespace: str | None, name: str, body) -> tuple[int, dict]:
+    def update(self, resource: Resource, namespace: str | None, name: str, body,
+               subresource: str | None = None) -> tuple[int, dict]:
         """PUT: endpoints/handlers/update.go (namespace and name matched to the path: 400),
         then store.go Update (update_object)."""
         item = decoded(resource, body)
         match_namespace(item["metadata"], namespace if resource.namespaced else None)
         check_name(item, name)
-        return 200, self.update_object(resource, self.existing(resource, namespace, name), item)
+        return 200, self.update_object(resource, self.existing(resource, namespace, name), item, subresource)
 
     def patch(self, resource: Resource, namespace: str | None, name: str, patch_type: str,
-              text: str) -> tuple[int, dict]:
+              text: str, subresource: str | None = None) -> tuple[int, dict]:
         """PATCH (endpoints/handlers/patch.go, jsonPatcher): the body must be JSON (400 "invalid
         JSON patch"); the object must exist (404); the patch applies to the object as
         served (kind, apiVersion and metadata.resourceVersion included, so a resourceVersion
@@ -1158,17 +1617,22 @@ class Cluster:
                                                      str(error))]) from None
         match_namespace(item["metadata"], namespace if resource.namespaced else None)
         check_name(item, name)
-        return 200, self.update_object(resource, current, item)
+        return 200, self.update_object(resource, current, item, subresource)
 
-    def update_object(self, resource: Resource, current: dict, item: dict) -> dict:
+    def update_object(self, resource: Resource, current: dict, item: dict, subresource: str | None = None) -> dict:
         """store.go Update with the new object `item`: no resourceVersion is an unconditional
         update where the strategy allows it (Secret), else 422 "must be specified for an
         update" (MutatingWebhookConfiguration); one that differs from the stored one is 409
         Conflict; then rest/update.go BeforeUpdate (generation, uid, creationTimestamp and
         deletion fields kept from the stored object; a MutatingWebhookConfiguration's
-        generation bumped when its webhooks change, its strategy's PrepareForUpdate),
-        validation (422), and no write at all when nothing changed (etcd3 GuaranteedUpdate:
-        the stored object, same version, no event). The object (MODIFIED)."""
+        generation bumped when its webhooks change, its strategy's PrepareForUpdate; a
+        custom resource's when anything but its metadata changes, apiextensions-apiserver
+        customresource/strategy.go PrepareForUpdate; a Node keeps its stored status through
+        nodes and its stored spec through nodes/status, pkg/registry/core/node/strategy.go
+        nodeStrategy and nodeStatusStrategy PrepareForUpdate, so a change of the other part is
+        dropped without a word; its metadata changes through either), validation (422), and
+        no write at all when nothing changed (etcd3 GuaranteedUpdate: the stored object, same
+        version, no event). The object (MODIFIED)."""
         metadata, old = item["metadata"], current["metadata"]
         name, version = old["name"], metadata.get("resourceVersion", "")
         if version and not version.isdigit():  # APIObjectVersioner.ObjectResourceVersion; not a Status
@@ -1190,6 +1654,14 @@ class Cluster:
                 metadata[key] = old[key]
         if resource.kind == "MutatingWebhookConfiguration" and item.get("webhooks") != current.get("webhooks"):
             metadata["generation"] = old.get("generation", 0) + 1
+        if resource.kind == "NetworkAttachmentDefinition" and any(
+                item.get(key) != current.get(key) for key in set(item) | set(current) if key != "metadata"):
+            metadata["generation"] = old.get("generation", 0) + 1
+        if resource.kind == "Node":
+            kept = "spec" if subresource == "status" else "status"
+            item.pop(kept, None)
+            if kept in current:
+                item[kept] = copy(current[kept])
         if errors := validation_errors(resource, item, current):
             raise invalid_error(resource.group, resource.kind, name, errors)
         if item == current:
@@ -1227,13 +1699,79 @@ class Cluster:
             return self.version, items
 
     def close(self, limit: float = 2.0) -> None:
-        """Ends every watch stream (waiting up to `limit` for them to finish writing)."""
+        """Ends every watch stream (waiting up to `limit` for them to finish writing) and
+        removes the kubeconfigs of the tokens."""
         deadline = time.monotonic() + limit
         with self.changed:
             self.closed = True
             self.changed.notify_all()
             while self.streams and time.monotonic() < deadline:
                 self.changed.wait(deadline - time.monotonic())
+            if self.kubeconfig_dir is not None:
+                shutil.rmtree(self.kubeconfig_dir, ignore_errors=True)
+
+    def register_token(self, request: dict) -> dict:
+        """`request` {"user", "rules": [PolicyRule, each with "namespace" for a Role's rule],
+        "token" (made up when not given)}: a request bearing the token is user's, allowed
+        what the rules and the default ones (DEFAULT_RULES) allow (authorize). A token
+        registered again gets the new user and rules. {"token", "user", "kubeconfig" (a
+        kubeconfig for the server that uses the token, removed at close; null before start)};
+        ValueError when the request is not one."""
+        user, rules = request.get("user"), request.get("rules", [])
+        token = request.get("token") or secrets.token_hex(16)
+        if not isinstance(user, str) or not user:
+            raise ValueError("rbac: a user name is expected")
+        if not isinstance(token, str) or " " in token:
+            raise ValueError("rbac: a token is a string without spaces")
+        if not isinstance(rules, list):
+            raise ValueError("rbac: rules must be a list of PolicyRules")
+        for rule in rules:
+            if not isinstance(rule, dict) or not all(
+                    isinstance(rule.get(key, []), list) and all(isinstance(item, str) for item in rule.get(key, []))
+                    for key in ("apiGroups", "resources", "resourceNames", "verbs", "nonResourceURLs")):
+                raise ValueError(f"rbac: a PolicyRule has lists of strings, not {rule!r}")
+            if not isinstance(rule.get("namespace", ""), str):
+                raise ValueError(f"rbac: a Role's namespace is a string, not {rule['namespace']!r}")
+        with self.changed:
+            self.tokens[token] = (user, [(rule.get("namespace") or None, rule) for rule in rules])
+            kubeconfig = None
+            if self.endpoint is not None:
+                if self.kubeconfig_dir is None:
+                    self.kubeconfig_dir = Path(tempfile.mkdtemp(prefix="ipmgr-kube-tokens-"))
+                path = self.kubeconfig_dir / f"{hashlib.sha256(token.encode()).hexdigest()[:16]}.kubeconfig"
+                namespace = user.split(":")[2] if user.startswith("system:serviceaccount:") else "default"
+                write_kubeconfig(path, self.endpoint, "ipmgr-kube", token=token, namespace=namespace)
+                kubeconfig = str(path)
+        return {"token": token, "user": user, "kubeconfig": kubeconfig}
+
+    def authorize(self, authorization: str, attributes: Attributes) -> str | None:
+        """The user of a request with header `authorization` and `attributes`: None without a
+        registered bearer token (such requests are not authenticated here, and allowed
+        everything: the real server answers 401 to an unknown token); else the token's user
+        when one of its rules allows the request (rule_allows: a ClusterRole's anywhere, a
+        Role's in its namespace), else 403 Forbidden (forbidden_error), in the denials."""
+        parts = authorization.strip().split(" ", 2)  # authentication/request/bearertoken
+        if len(parts) < 2 or parts[0].lower() != "bearer":
+            return None
+        with self.changed:
+            user, rules = self.tokens.get(parts[1], (None, []))
+        if user is None:
+            return None
+        if any(rule_allows(attributes, rule) for namespace, rule in DEFAULT_RULES + rules
+               if namespace is None or namespace == attributes.namespace):
+            return user
+        error = forbidden_error(user, attributes)
+        error.user = user
+        with self.changed:
+            self.denials.append({"time": time.time(), "user": user} | attributes._asdict() | {"message": error.message})
+        raise error
+
+    def denied(self) -> list[dict]:
+        """The denials, oldest first: {"time", "user", "verb", "resourceRequest", "path",
+        "apiGroup", "resource", "subresource", "namespace", "name" ("" when not there),
+        "message"}."""
+        with self.changed:
+            return list(self.denials)
 
     def watch(self, kind: str, since: str, matches: Callable[[dict], bool], deadline: float, bookmarks: bool,
               initial_events: bool) -> Iterator[dict]:
@@ -1312,9 +1850,120 @@ def bookmark(kind: str, version: int, annotations: dict[str, str] | None = None)
     return {"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": KINDS[kind].api_version, "metadata": metadata}}
 
 
-def locate(parts: list[str]) -> tuple[Resource, str | None, str | None]:
-    """The resource, namespace and name a request path names: `/api/v1/...` for the core
-    group, `/apis/<group>/v1/...` for the others; 404 for anything else."""
+class Attributes(NamedTuple):
+    """What the authorizer is asked about a request (authorizer.Attributes, as
+    endpoints/request/requestinfo.go NewRequestInfo makes them): the verb, whether it is a
+    resource request and its path; for a resource request the API group, resource,
+    subresource, namespace and name ("" when not there)."""
+
+    verb: str
+    resourceRequest: bool
+    path: str
+    apiGroup: str = ""
+    resource: str = ""
+    subresource: str = ""
+    namespace: str = ""
+    name: str = ""
+
+
+def request_attributes(method: str, path: str, query: dict[str, list[str]]) -> Attributes:
+    """endpoints/request/requestinfo.go NewRequestInfo: `/api/v1/...` and `/apis/<group>/<version>/...`
+    are resource requests (anything else, `/api` and `/version` among them, a non-resource
+    request whose verb is the method in lower case); the verb from the method (GET get, a
+    GET without a name list, or watch with `watch`; POST create, PUT update, PATCH patch,
+    DELETE delete, deletecollection without a name); `namespaces/<ns>/` gives the namespace
+    (a Namespace's own path too: its name is its namespace); then resource, name,
+    subresource. A list or watch with the field selector `metadata.name=<name>` has that name."""
+    parts = [part for part in path.split("/") if part]
+    if len(parts) >= 3 and parts[0] == "api":
+        rest = parts[2:]
+    elif len(parts) >= 4 and parts[0] == "apis":
+        rest = parts[3:]
+    else:
+        return Attributes(method.lower(), False, path)
+    group = parts[1] if parts[0] == "apis" else ""
+    verb = {"POST": "create", "GET": "get", "HEAD": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
+        method, "")
+    if rest[0] in ("watch", "proxy"):  # the special verbs, as the first part
+        verb, rest = rest[0], rest[1:]
+    namespace = ""
+    if rest and rest[0] == "namespaces" and len(rest) > 1:
+        namespace = rest[1]
+        if len(rest) > 2 and rest[2] not in ("status", "finalize"):  # namespaceSubresources
+            rest = rest[2:]
+    resource, name, subresource = (rest + ["", "", ""])[:3]
+    if verb == "get" and not name:
+        verb = "watch" if query_bool(query, "watch") else "list"
+        for term in query.get("fieldSelector", [""])[0].split(","):  # RequiresExactMatch("metadata.name")
+            field, operator, value = re.match(r"\s*([^!=\s]*)\s*(==|=|!=)?\s*(.*?)\s*$", term).groups()
+            if field == "metadata.name" and operator in ("=", "==") and value and "/" not in value:
+                name = value
+    elif verb == "delete" and not name:
+        verb = "deletecollection"
+    return Attributes(verb, True, path, group, resource, subresource, namespace, name)
+
+
+# The ClusterRoles the API server binds to every authenticated user (system:authenticated:
+# plugin/pkg/auth/authorizer/rbac/bootstrappolicy/policy.go, system:basic-user,
+# system:discovery and system:public-info-viewer).
+DEFAULT_RULES: list[tuple[str | None, dict]] = [(None, rule) for rule in (
+    {"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+     "verbs": ["create"]},
+    {"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"], "verbs": ["create"]},
+    {"nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi", "/openapi/*",
+                         "/readyz", "/version", "/version/"], "verbs": ["get"]},
+)]
+
+
+def rule_allows(attributes: Attributes, rule: dict) -> bool:
+    """plugin/pkg/auth/authorizer/rbac/rbac.go RuleAllows, with the matchers of
+    pkg/apis/rbac/v1/evaluation_helpers.go: the verb (or `*`); for a resource request the API
+    group (or `*`), the resource as `resource` or `resource/subresource` (or `*`, or
+    `*/subresource`), and the name among resourceNames when the rule has any (so never a
+    list, watch or create without a name); for a non-resource request the path among
+    nonResourceURLs (`*`, or a prefix ending in `*`)."""
+    verbs = rule.get("verbs", [])
+    if "*" not in verbs and attributes.verb not in verbs:
+        return False
+    if not attributes.resourceRequest:
+        return any(url == "*" or url == attributes.path or (url.endswith("*") and attributes.path.startswith(url[:-1]))
+                   for url in rule.get("nonResourceURLs", []))
+    groups = rule.get("apiGroups", [])
+    if "*" not in groups and attributes.apiGroup not in groups:
+        return False
+    combined = attributes.resource + (f"/{attributes.subresource}" if attributes.subresource else "")
+    if not any(resource in ("*", combined) or (attributes.subresource and resource == f"*/{attributes.subresource}")
+               for resource in rule.get("resources", [])):
+        return False
+    names = rule.get("resourceNames", [])
+    return not names or attributes.name in names
+
+
+def forbidden_error(user: str, attributes: Attributes) -> ApiError:
+    """The RBAC authorizer's denial (endpoints/handlers/responsewriters/errors.go Forbidden and
+    forbiddenMessage, then api/errors NewForbidden over the resource without its subresource):
+    403 Forbidden, `nodes "node1" is forbidden: User "u" cannot patch resource "nodes/status"
+    in API group "" at the cluster scope` (`in the namespace "ns"` for a namespaced request;
+    `nodes is forbidden: ...` without a name; `forbidden: User "u" cannot get path "/x"` for
+    a non-resource request). The RBAC authorizer gives no reason when it finds no rule."""
+    if not attributes.resourceRequest:
+        return ApiError(403, "Forbidden", f'forbidden: User "{user}" cannot {attributes.verb} path '
+                                          f'"{attributes.path}"', {})
+    resource = attributes.resource + (f"/{attributes.subresource}" if attributes.subresource else "")
+    scope = f'in the namespace "{attributes.namespace}"' if attributes.namespace else "at the cluster scope"
+    reason = (f'User "{user}" cannot {attributes.verb} resource "{resource}" in API group "{attributes.apiGroup}" '
+              f"{scope}")
+    qualified = f"{attributes.resource}.{attributes.apiGroup}" if attributes.apiGroup else attributes.resource
+    what = f'{qualified} "{attributes.name}"' if attributes.name else qualified
+    details = {key: value for key, value in (("name", attributes.name), ("group", attributes.apiGroup),
+                                             ("kind", attributes.resource)) if value}
+    return ApiError(403, "Forbidden", f"{what} is forbidden: {reason}", details)
+
+
+def locate(parts: list[str]) -> tuple[Resource, str | None, str | None, str | None]:
+    """The resource, namespace, name and subresource a request path names: `/api/v1/...` for
+    the core group, `/apis/<group>/v1/...` for the others, a subresource the kind serves
+    after the name; 404 for anything else."""
     if parts[:2] == ["api", "v1"]:
         group, rest = "", parts[2:]
     elif len(parts) >= 3 and parts[0] == "apis" and parts[2] == "v1":
@@ -1325,13 +1974,178 @@ def locate(parts: list[str]) -> tuple[Resource, str | None, str | None]:
     if len(rest) >= 3 and rest[0] == "namespaces" and getattr(RESOURCES.get((group, rest[2])), "namespaced", False):
         namespace, rest = rest[1], rest[2:]
     resource = RESOURCES.get((group, rest[0])) if rest else None
-    if resource is None or len(rest) > 2 or (resource.namespaced and namespace is None and len(rest) == 2):
+    subresource = rest[2] if len(rest) == 3 else None
+    if (resource is None or len(rest) > 3 or (subresource is not None and subresource not in resource.subresources)
+            or (resource.namespaced and namespace is None and len(rest) >= 2)):
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
-    return resource, namespace, rest[1] if len(rest) == 2 else None
+    return resource, namespace, rest[1] if len(rest) >= 2 else None, subresource
 
 
 WRITES = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 TESTENV_PATH = "/_testenv/"
+
+
+class Request(NamedTuple):
+    """One request to the API: method, path, query, Content-Type and Authorization headers, body."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    content_type: str
+    authorization: str
+    body: bytes
+
+
+def admit(cluster: Cluster, request: Request) -> tuple[str | None, Resource, str | None, str | None, str | None]:
+    """Authorization (Cluster.authorize: 403, a write among the writes too), then routing
+    (locate: 404): the user, resource, namespace, name and subresource, as the real server's
+    filters do it (authorization before the handler, so a denied request for no resource is
+    403 too)."""
+    attributes = request_attributes(request.method, request.path, request.query)
+    try:
+        user = cluster.authorize(request.authorization, attributes)
+    except ApiError as error:
+        verb = WRITES.get(request.method)
+        try:
+            resource, namespace, name, subresource = locate(request.path.rstrip("/").split("/")[1:])
+        except ApiError:
+            raise error from None
+        if verb is not None:
+            name = name or (body_name(request.body.decode(errors="replace")) if verb == "create" else "")
+            cluster.log_write(verb, resource, namespace, name, subresource, error.user, "", error.code)
+        raise
+    return (user, *locate(request.path.rstrip("/").split("/")[1:]))
+
+
+def selection(resource: Resource, namespace: str | None, query: dict[str, list[str]]) -> tuple[Callable[[dict], bool],
+                                                                                                 str]:
+    """A list's or watch's predicate (namespace, fieldSelector, labelSelector) and the
+    resourceVersion asked for (400 when it is not a number)."""
+    fields = field_selector(query.get("fieldSelector", [""])[0], resource.fields)
+    labels = label_selector(query.get("labelSelector", [""])[0])
+
+    def matches(item: dict) -> bool:
+        return (namespace is None or item["metadata"]["namespace"] == namespace) and fields(item) and labels(item)
+
+    version = query.get("resourceVersion", [""])[0]
+    if version not in ("", "0") and not version.isdigit():
+        raise ApiError(400, "BadRequest", f"invalid resource version: {version}")
+    return matches, version
+
+
+def respond(cluster: Cluster, request: Request, user: str | None, resource: Resource, namespace: str | None,
+            name: str | None, subresource: str | None) -> tuple[int, dict]:
+    """A read (an object, its status subresource being the whole object, or a list) or a
+    write, once admitted; a watch is the handler's."""
+    if request.method == "GET":
+        if name is None:
+            matches, _ = selection(resource, namespace, request.query)
+            if query_bool(request.query, "sendInitialEvents"):
+                raise ApiError(422, "Invalid", "sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list")
+            current, items = cluster.snapshot(resource.kind, matches)
+            items = [{key: value for key, value in item.items() if key not in ("apiVersion", "kind")}
+                     for item in items]
+            return 200, {"kind": f"{resource.kind}List", "apiVersion": resource.api_version,
+                         "metadata": {"resourceVersion": str(current)}, "items": items}
+        return 200, cluster.existing(resource, namespace, name)
+    return write(cluster, request, user, resource, namespace, name, subresource)
+
+
+def write(cluster: Cluster, request: Request, user: str | None, resource: Resource, namespace: str | None,
+          name: str | None, subresource: str | None) -> tuple[int, dict]:
+    """A write the kind takes (a create on its collection, the others on an object, always
+    in a namespace for a namespaced kind; update and patch on a subresource), else 405."""
+    verb = WRITES.get(request.method, "")
+    allowed = {"update", "patch"} if subresource is not None else resource.verbs
+    if verb not in allowed or (name is None) != (verb == "create") or (resource.namespaced and namespace is None):
+        raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+    if "dryRun" in request.query:
+        raise bad_request("dryRun is not supported by the stand-in API server")
+    text = request.body.decode(errors="replace")
+    if verb == "patch":
+        # patch.go: the Content-Type first, "; charset=" dropped; strategic merge and
+        # apply patches are not modelled, so not accepted.
+        patch_type = request.content_type.split(";")[0].strip()
+        if patch_type not in PATCH_TYPES:
+            raise ApiError(415, "UnsupportedMediaType",
+                           "the body of the request was in an unknown format - accepted media types include: "
+                           + ", ".join(PATCH_TYPES))
+        operation = lambda: cluster.patch(resource, namespace, name, patch_type, text, subresource)  # noqa: E731
+    elif verb == "delete":
+        operation = lambda: cluster.remove(resource, namespace, name, delete_options(text))  # noqa: E731
+    elif verb == "update":
+        operation = lambda: cluster.update(resource, namespace, name, parse_object(resource, text),  # noqa: E731
+                                           subresource)
+    else:
+        name = body_name(text)
+        operation = lambda: cluster.create(resource, namespace, parse_object(resource, text))  # noqa: E731
+    return cluster.write(verb, resource, namespace, name, operation, subresource, user)
+
+
+def api_call(cluster: Cluster, request: Request) -> tuple[int, dict]:
+    """One request but a watch, from admission to answer (the test environment's `request`
+    call): status and JSON answer."""
+    try:
+        user, resource, namespace, name, subresource = admit(cluster, request)
+        if request.method == "GET" and name is None and query_bool(request.query, "watch"):
+            raise bad_request("a watch is not answered here: ask the API server")
+        return respond(cluster, request, user, resource, namespace, name, subresource)
+    except ApiError as error:
+        return error.code, error.status()
+
+
+def control(cluster: Cluster, method: str, path: str, request) -> tuple[int, dict]:
+    """The test environment's calls, not part of the Kubernetes API (never refused, JSON both
+    ways; the standalone server's under /_testenv/, the bed's under kube/): GET writes, GET
+    denied, POST faults, POST config, POST nodes, POST nodes/NAME/reregister, POST rbac,
+    POST request. 400 {"error"} when refused, 404 for an unknown call."""
+    try:
+        if not isinstance(request, dict):
+            raise ValueError(f"{path}: a JSON object is expected")
+        parts = path.strip("/").split("/")
+        if method == "GET" and path == "writes":
+            return 200, {"writes": cluster.writes()}
+        if method == "GET" and path == "denied":
+            return 200, {"denied": cluster.denied()}
+        if method == "POST" and path == "faults":
+            cluster.faults(request.get("stall_seconds"), request.get("unavailable_seconds"), request.get("conflicts"))
+            return 200, {}
+        if method == "POST" and path == "config":
+            if "event_history" in request or "bookmark_seconds" in request:
+                cluster.configure(request.get("event_history"), request.get("bookmark_seconds"))
+            if "kubelet_sync_seconds" in request:
+                cluster.configure_kubelet(request["kubelet_sync_seconds"])
+            return 200, {}
+        if method == "POST" and path == "nodes":
+            return 200, cluster.add_node(request)
+        if method == "POST" and len(parts) == 3 and parts[0] == "nodes" and parts[2] == "reregister":
+            try:
+                return 200, cluster.reregister(parts[1])
+            except KeyError:
+                raise ValueError(f"reregister: no node {parts[1]}") from None
+        if method == "POST" and path == "rbac":
+            return 200, cluster.register_token(request)
+        if method == "POST" and path == "request":
+            return 200, request_call(cluster, request)
+    except ValueError as error:
+        return 400, {"error": str(error)}
+    return 404, {"error": f"unknown test environment call {method} {path}"}
+
+
+def request_call(cluster: Cluster, request: dict) -> dict:
+    """`request` {"method" (GET), "path" (with its query), "body" (JSON, none for null),
+    "content_type" (application/json), "token" (none: no Authorization)} as a client's
+    request to the API, a watch aside: {"status", "body"}."""
+    method, target = request.get("method", "GET"), request.get("path")
+    if not isinstance(target, str) or not target.startswith("/") or method not in ("GET", *WRITES):
+        raise ValueError("request: a method (GET, POST, PUT, PATCH, DELETE) and an absolute path are expected")
+    url = urlsplit(target)
+    body = b"" if request.get("body") is None else json.dumps(request["body"]).encode()
+    token = request.get("token")
+    code, answer = api_call(cluster, Request(method, url.path, parse_qs(url.query, keep_blank_values=True),
+                                             request.get("content_type", "application/json"),
+                                             f"Bearer {token}" if token else "", body))
+    return {"status": code, "body": answer}
 
 
 def handler(cluster: Cluster):
@@ -1364,16 +2178,20 @@ def handler(cluster: Cluster):
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             url = urlsplit(self.path)
             if url.path.startswith(TESTENV_PATH):
-                return self.testenv(method, url.path[len(TESTENV_PATH):], body)
+                try:
+                    request = json.loads(body or b"{}")
+                except ValueError as error:
+                    return self.reply(400, {"error": f"not JSON: {error}"})
+                return self.reply(*control(cluster, method, url.path[len(TESTENV_PATH):], request))
             if self.refused():
                 return
-            query = parse_qs(url.query, keep_blank_values=True)
+            request = Request(method, url.path, parse_qs(url.query, keep_blank_values=True),
+                              self.headers.get("Content-Type") or "", self.headers.get("Authorization") or "", body)
             try:
-                resource, namespace, name = locate(url.path.rstrip("/").split("/")[1:])
-                if method == "GET":
-                    self.read(resource, namespace, name, query)
-                else:
-                    self.reply(*self.write(method, resource, namespace, name, query, body))
+                user, resource, namespace, name, subresource = admit(cluster, request)
+                if method == "GET" and name is None and query_bool(request.query, "watch"):
+                    return self.watch(resource, namespace, request.query)
+                self.reply(*respond(cluster, request, user, resource, namespace, name, subresource))
             except ApiError as error:
                 self.reply(error.code, error.status())
 
@@ -1386,84 +2204,8 @@ def handler(cluster: Cluster):
                 return True
             return False
 
-        def read(self, resource: Resource, namespace: str | None, name: str | None,
-                 query: dict[str, list[str]]) -> None:
-            if name is None:
-                return self.collection(resource, namespace, query)
-            item = cluster.find(resource, namespace, name)
-            if item is None:
-                raise not_found(resource, name)
-            return self.reply(200, item)
-
-        def write(self, method: str, resource: Resource, namespace: str | None, name: str | None,
-                  query: dict[str, list[str]], body: bytes) -> tuple[int, dict]:
-            """A write the kind takes (a create on its collection, the others on an object,
-            always in a namespace for a namespaced kind), else 405."""
-            verb = WRITES[method]
-            if verb not in resource.verbs or (name is None) != (verb == "create") or (
-                    resource.namespaced and namespace is None):
-                raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested "
-                                                        "resource")
-            if "dryRun" in query:
-                raise bad_request("dryRun is not supported by the stand-in API server")
-            text = body.decode(errors="replace")
-            if verb == "patch":
-                # patch.go: the Content-Type first, "; charset=" dropped; strategic merge and
-                # apply patches are not modelled, so not accepted.
-                patch_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
-                if patch_type not in PATCH_TYPES:
-                    raise ApiError(415, "UnsupportedMediaType",
-                                   "the body of the request was in an unknown format - accepted media types include: "
-                                   + ", ".join(PATCH_TYPES))
-                return cluster.write(verb, resource, namespace, name,
-                                     lambda: cluster.patch(resource, namespace, name, patch_type, text))
-            if verb == "delete":
-                return cluster.write(verb, resource, namespace, name,
-                                     lambda: cluster.remove(resource, namespace, name, delete_options(text)))
-            if verb == "update":
-                return cluster.write(verb, resource, namespace, name,
-                                     lambda: cluster.update(resource, namespace, name, parse_object(resource, text)))
-            return cluster.write(verb, resource, namespace, body_name(text),
-                                 lambda: cluster.create(resource, namespace, parse_object(resource, text)))
-
-        def testenv(self, method: str, path: str, body: bytes) -> None:
-            """The test environment's calls, not part of the Kubernetes API (never refused):
-            GET writes, POST faults."""
-            if method == "GET" and path == "writes":
-                return self.reply(200, {"writes": cluster.writes()})
-            if method == "POST" and path == "faults":
-                try:
-                    request = json.loads(body or b"{}")
-                    if not isinstance(request, dict):
-                        raise ValueError("faults: a JSON object is expected")
-                    cluster.faults(request.get("stall_seconds"), request.get("unavailable_seconds"),
-                                   request.get("conflicts"))
-                except ValueError as error:
-                    return self.reply(400, {"error": str(error)})
-                return self.reply(200, {})
-            return self.reply(404, {"error": f"unknown test environment call {method} {TESTENV_PATH}{path}"})
-
-        def collection(self, resource: Resource, namespace: str | None, query: dict[str, list[str]]) -> None:
-            fields = field_selector(query.get("fieldSelector", [""])[0], resource.fields)
-            labels = label_selector(query.get("labelSelector", [""])[0])
-
-            def matches(item: dict) -> bool:
-                return ((namespace is None or item["metadata"]["namespace"] == namespace) and fields(item)
-                        and labels(item))
-
-            version = query.get("resourceVersion", [""])[0]
-            if version not in ("", "0") and not version.isdigit():
-                raise ApiError(400, "BadRequest", f"invalid resource version: {version}")
-            if query_bool(query, "watch"):
-                return self.watch(resource.kind, version, matches, query)
-            if query_bool(query, "sendInitialEvents"):
-                raise ApiError(422, "Invalid", "sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list")
-            current, items = cluster.snapshot(resource.kind, matches)
-            items = [{key: value for key, value in item.items() if key not in ("apiVersion", "kind")} for item in items]
-            self.reply(200, {"kind": f"{resource.kind}List", "apiVersion": resource.api_version,
-                             "metadata": {"resourceVersion": str(current)}, "items": items})
-
-        def watch(self, kind: str, version: str, matches, query: dict[str, list[str]]) -> None:
+        def watch(self, resource: Resource, namespace: str | None, query: dict[str, list[str]]) -> None:
+            matches, version = selection(resource, namespace, query)
             bookmarks = query_bool(query, "allowWatchBookmarks")
             initial_events = query_bool(query, "sendInitialEvents")
             match = query.get("resourceVersionMatch", [""])[0]
@@ -1491,7 +2233,7 @@ def handler(cluster: Cluster):
                 cluster.streams += 1
             try:
                 # A stall holds each event, and the stream's end, until it is over.
-                for event in cluster.watch(kind, version, matches, deadline, bookmarks, initial_events):
+                for event in cluster.watch(resource.kind, version, matches, deadline, bookmarks, initial_events):
                     cluster.wait_unstalled()
                     self.chunk(json.dumps(event).encode() + b"\n")
                 cluster.wait_unstalled()
@@ -1549,7 +2291,7 @@ def delete_options(text: str) -> dict:
 
 def start(host: str, cluster: Cluster, port: int = 0) -> ThreadingHTTPServer:
     """Serves `cluster` on `host` (IPv4 or IPv6), on `port` (0: a free one); every request
-    has a thread."""
+    has a thread. The cluster learns its endpoint (the kubeconfigs of its tokens name it)."""
 
     class Server(ThreadingHTTPServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -1557,13 +2299,17 @@ def start(host: str, cluster: Cluster, port: int = 0) -> ThreadingHTTPServer:
 
     server = Server((host, port), handler(cluster))
     threading.Thread(target=server.serve_forever, daemon=True, name="kube").start()
+    cluster.endpoint = f"http://{f'[{host}]' if ':' in host else host}:{server.server_address[1]}"
     return server
 
 
-def write_kubeconfig(path: Path, endpoint: str, name: str) -> None:
+def write_kubeconfig(path: Path, endpoint: str, name: str, token: str | None = None,
+                     namespace: str = "default") -> None:
     """A kubeconfig whose one cluster is `endpoint` (plain HTTP, so no certificate) and
-    whose user has no credentials (the stand-in checks none)."""
+    whose user has no credentials (the stand-in then checks none), or bearer `token`;
+    its context's namespace `namespace`."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    user = f"{{token: {json.dumps(token)}}}" if token else "{}"
     path.write_text(f"""apiVersion: v1
 kind: Config
 clusters:
@@ -1572,13 +2318,13 @@ clusters:
     server: {endpoint}
 users:
 - name: {name}
-  user: {{}}
+  user: {user}
 contexts:
 - name: {name}
   context:
     cluster: {name}
     user: {name}
-    namespace: default
+    namespace: {namespace}
 current-context: {name}
 """)
 

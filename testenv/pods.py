@@ -6,6 +6,16 @@ management network (the VPC, as the nodes see it). Each node has a namespace of 
 host network, where a node agent runs) whose `eth0` is on that bridge, with an IPv4 and an
 IPv6 address, and a default route through the bed's gateway.
 
+On an EKS node each attached ENI is a link of the host network carrying the ENI's MAC
+(Amazon Linux names them eth0, eth1, ...; a Multus ipvlan's `master` names one). So each
+node's namespace also has, for each ENI but the primary (whose link the management `eth0`
+stands for), a link of that name (the topology's: `name`, else `eth<position>`) with the
+ENI's MAC: an `ifb` link (this kernel has no `dummy`; an ifb link stands alone too, with no
+peer and no traffic unless tc redirects some to it), up, with no address, not even an IPv6
+link-local one (`addrgenmode none`), hence no route: nothing routes through it and it
+changes no route lookup (the agent finds a pod by the node's route to its IP). The pods'
+Multus interfaces do not stand on these links (see below).
+
 A pod's `eth0` is what the VPC CNI makes (amazon-vpc-cni-k8s,
 cmd/routed-eni-cni-plugin/driver/driver.go, `createVethPairContext.run` and
 `setupIPBasedContainerRouteRules`): a veth whose peer lives in its node's namespace, named
@@ -159,16 +169,19 @@ class Pods:
                 f"addr add {GATEWAY}/{MANAGEMENT.prefixlen} dev br0",
                 f"addr add {GATEWAY6}/{MANAGEMENT6.prefixlen} dev br0 nodad", "link set br0 up"]
 
-    def plan_nodes(self, names: list[str]) -> None:
-        """Gives each node of the topology its number and eth0 addresses (its namespace is
-        made on first use)."""
+    def plan_nodes(self, nodes) -> None:
+        """Gives each node of the topology its number, eth0 addresses and ENI links: `nodes`
+        maps each name to the node as the topology answers it (its ENIs' `interface` and
+        `mac`), or lists names alone (no ENI links). Its namespace is made on first use."""
         with self.lock:
-            for name in names:
+            for name in nodes:
                 number = len(self.nodes) + 1
                 if number + 1 >= MANAGEMENT.num_addresses - 1:
                     raise PodError("the bed's management network is full")
+                enis = nodes[name].get("enis", []) if isinstance(nodes, dict) else []
                 self.nodes[name] = {"name": name, "number": number,
-                                    "address": str(GATEWAY + number), "address6": str(GATEWAY6 + number)}
+                                    "address": str(GATEWAY + number), "address6": str(GATEWAY6 + number),
+                                    "eni_links": {eni["interface"]: eni["mac"] for eni in enis[1:]}}
 
     def next_link(self) -> int:
         with self.lock:
@@ -197,7 +210,9 @@ class Pods:
         batch([f"link add {host_side} type veth peer name eth0 netns {netns}", f"link set {host_side} master br0 up"])
         batch(["link set lo up", f"addr add {node['address']}/{MANAGEMENT.prefixlen} dev eth0",
                f"addr add {node['address6']}/{MANAGEMENT6.prefixlen} dev eth0 nodad", "link set eth0 up",
-               f"route add default via {GATEWAY}", f"route add default via {GATEWAY6}"], netns)
+               f"route add default via {GATEWAY}", f"route add default via {GATEWAY6}"]
+              + [command for link, mac in node["eni_links"].items() for command in eni_link_commands(link, mac)],
+              netns)
         with self.lock:
             node |= {"netns": netns, "netns_dir": str(netns_dir), "env": env}
         return node
@@ -375,6 +390,12 @@ def remove_namespaces(names: list[str], mounts: list[str]) -> None:
     if names:
         subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"netns del {name}\n" for name in names),
                        capture_output=True, text=True)
+
+
+def eni_link_commands(name: str, mac: str) -> list[str]:
+    """A node's link standing for an attached ENI: its name and MAC, up, no address (not
+    even IPv6 link-local), so no route."""
+    return [f"link add {name} address {mac} type ifb", f"link set {name} addrgenmode none", f"link set {name} up"]
 
 
 def address_command(verb: str, address: str, interface: str) -> str:

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import time
 import urllib.request
+import xml.etree.ElementTree as ElementTree
 
 import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from testenv.client import Bed
+from testenv import topology
+from testenv.client import Bed, BedError
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +112,7 @@ def test_per_eni_limit(env):
             ec2.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=["10.0.2.22"])
         assert error_code(excinfo) == "PrivateIpAddressLimitExceeded"
     finally:
-        bed.control("POST", "config", {"eni_ipv4_limit": 10})
+        bed.control("POST", "config", {"eni_ipv4_limit": None})
 
 
 def test_faults_and_call_counts(env):
@@ -352,3 +354,180 @@ def test_metadata_shows_arrivals_late_and_departures_late_too(env):
         assert "10.0.1.120" in local(there)
     finally:
         bed.control("POST", "config", {"imds_delay_ms": 0})
+
+
+# Nodes of three instance types: m5.large (the default), c5.4xlarge, and m3.large (no IPv6).
+TYPES = {
+    "subnets": {"node": {"cidr": "10.0.0.0/24", "ipv6": True}},
+    "nodes": {
+        "small": {"enis": [{"subnet": "node"}, {"subnet": "node"}]},
+        "big": {"instance_type": "c5.4xlarge", "enis": [{"subnet": "node"}, {"subnet": "node"}]},
+        "old": {"instance_type": "m3.large", "enis": [{"subnet": "node"}]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def types():
+    with Bed(TYPES, pods=False) as bed:
+        ec2 = boto3.client("ec2", region_name="us-east-2", endpoint_url=bed.ec2_endpoint,
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        yield bed, ec2
+
+
+def single_attempt(bed):
+    return boto3.client("ec2", region_name="us-east-2", endpoint_url=bed.ec2_endpoint, aws_access_key_id="testing",
+                        aws_secret_access_key="testing",
+                        config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+
+
+def ipv4s(first: int, count: int) -> list[str]:
+    return [f"10.0.0.{host}" for host in range(first, first + count)]
+
+
+def test_an_enis_addresses_are_limited_by_its_instance_type(types):
+    bed, ec2 = types
+    nodes = bed.topology["nodes"]
+    assert [(nodes[name]["eni_ipv4_limit"], nodes[name]["eni_ipv6_limit"]) for name in ("small", "big", "old")] == [
+        (10, 10), (30, 30), (10, 0)]
+    # The primary address counts: an m5.large ENI takes 9 secondaries, a c5.4xlarge one 29.
+    for node, first, room in (("small", 50, 9), ("big", 100, 29)):
+        eni = eni_id(bed, node, "eth1")
+        ec2.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=ipv4s(first, room - 1))
+        ec2.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=ipv4s(first + room - 1, 1))
+        assert len(addresses(bed, eni)["ipv4"]) == room + 1
+        with pytest.raises(ClientError) as excinfo:
+            ec2.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=ipv4s(first + room, 1))
+        assert error_code(excinfo) == "PrivateIpAddressLimitExceeded"
+        assert f"limit of {room + 1} " in excinfo.value.response["Error"]["Message"]
+    prefix = bed.ipv6_prefix("node")
+    small = eni_id(bed, "small", "eth1")
+    ec2.assign_ipv6_addresses(NetworkInterfaceId=small, Ipv6Addresses=[f"{prefix}{host:x}" for host in range(80, 90)])
+    with pytest.raises(ClientError) as excinfo:
+        ec2.assign_ipv6_addresses(NetworkInterfaceId=small, Ipv6Addresses=[f"{prefix}5a"])
+    assert error_code(excinfo) == "Ipv6AddressLimitExceeded"
+    with pytest.raises(ClientError) as excinfo:  # an instance type without IPv6
+        ec2.assign_ipv6_addresses(NetworkInterfaceId=eni_id(bed, "old", "eth0"), Ipv6Addresses=[f"{prefix}60"])
+    assert error_code(excinfo) == "Ipv6AddressLimitExceeded"
+
+
+def test_the_config_limit_holds_for_every_eni_until_cleared(types):
+    bed, ec2 = types
+    big = eni_id(bed, "big", "eth0")
+    unattached = ec2.create_network_interface(SubnetId=bed.topology["subnets"]["node"]["id"],
+                                              PrivateIpAddress="10.0.0.200")["NetworkInterface"]["NetworkInterfaceId"]
+    bed.control("POST", "config", {"eni_ipv4_limit": 2, "eni_ipv6_limit": 1})
+    try:
+        for eni, first in ((big, 150), (unattached, 201)):
+            ec2.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=ipv4s(first, 1))
+            with pytest.raises(ClientError) as excinfo:
+                ec2.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=ipv4s(first + 1, 1))
+            assert error_code(excinfo) == "PrivateIpAddressLimitExceeded"
+        with pytest.raises(BedError, match="eni_ipv4_limit must be a count"):
+            bed.control("POST", "config", {"eni_ipv4_limit": -1})
+        bed.control("POST", "config", {"eni_ipv6_limit": None})  # IPv4's stays
+        with pytest.raises(ClientError):
+            ec2.assign_private_ip_addresses(NetworkInterfaceId=big, PrivateIpAddresses=ipv4s(151, 1))
+    finally:
+        bed.control("POST", "config", {"eni_ipv4_limit": None})
+    # Cleared: the c5.4xlarge's 30, and an unattached ENI's 10 (an m5.large's).
+    ec2.assign_private_ip_addresses(NetworkInterfaceId=big, PrivateIpAddresses=ipv4s(151, 28))
+    with pytest.raises(ClientError):
+        ec2.assign_private_ip_addresses(NetworkInterfaceId=big, PrivateIpAddresses=ipv4s(179, 1))
+    ec2.assign_private_ip_addresses(NetworkInterfaceId=unattached, PrivateIpAddresses=ipv4s(202, 8))
+    with pytest.raises(ClientError) as excinfo:
+        ec2.assign_private_ip_addresses(NetworkInterfaceId=unattached, PrivateIpAddresses=ipv4s(210, 1))
+    assert error_code(excinfo) == "PrivateIpAddressLimitExceeded"
+
+
+def describe_instance_types_query(endpoint: str, body: str) -> tuple[int, ElementTree.Element]:
+    """A DescribeInstanceTypes request as the AWS SDKs send it (EC2 Query API, form-encoded)."""
+    request = urllib.request.Request(endpoint + "/", data=body.encode(), method="POST", headers={
+        "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+        "Authorization": "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-2/ec2/aws4_request, "
+                         "SignedHeaders=host, Signature=0"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, ElementTree.fromstring(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, ElementTree.fromstring(error.read())
+
+
+def local(element: ElementTree.Element, name: str) -> list[ElementTree.Element]:
+    """The descendants named `name`, whatever their namespace."""
+    return [item for item in element.iter() if item.tag.rsplit("}", 1)[-1] == name]
+
+
+def test_describe_instance_types_passes_through_counted_and_throttled(types):
+    bed, ec2 = types
+    bed.control("POST", "calls/reset")
+    found = ec2.describe_instance_types(InstanceTypes=["m5.large", "c5.4xlarge", "p5.48xlarge", "m3.large"])
+    network = {item["InstanceType"]: item["NetworkInfo"] for item in found["InstanceTypes"]}
+    assert {name: (info["Ipv4AddressesPerInterface"], info["Ipv6AddressesPerInterface"], info["Ipv6Supported"],
+                   info["MaximumNetworkInterfaces"]) for name, info in network.items()} == {
+        "m5.large": (10, 10, True, 3), "c5.4xlarge": (30, 30, True, 8), "p5.48xlarge": (50, 50, True, 64),
+        "m3.large": (10, 0, False, 3)}
+    status, answer = describe_instance_types_query(
+        bed.ec2_endpoint, "Action=DescribeInstanceTypes&Version=2016-11-15&InstanceType.1=m5.large")
+    assert status == 200
+    assert [item.text for item in local(answer, "instanceType")] == ["m5.large"]
+    assert [item.text for item in local(answer, "ipv4AddressesPerInterface")] == ["10"]
+    # A type named twice is answered once (moto alone refuses it as unknown).
+    status, answer = describe_instance_types_query(
+        bed.ec2_endpoint,
+        "Action=DescribeInstanceTypes&Version=2016-11-15&InstanceType.1=c5.4xlarge&InstanceType.2=c5.4xlarge")
+    assert status == 200 and [item.text for item in local(answer, "ipv4AddressesPerInterface")] == ["30"]
+    with pytest.raises(ClientError) as excinfo:
+        ec2.describe_instance_types(InstanceTypes=["m5.nosuch"])
+    assert error_code(excinfo) == "InvalidInstanceType"
+    assert bed.control("GET", "calls") == {"DescribeInstanceTypes": 4}
+    assert [entry[0] for entry in bed.control("GET", "calls/log")["calls"]] == ["DescribeInstanceTypes"] * 4
+    # It draws from the Describe calls' bucket.
+    client = single_attempt(bed)
+    bed.control("POST", "config", {"buckets": {"describe": [1, 0.01]}})
+    try:
+        client.describe_instance_types(InstanceTypes=["m5.large"])
+        with pytest.raises(ClientError) as excinfo:
+            client.describe_instance_types(InstanceTypes=["m5.large"])
+        assert error_code(excinfo) == "RequestLimitExceeded"
+        with pytest.raises(ClientError):
+            client.describe_network_interfaces(NetworkInterfaceIds=[eni_id(bed, "small", "eth0")])
+        assert bed.control("GET", "throttled") == {"DescribeInstanceTypes": 1, "DescribeNetworkInterfaces": 1}
+    finally:
+        bed.control("POST", "config", {"buckets": {"describe": [100, 20]}})
+
+
+def test_metadata_answers_the_instance_type(types):
+    bed, _ = types
+    for node, expected in (("small", "m5.large"), ("big", "c5.4xlarge"), ("old", "m3.large")):
+        imds = bed.topology["nodes"][node]["imds_endpoint"]
+        assert imds_get(imds, "instance-type", imds_token(imds)) == (200, expected)
+
+
+def test_enis_name_their_node_interfaces(types):
+    bed, _ = types
+    assert [(eni["name"], eni["interface"]) for eni in bed.topology["nodes"]["big"]["enis"]] == [
+        ("eth0", "eth0"), ("eth1", "eth1")]
+
+
+def test_the_shipped_topologies_fit_their_instance_types():
+    for name in ("how-to", "eks-node"):
+        topology.check(topology.load(name))
+
+
+@pytest.mark.parametrize("node, refusal", [
+    ({"enis": ["node"] * 4}, "4 ENIs, but a m5.large takes at most 3"),
+    ({"instance_type": "p5.48xlarge", "enis": ["node", {"subnet": "node", "card": 1}, "node", "node"]},
+     "3 ENIs on network card 0, but that card of a p5.48xlarge takes at most 2"),
+    ({"instance_type": "c5.4xlarge", "enis": ["node", {"subnet": "node", "card": 1}]},
+     "a c5.4xlarge has no network card 1"),
+    ({"instance_type": "m5.huge", "enis": ["node"]}, "EC2 has no instance type 'm5.huge'"),
+    ({"enis": ["node", {"subnet": "node", "name": "net"}, {"subnet": "node", "name": "net"}]}, "two ENIs named net"),
+    ({"enis": ["node", {"subnet": "node", "name": "eth0"}]}, "ENI 1 cannot be named eth0"),
+    ({"enis": ["node", {"subnet": "node", "name": "sixteen-chars-ab"}]}, "cannot name a link"),
+    ({"enis": ["node", "elsewhere"]}, "ENI eth1 is in no subnet"),
+])
+def test_a_topology_the_instance_type_cannot_hold_is_refused(node, refusal):
+    with pytest.raises(topology.TopologyError, match=refusal):
+        topology.check({"subnets": {"node": {"cidr": "10.0.0.0/24"}}, "nodes": {"node1": node}})
+

@@ -515,8 +515,49 @@ def test_an_unavailable_api_server_answers_503_then_serves_again(bed, node1):
     assert get(bed, node1, "/api/v1/nodes")[0] == 200
 
 
+def test_the_bed_control_api_reregisters_a_node_and_makes_api_requests(bed, node1, watches):
+    def request(method: str, path: str, body=None, content_type: str = "application/json", token=None):
+        answer = bed.control("POST", "kube/request", {"method": method, "path": path, "body": body,
+                                                       "content_type": content_type, "token": token})
+        return answer["status"], answer["body"]
+
+    status, node = request("GET", "/api/v1/nodes/node2")
+    assert status == 200 and node["status"]["capacity"]["cpu"] == "2"  # the how-to's m5.large
+    assert node["status"]["allocatable"]["cpu"] == "1930m" and node["status"]["capacity"]["pods"] == "29"
+    watch = Watch(bed, node1, f"resourceVersion={node['metadata']['resourceVersion']}&timeoutSeconds=30"
+                              "&fieldSelector=metadata.name%3Dnode2", "/api/v1/nodes")
+    watches.append(watch)
+    patch = [{"op": "add", "path": "/status/capacity/multus-ipmgr.io~1eni-ips", "value": "6"}]
+    status, patched = request("PATCH", "/api/v1/nodes/node2/status", patch, JSON_PATCH)
+    assert status == 200 and patched["status"]["capacity"]["multus-ipmgr.io/eni-ips"] == "6"
+    _, shown = get(bed, node1, "/api/v1/nodes/node2")
+    assert shown["status"]["allocatable"]["multus-ipmgr.io/eni-ips"] == "6"  # the kubelet's update
+    assert [watch.next()["type"] for _ in range(2)] == ["MODIFIED", "MODIFIED"]
+
+    fresh = bed.control("POST", "kube/nodes/node2/reregister")
+    assert "multus-ipmgr.io/eni-ips" not in fresh["status"]["capacity"]
+    assert "multus-ipmgr.io/eni-ips" not in fresh["status"]["allocatable"]
+    assert fresh["metadata"]["uid"] != node["metadata"]["uid"] and version(fresh) > version(shown)
+    assert [watch.next()["type"] for _ in range(2)] == ["DELETED", "ADDED"]
+    with pytest.raises(BedError, match="no node node9"):
+        bed.control("POST", "kube/nodes/node9/reregister")
+
+    made = bed.control("POST", "kube/rbac", {"user": "system:serviceaccount:multus-ipmgr:agent",
+                                              "rules": [{"apiGroups": [""], "resources": ["nodes"],
+                                                         "verbs": ["get"]}]})
+    assert Path(made["kubeconfig"]).read_text().count(f'token: "{made["token"]}"') == 1
+    assert request("GET", "/api/v1/nodes/node1", token=made["token"])[0] == 200
+    status, refused = request("PATCH", "/api/v1/nodes/node1/status", patch, JSON_PATCH, made["token"])
+    assert (status, refused["message"]) == (403, 'nodes "node1" is forbidden: User "system:serviceaccount:'
+                                                 'multus-ipmgr:agent" cannot patch resource "nodes/status" in API '
+                                                 'group "" at the cluster scope')
+    assert bed.control("GET", "kube/denied")["denied"][-1]["message"] == refused["message"]
+    assert request("PATCH", "/api/v1/nodes/node1/status", patch, JSON_PATCH)[0] == 200  # no token: as before
+
+
 def test_the_bed_control_api_sets_the_conflicts_fault_and_shows_the_writes(bed):
-    assert bed.control("GET", "kube/writes") == {"writes": []}  # the bed's own changes are not API writes
+    # The bed's own changes are not API writes (kube/request's are: another test's).
+    assert all(write["verb"] != "create" for write in bed.control("GET", "kube/writes")["writes"])
     bed.control("POST", "kube/faults", {"conflicts": {"kind": "Secret", "count": 0}})
     with pytest.raises(BedError, match="no writable kind 'Pod'"):
         bed.control("POST", "kube/faults", {"conflicts": {"kind": "Pod", "count": 1}})
@@ -540,12 +581,16 @@ class Api:
         self.ready = json.loads(self.process.stdout.readline())
         self.endpoint = self.ready["kube_endpoint"]
 
-    def call(self, method: str, path: str, body=None, content_type: str = "application/json") -> tuple[int, dict]:
-        """`method path` with `body` (JSON unless bytes): status and JSON answer."""
+    def call(self, method: str, path: str, body=None, content_type: str = "application/json",
+             token: str | None = None) -> tuple[int, dict]:
+        """`method path` with `body` (JSON unless bytes), bearing `token`: status and JSON answer."""
         url = urlsplit(self.endpoint)
         connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-        connection.request(method, path, data, {"Content-Type": content_type} if data is not None else {})
+        headers = {"Content-Type": content_type} if data is not None else {}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        connection.request(method, path, data, headers)
         response = connection.getresponse()
         answer = json.loads(response.read())
         connection.close()
@@ -568,10 +613,10 @@ class Api:
 class Stream:
     """A watch on the standalone server: its events one by one."""
 
-    def __init__(self, api: Api, path: str):
+    def __init__(self, api: Api, path: str, token: str | None = None):
         url = urlsplit(api.endpoint)
         self.connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
-        self.connection.request("GET", path)
+        self.connection.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
         self.socket = self.connection.sock
         self.response = self.connection.getresponse()
         assert self.response.status == 200
@@ -888,8 +933,8 @@ def test_the_conflicts_fault_answers_the_next_writes_409_and_the_log_shows_them(
         ("patch", "Secret", "default", "contended", 409)] * 2 + [("patch", "Secret", "default", "contended", 200)]
     assert [entry["resourceVersion"] for entry in log] == ["", "", patched["metadata"]["resourceVersion"]]
     assert log[0]["time"] <= log[2]["time"] <= time.time()
-    status, refused = api.call("POST", "/_testenv/faults", {"conflicts": {"kind": "Node", "count": 1}})
-    assert status == 400 and "no writable kind 'Node'" in refused["error"]
+    status, refused = api.call("POST", "/_testenv/faults", {"conflicts": {"kind": "Pod", "count": 1}})
+    assert status == 400 and "no writable kind 'Pod'" in refused["error"]
     api.call("POST", "/_testenv/faults", {"conflicts": {"kind": "MutatingWebhookConfiguration", "count": 1}})
     assert api.call("POST", WEBHOOKS, webhook_configuration("contended"))[0] == 409
     assert api.call("POST", WEBHOOKS, webhook_configuration("contended"))[0] == 201
@@ -910,3 +955,300 @@ def test_standalone_writes_its_kubeconfig_and_stops_on_sigterm_or_end_of_input(t
     quiet = Api()
     assert quiet.ready["kubeconfig"] is None and quiet.call("GET", "/api/v1/nodes")[1]["items"] == []
     assert quiet.stop() == 0  # the end of its input: the parent went away
+
+
+NODES = "/api/v1/nodes"
+NADS = "/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions"
+
+
+def test_a_json_patch_of_a_nodes_status_adds_capacity_and_the_kubelet_copies_it_to_allocatable(api):
+    status, node = api.call("POST", "/_testenv/nodes", {"name": "cap-node", "instance_type": "m5.xlarge"})
+    assert status == 200 and node["metadata"]["labels"]["node.kubernetes.io/instance-type"] == "m5.xlarge"
+    assert {key: node["status"]["capacity"][key] for key in ("cpu", "pods")} == {"cpu": "4", "pods": "58"}
+    assert node["status"]["allocatable"]["cpu"] == "3920m" and node["status"]["capacity"]["memory"].endswith("Ki")
+    stream = Stream(api, f"{NODES}?watch=1&fieldSelector=metadata.name%3Dcap-node&resourceVersion={version(node)}")
+    try:
+        patch = [{"op": "test", "path": "/metadata/resourceVersion", "value": node["metadata"]["resourceVersion"]},
+                 {"op": "add", "path": "/status/capacity/multus-ipmgr.io~1eni-ips", "value": "12"}]
+        status, patched = api.call("PATCH", f"{NODES}/cap-node/status", patch, JSON_PATCH)
+        assert status == 200 and patched["status"]["capacity"]["multus-ipmgr.io/eni-ips"] == "12"
+        assert "multus-ipmgr.io/eni-ips" not in patched["status"]["allocatable"]  # the answer is the write's
+        status, shown = api.call("GET", f"{NODES}/cap-node/status")
+        assert status == 200 and shown["kind"] == "Node"
+        assert shown["status"]["allocatable"]["multus-ipmgr.io/eni-ips"] == "12"
+        assert version(shown) == version(patched) + 1  # the kubelet's own update
+        events = [stream.next(), stream.next()]
+        assert [(event["type"], version(event["object"])) for event in events] == [
+            ("MODIFIED", version(patched)), ("MODIFIED", version(shown))]
+
+        # A merge patch changes it; the kubelet puts its own resources back; a removal leaves allocatable.
+        status, merged = api.call("PATCH", f"{NODES}/cap-node/status",
+                                  {"status": {"capacity": {"multus-ipmgr.io/eni-ips": 20, "cpu": "64"}}}, MERGE)
+        assert status == 200 and merged["status"]["capacity"]["multus-ipmgr.io/eni-ips"] == "20"
+        shown = api.call("GET", f"{NODES}/cap-node")[1]
+        assert shown["status"]["allocatable"]["multus-ipmgr.io/eni-ips"] == "20"
+        assert (shown["status"]["capacity"]["cpu"], shown["status"]["allocatable"]["cpu"]) == ("4", "3920m")
+        removal = [{"op": "remove", "path": "/status/capacity/multus-ipmgr.io~1eni-ips"}]
+        assert api.call("PATCH", f"{NODES}/cap-node/status", removal, JSON_PATCH)[0] == 200
+        shown = api.call("GET", f"{NODES}/cap-node")[1]
+        assert "multus-ipmgr.io/eni-ips" not in shown["status"]["allocatable"]
+        assert api.call("PATCH", f"{NODES}/cap-node/status", removal, JSON_PATCH)[0] == 422  # nothing to remove
+
+        # Only status changes through /status, only the rest through the node; metadata through both.
+        spec_too = {"metadata": {"labels": {"team": "net"}}, "spec": {"unschedulable": True},
+                    "status": {"capacity": {"example.com/dongle": "1"}}}
+        status, through_status = api.call("PATCH", f"{NODES}/cap-node/status", spec_too, MERGE)
+        assert status == 200 and through_status["spec"] == shown["spec"]
+        assert through_status["metadata"]["labels"]["team"] == "net"
+        node_too = {"spec": {"unschedulable": True}, "status": {"capacity": {"example.com/dongle": "9"}}}
+        status, through_node = api.call("PATCH", f"{NODES}/cap-node", node_too, MERGE)
+        assert status == 200 and through_node["spec"]["unschedulable"] is True
+        assert through_node["status"]["capacity"]["example.com/dongle"] == "1"
+        escaped = [{"op": "add", "path": "/metadata/annotations", "value": {}},
+                   {"op": "add", "path": "/metadata/annotations/a~0b~1c", "value": "tilde"}]
+        status, annotated = api.call("PATCH", f"{NODES}/cap-node/status", escaped, JSON_PATCH)
+        assert status == 200 and annotated["metadata"]["annotations"] == {"a~b/c": "tilde"}
+    finally:
+        stream.close()
+    log = [entry for entry in api.writes() if entry["kind"] == "Node"]
+    assert [(entry["verb"], entry["name"], entry["subresource"], entry["user"]) for entry in log[:2]] == [
+        ("patch", "cap-node", "status", None)] * 2
+    assert log[0]["resourceVersion"] == patched["metadata"]["resourceVersion"]
+    assert api.call("POST", f"{NODES}", {"metadata": {"name": "new"}})[0] == 405
+    assert api.call("DELETE", f"{NODES}/cap-node/status")[0] == 405
+    assert api.call("GET", f"{NODES}/cap-node/proxy")[0] == 404
+    assert api.call("POST", "/_testenv/nodes", {"name": "cap-node"})[0] == 400
+
+
+def test_node_quantities_are_parsed_checked_and_kept_canonical_as_the_real_server_does(api):
+    api.call("POST", "/_testenv/nodes", {"name": "quantities"})
+
+    def add(name: str, value) -> tuple[int, dict]:
+        key = name.replace("~", "~0").replace("/", "~1")
+        return api.call("PATCH", f"{NODES}/quantities/status",
+                        [{"op": "add", "path": f"/status/capacity/{key}", "value": value}], JSON_PATCH)
+
+    status, refused = add("example.com/foo", "lots")
+    assert (status, refused["reason"], refused["details"]["causes"][0]["field"]) == (422, "Invalid", "patch")
+    assert refused["message"].endswith("\": quantities must match the regular expression "
+                                       "'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'")
+    assert add("example.com/foo", "1K")[1]["message"].endswith(": unable to parse quantity's suffix")
+    status, refused = add("example.com/foo", "-1")
+    assert (status, refused["message"]) == (422, 'Node "quantities" is invalid: status.capacity.example.com/foo: '
+                                                 'Invalid value: "-1": must be greater than or equal to 0')
+    assert refused["details"] == {"name": "quantities", "kind": "Node", "causes": [
+        {"reason": "FieldValueInvalid", "message": 'Invalid value: "-1": must be greater than or equal to 0',
+         "field": "status.capacity.example.com/foo"}]}
+    status, refused = add("example.com/foo", "1500m")  # an extended resource is whole
+    assert (status, refused["message"]) == (422, 'Node "quantities" is invalid: status.capacity.example.com/foo: '
+                                                 'Invalid value: "1500m": must be an integer')
+    status, node = add("example.com/foo", "1.5Gi")  # whole: kept as its canonical form
+    assert status == 200 and node["status"]["capacity"]["example.com/foo"] == "1536Mi"
+    status, node = add("example.com/bar", 3000)
+    assert status == 200 and node["status"]["capacity"]["example.com/bar"] == "3k"
+    # The real server checks values, not names: names outside the rules of extended resources are kept.
+    status, node = add("kubernetes.io/bogus", "0.5")
+    assert status == 200 and node["status"]["capacity"]["kubernetes.io/bogus"] == "500m"
+    shown = api.call("GET", f"{NODES}/quantities")[1]
+    assert shown["status"]["allocatable"]["kubernetes.io/bogus"] == "500m"  # the kubelet copies every name
+    status, refused = api.call("PUT", f"{NODES}/quantities/status",
+                               shown | {"status": shown["status"] | {"allocatable": {"pods": "-2.5"}}})
+    assert (status, refused["message"]) == (422, 'Node "quantities" is invalid: [status.allocatable.pods: Invalid '
+                                                 'value: "-2500m": must be greater than or equal to 0, '
+                                                 'status.allocatable.pods: Invalid value: "-2500m": must be an '
+                                                 'integer]')
+    status, refused = api.call("PUT", f"{NODES}/quantities/status",
+                               shown | {"status": shown["status"] | {"capacity": {"cpu": "two"}}})
+    assert (status, refused["message"]) == (400, 'Node in version "v1" cannot be handled as a Node: quantities must '
+                                                 "match the regular expression "
+                                                 "'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'")
+    for text, canonical in (("2000m", "2"), ("0.1", "100m"), ("1024Ki", "1Mi"), ("1025Ki", "1025Ki"),
+                            ("512Ki", "512Ki"), ("0.5Ki", "512"), ("1e3", "1e3"), ("10000", "10k"), ("1n", "1n")):
+        assert kube.quantity(text) == canonical, text
+
+
+def test_reregistering_a_node_clears_its_extended_resources(api):
+    _, node = api.call("POST", "/_testenv/nodes", {"name": "again", "instance_type": "t3.medium"})
+    patch = [{"op": "add", "path": "/status/capacity/multus-ipmgr.io~1eni-ips", "value": "6"}]
+    api.call("PATCH", f"{NODES}/again/status", patch, JSON_PATCH)
+    api.call("PATCH", f"{NODES}/again", {"metadata": {"labels": {"added": "by-admin"}}}, MERGE)
+    before = api.call("GET", f"{NODES}/again")[1]
+    assert before["status"]["allocatable"]["multus-ipmgr.io/eni-ips"] == "6"
+    stream = Stream(api, f"{NODES}?watch=1&resourceVersion={version(before)}")
+    try:
+        status, fresh = api.call("POST", "/_testenv/nodes/again/reregister")
+        assert status == 200 and fresh["metadata"]["uid"] not in (node["metadata"]["uid"], before["metadata"]["uid"])
+        assert fresh["status"]["capacity"] == node["status"]["capacity"]
+        assert fresh["status"]["allocatable"] == node["status"]["allocatable"]
+        assert "added" not in fresh["metadata"]["labels"] and version(fresh) == version(before) + 2
+        events = [stream.next(), stream.next()]
+        assert [event["type"] for event in events] == ["DELETED", "ADDED"] and events[1]["object"] == fresh
+    finally:
+        stream.close()
+    assert api.call("GET", f"{NODES}/again") == (200, fresh)
+    status, refused = api.call("POST", "/_testenv/nodes/nowhere/reregister")
+    assert (status, refused) == (400, {"error": "reregister: no node nowhere"})
+
+
+def test_the_kubelets_update_can_lag(api):
+    api.call("POST", "/_testenv/nodes", {"name": "lagging"})
+    assert api.call("POST", "/_testenv/config", {"kubelet_sync_seconds": 0.5}) == (200, {})
+    try:
+        patch = [{"op": "add", "path": "/status/capacity/multus-ipmgr.io~1eni-ips", "value": "3"}]
+        started = time.monotonic()
+        api.call("PATCH", f"{NODES}/lagging/status", patch, JSON_PATCH)
+        assert "multus-ipmgr.io/eni-ips" not in api.call("GET", f"{NODES}/lagging")[1]["status"]["allocatable"]
+        while "multus-ipmgr.io/eni-ips" not in api.call("GET", f"{NODES}/lagging")[1]["status"]["allocatable"]:
+            assert time.monotonic() - started < 5
+            time.sleep(0.05)
+        assert time.monotonic() - started >= 0.45
+    finally:
+        api.call("POST", "/_testenv/config", {"kubelet_sync_seconds": 0})
+    assert api.call("POST", "/_testenv/config", {"kubelet_sync_seconds": -1})[0] == 400
+
+
+def nad(name: str, config, resource_name: str | None = None, **fields) -> dict:
+    annotations = {"k8s.v1.cni.cncf.io/resourceName": resource_name} if resource_name else {}
+    return {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": name, "annotations": annotations}, "spec": {"config": config}} | fields
+
+
+def test_network_attachment_definitions_are_created_listed_changed_and_deleted(api):
+    config = json.dumps({"cniVersion": "0.3.1", "type": "ipvlan", "master": "eth1", "ipam": {"type": "static"}})
+    status, made = api.call("POST", NADS, nad("ipvlan-wb", config, "multus-ipmgr.io/eni-ips",
+                                             status={"state": "ok"}, extra=True))
+    assert status == 201 and (made["kind"], made["apiVersion"]) == ("NetworkAttachmentDefinition",
+                                                                      "k8s.cni.cncf.io/v1")
+    assert made["spec"] == {"config": config} and made["metadata"]["generation"] == 1
+    assert "extra" not in made and made["status"] == {"state": "ok"}  # pruned to the schema
+    assert made["metadata"]["annotations"] == {"k8s.v1.cni.cncf.io/resourceName": "multus-ipmgr.io/eni-ips"}
+    assert api.call("GET", f"{NADS}/ipvlan-wb") == (200, made)
+    api.call("POST", "/api/v1/namespaces", {"metadata": {"name": "nets"}})
+    other = "/apis/k8s.cni.cncf.io/v1/namespaces/nets/network-attachment-definitions"
+    assert api.call("POST", other, nad("macvlan", "{}"))[0] == 201
+    _, listing = api.call("GET", "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions")
+    assert listing["kind"] == "NetworkAttachmentDefinitionList" and listing["apiVersion"] == "k8s.cni.cncf.io/v1"
+    assert [(item["metadata"]["namespace"], item["metadata"]["name"]) for item in listing["items"]] == [
+        ("default", "ipvlan-wb"), ("nets", "macvlan")]
+    assert names(api.call("GET", f"{other}?fieldSelector=metadata.name%3Dmacvlan")[1]["items"]) == ["macvlan"]
+    assert api.call("GET", f"{other}?fieldSelector=spec.config%3D%7B%7D")[0] == 400
+
+    status, refused = api.call("POST", NADS, nad("typed", 42))
+    assert (status, refused["message"]) == (
+        422, 'NetworkAttachmentDefinition.k8s.cni.cncf.io "typed" is invalid: spec.config: Invalid value: '
+             '"integer": spec.config in body must be of type string: "integer"')
+    assert refused["details"]["causes"][0]["reason"] == "FieldValueTypeInvalid"
+    status, refused = api.call("POST", NADS, {"metadata": {"name": "empty"}, "spec": {}})
+    assert (status, refused["message"]) == (
+        422, 'NetworkAttachmentDefinition.k8s.cni.cncf.io "empty" is invalid: spec.config: Required value')
+    status, refused = api.call("POST", NADS, {"metadata": {"name": "bare"}})
+    assert refused["message"].endswith('"bare" is invalid: spec: Required value')
+    assert api.call("POST", NADS, nad("ipvlan-wb", config))[1]["message"] == (
+        'network-attachment-definitions.k8s.cni.cncf.io "ipvlan-wb" already exists')
+
+    status, patched = api.call("PATCH", f"{NADS}/ipvlan-wb", {"spec": {"config": "{}"}}, MERGE)
+    assert status == 200 and patched["spec"]["config"] == "{}" and patched["metadata"]["generation"] == 2
+    status, labelled = api.call("PATCH", f"{NADS}/ipvlan-wb", {"metadata": {"labels": {"a": "b"}}}, MERGE)
+    assert status == 200 and labelled["metadata"]["generation"] == 2
+    status, refused = api.call("PUT", f"{NADS}/ipvlan-wb", nad("ipvlan-wb", config))
+    assert (status, refused["message"]) == (
+        422, 'network-attachment-definitions.k8s.cni.cncf.io "ipvlan-wb" is invalid: metadata.resourceVersion: '
+             "Invalid value: 0: must be specified for an update")
+    replaced = nad("ipvlan-wb", config)
+    replaced["metadata"]["resourceVersion"] = labelled["metadata"]["resourceVersion"]
+    status, updated = api.call("PUT", f"{NADS}/ipvlan-wb", replaced)
+    assert status == 200 and updated["spec"]["config"] == config and "status" not in updated
+    status, deleted = api.call("DELETE", f"{NADS}/ipvlan-wb")
+    assert (status, deleted["details"]) == (200, {"name": "ipvlan-wb", "group": "k8s.cni.cncf.io",
+                                                  "kind": "network-attachment-definitions",
+                                                  "uid": made["metadata"]["uid"]})
+    assert api.call("GET", f"{NADS}/ipvlan-wb")[1]["message"] == (
+        'network-attachment-definitions.k8s.cni.cncf.io "ipvlan-wb" not found')
+    assert [entry["kind"] for entry in api.writes()[-3:]] == ["NetworkAttachmentDefinition"] * 3
+
+
+AGENT = "system:serviceaccount:multus-ipmgr:multus-ipmgr-agent"
+
+
+def test_rbac_allows_exactly_what_the_rules_allow_and_denies_with_the_real_message(api):
+    api.call("POST", "/_testenv/nodes", {"name": "rbac-node"})
+    api.call("POST", "/_testenv/nodes", {"name": "rbac-other"})
+    api.call("POST", "/api/v1/namespaces", {"metadata": {"name": "multus"}})
+    rules = [{"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
+             {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"],
+              "resourceNames": ["rbac-node"]},
+             {"apiGroups": ["k8s.cni.cncf.io"], "resources": ["*"], "verbs": ["get", "list", "create"],
+              "namespace": "multus"}]
+    status, made = api.call("POST", "/_testenv/rbac", {"user": AGENT, "rules": rules})
+    assert status == 200 and made["user"] == AGENT and len(made["token"]) == 32
+    config = yaml.safe_load(Path(made["kubeconfig"]).read_text())
+    assert config["users"][0]["user"] == {"token": made["token"]}
+    assert config["clusters"][0]["cluster"]["server"] == api.endpoint
+    assert config["contexts"][0]["context"]["namespace"] == "multus-ipmgr"
+    token = made["token"]
+
+    def call(method: str, path: str, body=None, content_type: str = "application/json"):
+        return api.call(method, path, body, content_type, token)
+
+    def refusal(verb: str, what: str, resource: str, scope: str = "at the cluster scope", group: str = "") -> str:
+        return (f'{what} is forbidden: User "{AGENT}" cannot {verb} resource "{resource}" in API group "{group}" '
+                f"{scope}")
+
+    patch = [{"op": "add", "path": "/status/capacity/multus-ipmgr.io~1eni-ips", "value": "4"}]
+    assert call("PATCH", f"{NODES}/rbac-node/status", patch, JSON_PATCH)[0] == 200
+    assert call("PATCH", f"{NODES}/rbac-other/status", patch, JSON_PATCH)[0] == 200  # no resourceNames there
+    status, refused = call("PATCH", f"{NODES}/rbac-node", {"metadata": {"labels": {"a": "b"}}}, MERGE)
+    assert (status, refused["reason"], refused["message"], refused["details"]) == (
+        403, "Forbidden", refusal("patch", 'nodes "rbac-node"', "nodes"), {"name": "rbac-node", "kind": "nodes"})
+    assert call("GET", f"{NODES}/rbac-node")[0] == 200
+    assert call("GET", f"{NODES}/rbac-node/status")[1]["message"] == refusal("get", 'nodes "rbac-node"',
+                                                                              "nodes/status")
+    assert call("GET", f"{NODES}/rbac-other")[1]["message"] == refusal("get", 'nodes "rbac-other"', "nodes")
+    # resourceNames: a list or watch is allowed only when named by field selector.
+    status, listing = call("GET", f"{NODES}?fieldSelector=metadata.name%3Drbac-node")
+    assert status == 200 and names(listing["items"]) == ["rbac-node"]
+    status, refused = call("GET", NODES)
+    assert (status, refused["message"], refused["details"]) == (403, refusal("list", "nodes", "nodes"),
+                                                                {"kind": "nodes"})
+    assert call("GET", f"{NODES}?watch=1&timeoutSeconds=1")[1]["message"] == refusal("watch", "nodes", "nodes")
+    stream = Stream(api, f"{NODES}?watch=1&fieldSelector=metadata.name%3Drbac-node&resourceVersion=0", token)
+    assert stream.next()["object"]["metadata"]["name"] == "rbac-node"
+    stream.close()
+    # A Role's rules hold in its namespace only.
+    multus = "/apis/k8s.cni.cncf.io/v1/namespaces/multus/network-attachment-definitions"
+    assert call("POST", multus, nad("allowed", "{}"))[0] == 201
+    assert call("GET", f"{multus}/allowed")[0] == 200
+    assert call("DELETE", f"{multus}/allowed")[1]["message"] == refusal(
+        "delete", 'network-attachment-definitions.k8s.cni.cncf.io "allowed"', "network-attachment-definitions",
+        'in the namespace "multus"', "k8s.cni.cncf.io")
+    status, refused = call("POST", NADS, nad("elsewhere", "{}"))
+    assert (status, refused["message"]) == (403, refusal(
+        "create", "network-attachment-definitions.k8s.cni.cncf.io", "network-attachment-definitions",
+        'in the namespace "default"', "k8s.cni.cncf.io"))
+    assert call("GET", "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions")[0] == 403  # cluster-wide
+    assert call("GET", "/api/v1/namespaces/multus/secrets")[1]["message"] == refusal(
+        "list", "secrets", "secrets", 'in the namespace "multus"')
+    # Every authenticated user may get the discovery paths (not served here: 404), nothing else.
+    assert call("GET", "/version")[0] == 404
+    status, refused = call("GET", "/metrics")
+    assert (status, refused["message"], refused["details"]) == (
+        403, f'forbidden: User "{AGENT}" cannot get path "/metrics"', {})
+
+    denied = api.call("GET", "/_testenv/denied")[1]["denied"]
+    assert denied[0]["user"] == AGENT and (denied[0]["verb"], denied[0]["resource"], denied[0]["name"]) == (
+        "patch", "nodes", "rbac-node")
+    assert denied[-1]["message"] == refused["message"] and not denied[-1]["resourceRequest"]
+    writes = [entry for entry in api.writes() if entry["user"] == AGENT]
+    assert [(entry["verb"], entry["name"], entry["subresource"], entry["code"]) for entry in writes] == [
+        ("patch", "rbac-node", "status", 200), ("patch", "rbac-other", "status", 200),
+        ("patch", "rbac-node", None, 403), ("create", "allowed", None, 201), ("delete", "allowed", None, 403),
+        ("create", "elsewhere", None, 403)]
+    # Without a token, or with an unknown one, everything is allowed as before.
+    assert api.call("PATCH", f"{NODES}/rbac-node", {"metadata": {"labels": {"a": "b"}}}, MERGE)[0] == 200
+    assert api.call("GET", NODES, token="not-registered")[0] == 200
+    # Wildcards, */subresource, and a token registered again.
+    wide = [{"apiGroups": ["*"], "resources": ["*/status"], "verbs": ["*"]}]
+    assert api.call("POST", "/_testenv/rbac", {"user": "wide", "token": token, "rules": wide})[1]["token"] == token
+    assert call("GET", f"{NODES}/rbac-node/status")[0] == 200
+    assert call("GET", f"{NODES}/rbac-node")[1]["message"].startswith('nodes "rbac-node" is forbidden: User "wide"')
+    assert api.call("POST", "/_testenv/rbac", {"rules": []})[0] == 400

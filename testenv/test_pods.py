@@ -250,3 +250,56 @@ def test_a_pod_ip_is_reused_only_once_its_sandbox_is_gone(bed):
     bed.delete_pod_object(first)
     with pytest.raises(BedError, match="no pod first-holder"):
         bed.delete_pod_object(first)
+
+
+def node_links(netns: str) -> dict[str, dict]:
+    output = subprocess.run(["ip", "-n", netns, "-d", "-j", "addr"], capture_output=True, text=True, check=True).stdout
+    return {item["ifname"]: item for item in json.loads(output)}
+
+
+def routes_through(netns: str, devices: set[str]) -> list[dict]:
+    """The routes of every table of `netns` through `devices` (IPv4 and IPv6), but the
+    multicast route the kernel gives every IPv6 link that is up."""
+    found = []
+    for family in ("-4", "-6"):
+        argv = ["ip", "-n", netns, family, "-j", "route", "show", "table", "all"]
+        found += json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+    return [route for route in found if route.get("dev") in devices and route.get("type") != "multicast"]
+
+
+def test_each_attached_eni_is_a_link_of_its_node_with_its_mac_and_no_address(bed):
+    for name in ("node1", "node2"):
+        node = bed.node(name)
+        enis = bed.topology["nodes"][name]["enis"]
+        shown = node_links(node.netns)
+        # The primary ENI's link is the node's eth0: the bed's management veth, addresses and all.
+        assert enis[0]["interface"] == "eth0" and shown["eth0"]["linkinfo"]["info_kind"] == "veth"
+        assert node.address in {item["local"] for item in shown["eth0"]["addr_info"]}
+        others = {eni["interface"]: eni["mac"] for eni in enis[1:]}
+        assert list(others) == [f"eth{position}" for position in range(1, len(enis))]
+        for interface, mac in others.items():
+            assert shown[interface]["address"] == mac
+            assert shown[interface]["linkinfo"]["info_kind"] == "ifb"
+            assert "UP" in shown[interface]["flags"] and shown[interface]["addr_info"] == []
+        assert set(shown) - set(others) - {"lo", "eth0"} <= {link for link in shown if link.startswith("eni")}
+        assert routes_through(node.netns, set(others)) == []
+    # A pod's Multus interface carries the MAC of the node's link it stands for.
+    pod = bed.pod("node1", "on-eth3", [{"name": "net1", "eni": "eth3", "addresses": ["10.0.2.50/24"]}])
+    assert links(pod)["net1"]["address"] == node_links(bed.node("node1").netns)["eth3"]["address"]
+
+
+def test_an_eni_link_is_named_by_the_topology_or_else_by_its_position():
+    description = {"subnets": {"node": {"cidr": "10.0.0.0/24"}, "multus": {"cidr": "10.0.1.0/24"}},
+                   "nodes": {"node1": {"instance_type": "c5.4xlarge", "enis": [
+                       {"subnet": "node", "name": "ens5"}, {"subnet": "multus", "name": "ens6", "multus": True},
+                       {"subnet": "multus"}]}}}
+    with Bed(description) as bed:
+        enis = bed.topology["nodes"]["node1"]["enis"]
+        assert [(eni["name"], eni["interface"]) for eni in enis] == [("ens5", "eth0"), ("ens6", "ens6"),
+                                                                     ("eth2", "eth2")]
+        pod = bed.pod("node1", "named", [{"name": "net1", "eni": "ens6", "addresses": ["10.0.1.50/24"]}])
+        shown = node_links(bed.node("node1").netns)
+        assert {name: shown[name]["address"] for name in ("ens6", "eth2")} == {
+            "ens6": enis[1]["mac"], "eth2": enis[2]["mac"]}
+        assert "ens5" not in shown
+        assert links(pod)["net1"]["address"] == enis[1]["mac"]

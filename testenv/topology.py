@@ -5,11 +5,23 @@ The description is JSON (files in testenv/topologies/, or built by a test):
 
     {"vpc_cidr": "10.0.0.0/16",
      "subnets": {"node": {"cidr": "10.0.0.0/24"}, "multus1": {"cidr": "10.0.1.0/24", "ipv6": true}},
-     "nodes": {"node1": {"enis": [{"subnet": "node"}, {"subnet": "multus1", "multus": true}]}}}
+     "nodes": {"node1": {"instance_type": "c5.4xlarge",
+                         "enis": [{"subnet": "node"}, {"subnet": "multus1", "multus": true}]}}}
+
+A node may name its `instance_type` (default m5.large), any type of moto's copy of EC2's
+DescribeInstanceTypes data (moto/ec2/resources/instance_types.json.gz): it sets the addresses
+each of its ENIs may hold (testenv/ec2.py) and how many ENIs it may have. A description whose
+node has more ENIs than its type's `NetworkInfo.MaximumNetworkInterfaces`, or more on a
+network card than that card's `MaximumNetworkInterfaces` (EC2 user guide, "Maximum number of
+network interfaces" and "Network cards"; EC2 answers AttachmentLimitExceeded), is refused
+before anything is made, as is an unknown type.
 
 Each node's first ENI is the instance's primary ENI (device 0). An ENI may say:
 
-* `name`: how pods and tests refer to it (default `eth<position>`, as the node names it);
+* `name`: how pods and tests refer to it, and the name of its link in the node's namespace
+  (default `eth<position>`, as Amazon Linux names the node's interfaces; testenv/pods.py):
+  up to 15 characters of letters, digits, `_`, `.` and `-`, one per ENI of the node, and not
+  `eth0` or `lo` but for the primary ENI (whose link is the node's `eth0` whatever its name);
 * `multus: true`: a Multus ENI, tagged `node.k8s.amazonaws.com/no_manage=true` as the EKS
   Multus guide tells operators to do (the VPC CNI then leaves it alone);
 * `vpc_cni: true`: an ENI the VPC CNI created for its own pods: description `aws-K8S-<instance>`
@@ -24,22 +36,38 @@ Each node's first ENI is the instance's primary ENI (device 0). An ENI may say:
   attaches them on multi-card instances).
 
 Primary and generated addresses are handed out from .10 up in each subnet; tests use .50 up.
+
+The answer gives each node its `instance_id`, `instance_type`, `availability_zone`,
+`eni_ipv4_limit` and `eni_ipv6_limit` (its type's addresses per ENI, primary included) and
+its `enis`, each with its `name`, `interface` (its link in the node's namespace: `eth0` for
+the primary ENI, else its name), `id`, `mac`, `card`, `device_index`, `subnet`,
+`primary_ip`, `secondary_ips`, prefixes, `tags` and `description`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from pathlib import Path
 
 import boto3
+from moto.ec2.models.instance_types import INSTANCE_TYPES
 
-from testenv.ec2 import CREDENTIALS, State
+from testenv.ec2 import CREDENTIALS, State, instance_type_limits
+from testenv.pods import PodError
 
 TOPOLOGIES = Path(__file__).parent / "topologies"
 NO_MANAGE_TAG = "node.k8s.amazonaws.com/no_manage"
 VPC_CNI_INSTANCE_TAG = "node.k8s.amazonaws.com/instance_id"
 VPC_CNI_DESCRIPTION = "aws-K8S-"
+DEFAULT_INSTANCE_TYPE = "m5.large"
+# A link name the kernel takes (IFNAMSIZ: 15 characters) and `ip` reads as a name.
+LINK_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,14}")
+
+
+class TopologyError(PodError):
+    """A description the bed cannot build (HTTP 400, as a refused pod request)."""
 
 
 def load(name: str) -> dict:
@@ -52,10 +80,54 @@ def eni_spec(spec: str | dict, position: int) -> dict:
     """The long form of one ENI of a node description."""
     spec = {"subnet": spec} if isinstance(spec, str) else dict(spec)
     spec.setdefault("name", f"eth{position}")
+    spec["interface"] = spec["name"] if position else "eth0"
     spec["tags"] = dict(spec.get("tags", {}))
     if spec.get("multus"):
         spec["tags"].setdefault(NO_MANAGE_TAG, "true")
     return spec
+
+
+def check(description: dict) -> None:
+    """Refuses a description the bed cannot build, before anything is made: an unknown
+    instance type, more ENIs than the type takes (in all, or on one network card), ENI names
+    that cannot be the node's links, an ENI in no subnet of the description."""
+    subnets = description.get("subnets", {})
+    for node, node_spec in description.get("nodes", {}).items():
+        instance_type = node_spec.get("instance_type", DEFAULT_INSTANCE_TYPE)
+        if instance_type not in INSTANCE_TYPES:
+            raise TopologyError(f"node {node}: EC2 has no instance type {instance_type!r}")
+        network = INSTANCE_TYPES[instance_type]["NetworkInfo"]
+        specs = [eni_spec(spec, position) for position, spec in enumerate(node_spec.get("enis", []))]
+        if not specs:
+            raise TopologyError(f"node {node}: no ENI (the first is the instance's primary ENI)")
+        if len(specs) > network["MaximumNetworkInterfaces"]:
+            raise TopologyError(
+                f"node {node}: {len(specs)} ENIs, but a {instance_type} takes at most "
+                f"{network['MaximumNetworkInterfaces']} (MaximumNetworkInterfaces; EC2 answers "
+                "AttachmentLimitExceeded): name a larger instance_type")
+        cards = {card["NetworkCardIndex"]: card["MaximumNetworkInterfaces"] for card in network.get("NetworkCards", [])}
+        for card in sorted({spec.get("card", 0) for spec in specs}):
+            on_card = sum(spec.get("card", 0) == card for spec in specs)
+            if card not in cards:
+                raise TopologyError(f"node {node}: a {instance_type} has no network card {card} "
+                                    f"(MaximumNetworkCards {network.get('MaximumNetworkCards', 1)})")
+            if on_card > cards[card]:
+                raise TopologyError(f"node {node}: {on_card} ENIs on network card {card}, but that card of a "
+                                    f"{instance_type} takes at most {cards[card]} (AttachmentLimitExceeded)")
+        names = [spec["name"] for spec in specs]
+        for position, spec in enumerate(specs):
+            name = spec["name"]
+            if not isinstance(name, str) or not LINK_NAME.fullmatch(name):
+                raise TopologyError(f"node {node}: ENI name {name!r} cannot name a link (up to 15 letters, "
+                                    "digits, '_', '.', '-')")
+            if position and name in ("eth0", "lo"):
+                raise TopologyError(f"node {node}: ENI {position} cannot be named {name}: the node's {name} "
+                                    "is another link (eth0: the primary ENI's)")
+            if spec.get("subnet") not in subnets:
+                raise TopologyError(f"node {node}: ENI {name} is in no subnet of the topology ({spec.get('subnet')!r})")
+        for name in names:
+            if names.count(name) > 1:
+                raise TopologyError(f"node {node}: two ENIs named {name}")
 
 
 class Builder:
@@ -75,6 +147,7 @@ class Builder:
         return str(address)
 
     def build(self, description: dict) -> dict:
+        check(description)
         vpc = self.ec2.create_vpc(CidrBlock=description.get("vpc_cidr", "10.0.0.0/16"),
                                   AmazonProvidedIpv6CidrBlock=True)["Vpc"]
         vpc_ipv6 = ipaddress.ip_network(self.ec2.describe_vpcs(VpcIds=[vpc["VpcId"]])["Vpcs"][0]
@@ -95,7 +168,8 @@ class Builder:
         specs = [eni_spec(spec, position) for position, spec in enumerate(node_spec["enis"])]
         primary, *others = specs
         instance = self.ec2.run_instances(
-            ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType=node_spec.get("instance_type", "m5.large"),
+            ImageId="ami-12c6146b", MinCount=1, MaxCount=1,
+            InstanceType=node_spec.get("instance_type", DEFAULT_INSTANCE_TYPE),
             SubnetId=self.subnets[primary["subnet"]]["id"],
             PrivateIpAddress=self.address(primary["subnet"]))["Instances"][0]
         instance_id = instance["InstanceId"]
@@ -135,12 +209,14 @@ class Builder:
             if prefixes[6]:
                 self.ec2.assign_ipv6_addresses(NetworkInterfaceId=eni_id, Ipv6Prefixes=prefixes[6])
             eni = self.state.backend.get_network_interface(eni_id)
-            enis.append({"name": spec["name"], "id": eni_id, "mac": eni.mac_address, "card": getattr(eni, "network_card_index", 0),
+            enis.append({"name": spec["name"], "interface": spec["interface"], "id": eni_id, "mac": eni.mac_address, "card": getattr(eni, "network_card_index", 0),
                          "device_index": eni.device_index, "subnet": spec["subnet"], "primary_ip": eni.private_ip_address,
                          "secondary_ips": secondary, "ipv4_prefixes": prefixes[4],
                          "ipv6_prefixes": prefixes[6], "tags": tags, "description": eni.description or ""})
+        limits = instance_type_limits(instance["InstanceType"])
         return {"instance_id": instance_id, "instance_type": instance["InstanceType"],
-                "availability_zone": instance["Placement"]["AvailabilityZone"], "enis": enis}
+                "availability_zone": instance["Placement"]["AvailabilityZone"],
+                "eni_ipv4_limit": limits[4], "eni_ipv6_limit": limits[6], "enis": enis}
 
     def prefixes(self, spec: dict, version: int) -> list[str]:
         """The ENI's prefixes: as listed, or that many taken from the upper half of its subnet

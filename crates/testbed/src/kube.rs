@@ -3,7 +3,11 @@
 //! (a webhook's CA and serving certificate, its `caBundle`) under the real API server's
 //! write rules: 409 Conflict on a stale `resourceVersion`, validation, merge and JSON
 //! patches, no new version for a write that changes nothing; and it reads back every write
-//! request and its outcome. testenv/kube.py documents each rule and its source.
+//! request and its outcome. Nodes ([`KubeApi::add_node`]) take status writes, with a kubelet
+//! that copies extended resources from `status.capacity` to `status.allocatable`, and can be
+//! re-registered; NetworkAttachmentDefinitions are served as their CRD; a token registered
+//! with RBAC rules ([`KubeApi::kubeconfig_with_rules`]) is authorized as RBAC does it.
+//! testenv/kube.py documents each rule and its source.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
@@ -24,6 +28,35 @@ pub const JSON: &str = "application/json";
 pub const MERGE_PATCH: &str = "application/merge-patch+json";
 /// The content type of a JSON patch (RFC 6902).
 pub const JSON_PATCH: &str = "application/json-patch+json";
+/// The annotation of a NetworkAttachmentDefinition naming the device plugin resource its
+/// pods need (Multus' `k8s.v1.cni.cncf.io/resourceName`).
+pub const RESOURCE_NAME: &str = "k8s.v1.cni.cncf.io/resourceName";
+
+/// The path of the NetworkAttachmentDefinitions of `namespace`.
+pub fn nads_path(namespace: &str) -> String {
+    format!("/apis/k8s.cni.cncf.io/v1/namespaces/{namespace}/network-attachment-definitions")
+}
+
+/// A NetworkAttachmentDefinition `namespace/name` whose `spec.config` is `config_json` (the
+/// CNI configuration, as text), with the [`RESOURCE_NAME`] annotation when `resource_name`
+/// is given.
+pub fn nad_object(
+    namespace: &str,
+    name: &str,
+    config_json: &str,
+    resource_name: Option<&str>,
+) -> Value {
+    let mut metadata = json!({"name": name, "namespace": namespace});
+    if let Some(resource) = resource_name {
+        metadata["annotations"] = json!({ RESOURCE_NAME: resource });
+    }
+    json!({
+        "apiVersion": "k8s.cni.cncf.io/v1",
+        "kind": "NetworkAttachmentDefinition",
+        "metadata": metadata,
+        "spec": {"config": config_json},
+    })
+}
 
 /// The API server, started on a free port of 127.0.0.1 with only the system namespaces
 /// (`default`, `kube-node-lease`, `kube-public`, `kube-system`); stopped, and its kubeconfig
@@ -121,7 +154,7 @@ impl KubeApi {
     }
 
     /// The next `count` writes of `kind` (`Secret`, `MutatingWebhookConfiguration`,
-    /// `Namespace`) are answered 409 Conflict, as if another writer had just changed the
+    /// `Namespace`, `Node`, `NetworkAttachmentDefinition`) are answered 409 Conflict, as if another writer had just changed the
     /// object; 0 clears it.
     pub fn conflicts(&self, kind: &str, count: u32) {
         let fault = json!({"conflicts": {"kind": kind, "count": count}});
@@ -129,12 +162,128 @@ impl KubeApi {
         assert_eq!(status, 200, "the conflicts fault: {answer}");
     }
 
+    /// A Node `name` of `instance_type` (`m5.large`...), as its kubelet registers it: its
+    /// capacity and allocatable (cpu, memory, pods...) are an EKS node's of that type. The
+    /// Node (ADDED).
+    pub fn add_node(&self, name: &str, instance_type: &str) -> Value {
+        let request = json!({"name": name, "instance_type": instance_type});
+        let (status, node) = self.post("/_testenv/nodes", JSON, &request);
+        assert_eq!(status, 200, "node {name}: {node}");
+        node
+    }
+
+    /// Node `name` as the API serves it now.
+    pub fn node_object(&self, name: &str) -> Value {
+        let (status, node) = self.get(&format!("/api/v1/nodes/{name}"));
+        assert_eq!(status, 200, "node {name}: {node}");
+        node
+    }
+
+    /// The kubelet registers Node `name` anew (its object deleted and created again): DELETED,
+    /// then ADDED with a new uid and only what the kubelet reports, so without the extended
+    /// resources of its capacity and allocatable. The new Node.
+    pub fn reregister_node(&self, name: &str) -> Value {
+        let (status, node) = self.post(
+            &format!("/_testenv/nodes/{name}/reregister"),
+            JSON,
+            &json!({}),
+        );
+        assert_eq!(status, 200, "re-registering {name}: {node}");
+        node
+    }
+
+    /// After a write to a Node, its kubelet's status update (which copies extended resources
+    /// from capacity to allocatable) comes `lag` later; zero (the default): at once, before
+    /// the write is answered.
+    pub fn kubelet_lag(&self, lag: Duration) {
+        let config = json!({"kubelet_sync_seconds": lag.as_secs_f64()});
+        let (status, answer) = self.post("/_testenv/config", JSON, &config);
+        assert_eq!(status, 200, "the kubelet's lag: {answer}");
+    }
+
+    /// Creates NetworkAttachmentDefinition `namespace/name` ([`nad_object`]); the object.
+    pub fn create_nad(
+        &self,
+        namespace: &str,
+        name: &str,
+        config_json: &str,
+        resource_name: Option<&str>,
+    ) -> Value {
+        let nad = nad_object(namespace, name, config_json, resource_name);
+        let (status, made) = self.post(&nads_path(namespace), JSON, &nad);
+        assert_eq!(status, 201, "NetworkAttachmentDefinition {name}: {made}");
+        made
+    }
+
+    /// Registers a bearer token for `user` (e.g.
+    /// `system:serviceaccount:multus-ipmgr:multus-ipmgr-agent`) allowed what `rules` allow: a
+    /// JSON list of RBAC PolicyRules (`apiGroups`, `resources` such as `nodes/status`,
+    /// `resourceNames`, `verbs`, `nonResourceURLs`), each with `namespace` for a Role's rule.
+    /// `{"token", "user", "kubeconfig"}`.
+    pub fn register_rules(&self, user: &str, rules: &Value) -> Value {
+        let (status, answer) = self.post(
+            "/_testenv/rbac",
+            JSON,
+            &json!({"user": user, "rules": rules}),
+        );
+        assert_eq!(status, 200, "RBAC for {user}: {answer}");
+        answer
+    }
+
+    /// A kubeconfig for the server whose user is `user` with only `rules`
+    /// ([`KubeApi::register_rules`]): its requests bear the token (`token:`), and are
+    /// answered 403 Forbidden, as RBAC words it, beyond the rules. Removed when the server
+    /// stops.
+    pub fn kubeconfig_with_rules(&self, user: &str, rules: &Value) -> PathBuf {
+        PathBuf::from(
+            self.register_rules(user, rules)["kubeconfig"]
+                .as_str()
+                .expect("kubeconfig"),
+        )
+    }
+
+    /// `method path` bearing `token` (`Authorization: Bearer`), with `body` as its content
+    /// type: the status and the JSON answer.
+    pub fn request_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &Value)>,
+    ) -> (u16, Value) {
+        self.request_with(
+            &[("Authorization", &format!("Bearer {token}"))],
+            method,
+            path,
+            body,
+        )
+    }
+
+    /// Every request RBAC denied so far, oldest first: `{"time", "user", "verb", "path",
+    /// "apiGroup", "resource", "subresource", "namespace", "name", "message"}`.
+    pub fn denied(&self) -> Vec<Value> {
+        let (status, answer) = self.get("/_testenv/denied");
+        assert_eq!(status, 200, "the denials: {answer}");
+        answer["denied"].as_array().expect("denied").clone()
+    }
+
     fn request(&self, method: &str, path: &str, body: Option<(&str, &Value)>) -> (u16, Value) {
+        self.request_with(&[], method, path, body)
+    }
+
+    fn request_with(
+        &self,
+        headers: &[(&str, &str)],
+        method: &str,
+        path: &str,
+        body: Option<(&str, &Value)>,
+    ) -> (u16, Value) {
         let data = body.map(|(content_type, value)| (content_type, value.to_string().into_bytes()));
-        let (status, answer) = http_request(
+        let (status, answer) = http_request_with(
             &self.endpoint,
             method,
             path,
+            headers,
             data.as_ref()
                 .map(|(content_type, bytes)| (*content_type, bytes.as_slice())),
         );
@@ -166,6 +315,17 @@ pub fn http_request(
     path: &str,
     body: Option<(&str, &[u8])>,
 ) -> (u16, Vec<u8>) {
+    http_request_with(endpoint, method, path, &[], body)
+}
+
+/// [`http_request`] with more `headers` (name, value).
+pub fn http_request_with(
+    endpoint: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &[u8])>,
+) -> (u16, Vec<u8>) {
     let authority = endpoint
         .strip_prefix("http://")
         .unwrap_or_else(|| panic!("{endpoint} is not an http:// URL"))
@@ -182,6 +342,9 @@ pub fn http_request(
     );
     if let Some((content_type, _)) = body {
         head.push_str(&format!("Content-Type: {content_type}\r\n"));
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
     stream

@@ -224,6 +224,7 @@ pub struct PodSpec {
     network_status: bool,
     ipv6: bool,
     pod_ip: Option<String>,
+    containers: Option<Value>,
 }
 
 impl PodSpec {
@@ -239,6 +240,7 @@ impl PodSpec {
             network_status: true,
             ipv6: false,
             pod_ip: None,
+            containers: None,
         }
     }
 
@@ -280,6 +282,13 @@ impl PodSpec {
         self
     }
 
+    /// With these containers in its object (`spec.containers` as admitted, e.g. with the
+    /// requests a webhook added); one `app` container otherwise.
+    pub fn containers(mut self, containers: Value) -> Self {
+        self.containers = Some(containers);
+        self
+    }
+
     /// With pod IP `ip` (of the bed's pod ranges, held by no live pod): a reused address,
     /// e.g. the one of an object [`TestBed::delete_pod_keeping_object`] kept.
     pub fn pod_ip(mut self, ip: &str) -> Self {
@@ -301,6 +310,9 @@ impl PodSpec {
         });
         if let Some(ip) = &self.pod_ip {
             value["pod_ip"] = json!(ip);
+        }
+        if let Some(containers) = &self.containers {
+            value["containers"] = containers.clone();
         }
         value
     }
@@ -610,6 +622,97 @@ impl TestBed {
             "kube/faults",
             json!({"unavailable_seconds": duration.as_secs_f64()}),
         );
+    }
+
+    /// One request to the API server as a client in the bed makes it (not a watch), bearing
+    /// `token` when given: `method path` (with its query) and `body` as `content_type`. The
+    /// status and the JSON answer (a `v1` Status when refused).
+    pub fn kube_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let request = json!({"method": method, "path": path, "content_type": content_type,
+                             "body": body, "token": token});
+        let mut answer = self.control("POST", "kube/request", request);
+        let status = answer["status"].as_u64().expect("status");
+        (
+            u16::try_from(status).expect("HTTP status"),
+            answer["body"].take(),
+        )
+    }
+
+    /// Node `name` as the API server serves it now (its `status.capacity` and
+    /// `status.allocatable` an EKS node's of its instance type, and what writers added).
+    pub fn node_object(&mut self, name: &str) -> Value {
+        let (status, node) = self.kube_request(
+            "GET",
+            &format!("/api/v1/nodes/{name}"),
+            kube::JSON,
+            None,
+            None,
+        );
+        assert_eq!(status, 200, "node {name}: {node}");
+        node
+    }
+
+    /// The kubelet registers Node `name` anew (its object deleted and created again): DELETED,
+    /// then ADDED with a new uid and only what the kubelet reports, so without the extended
+    /// resources of its capacity and allocatable. The new Node.
+    pub fn reregister_node(&mut self, name: &str) -> Value {
+        self.control("POST", &format!("kube/nodes/{name}/reregister"), json!({}))
+    }
+
+    /// After a write to a Node, its kubelet's status update (which copies extended resources
+    /// from capacity to allocatable) comes `lag` later; zero (the default): at once, before
+    /// the write is answered.
+    pub fn kubelet_lag(&mut self, lag: Duration) {
+        self.control(
+            "POST",
+            "kube/config",
+            json!({"kubelet_sync_seconds": lag.as_secs_f64()}),
+        );
+    }
+
+    /// Creates NetworkAttachmentDefinition `namespace/name` (its namespace must exist) with
+    /// `config_json` as its `spec.config` and `resource_name` as its
+    /// `k8s.v1.cni.cncf.io/resourceName` annotation; the object.
+    pub fn create_nad(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        config_json: &str,
+        resource_name: Option<&str>,
+    ) -> Value {
+        let nad = kube::nad_object(namespace, name, config_json, resource_name);
+        let path = kube::nads_path(namespace);
+        let (status, made) = self.kube_request("POST", &path, kube::JSON, Some(&nad), None);
+        assert_eq!(status, 201, "NetworkAttachmentDefinition {name}: {made}");
+        made
+    }
+
+    /// Registers a bearer token for `user` allowed what `rules` allow (a JSON list of RBAC
+    /// PolicyRules, each with `namespace` for a Role's rule; [`KubeApi::register_rules`]):
+    /// `{"token", "user", "kubeconfig"}`.
+    pub fn register_rules(&mut self, user: &str, rules: &Value) -> Value {
+        self.control("POST", "kube/rbac", json!({"user": user, "rules": rules}))
+    }
+
+    /// A kubeconfig for the bed's API server like [`TestBed::kubeconfig`] but whose user is
+    /// `user` with only `rules` (a bearer token, `token:`); requests beyond the rules are
+    /// answered 403 Forbidden as RBAC words it. Removed when the bed stops.
+    pub fn kubeconfig_with_rules(&mut self, user: &str, rules: &Value) -> PathBuf {
+        PathBuf::from(text(&self.register_rules(user, rules)["kubeconfig"]))
+    }
+
+    /// Every request RBAC denied so far, oldest first: `{"time", "user", "verb", "path",
+    /// "apiGroup", "resource", "subresource", "namespace", "name", "message"}`.
+    pub fn kube_denied(&mut self) -> Vec<Value> {
+        let answer = self.control("GET", "kube/denied", Value::Null);
+        answer["denied"].as_array().expect("denied").clone()
     }
 
     /// The host network of `node` (made on first use).

@@ -34,6 +34,10 @@ use crate::netlink;
 /// first round, the instance type's limit, the Node).
 const RETRY: Duration = Duration::from_secs(5);
 
+/// Failed checks in a row tried again after [`RETRY`]; later ones wait the whole period
+/// (a missing permission does not fix itself within seconds).
+const QUICK_RETRIES: u32 = 3;
+
 /// What the advertiser works from.
 pub(super) struct Advertiser {
     /// The Node to write.
@@ -60,16 +64,25 @@ impl Advertiser {
         let client = client(&self.client).await;
         let mut per_interface = None;
         let mut last_unadvertised = BTreeSet::new();
+        let mut failures = 0;
         loop {
             let next = match self
                 .check(&client, &mut per_interface, &mut last_unadvertised)
                 .await
             {
-                Ok(()) => self.period,
+                Ok(()) => {
+                    failures = 0;
+                    self.period
+                }
                 Err(error) => {
+                    failures += 1;
                     tracing::warn!(node = self.node_name, %error, "cannot advertise the node's Multus address capacity; trying again");
                     self.metrics.error("capacity");
-                    RETRY.min(self.period)
+                    if failures <= QUICK_RETRIES {
+                        RETRY.min(self.period)
+                    } else {
+                        self.period
+                    }
                 }
             };
             tokio::time::sleep(next).await;

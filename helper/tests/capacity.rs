@@ -1,0 +1,233 @@
+//! The node's Multus address capacity on the emulated cluster: the real agent on nodes of
+//! two instance types advertises each Multus ENI's secondary IPv4 capacity as
+//! `multus-ipmgr.io/<interface>` on its Node, under exactly the RBAC of its ClusterRole
+//! (manifests/agent/rbac.yaml, enforced by the bed's API server), puts it back after the
+//! kubelet registered the node afresh, and counts the addresses no request accounts for.
+//! Every test needs root.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::agents::{METRICS, agent_helper, agent_with, bystander};
+use ipmgr_testbed::{Background, Interface, Node, PodSpec, TestBed, Topology, finish};
+use serde::Deserialize as _;
+use serde_json::{Value, json};
+
+/// The user the agent's requests come from, as its ServiceAccount's token names it.
+const AGENT_USER: &str = "system:serviceaccount:multus-ipmgr:ipmgr-agent";
+
+/// node1 an m5.large (10 IPv4 addresses an ENI), node2 a c5.4xlarge (30), each with one
+/// Multus ENI `eth1`; node2's second Multus ENI `eth2` has one delegated /28 prefix.
+fn two_instance_types() -> TestBed {
+    TestBed::start(Topology::Inline(json!({
+        "description": "An m5.large and a c5.4xlarge, each with a Multus ENI eth1; the c5.4xlarge's eth2 has a prefix.",
+        "vpc_cidr": "10.0.0.0/16",
+        "subnets": {"node": {"cidr": "10.0.0.0/24"}, "multus": {"cidr": "10.0.1.0/24"}},
+        "nodes": {
+            "node1": {"instance_type": "m5.large", "enis": [
+                {"subnet": "node"}, {"subnet": "multus", "multus": true}]},
+            "node2": {"instance_type": "c5.4xlarge", "enis": [
+                {"subnet": "node"}, {"subnet": "multus", "multus": true},
+                {"subnet": "multus", "multus": true, "ipv4_prefixes": 1}]},
+        },
+    })))
+}
+
+/// The rules of the agent's ClusterRole as the repository ships it.
+fn agent_rules() -> Value {
+    let path = ipmgr_testbed::repo_root().join("manifests/agent/rbac.yaml");
+    let text = std::fs::read_to_string(&path).expect("manifests/agent/rbac.yaml");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|document| Value::deserialize(document).expect("YAML"))
+        .find(|document| document["kind"] == "ClusterRole")
+        .map(|role| role["rules"].clone())
+        .expect("the agent's ClusterRole")
+}
+
+/// The agent on `node` as the DaemonSet runs it, but with the API server reached as its
+/// ServiceAccount with only its ClusterRole's rules, and checking the Node every second.
+fn agent_under_rbac(bed: &mut TestBed, node: &str) -> (Background, Node, PathBuf) {
+    let kubeconfig = bed.kubeconfig_with_rules(AGENT_USER, &agent_rules());
+    let kubeconfig = kubeconfig.to_str().expect("UTF-8 path").to_owned();
+    bystander(bed, node);
+    agent_with(
+        bed,
+        node,
+        &[("KUBECONFIG", &kubeconfig), ("IPMGR_CAPACITY_SECONDS", "1")],
+    )
+}
+
+/// The Node's `status.<field>` as strings.
+fn resources(node: &Value, field: &str) -> BTreeMap<String, String> {
+    node["status"][field]
+        .as_object()
+        .map(|map| {
+            map.iter()
+                .map(|(name, value)| (name.clone(), value.as_str().unwrap_or_default().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The agent's resources among `resources`.
+fn ours(resources: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    resources
+        .iter()
+        .filter(|(name, _)| name.starts_with("multus-ipmgr.io/"))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
+/// Waits until Node `name` advertises `expected` in both capacity and allocatable.
+fn wait_advertised(
+    bed: &mut TestBed,
+    name: &str,
+    expected: &[(&str, &str)],
+    log: &PathBuf,
+) -> Value {
+    let expected: BTreeMap<String, String> = expected
+        .iter()
+        .map(|(resource, value)| ((*resource).to_owned(), (*value).to_owned()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let node = bed.node_object(name);
+        let capacity = ours(&resources(&node, "capacity"));
+        if capacity == expected && ours(&resources(&node, "allocatable")) == expected {
+            return node;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Node {name} advertises {capacity:?}, not {expected:?}: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The value of the agent's gauge `name` for `resource`, if it has one.
+fn gauge(node: &Node, name: &str, resource: &str) -> Option<f64> {
+    let metrics = ipmgr_testbed::http_get(node, &format!("http://{METRICS}/metrics"));
+    let series = format!("{name}{{resource=\"{resource}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map(|value| value.trim().parse().expect("a number"))
+}
+
+#[test]
+#[ignore = "needs root: pods are network namespaces"]
+fn each_multus_eni_is_advertised_by_its_instance_types_limit_and_put_back_after_reregistration() {
+    let mut bed = two_instance_types();
+    let before: Vec<Value> = ["node1", "node2"].map(|name| bed.node_object(name)).into();
+    let (_agent1, node1, log1) = agent_under_rbac(&mut bed, "node1");
+    let (_agent2, _node2, log2) = agent_under_rbac(&mut bed, "node2");
+
+    // m5.large: 10 less the primary. c5.4xlarge: 30 less the primary, and one less for the
+    // prefix on eth2.
+    let small = wait_advertised(&mut bed, "node1", &[("multus-ipmgr.io/eth1", "9")], &log1);
+    let large = wait_advertised(
+        &mut bed,
+        "node2",
+        &[
+            ("multus-ipmgr.io/eth1", "29"),
+            ("multus-ipmgr.io/eth2", "28"),
+        ],
+        &log2,
+    );
+    // Nothing else of the Node changed: the kubelet's own resources are as they were.
+    for (node, before) in [(&small, &before[0]), (&large, &before[1])] {
+        for field in ["capacity", "allocatable"] {
+            let mut now = resources(node, field);
+            now.retain(|name, _| !name.starts_with("multus-ipmgr.io/"));
+            assert_eq!(now, resources(before, field), "{field}");
+        }
+    }
+    assert_eq!(
+        gauge(
+            &node1,
+            "ipmgr_agent_multus_capacity",
+            "multus-ipmgr.io/eth1"
+        ),
+        Some(9.0)
+    );
+
+    // The kubelet registers node1 afresh: no extended resource; the agent puts it back.
+    let fresh = bed.reregister_node("node1");
+    assert!(ours(&resources(&fresh, "capacity")).is_empty(), "{fresh}");
+    let started = Instant::now();
+    wait_advertised(&mut bed, "node1", &[("multus-ipmgr.io/eth1", "9")], &log1);
+    eprintln!(
+        "advertised again {:?} after the node registered afresh",
+        started.elapsed()
+    );
+
+    // Everything the agents asked was within their ClusterRole; their only writes were
+    // patches of their own Node's status.
+    assert_eq!(bed.kube_denied(), Vec::<Value>::new());
+    let writes = bed.control("GET", "kube/writes", Value::Null);
+    let agents: Vec<&Value> = writes["writes"]
+        .as_array()
+        .expect("writes")
+        .iter()
+        .filter(|write| write["user"] == AGENT_USER)
+        .collect();
+    assert!(!agents.is_empty());
+    for write in agents {
+        assert_eq!(
+            (&write["verb"], &write["kind"], &write["subresource"]),
+            (&json!("patch"), &json!("Node"), &json!("status")),
+            "{write}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: pods are network namespaces"]
+fn addresses_no_request_accounts_for_are_counted() {
+    let mut bed = two_instance_types();
+    let (_agent, node, log) = agent_under_rbac(&mut bed, "node1");
+    wait_advertised(&mut bed, "node1", &[("multus-ipmgr.io/eth1", "9")], &log);
+    let one = json!([{"name": "app", "image": "app", "resources": {
+        "requests": {"multus-ipmgr.io/eth1": "1"}, "limits": {"multus-ipmgr.io/eth1": "1"}}}]);
+    // Two pods the webhook gave a request, one on a network whose NAD names no resource.
+    let pods = [
+        ("requested-a", "10.0.1.50", Some(&one)),
+        ("requested-b", "10.0.1.51", Some(&one)),
+        ("unrequested", "10.0.1.52", None),
+    ];
+    for (name, address, containers) in pods {
+        let mut spec = PodSpec::new("node1", name).interfaces(&[Interface::on_eni(
+            "net1",
+            "eth1",
+            &[&format!("{address}/24")],
+        )]);
+        if let Some(containers) = containers {
+            spec = spec.containers(containers.clone());
+        }
+        let pod = bed.create_pod(&spec);
+        let (output, stderr, _) = finish(agent_helper(&bed, &pod, &node, &["init"]));
+        assert!(output.status.success(), "{stderr}");
+    }
+    // Instance metadata shows the three addresses, the pods' requests account for two.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let unaccounted = gauge(
+            &node,
+            "ipmgr_agent_multus_addresses_unaccounted",
+            "multus-ipmgr.io/eth1",
+        );
+        if unaccounted == Some(1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "unaccounted {unaccounted:?}: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
