@@ -358,8 +358,13 @@ def run(check_results: bool = False, quiet: bool = False, images: bool | None = 
                       "the agents enter pod namespaces with CAP_SYS_ADMIN alone", out)
 
         out.step("The webhook Deployment's container (manifests/base), certificate from ipmgr-webhook certs")
+        # The demo's webhook has no API server to read NetworkAttachmentDefinitions from (the
+        # samples' networks name no resource): resource requests off.
+        webhook_settings = {"IPMGR_NETWORK_RESOURCES": "false"}
+        if not agent_backend:
+            webhook_settings["IPMGR_HELPER_BACKEND"] = "direct"
         webhook = Webhook(world, f"{IMAGES}/ipmgr-webhook:{tag}", f"{IMAGES}/ipmgr-helper:{tag}",
-                          f"{IMAGES}/ipmgr-pod:{tag}", {} if agent_backend else {"IPMGR_HELPER_BACKEND": "direct"})
+                          f"{IMAGES}/ipmgr-pod:{tag}", webhook_settings)
         out.line(f"  https://127.0.0.1:{webhook.port} as {SERVICE_NAME}, ready; helper backend: {backend}")
 
         out.step("Admitting the sample busybox pods as the API server would")

@@ -1,11 +1,17 @@
 //! `admission.k8s.io/v1` AdmissionReview in, AdmissionReview out: a pure function of the
-//! request body and the injector settings.
+//! request body, the injector settings and, for an injection, the NetworkAttachmentDefinitions
+//! the pod's networks name, which the caller reads in between ([`Reviewed::Pending`]).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use ipmgr_injector::{Decision, HelperSettings, Mode, PodTemplate, SkipReason, excerpt, plan};
+use ipmgr_injector::{
+    Decision, DenyReason, HelperSettings, Injection, Mode, NamedDefinition, NetworkDefinitions,
+    PodTemplate, SkipReason, excerpt, plan,
+};
 use json_patch::jsonptr::Pointer;
 use serde::{Deserialize, Serialize};
+
+use crate::network_definitions::UnreadableDefinition;
 
 /// What happened to one admission request; the label set of the requests metric.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -17,9 +23,32 @@ pub enum Outcome {
     /// Allowed unchanged without a decision: not a Pod CREATE, or a Pod it cannot read.
     Ignored(IgnoreReason),
     /// The pod was refused.
-    Denied,
+    Denied(Denial),
     /// The request could not be read (answered with HTTP 400).
     Error,
+}
+
+/// Why a pod was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Denial {
+    /// Its annotations (or its volumes) ask for something invalid.
+    InvalidAnnotation,
+    /// Its first container sets a `multus-ipmgr.io/` request or limit that is not a quantity.
+    InvalidResources,
+    /// One of its networks names a NetworkAttachmentDefinition that does not exist.
+    DefinitionMissing,
+    /// A NetworkAttachmentDefinition it names could not be read.
+    DefinitionUnreadable,
+}
+
+impl From<&DenyReason> for Denial {
+    fn from(reason: &DenyReason) -> Self {
+        match reason {
+            DenyReason::MissingNetworkDefinition(_) => Denial::DefinitionMissing,
+            DenyReason::InvalidNetworkRequest(_) => Denial::InvalidResources,
+            _ => Denial::InvalidAnnotation,
+        }
+    }
 }
 
 /// Why a request was allowed without looking at the pod's annotations.
@@ -41,12 +70,12 @@ impl Outcome {
             Outcome::Injected(_) => "injected",
             Outcome::Skipped(_) => "skipped",
             Outcome::Ignored(_) => "ignored",
-            Outcome::Denied => "denied",
+            Outcome::Denied(_) => "denied",
             Outcome::Error => "error",
         }
     }
 
-    /// Metric label `reason` (mode for injections, skip reason for skips).
+    /// Metric label `reason` (mode for injections, skip reason for skips, cause for denials).
     pub fn reason(&self) -> &'static str {
         match self {
             Outcome::Injected(mode) => mode.as_str(),
@@ -54,7 +83,10 @@ impl Outcome {
             Outcome::Ignored(IgnoreReason::NotAPod) => "not_a_pod",
             Outcome::Ignored(IgnoreReason::NotACreate) => "not_a_create",
             Outcome::Ignored(IgnoreReason::UnreadablePod) => "unreadable_pod",
-            Outcome::Denied => "invalid_annotation",
+            Outcome::Denied(Denial::InvalidAnnotation) => "invalid_annotation",
+            Outcome::Denied(Denial::InvalidResources) => "invalid_resources",
+            Outcome::Denied(Denial::DefinitionMissing) => "network_definition_missing",
+            Outcome::Denied(Denial::DefinitionUnreadable) => "network_definition_unreadable",
             Outcome::Error => "bad_request",
         }
     }
@@ -182,6 +214,8 @@ struct Request<O> {
     uid: Short,
     kind: GroupKind,
     #[serde(default)]
+    namespace: Option<Short>,
+    #[serde(default)]
     operation: Option<Short>,
     #[serde(default)]
     sub_resource: Option<Short>,
@@ -235,7 +269,60 @@ impl<'de> Deserialize<'de> for Short {
 /// An object skipped without being kept ([`serde::de::IgnoredAny`]).
 type Skipped = serde::de::IgnoredAny;
 
-/// Answers one AdmissionReview body.
+/// The answer to one AdmissionReview body, or the injection that waits for the
+/// NetworkAttachmentDefinitions its pod's networks name.
+#[derive(Debug)]
+pub enum Reviewed {
+    /// The answer.
+    Answered(ReviewResponse, Outcome),
+    /// Read [`Pending::definitions`], then [`Pending::finish`].
+    Pending(Pending),
+}
+
+/// An injection whose `multus-ipmgr.io/` resource requests depend on the
+/// NetworkAttachmentDefinitions its pod's networks name.
+#[derive(Debug)]
+pub struct Pending {
+    uid: String,
+    namespace: String,
+    injection: Injection,
+    definitions: Vec<NamedDefinition>,
+}
+
+impl Pending {
+    /// The definitions to read.
+    pub fn definitions(&self) -> &[NamedDefinition] {
+        &self.definitions
+    }
+
+    /// The answer, given the definitions of [`Pending::definitions`] that exist, or the
+    /// first one that could not be read; `None`: the injection without network requests
+    /// (`--network-resources=false`).
+    pub fn finish(
+        self,
+        read: Option<Result<NetworkDefinitions, UnreadableDefinition>>,
+    ) -> (ReviewResponse, Outcome) {
+        let answer = AdmissionAnswer::allow(self.uid);
+        let mut injection = self.injection;
+        let (answer, outcome) = match read {
+            None => inject(answer, &injection),
+            Some(Ok(definitions)) => {
+                match injection.add_network_requests(&self.namespace, &definitions) {
+                    Ok(()) => inject(answer, &injection),
+                    Err(reason) => deny(answer, &reason, Denial::from(&reason)),
+                }
+            }
+            Some(Err(unreadable)) => deny(answer, &unreadable, Denial::DefinitionUnreadable),
+        };
+        (ReviewResponse::new(answer), outcome)
+    }
+}
+
+/// The namespace of a request without one (the API server always sends it for a Pod).
+const DEFAULT_NAMESPACE: &str = "default";
+
+/// Answers one AdmissionReview body; an injection waits for the definitions its pod's
+/// networks name ([`Reviewed::Pending`]).
 ///
 /// The body is read once as a [`Review`] with the pod read into a [`PodTemplate`]. Only when
 /// that fails is it read a second time, as its envelope alone (uid, kind, operation,
@@ -243,16 +330,18 @@ type Skipped = serde::de::IgnoredAny;
 /// with a warning, anything else that is not an AdmissionReview gets an error. Neither read
 /// keeps more than the few values the decision needs, so the memory a request costs is a
 /// small multiple of its body, whatever the body holds. Only a Pod CREATE is mutated.
-pub fn review(
-    body: &[u8],
-    settings: &HelperSettings,
-) -> Result<(ReviewResponse, Outcome), ReviewError> {
+pub fn review(body: &[u8], settings: &HelperSettings) -> Result<Reviewed, ReviewError> {
     let (answer, outcome) = match serde_json::from_slice::<Review<PodTemplate>>(body) {
         Ok(review) => {
             let request = checked(review)?;
             let target = target(&request);
+            let namespace = request
+                .namespace
+                .map_or_else(|| DEFAULT_NAMESPACE.to_owned(), |short| short.text);
             match (target, request.object) {
-                (Ok(()), Some(pod)) => answer_pod(request.uid.text, &pod, settings),
+                (Ok(()), Some(pod)) => {
+                    return Ok(answer_pod(request.uid.text, namespace, &pod, settings));
+                }
                 (Ok(()), None) => ignore(request.uid.text, IgnoreReason::NotAPod, "got no object"),
                 (Err((reason, why)), _) => ignore(request.uid.text, reason, &why),
             }
@@ -272,7 +361,7 @@ pub fn review(
             }
         }
     };
-    Ok((ReviewResponse::new(answer), outcome))
+    Ok(Reviewed::Answered(ReviewResponse::new(answer), outcome))
 }
 
 /// The request of a v1 AdmissionReview, with a uid of sane length.
@@ -323,28 +412,47 @@ fn ignore(uid: String, reason: IgnoreReason, why: &str) -> (AdmissionAnswer, Out
     answer.warnings.push(format!("multus-ipmgr webhook {why}"));
     (answer, Outcome::Ignored(reason))
 }
+
 fn answer_pod(
     uid: String,
+    namespace: String,
     pod: &PodTemplate,
     settings: &HelperSettings,
-) -> (AdmissionAnswer, Outcome) {
-    let mut answer = AdmissionAnswer::allow(uid);
-    match plan(Pointer::root(), pod, settings) {
+) -> Reviewed {
+    let answer = AdmissionAnswer::allow(uid);
+    let (answer, outcome) = match plan(Pointer::root(), pod, settings) {
         Decision::Inject(injection) => {
-            let patch = serde_json::to_vec(&injection.patch)
-                .expect("a JSON Patch always serializes to JSON");
-            answer.patch = Some(BASE64.encode(patch));
-            answer.patch_type = Some("JSONPatch");
-            (answer, Outcome::Injected(injection.mode))
+            let definitions = injection.network_definitions(&namespace);
+            return Reviewed::Pending(Pending {
+                uid: answer.uid,
+                namespace,
+                injection,
+                definitions,
+            });
         }
         Decision::Skip(reason) => (answer, Outcome::Skipped(reason)),
-        Decision::Deny(reason) => {
-            answer.allowed = false;
-            answer.status = Some(AnswerStatus {
-                code: 403,
-                message: format!("multus-ipmgr: {reason}"),
-            });
-            (answer, Outcome::Denied)
-        }
-    }
+        Decision::Deny(reason) => deny(answer, &reason, Denial::from(&reason)),
+    };
+    Reviewed::Answered(ReviewResponse::new(answer), outcome)
+}
+
+fn inject(mut answer: AdmissionAnswer, injection: &Injection) -> (AdmissionAnswer, Outcome) {
+    let patch =
+        serde_json::to_vec(&injection.patch).expect("a JSON Patch always serializes to JSON");
+    answer.patch = Some(BASE64.encode(patch));
+    answer.patch_type = Some("JSONPatch");
+    (answer, Outcome::Injected(injection.mode))
+}
+
+fn deny(
+    mut answer: AdmissionAnswer,
+    reason: &dyn std::fmt::Display,
+    denial: Denial,
+) -> (AdmissionAnswer, Outcome) {
+    answer.allowed = false;
+    answer.status = Some(AnswerStatus {
+        code: 403,
+        message: format!("multus-ipmgr: {reason}"),
+    });
+    (answer, Outcome::Denied(denial))
 }

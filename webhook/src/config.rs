@@ -135,6 +135,23 @@ pub struct InjectionArgs {
     pub helper_metadata_retry_seconds: u64,
 }
 
+/// Whether injected pods request the `multus-ipmgr.io/` resources their networks need.
+#[derive(Args, Clone, Debug)]
+pub struct NetworkResourceArgs {
+    /// Give the first app container of an injected pod requests and equal limits of the
+    /// multus-ipmgr.io/<interface> resources its networks' NetworkAttachmentDefinitions name
+    /// (k8s.v1.cni.cncf.io/resourceName), for capacity-aware scheduling.
+    #[arg(
+        long,
+        env = "IPMGR_NETWORK_RESOURCES",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub network_resources: bool,
+}
+
 /// Parses the names of a [`Choice`], listing them in `--help`.
 fn choice<T: Choice + Send + Sync>() -> impl TypedValueParser<Value = T> {
     PossibleValuesParser::new(T::ALL.iter().map(|value| value.name()))
@@ -183,6 +200,15 @@ impl InjectionArgs {
         settings.validate()?;
         Ok(settings)
     }
+}
+
+/// A number of seconds, zero or more, fractions allowed (`0.5`).
+pub fn seconds_or_zero(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|seconds| *seconds >= 0.0)
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+        .ok_or_else(|| format!("{text:?} is not a number of seconds (examples: 30, 0.5, 0)"))
 }
 
 /// A positive number of seconds, fractions allowed (`0.5`).

@@ -11,11 +11,13 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use ipmgr_contract::LogArgs;
 use ipmgr_webhook::certs::{ServiceIdentity, write_for_kustomize};
-use ipmgr_webhook::config::{self, InjectionArgs};
-use ipmgr_webhook::managed::api::ApiClient;
+use ipmgr_webhook::config::{self, InjectionArgs, NetworkResourceArgs};
+use ipmgr_webhook::kube_api::ApiClient;
 use ipmgr_webhook::managed::args::ManagedArgs;
 use ipmgr_webhook::managed::store::KubeStore;
-use ipmgr_webhook::manifest::inject_yaml;
+use ipmgr_webhook::manifest::{ReportResult, inject_yaml};
+use ipmgr_webhook::network_definitions::ApiDefinitions;
+use ipmgr_webhook::network_definitions::files::DefinitionFiles;
 use ipmgr_webhook::server::{AppState, RequestLimits, ServeLimits, serve_tls};
 use ipmgr_webhook::tls::ServingCertificate;
 use tokio::net::TcpListener;
@@ -121,6 +123,14 @@ struct ServeArgs {
 
     #[command(flatten)]
     injection: InjectionArgs,
+
+    #[command(flatten)]
+    network: NetworkResourceArgs,
+
+    /// Seconds a NetworkAttachmentDefinition read from the API server is kept (0: read each
+    /// time); one that is missing is never kept.
+    #[arg(long, env = "IPMGR_NAD_CACHE_SECONDS", default_value = "30", value_parser = config::seconds_or_zero)]
+    nad_cache_seconds: Duration,
 }
 
 /// Where the serving certificate comes from.
@@ -140,6 +150,18 @@ struct InjectArgs {
 
     #[command(flatten)]
     injection: InjectionArgs,
+
+    #[command(flatten)]
+    network: NetworkResourceArgs,
+
+    /// Files (YAML or JSON) with the NetworkAttachmentDefinitions the pods' networks name,
+    /// for their resource requests (comma-separated in the env var); none: no requests.
+    #[arg(
+        long = "network-attachment-definitions",
+        env = "IPMGR_NETWORK_ATTACHMENT_DEFINITIONS",
+        value_delimiter = ','
+    )]
+    network_attachment_definitions: Vec<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -202,7 +224,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     let tls = certificate
         .server_config()
         .context("cannot build the TLS configuration")?;
-    let state = Arc::new(AppState::new(
+    let mut state = AppState::new(
         settings,
         Some(certificate.clone()),
         RequestLimits {
@@ -211,7 +233,19 @@ fn serve(args: ServeArgs) -> Result<()> {
             body_timeout: args.body_timeout_seconds,
             request_timeout: args.request_timeout_seconds,
         },
-    ));
+    );
+    if args.network.network_resources {
+        let client = ApiClient::from_environment().context(
+            "cannot configure the Kubernetes API for reading NetworkAttachmentDefinitions \
+             (--network-resources): give the webhook a service account token that may get \
+             them, or set --network-resources=false (IPMGR_NETWORK_RESOURCES)",
+        )?;
+        state = state.with_network_definitions(
+            Box::new(ApiDefinitions::new(client)),
+            args.nad_cache_seconds,
+        );
+    }
+    let state = Arc::new(state);
     let limits = ServeLimits {
         header_timeout: args.header_timeout_seconds,
         idle_timeout: args.idle_timeout_seconds,
@@ -291,10 +325,28 @@ fn inject(args: &InjectArgs) -> Result<()> {
         std::fs::read_to_string(&args.file)
     }
     .with_context(|| format!("cannot read {source}"))?;
-    let (output, reports) =
-        inject_yaml(&input, &settings).with_context(|| format!("cannot inject {source}"))?;
+    let definitions = match (
+        args.network.network_resources,
+        args.network_attachment_definitions.as_slice(),
+    ) {
+        (true, []) | (false, _) => None,
+        (true, paths) => Some(DefinitionFiles::read(paths)?),
+    };
+    let (output, reports) = inject_yaml(&input, &settings, definitions.as_ref())
+        .with_context(|| format!("cannot inject {source}"))?;
     for report in &reports {
         eprintln!("{report}");
+    }
+    let injected = reports
+        .iter()
+        .filter(|report| matches!(report.result, ReportResult::Injected(_)))
+        .count();
+    if args.network.network_resources && definitions.is_none() && injected > 0 {
+        eprintln!(
+            "note: no multus-ipmgr.io/ resource requests added to the {injected} injected \
+             workload(s): give the NetworkAttachmentDefinitions their networks name with \
+             --network-attachment-definitions FILE"
+        );
     }
     print!("{output}");
     Ok(())

@@ -1,12 +1,20 @@
 //! Offline injection into Kubernetes manifests (`ipmgr-webhook inject`), through the same
-//! [`ipmgr_injector::plan`] the webhook uses.
+//! [`ipmgr_injector::plan`] the webhook uses, with the network requests of the
+//! NetworkAttachmentDefinitions given in files.
 
 use std::fmt;
 
-use ipmgr_injector::{Decision, DenyReason, HelperSettings, Mode, PodTemplate, SkipReason, plan};
+use ipmgr_injector::{
+    Decision, DenyReason, HelperSettings, Mode, NamedDefinition, PodTemplate, SkipReason, plan,
+};
 use json_patch::jsonptr::{Pointer, PointerBuf};
 use serde::Deserialize as _;
 use serde_json::Value;
+
+use crate::network_definitions::files::DefinitionFiles;
+
+/// The namespace of an object that names none, as `kubectl apply` without `-n` gives it.
+const DEFAULT_NAMESPACE: &str = "default";
 
 /// What happened to one object of the input.
 #[derive(Clone, Debug, PartialEq)]
@@ -59,6 +67,18 @@ pub enum ManifestError {
         /// The parse error.
         source: serde_json::Error,
     },
+    /// A network names a definition the files do not hold.
+    #[error(
+        "{object}: {definition}, which is not in the --network-attachment-definitions files ({files}): add it to them or correct the annotation"
+    )]
+    MissingDefinition {
+        /// `kind/name`.
+        object: String,
+        /// The definition and the selection that names it (boxed: errors stay small).
+        definition: Box<NamedDefinition>,
+        /// The files, comma-separated.
+        files: String,
+    },
     /// The injector refused the pod template, as the webhook would deny the pod.
     #[error("{object}: {reason}")]
     Denied {
@@ -81,10 +101,12 @@ pub enum ManifestError {
 }
 
 /// Injects every workload in a multi-document YAML (or JSON) stream and returns the
-/// resulting YAML stream with one report per object.
+/// resulting YAML stream with one report per object; with `definitions`, injected pods get
+/// the requests of the `multus-ipmgr.io/` resources their networks need.
 pub fn inject_yaml(
     input: &str,
     settings: &HelperSettings,
+    definitions: Option<&DefinitionFiles>,
 ) -> Result<(String, Vec<Report>), ManifestError> {
     let mut output = String::new();
     let mut reports = Vec::new();
@@ -96,7 +118,7 @@ pub fn inject_yaml(
         if value.is_null() {
             continue;
         }
-        inject_object(&mut value, settings, &mut reports)?;
+        inject_object(&mut value, settings, definitions, &mut reports)?;
         if !output.is_empty() {
             output.push_str("---\n");
         }
@@ -125,6 +147,7 @@ fn template_pointer(kind: &str) -> Option<&'static str> {
 pub fn inject_object(
     value: &mut Value,
     settings: &HelperSettings,
+    definitions: Option<&DefinitionFiles>,
     reports: &mut Vec<Report>,
 ) -> Result<(), ManifestError> {
     let kind = value
@@ -139,7 +162,7 @@ pub fn inject_object(
             .into_iter()
             .flatten()
         {
-            inject_object(item, settings, reports)?;
+            inject_object(item, settings, definitions, reports)?;
         }
         return Ok(());
     }
@@ -163,7 +186,27 @@ pub fn inject_object(
         source,
     })?;
     let result = match plan(&pointer, &template, settings) {
-        Decision::Inject(injection) => {
+        Decision::Inject(mut injection) => {
+            if let Some(files) = definitions {
+                let namespace = value["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or(DEFAULT_NAMESPACE);
+                injection
+                    .add_network_requests(namespace, &files.definitions)
+                    .map_err(|reason| match reason {
+                        DenyReason::MissingNetworkDefinition(definition) => {
+                            ManifestError::MissingDefinition {
+                                object: object.clone(),
+                                definition,
+                                files: files.names(),
+                            }
+                        }
+                        reason => ManifestError::Denied {
+                            object: object.clone(),
+                            reason,
+                        },
+                    })?;
+            }
             json_patch::patch(value, &injection.patch.0).map_err(|source| {
                 ManifestError::Patch {
                     object: object.clone(),

@@ -54,6 +54,13 @@ struct StageLabels {
     stage: &'static str,
 }
 
+/// The label of a NetworkAttachmentDefinition read: `found`, `missing` or `error`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadLabels {
+    /// What the read found.
+    pub result: &'static str,
+}
+
 /// Request counters by outcome, a latency histogram of `/mutate`, and what the server holds
 /// (connections, requests, body bytes) and refuses (bodies too large, timeouts, shed load).
 #[derive(Debug)]
@@ -74,6 +81,10 @@ pub struct Metrics {
     timeouts: Family<StageLabels, Counter>,
     /// `notAfter` of the serving certificate, in seconds since the epoch.
     pub certificate_expiry: Gauge,
+    /// NetworkAttachmentDefinitions read from the API server, by result.
+    pub network_definition_reads: Family<ReadLabels, Counter>,
+    /// NetworkAttachmentDefinitions found in the cache.
+    pub network_definition_cache_hits: Counter,
 }
 
 impl Default for Metrics {
@@ -137,6 +148,18 @@ impl Default for Metrics {
             "notAfter of the serving certificate (seconds since the epoch)",
             &certificate_expiry,
         );
+        let network_definition_reads = Family::<ReadLabels, Counter>::default();
+        add(
+            "network_definition_reads",
+            "NetworkAttachmentDefinitions read from the API server, by result (found, missing, error)",
+            &network_definition_reads,
+        );
+        let network_definition_cache_hits = Counter::default();
+        add(
+            "network_definition_cache_hits",
+            "NetworkAttachmentDefinitions found in the cache (--nad-cache-seconds), not read",
+            &network_definition_cache_hits,
+        );
         Metrics {
             registry,
             requests,
@@ -148,6 +171,8 @@ impl Default for Metrics {
             shed_requests,
             timeouts,
             certificate_expiry,
+            network_definition_reads,
+            network_definition_cache_hits,
         }
     }
 }

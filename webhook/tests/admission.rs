@@ -273,3 +273,92 @@ async fn a_uid_longer_than_a_kubernetes_uid_is_refused_shortened() {
     assert!(text.len() < 512, "{} bytes", text.len());
     assert!(text.contains("3000000 bytes"), "{text}");
 }
+
+/// A source whose every read fails as a forbidden one does.
+#[derive(Debug)]
+struct Forbidden;
+
+impl ipmgr_webhook::network_definitions::DefinitionSource for Forbidden {
+    fn read<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: std::time::Duration,
+    ) -> ipmgr_webhook::network_definitions::Reading<'a> {
+        Box::pin(async {
+            Err(ipmgr_webhook::network_definitions::ReadError::Forbidden {
+                code: 403,
+                message: "forbidden by RBAC".to_owned(),
+            })
+        })
+    }
+}
+
+/// A router reading definitions from `source`.
+fn reading(source: Box<dyn ipmgr_webhook::network_definitions::DefinitionSource>) -> Router {
+    let state = common::app_state(common::settings(), MAX_BODY, None)
+        .with_network_definitions(source, std::time::Duration::from_secs(30));
+    router(std::sync::Arc::new(state))
+}
+
+async fn answer_for(app: &Router, networks: &str) -> Value {
+    let mut pod = common::multus_pod(json!({"k8s.v1.cni.cncf.io/networks": networks}));
+    pod["metadata"]["namespace"] = json!("apps");
+    let body = common::admission_review("nad", &pod, false).to_string();
+    let (status, text) = call(app, Method::POST, "/mutate", body).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    serde_json::from_str(&text).expect("JSON")
+}
+
+#[tokio::test]
+async fn a_missing_or_unreadable_definition_is_denied_naming_it_and_counted() {
+    let known = common::FixedDefinitions(
+        [(
+            ("apps".to_owned(), "eth1".to_owned()),
+            Some("multus-ipmgr.io/eth1".to_owned()),
+        )]
+        .into(),
+    );
+    let app = reading(Box::new(known));
+    let injected = answer_for(&app, "eth1").await;
+    assert_eq!(injected["response"]["allowed"], true, "{injected}");
+    let missing = answer_for(&app, "eth1, other/gone@net2").await;
+    assert_eq!(missing["response"]["allowed"], false);
+    assert_eq!(
+        missing["response"]["status"]["message"],
+        "multus-ipmgr: pod network \"other/gone@net2\" (k8s.v1.cni.cncf.io/networks selection 2) names NetworkAttachmentDefinition other/gone, which does not exist: create it or correct the annotation"
+    );
+    let (_, metrics) = call(&app, Method::GET, "/metrics", "").await;
+    for line in [
+        r#"ipmgr_webhook_admission_requests_total{outcome="denied",reason="network_definition_missing"} 1"#,
+        r#"ipmgr_webhook_network_definition_reads_total{result="found"} 1"#,
+        r#"ipmgr_webhook_network_definition_reads_total{result="missing"} 1"#,
+        "ipmgr_webhook_network_definition_cache_hits_total 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics}"
+        );
+    }
+
+    let app = reading(Box::new(Forbidden));
+    let unreadable = answer_for(&app, "eth1").await;
+    assert_eq!(unreadable["response"]["allowed"], false);
+    assert_eq!(
+        unreadable["response"]["status"]["message"],
+        "multus-ipmgr: pod network \"eth1\" (k8s.v1.cni.cncf.io/networks selection 1) names NetworkAttachmentDefinition apps/eth1, which the webhook cannot read: HTTP 403: forbidden by RBAC; grant the webhook get on network-attachment-definitions in k8s.cni.cncf.io (the chart does with webhook.networkResources), or turn the requests off with --network-resources=false"
+    );
+    // A pod the webhook does not inject reads nothing.
+    let skipped = answer_for(&app, "").await;
+    assert_eq!(skipped["response"]["allowed"], true);
+    let (_, metrics) = call(&app, Method::GET, "/metrics", "").await;
+    for line in [
+        r#"ipmgr_webhook_admission_requests_total{outcome="denied",reason="network_definition_unreadable"} 1"#,
+        r#"ipmgr_webhook_network_definition_reads_total{result="error"} 1"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics}"
+        );
+    }
+}

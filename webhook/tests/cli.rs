@@ -149,3 +149,166 @@ fn every_configmap_key_is_a_serve_setting() {
         );
     }
 }
+
+/// The golden flags of `inject` (the golden files were made with them).
+const GOLDEN_ARGS: [&str; 5] = [
+    "--helper-image=registry.example.com/ipmgr-helper:0.1.0",
+    "--pod-client-image=registry.example.com/ipmgr-pod:0.1.0",
+    "--helper-arg=--allow-cidr=10.10.1.0/24",
+    "--allow-image-override",
+    "--allowed-image-prefix=mirror.example.com/",
+];
+
+/// With the definitions, by flag or by its environment variable (comma-separated), the
+/// output is the golden file, requests included.
+#[rstest::rstest]
+#[case::flag(true)]
+#[case::environment(false)]
+fn inject_adds_the_requests_of_the_definitions_files(#[case] flag: bool) {
+    let definitions = common::test_path("golden/network-attachment-definitions.yaml");
+    let definitions = definitions.to_str().expect("UTF-8");
+    let input = std::fs::read_to_string(common::test_path(
+        "golden/input/pod-resources-other-namespace.yaml",
+    ))
+    .expect("input");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let more = dir.path().join("more.yaml");
+    std::fs::write(
+        &more,
+        "kind: NetworkAttachmentDefinition\nmetadata: {name: unused, namespace: other}\n",
+    )
+    .expect("file");
+    let both = format!("{definitions},{}", more.display());
+    let mut args = vec!["inject", "-f", "-"];
+    args.extend(GOLDEN_ARGS);
+    let flags = [
+        format!("--network-attachment-definitions={definitions}"),
+        format!("--network-attachment-definitions={}", more.display()),
+    ];
+    let env: Vec<(&str, &str)> = if flag {
+        args.extend(flags.iter().map(String::as_str));
+        Vec::new()
+    } else {
+        vec![("IPMGR_NETWORK_ATTACHMENT_DEFINITIONS", both.as_str())]
+    };
+    let output = run_with_env(&args, &env, &input);
+    let report = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{report}");
+    let golden = std::fs::read_to_string(common::test_path(
+        "golden/output/agent/pod-resources-other-namespace.yaml",
+    ))
+    .expect("golden");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), golden);
+    assert!(!report.contains("note:"), "{report}");
+}
+
+#[test]
+fn inject_without_definitions_adds_no_request_and_says_so() {
+    let input = std::fs::read_to_string(common::test_path(
+        "golden/input/pod-resources-one-network.yaml",
+    ))
+    .expect("input");
+    let output = run(&["inject", "-f", "-"], &input);
+    let report = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{report}");
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("multus-ipmgr.io/eth1"),
+        "no requests without definitions"
+    );
+    let notes: Vec<&str> = report.lines().filter(|l| l.starts_with("note:")).collect();
+    assert_eq!(
+        notes,
+        [
+            "note: no multus-ipmgr.io/ resource requests added to the 1 injected workload(s): give the NetworkAttachmentDefinitions their networks name with --network-attachment-definitions FILE"
+        ]
+    );
+    // Turned off: no requests and no note, even with files.
+    let definitions = common::test_path("golden/network-attachment-definitions.yaml");
+    let output = run(
+        &[
+            "inject",
+            "-f",
+            "-",
+            "--network-resources=false",
+            "--network-attachment-definitions",
+            definitions.to_str().expect("UTF-8"),
+        ],
+        &input,
+    );
+    let report = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{report}");
+    assert!(!report.contains("note:"), "{report}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("multus-ipmgr.io/eth1"));
+    // A pod without networks gets no note either.
+    let output = run(
+        &["inject", "-f", "-"],
+        &std::fs::read_to_string(common::test_path("golden/input/pod-no-networks.yaml"))
+            .expect("input"),
+    );
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("note:"));
+}
+
+#[test]
+fn inject_fails_naming_a_definition_missing_from_the_files() {
+    let definitions = common::test_path("golden/network-attachment-definitions.yaml");
+    let definitions = definitions.to_str().expect("UTF-8");
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: apps\n  annotations:\n    k8s.v1.cni.cncf.io/networks: eth1-net@net1\nspec:\n  containers: [{name: app, image: busybox}]\n";
+    let output = run(
+        &[
+            "inject",
+            "-f",
+            "-",
+            "--network-attachment-definitions",
+            definitions,
+        ],
+        pod,
+    );
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty(), "no output when it fails");
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        error.contains(&format!(
+            "pod/web: pod network \"eth1-net@net1\" (k8s.v1.cni.cncf.io/networks selection 1) names NetworkAttachmentDefinition apps/eth1-net, which is not in the --network-attachment-definitions files ({definitions}): add it to them or correct the annotation"
+        )),
+        "{error}"
+    );
+    let output = run(
+        &[
+            "inject",
+            "-f",
+            "-",
+            "--network-attachment-definitions",
+            "/nonexistent/nads.yaml",
+        ],
+        pod,
+    );
+    assert!(!output.status.success());
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        error.contains("cannot read /nonexistent/nads.yaml"),
+        "{error}"
+    );
+}
+
+/// `serve` reads definitions from the API server: without a way to reach it, it refuses to
+/// start, saying how to give it one or to turn the requests off.
+#[test]
+fn serve_without_an_api_configuration_refuses_to_start_saying_what_to_do() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ipmgr-webhook"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_clear()
+        .env("IPMGR_LOG_FORMAT", "text")
+        .stdin(Stdio::null())
+        .output()
+        .expect("binary runs");
+    assert!(!output.status.success());
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        error.contains("cannot configure the Kubernetes API for reading NetworkAttachmentDefinitions (--network-resources): give the webhook a service account token that may get them, or set --network-resources=false (IPMGR_NETWORK_RESOURCES)"),
+        "{error}"
+    );
+    assert!(
+        error.contains("KUBERNETES_SERVICE_HOST is not set"),
+        "{error}"
+    );
+}

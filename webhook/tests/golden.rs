@@ -1,6 +1,8 @@
 //! Golden files: for each helper backend, every input under `golden/input/` is injected
-//! offline and compared with `golden/output/<backend>/`; the output injected again must not
-//! change; and every Pod input sent as an AdmissionReview through the webhook router must
+//! offline, with the NetworkAttachmentDefinitions of
+//! `golden/network-attachment-definitions.yaml`, and compared with
+//! `golden/output/<backend>/`; the output injected again must not change; and every Pod input
+//! sent as an AdmissionReview through the webhook router, reading the same definitions, must
 //! give a patch that turns it into the same output. Set `UPDATE_GOLDEN=1` to rewrite the
 //! outputs after an intended change.
 
@@ -55,10 +57,11 @@ fn offline_injection_matches_the_golden_files_and_is_idempotent() {
 
 fn offline_injection_matches(backend: &str, settings: &ipmgr_injector::HelperSettings) {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let definitions = common::golden_definitions();
     for name in inputs() {
         let input = fs::read_to_string(common::test_path(&format!("golden/input/{name}")))
             .expect("input readable");
-        let (output, _) = inject_yaml(&input, settings).expect("input injects");
+        let (output, _) = inject_yaml(&input, settings, Some(&definitions)).expect("input injects");
         let golden_path = golden_path(backend, &name);
         if update {
             fs::create_dir_all(golden_path.parent().expect("a directory"))
@@ -76,7 +79,8 @@ fn offline_injection_matches(backend: &str, settings: &ipmgr_injector::HelperSet
             "{backend}/{name}: output differs from its golden file"
         );
 
-        let (again, reports) = inject_yaml(&output, settings).expect("output injects");
+        let (again, reports) =
+            inject_yaml(&output, settings, Some(&definitions)).expect("output injects");
         assert_eq!(
             again, output,
             "{backend}/{name}: injecting the output changed it"
@@ -99,11 +103,14 @@ async fn mutate(app: &axum::Router, review: &Value) -> Value {
 #[tokio::test]
 async fn the_webhook_patch_turns_each_pod_into_its_golden_output() {
     for (backend, flags) in common::BACKENDS {
-        let app = router(common::state_with(
-            common::golden_settings(flags),
-            1 << 20,
-            None,
-        ));
+        let state = common::app_state(common::golden_settings(flags), 1 << 20, None)
+            .with_network_definitions(
+                Box::new(common::FixedDefinitions(
+                    common::golden_definitions().definitions,
+                )),
+                std::time::Duration::from_secs(30),
+            );
+        let app = router(std::sync::Arc::new(state));
         let pods_checked = webhook_matches(&app, backend).await;
         assert!(
             pods_checked >= 20,

@@ -5,7 +5,9 @@
 //! the same bytes on every run (nothing random, nothing looked up: Argo CD and Flux render
 //! with `helm template`) and every rendered object passes `kubernetes-validate --strict`;
 //! managed, the default, renders the webhook's empty Secret, RBAC for exactly that Secret and
-//! its MutatingWebhookConfiguration, no caBundle, and egress to the API server; the removed
+//! its MutatingWebhookConfiguration, no caBundle, and egress to the API server; with
+//! webhook.networkResources, the default, every mode lets the webhook get
+//! NetworkAttachmentDefinitions, mount its token and reach the API server; the removed
 //! selfSigned fails naming its replacement; bad values fail with the schema's message; the
 //! chart's version and appVersion are the workspace version; every webhook setting the chart
 //! can write is one the webhook reads, with values it accepts.
@@ -136,6 +138,7 @@ webhook:
   nodeSelector: {kubernetes.io/os: linux}
   tolerations: [{key: dedicated, operator: Equal, value: system, effect: NoSchedule}]
   networkPolicy: {apiServerCIDRs: [10.0.0.0/28, 10.0.0.16/28], apiServerPort: 6443}
+  networkResources: false
   failurePolicy: Ignore
   timeoutSeconds: 3
   excludedNamespaces: [kube-system, monitoring]
@@ -339,6 +342,29 @@ impl Mode {
     fn every_setting(self) -> String {
         EVERY_SETTING.replacen("\ncerts:\n", &format!("\ncerts:\n{}", self.certs()), 1)
     }
+
+    /// The values that choose this mode, and webhook.networkResources `network_resources`
+    /// with the other `webhook` values of `webhook` (flow-style keys, or empty).
+    fn with(self, network_resources: bool, webhook: &str) -> String {
+        let mut keys = vec![format!("networkResources: {network_resources}")];
+        keys.extend((!webhook.is_empty()).then(|| webhook.to_owned()));
+        format!("{}webhook: {{{}}}\n", self.values(), keys.join(", "))
+    }
+}
+
+/// `values` (which set webhook.networkResources, or leave it to its default, true) with
+/// webhook.networkResources `network_resources`.
+fn with_network_resources(values: &str, network_resources: bool) -> String {
+    let set = format!("  networkResources: {network_resources}\n");
+    if values.contains("  networkResources: ") {
+        values
+            .replace("  networkResources: true\n", &set)
+            .replace("  networkResources: false\n", &set)
+    } else if network_resources {
+        values.to_owned()
+    } else {
+        format!("{values}webhook: {{networkResources: false}}\n")
+    }
 }
 
 fn base64_of(text: &str) -> String {
@@ -513,6 +539,7 @@ fn every_certificate_mode_renders_and_validates() {
 fn helm_template_renders_the_same_bytes_every_time(
     #[values(Mode::Managed, Mode::CertManager, Mode::ExistingSecret)] mode: Mode,
     #[values(false, true)] every_setting: bool,
+    #[values(false, true)] network_resources: bool,
 ) {
     let Some(helm) = helm() else {
         return;
@@ -523,6 +550,7 @@ fn helm_template_renders_the_same_bytes_every_time(
     } else {
         mode.values()
     };
+    let values = with_network_resources(&values, network_resources);
     let file = values_file(home.path(), "values.yaml", &values);
     let first = template(&helm, home.path(), &[&file]).expect("renders");
     let second = template(&helm, home.path(), &[&file]).expect("renders");
@@ -668,36 +696,34 @@ fn managed_is_the_default() {
     );
 }
 
-/// The managed webhook may get and patch its own Secret, get and update its own
-/// MutatingWebhookConfiguration, by name, and nothing else; the other modes have no RBAC.
+/// The webhook's RBAC, exactly: with managed it may get and patch its own Secret (Role) and
+/// get and update its own MutatingWebhookConfiguration (ClusterRole), by name; with
+/// networkResources, in every mode, get NetworkAttachmentDefinitions (ClusterRole); nothing
+/// else, and no RBAC at all when it calls no API.
 #[rstest]
-#[case::managed(Mode::Managed)]
-#[case::cert_manager(Mode::CertManager)]
-#[case::existing_secret(Mode::ExistingSecret)]
-fn the_managed_webhook_may_touch_only_its_secret_and_its_webhook_configuration(#[case] mode: Mode) {
+fn the_webhook_may_touch_only_what_it_reads_and_writes(
+    #[values(Mode::Managed, Mode::CertManager, Mode::ExistingSecret)] mode: Mode,
+    #[values(false, true)] network_resources: bool,
+) {
     let Some(helm) = helm() else {
         return;
     };
-    let objects = render(&helm, &mode.values());
-    let rbac_kinds = ["Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"];
-    if mode != Mode::Managed {
-        for kind in rbac_kinds {
-            assert!(
-                webhook_objects(&objects, kind).is_empty(),
-                "{mode:?}: the webhook calls no API, no {kind}"
-            );
-        }
-        return;
-    }
-    for kind in rbac_kinds {
+    let objects = render(&helm, &mode.with(network_resources, ""));
+    let managed = mode == Mode::Managed;
+    for (kind, expected) in [
+        ("Role", managed),
+        ("RoleBinding", managed),
+        ("ClusterRole", managed || network_resources),
+        ("ClusterRoleBinding", managed || network_resources),
+    ] {
         assert_eq!(
             webhook_objects(&objects, kind).len(),
-            1,
-            "one {kind} for the webhook"
+            usize::from(expected),
+            "{mode:?}, networkResources {network_resources}: {kind}"
         );
     }
     // Every Role and ClusterRole of the chart: the agent's (read-only, its own test) and
-    // the webhook's two.
+    // the webhook's.
     let roles: BTreeSet<String> = objects
         .iter()
         .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
@@ -709,46 +735,61 @@ fn the_managed_webhook_may_touch_only_its_secret_and_its_webhook_configuration(#
             )
         })
         .collect();
-    assert_eq!(
-        roles,
-        BTreeSet::from(
-            [
-                "ClusterRole/multus-ipmgr-agent",
-                "ClusterRole/multus-ipmgr-webhook",
-                "Role/ipmgr-webhook"
-            ]
-            .map(str::to_owned)
-        )
-    );
-    let secret = object(&objects, "Secret", "ipmgr-webhook-certs");
+    let mut expected_roles = BTreeSet::from(["ClusterRole/multus-ipmgr-agent".to_owned()]);
+    if managed || network_resources {
+        expected_roles.insert("ClusterRole/multus-ipmgr-webhook".to_owned());
+    }
+    if managed {
+        expected_roles.insert("Role/ipmgr-webhook".to_owned());
+    }
+    assert_eq!(roles, expected_roles);
     let configuration = object(&objects, "MutatingWebhookConfiguration", "multus-ipmgr");
-    let role = object(&objects, "Role", "ipmgr-webhook");
-    assert_eq!(role["metadata"]["namespace"], NAMESPACE);
-    assert_eq!(
-        role["rules"],
-        serde_json::json!([{
-            "apiGroups": [""],
-            "resources": ["secrets"],
-            "resourceNames": [secret["metadata"]["name"]],
-            "verbs": ["get", "patch"],
-        }]),
-        "the Role: its Secret, by name, get/patch only"
-    );
-    let cluster_role = object(&objects, "ClusterRole", "multus-ipmgr-webhook");
-    assert_eq!(
-        cluster_role["rules"],
-        serde_json::json!([{
+    let mut cluster_rules = Vec::new();
+    if managed {
+        let secret = object(&objects, "Secret", "ipmgr-webhook-certs");
+        let role = object(&objects, "Role", "ipmgr-webhook");
+        assert_eq!(role["metadata"]["namespace"], NAMESPACE);
+        assert_eq!(
+            role["rules"],
+            serde_json::json!([{
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "resourceNames": [secret["metadata"]["name"]],
+                "verbs": ["get", "patch"],
+            }]),
+            "the Role: its Secret, by name, get/patch only"
+        );
+        cluster_rules.push(serde_json::json!({
             "apiGroups": ["admissionregistration.k8s.io"],
             "resources": ["mutatingwebhookconfigurations"],
             "resourceNames": [configuration["metadata"]["name"]],
             "verbs": ["get", "update"],
-        }]),
-        "the ClusterRole: its MutatingWebhookConfiguration, by name, get/update only"
-    );
-    for (binding, kind, name) in [
-        ("RoleBinding", "Role", "ipmgr-webhook"),
-        ("ClusterRoleBinding", "ClusterRole", "multus-ipmgr-webhook"),
-    ] {
+        }));
+    }
+    if network_resources {
+        cluster_rules.push(serde_json::json!({
+            "apiGroups": ["k8s.cni.cncf.io"],
+            "resources": ["network-attachment-definitions"],
+            "verbs": ["get"],
+        }));
+    }
+    if !cluster_rules.is_empty() {
+        let cluster_role = object(&objects, "ClusterRole", "multus-ipmgr-webhook");
+        assert_eq!(
+            cluster_role["rules"],
+            Value::Array(cluster_rules),
+            "the ClusterRole: its MutatingWebhookConfiguration by name, get/update; \
+             NetworkAttachmentDefinitions, get"
+        );
+    }
+    let mut bindings = Vec::new();
+    if managed {
+        bindings.push(("RoleBinding", "Role", "ipmgr-webhook"));
+    }
+    if managed || network_resources {
+        bindings.push(("ClusterRoleBinding", "ClusterRole", "multus-ipmgr-webhook"));
+    }
+    for (binding, kind, name) in bindings {
         let binding = webhook_objects(&objects, binding)[0];
         assert_eq!(
             binding["roleRef"],
@@ -760,8 +801,18 @@ fn the_managed_webhook_may_touch_only_its_secret_and_its_webhook_configuration(#
             "bound to the webhook's ServiceAccount only"
         );
     }
-    // The names the webhook is told are the names it may touch.
     let env = webhook_env(&objects);
+    let config = object(&objects, "ConfigMap", "ipmgr-webhook-config");
+    assert_eq!(
+        config["data"]["IPMGR_NETWORK_RESOURCES"],
+        network_resources.to_string(),
+        "the webhook is told what it may read"
+    );
+    if !managed {
+        return;
+    }
+    // The names the webhook is told are the names it may touch.
+    let secret = object(&objects, "Secret", "ipmgr-webhook-certs");
     assert_eq!(
         env["IPMGR_CERT_SECRET"]["value"],
         secret["metadata"]["name"]
@@ -840,23 +891,28 @@ fn the_ca_bundle_per_mode(#[case] mode: Mode) {
     }
 }
 
-/// The webhook's pod: with managed, the ServiceAccount token (it calls the API), no TLS
-/// volume (it serves from memory) and the managed settings; otherwise no token, the
-/// mounted Secret and its paths. The ServiceAccount never automounts.
+/// The webhook's pod: with managed, no TLS volume (it serves from memory) and the managed
+/// settings; otherwise the mounted Secret and its paths. The ServiceAccount token only when
+/// it calls the API (managed, or networkResources); the ServiceAccount never automounts.
 #[rstest]
-#[case::managed(Mode::Managed)]
-#[case::cert_manager(Mode::CertManager)]
-#[case::existing_secret(Mode::ExistingSecret)]
-fn the_deployment_per_mode(#[case] mode: Mode) {
+fn the_deployment_per_mode(
+    #[values(Mode::Managed, Mode::CertManager, Mode::ExistingSecret)] mode: Mode,
+    #[values(false, true)] network_resources: bool,
+) {
     let Some(helm) = helm() else {
         return;
     };
-    let objects = render(&helm, &mode.values());
+    let objects = render(&helm, &mode.with(network_resources, ""));
     let account = object(&objects, "ServiceAccount", "ipmgr-webhook");
     assert_eq!(account["automountServiceAccountToken"], false);
     let deployment = object(&objects, "Deployment", "ipmgr-webhook");
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], "ipmgr-webhook");
+    assert_eq!(
+        pod["automountServiceAccountToken"],
+        mode == Mode::Managed || network_resources,
+        "the token only when the webhook calls the API"
+    );
     let container = &pod["containers"][0];
     let env = webhook_env(&objects);
     let field = |path: &str| serde_json::json!({"fieldRef": {"fieldPath": path}});
@@ -872,7 +928,6 @@ fn the_deployment_per_mode(#[case] mode: Mode) {
         "IPMGR_CERT_CHECK_SECONDS",
     ];
     if mode == Mode::Managed {
-        assert_eq!(pod["automountServiceAccountToken"], true);
         assert!(pod["volumes"].is_null(), "{}", pod["volumes"]);
         assert!(
             container["volumeMounts"].is_null(),
@@ -907,10 +962,6 @@ fn the_deployment_per_mode(#[case] mode: Mode) {
             );
         }
     } else {
-        assert_eq!(
-            pod["automountServiceAccountToken"], false,
-            "no API calls, no token"
-        );
         assert_eq!(env["IPMGR_CERTIFICATES"]["value"], "files");
         assert_eq!(
             env["IPMGR_TLS_CERT"]["value"],
@@ -938,22 +989,38 @@ fn the_deployment_per_mode(#[case] mode: Mode) {
     }
 }
 
-/// The webhook's egress: the API server (apiServerCIDRs, apiServerPort) with managed, where
-/// it keeps its certificates; nothing otherwise. Its ingress is the same in every mode.
+/// The webhook's egress: the API server (apiServerCIDRs, apiServerPort) when it calls it,
+/// with managed (its certificates) or networkResources (NetworkAttachmentDefinitions);
+/// nothing otherwise. Its ingress is the same in every mode.
 #[rstest]
-#[case::managed(Mode::Managed, "", Some(443))]
+#[case::managed(Mode::Managed, true, "", Some(443))]
+#[case::managed_alone(Mode::Managed, false, "", Some(443))]
 #[case::managed_port(
     Mode::Managed,
-    "webhook: {networkPolicy: {apiServerCIDRs: [10.0.0.0/28, 10.0.0.16/28], apiServerPort: 6443}}\n",
+    true,
+    "networkPolicy: {apiServerCIDRs: [10.0.0.0/28, 10.0.0.16/28], apiServerPort: 6443}",
     Some(6443)
 )]
-#[case::cert_manager(Mode::CertManager, "", None)]
-#[case::existing_secret(Mode::ExistingSecret, "", None)]
-fn the_network_policy_per_mode(#[case] mode: Mode, #[case] extra: &str, #[case] port: Option<u16>) {
+#[case::cert_manager(Mode::CertManager, true, "", Some(443))]
+#[case::cert_manager_alone(Mode::CertManager, false, "", None)]
+#[case::existing_secret(Mode::ExistingSecret, true, "", Some(443))]
+#[case::existing_secret_port(
+    Mode::ExistingSecret,
+    true,
+    "networkPolicy: {apiServerCIDRs: [10.0.0.0/28, 10.0.0.16/28], apiServerPort: 6443}",
+    Some(6443)
+)]
+#[case::existing_secret_alone(Mode::ExistingSecret, false, "", None)]
+fn the_network_policy_per_mode(
+    #[case] mode: Mode,
+    #[case] network_resources: bool,
+    #[case] extra: &str,
+    #[case] port: Option<u16>,
+) {
     let Some(helm) = helm() else {
         return;
     };
-    let objects = render(&helm, &format!("{}{extra}", mode.values()));
+    let objects = render(&helm, &mode.with(network_resources, extra));
     let policy = object(&objects, "NetworkPolicy", "ipmgr-webhook");
     let cidrs: Vec<&str> = if extra.is_empty() {
         vec!["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]

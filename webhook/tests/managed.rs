@@ -490,7 +490,7 @@ fn kubeconfig(dir: &std::path::Path, cluster: &str, user: &str) -> std::path::Pa
 
 #[tokio::test]
 async fn the_api_client_reads_its_token_file_for_every_call() {
-    use ipmgr_webhook::managed::api::ApiClient;
+    use ipmgr_webhook::kube_api::ApiClient;
     let dir = tempfile::tempdir().expect("tempdir");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -542,7 +542,7 @@ async fn the_api_client_reads_its_token_file_for_every_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_client_verifies_an_https_server_against_the_kubeconfig_ca() {
-    use ipmgr_webhook::managed::api::ApiClient;
+    use ipmgr_webhook::kube_api::ApiClient;
     let server = common::ServerProcess::start(&[]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = |ca_pem: &str| {
@@ -604,12 +604,9 @@ fn a_kubeconfig_the_client_cannot_use_is_refused_saying_why(
     #[case] reason: &str,
 ) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let error = ipmgr_webhook::managed::api::ApiClient::from_kubeconfig(&kubeconfig(
-        dir.path(),
-        cluster,
-        user,
-    ))
-    .expect_err("refused");
+    let error =
+        ipmgr_webhook::kube_api::ApiClient::from_kubeconfig(&kubeconfig(dir.path(), cluster, user))
+            .expect_err("refused");
     assert!(error.to_string().contains(reason), "{error}");
     assert!(
         error.to_string().contains("kubeconfig"),

@@ -15,7 +15,7 @@ mod pods;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use ipmgr_injector::{Backend, HelperSettings, managed_interfaces};
-use ipmgr_webhook::admission::review;
+use ipmgr_webhook::admission::{Reviewed, review};
 use pods::{ISTIO_INJECT, ISTIO_PORTS, LINKERD_PORTS, RESOURCE_KEYS, UNITS, pod};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -108,7 +108,11 @@ fn expected(pod: &Value, overrides: bool) -> Expected {
 
 fn answer(pod: &Value, uid: &str, settings: &HelperSettings) -> Value {
     let body = common::admission_review(uid, pod, false).to_string();
-    let (response, _) = review(body.as_bytes(), settings).expect("a well-typed review is answered");
+    let reviewed = review(body.as_bytes(), settings).expect("a well-typed review is answered");
+    let (response, _) = match reviewed {
+        Reviewed::Answered(response, outcome) => (response, outcome),
+        Reviewed::Pending(pending) => pending.finish(None),
+    };
     serde_json::to_value(&response).expect("the answer serializes")
 }
 

@@ -177,10 +177,12 @@ fn kustomize_builds_validate_and_carry_the_generated_certificate() {
         "- containerPort: 9472\n          name: pod-api\n",
         "automountServiceAccountToken: true\n",
         // Least privilege: pods and namespaces read-only, nodes listed (the holder of an
-        // address on another instance), nothing else.
+        // address on another instance), the nodes' status patched (the Multus address
+        // capacity), nothing else.
         "rules:\n- apiGroups:\n  - \"\"\n  resources:\n  - pods\n  verbs:\n  - get\n  - list\n  - watch\n\
          - apiGroups:\n  - \"\"\n  resources:\n  - namespaces\n  verbs:\n  - get\n  - list\n  - watch\n\
-         - apiGroups:\n  - \"\"\n  resources:\n  - nodes\n  verbs:\n  - list\n---",
+         - apiGroups:\n  - \"\"\n  resources:\n  - nodes\n  verbs:\n  - list\n\
+         - apiGroups:\n  - \"\"\n  resources:\n  - nodes/status\n  verbs:\n  - patch\n---",
     ] {
         assert!(
             agent_build.contains(part),

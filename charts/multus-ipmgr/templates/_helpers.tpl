@@ -58,3 +58,13 @@ the same bytes every time (webhook/tests/helm.rs).
 {{- end -}}
 {{- $certs.mode -}}
 {{- end }}
+
+{{/*
+Whether the webhook calls the Kubernetes API: in certs.mode managed (its Secret and caBundle),
+or with webhook.networkResources (NetworkAttachmentDefinitions). "true" or empty.
+*/}}
+{{- define "multus-ipmgr.webhookCallsApi" -}}
+{{- if or (eq (include "multus-ipmgr.certsMode" .) "managed") .Values.webhook.networkResources -}}
+true
+{{- end -}}
+{{- end }}

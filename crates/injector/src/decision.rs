@@ -7,11 +7,16 @@ use serde_json::Value;
 
 use crate::container::{ContainerSpec, run_volume};
 use crate::mesh::Mesh;
+use crate::network_resources::{
+    InvalidOwnQuantity, NamedDefinition, NetworkDefinitions, NetworkPlan, named_definitions,
+    network_requests,
+};
 use crate::networks::{ManagedInterfaces, parse_networks};
 use crate::settings::is_image_reference;
+use crate::template::AppContainers;
 use crate::{
-    Backend, HELPER_CONTAINER_NAME, HelperSettings, InvalidNetworks, Mode, PodTemplate, Quantity,
-    QuantityError, RUN_VOLUME_NAME, UnknownMode, annotations, excerpt,
+    Backend, HELPER_CONTAINER_NAME, HelperSettings, InvalidNetworks, Mode, NetworkSelection,
+    PodTemplate, Quantity, QuantityError, RUN_VOLUME_NAME, UnknownMode, annotations, excerpt,
 };
 
 /// What the injector does with one pod template.
@@ -32,6 +37,32 @@ pub struct Injection {
     pub mode: Mode,
     /// RFC 6902 operations, relative to the document the template pointer was given for.
     pub patch: Patch,
+    /// Where the pod's network requests come from and go.
+    networks: NetworkPlan,
+}
+
+impl Injection {
+    /// The NetworkAttachmentDefinitions the pod's networks name (a pod in `namespace`), whose
+    /// resourceName [`Injection::add_network_requests`] needs.
+    pub fn network_definitions(&self, namespace: &str) -> Vec<NamedDefinition> {
+        named_definitions(&self.networks.selections, namespace)
+    }
+
+    /// Adds to the patch the requests and limits of `multus-ipmgr.io/` resources the pod's
+    /// networks need ([`crate::RESOURCE_PREFIX`]), given the `definitions` they name (a
+    /// pod in `namespace`); refused when one is missing from `definitions`, or when the
+    /// first container sets one of them to something that is not a quantity.
+    pub fn add_network_requests(
+        &mut self,
+        namespace: &str,
+        definitions: &NetworkDefinitions,
+    ) -> Result<(), DenyReason> {
+        let requests = network_requests(&self.networks.selections, namespace, definitions)
+            .map_err(|missing| DenyReason::MissingNetworkDefinition(Box::new(missing)))?;
+        let operations = self.networks.operations(&requests)?;
+        self.patch.0.extend(operations);
+        Ok(())
+    }
 }
 
 /// Why a pod is left unchanged.
@@ -128,6 +159,13 @@ pub enum DenyReason {
         "the pod already has a volume named {RUN_VOLUME_NAME}, which the native-sidecar helper needs; rename it"
     )]
     VolumeNameTaken,
+    /// A network selection names a NetworkAttachmentDefinition that does not exist (boxed:
+    /// denials stay small).
+    #[error("{0}, which does not exist: create it or correct the annotation")]
+    MissingNetworkDefinition(Box<NamedDefinition>),
+    /// The first container sets a request or limit of our resources to a non-quantity.
+    #[error(transparent)]
+    InvalidNetworkRequest(#[from] InvalidOwnQuantity),
 }
 
 /// Decides the injection for one pod template.
@@ -137,10 +175,20 @@ pub enum DenyReason {
 /// arguments.
 pub fn plan(template: &Pointer, pod: &PodTemplate, settings: &HelperSettings) -> Decision {
     match candidate(pod, settings) {
-        Ok((mode, interfaces)) => match build_patch(template, mode, &interfaces, pod, settings) {
-            Ok(patch) => Decision::Inject(Injection { mode, patch }),
-            Err(reason) => Decision::Deny(reason),
-        },
+        Ok((mode, selections)) => {
+            let interfaces = ManagedInterfaces::of(&selections);
+            match build_patch(template, mode, &interfaces, pod, settings) {
+                Ok(patch) => Decision::Inject(Injection {
+                    mode,
+                    patch,
+                    networks: NetworkPlan {
+                        selections,
+                        container: first_container(template, pod),
+                    },
+                }),
+                Err(reason) => Decision::Deny(reason),
+            }
+        }
         Err(ModeDecision::Skip(reason)) => Decision::Skip(reason),
         Err(ModeDecision::Deny(reason)) => Decision::Deny(reason),
     }
@@ -151,11 +199,11 @@ enum ModeDecision {
     Deny(DenyReason),
 }
 
-/// The mode of a pod that gets the helper, and the interfaces it manages.
+/// The mode of a pod that gets the helper, and its network selections.
 fn candidate(
     pod: &PodTemplate,
     settings: &HelperSettings,
-) -> Result<(Mode, ManagedInterfaces), ModeDecision> {
+) -> Result<(Mode, Vec<NetworkSelection>), ModeDecision> {
     let networks = pod.annotation(annotations::NETWORKS).unwrap_or_default();
     if networks.trim().is_empty() {
         return Err(ModeDecision::Skip(SkipReason::NoMultusNetworks));
@@ -190,7 +238,19 @@ fn candidate(
         // `[]`: Multus attaches nothing.
         return Err(ModeDecision::Skip(SkipReason::NoMultusNetworks));
     }
-    Ok((mode, ManagedInterfaces::of(&selections)))
+    Ok((mode, selections))
+}
+
+/// The pointer of the first app container (before the helper is added) and its resources.
+fn first_container(
+    template: &Pointer,
+    pod: &PodTemplate,
+) -> Option<(PointerBuf, Option<crate::ContainerResources>)> {
+    let resources = pod
+        .app_containers()
+        .and_then(AppContainers::first_resources)?;
+    let path = child(&child(&child(template, "spec"), "containers"), "0");
+    Some((path, resources.cloned()))
 }
 
 fn build_patch(

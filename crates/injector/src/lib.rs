@@ -3,13 +3,17 @@
 //! Given a pod template (its metadata and spec) and the injection settings, [`plan`] decides
 //! whether the `aws-ip-mgmt` helper container is added and, if so, returns the RFC 6902 JSON
 //! Patch that adds it. There is no IO here: the admission webhook and the offline `inject`
-//! command both call [`plan`] and differ only in what they do with the patch.
+//! command both call [`plan`] and differ only in what they do with the patch. The requests
+//! of `multus-ipmgr.io/` resources the pod's networks need ([`RESOURCE_PREFIX`]) depend on
+//! the NetworkAttachmentDefinitions they name: the caller reads them and gives them to
+//! [`Injection::add_network_requests`].
 
 mod backend;
 mod container;
 mod decision;
 mod mesh;
 mod mode;
+mod network_resources;
 mod networks;
 mod quantity;
 mod settings;
@@ -20,6 +24,10 @@ pub use container::{HELPER_CONTAINER_NAME, RUN_VOLUME_NAME};
 pub use decision::{Decision, DenyReason, Injection, SkipReason, plan};
 pub use mesh::{Mesh, MeshExclusions};
 pub use mode::{Mode, UnknownMode};
+pub use network_resources::{
+    InvalidOwnQuantity, NamedDefinition, NetworkDefinitions, NetworkRequests,
+    RESOURCE_NAME_ANNOTATION, RESOURCE_PREFIX,
+};
 pub use networks::{
     InvalidNetworks, ManagedInterfaces, NetworkSelection, SelectionProblem, managed_interfaces,
     parse_networks,
@@ -30,8 +38,8 @@ pub use settings::{
     STARTUP_MARGIN_SECONDS, UnknownChoice,
 };
 pub use template::{
-    Annotations, Kept, Labels, MAX_ANNOTATION_BYTES, NameList, PodTemplate, TemplateMetadata,
-    TemplateSpec,
+    Annotations, AppContainers, ContainerResources, Kept, Labels, MAX_ANNOTATION_BYTES, NameList,
+    OwnResources, PodTemplate, TemplateMetadata, TemplateSpec,
 };
 
 use std::borrow::Cow;

@@ -10,6 +10,9 @@
 //! a `net<idx>`: it passes the names the annotation gives, and asks the helper to find the
 //! others by their MAC ([`ManagedInterfaces`]).
 
+use std::fmt;
+use std::net::IpAddr;
+
 use serde_json::{Map, Value};
 
 use crate::excerpt;
@@ -99,6 +102,34 @@ pub struct NetworkSelection {
     pub name: String,
     /// The interface name the selection asks for, if any.
     pub interface: Option<String>,
+    /// The addresses of its `ips` (JSON form; a CIDR's address), in order.
+    pub ips: Vec<IpAddr>,
+}
+
+impl NetworkSelection {
+    /// How many IPv4 addresses the network gives the pod: those of `ips` when it lists
+    /// any, else one (its IPAM's).
+    pub fn ipv4_addresses(&self) -> u64 {
+        if self.ips.is_empty() {
+            1
+        } else {
+            self.ips.iter().filter(|ip| ip.is_ipv4()).count() as u64
+        }
+    }
+}
+
+impl fmt::Display for NetworkSelection {
+    /// `[NAMESPACE/]NAME[@INTERFACE]`, as the selection gives them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(namespace) = &self.namespace {
+            write!(f, "{namespace}/")?;
+        }
+        f.write_str(&self.name)?;
+        if let Some(interface) = &self.interface {
+            write!(f, "@{interface}")?;
+        }
+        Ok(())
+    }
 }
 
 /// The interfaces the helper manages for a pod (the values of `IPMGR_INTERFACES` and
@@ -184,7 +215,7 @@ fn short_selection(item: &str) -> Result<NetworkSelection, SelectionProblem> {
             });
         }
     }
-    selection(namespace, name, interface)
+    selection(namespace, name, interface, Vec::new())
 }
 
 /// One item of the JSON form. Multus (Go's `encoding/json`) matches field names in any case
@@ -207,19 +238,18 @@ fn json_selection(item: &Value) -> Result<NetworkSelection, SelectionProblem> {
             });
         }
     }
-    if let Some(ips) = field(object, "ips").filter(|ips| !ips.is_null()) {
+    let mut ips = Vec::new();
+    if let Some(items) = field(object, "ips").filter(|ips| !ips.is_null()) {
         let wrong = || SelectionProblem::FieldType {
             field: "ips",
             expected: "a list of strings",
         };
-        for ip in ips.as_array().ok_or_else(wrong)? {
+        for ip in items.as_array().ok_or_else(wrong)? {
             let ip = ip.as_str().ok_or_else(wrong)?;
-            if !is_ip_or_cidr(ip) {
-                return Err(SelectionProblem::Ip(excerpt(ip).into_owned()));
-            }
+            ips.push(ip_or_cidr(ip).ok_or_else(|| SelectionProblem::Ip(excerpt(ip).into_owned()))?);
         }
     }
-    selection(text("namespace")?, name, interface)
+    selection(text("namespace")?, name, interface, ips)
 }
 
 /// The selection of these parts (empty: not given).
@@ -227,6 +257,7 @@ fn selection(
     namespace: &str,
     name: &str,
     interface: &str,
+    ips: Vec<IpAddr>,
 ) -> Result<NetworkSelection, SelectionProblem> {
     if name.is_empty() {
         return Err(SelectionProblem::NoName);
@@ -243,6 +274,7 @@ fn selection(
         namespace: given(namespace),
         name: name.to_owned(),
         interface: given(interface),
+        ips,
     })
 }
 
@@ -307,19 +339,17 @@ fn is_hardware_address(value: &str) -> bool {
     }
 }
 
-/// Whether `value` is an IP address, or a CIDR (`ADDRESS/PREFIX`) when it holds a `/`.
-fn is_ip_or_cidr(value: &str) -> bool {
+/// The address of `value`, an IP address, or a CIDR (`ADDRESS/PREFIX`) when it holds a `/`.
+fn ip_or_cidr(value: &str) -> Option<IpAddr> {
     match value.split_once('/') {
-        None => value.parse::<std::net::IpAddr>().is_ok(),
+        None => value.parse().ok(),
         Some((address, prefix)) => {
-            let bits = match address.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(_)) => 32,
-                Ok(std::net::IpAddr::V6(_)) => 128,
-                Err(_) => return false,
-            };
-            !prefix.is_empty()
+            let address: IpAddr = address.parse().ok()?;
+            let bits = if address.is_ipv4() { 32 } else { 128 };
+            let valid = !prefix.is_empty()
                 && prefix.bytes().all(|c| c.is_ascii_digit())
-                && prefix.parse::<u8>().is_ok_and(|prefix| prefix <= bits)
+                && prefix.parse::<u8>().is_ok_and(|prefix| prefix <= bits);
+            valid.then_some(address)
         }
     }
 }
@@ -334,6 +364,7 @@ mod tests {
             namespace: namespace.map(str::to_owned),
             name: name.to_owned(),
             interface: interface.map(str::to_owned),
+            ips: Vec::new(),
         }
     }
 
@@ -348,7 +379,7 @@ mod tests {
     #[case::longest_interface("a@abcdefghijklmno", &[(None, "a", Some("abcdefghijklmno"))])]
     #[case::interface_with_dots_and_capitals("a@Data.0", &[(None, "a", Some("Data.0"))])]
     #[case::json(r#"[{"name": "a"}, {"name": "b", "namespace": "x", "interface": "storage"}]"#, &[(None, "a", None), (Some("x"), "b", Some("storage"))])]
-    #[case::json_more_fields(r#"[{"name": "a", "ips": ["10.0.1.5/24", "fd00::5"], "mac": "02:00:00:00:00:01", "cni-args": {"x": 1}}]"#, &[(None, "a", None)])]
+    #[case::json_more_fields(r#"[{"name": "a", "mac": "02:00:00:00:00:01", "cni-args": {"x": 1}}]"#, &[(None, "a", None)])]
     #[case::json_keys_in_any_case(r#"[{"Name": "a", "INTERFACE": "data0"}]"#, &[(None, "a", Some("data0"))])]
     #[case::json_last_key_wins(r#"[{"name": "a", "Name": "b"}]"#, &[(None, "b", None)])]
     #[case::json_deprecated_interface_request(r#"[{"name": "a", "interfaceRequest": "old0"}]"#, &[(None, "a", Some("old0"))])]
@@ -419,6 +450,38 @@ mod tests {
             matches!(parse_networks(annotation), Err(InvalidNetworks::Json(_))),
             "{annotation}"
         );
+    }
+
+    #[rstest]
+    #[case::none(r#"[{"name": "a"}]"#, &[], 1)]
+    #[case::null(r#"[{"name": "a", "ips": null}]"#, &[], 1)]
+    #[case::short_form("a", &[], 1)]
+    #[case::two_v4_one_v6(r#"[{"name": "a", "ips": ["10.0.1.5/24", "fd00::5", "10.0.1.6"]}]"#, &["10.0.1.5", "fd00::5", "10.0.1.6"], 2)]
+    #[case::v6_only(r#"[{"name": "a", "IPS": ["fd00::5/64"]}]"#, &["fd00::5"], 0)]
+    fn keeps_the_ips_and_counts_their_ipv4_addresses(
+        #[case] annotation: &str,
+        #[case] ips: &[&str],
+        #[case] ipv4: u64,
+    ) {
+        let selections = parse_networks(annotation).expect("valid");
+        let expected: Vec<IpAddr> = ips
+            .iter()
+            .map(|ip| ip.parse().expect("an address"))
+            .collect();
+        assert_eq!(selections[0].ips, expected);
+        assert_eq!(selections[0].ipv4_addresses(), ipv4);
+    }
+
+    #[rstest]
+    #[case::name("a", "a")]
+    #[case::all_parts(" ns / a @ data0 ", "ns/a@data0")]
+    #[case::json(
+        r#"[{"name": "a", "namespace": "ns", "interface": "net1", "ips": ["10.0.0.1"]}]"#,
+        "ns/a@net1"
+    )]
+    fn shows_a_selection_as_the_short_form(#[case] annotation: &str, #[case] shown: &str) {
+        let selections = parse_networks(annotation).expect("valid");
+        assert_eq!(selections[0].to_string(), shown);
     }
 
     #[test]

@@ -1,17 +1,20 @@
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::mesh::Mesh;
+use crate::network_resources::RESOURCE_PREFIX;
 use crate::{HELPER_CONTAINER_NAME, RUN_VOLUME_NAME, annotations, labels};
 
 /// The parts of a pod template the injector reads, as plain data.
 ///
 /// It deserializes from a Pod, or from the `template` of a workload, and keeps only what the
 /// decision needs: the annotations of [`annotations::READ`], the labels of [`labels::READ`],
-/// `hostNetwork`, and of each container, initContainer and volume list its length and which
-/// of the names the injector adds or looks for it holds. Everything else is skipped unread,
+/// `hostNetwork`, of each container, initContainer and volume list its length and which of
+/// the names the injector adds or looks for it holds, and the first container's requests and
+/// limits of [`RESOURCE_PREFIX`] resources. Everything else is skipped unread,
 /// so reading a pod costs memory in proportion to those few values, never to the size or
 /// shape of the rest of the pod. `null` is accepted wherever Kubernetes accepts it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -44,7 +47,7 @@ pub struct TemplateSpec {
     pub host_network: Option<bool>,
     /// `spec.containers`.
     #[serde(default)]
-    pub containers: Option<NameList>,
+    pub containers: Option<AppContainers>,
     /// `spec.initContainers`.
     #[serde(default)]
     pub init_containers: Option<NameList>,
@@ -156,6 +159,166 @@ impl NameList {
             self.at[index].get_or_insert(self.len);
         }
         self.len += 1;
+    }
+}
+
+/// `spec.containers`: a [`NameList`], and the resources of the first container, the one that
+/// gets the pod's network requests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppContainers {
+    names: NameList,
+    /// `None`: no container; `Some(None)`: the first has no (or a `null`) `resources`.
+    first: Option<Option<ContainerResources>>,
+}
+
+/// `resources` of a container: its `requests` and `limits` (`None`: absent or `null`), each
+/// holding only its [`RESOURCE_PREFIX`] entries, quantities as written.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct ContainerResources {
+    /// `requests`.
+    #[serde(default)]
+    pub requests: Option<OwnResources>,
+    /// `limits`.
+    #[serde(default)]
+    pub limits: Option<OwnResources>,
+}
+
+/// The [`RESOURCE_PREFIX`] entries of a resource list, by name; the others are skipped unread.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnResources(pub BTreeMap<String, String>);
+
+/// A key of a resource list: kept only when it starts with [`RESOURCE_PREFIX`].
+struct OwnKey(Option<String>);
+
+impl<'de> Deserialize<'de> for OwnKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = OwnKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a resource name")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<OwnKey, E> {
+                Ok(OwnKey(
+                    value.starts_with(RESOURCE_PREFIX).then(|| value.to_owned()),
+                ))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// A quantity of a resource list, as written: a string, or a number (which the API server
+/// reads too).
+struct QuantityText(String);
+
+impl<'de> Deserialize<'de> for QuantityText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct QuantityVisitor;
+        impl Visitor<'_> for QuantityVisitor {
+            type Value = QuantityText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a quantity")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<QuantityText, E> {
+                Ok(QuantityText(value.to_owned()))
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<QuantityText, E> {
+                Ok(QuantityText(value.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<QuantityText, E> {
+                Ok(QuantityText(value.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<QuantityText, E> {
+                Ok(QuantityText(value.to_string()))
+            }
+        }
+        deserializer.deserialize_any(QuantityVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for OwnResources {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = OwnResources;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of resource quantities")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut own = BTreeMap::new();
+                while let Some(OwnKey(key)) = map.next_key()? {
+                    match key {
+                        Some(name) => {
+                            let QuantityText(quantity) = map.next_value()?;
+                            own.insert(name, quantity);
+                        }
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(OwnResources(own))
+            }
+        }
+        deserializer.deserialize_map(ListVisitor)
+    }
+}
+
+impl AppContainers {
+    /// The names of the list.
+    pub fn names(&self) -> &NameList {
+        &self.names
+    }
+
+    /// The first container's resources: `None` when there is no container, `Some(None)`
+    /// when it has none.
+    pub fn first_resources(&self) -> Option<Option<&ContainerResources>> {
+        self.first.as_ref().map(Option::as_ref)
+    }
+}
+
+/// One container or volume: only its `name` is looked at.
+#[derive(Deserialize)]
+struct Item {
+    #[serde(default)]
+    name: Option<Matched<CONTAINER_AND_VOLUME_NAMES>>,
+}
+
+/// The first container: its `name` and its `resources`.
+#[derive(Deserialize)]
+struct FirstContainer {
+    #[serde(default)]
+    name: Option<Matched<CONTAINER_AND_VOLUME_NAMES>>,
+    #[serde(default)]
+    resources: Option<ContainerResources>,
+}
+
+impl<'de> Deserialize<'de> for AppContainers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = AppContainers;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of containers")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Self::Value, A::Error> {
+                let mut containers = AppContainers::default();
+                if let Some(first) = items.next_element::<FirstContainer>()? {
+                    containers
+                        .names
+                        .add(first.name.and_then(|Matched(index)| index));
+                    containers.first = Some(first.resources);
+                }
+                while let Some(item) = items.next_element::<Item>()? {
+                    containers
+                        .names
+                        .add(item.name.and_then(|Matched(index)| index));
+                }
+                Ok(containers)
+            }
+        }
+        deserializer.deserialize_seq(ListVisitor)
     }
 }
 
@@ -274,12 +437,6 @@ impl Visitor<'_> for KeptValue {
 
 impl<'de> Deserialize<'de> for NameList {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        /// One container or volume: only its `name` is looked at.
-        #[derive(Deserialize)]
-        struct Item {
-            #[serde(default)]
-            name: Option<Matched<CONTAINER_AND_VOLUME_NAMES>>,
-        }
         struct ListVisitor;
         impl<'de> Visitor<'de> for ListVisitor {
             type Value = NameList;
@@ -297,6 +454,12 @@ impl<'de> Deserialize<'de> for NameList {
         deserializer.deserialize_seq(ListVisitor)
     }
 }
+
+/// The list of an absent field.
+static EMPTY: NameList = NameList {
+    len: 0,
+    at: [None; LOOKED_FOR.len()],
+};
 
 impl PodTemplate {
     /// The value of annotation `key`, if it is one the injector reads and it is present.
@@ -316,7 +479,12 @@ impl PodTemplate {
 
     /// `spec.containers` (empty when absent).
     pub fn containers(&self) -> &NameList {
-        self.list(|spec| &spec.containers)
+        self.app_containers().map_or(&EMPTY, AppContainers::names)
+    }
+
+    /// `spec.containers` with the first container's resources, when present.
+    pub fn app_containers(&self) -> Option<&AppContainers> {
+        self.spec.as_ref()?.containers.as_ref()
     }
 
     /// `spec.initContainers` (empty when absent).
@@ -330,10 +498,6 @@ impl PodTemplate {
     }
 
     fn list(&self, field: impl Fn(&TemplateSpec) -> &Option<NameList>) -> &NameList {
-        static EMPTY: NameList = NameList {
-            len: 0,
-            at: [None; LOOKED_FOR.len()],
-        };
         self.spec
             .as_ref()
             .and_then(|spec| field(spec).as_ref())

@@ -3,7 +3,7 @@
 
 use ipmgr_injector::{
     Backend, Decision, DenyReason, FirstPassBudget, HelperSettings, MeshExclusions, Mode,
-    PodTemplate, ResourceSettings, SkipReason, annotations, plan,
+    NetworkDefinitions, PodTemplate, ResourceSettings, SkipReason, annotations, plan,
 };
 use json_patch::jsonptr::{Pointer, PointerBuf};
 use pretty_assertions::assert_eq;
@@ -879,4 +879,203 @@ fn the_startup_probe_and_the_helpers_budgets_agree(
         value("IPMGR_METADATA_RETRY_SECONDS"),
         (backend == Backend::Direct).then(|| json!(first_pass.metadata_retry_seconds.to_string()))
     );
+}
+
+/// NetworkAttachmentDefinitions of the network-request tests: `eth1-a`, `eth1-b` and
+/// `shared/eth1` on `multus-ipmgr.io/eth1`, `sriov` on another domain's resource, `plain`
+/// without a resourceName; the pod's namespace is `multus`.
+fn definitions() -> NetworkDefinitions {
+    [
+        ("multus", "eth1-a", Some("multus-ipmgr.io/eth1")),
+        ("multus", "eth1-b", Some("multus-ipmgr.io/eth1")),
+        ("multus", "sriov", Some("intel.com/sriov_netdevice")),
+        ("multus", "plain", None),
+        ("shared", "eth1", Some("multus-ipmgr.io/eth1")),
+    ]
+    .into_iter()
+    .map(|(namespace, name, resource)| {
+        (
+            (namespace.to_owned(), name.to_owned()),
+            resource.map(str::to_owned),
+        )
+    })
+    .collect()
+}
+
+/// Plans, adds the network requests and applies the injection to `document`, whose template
+/// is at `template`.
+fn inject_with_requests_at(template: &str, document: &Value, settings: &HelperSettings) -> Value {
+    let template = PointerBuf::parse(template).expect("pointer");
+    let pod = PodTemplate::deserialize(template.resolve(document).expect("template"))
+        .expect("test pods are valid");
+    let Decision::Inject(mut injection) = plan(&template, &pod, settings) else {
+        panic!("expected an injection for {document}");
+    };
+    injection
+        .add_network_requests("multus", &definitions())
+        .expect("requests added");
+    let mut patched = document.clone();
+    json_patch::patch(&mut patched, &injection.patch.0).expect("the patch applies");
+    patched
+}
+
+fn inject_with_requests(document: &Value, settings: &HelperSettings) -> Value {
+    inject_with_requests_at("", document, settings)
+}
+
+#[rstest]
+#[case::our_resource("eth1-a", json!({}), json!({"requests": {"multus-ipmgr.io/eth1": "1"}, "limits": {"multus-ipmgr.io/eth1": "1"}}))]
+#[case::two_networks_one_resource("eth1-a, eth1-b@net2", json!({}), json!({"requests": {"multus-ipmgr.io/eth1": "2"}, "limits": {"multus-ipmgr.io/eth1": "2"}}))]
+#[case::ips_two_v4_one_v6(r#"[{"name": "eth1-a", "ips": ["10.0.1.5/24", "fd00::5", "10.0.1.6/24"]}]"#, json!({}), json!({"requests": {"multus-ipmgr.io/eth1": "2"}, "limits": {"multus-ipmgr.io/eth1": "2"}}))]
+#[case::other_namespace("shared/eth1", json!({}), json!({"requests": {"multus-ipmgr.io/eth1": "1"}, "limits": {"multus-ipmgr.io/eth1": "1"}}))]
+#[case::another_domain("sriov", json!({"requests": {"cpu": "1"}}), json!({"requests": {"cpu": "1"}}))]
+#[case::no_resource_name("plain", json!({}), Value::Null)]
+#[case::author_request_kept("eth1-a", json!({"requests": {"cpu": "1", "multus-ipmgr.io/eth1": "3"}}), json!({"requests": {"cpu": "1", "multus-ipmgr.io/eth1": "3"}, "limits": {"multus-ipmgr.io/eth1": "3"}}))]
+#[case::author_limit_raised("eth1-a, eth1-b", json!({"limits": {"multus-ipmgr.io/eth1": "1", "memory": "1Gi"}}), json!({"requests": {"multus-ipmgr.io/eth1": "2"}, "limits": {"multus-ipmgr.io/eth1": "2", "memory": "1Gi"}}))]
+fn the_first_app_container_requests_what_the_networks_need(
+    settings: HelperSettings,
+    #[values("init", "sidecar", "native-sidecar")] mode: &str,
+    #[case] networks: &str,
+    #[case] resources: Value,
+    #[case] expected: Value,
+) {
+    let mut app = json!({"name": "app", "image": "busybox"});
+    if resources != json!({}) {
+        app["resources"] = resources;
+    }
+    let document = pod(
+        json!({"k8s.v1.cni.cncf.io/networks": networks, "multus-ipmgr.io/mode": mode}),
+        json!({"containers": [app, {"name": "second"}], "initContainers": [{"name": "setup"}]}),
+    );
+    let injected = inject_with_requests(&document, &settings);
+    let containers = injected["spec"]["containers"]
+        .as_array()
+        .expect("containers");
+    assert_eq!(containers[0]["resources"], expected, "{networks}");
+    let others = containers[1..]
+        .iter()
+        .chain(injected["spec"]["initContainers"].as_array().expect("init"));
+    for container in others {
+        let requests = container["resources"]["requests"].as_object();
+        assert!(
+            requests
+                .is_none_or(|requests| !requests.keys().any(|k| k.starts_with("multus-ipmgr.io/"))),
+            "only the first app container requests: {container}"
+        );
+    }
+    // Injected again (without the status annotation some tool stripped, and without the
+    // helper): the same requests, never doubled.
+    let mut again = without_status(&injected);
+    for list in ["initContainers", "containers", "volumes"] {
+        if let Some(items) = again["spec"].get_mut(list).and_then(Value::as_array_mut) {
+            items.retain(|item| {
+                !["aws-ip-mgmt", "aws-ip-mgmt-run"]
+                    .contains(&item["name"].as_str().unwrap_or_default())
+            });
+        }
+    }
+    assert_eq!(inject_with_requests(&again, &settings), injected);
+    assert_eq!(
+        decide(&injected, &settings),
+        Decision::Skip(SkipReason::AlreadyInjected)
+    );
+}
+
+#[rstest]
+fn a_sidecar_alone_in_its_pod_requests_nothing(mut settings: HelperSettings) {
+    settings.default_mode = Mode::Sidecar;
+    let document = pod(
+        json!({"k8s.v1.cni.cncf.io/networks": "eth1-a"}),
+        json!({"containers": []}),
+    );
+    let injected = inject_with_requests(&document, &settings);
+    assert_eq!(container_names(&injected, "containers"), ["aws-ip-mgmt"]);
+    assert_eq!(
+        injected["spec"]["containers"][0]["resources"]["requests"],
+        json!({"cpu": "10m", "memory": "24Mi"}),
+        "the helper keeps its own requests only"
+    );
+}
+
+#[rstest]
+fn requests_go_below_the_template_pointer(settings: HelperSettings) {
+    let document = json!({
+        "kind": "Deployment",
+        "spec": {"template": {
+            "metadata": {"annotations": {"k8s.v1.cni.cncf.io/networks": "eth1-a"}},
+            "spec": {"containers": [{"name": "app"}]},
+        }},
+    });
+    let injected = inject_with_requests_at("/spec/template", &document, &settings);
+    assert_eq!(
+        injected["spec"]["template"]["spec"]["containers"][0]["resources"],
+        json!({"requests": {"multus-ipmgr.io/eth1": "1"}, "limits": {"multus-ipmgr.io/eth1": "1"}})
+    );
+}
+
+#[rstest]
+fn a_missing_definition_is_denied_naming_the_selection_and_the_fix(settings: HelperSettings) {
+    let document = pod(
+        json!({"k8s.v1.cni.cncf.io/networks": "eth1-a, other/gone@net2"}),
+        json!({}),
+    );
+    let Decision::Inject(mut injection) = decide(&document, &settings) else {
+        panic!("expected an injection");
+    };
+    let named: Vec<String> = injection
+        .network_definitions("multus")
+        .iter()
+        .map(|definition| format!("{}/{}", definition.namespace, definition.name))
+        .collect();
+    assert_eq!(named, ["multus/eth1-a", "other/gone"]);
+    let reason = injection
+        .add_network_requests("multus", &definitions())
+        .expect_err("denied");
+    assert_eq!(
+        reason.to_string(),
+        "pod network \"other/gone@net2\" (k8s.v1.cni.cncf.io/networks selection 2) names NetworkAttachmentDefinition other/gone, which does not exist: create it or correct the annotation"
+    );
+}
+
+#[rstest]
+fn an_author_quantity_that_is_not_one_is_denied(settings: HelperSettings) {
+    let document = pod(
+        json!({"k8s.v1.cni.cncf.io/networks": "eth1-a"}),
+        json!({"containers": [{"name": "app", "resources": {"requests": {"multus-ipmgr.io/eth1": "one"}}}]}),
+    );
+    let Decision::Inject(mut injection) = decide(&document, &settings) else {
+        panic!("expected an injection");
+    };
+    let reason = injection
+        .add_network_requests("multus", &definitions())
+        .expect_err("denied");
+    assert!(
+        reason
+            .to_string()
+            .starts_with("the first container's resources.requests[multus-ipmgr.io/eth1]: \"one\" is not a Kubernetes quantity"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn template_view_keeps_only_our_resources_of_the_first_container() {
+    let pod: PodTemplate = serde_json::from_value(json!({
+        "spec": {"containers": [
+            {"name": "app", "resources": {"requests": {"cpu": "1", "multus-ipmgr.io/eth1": 2}, "limits": null, "claims": [{"name": "x"}]}},
+            {"name": "aws-ip-mgmt", "resources": {"requests": {"multus-ipmgr.io/eth1": "9"}}},
+        ]},
+    }))
+    .expect("parses");
+    let containers = pod.app_containers().expect("containers");
+    assert_eq!(containers.names().len(), 2);
+    assert!(pod.containers().holds("aws-ip-mgmt"));
+    let resources = containers
+        .first_resources()
+        .expect("a first container")
+        .expect("with resources");
+    assert_eq!(
+        resources.requests.as_ref().map(|own| own.0.clone()),
+        Some([("multus-ipmgr.io/eth1".to_owned(), "2".to_owned())].into())
+    );
+    assert_eq!(resources.limits, None);
 }

@@ -5,7 +5,6 @@
 //! resourceVersion: every change is a write conditioned on the version read, and a replica
 //! that loses a race reads again.
 
-pub mod api;
 pub mod args;
 pub mod plan;
 pub mod secret;

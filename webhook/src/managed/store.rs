@@ -8,8 +8,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use hyper::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
-use super::api::{ApiClient, ApiError};
 use super::secret::{SecretView, bundle_holds};
+use crate::kube_api::{ApiClient, ApiError};
 
 /// The annotation on the webhook configuration: the Secret generation its caBundle is from.
 pub const BUNDLE_GENERATION: &str = "multus-ipmgr.io/ca-bundle-generation";

@@ -1,6 +1,7 @@
 //! The request side of the admission server: its routes, and what each request may take
 //! (body size and time, the whole request's time, `/mutate` requests in flight, which get a
-//! fast 503 beyond the cap). Tested through [`router`] without a socket.
+//! fast 503 beyond the cap), and the reads of the NetworkAttachmentDefinitions an injected
+//! pod's networks name. Tested through [`router`] without a socket.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,8 +17,10 @@ use ipmgr_injector::{HelperSettings, excerpt};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Semaphore;
 
-use crate::admission::{Outcome, review};
+use crate::admission::{Outcome, Reviewed, review};
 use crate::metrics::{Held, Metrics, Stage};
+use crate::network_definitions::DefinitionSource;
+use crate::network_definitions::cache::CachedDefinitions;
 use crate::tls::ServingCertificate;
 
 /// Limits of one request, applied by the router.
@@ -29,8 +32,8 @@ pub struct RequestLimits {
     pub max_in_flight: usize,
     /// Time a body may take to arrive once the headers did; slower ones get 408.
     pub body_timeout: Duration,
-    /// Time from a request's headers to its answer, body included; 503 past it. Reading the
-    /// body is the only part of a request that waits, so this bounds it with `body_timeout`.
+    /// Time from a request's headers to its answer, body included; 503 past it while the
+    /// body is read, and the reads of NetworkAttachmentDefinitions after it end by then.
     pub request_timeout: Duration,
 }
 
@@ -45,6 +48,9 @@ pub struct AppState {
     pub certificate: Option<Arc<ServingCertificate>>,
     /// Per-request limits.
     pub limits: RequestLimits,
+    /// Where injected pods' NetworkAttachmentDefinitions are read; `None`: no network
+    /// requests (`--network-resources=false`).
+    pub network_definitions: Option<CachedDefinitions>,
     in_flight: Arc<Semaphore>,
 }
 
@@ -60,8 +66,20 @@ impl AppState {
             metrics: Metrics::default(),
             certificate,
             limits,
+            network_definitions: None,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
         }
+    }
+
+    /// Adds network requests to injected pods, reading the definitions their networks name
+    /// from `source`, each kept for `cache_ttl`.
+    pub fn with_network_definitions(
+        mut self,
+        source: Box<dyn DefinitionSource>,
+        cache_ttl: Duration,
+    ) -> Self {
+        self.network_definitions = Some(CachedDefinitions::new(source, cache_ttl, &self.metrics));
+        self
     }
 }
 
@@ -97,6 +115,7 @@ fn refusal(status: StatusCode, message: &'static str, close: bool) -> Response {
 
 async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + state.limits.request_timeout;
     let limits = state.limits;
     let close = closes_after(request.version());
     let declared = request
@@ -151,7 +170,22 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Respons
             );
         }
     };
-    let (response, outcome) = match review(&body.bytes, &state.settings) {
+    let reviewed = review(&body.bytes, &state.settings);
+    drop(body);
+    let answered = match reviewed {
+        Ok(Reviewed::Answered(answer, outcome)) => Ok((answer, outcome)),
+        Ok(Reviewed::Pending(pending)) => {
+            let read = match &state.network_definitions {
+                Some(definitions) => {
+                    Some(definitions.look_up(pending.definitions(), deadline).await)
+                }
+                None => None,
+            };
+            Ok(pending.finish(read))
+        }
+        Err(error) => Err(error),
+    };
+    let (response, outcome) = match answered {
         Ok((answer, outcome)) => {
             log_outcome(&answer.response.uid, &outcome);
             (axum::Json(answer).into_response(), outcome)
@@ -231,7 +265,7 @@ async fn read_body(
 fn log_outcome(uid: &str, outcome: &Outcome) {
     let (label, reason, uid) = (outcome.label(), outcome.reason(), excerpt(uid));
     match outcome {
-        Outcome::Injected(_) | Outcome::Denied => {
+        Outcome::Injected(_) | Outcome::Denied(_) => {
             tracing::info!(%uid, outcome = label, reason, "admission reviewed");
         }
         _ => tracing::debug!(%uid, outcome = label, reason, "admission reviewed"),

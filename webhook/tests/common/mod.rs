@@ -12,6 +12,8 @@ use clap::Parser;
 use http_body_util::BodyExt as _;
 use ipmgr_injector::HelperSettings;
 use ipmgr_webhook::config::InjectionArgs;
+use ipmgr_webhook::network_definitions::files::DefinitionFiles;
+use ipmgr_webhook::network_definitions::{DefinitionSource, Found, Reading};
 use ipmgr_webhook::server::{AppState, RequestLimits};
 use ipmgr_webhook::tls::ServingCertificate;
 use rustls::pki_types::pem::PemObject as _;
@@ -81,7 +83,16 @@ pub fn state_with(
     max_body_bytes: usize,
     certificate: Option<Arc<ServingCertificate>>,
 ) -> Arc<AppState> {
-    Arc::new(AppState::new(
+    Arc::new(app_state(settings, max_body_bytes, certificate))
+}
+
+/// [`state_with`], not shared yet (to add network definitions to it).
+pub fn app_state(
+    settings: HelperSettings,
+    max_body_bytes: usize,
+    certificate: Option<Arc<ServingCertificate>>,
+) -> AppState {
+    AppState::new(
         settings,
         certificate,
         RequestLimits {
@@ -90,7 +101,33 @@ pub fn state_with(
             body_timeout: std::time::Duration::from_secs(5),
             request_timeout: std::time::Duration::from_secs(5),
         },
-    ))
+    )
+}
+
+/// The NetworkAttachmentDefinitions the golden files were made with
+/// (`golden/network-attachment-definitions.yaml`).
+pub fn golden_definitions() -> DefinitionFiles {
+    DefinitionFiles::read(&[test_path("golden/network-attachment-definitions.yaml")])
+        .expect("the golden definitions read")
+}
+
+/// Definitions the webhook reads from memory instead of the API server.
+#[derive(Debug)]
+pub struct FixedDefinitions(pub ipmgr_injector::NetworkDefinitions);
+
+impl DefinitionSource for FixedDefinitions {
+    fn read<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        _timeout: std::time::Duration,
+    ) -> Reading<'a> {
+        let found = match self.0.get(&(namespace.to_owned(), name.to_owned())) {
+            Some(resource_name) => Found::Definition(resource_name.clone()),
+            None => Found::Missing,
+        };
+        Box::pin(async move { Ok(found) })
+    }
 }
 
 /// `webhook/tests/<relative>`.
@@ -346,7 +383,8 @@ pub const MALLOC_MMAP_THRESHOLD: &str = "131072";
 
 /// A running `ipmgr-webhook serve` process on loopback with a fresh certificate, configured
 /// through environment variables only (a build that lacks a setting ignores it), with the
-/// Deployment's [`MALLOC_MMAP_THRESHOLD`].
+/// Deployment's [`MALLOC_MMAP_THRESHOLD`], and without network requests (no API server to
+/// read NetworkAttachmentDefinitions from) unless `env` turns them on.
 pub struct ServerProcess {
     child: std::process::Child,
     /// Where it listens.
@@ -387,6 +425,7 @@ impl ServerProcess {
             .env("IPMGR_TLS_KEY", &key)
             .env("IPMGR_LOG", "info")
             .env("MALLOC_MMAP_THRESHOLD_", MALLOC_MMAP_THRESHOLD)
+            .env("IPMGR_NETWORK_RESOURCES", "false")
             .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stderr(log)

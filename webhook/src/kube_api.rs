@@ -1,9 +1,10 @@
-//! A minimal client of the Kubernetes API, for the few calls the managed certificates make
-//! (a get or a write per check): in the cluster with the pod's service account (its token
-//! re-read for every call, as bound tokens rotate), or from a kubeconfig (`KUBECONFIG`)
-//! with a token or none. One HTTP/1.1 connection per call; JSON in and out. kube-rs would do
-//! it too, but made the webhook's static binary 8.45 MB; with this client it is 5.06 MB
-//! (4.71 MB without managed certificates; dist profile, 2026-12-07).
+//! A minimal client of the Kubernetes API, for the few calls the webhook makes: the managed
+//! certificates' (a get or a write per check) and the reads of NetworkAttachmentDefinitions
+//! (a get per definition not cached): in the cluster with the pod's service account (its
+//! token re-read for every call, as bound tokens rotate), or from a kubeconfig
+//! (`KUBECONFIG`) with a token or none. One HTTP/1.1 connection per call; JSON in and out.
+//! kube-rs would do it too, but made the webhook's static binary 8.45 MB; with this client
+//! it is 5.06 MB (4.71 MB without managed certificates; dist profile, 2026-12-07).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use tokio_rustls::TlsConnector;
 
 /// Where a pod finds its service account (the kubelet mounts it there).
 const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-/// Each call's limit, connection included.
+/// Each call's limit, connection included, unless the caller gives another.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest answer read (a Secret is at most 1 MiB).
 const ANSWER_LIMIT: usize = 4 * 1024 * 1024;
@@ -103,7 +104,7 @@ impl ApiClient {
             std::env::var(name).map_err(|_| {
                 ApiError::Config(format!(
                     "{name} is not set and KUBECONFIG neither: run in a pod (the chart mounts \
-                     the service account token in managed mode) or set KUBECONFIG"
+                     the service account token when the webhook calls the API) or set KUBECONFIG"
                 ))
             })
         };
@@ -241,14 +242,25 @@ impl ApiClient {
         path: &str,
         body: Option<(&str, &Value)>,
     ) -> Result<(StatusCode, Value), ApiError> {
+        self.call_within(CALL_TIMEOUT, method, path, body).await
+    }
+
+    /// [`ApiClient::call`], given up after `timeout`.
+    pub async fn call_within(
+        &self,
+        timeout: Duration,
+        method: Method,
+        path: &str,
+        body: Option<(&str, &Value)>,
+    ) -> Result<(StatusCode, Value), ApiError> {
         let failed = |reason: String| ApiError::Transport {
             method: method.clone(),
             path: path.to_owned(),
             reason,
         };
-        tokio::time::timeout(CALL_TIMEOUT, self.exchange(method.clone(), path, body))
+        tokio::time::timeout(timeout, self.exchange(method.clone(), path, body))
             .await
-            .map_err(|_| failed(format!("no answer within {CALL_TIMEOUT:?}")))?
+            .map_err(|_| failed(format!("no answer within {timeout:?}")))?
             .map_err(failed)
     }
 
