@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use futures::StreamExt as _;
 use futures::TryStreamExt as _;
 use ipmgr_eni::MacAddr;
-use ipmgr_pod::netlink::NetlinkError;
+use ipmgr_pod::netlink::{NetlinkError, named_links};
 use rtnetlink::Handle;
 use rtnetlink::packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::link::LinkAttribute;
@@ -71,37 +71,14 @@ pub async fn routed_namespace(address: IpAddr) -> Result<Option<i32>, NetlinkErr
 
 /// The interfaces of the calling thread's namespace (the node's) by their MAC: on an EKS
 /// node each attached ENI is one, carrying its MAC (the first listed when several share
-/// one, as VLAN children of an ENI do: the kernel lists a parent before its children).
+/// one, as VLAN children of an ENI do: the one with the lowest index, made first).
 /// Needs a tokio runtime.
 pub async fn interfaces_by_mac() -> Result<BTreeMap<MacAddr, String>, NetlinkError> {
     let (connection, handle, _) = rtnetlink::new_connection()?;
     tokio::spawn(connection);
-    let links: Vec<_> = handle
-        .link()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|source| NetlinkError::Request {
-            what: "the node's interfaces",
-            source,
-        })?;
     let mut interfaces = BTreeMap::new();
-    for link in &links {
-        let mut name = None;
-        let mut mac = None;
-        for attribute in &link.attributes {
-            match attribute {
-                LinkAttribute::IfName(value) => name = Some(value.clone()),
-                LinkAttribute::Address(bytes) => {
-                    mac = <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr)
-                }
-                _ => {}
-            }
-        }
-        if let (Some(name), Some(mac)) = (name, mac) {
-            interfaces.entry(mac).or_insert(name);
-        }
+    for (name, mac) in named_links(&handle).await?.into_values() {
+        interfaces.entry(mac).or_insert(name);
     }
     Ok(interfaces)
 }

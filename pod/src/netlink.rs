@@ -1,7 +1,7 @@
 //! The addresses of a network namespace, and notice of their changes, through rtnetlink (no
 //! `ip` binary): the pod client reads its own, the node agent each pod's.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
 
@@ -119,9 +119,11 @@ pub async fn interface_addresses_in_this_namespace() -> Result<Vec<PodAddress>, 
     interface_addresses(&handle).await
 }
 
-/// Every global-scope address on the interfaces of the namespace `handle` is in (loopback
-/// aside), with the interface's name and MAC.
-async fn interface_addresses(handle: &Handle) -> Result<Vec<PodAddress>, NetlinkError> {
+/// Every interface with a hardware address of the namespace `handle` is in (loopback
+/// aside), by index: its name and MAC.
+pub async fn named_links(
+    handle: &Handle,
+) -> Result<BTreeMap<u32, (String, MacAddr)>, NetlinkError> {
     let links: Vec<_> = handle
         .link()
         .get()
@@ -132,7 +134,7 @@ async fn interface_addresses(handle: &Handle) -> Result<Vec<PodAddress>, Netlink
             what: "links",
             source,
         })?;
-    let mut interfaces = HashMap::new();
+    let mut interfaces = BTreeMap::new();
     for link in links {
         let mut name = None;
         let mut mac = None;
@@ -151,6 +153,13 @@ async fn interface_addresses(handle: &Handle) -> Result<Vec<PodAddress>, Netlink
             interfaces.insert(link.header.index, (name, mac));
         }
     }
+    Ok(interfaces)
+}
+
+/// Every global-scope address on the interfaces of the namespace `handle` is in (loopback
+/// aside), with the interface's name and MAC.
+async fn interface_addresses(handle: &Handle) -> Result<Vec<PodAddress>, NetlinkError> {
+    let interfaces = named_links(handle).await?;
     let messages = dump_addresses(handle).await?;
     let mut addresses = Vec::new();
     for message in messages {

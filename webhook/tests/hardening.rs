@@ -33,21 +33,6 @@ const LIMITS: [(&str, &str); 8] = [
 /// generous, since these tests share the machine with others.
 const SLACK: Duration = Duration::from_millis(1500);
 
-async fn metrics(server: &ServerProcess) -> String {
-    let (answer, _) = common::http1(
-        &server.connector,
-        server.addr,
-        &format!(
-            "GET /metrics HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
-            common::SERVER_NAME
-        ),
-        b"",
-        Duration::from_secs(5),
-    )
-    .await;
-    answer
-}
-
 fn assert_metric(text: &str, line: &str) {
     assert!(
         text.lines().any(|l| l == line),
@@ -157,7 +142,7 @@ async fn stalled_http1_bodies_are_shed_beyond_the_in_flight_limit_and_dropped_in
         "stalled bodies grew the peak RSS by {grown} B"
     );
     assert!(after < baseline + 10 * MIB as u64, "after {after} B");
-    let text = metrics(&server).await;
+    let text = server.metrics().await;
     assert_metric(&text, "ipmgr_webhook_shed_requests_total 8");
     assert_metric(&text, r#"ipmgr_webhook_timeouts_total{stage="body"} 4"#);
     assert_metric(&text, "ipmgr_webhook_in_flight_requests 0");
@@ -188,7 +173,7 @@ async fn a_request_is_answered_within_the_request_timeout() {
         "answered after {elapsed:?}"
     );
     assert_metric(
-        &metrics(&server).await,
+        &server.metrics().await,
         r#"ipmgr_webhook_timeouts_total{stage="request"} 1"#,
     );
 }
@@ -229,7 +214,7 @@ async fn http2_streams_per_connection_are_limited() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     // 16 slots are free, but only 4 streams may be open on one connection.
     assert_metric(
-        &metrics(&server).await,
+        &server.metrics().await,
         "ipmgr_webhook_in_flight_requests 4",
     );
     // The streams past the limit were refused (the client opened them before it had the
@@ -343,7 +328,7 @@ async fn slowloris_headers_and_handshakes_are_dropped_within_the_header_timeout(
         "slowloris dropped after {dropped_after:?}, silent TCP after {:?}",
         started.elapsed()
     );
-    let text = metrics(&server).await;
+    let text = server.metrics().await;
     assert_metric(&text, r#"ipmgr_webhook_timeouts_total{stage="headers"} 1"#);
     assert_metric(
         &text,
@@ -404,7 +389,7 @@ async fn a_content_length_over_the_cap_is_refused_before_the_body_is_sent() {
         "answered after {elapsed:?}, without waiting for the body"
     );
     assert_metric(
-        &metrics(&server).await,
+        &server.metrics().await,
         "ipmgr_webhook_body_too_large_total 1",
     );
 }
@@ -453,7 +438,7 @@ async fn long_uids_and_annotation_values_stay_out_of_answers_and_logs() {
 async fn the_certificate_expiry_is_exported() {
     let server = ServerProcess::start(&LIMITS).await;
     assert_metric(
-        &metrics(&server).await,
+        &server.metrics().await,
         &format!(
             "ipmgr_webhook_certificate_expiry_timestamp_seconds {}",
             server.not_after

@@ -138,22 +138,6 @@ fn patched(pod: &Value, response: &Value) -> Value {
     pod
 }
 
-/// The server's metrics, over TLS.
-async fn metrics(server: &ServerProcess) -> String {
-    let (answer, _) = common::http1(
-        &server.connector,
-        server.addr,
-        &format!(
-            "GET /metrics HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
-            common::SERVER_NAME
-        ),
-        b"",
-        Duration::from_secs(10),
-    )
-    .await;
-    answer
-}
-
 fn has_line(text: &str, line: &str) -> bool {
     text.lines().any(|l| l == line)
 }
@@ -254,7 +238,7 @@ async fn a_missing_definition_is_denied_and_one_created_later_is_seen_at_once() 
         patched(&late, &response)["spec"]["containers"][0]["resources"]["limits"],
         json!({"multus-ipmgr.io/eth1": "2"})
     );
-    let metrics = metrics(&server).await;
+    let metrics = server.metrics().await;
     assert!(
         has_line(
             &metrics,
@@ -285,7 +269,7 @@ async fn a_definition_is_read_once_within_the_cache_time() {
         response["allowed"], true,
         "served from the cache: {response}"
     );
-    let metrics_text = metrics(&server).await;
+    let metrics_text = server.metrics().await;
     for line in [
         r#"ipmgr_webhook_network_definition_reads_total{result="found"} 1"#,
         "ipmgr_webhook_network_definition_cache_hits_total 1",
@@ -354,7 +338,7 @@ async fn a_definition_it_may_not_read_or_cannot_reach_is_denied_naming_the_cause
             && message.ends_with("; retry once the API server answers"),
         "{message}"
     );
-    let metrics = metrics(&server).await;
+    let metrics = server.metrics().await;
     assert!(
         has_line(
             &metrics,

@@ -399,6 +399,19 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
+    /// The server's metrics, over TLS (a connection of their own, closed after).
+    pub async fn metrics(&self) -> String {
+        let (answer, _) = http1(
+            &self.connector,
+            self.addr,
+            &format!("GET /metrics HTTP/1.1\r\nhost: {SERVER_NAME}\r\nconnection: close\r\n\r\n"),
+            b"",
+            std::time::Duration::from_secs(10),
+        )
+        .await;
+        answer
+    }
+
     /// Starts the server with these extra environment variables and waits until it accepts
     /// TLS connections.
     pub async fn start(env: &[(&str, &str)]) -> Self {
