@@ -34,6 +34,9 @@ use crate::netlink;
 /// first round, the instance type's limit, the Node).
 const RETRY: Duration = Duration::from_secs(5);
 
+/// How often to look whether the agent's first round has read the node's ENIs.
+const FIRST_ROUND_POLL: Duration = Duration::from_millis(200);
+
 /// Failed checks in a row tried again after [`RETRY`]; later ones wait the whole period
 /// (a missing permission does not fix itself within seconds).
 const QUICK_RETRIES: u32 = 3;
@@ -62,6 +65,10 @@ impl Advertiser {
     /// Keeps the Node's capacity current for the agent's lifetime.
     pub(super) async fn run(self) {
         let client = client(&self.client).await;
+        // The first round reads the node's ENIs; until then there is nothing to advertise.
+        while self.share.node().is_none() {
+            tokio::time::sleep(FIRST_ROUND_POLL).await;
+        }
         let mut per_interface = None;
         let mut last_unadvertised = BTreeSet::new();
         let mut failures = 0;
@@ -146,7 +153,7 @@ impl Advertiser {
         self.ec2
             .ipv4_addresses_per_interface(&instance_type)
             .await
-            .map_err(|error| format!("{error} (IAM: the node role needs ec2:DescribeInstanceTypes)"))?
+            .map_err(|error| format!("{error} (IAM: the agent's role needs ec2:DescribeInstanceTypes: manifests/samples/iam-policy-agent.json)"))?
             .ok_or_else(|| format!("DescribeInstanceTypes gives no Ipv4AddressesPerInterface for instance type {instance_type}"))
     }
 
