@@ -140,16 +140,32 @@ pub struct InjectionArgs {
 pub struct NetworkResourceArgs {
     /// Give the first app container of an injected pod requests and equal limits of the
     /// multus-ipmgr.io/<interface> resources its networks' NetworkAttachmentDefinitions name
-    /// (k8s.v1.cni.cncf.io/resourceName), for capacity-aware scheduling.
+    /// (k8s.v1.cni.cncf.io/resourceName), for capacity-aware scheduling: `true` (`serve`
+    /// refuses to start without a Kubernetes API configuration), `auto` (`true` when `serve`
+    /// has one, else off with a warning at start), `false`.
     #[arg(
         long,
         env = "IPMGR_NETWORK_RESOURCES",
-        default_value_t = true,
+        value_enum,
+        default_value_t = NetworkResources::Auto,
         num_args = 0..=1,
         default_missing_value = "true",
-        action = clap::ArgAction::Set
     )]
-    pub network_resources: bool,
+    pub network_resources: NetworkResources,
+}
+
+/// Whether the webhook adds the networks' resource requests.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetworkResources {
+    /// Yes; `serve` needs a Kubernetes API configuration to read the definitions.
+    #[value(name = "true", alias = "on")]
+    On,
+    /// When `serve` has a Kubernetes API configuration (a service account token, or
+    /// KUBECONFIG); `inject` when given definition files.
+    Auto,
+    /// No reads, no requests.
+    #[value(name = "false", alias = "off")]
+    Off,
 }
 
 /// Parses the names of a [`Choice`], listing them in `--help`.

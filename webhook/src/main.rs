@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use ipmgr_contract::LogArgs;
 use ipmgr_webhook::certs::{ServiceIdentity, write_for_kustomize};
-use ipmgr_webhook::config::{self, InjectionArgs, NetworkResourceArgs};
+use ipmgr_webhook::config::{self, InjectionArgs, NetworkResourceArgs, NetworkResources};
 use ipmgr_webhook::kube_api::ApiClient;
 use ipmgr_webhook::managed::args::ManagedArgs;
 use ipmgr_webhook::managed::store::KubeStore;
@@ -234,12 +234,28 @@ fn serve(args: ServeArgs) -> Result<()> {
             request_timeout: args.request_timeout_seconds,
         },
     );
-    if args.network.network_resources {
-        let client = ApiClient::from_environment().context(
+    let api = match args.network.network_resources {
+        NetworkResources::Off => None,
+        NetworkResources::On => Some(ApiClient::from_environment().context(
             "cannot configure the Kubernetes API for reading NetworkAttachmentDefinitions \
              (--network-resources): give the webhook a service account token that may get \
              them, or set --network-resources=false (IPMGR_NETWORK_RESOURCES)",
-        )?;
+        )?),
+        NetworkResources::Auto => match ApiClient::from_environment() {
+            Ok(client) => Some(client),
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "no Kubernetes API configuration: injected pods get no multus-ipmgr.io/ \
+                     resource requests (capacity-aware scheduling off); give the webhook a \
+                     service account token that may get network-attachment-definitions, or \
+                     set --network-resources=false (IPMGR_NETWORK_RESOURCES) to silence this"
+                );
+                None
+            }
+        },
+    };
+    if let Some(client) = api {
         state = state.with_network_definitions(
             Box::new(ApiDefinitions::new(client)),
             args.nad_cache_seconds,
@@ -325,12 +341,10 @@ fn inject(args: &InjectArgs) -> Result<()> {
         std::fs::read_to_string(&args.file)
     }
     .with_context(|| format!("cannot read {source}"))?;
-    let definitions = match (
-        args.network.network_resources,
-        args.network_attachment_definitions.as_slice(),
-    ) {
-        (true, []) | (false, _) => None,
-        (true, paths) => Some(DefinitionFiles::read(paths)?),
+    let requested = args.network.network_resources != NetworkResources::Off;
+    let definitions = match args.network_attachment_definitions.as_slice() {
+        paths if requested && !paths.is_empty() => Some(DefinitionFiles::read(paths)?),
+        _ => None,
     };
     let (output, reports) = inject_yaml(&input, &settings, definitions.as_ref())
         .with_context(|| format!("cannot inject {source}"))?;
@@ -341,7 +355,7 @@ fn inject(args: &InjectArgs) -> Result<()> {
         .iter()
         .filter(|report| matches!(report.result, ReportResult::Injected(_)))
         .count();
-    if args.network.network_resources && definitions.is_none() && injected > 0 {
+    if requested && definitions.is_none() && injected > 0 {
         eprintln!(
             "note: no multus-ipmgr.io/ resource requests added to the {injected} injected \
              workload(s): give the NetworkAttachmentDefinitions their networks name with \

@@ -290,14 +290,15 @@ fn inject_fails_naming_a_definition_missing_from_the_files() {
     );
 }
 
-/// `serve` reads definitions from the API server: without a way to reach it, it refuses to
-/// start, saying how to give it one or to turn the requests off.
+/// `serve --network-resources=true` reads definitions from the API server: without a way to
+/// reach it, it refuses to start, saying how to give it one or to turn the requests off.
 #[test]
 fn serve_without_an_api_configuration_refuses_to_start_saying_what_to_do() {
     let output = Command::new(env!("CARGO_BIN_EXE_ipmgr-webhook"))
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env_clear()
         .env("IPMGR_LOG_FORMAT", "text")
+        .env("IPMGR_NETWORK_RESOURCES", "true")
         .stdin(Stdio::null())
         .output()
         .expect("binary runs");
@@ -310,5 +311,45 @@ fn serve_without_an_api_configuration_refuses_to_start_saying_what_to_do() {
     assert!(
         error.contains("KUBERNETES_SERVICE_HOST is not set"),
         "{error}"
+    );
+}
+
+/// By default (`auto`) a `serve` without a Kubernetes API configuration (kustomize's files
+/// mode of an older release, a demo) starts, and says at once that the requests are off and
+/// how to turn them on or silence it.
+#[test]
+fn serve_without_an_api_configuration_by_default_starts_and_says_requests_are_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("tls");
+    let out_dir = out.to_str().expect("UTF-8 path");
+    let output = run(&["certs", "--out-dir", out_dir], "");
+    assert!(output.status.success());
+    let mut server = Command::new(env!("CARGO_BIN_EXE_ipmgr-webhook"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_clear()
+        .env("IPMGR_LOG_FORMAT", "text")
+        .env("IPMGR_TLS_CERT", out.join("tls.crt"))
+        .env("IPMGR_TLS_KEY", out.join("tls.key"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let stderr = server.stderr.take().expect("stderr");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let warning = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .take(20)
+        .find(|line| line.contains("no Kubernetes API configuration"));
+    let running = server.try_wait().expect("status").is_none();
+    server.kill().expect("kill");
+    server.wait().expect("reaped");
+    let warning = warning.expect("the warning");
+    assert!(running, "it keeps serving");
+    assert!(
+        warning.contains("capacity-aware scheduling off")
+            && warning.contains("--network-resources=false"),
+        "{warning}"
     );
 }

@@ -158,13 +158,19 @@ impl Advertiser {
     }
 
     /// The Node's `status.capacity` (a list by field selector: the agent's RBAC has `list`
-    /// on nodes, not `get`).
+    /// on nodes, not `get`; from the API server's watch cache, `resourceVersion=0`, as a
+    /// check every period of every node should be: a stale answer costs one idempotent
+    /// patch, or one period).
     async fn current_capacity(
         &self,
         client: &kube::Client,
     ) -> Result<Option<serde_json::Map<String, Value>>, String> {
         let nodes = kube::Api::<Node>::all(client.clone())
-            .list(&ListParams::default().fields(&format!("metadata.name={}", self.node_name)))
+            .list(
+                &ListParams::default()
+                    .fields(&format!("metadata.name={}", self.node_name))
+                    .match_any(),
+            )
             .await
             .map_err(|error| format!("cannot read Node {}: {error}", self.node_name))?;
         let node = nodes.items.into_iter().next().ok_or_else(|| {
