@@ -93,6 +93,11 @@ pub mod budget {
 /// port and the webhook's default `--agent-port`.
 pub const AGENT_PORT: u16 = 9472;
 
+/// The domain of the extended resources of capacity-aware scheduling: the node agent
+/// advertises `multus-ipmgr.io/<interface>` on its Node, the webhook adds requests of them;
+/// no other name is either's to write.
+pub const RESOURCE_PREFIX: &str = "multus-ipmgr.io/";
+
 /// Directory of the helper's in-memory emptyDir in native-sidecar mode.
 pub const RUN_DIR: &str = "/run/ipmgr-helper";
 /// The ready file inside [`RUN_DIR`], checked by the startup probe `ipmgr-helper ready`.

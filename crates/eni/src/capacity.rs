@@ -12,9 +12,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{MacAddr, NodeFacts};
 
-/// The domain of the resources the agent advertises; no other name in a Node's capacity is
-/// the agent's to change.
-pub const RESOURCE_PREFIX: &str = "multus-ipmgr.io/";
+pub use ipmgr_contract::RESOURCE_PREFIX;
 
 /// Longest name part of a qualified name (Kubernetes `IsQualifiedName`: 63 characters).
 const MAX_NAME_PART: usize = 63;

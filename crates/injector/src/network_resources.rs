@@ -23,8 +23,7 @@ use crate::{NetworkSelection, Quantity, QuantityError};
 /// The NetworkAttachmentDefinition annotation that names the resource its network uses.
 pub const RESOURCE_NAME_ANNOTATION: &str = "k8s.v1.cni.cncf.io/resourceName";
 
-/// The domain of the resources the node agent advertises; the webhook requests only these.
-pub const RESOURCE_PREFIX: &str = "multus-ipmgr.io/";
+pub use ipmgr_contract::RESOURCE_PREFIX;
 
 /// The [`RESOURCE_NAME_ANNOTATION`] of NetworkAttachmentDefinitions by (namespace, name):
 /// `None` when a definition has none. A definition not in the map does not exist.
