@@ -1,6 +1,7 @@
 //! The contract between `ipmgr-webhook`, which injects the helper container, and
 //! `ipmgr-helper`, which runs in it: the environment variables the webhook sets and the
-//! helper reads, the ready file of native-sidecar mode, and the log settings both binaries
+//! helper reads, the ready file of native-sidecar mode, the domain of the extended resources
+//! the node agent advertises and the webhook requests, and the log settings both binaries
 //! take (feature `logging`). Defined once, used by both sides.
 
 #[cfg(feature = "logging")]
