@@ -125,7 +125,7 @@ fn gauge(node: &Node, name: &str, resource: &str) -> Option<f64> {
 
 #[test]
 #[ignore = "needs root: pods are network namespaces"]
-fn each_multus_eni_is_advertised_by_its_instance_types_limit_and_put_back_after_reregistration() {
+fn each_multus_eni_is_advertised_by_its_instance_types_limit_and_put_back_when_cleared() {
     let mut bed = two_instance_types();
     let before: Vec<Value> = ["node1", "node2"].map(|name| bed.node_object(name)).into();
     let (_agent1, node1, log1) = agent_under_rbac(&mut bed, "node1");
@@ -169,6 +169,17 @@ fn each_multus_eni_is_advertised_by_its_instance_types_limit_and_put_back_after_
         "advertised again {:?} after the node registered afresh",
         started.elapsed()
     );
+    // An admin (or another tool) removes it: put back as well.
+    let (status, answer) = bed.kube_request(
+        "PATCH",
+        "/api/v1/nodes/node1/status",
+        "application/json-patch+json",
+        Some(&json!([{"op": "remove", "path": "/status/capacity/multus-ipmgr.io~1eth1"}])),
+        None,
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(ours(&resources(&answer, "capacity")).is_empty(), "{answer}");
+    wait_advertised(&mut bed, "node1", &[("multus-ipmgr.io/eth1", "9")], &log1);
 
     // Everything the agents asked was within their ClusterRole; their only writes were
     // patches of their own Node's status.
