@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::agents::{METRICS, agent_helper, agent_with, bystander};
+use common::agents::{METRICS, agent_helper, agent_with, built_next_to_helper, bystander};
 use ipmgr_testbed::scheduler::{SchedulerNode, schedule};
 use ipmgr_testbed::{Background, Interface, Node, PodSpec, TestBed, Topology, finish};
 use serde::Deserialize as _;
@@ -248,21 +248,6 @@ fn addresses_no_request_accounts_for_are_counted() {
     }
 }
 
-/// The webhook built next to the helper under test (`IPMGR_WEBHOOK_BIN` when set).
-fn webhook() -> PathBuf {
-    if let Some(binary) = std::env::var_os("IPMGR_WEBHOOK_BIN") {
-        return binary.into();
-    }
-    let helper = PathBuf::from(env!("CARGO_BIN_EXE_ipmgr-helper"));
-    let webhook = helper.with_file_name("ipmgr-webhook");
-    assert!(
-        webhook.exists(),
-        "{} is missing: build it (cargo build -p ipmgr-webhook with the same target) or set IPMGR_WEBHOOK_BIN",
-        webhook.display()
-    );
-    webhook
-}
-
 /// The containers of a pod on Multus network `macvlan-eth1` as the webhook admits it
 /// (`ipmgr-webhook inject`, offline, given the NetworkAttachmentDefinition), its NAD
 /// naming `resource` (or no resource).
@@ -287,14 +272,15 @@ fn admitted_containers(resource: Option<&str>) -> Value {
     let pod_file = dir.path().join("pod.json");
     std::fs::write(&nad_file, nad.to_string()).expect("NAD file");
     std::fs::write(&pod_file, pod.to_string()).expect("pod file");
-    let output = std::process::Command::new(webhook())
-        .arg("inject")
-        .arg("-f")
-        .arg(&pod_file)
-        .arg("--network-attachment-definitions")
-        .arg(&nad_file)
-        .output()
-        .expect("ipmgr-webhook inject runs");
+    let output =
+        std::process::Command::new(built_next_to_helper("ipmgr-webhook", "IPMGR_WEBHOOK_BIN"))
+            .arg("inject")
+            .arg("-f")
+            .arg(&pod_file)
+            .arg("--network-attachment-definitions")
+            .arg(&nad_file)
+            .output()
+            .expect("ipmgr-webhook inject runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

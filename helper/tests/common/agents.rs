@@ -102,17 +102,23 @@ pub(crate) fn without_aws(pod: &Pod, node: &Node) -> Pod {
 /// The pod client the webhook injects with the agent backend: `IPMGR_POD_BIN` when set,
 /// else the `ipmgr-pod` built next to the helper under test (`cargo build -p ipmgr-pod`).
 pub(crate) fn pod_client() -> PathBuf {
-    if let Some(binary) = std::env::var_os("IPMGR_POD_BIN") {
+    built_next_to_helper("ipmgr-pod", "IPMGR_POD_BIN")
+}
+
+/// The binary `name` of another package of the workspace: `variable` when set, else the one
+/// built next to the helper under test (`cargo build -p <its package>` with the same target).
+pub(crate) fn built_next_to_helper(name: &str, variable: &str) -> PathBuf {
+    if let Some(binary) = std::env::var_os(variable) {
         return binary.into();
     }
     let helper = PathBuf::from(env!("CARGO_BIN_EXE_ipmgr-helper"));
-    let client = helper.with_file_name("ipmgr-pod");
+    let binary = helper.with_file_name(name);
     assert!(
-        client.exists(),
-        "{} is missing: build it (cargo build -p ipmgr-pod with the same target) or set IPMGR_POD_BIN",
-        client.display()
+        binary.exists(),
+        "{} is missing: build it (cargo build -p {name} with the same target) or set {variable}",
+        binary.display()
     );
-    client
+    binary
 }
 
 /// `ipmgr-pod args...` in `pod`, asking the agent of `node`.
