@@ -19,22 +19,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::ServerProcess;
+use common::{KeepAlive, ServerProcess, env_number, keep_alive};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use ipmgr_webhook::admission::{Reviewed, review};
 use tokio::io::AsyncWriteExt as _;
 use tokio_rustls::TlsConnector;
-
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
 
 #[derive(Clone)]
 struct Target {
@@ -43,16 +33,7 @@ struct Target {
     body: Bytes,
 }
 
-async fn open(connector: &TlsConnector, addr: SocketAddr) -> Sender {
-    let stream = common::connect(connector, addr).await.expect("connects");
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("HTTP handshake");
-    tokio::spawn(connection);
-    sender
-}
-
-async fn send(sender: &mut Sender, target: &Target) {
+async fn send(sender: &mut KeepAlive, target: &Target) {
     let request = hyper::Request::builder()
         .method(target.method.clone())
         .uri(target.path)
@@ -100,7 +81,7 @@ async fn closed_loop(
         .map(|_| {
             let (connector, target) = (connector.clone(), target.clone());
             tokio::spawn(async move {
-                let mut sender = open(&connector, addr).await;
+                let mut sender = keep_alive(&connector, addr).await;
                 let mut latencies = Vec::new();
                 while started.elapsed() < run {
                     let sent = Instant::now();
@@ -133,7 +114,7 @@ async fn open_loop(
     let mut tasks = Vec::with_capacity(connections);
     for _ in 0..connections {
         let (tick, mut scheduled_ticks) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-        let mut sender = open(connector, addr).await;
+        let mut sender = keep_alive(connector, addr).await;
         let target = target.clone();
         ticks.push(tick);
         tasks.push(tokio::spawn(async move {

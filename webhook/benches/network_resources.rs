@@ -22,15 +22,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use common::ServerProcess;
+use common::{KeepAlive, ServerProcess, env_number, keep_alive};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use ipmgr_testbed::KubeApi;
 use ipmgr_testbed::kube::JSON;
 use serde_json::{Value, json};
-
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 /// The webhook's service account, as the chart names it.
 const WEBHOOK_USER: &str = "system:serviceaccount:multus-ipmgr:ipmgr-webhook";
@@ -39,13 +36,6 @@ const DEFINITION: &str = "ipvlan-n3";
 const RESOURCE: &str = "multus-ipmgr.io/eth1";
 const READS: &str = "ipmgr_webhook_network_definition_reads_total";
 const HITS: &str = "ipmgr_webhook_network_definition_cache_hits_total";
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
 
 /// One setting of the server: its name, its environment, and whether its patches carry the
 /// request.
@@ -101,21 +91,10 @@ fn pod() -> Value {
     pod
 }
 
-async fn open(server: &ServerProcess) -> Sender {
-    let stream = common::connect(&server.connector, server.addr)
-        .await
-        .expect("connects");
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("HTTP handshake");
-    tokio::spawn(connection);
-    sender
-}
-
 /// `method path` with `body` on the kept-alive connection: the answer's body, and the time
 /// from sending to its last byte.
 async fn exchange(
-    sender: &mut Sender,
+    sender: &mut KeepAlive,
     method: hyper::Method,
     path: &str,
     body: &Bytes,
@@ -173,7 +152,7 @@ fn check(answer: &[u8], pod: &Value, requests: bool) {
 
 /// The definition reads (every result: each is one GET) and the cache hits the server
 /// counted so far, read on the same connection.
-async fn counters(sender: &mut Sender) -> (u64, u64) {
+async fn counters(sender: &mut KeepAlive) -> (u64, u64) {
     let (text, _) = exchange(sender, hyper::Method::GET, "/metrics", &Bytes::new()).await;
     let text = String::from_utf8_lossy(&text);
     let (mut reads, mut hits) = (0, 0);
@@ -207,7 +186,7 @@ async fn measure(setting: &Setting, warmup: usize, admissions: usize, body: &Byt
         .collect();
     let server = ServerProcess::start(&env).await;
     let pod = pod();
-    let mut sender = open(&server).await;
+    let mut sender = keep_alive(&server.connector, server.addr).await;
     for _ in 0..warmup {
         let (answer, _) = exchange(&mut sender, hyper::Method::POST, "/mutate", body).await;
         check(&answer, &pod, setting.requests);

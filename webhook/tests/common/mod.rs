@@ -381,6 +381,29 @@ pub fn webhook_binary() -> PathBuf {
 /// the first large body and keeps later ones in its heap after they are freed.
 pub const MALLOC_MMAP_THRESHOLD: &str = "131072";
 
+/// A kept-alive HTTP/1.1 connection to the server, for the benchmarks.
+pub type KeepAlive =
+    hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>;
+
+/// Opens a [`KeepAlive`] connection over TLS to `addr`.
+pub async fn keep_alive(connector: &TlsConnector, addr: SocketAddr) -> KeepAlive {
+    let stream = connect(connector, addr).await.expect("connects");
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("HTTP handshake");
+    tokio::spawn(connection);
+    sender
+}
+
+/// The benchmark knob `name` from the environment, else `default`.
+pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A running `ipmgr-webhook serve` process on loopback with a fresh certificate, configured
 /// through environment variables only (a build that lacks a setting ignores it), with the
 /// Deployment's [`MALLOC_MMAP_THRESHOLD`], and without network requests (no API server to
