@@ -234,28 +234,29 @@ fn serve(args: ServeArgs) -> Result<()> {
             request_timeout: args.request_timeout_seconds,
         },
     );
-    let api = match args.network.network_resources {
-        NetworkResources::Off => None,
-        NetworkResources::On => Some(ApiClient::from_environment().context(
+    // The Kubernetes API configuration, read once for whichever of the two needs it.
+    let api = (managed || args.network.network_resources != NetworkResources::Off)
+        .then(|| ApiClient::from_environment().map_err(Arc::new));
+    let definitions_client = match (args.network.network_resources, api.clone()) {
+        (NetworkResources::Off, _) | (_, None) => None,
+        (NetworkResources::On, Some(client)) => Some(client.context(
             "cannot configure the Kubernetes API for reading NetworkAttachmentDefinitions \
              (--network-resources): give the webhook a service account token that may get \
              them, or set --network-resources=false (IPMGR_NETWORK_RESOURCES)",
         )?),
-        NetworkResources::Auto => match ApiClient::from_environment() {
-            Ok(client) => Some(client),
-            Err(error) => {
-                tracing::warn!(
-                    %error,
-                    "no Kubernetes API configuration: injected pods get no multus-ipmgr.io/ \
-                     resource requests (capacity-aware scheduling off); give the webhook a \
-                     service account token that may get network-attachment-definitions, or \
-                     set --network-resources=false (IPMGR_NETWORK_RESOURCES) to silence this"
-                );
-                None
-            }
-        },
+        (NetworkResources::Auto, Some(Ok(client))) => Some(client),
+        (NetworkResources::Auto, Some(Err(error))) => {
+            tracing::warn!(
+                %error,
+                "no Kubernetes API configuration: injected pods get no multus-ipmgr.io/ \
+                 resource requests (capacity-aware scheduling off); give the webhook a \
+                 service account token that may get network-attachment-definitions, or \
+                 set --network-resources=false (IPMGR_NETWORK_RESOURCES) to silence this"
+            );
+            None
+        }
     };
-    if let Some(client) = api {
+    if let Some(client) = definitions_client {
         state = state.with_network_definitions(
             Box::new(ApiDefinitions::new(client)),
             args.nad_cache_seconds,
@@ -279,7 +280,8 @@ fn serve(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {} (--listen / IPMGR_LISTEN)", args.listen))?;
         if managed {
-            let client = ApiClient::from_environment()
+            let client = api
+                .unwrap_or_else(|| ApiClient::from_environment().map_err(Arc::new))
                 .context("cannot configure the Kubernetes API for the managed certificates")?;
             let store = KubeStore::new(
                 client,
