@@ -113,6 +113,12 @@ fn a_deleted_pods_address_goes_back_within_the_grace_and_a_reused_one_stays() {
     // what make the agent look.
     let (mut agent, log) = agent(&bed, &node, &["--resync-seconds", "3600"]);
     wait_ready(&node);
+    // Its one start-up read (DescribeInstanceTypes, for the capacity) is not a change.
+    if let Err(last) =
+        ipmgr_testbed::wait_agent_capacity_read(&node, "127.0.0.1:9471", Duration::from_secs(10))
+    {
+        panic!("the agent never read its capacity: {last}");
+    }
     bed.reset_calls();
     std::thread::sleep(Duration::from_secs(GRACE_SECONDS + 1));
     assert_eq!(bed.calls(), json!({}), "nothing changes: no call");

@@ -10,7 +10,7 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::agents::{METRICS, agent_helper, agent_with, bystander, counted};
+use common::agents::{METRICS, agent_helper, agent_with, bystander, counted, wait_capacity_read};
 use common::how_to_bed;
 use ipmgr_testbed::process::{cpu_ticks, rss_kib};
 use ipmgr_testbed::{Background, Interface, finish, http_get};
@@ -225,6 +225,7 @@ fn two_hundred_changes_from_one_pod_that_changed_nothing_cost_at_most_two_ec2_ca
     );
     let (output, stderr, _) = finish(agent_helper(&bed, &pod, &node, &["init"]));
     assert!(output.status.success(), "{stderr}");
+    wait_capacity_read(&node, &log);
     bed.reset_calls();
     // Four at a time: the connections a source may have open (more are closed unread).
     for together in [4, 1] {

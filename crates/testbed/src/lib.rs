@@ -909,6 +909,27 @@ pub fn wait_agent_ready(node: &Node, metrics: &str, limit: Duration) -> Result<(
     }
 }
 
+/// Waits up to `limit` for the agent in `node` (metrics on `metrics`) to have read its
+/// instance type's per-interface limit, its one `DescribeInstanceTypes`: it then exports
+/// the gauge `ipmgr_agent_multus_capacity`. A test that counts the EC2 calls of an idle
+/// agent waits for this first (the read follows readiness by up to a capacity check).
+pub fn wait_agent_capacity_read(node: &Node, metrics: &str, limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = http_get(node, &format!("http://{metrics}/metrics"));
+        if text
+            .lines()
+            .any(|line| line.starts_with("ipmgr_agent_multus_capacity{"))
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(text);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Runs `command` to the end: its output, standard error as text, and how long it took.
 pub fn finish(mut command: Command) -> (Output, String, Duration) {
     let started = Instant::now();

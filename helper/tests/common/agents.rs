@@ -82,6 +82,19 @@ pub(crate) fn wait_ready(node: &Node, log: &Path) {
     }
 }
 
+/// Waits until the agent has made its one start-up read (DescribeInstanceTypes, for the
+/// capacity), so that a count of EC2 calls from here on sees only what pods cause.
+pub(crate) fn wait_capacity_read(node: &Node, log: &Path) {
+    if let Err(last) =
+        ipmgr_testbed::wait_agent_capacity_read(node, METRICS, Duration::from_secs(30))
+    {
+        panic!(
+            "the agent never read its capacity ({last}): {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+}
+
 /// A bystander pod (nodes always run some), so that the agent's view is never empty.
 pub(crate) fn bystander(bed: &mut TestBed, node: &str) {
     bed.pod(node, &format!("bystander-{node}"), &[]);
