@@ -3,8 +3,9 @@
 //! its resource rules, matchConditions (without `variables`, which the API server does not
 //! give them), variables (in order, each seeing the ones before), validations and the
 //! message the API server would show, over tables of requests: who may write a pod's
-//! `k8s.v1.cni.cncf.io/network-status`, and which `multus-ipmgr.io/floating-ips` its
-//! namespace's grant allows.
+//! `k8s.v1.cni.cncf.io/network-status`, which `multus-ipmgr.io/floating-ips` its
+//! namespace's grant allows, and that an injected pod's `k8s.v1.cni.cncf.io/networks` stay
+//! those it was created with.
 
 #[path = "common/cel.rs"]
 mod cel;
@@ -17,11 +18,13 @@ use cel::{Cel, Context, Expression, cel, find, items, text};
 use rstest::rstest;
 use serde_json::{Map, Value, json};
 
+use ipmgr_injector::HELPER_CONTAINER_NAME;
 use kube_tools::{helm, template, values_file};
 
 const POLICY: &str = include_str!("../../manifests/policy/validatingadmissionpolicy.yaml");
 
 const NETWORK_STATUS: &str = "k8s.v1.cni.cncf.io/network-status";
+const NETWORKS: &str = "k8s.v1.cni.cncf.io/networks";
 const FLOATING_IPS: &str = "multus-ipmgr.io/floating-ips";
 const GRANT: &str = "multus-ipmgr.io/floating-ip-cidrs";
 
@@ -663,5 +666,85 @@ fn the_policy_leaves_other_resources_and_operations_alone() {
     for rule in &policy.rules {
         assert_eq!(rule["scope"], "Namespaced", "only namespaced pods: {rule}");
         assert_eq!(rule["apiGroups"], json!([""]), "{rule}");
+    }
+}
+
+/// A write of a pod the webhook injected, its helper container among `place`
+/// (`containers` for a sidecar, `initContainers` for init and native-sidecar modes), from
+/// the annotations `old` to `new`.
+fn write_injected(
+    username: &str,
+    subresource: &'static str,
+    place: &str,
+    old: &[(&str, &str)],
+    new: &[(&str, &str)],
+) -> Request {
+    let mut request = write(username, subresource, Some(old), new, None);
+    let old_object = request.old_object.as_mut().expect("an UPDATE");
+    for pod in [&mut request.object, old_object] {
+        let mut containers = pod["spec"][place].as_array().cloned().unwrap_or_default();
+        containers.push(json!({"name": HELPER_CONTAINER_NAME, "image": "ipmgr-pod"}));
+        pod["spec"][place] = Value::Array(containers);
+    }
+    request
+}
+
+const ONE_NETWORK: &str = "ipvlan-multus";
+const TWO_NETWORKS: &str = "ipvlan-multus,late-net@net2";
+
+#[rstest]
+// The attack: the webhook sized the pod's requests from one network; a second one added
+// later would get an address the scheduler never counted.
+#[case::tenant_adds_a_network(TENANT, "", "initContainers", &[(NETWORKS, ONE_NETWORK)][..], &[(NETWORKS, TWO_NETWORKS)][..], Expect::Denied(&["system:serviceaccount:tenant:default may not change annotation k8s.v1.cni.cncf.io/networks of pod vip: multus-ipmgr injected it", "change the networks in the pod's template and create the pod again"]))]
+#[case::a_sidecar_pod(TENANT, "", "containers", &[(NETWORKS, ONE_NETWORK)][..], &[(NETWORKS, TWO_NETWORKS)][..], Expect::Denied(&["may not change annotation k8s.v1.cni.cncf.io/networks"]))]
+#[case::through_the_status(TENANT, "status", "initContainers", &[(NETWORKS, ONE_NETWORK)][..], &[(NETWORKS, TWO_NETWORKS)][..], Expect::Denied(&["may not change annotation k8s.v1.cni.cncf.io/networks"]))]
+#[case::set_where_there_was_none(TENANT, "", "containers", &[][..], &[(NETWORKS, ONE_NETWORK)][..], Expect::Denied(&["may not set annotation k8s.v1.cni.cncf.io/networks"]))]
+#[case::removed(TENANT, "", "initContainers", &[(NETWORKS, ONE_NETWORK)][..], &[][..], Expect::Denied(&["may not remove annotation k8s.v1.cni.cncf.io/networks"]))]
+#[case::emptied(TENANT, "", "initContainers", &[(NETWORKS, ONE_NETWORK)][..], &[(NETWORKS, "")][..], Expect::Denied(&["may not remove"]))]
+// Nobody changes them, not even Multus' own identity.
+#[case::by_multus(MULTUS, "status", "initContainers", &[(NETWORKS, ONE_NETWORK)][..], &[(NETWORKS, TWO_NETWORKS)][..], Expect::Denied(&["system:serviceaccount:kube-system:multus may not change"]))]
+// Writes that leave the networks as they were skip the policy.
+#[case::another_annotation(TENANT, "", "initContainers", &[(NETWORKS, ONE_NETWORK)][..], &[(NETWORKS, ONE_NETWORK), ("team", "blue")][..], Expect::NotMatched)]
+#[case::kubelet_status(TENANT, "status", "containers", &[(NETWORKS, ONE_NETWORK)][..], &[(NETWORKS, ONE_NETWORK)][..], Expect::NotMatched)]
+#[case::absent_to_empty(TENANT, "", "containers", &[][..], &[(NETWORKS, "")][..], Expect::NotMatched)]
+fn an_injected_pods_networks_are_those_it_was_created_with(
+    #[case] username: &str,
+    #[case] subresource: &'static str,
+    #[case] place: &str,
+    #[case] old: &[(&str, &str)],
+    #[case] new: &[(&str, &str)],
+    #[case] expect: Expect,
+) {
+    let request = write_injected(username, subresource, place, old, new);
+    check(&Policy::shipped().review(&request), &expect);
+}
+
+/// Pods the webhook did not inject keep Multus' own rules: their networks may change
+/// (multus-dynamic-networks-controller attaches and detaches on such changes), and a pod's
+/// networks at creation are the webhook's to read.
+#[rstest]
+#[case::an_uninjected_pod_adds_a_network(Some(&[(NETWORKS, ONE_NETWORK)][..]), &[(NETWORKS, TWO_NETWORKS)][..])]
+#[case::an_uninjected_pod_removes_them(Some(&[(NETWORKS, ONE_NETWORK)][..]), &[][..])]
+#[case::a_pod_created_with_networks(None, &[(NETWORKS, TWO_NETWORKS)][..])]
+fn other_pods_networks_are_left_alone(
+    #[case] old: Option<&[(&str, &str)]>,
+    #[case] new: &[(&str, &str)],
+) {
+    let request = write(TENANT, "", old, new, None);
+    check(&Policy::shipped().review(&request), &Expect::NotMatched);
+}
+
+/// The policy knows an injected pod by the container name the webhook gives its helper.
+#[test]
+fn the_policy_names_the_injected_container() {
+    let quoted = format!("container.name == '{HELPER_CONTAINER_NAME}'");
+    for (file, policy) in [
+        ("manifests/policy", POLICY),
+        (
+            "the chart",
+            include_str!("../../charts/multus-ipmgr/templates/policy.yaml"),
+        ),
+    ] {
+        assert_eq!(policy.matches(&quoted).count(), 4, "{file}: {quoted}");
     }
 }
