@@ -2,7 +2,8 @@
 //! two instance types advertises each Multus ENI's secondary IPv4 capacity as
 //! `multus-ipmgr.io/<interface>` on its Node, under exactly the RBAC of its ClusterRole
 //! (manifests/agent/rbac.yaml, enforced by the bed's API server), puts it back after the
-//! kubelet registered the node afresh, and counts the addresses no request accounts for.
+//! kubelet registered the node afresh, names an ENI by its link (by its device number when
+//! no link carries its MAC), and counts the addresses no request accounts for.
 //! And the simulation: pods admitted by the webhook (offline `inject`, given the network's
 //! NetworkAttachmentDefinition) placed by a model of kube-scheduler's NodeResourcesFit on
 //! the advertised allocatable ([`ipmgr_testbed::scheduler`]) and made routable by the agents:
@@ -199,6 +200,40 @@ fn each_multus_eni_is_advertised_by_its_instance_types_limit_and_put_back_when_c
             "{write}"
         );
     }
+}
+
+/// `ip -n <node> ...`, which must succeed.
+fn ip_on(node: &Node, args: &[&str]) {
+    let output = std::process::Command::new("ip")
+        .args(["-n", &node.netns])
+        .args(args)
+        .output()
+        .expect("ip runs");
+    assert!(
+        output.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+#[ignore = "needs root: pods are network namespaces"]
+fn an_eni_is_named_by_its_link_else_by_its_device_number() {
+    let mut bed = two_instance_types();
+    let (_agent, node, log) = agent_under_rbac(&mut bed, "node2");
+    let both = |second: &'static str| [("multus-ipmgr.io/eth1", "29"), (second, "28")];
+    wait_advertised(&mut bed, "node2", &both("multus-ipmgr.io/eth2"), &log);
+
+    // The link carrying the second ENI's MAC is renamed: its name is the resource's.
+    ip_on(&node, &["link", "set", "eth2", "down"]);
+    ip_on(&node, &["link", "set", "eth2", "name", "multus0"]);
+    ip_on(&node, &["link", "set", "multus0", "up"]);
+    wait_advertised(&mut bed, "node2", &both("multus-ipmgr.io/multus0"), &log);
+
+    // No link carries it any more: the device's name, eth<device-number> (2).
+    ip_on(&node, &["link", "del", "multus0"]);
+    wait_advertised(&mut bed, "node2", &both("multus-ipmgr.io/eth2"), &log);
+    assert_eq!(bed.kube_denied(), Vec::<Value>::new());
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! The node's Multus address capacity, as the node agent advertises it on its Node: one
 //! extended resource per Multus ENI, `multus-ipmgr.io/<node interface>` (the name the
 //! ipvlan `master` of a NetworkAttachmentDefinition gives the ENI, so it stays the same
-//! when another ENI is attached at that device), worth the secondary IPv4 addresses the ENI
-//! can hold. The scheduler then places no more pods requesting it on the node than the ENI
+//! when another ENI is attached at that device; when no interface carries the ENI's MAC,
+//! `eth<device-number>`, the name AWS gives the device), worth the secondary IPv4 addresses
+//! the ENI can hold. The scheduler then places no more pods requesting it on the node than the ENI
 //! holds (Kubernetes "Advertise Extended Resources for a Node"; the kubelet copies an
 //! extended resource of `status.capacity` into `status.allocatable`).
 
@@ -35,16 +36,31 @@ pub struct EniCapacity {
 /// Why a Multus ENI has no resource.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Unadvertised {
-    /// No interface of the node carries the ENI's MAC (it is being attached, or a CNI
-    /// such as host-device moved it into a pod).
+    /// No interface of the node carries the ENI's MAC, and the ENI is on another network
+    /// card than the first, whose device numbers name no `eth<N>` of their own.
     #[error(
-        "Multus ENI {eni_id} ({mac}) is no interface of the node's network namespace; its capacity is not advertised until one carries its MAC"
+        "Multus ENI {eni_id} ({mac}) on network card {network_card} is no interface of the node's network namespace; its capacity is not advertised until one carries its MAC"
     )]
     NoInterface {
         /// The ENI.
         eni_id: String,
         /// Its MAC.
         mac: MacAddr,
+        /// Its network card.
+        network_card: u32,
+    },
+    /// No interface of the node carries the ENI's MAC, and its device name is the name of
+    /// another interface: which one the name means cannot be told.
+    #[error(
+        "Multus ENI {eni_id} ({mac}) is no interface of the node's network namespace, and its device name {device_name} is another interface's; its capacity is not advertised until an interface carries its MAC"
+    )]
+    DeviceNameTaken {
+        /// The ENI.
+        eni_id: String,
+        /// Its MAC.
+        mac: MacAddr,
+        /// `eth<device-number>`.
+        device_name: String,
     },
     /// The interface's name cannot be part of a resource name.
     #[error(
@@ -90,8 +106,12 @@ pub fn secondary_ipv4_capacity(addresses_per_interface: u32, ipv4_prefixes: usiz
         .saturating_sub(prefixes)
 }
 
-/// The capacity of each of the node's Multus ENIs (`multus`, their ids) that is an
-/// interface of the node (`interfaces`: MAC to name), and why the others have none.
+/// The capacity of each of the node's Multus ENIs (`multus`, their ids), and why the
+/// others have none. An ENI is named by the interface of the node that carries its MAC
+/// (`interfaces`: MAC to name). When none does (the link is not there yet, or the agent
+/// cannot see it), an ENI of the first network card is named `eth<device-number>`, as AWS
+/// names the device ("a device-number of 2 is for the eth2 device", instance metadata
+/// categories), unless an interface of the node has that name.
 pub fn advertised(
     node: &NodeFacts,
     multus: &[String],
@@ -101,23 +121,39 @@ pub fn advertised(
     let mut capacities = Vec::new();
     let mut unadvertised = Vec::new();
     for eni in node.enis.iter().filter(|eni| multus.contains(&eni.id)) {
-        let Some(interface) = interfaces.get(&eni.mac) else {
-            unadvertised.push(Unadvertised::NoInterface {
-                eni_id: eni.id.clone(),
-                mac: eni.mac,
-            });
-            continue;
+        let interface = match interfaces.get(&eni.mac) {
+            Some(interface) => interface.clone(),
+            None if eni.network_card != 0 => {
+                unadvertised.push(Unadvertised::NoInterface {
+                    eni_id: eni.id.clone(),
+                    mac: eni.mac,
+                    network_card: eni.network_card,
+                });
+                continue;
+            }
+            None => {
+                let device_name = format!("eth{}", eni.device_number);
+                if interfaces.values().any(|name| *name == device_name) {
+                    unadvertised.push(Unadvertised::DeviceNameTaken {
+                        eni_id: eni.id.clone(),
+                        mac: eni.mac,
+                        device_name,
+                    });
+                    continue;
+                }
+                device_name
+            }
         };
-        let Some(resource) = resource_name(interface) else {
+        let Some(resource) = resource_name(&interface) else {
             unadvertised.push(Unadvertised::InvalidName {
                 eni_id: eni.id.clone(),
-                interface: interface.clone(),
+                interface,
             });
             continue;
         };
         capacities.push(EniCapacity {
             eni_id: eni.id.clone(),
-            interface: interface.clone(),
+            interface,
             resource,
             capacity: secondary_ipv4_capacity(addresses_per_interface, eni.ipv4_prefixes.len()),
             held: u32::try_from(eni.ipv4.len().saturating_sub(1)).unwrap_or(u32::MAX),
@@ -182,6 +218,7 @@ mod tests {
         format!("02:00:00:00:00:{last:02x}").parse().expect("a MAC")
     }
 
+    /// ENI `id` at device `last` of the first network card, with a MAC ending in `last`.
     fn eni(id: &str, last: u8, secondaries: usize, prefixes: usize) -> Eni {
         Eni {
             mac: mac(last),
@@ -241,7 +278,9 @@ mod tests {
     }
 
     #[test]
-    fn only_multus_enis_with_an_interface_are_advertised() {
+    fn each_multus_eni_is_named_by_its_interface_else_by_its_device_number() {
+        let mut other_card = eni("eni-other-card", 6, 0, 0);
+        other_card.network_card = 1;
         let node = NodeFacts {
             instance_id: "i-1".to_owned(),
             region: "us-east-1".to_owned(),
@@ -249,9 +288,12 @@ mod tests {
             enis: vec![
                 eni("eni-primary", 0, 3, 0),
                 eni("eni-multus", 1, 2, 1),
-                eni("eni-unlinked", 2, 0, 0),
+                eni("eni-unlinked", 2, 1, 0),
                 eni("eni-badname", 3, 0, 0),
                 eni("eni-vpc-cni", 4, 5, 0),
+                eni("eni-renamed", 5, 0, 0),
+                other_card,
+                eni("eni-name-taken", 7, 0, 0),
             ],
         };
         let interfaces = BTreeMap::from([
@@ -259,29 +301,53 @@ mod tests {
             (mac(1), "eth1".to_owned()),
             (mac(3), "eth3:x".to_owned()),
             (mac(4), "eth4".to_owned()),
+            (mac(5), "multus0".to_owned()),
+            // Another interface (a bond, a VLAN's parent) took the name eth7.
+            (mac(0x70), "eth7".to_owned()),
         ]);
-        let multus = ["eni-multus", "eni-unlinked", "eni-badname"].map(str::to_owned);
+        let multus = [
+            "eni-multus",
+            "eni-unlinked",
+            "eni-badname",
+            "eni-renamed",
+            "eni-other-card",
+            "eni-name-taken",
+        ]
+        .map(str::to_owned);
         let (capacities, unadvertised) = advertised(&node, &multus, &interfaces, 10);
+        let named = |eni_id: &str, interface: &str, capacity, held| EniCapacity {
+            eni_id: eni_id.to_owned(),
+            interface: interface.to_owned(),
+            resource: format!("multus-ipmgr.io/{interface}"),
+            capacity,
+            held,
+        };
         assert_eq!(
             capacities,
-            vec![EniCapacity {
-                eni_id: "eni-multus".to_owned(),
-                interface: "eth1".to_owned(),
-                resource: "multus-ipmgr.io/eth1".to_owned(),
-                capacity: 8,
-                held: 2,
-            }]
+            vec![
+                named("eni-multus", "eth1", 8, 2),
+                // No interface carries its MAC: the device's name.
+                named("eni-unlinked", "eth2", 9, 1),
+                // The interface's name wins over the device's.
+                named("eni-renamed", "multus0", 9, 0),
+            ]
         );
         assert_eq!(
             unadvertised,
             vec![
-                Unadvertised::NoInterface {
-                    eni_id: "eni-unlinked".to_owned(),
-                    mac: mac(2),
-                },
                 Unadvertised::InvalidName {
                     eni_id: "eni-badname".to_owned(),
                     interface: "eth3:x".to_owned(),
+                },
+                Unadvertised::NoInterface {
+                    eni_id: "eni-other-card".to_owned(),
+                    mac: mac(6),
+                    network_card: 1,
+                },
+                Unadvertised::DeviceNameTaken {
+                    eni_id: "eni-name-taken".to_owned(),
+                    mac: mac(7),
+                    device_name: "eth7".to_owned(),
                 },
             ]
         );
