@@ -173,12 +173,18 @@ impl Advertiser {
             )
             .await
             .map_err(|error| format!("cannot read Node {}: {error}", self.node_name))?;
-        let node = nodes.items.into_iter().next().ok_or_else(|| {
-            format!(
-                "Node {} does not exist (NODE_NAME must be the node's name)",
-                self.node_name
-            )
-        })?;
+        // By name, not the first item: a server that ignored the selector would answer
+        // every Node.
+        let node = nodes
+            .items
+            .into_iter()
+            .find(|node| node.metadata.name.as_deref() == Some(self.node_name.as_str()))
+            .ok_or_else(|| {
+                format!(
+                    "Node {} does not exist (NODE_NAME must be the node's name)",
+                    self.node_name
+                )
+            })?;
         let capacity = node
             .status
             .and_then(|status| status.capacity)
