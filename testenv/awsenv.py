@@ -61,6 +61,13 @@ Control calls (method, path, body -> answer):
                           object stays as it was (a node whose status updates lag); a DELETE of
                           such a pod later deletes its object (MODIFIED, then DELETED)
     GET pods              every pod with a sandbox, as POST pods answers it
+    POST nodes/NAME/enis  an ENI of a node description (testenv/topology.py; "name" default
+                          eth<device>, "device" default the lowest free one of "card" 0):
+                          a new ENI attached to the running node, its link in the node's
+                          namespace; refused as a description is (a name the node has, more
+                          ENIs than its type takes) or at an occupied device -> the ENI
+    DELETE nodes/NAME/enis/ENI_NAME  detaches the ENI (it keeps its addresses, attached to
+                          nothing) and removes its link -> the ENI as it was
     GET nodes/NAME        -> the node's own namespace (host network), its eth0 "address" and
                           "address6" (the pods' status.hostIP, where a node agent listens), its
                           runtime netns directory (bind mounts of its pods' namespaces) and
@@ -154,6 +161,7 @@ class Bed:
     def __init__(self, state: State, host: str, bed: str | None):
         self.state, self.host, self.bed = state, host, bed
         self.topology: dict = {}
+        self.builder: topology.Builder | None = None  # the topology's, for ENIs attached later
         # With a bed: the resolver's address, the EC2 endpoint by name, the Kubernetes API
         # server's endpoint and kubeconfig (main sets them).
         self.names: dict[str, str] = {}
@@ -177,9 +185,10 @@ class Bed:
         if self.topology:
             raise PodError("the bed has a topology already")
         description = topology.load(request["file"]) if "file" in request else request
+        self.builder = topology.Builder(self.state)
         self.state.building = True  # setup is not the account's traffic: no throttling
         try:
-            built = topology.Builder(self.state).build(description)
+            built = self.builder.build(description)
         finally:
             self.state.building = False
         for name, node in built["nodes"].items():
@@ -229,6 +238,8 @@ class Bed:
                 return 200, self.build(request)
             if path == "pods" or path.startswith("pods/"):
                 return 200, self.pod_call(method, path.split("/")[1:], request)
+            if path.startswith("nodes/") and "/enis" in path:
+                return 200, self.eni_call(method, path.split("/")[1:], request)
             if method == "GET" and path.startswith("nodes/"):
                 name = path[len("nodes/"):]
                 node = self.require_pods().node(name, self.pod_environment(name))
@@ -300,6 +311,39 @@ class Bed:
             return 400, {"error": str(error)}
         except Exception as error:  # the test sees the reason
             return 500, {"error": repr(error)}
+
+    def eni_call(self, method: str, parts: list[str], request: dict) -> dict:
+        """An operator attaching an ENI to a running node (POST nodes/NAME/enis) or detaching
+        one (DELETE nodes/NAME/enis/ENI_NAME): EC2 and the node's metadata change, and so does
+        the node's link standing for the ENI."""
+        node_name = parts[0]
+        node = self.topology.get("nodes", {}).get(node_name)
+        if node is None or self.builder is None:
+            raise PodError(f"no node {node_name} in the topology")
+        self.state.building = True  # an operator's calls are not the account's traffic
+        try:
+            if method == "POST" and parts[1:] == ["enis"]:
+                eni = self.builder.attach(node_name, node, request)
+                node["enis"].append(eni)
+                if self.pods:
+                    self.pods.attach_link(node_name, eni["interface"], eni["mac"])
+                return eni
+            if method == "DELETE" and len(parts) == 3 and parts[1] == "enis":
+                position, eni = next(((position, eni) for position, eni in enumerate(node["enis"])
+                                      if eni["name"] == parts[2]), (None, None))
+                if eni is None:
+                    raise PodError(f"node {node_name} has no ENI named {parts[2]}")
+                if position == 0:
+                    raise PodError(f"ENI {parts[2]} is node {node_name}'s primary ENI, which cannot be "
+                                   "detached (OperationNotPermitted)")
+                self.builder.detach(eni)
+                node["enis"].remove(eni)
+                if self.pods:
+                    self.pods.detach_link(node_name, eni["interface"])
+                return eni
+        finally:
+            self.state.building = False
+        raise PodError(f"unknown ENI call {method} nodes/{'/'.join(parts)}")
 
     def proxy_call(self, method: str) -> dict:
         """POST: the proxy's URLs (started on first use); GET: what it was asked."""

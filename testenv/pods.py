@@ -217,6 +217,25 @@ class Pods:
             node |= {"netns": netns, "netns_dir": str(netns_dir), "env": env}
         return node
 
+    def attach_link(self, node_name: str, name: str, mac: str) -> None:
+        """The link of an ENI attached to a node (`name`, carrying `mac`), as the node's OS
+        makes it when the ENI is attached; in its namespace at once when that is made."""
+        node = self.planned(node_name)
+        with self.lock:
+            node["eni_links"][name] = mac
+            netns = node.get("netns")
+        if netns:
+            batch(eni_link_commands(name, mac), netns)
+
+    def detach_link(self, node_name: str, name: str) -> None:
+        """The link of an ENI detached from a node goes with it."""
+        node = self.planned(node_name)
+        with self.lock:
+            node["eni_links"].pop(name, None)
+            netns = node.get("netns")
+        if netns:  # gone already when a test removed it
+            batches([([f"link del {name}"], netns)], force=True)
+
     def node_address(self, name: str, family: int = 4) -> str | None:
         """The IPv4 (or IPv6) address of node `name`'s eth0, None for a node of no topology."""
         with self.lock:

@@ -303,3 +303,64 @@ def test_an_eni_link_is_named_by_the_topology_or_else_by_its_position():
             "ens6": enis[1]["mac"], "eth2": enis[2]["mac"]}
         assert "ens5" not in shown
         assert links(pod)["net1"]["address"] == enis[1]["mac"]
+
+
+# What a node sees of its ENIs, from its own namespace: metadata's MACs with their device
+# numbers, and EC2's Describe of the ENI ids given.
+LOOK = """
+import json, os, sys, urllib.request
+import boto3
+imds = os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"]
+token = urllib.request.urlopen(urllib.request.Request(f"{imds}/latest/api/token", method="PUT",
+    headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}), timeout=5).read().decode()
+def get(path):
+    request = urllib.request.Request(f"{imds}/latest/meta-data/network/interfaces/macs/{path}",
+                                     headers={"X-aws-ec2-metadata-token": token})
+    return urllib.request.urlopen(request, timeout=5).read().decode()
+macs = [line.rstrip("/") for line in get("").split()]
+ec2 = boto3.client("ec2", region_name="us-east-2", aws_access_key_id="testing", aws_secret_access_key="testing")
+found = ec2.describe_network_interfaces(NetworkInterfaceIds=sys.argv[1:])["NetworkInterfaces"]
+print(json.dumps({"devices": {mac: get(f"{mac}/device-number") for mac in macs},
+                  "enis": {eni["NetworkInterfaceId"]: eni for eni in found}}, default=str))
+"""
+
+
+def look(node, *eni_ids: str) -> dict:
+    result = subprocess.run(node.exec_argv([sys.executable, "-c", LOOK, *eni_ids]), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_an_eni_detached_and_attached_while_the_node_runs_changes_ec2_metadata_and_links():
+    description = {"subnets": {"node": {"cidr": "10.0.0.0/24"}, "multus": {"cidr": "10.0.1.0/24"}},
+                   "nodes": {"node1": {"instance_type": "m5.large", "enis": [
+                       "node", {"subnet": "multus", "multus": True}, {"subnet": "multus", "multus": True}]}}}
+    with Bed(description) as bed:
+        node = bed.node("node1")
+        old = bed.eni("node1", "eth2")
+        assert bed.control("DELETE", "nodes/node1/enis/eth2")["id"] == old["id"]
+        assert "eth2" not in node_links(node.netns)
+        seen = look(node, old["id"])
+        assert old["mac"] not in seen["devices"]
+        assert seen["enis"][old["id"]]["Status"] == "available" and "Attachment" not in seen["enis"][old["id"]]
+        for body, refusal in (({"subnet": "multus", "device": 1}, "device index 1 of network card 0 has an ENI"),
+                              ({"subnet": "multus", "name": "eth1", "device": 3}, "two ENIs named eth1"),
+                              ({"subnet": "nowhere"}, "in no subnet")):
+            with pytest.raises(BedError, match=refusal):
+                bed.control("POST", "nodes/node1/enis", body)
+
+        # The lowest free device, named as Amazon Linux names its link, tagged as a Multus ENI.
+        new = bed.control("POST", "nodes/node1/enis", {"subnet": "multus", "multus": True})
+        assert (new["name"], new["interface"], new["device_index"]) == ("eth2", "eth2", 2)
+        assert new["id"] != old["id"] and new["mac"] != old["mac"]
+        assert node_links(node.netns)["eth2"]["address"] == new["mac"]
+        seen = look(node, new["id"])
+        assert seen["devices"][new["mac"]] == "2"
+        assert seen["enis"][new["id"]]["Attachment"]["DeviceIndex"] == 2
+        assert {"Key": "node.k8s.amazonaws.com/no_manage", "Value": "true"} in seen["enis"][new["id"]]["TagSet"]
+
+        # An m5.large takes 3 ENIs: a fourth is refused as EC2 refuses it.
+        with pytest.raises(BedError, match="node node1: 4 ENIs, but a m5.large takes at most 3"):
+            bed.control("POST", "nodes/node1/enis", {"subnet": "multus"})
+        with pytest.raises(BedError, match="primary ENI"):
+            bed.control("DELETE", "nodes/node1/enis/eth0")

@@ -179,44 +179,80 @@ class Builder:
             card = spec.get("card", 0)
             device = spec.get("device", min(index for index in range(100) if (card, index) not in used))
             used.add((card, device))
-            eni = self.ec2.create_network_interface(SubnetId=self.subnets[spec["subnet"]]["id"],
-                                                    PrivateIpAddress=self.address(spec["subnet"]),
-                                                    Description=self.description(spec, instance_id))
-            eni_id = eni["NetworkInterface"]["NetworkInterfaceId"]
-            # moto keys an instance's ENIs by device index alone: attach at a unique one, then
-            # record the real card and device index, which Describe and metadata report.
-            self.ec2.attach_network_interface(NetworkInterfaceId=eni_id, InstanceId=instance_id,
-                                              DeviceIndex=100 * card + device)
-            with self.state.lock:
-                attached = self.state.backend.get_network_interface(eni_id)
-                attached.device_index, attached.network_card_index = device, card
-            eni_ids.append(eni_id)
-        enis = []
-        for spec, eni_id in zip(specs, eni_ids):
-            tags = dict(spec["tags"])
-            if spec.get("vpc_cni"):
-                tags.setdefault(VPC_CNI_INSTANCE_TAG, instance_id)
-            if tags:
-                self.ec2.create_tags(Resources=[eni_id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
-            secondary = spec.get("secondary_ips", [])
-            if isinstance(secondary, int):
-                secondary = [self.address(spec["subnet"]) for _ in range(secondary)]
-            if secondary:
-                self.ec2.assign_private_ip_addresses(NetworkInterfaceId=eni_id, PrivateIpAddresses=secondary)
-            prefixes = {version: self.prefixes(spec, version) for version in (4, 6)}
-            if prefixes[4]:
-                self.ec2.assign_private_ip_addresses(NetworkInterfaceId=eni_id, Ipv4Prefixes=prefixes[4])
-            if prefixes[6]:
-                self.ec2.assign_ipv6_addresses(NetworkInterfaceId=eni_id, Ipv6Prefixes=prefixes[6])
-            eni = self.state.backend.get_network_interface(eni_id)
-            enis.append({"name": spec["name"], "interface": spec["interface"], "id": eni_id, "mac": eni.mac_address, "card": getattr(eni, "network_card_index", 0),
-                         "device_index": eni.device_index, "subnet": spec["subnet"], "primary_ip": eni.private_ip_address,
-                         "secondary_ips": secondary, "ipv4_prefixes": prefixes[4],
-                         "ipv6_prefixes": prefixes[6], "tags": tags, "description": eni.description or ""})
+            eni_ids.append(self.attach_new(instance_id, spec, card, device))
+        enis = [self.finish(instance_id, spec, eni_id) for spec, eni_id in zip(specs, eni_ids)]
         limits = instance_type_limits(instance["InstanceType"])
         return {"instance_id": instance_id, "instance_type": instance["InstanceType"],
                 "availability_zone": instance["Placement"]["AvailabilityZone"],
                 "eni_ipv4_limit": limits[4], "eni_ipv6_limit": limits[6], "enis": enis}
+
+    def attach_new(self, instance_id: str, spec: dict, card: int, device: int) -> str:
+        """A new ENI of `spec`, attached to the instance at `device` of `card`: its id."""
+        eni = self.ec2.create_network_interface(SubnetId=self.subnets[spec["subnet"]]["id"],
+                                                PrivateIpAddress=self.address(spec["subnet"]),
+                                                Description=self.description(spec, instance_id))
+        eni_id = eni["NetworkInterface"]["NetworkInterfaceId"]
+        # moto keys an instance's ENIs by device index alone: attach at a unique one, then
+        # record the real card and device index, which Describe and metadata report.
+        self.ec2.attach_network_interface(NetworkInterfaceId=eni_id, InstanceId=instance_id,
+                                          DeviceIndex=100 * card + device)
+        with self.state.lock:
+            attached = self.state.backend.get_network_interface(eni_id)
+            attached.device_index, attached.network_card_index = device, card
+        return eni_id
+
+    def finish(self, instance_id: str, spec: dict, eni_id: str) -> dict:
+        """Gives the ENI the tags, addresses and prefixes of `spec`: the ENI as the topology
+        answers it."""
+        tags = dict(spec["tags"])
+        if spec.get("vpc_cni"):
+            tags.setdefault(VPC_CNI_INSTANCE_TAG, instance_id)
+        if tags:
+            self.ec2.create_tags(Resources=[eni_id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+        secondary = spec.get("secondary_ips", [])
+        if isinstance(secondary, int):
+            secondary = [self.address(spec["subnet"]) for _ in range(secondary)]
+        if secondary:
+            self.ec2.assign_private_ip_addresses(NetworkInterfaceId=eni_id, PrivateIpAddresses=secondary)
+        prefixes = {version: self.prefixes(spec, version) for version in (4, 6)}
+        if prefixes[4]:
+            self.ec2.assign_private_ip_addresses(NetworkInterfaceId=eni_id, Ipv4Prefixes=prefixes[4])
+        if prefixes[6]:
+            self.ec2.assign_ipv6_addresses(NetworkInterfaceId=eni_id, Ipv6Prefixes=prefixes[6])
+        eni = self.state.backend.get_network_interface(eni_id)
+        return {"name": spec["name"], "interface": spec["interface"], "id": eni_id, "mac": eni.mac_address,
+                "card": getattr(eni, "network_card_index", 0), "device_index": eni.device_index,
+                "subnet": spec["subnet"], "primary_ip": eni.private_ip_address, "secondary_ips": secondary,
+                "ipv4_prefixes": prefixes[4], "ipv6_prefixes": prefixes[6], "tags": tags,
+                "description": eni.description or ""}
+
+    def attach(self, name: str, node: dict, request: dict) -> dict:
+        """A new ENI attached to built node `name` (`node`: as the topology answered it) at the
+        card and device index `request` names (default: card 0, the lowest free device), as
+        an operator attaches one to a running instance; `request` is an ENI of a node
+        description, named `eth<device>` by default (as Amazon Linux names the device's
+        link). Refused like a description: a name the node has, more ENIs than the type
+        takes, an occupied device index. -> the ENI as the topology answers it."""
+        card = request.get("card", 0)
+        used = {(eni["card"], eni["device_index"]) for eni in node["enis"]}
+        device = request.get("device", min(index for index in range(100) if (card, index) not in used))
+        if (card, device) in used:
+            raise TopologyError(f"device index {device} of network card {card} has an ENI attached: "
+                                "detach it first")
+        spec = eni_spec(dict(request, name=request.get("name", f"eth{device}")), len(node["enis"]))
+        described = [*node["enis"], spec]
+        check({"subnets": self.subnets, "nodes": {name: {"instance_type": node["instance_type"], "enis": described}}})
+        return self.finish(node["instance_id"], spec, self.attach_new(node["instance_id"], spec, card, device))
+
+    def detach(self, eni: dict) -> None:
+        """Detaches ENI `eni` (as the topology answered it) from its instance; it stays, not
+        attached, with its addresses (EC2 keeps an ENI's addresses across attachments)."""
+        with self.state.lock:
+            attached = self.state.backend.get_network_interface(eni["id"])
+            # Back to the unique index it was attached at (attach_new), which moto keys it by.
+            attached.device_index = 100 * eni["card"] + eni["device_index"]
+            attachment = attached.attachment_id
+        self.ec2.detach_network_interface(AttachmentId=attachment)
 
     def prefixes(self, spec: dict, version: int) -> list[str]:
         """The ENI's prefixes: as listed, or that many taken from the upper half of its subnet

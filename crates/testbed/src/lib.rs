@@ -416,6 +416,29 @@ impl TestBed {
             .to_owned()
     }
 
+    /// An operator attaches a new ENI to running node `node`: `spec` is an ENI of a node
+    /// description (testenv/topology.py; its `name` defaults to `eth<device>`, its `device`
+    /// to the lowest free one). EC2, the node's metadata and its links change at once; the
+    /// ENI as the topology answers it, which [`TestBed::eni`] finds from then on.
+    pub fn attach_eni(&mut self, node: &str, spec: Value) -> Value {
+        let eni = self.control("POST", &format!("nodes/{node}/enis"), spec);
+        self.topology["nodes"][node]["enis"]
+            .as_array_mut()
+            .expect("the node's ENIs")
+            .push(eni.clone());
+        eni
+    }
+
+    /// An operator detaches ENI `name` from running node `node` (its link goes with it; the
+    /// ENI stays, attached to nothing, with its addresses).
+    pub fn detach_eni(&mut self, node: &str, name: &str) {
+        self.control("DELETE", &format!("nodes/{node}/enis/{name}"), Value::Null);
+        self.topology["nodes"][node]["enis"]
+            .as_array_mut()
+            .expect("the node's ENIs")
+            .retain(|eni| eni["name"] != name);
+    }
+
     /// The IPv6 prefix of `subnet`, e.g. `2400:6500:1:100::`.
     pub fn ipv6_prefix(&self, subnet: &str) -> String {
         let cidr = self.topology["subnets"][subnet]["ipv6_cidr"]
