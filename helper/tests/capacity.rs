@@ -212,18 +212,10 @@ fn each_multus_eni_is_advertised_by_its_instance_types_limit_and_put_back_when_c
     }
 }
 
-/// `ip -n <node> ...`, which must succeed.
-fn ip_on(node: &Node, args: &[&str]) {
-    let output = std::process::Command::new("ip")
-        .args(["-n", &node.netns])
-        .args(args)
-        .output()
-        .expect("ip runs");
-    assert!(
-        output.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+/// `ip ...` in `node`'s namespace, which must succeed.
+fn ip_on(bed: &TestBed, node: &Node, args: &[&str]) {
+    let (output, stderr, _) = finish(bed.command(node, "ip".as_ref(), args));
+    assert!(output.status.success(), "ip {args:?}: {stderr}");
 }
 
 #[test]
@@ -235,13 +227,13 @@ fn an_eni_is_named_by_its_link_else_by_its_device_number() {
     wait_advertised(&mut bed, "node2", &both("multus-ipmgr.io/eth2"), &log);
 
     // The link carrying the second ENI's MAC is renamed: its name is the resource's.
-    ip_on(&node, &["link", "set", "eth2", "down"]);
-    ip_on(&node, &["link", "set", "eth2", "name", "multus0"]);
-    ip_on(&node, &["link", "set", "multus0", "up"]);
+    ip_on(&bed, &node, &["link", "set", "eth2", "down"]);
+    ip_on(&bed, &node, &["link", "set", "eth2", "name", "multus0"]);
+    ip_on(&bed, &node, &["link", "set", "multus0", "up"]);
     wait_advertised(&mut bed, "node2", &both("multus-ipmgr.io/multus0"), &log);
 
     // No link carries it any more: the device's name, eth<device-number> (2).
-    ip_on(&node, &["link", "del", "multus0"]);
+    ip_on(&bed, &node, &["link", "del", "multus0"]);
     wait_advertised(&mut bed, "node2", &both("multus-ipmgr.io/eth2"), &log);
     assert_eq!(bed.kube_denied(), Vec::<Value>::new());
 }

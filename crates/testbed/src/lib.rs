@@ -919,17 +919,9 @@ pub fn http_get(place: &impl Place, url: &str) -> String {
 /// Waits up to `limit` for the agent in `node` whose metrics listen on `metrics` (e.g.
 /// `127.0.0.1:9471`) to say ready; its last /readyz answer when it does not.
 pub fn wait_agent_ready(node: &Node, metrics: &str, limit: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let ready = http_get(node, &format!("http://{metrics}/readyz"));
-        if ready.starts_with("200") {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(ready);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_answer(node, &format!("http://{metrics}/readyz"), limit, |ready| {
+        ready.starts_with("200")
+    })
 }
 
 /// Waits up to `limit` for the agent in `node` (metrics on `metrics`) to have read its
@@ -937,17 +929,28 @@ pub fn wait_agent_ready(node: &Node, metrics: &str, limit: Duration) -> Result<(
 /// the gauge `ipmgr_agent_multus_capacity`. A test that counts the EC2 calls of an idle
 /// agent waits for this first (the read follows readiness by up to a capacity check).
 pub fn wait_agent_capacity_read(node: &Node, metrics: &str, limit: Duration) -> Result<(), String> {
+    wait_for_answer(node, &format!("http://{metrics}/metrics"), limit, |text| {
+        text.lines()
+            .any(|line| line.starts_with("ipmgr_agent_multus_capacity{"))
+    })
+}
+
+/// Asks `url` from `node` every 100 ms until its answer is `done`, for up to `limit`; the
+/// last answer when it never was.
+fn wait_for_answer(
+    node: &Node,
+    url: &str,
+    limit: Duration,
+    done: impl Fn(&str) -> bool,
+) -> Result<(), String> {
     let deadline = Instant::now() + limit;
     loop {
-        let text = http_get(node, &format!("http://{metrics}/metrics"));
-        if text
-            .lines()
-            .any(|line| line.starts_with("ipmgr_agent_multus_capacity{"))
-        {
+        let answer = http_get(node, url);
+        if done(&answer) {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(text);
+            return Err(answer);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
